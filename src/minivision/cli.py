@@ -1,0 +1,251 @@
+"""The ``minivision`` command: train, evaluate, predict, models, summary.
+
+Every argument is checked for type and range; unknown flags and names get a "did you mean";
+problems a user can fix print one ``error:`` line and exit 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+import re
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import MinivisionError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and "did you mean" for unknown flags."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if "unrecognized arguments" in message:
+            flags = [s for a in self._actions for s in a.option_strings]
+            bad = message.split(":", 1)[1].split()
+            hints = []
+            for b in bad:
+                close = difflib.get_close_matches(b.split("=")[0], flags, n=1)
+                if close:
+                    hints.append(f"{b} (did you mean {close[0]}?)")
+            if hints:
+                message = "unrecognized arguments: " + ", ".join(hints)
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            choices = re.findall(r"'([^']*)'", m.group(2))
+            close = difflib.get_close_matches(m.group(1), choices, n=1)
+            if close:
+                message += f"; did you mean {close[0]!r}?"
+        self.exit(2, f"error: {self.prog}: {message}\n")
+
+
+def _number(kind, lo=None, hi=None, lo_open=False):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        if lo is not None and (value <= lo if lo_open else value < lo):
+            raise argparse.ArgumentTypeError(f"must be {'>' if lo_open else '>='} {lo}, got {text}")
+        if hi is not None and value > hi:
+            raise argparse.ArgumentTypeError(f"must be <= {hi}, got {text}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="minivision", description="Train, evaluate and use image classifiers for small images.")
+    p.add_argument("--version", action="version", version=f"minivision {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model; writes a run folder (runs/train, runs/train2, ...)")
+    t.add_argument("--data", default=None, help="fashion-mnist (default), mnist, cifar10, a CSV file or an image folder")
+    t.add_argument("--test-data", default=None, help="a second CSV file used as the test split")
+    t.add_argument("--data-dir", default=None, help="folder with the dataset files (else $MINIVISION_DATA, cache, ...)")
+    t.add_argument("--model", default=None, help="model name (see `minivision models`); default mvnet")
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--epochs", type=_number(int, 1), help="passes over the training split")
+    g.add_argument("--steps", type=_number(int, 1), help="or a number of optimizer steps")
+    t.add_argument("--batch-size", type=_number(int, 1))
+    t.add_argument("--optimizer", choices=["adam", "sgd", "adamw", "gd"])
+    t.add_argument("--lr", type=_number(float, 0, lo_open=True), help="(peak) learning rate")
+    t.add_argument("--momentum", type=_number(float, 0, 0.999))
+    t.add_argument("--weight-decay", type=_number(float, 0))
+    t.add_argument("--schedule", choices=["constant", "onecycle", "cosine"])
+    t.add_argument("--label-smoothing", type=_number(float, 0, 0.99))
+    t.add_argument("--augment", help='e.g. "flip,shift=2,rotate=10,zoom=0.1,erase=0.5", or "none"')
+    t.add_argument("--normalize", choices=["unit", "standard"])
+    v = t.add_mutually_exclusive_group()
+    v.add_argument("--val-split", type=_number(float, 0, 0.99, lo_open=True),
+                   help="stratified random fraction of train for validation (default 0.2)")
+    v.add_argument("--val-first", type=_number(int, 1), help="the first N training images as validation")
+    t.add_argument("--seed", type=_number(int, 0), default=0)
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    t.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    t.add_argument("--out", default="runs", help="parent folder of run folders (default runs)")
+    t.add_argument("--name", default="train", help="run folder name (default train; never overwritten)")
+    t.add_argument("--resume", metavar="RUN", help="continue an interrupted run, or extend a finished one with --epochs")
+    t.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
+
+    e = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy and confusion matrix of a model")
+    e.add_argument("model", metavar="RUN_OR_MODEL")
+    e.add_argument("--data", help="dataset to score on (default: the one it was trained on)")
+    e.add_argument("--data-dir")
+    e.add_argument("--test-data")
+    e.add_argument("--split", choices=["test", "val", "train"], default="test")
+    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    e.add_argument("--json", action="store_true", help="one JSON object on stdout")
+
+    pr = sub.add_parser("predict", help="classify image files, folders or globs")
+    pr.add_argument("model", metavar="RUN_OR_MODEL")
+    pr.add_argument("paths", nargs="+", metavar="PATH")
+    pr.add_argument("--top-k", type=_number(int, 1), default=3)
+    pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    pr.add_argument("--json", action="store_true", help="one JSON list on stdout")
+
+    m = sub.add_parser("models", help="list the registered models")
+    m.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'cnn*'")
+    m.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("summary", help="Keras-style layer table of a model name or a run")
+    s.add_argument("model", metavar="MODEL_OR_RUN")
+    s.add_argument("--input", default="1x28x28", help="CxHxW for a model name (default 1x28x28)")
+    s.add_argument("--classes", type=_number(int, 2), default=10)
+    return p
+
+
+# ----------------------------------------------------------------------------- commands
+
+def cmd_train(a: argparse.Namespace) -> int:
+    from .config import TrainConfig
+    from .train import fit
+
+    cfg = TrainConfig(
+        data=a.data or "fashion-mnist", data_dir=a.data_dir, test_data=a.test_data, model=a.model or "mvnet",
+        epochs=a.epochs, steps=a.steps, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
+        momentum=a.momentum, weight_decay=a.weight_decay, schedule=a.schedule,
+        label_smoothing=a.label_smoothing, augment=a.augment, normalize=a.normalize, val_split=a.val_split,
+        val_first=a.val_first, seed=a.seed, device=a.device, precision=a.precision, out=a.out, name=a.name)
+    if a.resume:
+        given = {k for k in ("data", "model", "batch_size", "optimizer", "lr", "augment", "steps") if getattr(a, k)}
+        if given:
+            raise MinivisionError(f"--resume takes the run's own settings; drop --{sorted(given)[0].replace('_', '-')}")
+    result = fit(cfg, resume=a.resume)
+    if result.interrupted:
+        return 130
+    summary = {"run": str(result.run_dir), **result.test}
+    if a.json:
+        print(json.dumps(summary))
+    elif result.test:
+        print(f"test accuracy {result.test['test_accuracy']:.2%} (loss {result.test['test_loss']:.4f}, "
+              f"{result.test['test_n']:,} images) · run saved to {result.run_dir}")
+    else:
+        print(f"no test split; run saved to {result.run_dir}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    from .evaluate import dataset_for, evaluate_split, format_metrics
+    from .runfiles import load_model
+    from .train import split_for
+
+    lm = load_model(a.model)
+    ds = dataset_for(lm, a.data, a.data_dir, a.test_data)
+    metrics = evaluate_split(lm, split_for(ds, a.split), device=a.device)
+    if a.json:
+        print(json.dumps({**metrics, "split": a.split, "model": str(lm.path)}))
+    else:
+        print(format_metrics(metrics, lm.classes, f"{lm.path} on {ds.name} {a.split}"))
+    return 0
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
+    from .predict import expand_paths, predict_images
+    from .runfiles import load_model
+
+    lm = load_model(a.model)
+    results = predict_images(lm, expand_paths(a.paths), top_k=a.top_k, device=a.device)
+    if a.json:
+        print(json.dumps(results))
+        return 0
+    for r in results:
+        if "error" in r:
+            print(f"{r['path']}: error: {r['error']}")
+        else:
+            rest = ", ".join(f"{t['label']} {t['score']:.1%}" for t in r["top_k"][1:])
+            print(f"{r['path']}: {r['label']} {r['score']:.1%}" + (f"  ({rest})" if rest else ""))
+    return 0 if any("error" not in r for r in results) else 1
+
+
+def cmd_models(a: argparse.Namespace) -> int:
+    from .models import count_parameters, create_model, list_models, model_info
+
+    rows = []
+    for name in list_models(a.pattern):
+        info = model_info(name)
+        params = count_parameters(create_model(name, in_channels=1, image_size=(28, 28), num_classes=10))
+        rows.append({"name": name, "parameters": params, "description": info.description,
+                     "defaults": info.defaults})
+    if not rows:
+        raise MinivisionError(f"no model matches {a.pattern!r}")
+    if a.json:
+        print(json.dumps(rows))
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    print(f"{'name':<{width}}  {'params*':>9}  description")
+    for r in rows:
+        print(f"{r['name']:<{width}}  {r['parameters']:>9,}  {r['description']}")
+    print("* for 1x28x28 input and 10 classes; every model adapts to the dataset")
+    return 0
+
+
+def cmd_summary(a: argparse.Namespace) -> int:
+    from .models import create_model, format_summary, summarize
+
+    if Path(a.model).exists():
+        from .runfiles import load_model
+
+        lm = load_model(a.model)
+        model, shape, title = lm.model, (lm.preprocess.channels, *lm.preprocess.size), f"{lm.name} ({lm.path})"
+    else:
+        try:
+            shape = tuple(int(v) for v in a.input.lower().split("x"))
+            if len(shape) != 3 or min(shape) < 1:
+                raise ValueError
+        except ValueError:
+            raise MinivisionError(f"--input must look like 1x28x28 (CxHxW), got {a.input!r}") from None
+        model = create_model(a.model, in_channels=shape[0], image_size=shape[1:], num_classes=a.classes)
+        title = a.model
+    print(f"Model: {title}")
+    print(format_summary(summarize(model, shape)))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
+            "summary": cmd_summary}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except MinivisionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The one in-memory form every source is read into: uint8 N x C x H x W images + int64 labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Split:
+    """One split of a dataset. ``x`` is uint8 (N, C, H, W), ``y`` int64 (N,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.dtype != torch.uint8 or self.x.ndim != 4:
+            raise ValueError(f"images must be uint8 N x C x H x W, got {self.x.dtype} {tuple(self.x.shape)}")
+        if self.y.dtype != torch.int64 or self.y.shape != (self.x.shape[0],):
+            raise ValueError(f"labels must be int64 of length {self.x.shape[0]}, got {tuple(self.y.shape)}")
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def subset(self, index: torch.Tensor) -> Split:
+        return Split(self.x[index], self.y[index])
+
+
+@dataclass
+class Dataset:
+    """A named dataset with its class names and splits.
+
+    ``val`` is None until a split rule makes one (``data.split``), unless the source has its own
+    (a ``val/`` folder). ``skipped`` lists ``(path, reason)`` for files of an image folder that
+    could not be used; they are reported, never silently used.
+    """
+
+    name: str
+    classes: list[str]
+    train: Split
+    test: Split | None = None
+    val: Split | None = None
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    source: str = ""  # where it was read from, for reports
+
+    @property
+    def channels(self) -> int:
+        return int(self.train.x.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.train.x.shape[2]), int(self.train.x.shape[3])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def describe(self) -> str:
+        parts = [f"{name} {len(s):,}" for name, s in (("train", self.train), ("val", self.val),
+                                                      ("test", self.test)) if s is not None]
+        h, w = self.image_size
+        return f"{self.name}: {', '.join(parts)} images, {self.channels}x{h}x{w}, {self.num_classes} classes"

@@ -1,0 +1,70 @@
+"""The one object that turns pixels into model input, saved with the model.
+
+Training, evaluation, prediction, the HTTP service and export all call the same ``Preprocess``
+read back from ``model.json``, so the input a model sees at prediction time is prepared exactly as
+its training data was (size, channels, scaling).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import MinivisionError
+
+
+@dataclass
+class Preprocess:
+    channels: int                      # 1 grayscale, 3 RGB
+    size: tuple[int, int]              # (height, width) the model takes
+    mean: list[float] = field(default_factory=list)  # per channel, on the 0-1 scale; [] = 0
+    std: list[float] = field(default_factory=list)   # per channel; [] = 1
+
+    @classmethod
+    def fit(cls, x: torch.Tensor, normalize: str) -> Preprocess:
+        """Build from a uint8 training batch (N, C, H, W); ``standard`` measures mean/std on it."""
+        c, h, w = (int(s) for s in x.shape[1:])
+        if normalize == "unit":
+            return cls(c, (h, w))
+        mean, std = [], []
+        for ch in range(c):
+            v = x[:, ch].to(torch.float64) / 255.0
+            mean.append(round(float(v.mean()), 6))
+            std.append(round(max(float(v.std()), 1e-3), 6))
+        return cls(c, (h, w), mean, std)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, C, H, W) on any device -> float32 model input on that device."""
+        out = x.to(torch.float32) / 255.0
+        if self.mean:
+            mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+            out = (out - mean) / std
+        return out.contiguous(memory_format=torch.channels_last)
+
+    def image_to_uint8(self, img: Image.Image) -> torch.Tensor:
+        """A decoded picture (mode L or RGB) -> uint8 (C, H, W) at the model's size and channels."""
+        img = img.convert("L" if self.channels == 1 else "RGB")
+        h, w = self.size
+        if img.size != (w, h):
+            img = img.resize((w, h), Image.Resampling.LANCZOS)
+        a = np.asarray(img, dtype=np.uint8)
+        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["size"] = list(self.size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        try:
+            return cls(int(d["channels"]), (int(d["size"][0]), int(d["size"][1])),
+                       [float(v) for v in d.get("mean", [])], [float(v) for v in d.get("std", [])])
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise MinivisionError(f"model.json has a malformed 'preprocess' entry ({e})") from None

@@ -1,0 +1,65 @@
+"""The training history as ``results.csv`` and the tutorials' learning curves as ``results.png``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+from ..errors import MinivisionError
+from ..fileio import atomic_path, write_text
+
+COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+
+
+def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(COLUMNS)
+    for row in history:
+        w.writerow([row["epoch"]] + [repr(float(row[c])) for c in COLUMNS[1:]])
+    write_text(run_dir / "results.csv", buf.getvalue())
+    plot_history(history, run_dir / "results.png")
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        return [{"epoch": int(r["epoch"]), **{c: float(r[c]) for c in COLUMNS[1:]}} for r in rows]
+    except FileNotFoundError:
+        raise MinivisionError(f"{path}: file not found") from None
+    except (KeyError, ValueError) as e:
+        raise MinivisionError(f"{path}: malformed results.csv ({e})") from None
+
+
+def plot_history(history: list[dict[str, float]], path: Path | None = None, axes=None):
+    """Accuracy, loss and learning rate per epoch, train vs validation; returns the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig = None
+    if axes is None:
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4), constrained_layout=True)
+    has_val = any(not math.isnan(r["val_accuracy"]) for r in history)
+    for ax, key, title in ((axes[0], "accuracy", "Accuracy"), (axes[1], "loss", "Loss")):
+        ax.plot(epochs, [r[f"train_{key}"] for r in history], "o-", label="train", markersize=3)
+        if has_val:
+            ax.plot(epochs, [r[f"val_{key}"] for r in history], "o-", label="validation", markersize=3)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[2].plot(epochs, [r["lr"] for r in history], "o-", color="tab:green", markersize=3)
+    axes[2].set_title("Learning rate (end of epoch)")
+    axes[2].set_xlabel("epoch")
+    axes[2].grid(alpha=0.3)
+    if path is not None and fig is not None:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=100)
+        plt.close(fig)
+    return fig

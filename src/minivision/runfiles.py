@@ -1,0 +1,141 @@
+"""What a run folder holds and how it is read back: weights in safetensors, everything else JSON.
+
+``model.safetensors`` + ``model.json`` describe themselves (architecture, classes, preprocessing,
+versions), so evaluate, predict, serve and export need nothing but the folder. ``last.safetensors``
+is the resume checkpoint: model and optimizer tensors plus the training progress as JSON in the
+file's own metadata, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import MinivisionError
+from .fileio import load_tensors, read_json, save_tensors, write_json
+from .preprocess import Preprocess
+
+MODEL_FORMAT = "minivision-model"
+FORMAT_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    return {"minivision": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference, with everything needed to feed it."""
+
+    model: nn.Module
+    preprocess: Preprocess
+    classes: list[str]
+    meta: dict[str, Any]
+    path: Path  # the folder holding model.json
+
+    @property
+    def name(self) -> str:
+        return str(self.meta["architecture"]["name"])
+
+
+def save_model(folder: Path, model: nn.Module, meta: dict[str, Any], weights_name: str = "model") -> None:
+    """Write ``<weights_name>.safetensors`` and, for the main model, ``model.json``."""
+    state = {k: v for k, v in model.state_dict().items()}
+    save_tensors(folder / f"{weights_name}.safetensors", state, metadata={"format": MODEL_FORMAT})
+    if weights_name == "model":
+        write_json(folder / "model.json", {"format": MODEL_FORMAT, "format_version": FORMAT_VERSION, **meta})
+
+
+def resolve_model_path(path: str | Path) -> Path:
+    """A run folder, its model.json or its model.safetensors -> the folder."""
+    p = Path(path)
+    if p.is_dir():
+        if (p / "model.json").is_file():
+            return p
+        if (p / "last.safetensors").is_file():
+            raise MinivisionError(f"{p} has no finished model yet (training was interrupted): "
+                                  f"resume it with `minivision train --resume {p}`")
+        raise MinivisionError(f"{p} is not a run folder (no model.json in it)")
+    if p.is_file() and p.suffix in (".json", ".safetensors"):
+        if (p.parent / "model.json").is_file():
+            return p.parent
+        raise MinivisionError(f"{p}: no model.json beside it")
+    if not p.exists():
+        raise MinivisionError(f"{p}: no such run folder or model file")
+    raise MinivisionError(f"{p}: expected a run folder, model.json or model.safetensors")
+
+
+def load_model(path: str | Path, weights: str = "model", device: str | torch.device = "cpu") -> LoadedModel:
+    from .models import create_model
+
+    folder = resolve_model_path(path)
+    meta = read_json(folder / "model.json")
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise MinivisionError(f"{folder / 'model.json'}: not a minivision model description")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise MinivisionError(f"{folder / 'model.json'}: written by a newer minivision (format "
+                              f"{meta['format_version']}); upgrade minivision")
+    try:
+        arch = meta["architecture"]
+        classes = [str(c) for c in meta["classes"]]
+        model = create_model(arch["name"], in_channels=int(arch["in_channels"]),
+                             image_size=tuple(arch["image_size"]), num_classes=int(arch["num_classes"]),
+                             **arch.get("kwargs", {}))
+    except (KeyError, TypeError, ValueError) as e:
+        raise MinivisionError(f"{folder / 'model.json'}: malformed architecture entry ({e})") from None
+    state = load_tensors(folder / f"{weights}.safetensors")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).splitlines()[0] if str(e) else "mismatch"
+        raise MinivisionError(f"{folder}/{weights}.safetensors does not match model.json ({first})") from None
+    model.to(device).eval()
+    return LoadedModel(model, Preprocess.from_dict(meta["preprocess"]), classes, meta, folder)
+
+
+# ---------------------------------------------------------------- checkpoints (resume)
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: dict[str, Any]) -> None:
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for idx, st in opt["state"].items():
+        for key, val in st.items():
+            if isinstance(val, torch.Tensor):
+                tensors[f"optim.{idx}.{key}"] = val
+            elif val is not None:
+                tensors[f"optim.{idx}.{key}"] = torch.tensor(val)
+    for name, val in progress.pop("rng", {}).items():
+        tensors[f"rng.{name}"] = val
+    meta = {"progress": json.dumps(progress), "param_groups": json.dumps(opt["param_groups"])}
+    save_tensors(path, tensors, metadata=meta)
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    """Return (model state, optimizer state dict, progress including its ``rng`` tensors)."""
+    from safetensors import safe_open
+
+    tensors = load_tensors(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        progress = json.loads(meta["progress"])
+        groups = json.loads(meta["param_groups"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise MinivisionError(f"{path}: not a minivision checkpoint ({e})") from None
+    model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    opt_state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("optim."):
+            _, idx, key = k.split(".", 2)
+            opt_state.setdefault(int(idx), {})[key] = v
+    progress["rng"] = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
+    return model_state, {"state": opt_state, "param_groups": groups}, progress

@@ -1,0 +1,469 @@
+"""The fit loop: data in memory, batches by indexing, a run folder that survives Ctrl-C and kill.
+
+Every source of randomness is derived from (seed, epoch) or saved in the checkpoint, so a run that
+is interrupted and resumed ends with the same weights and history, to the last digit, as one that
+never stopped (same seed, same machine, CPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from .config import TrainConfig, resolve
+from .data import load_dataset
+from .data.augment import Augment
+from .data.dataset import Dataset, Split
+from .data.split import make_val
+from .errors import MinivisionError
+from .fileio import new_run_dir, write_text
+from .models import create_model, model_info
+from .preprocess import Preprocess
+from .runfiles import load_checkpoint, save_checkpoint, save_model, versions
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+CHECKPOINT_EVERY_S = 120.0  # also save mid-epoch, so a kill -9 loses at most this much work
+
+
+# ----------------------------------------------------------------------------- Setup
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MinivisionError("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def cpu_supports_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    """bf16 autocast where the hardware does it natively, fp32 elsewhere; an explicit choice wins."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def lr_at(step: int, total: int, peak: float, schedule: str) -> float:
+    """Learning rate for optimizer step ``step`` (0-based) of ``total``."""
+    if schedule == "constant" or total <= 1:
+        return peak
+    t = step / (total - 1)
+    if schedule == "cosine":
+        return peak * 0.5 * (1 + math.cos(math.pi * t))
+    warm = 0.2  # onecycle: linear warm-up from peak/10 over the first 20%, then linear decay to 0
+    if t < warm:
+        return peak * (0.1 + 0.9 * t / warm)
+    return peak * (1 - t) / (1 - warm)
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = model.parameters()
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    momentum = 0.0 if cfg.optimizer == "gd" else cfg.momentum
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay,
+                           nesterov=bool(cfg.nesterov and momentum > 0))
+
+
+def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919 + stream) % (2**63 - 1)
+
+
+# ----------------------------------------------------------------------------- Evaluation
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, pre: Preprocess, x: torch.Tensor, *, device: torch.device,
+                   precision: str = "fp32", batch_size: int = 1000) -> torch.Tensor:
+    """Logits (float32, on the CPU) for uint8 images ``x`` (N, C, H, W)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = pre(x[i:i + batch_size].to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            out.append(model(xb).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    loss = F.cross_entropy(logits, y).item()
+    acc = (logits.argmax(1) == y).float().mean().item()
+    return loss, acc
+
+
+# ----------------------------------------------------------------------------- Train
+
+@dataclass
+class RunResult:
+    """What ``fit`` leaves behind; ``run_dir`` holds all of it on disk."""
+
+    run_dir: Path
+    config: TrainConfig
+    history: list[dict[str, float]]
+    model: nn.Module
+    preprocess: Preprocess
+    classes: list[str]
+    test: dict[str, float] = field(default_factory=dict)
+    interrupted: bool = False
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag the loop checks between steps, so a checkpoint is never half a step.
+
+    A second Ctrl-C falls through to Python's default and stops at once.
+    """
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopFlag:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.stop and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _log(msg: str) -> None:
+    tqdm.write(msg, file=sys.stdout)
+
+
+def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path | None = None,
+        progress: bool | None = None, log: Callable[[str], None] = _log) -> RunResult:
+    """Train as ``cfg`` says, in a new run folder (or the interrupted one given as ``resume``)."""
+    state: dict[str, Any] | None = None
+    run_dir: Path | None = None
+    history: list[dict[str, float]] = []
+    if resume is not None:
+        cfg, run_dir, state, history = _prepare_resume(Path(resume), cfg, log)
+    else:
+        cfg = resolve(cfg, model_info(cfg.model).defaults)
+        cfg = _absolute_paths(cfg)
+    Augment.parse(cfg.augment)  # fail on a bad spec before loading anything
+
+    ds = dataset if dataset is not None else load_dataset(cfg.data, data_dir=cfg.data_dir, test_data=cfg.test_data)
+    ds = make_val(ds, val_split=cfg.val_split, val_first=cfg.val_first, seed=cfg.seed)
+    if ds.skipped:
+        log(f"skipped {len(ds.skipped)} unreadable file(s), listed in skipped.txt; first: "
+            f"{ds.skipped[0][0]} ({ds.skipped[0][1]})")
+    log(ds.describe())
+
+    device = pick_device(cfg.device)
+    precision = pick_precision(cfg.precision, device)
+    if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
+        log("note: this CPU has no native bf16; --precision bf16 will be slow")
+
+    torch.manual_seed(cfg.seed)
+    model = create_model(cfg.model, in_channels=ds.channels, image_size=ds.image_size,
+                         num_classes=ds.num_classes, **cfg.extra)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    pre = Preprocess.fit(ds.train.x, cfg.normalize)
+    if state is not None and "preprocess" in state["progress"]:
+        pre = Preprocess.from_dict(state["progress"]["preprocess"])
+    optimizer = make_optimizer(cfg, model)
+
+    if run_dir is None:
+        run_dir = new_run_dir(cfg.out, cfg.name)
+        _write_args(run_dir, cfg)
+        if ds.skipped:
+            write_text(run_dir / "skipped.txt", "".join(f"{p}\t{r}\n" for p, r in ds.skipped))
+    log(f"run folder: {run_dir}  (model {cfg.model}, {sum(p.numel() for p in model.parameters()):,} "
+        f"parameters, {device.type} {precision})")
+
+    meta = {
+        "architecture": {"name": cfg.model, "in_channels": ds.channels, "image_size": list(ds.image_size),
+                         "num_classes": ds.num_classes, "kwargs": cfg.extra},
+        "classes": ds.classes,
+        "preprocess": pre.to_dict(),
+        "dataset": {"data": cfg.data, "data_dir": cfg.data_dir, "test_data": cfg.test_data, "name": ds.name,
+                    "val_split": cfg.val_split, "val_first": cfg.val_first, "seed": cfg.seed},
+        "versions": versions(),
+    }
+    loop = _Loop(cfg, ds, model, pre, optimizer, device, precision, run_dir, meta, history, log,
+                 progress if progress is not None else None)
+    if state is not None:
+        loop.restore(state)
+    interrupted = loop.run()
+    result = RunResult(run_dir, cfg, loop.history, model, pre, ds.classes, interrupted=interrupted)
+    if not interrupted:
+        result.test = _finish(loop, ds)
+    return result
+
+
+def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
+    """Record file and folder arguments as absolute paths, so a resume works from any directory."""
+    import os
+
+    fix = {k: os.path.abspath(v) for k in ("data", "data_dir", "test_data")
+           if (v := getattr(cfg, k)) and os.path.exists(v)}
+    return dataclasses.replace(cfg, **fix)
+
+
+def _write_args(run_dir: Path, cfg: TrainConfig) -> None:
+    write_text(run_dir / "args.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def read_args(run_dir: Path) -> TrainConfig:
+    path = run_dir / "args.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MinivisionError(f"{run_dir} is not a run folder (no args.yaml)") from None
+    except yaml.YAMLError as e:
+        raise MinivisionError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise MinivisionError(f"{path}: expected a mapping of settings")
+    return TrainConfig.from_dict(data)
+
+
+def _prepare_resume(path: Path, overrides: TrainConfig, log: Callable[[str], None]):
+    """Resume an interrupted run in place, or extend a finished one into a new run folder."""
+    if not path.is_dir():
+        raise MinivisionError(f"--resume {path}: no such run folder")
+    ckpt = path / "last.safetensors"
+    if not ckpt.is_file():
+        raise MinivisionError(f"--resume {path}: no last.safetensors checkpoint in it")
+    cfg = read_args(path)
+    model_state, opt_state, progress = load_checkpoint(ckpt)
+    state = {"model": model_state, "optimizer": opt_state, "progress": progress}
+    history = [dict(r) for r in progress["history"]]
+    if not progress.get("finished"):
+        if overrides.epochs is not None or overrides.steps is not None:
+            raise MinivisionError(f"{path} was interrupted; resume it as it was, without --epochs/--steps")
+        log(f"resuming {path} at epoch {progress['epoch'] + 1}, step {progress['step_in_epoch']}")
+        return cfg, path, state, history
+    # Finished: extend, keeping the original run folder untouched.
+    done = len(history)
+    if overrides.epochs is None or overrides.epochs <= done or cfg.epochs is None:
+        raise MinivisionError(f"{path} already finished {done} epoch(s); extend it with --resume {path} "
+                              f"--epochs N (N > {done})")
+    cfg = dataclasses.replace(cfg, epochs=overrides.epochs)
+    run_dir = new_run_dir(path.parent, path.name)
+    _write_args(run_dir, cfg)
+    progress["finished"] = False
+    log(f"extending {path} from {done} to {cfg.epochs} epochs in {run_dir}")
+    return cfg, run_dir, state, history
+
+
+class _Loop:
+    def __init__(self, cfg, ds, model, pre, optimizer, device, precision, run_dir, meta, history, log, progress):
+        self.cfg, self.ds, self.model, self.pre, self.opt = cfg, ds, model, pre, optimizer
+        self.device, self.precision, self.run_dir, self.meta, self.log = device, precision, run_dir, meta, log
+        self.history = history
+        self.progress = progress
+        self.augment = Augment.parse(cfg.augment)
+        self.x = ds.train.x.to(device)
+        self.y = ds.train.y.to(device)
+        n, bs = len(self.y), cfg.batch_size
+        if n == 0:
+            raise MinivisionError("the training split is empty")
+        self.batches_per_epoch = n // bs + (1 if n % bs >= 2 or n < bs else 0)  # a lone last image is dropped
+        if cfg.steps is not None:
+            self.total_steps = cfg.steps
+            self.epochs = math.ceil(cfg.steps / self.batches_per_epoch)
+        else:
+            self.epochs = cfg.epochs
+            self.total_steps = cfg.epochs * self.batches_per_epoch
+        self.epoch, self.step_in_epoch, self.step = len(history), 0, len(history) * self.batches_per_epoch
+        self.best_val = max((r["val_accuracy"] for r in history if r["val_accuracy"] == r["val_accuracy"]),
+                            default=-1.0)
+        # loss sum, correct, count within the epoch; one tensor added to in step order, so a resumed
+        # epoch sums in exactly the same order as an uninterrupted one
+        self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        self.epoch_seconds = 0.0
+        self.rng_resume: dict[str, torch.Tensor] | None = None
+
+    def restore(self, state: dict[str, Any]) -> None:
+        p = state["progress"]
+        self.model.load_state_dict(state["model"])
+        opt_state = state["optimizer"]
+        self.opt.load_state_dict(opt_state)
+        self.epoch, self.step_in_epoch, self.step = p["epoch"], p["step_in_epoch"], p["step"]
+        self.best_val = p["best_val"]
+        self.sums = torch.tensor(p["sums"], dtype=torch.float64, device=self.device)
+        self.epoch_seconds = p["epoch_seconds"]
+        if self.step_in_epoch:
+            self.rng_resume = p["rng"]
+
+    # -- checkpoint
+
+    def save(self, finished: bool = False) -> None:
+        rng = {"torch": torch.get_rng_state(), "augment": self.aug_gen.get_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        progress = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step,
+                    "best_val": self.best_val, "sums": self.sums.tolist(), "epoch_seconds": self.epoch_seconds,
+                    "history": self.history, "finished": finished, "preprocess": self.pre.to_dict(), "rng": rng}
+        save_checkpoint(self.run_dir / "last.safetensors", self.model, self.opt, progress)
+
+    # -- loop
+
+    def run(self) -> bool:
+        """Train to the end; return True if stopped by a signal (checkpoint saved)."""
+        cfg = self.cfg
+        self.model.train()
+        with _StopFlag() as flag:
+            while self.epoch < self.epochs:
+                e = self.epoch
+                perm = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(_epoch_seed(cfg.seed, e, 0)))
+                perm = perm.to(self.device)
+                self.aug_gen = torch.Generator(device=self.device).manual_seed(_epoch_seed(cfg.seed, e, 1))
+                torch.manual_seed(_epoch_seed(cfg.seed, e, 2))
+                if self.rng_resume is not None:
+                    torch.set_rng_state(self.rng_resume["torch"])
+                    self.aug_gen.set_state(self.rng_resume["augment"])
+                    if "cuda" in self.rng_resume and self.device.type == "cuda":
+                        torch.cuda.set_rng_state(self.rng_resume["cuda"], self.device)
+                    self.rng_resume = None
+                n_batches = min(self.batches_per_epoch, self.total_steps - e * self.batches_per_epoch)
+                if self._train_epoch(perm, n_batches, flag):
+                    self.save()
+                    self.log(f"\ninterrupted at epoch {e + 1}, step {self.step_in_epoch}; checkpoint saved. "
+                             f"Resume with: minivision train --resume {self.run_dir}")
+                    return True
+                self._end_epoch()
+        return False
+
+    def _train_epoch(self, perm: torch.Tensor, n_batches: int, flag: _StopFlag) -> bool:
+        cfg, bs = self.cfg, self.cfg.batch_size
+        bar = tqdm(total=n_batches, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{self.epochs}",
+                   leave=False, unit="batch", disable=None if self.progress is None else not self.progress,
+                   dynamic_ncols=True)
+        t0 = time.perf_counter() - self.epoch_seconds
+        last_save = time.perf_counter()
+        autocast = self.precision == "bf16"
+        try:
+            while self.step_in_epoch < n_batches:
+                if flag.stop:
+                    self.epoch_seconds = time.perf_counter() - t0
+                    return True
+                i = self.step_in_epoch
+                idx = perm[i * bs:(i + 1) * bs]
+                xb = self.augment(self.pre(self.x[idx]), self.aug_gen)
+                yb = self.y[idx]
+                lr = lr_at(self.step, self.total_steps, cfg.lr, cfg.schedule)
+                for group in self.opt.param_groups:
+                    group["lr"] = lr
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
+                    logits = self.model(xb)
+                loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+                if not torch.isfinite(loss):
+                    raise MinivisionError(f"training diverged at epoch {self.epoch + 1} (loss {loss.item()}); "
+                                          f"try a smaller --lr than {cfg.lr}")
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                with torch.no_grad():
+                    self.sums += torch.stack([loss.detach().double() * len(yb),
+                                             (logits.argmax(1) == yb).sum().double(),
+                                             torch.tensor(float(len(yb)), device=self.device, dtype=torch.float64)])
+                self.step_in_epoch += 1
+                self.step += 1
+                if self.step_in_epoch % 20 == 0 or self.step_in_epoch == n_batches:
+                    s = self.sums.tolist()
+                    bar.set_postfix_str(f"loss {s[0] / s[2]:.4f} acc {s[1] / s[2]:.2%}", refresh=False)
+                    bar.update(self.step_in_epoch - bar.n)
+                    if time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
+                        self.epoch_seconds = time.perf_counter() - t0
+                        self.save()
+                        last_save = time.perf_counter()
+        finally:
+            bar.close()
+        self.epoch_seconds = time.perf_counter() - t0
+        return False
+
+    def _end_epoch(self) -> None:
+        cfg = self.cfg
+        loss_sum, correct, count = self.sums.tolist()
+        val_loss = val_acc = float("nan")
+        if self.ds.val is not None and len(self.ds.val):
+            logits = predict_logits(self.model, self.pre, self.ds.val.x, device=self.device, precision=self.precision)
+            val_loss, val_acc = loss_and_accuracy(logits, self.ds.val.y)
+        row = {"epoch": self.epoch + 1, "train_loss": loss_sum / count, "train_accuracy": correct / count,
+               "val_loss": val_loss, "val_accuracy": val_acc,
+               "lr": lr_at(max(self.step - 1, 0), self.total_steps, cfg.lr, cfg.schedule),
+               "seconds": round(self.epoch_seconds, 3)}
+        self.history.append(row)
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        self.epoch_seconds = 0.0
+        improved = val_acc == val_acc and val_acc > self.best_val
+        if improved or (val_acc != val_acc):  # no validation split: the latest weights are the best we know
+            self.best_val = val_acc if improved else self.best_val
+            save_model(self.run_dir, self.model, {}, weights_name="best")
+        self.save(finished=self.epoch >= self.epochs)
+        from .report.history import write_history
+
+        write_history(self.run_dir, self.history)
+        val = f"val loss {val_loss:.4f} acc {val_acc:.2%}" if val_acc == val_acc else "no validation split"
+        self.log(f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} acc "
+                 f"{row['train_accuracy']:.2%}  {val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
+                 + ("  *" if improved else ""))
+
+
+def _finish(loop: _Loop, ds: Dataset) -> dict[str, float]:
+    """Keep the best-validation weights as the run's model, score them on the test split, write files."""
+    from .fileio import load_tensors
+
+    best = loop.run_dir / "best.safetensors"
+    if best.is_file():
+        loop.model.load_state_dict(load_tensors(best))
+    test: dict[str, float] = {}
+    if ds.test is not None and len(ds.test):
+        logits = predict_logits(loop.model, loop.pre, ds.test.x, device=loop.device, precision=loop.precision)
+        loss, acc = loss_and_accuracy(logits, ds.test.y)
+        test = {"test_loss": loss, "test_accuracy": acc, "test_n": len(ds.test)}
+    best_row = max(loop.history, key=lambda r: r["val_accuracy"] if r["val_accuracy"] == r["val_accuracy"] else -1)
+    metrics = {"epochs": len(loop.history), "best_epoch": best_row["epoch"],
+               "val_accuracy": best_row["val_accuracy"], **test,
+               "train_seconds": round(sum(r["seconds"] for r in loop.history), 2)}
+    loop.meta["metrics"] = metrics
+    loop.meta["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    save_model(loop.run_dir, loop.model, loop.meta)
+    return {k: v for k, v in test.items()}
+
+
+def split_for(ds: Dataset, name: str) -> Split:
+    split = getattr(ds, name, None)
+    if split is None or len(split) == 0:
+        raise MinivisionError(f"dataset {ds.name} has no {name} split")
+    return split
