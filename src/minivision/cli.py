@@ -24,6 +24,9 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         if "unrecognized arguments" in message:
             flags = [s for a in self._actions for s in a.option_strings]
+            for action in self._actions:  # the flags of every subcommand, for `minivision train --epohcs`
+                if isinstance(action, argparse._SubParsersAction):
+                    flags += [s for sub in action.choices.values() for a in sub._actions for s in a.option_strings]
             bad = message.split(":", 1)[1].split()
             hints = []
             for b in bad:

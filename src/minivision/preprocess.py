@@ -52,7 +52,7 @@ class Preprocess:
         h, w = self.size
         if img.size != (w, h):
             img = img.resize((w, h), Image.Resampling.LANCZOS)
-        a = np.asarray(img, dtype=np.uint8)
+        a = np.array(img, dtype=np.uint8)
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(a))
 
