@@ -46,7 +46,7 @@ def write_pixel_csv(path, x: np.ndarray, y: np.ndarray, header: bool = True) -> 
     lines = []
     if header:
         lines.append(",".join(["label"] + [f"pixel{i + 1}" for i in range(flat.shape[1])]))
-    for label, row in zip(y, flat):
+    for label, row in zip(y, flat, strict=False):
         lines.append(f"{int(label)}," + ",".join(map(str, row.tolist())))
     path.write_text("\n".join(lines) + "\n")
 

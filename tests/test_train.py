@@ -99,7 +99,8 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, synth_csv, sig):
 
 def test_extend_a_finished_run_into_a_new_folder(tmp_path):
     ds = synthetic_dataset(120, 40)
-    first = fit(TrainConfig(model="mlp", epochs=1, val_split=0.25, out=str(tmp_path)), dataset=ds, progress=False, log=lambda m: None)
+    first = fit(TrainConfig(model="mlp", epochs=1, val_split=0.25, out=str(tmp_path)), dataset=ds,
+                progress=False, log=lambda m: None)
     before = (first.run_dir / "results.csv").read_text()
     ext = fit(TrainConfig(epochs=3), dataset=ds, resume=first.run_dir, progress=False, log=lambda m: None)
     assert ext.run_dir != first.run_dir and len(ext.history) == 3

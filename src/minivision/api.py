@@ -34,7 +34,8 @@ class Classifier:
 
     # -- training
 
-    def fit(self, data: str | Dataset = "fashion-mnist", *, progress: bool | None = None, **overrides: Any) -> Classifier:
+    def fit(self, data: str | Dataset = "fashion-mnist", *, progress: bool | None = None,
+            **overrides: Any) -> Classifier:
         """Train on a dataset name, CSV file, image folder or a ``Dataset`` from ``load_dataset``."""
         from .train import fit
 

@@ -49,7 +49,8 @@ def _number(kind, lo=None, hi=None, lo_open=False):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if isinstance(value, float) and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if lo is not None and (value <= lo if lo_open else value < lo):
@@ -66,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model; writes a run folder (runs/train, runs/train2, ...)")
-    t.add_argument("--data", default=None, help="fashion-mnist (default), mnist, cifar10, a CSV file or an image folder")
+    t.add_argument("--data", default=None,
+                   help="fashion-mnist (default), mnist, cifar10, a CSV file or an image folder")
     t.add_argument("--test-data", default=None, help="a second CSV file used as the test split")
     t.add_argument("--data-dir", default=None, help="folder with the dataset files (else $MINIVISION_DATA, cache, ...)")
     t.add_argument("--model", default=None, help="model name (see `minivision models`); default mvnet")
@@ -91,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     t.add_argument("--out", default="runs", help="parent folder of run folders (default runs)")
     t.add_argument("--name", default="train", help="run folder name (default train; never overwritten)")
-    t.add_argument("--resume", metavar="RUN", help="continue an interrupted run, or extend a finished one with --epochs")
+    t.add_argument("--resume", metavar="RUN",
+                   help="continue an interrupted run, or extend a finished one with --epochs")
     t.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
 
     e = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy and confusion matrix of a model")

@@ -71,6 +71,6 @@ def format_metrics(m: dict[str, Any], classes: list[str], title: str) -> str:
     lines += ["", "confusion matrix (rows: true, columns: predicted):"]
     cell = max(5, len(str(max(max(r) for r in m["confusion"]))) + 1)
     lines.append(" " * (width + 2) + "".join(f"{i:>{cell}}" for i in range(len(classes))))
-    for i, (name, row) in enumerate(zip(classes, m["confusion"])):
+    for i, (name, row) in enumerate(zip(classes, m["confusion"], strict=False)):
         lines.append(f"  {name:<{width}}" + "".join(f"{v:>{cell}}" for v in row) + f"   {i}")
     return "\n".join(lines)

@@ -63,7 +63,7 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
         scores, idx = probs.topk(k, dim=1)
         for j, r in enumerate(where):
             top = [{"label": lm.classes[int(c)], "index": int(c), "score": round(float(s), 6)}
-                   for s, c in zip(scores[j], idx[j])]
+                   for s, c in zip(scores[j], idx[j], strict=False)]
             results[r].update({"label": top[0]["label"], "index": top[0]["index"], "score": top[0]["score"],
                                "top_k": top})
     return results

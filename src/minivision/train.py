@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -457,7 +457,7 @@ def _finish(loop: _Loop, ds: Dataset) -> dict[str, float]:
                "val_accuracy": best_row["val_accuracy"], **test,
                "train_seconds": round(sum(r["seconds"] for r in loop.history), 2)}
     loop.meta["metrics"] = metrics
-    loop.meta["created"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    loop.meta["created"] = datetime.now(UTC).isoformat(timespec="seconds")
     save_model(loop.run_dir, loop.model, loop.meta)
     return {k: v for k, v in test.items()}
 

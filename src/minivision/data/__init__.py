@@ -1,0 +1,127 @@
+"""Every data source, read into one in-memory form: ``Dataset`` of uint8 N x C x H x W splits.
+
+``load_dataset`` is the single entry point the CLI and the API use, so a name, a CSV file, an IDX
+folder, a CIFAR-10 archive and a folder of pictures all behave the same downstream.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import torch
+
+from minivision.data import cifar, idx
+from minivision.data.csvfile import read_pixel_csv
+from minivision.data.dataset import Dataset, Split
+from minivision.data.folder import read_image_folder
+from minivision.data.sources import DATASETS, FASHION_CLASSES, load_named
+from minivision.errors import DataError
+
+__all__ = ["DATASETS", "Dataset", "Split", "load_dataset"]
+
+_ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist",
+            "cifar-10": "cifar10", "cifar_10": "cifar10"}
+
+
+def _digit_classes(labels: list[torch.Tensor], hint: str) -> list[str]:
+    """Class names for label-only sources: Fashion-MNIST's names when the file says fashion."""
+    top = max(int(y.max()) for y in labels if len(y))
+    if top <= 9 and "fashion" in hint.lower():
+        return list(FASHION_CLASSES)
+    return [str(i) for i in range(top + 1)]
+
+
+def _read_csv(path: Path, test_data: Path | None) -> Dataset:
+    x, y = read_pixel_csv(path)
+    test = None
+    if test_data is not None:
+        tx, ty = read_pixel_csv(test_data)
+        if tx.shape[1:] != x.shape[1:]:
+            raise DataError(f"{test_data}: images are {tuple(tx.shape[2:])}, "
+                            f"but {path} has {tuple(x.shape[2:])}")
+        test = Split(tx, ty)
+    classes = _digit_classes([y] + ([test.y] if test else []), path.name)
+    return Dataset(name=path.stem, classes=classes, train=Split(x, y), test=test, source=str(path))
+
+
+def _read_idx_folder(folder: Path) -> Dataset:
+    files = idx.find_idx_files(folder)
+    splits = {}
+    for split in ("train", "t10k"):
+        images, labels = files.get(f"{split}-images"), files.get(f"{split}-labels")
+        if images is None and labels is None and split == "t10k":
+            continue
+        if images is None or labels is None:
+            missing = f"{split}-{'images-idx3' if images is None else 'labels-idx1'}-ubyte[.gz]"
+            raise DataError(f"{folder}: IDX folder is missing {missing}")
+        splits[split] = idx.make_split(idx.read_idx(images), idx.read_idx(labels), images, labels)
+    if "train" not in splits:
+        raise DataError(f"{folder}: IDX folder has no train-images/train-labels files")
+    classes = _digit_classes([s.y for s in splits.values()], folder.name)
+    return Dataset(name=folder.name, classes=classes, train=splits["train"], test=splits.get("t10k"),
+                   source=str(folder))
+
+
+def _is_cifar_file(path: Path) -> bool:
+    return path.name.endswith((".tar.gz", ".tgz", ".bin")) or path.name in ("test_batch", "data_batch_1")
+
+
+def _attach_test(ds: Dataset, test_ds: Dataset, test_data: str | Path) -> Dataset:
+    """Use another source's images as the test split, mapping its classes onto ``ds``'s by name."""
+    extra = [c for c in test_ds.classes if c not in ds.classes]
+    if extra:
+        raise DataError(f"{test_data}: classes {', '.join(extra[:5])} are not in the training data")
+    if test_ds.train.x.shape[1:] != ds.train.x.shape[1:]:
+        raise DataError(f"{test_data}: images are {tuple(test_ds.train.x.shape[1:])} (C, H, W), "
+                        f"training data has {tuple(ds.train.x.shape[1:])}")
+    remap = torch.tensor([ds.classes.index(c) for c in test_ds.classes], dtype=torch.int64)
+    ds.test = Split(test_ds.train.x, remap[test_ds.train.y])
+    ds.skipped += test_ds.skipped
+    return ds
+
+
+def load_dataset(name_or_path: str | Path = "fashion-mnist", data_dir: str | Path | None = None,
+                 test_data: str | Path | None = None) -> Dataset:
+    """Load a named dataset or read a CSV file, IDX folder, CIFAR-10 archive/batches or image folder.
+
+    ``data_dir`` is where named datasets are looked for and downloaded to; ``test_data`` is a
+    second file or folder of the same kind whose images become the test split.
+    """
+    name_or_path = str(name_or_path)
+    key = _ALIASES.get(name_or_path.lower(), name_or_path.lower())
+    if key in DATASETS:  # a registered name wins; write ./mnist for a local folder of that name
+        if test_data is not None:
+            raise DataError(f"{name_or_path} has its own test split; --test-data is for files and folders")
+        return load_named(key, data_dir)
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        looks_like_path = "/" in name_or_path or "\\" in name_or_path or bool(path.suffix)
+        if looks_like_path:
+            raise DataError(f"{path}: no such file or folder")
+        close = difflib.get_close_matches(key, list(DATASETS) + list(_ALIASES), n=1)
+        hint = f"did you mean {_ALIASES.get(close[0], close[0])}? " if close else ""
+        raise DataError(f"unknown dataset {name_or_path!r}: {hint}(known: {', '.join(DATASETS)}; "
+                        "or give a CSV file, an IDX or image folder, or a CIFAR-10 archive)")
+    test_path = Path(test_data).expanduser() if test_data is not None else None
+    if test_path is not None and not test_path.exists():
+        raise DataError(f"{test_path}: no such file or folder")
+    if path.is_file() and path.name.lower().endswith((".csv", ".csv.gz")):
+        return _read_csv(path, test_path)
+    if path.is_file() and idx.find_idx_files(path.parent).get("train-images") == path:
+        path = path.parent  # pointed at the images file of an IDX folder
+    if path.is_file() and _is_cifar_file(path):
+        ds = cifar.read_cifar(path)
+    elif path.is_file():
+        raise DataError(f"{path}: unsupported file type (expected .csv, a CIFAR-10 .tar.gz/.bin, "
+                        "an IDX folder or an image folder)")
+    elif idx.find_idx_files(path):
+        ds = _read_idx_folder(path)
+    elif cifar.batch_folder(path) or (path / "cifar-10-binary.tar.gz").is_file() \
+            or (path / "cifar-10-python.tar.gz").is_file():
+        ds = cifar.read_cifar(path)
+    else:
+        ds = read_image_folder(path)
+    if test_path is not None:
+        ds = _attach_test(ds, load_dataset(str(test_path)), test_path)
+    return ds

@@ -1,0 +1,185 @@
+"""Image-folder datasets: layouts, skipped files, channels, sizes and the decoded-array cache."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from minivision.data import folder, load_dataset
+from minivision.data.folder import read_image_folder
+from minivision.data.sources import user_cache_dir
+from minivision.errors import DataError
+
+
+def put(path, value: int = 128, size=(8, 8), mode: str = "L", fmt: str = "PNG", color=None) -> None:
+    """Write a flat image; ``color`` (r, g, b) makes a colour one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fill = color or (value if mode == "L" else (value,) * 3)
+    img = Image.new("RGB" if color else mode, size, fill)
+    img.save(path, fmt)
+
+
+def one_line_naming(excinfo: pytest.ExceptionInfo, name: object) -> str:
+    msg = str(excinfo.value)
+    assert "\n" not in msg and str(name) in msg, msg
+    return msg
+
+
+def cache_files():
+    base = user_cache_dir() / "folders"
+    return sorted(base.iterdir()) if base.is_dir() else []
+
+
+def test_class_layout_goes_to_train(tmp_path):
+    for i in range(3):
+        put(tmp_path / "dog" / f"{i}.png", 10 * i)
+        put(tmp_path / "cat" / f"{i}.png", 100 + i)
+    ds = read_image_folder(tmp_path)
+    assert ds.classes == ["cat", "dog"]
+    assert ds.train.x.shape == (6, 1, 8, 8) and ds.val is None and ds.test is None
+    assert ds.train.y.tolist() == [0, 0, 0, 1, 1, 1]
+    assert ds.train.x[0, 0, 0, 0] == 100 and ds.name == tmp_path.name and ds.skipped == []
+
+
+def test_split_layout_with_union_of_classes(tmp_path):
+    put(tmp_path / "train" / "b" / "1.png")
+    put(tmp_path / "train" / "c" / "1.png")
+    put(tmp_path / "valid" / "c" / "1.png")
+    put(tmp_path / "test" / "a" / "1.png")  # a class only the test split has
+    ds = read_image_folder(tmp_path)
+    assert ds.classes == ["a", "b", "c"]
+    assert ds.train.y.tolist() == [1, 2] and ds.val.y.tolist() == [2] and ds.test.y.tolist() == [0]
+
+
+def test_hidden_and_non_image_entries_are_ignored(tmp_path):
+    put(tmp_path / "a" / "1.png")
+    put(tmp_path / "a" / ".hidden.png")
+    put(tmp_path / "a" / ".thumbs" / "t.png")
+    put(tmp_path / ".git" / "x.png")
+    (tmp_path / "a" / "notes.txt").write_text("not a picture")
+    (tmp_path / "a" / ".DS_Store").write_bytes(b"\0\0")
+    put(tmp_path / "b" / "nested" / "2.png")  # sub-folders of a class count
+    ds = read_image_folder(tmp_path)
+    assert ds.classes == ["a", "b"] and len(ds.train) == 2 and ds.skipped == []
+
+
+def test_bad_files_are_skipped_and_listed(tmp_path):
+    put(tmp_path / "a" / "good.png")
+    put(tmp_path / "b" / "good.jpg", fmt="JPEG")
+    (tmp_path / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    data = (tmp_path / "b" / "good.jpg").read_bytes()
+    (tmp_path / "b" / "cut.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "b" / "doc.svg").write_text("<svg/>")  # not an image extension: ignored, not listed
+    put(tmp_path / "stray.png")  # not inside a class folder
+    ds = read_image_folder(tmp_path)
+    assert len(ds.train) == 2
+    reasons = dict(ds.skipped)
+    assert set(reasons) == {str(tmp_path / "a" / "broken.png"), str(tmp_path / "b" / "cut.jpg"),
+                            str(tmp_path / "stray.png")}
+    assert all(reason and "\n" not in reason for reason in reasons.values())
+
+
+def test_gray_detection(tmp_path):
+    put(tmp_path / "a" / "1.png", 50)
+    put(tmp_path / "b" / "2.png", 90, mode="RGB")  # grey stored as RGB
+    assert read_image_folder(tmp_path).channels == 1
+    put(tmp_path / "b" / "3.png", color=(200, 10, 10))
+    ds = read_image_folder(tmp_path)
+    assert ds.channels == 3
+    assert ds.train.x[0, :, 0, 0].tolist() == [50, 50, 50]  # grey images expanded to 3 channels
+    assert ds.train.x[2, :, 0, 0].tolist() == [200, 10, 10]
+
+
+def test_mixed_sizes_resized_to_dominant(tmp_path):
+    for i in range(3):
+        put(tmp_path / "a" / f"{i}.png", size=(12, 10))
+    put(tmp_path / "b" / "big.png", 200, size=(40, 40))
+    ds = read_image_folder(tmp_path)
+    assert ds.image_size == (10, 12)
+    assert ds.train.x[3].float().mean().item() == pytest.approx(200, abs=1)
+
+
+@pytest.mark.parametrize("make, expect", [
+    (lambda root: None, "no class folders"),
+    (lambda root: (root / "a").mkdir(), "class folder has no images"),
+    (lambda root: ((root / "a").mkdir(), (root / "a" / "x.txt").write_text("x")),
+     "class folder has no images"),
+    (lambda root: (root / "a").mkdir() or (root / "a" / "x.png").write_bytes(b"junk"), "no readable images"),
+    (lambda root: (put(root / "train" / "a" / "1.png"), put(root / "extra" / "1.png")),
+     "mixes split folders"),
+    (lambda root: put(root / "test" / "a" / "1.png") or put(root / "val" / "a" / "1.png"), "no train/"),
+])
+def test_folder_errors(tmp_path, make, expect):
+    root = tmp_path / "data"
+    root.mkdir()
+    make(root)
+    with pytest.raises(DataError) as e:
+        read_image_folder(root)
+    assert expect in one_line_naming(e, root)
+
+
+def test_missing_folder(tmp_path):
+    with pytest.raises(DataError) as e:
+        read_image_folder(tmp_path / "nowhere")
+    one_line_naming(e, "nowhere")
+
+
+def test_cache_hit_miss_and_corrupt(tmp_path, monkeypatch):
+    put(tmp_path / "a" / "1.png", 10)
+    put(tmp_path / "b" / "1.png", 20)
+    (tmp_path / "b" / "bad.png").write_bytes(b"junk")
+    first = read_image_folder(tmp_path)
+    files = cache_files()
+    assert [f.suffix for f in files] == [".json", ".safetensors"]
+
+    calls = []
+    real_build = folder._build
+    monkeypatch.setattr(folder, "_build", lambda *a: calls.append(1) or real_build(*a))
+    again = read_image_folder(tmp_path)  # hit: nothing decoded
+    assert calls == []
+    assert (again.train.x == first.train.x).all() and again.classes == first.classes
+    assert again.skipped == first.skipped and again.source == first.source
+
+    put(tmp_path / "b" / "2.png", 30)  # a new file: miss, and the stale entry is replaced
+    changed = read_image_folder(tmp_path)
+    assert calls == [1] and len(changed.train) == 3 and len(cache_files()) == 2
+
+    os.utime(tmp_path / "a" / "1.png", ns=(1, 1))  # same name and size, new mtime: miss
+    read_image_folder(tmp_path)
+    assert calls == [1, 1]
+
+    tensors = next(f for f in cache_files() if f.suffix == ".safetensors")
+    tensors.write_bytes(tensors.read_bytes()[:100])  # damaged arrays, intact JSON: ignored, rebuilt
+    rebuilt = read_image_folder(tmp_path)
+    assert calls == [1, 1, 1] and len(rebuilt.train) == 3
+    meta = json.loads(next(f for f in cache_files() if f.suffix == ".json").read_text())
+    assert meta["classes"] == ["a", "b"]
+
+    read_image_folder(tmp_path, cache=False)
+    assert calls == [1, 1, 1, 1]
+
+
+def test_process_pool_gives_same_result(tmp_path, monkeypatch):
+    for i in range(12):
+        put(tmp_path / f"c{i % 3}" / f"{i}.png", 20 * i, color=(i, 2 * i, 3 * i) if i % 2 else None)
+    (tmp_path / "c0" / "bad.png").write_bytes(b"junk")
+    serial = read_image_folder(tmp_path, cache=False)
+    monkeypatch.setattr(folder, "_POOL_MIN_FILES", 1)
+    monkeypatch.setattr(folder, "_CHUNK", 5)
+    monkeypatch.setattr(folder, "_workers", lambda: 2)
+    pooled = read_image_folder(tmp_path, cache=False)
+    assert (pooled.train.x == serial.train.x).all() and (pooled.train.y == serial.train.y).all()
+    assert pooled.skipped == serial.skipped and len(pooled.skipped) == 1
+
+
+def test_load_dataset_dispatches_to_folder(tmp_path):
+    put(tmp_path / "imgs" / "x" / "1.png")
+    put(tmp_path / "imgs" / "y" / "1.png")
+    put(tmp_path / "held" / "y" / "1.png", 7)
+    ds = load_dataset(str(tmp_path / "imgs"), test_data=tmp_path / "held")
+    assert ds.classes == ["x", "y"] and ds.test.y.tolist() == [1]
+    assert np.asarray(ds.test.x)[0, 0, 0, 0] == 7
