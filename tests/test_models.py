@@ -183,6 +183,14 @@ def test_too_small_images_are_a_one_line_error(name: str) -> None:
     assert "6x6" in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("name", list_models("mvnet*"))
+def test_mvnet_takes_8x8_images_and_uses_widths_in_multiples_of_16(name: str) -> None:
+    model = build(name, (3, 8, 8, 4)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 8, 8)).shape == (2, 4)
+    assert all(m.out_channels % 16 == 0 for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
 # ----------------------------------------------------------------------------- registry
 
 def test_unknown_model_suggests_close_names() -> None:

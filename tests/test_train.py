@@ -186,3 +186,16 @@ def test_models_and_summary_commands(capsys):
     assert main(["summary", "cnn2"]) == 0
     out = capsys.readouterr().out
     assert "507,530" in out
+
+
+def test_resume_after_a_stop_between_last_epoch_and_model_file(tmp_path):
+    """Killed after the last checkpoint but before model.json: resume writes the model, trains nothing."""
+    ds = synthetic_dataset(120, 40)
+    run = fit(TrainConfig(model="softmax", epochs=2, val_split=0.25, out=str(tmp_path)), dataset=ds,
+              progress=False, log=lambda m: None).run_dir
+    (run / "model.json").unlink()
+    with pytest.raises(mv.MinivisionError, match="--resume"):
+        mv.load(run)
+    again = fit(TrainConfig(), dataset=ds, resume=run, progress=False, log=lambda m: None)
+    assert again.run_dir == run and len(again.history) == 2
+    assert mv.load(run).classes_ == ds.classes

@@ -265,6 +265,10 @@ def _prepare_resume(path: Path, overrides: TrainConfig, log: Callable[[str], Non
     model_state, opt_state, progress = load_checkpoint(ckpt)
     state = {"model": model_state, "optimizer": opt_state, "progress": progress}
     history = [dict(r) for r in progress["history"]]
+    if progress.get("finished") and not (path / "model.json").is_file():
+        # stopped after the last epoch but before the model was written: just finish it
+        log(f"finishing {path}: training was complete, writing the model")
+        return cfg, path, state, history
     if not progress.get("finished"):
         if overrides.epochs is not None or overrides.steps is not None:
             raise MinivisionError(f"{path} was interrupted; resume it as it was, without --epochs/--steps")

@@ -1,6 +1,48 @@
 """mvnet: minivision's default network, a small airbench-style CNN that trains fast on a laptop CPU.
 
-PLACEHOLDER_DOCSTRING
+Why this shape: KellerJordan's airbench94 (``legacy/airbench94.py``) reaches 94% on CIFAR-10 in a
+few seconds of GPU time with a plain stack of [conv3x3 -> maxpool2 -> BN -> GELU -> conv3x3 -> BN
+-> GELU] groups, a global max pool and a linear head with a fixed output scale. Pooling straight
+after the first conv of a group runs BN and GELU on a quarter of the pixels; no residual branches,
+no depthwise convs and no attention, which are slow or memory-bound on a 2-core CPU. What we
+changed, and why:
+
+* widths 32-64-128 (airbench: 64-256-256, 7x the multiply-adds): at the ~75 GFLOP/s these convs
+  reach on 2 cores, multiply-adds are time;
+* a learned conv3x3 -> BN -> GELU stem instead of the fixed 2x2 patch-whitening conv: it works for
+  any channel count and needs no pass over the data when the model is built, and its BN keeps the
+  net tolerant of either input normalisation; 3x3 "same" padding keeps all pixels for any size;
+* standard BatchNorm (learned scale, eps 1e-5) and PyTorch's default init; no lookahead or
+  test-time augmentation here (those belong to the training loop);
+* head scale 1/8 (airbench: 1/9); over 2 epochs it tied with a scale of 1 (91.4 vs 91.2%).
+
+Channel counts are multiples of 16 so oneDNN's AVX2 kernels run full vectors; use
+``model.to(memory_format=torch.channels_last)`` with channels-last input (1.2-1.6x faster below).
+Any in_channels, num_classes and image side >= 8 (three pools: 28 -> 14 -> 7 -> 3, 32 -> 4).
+
+Variants (``width`` multiplies the block widths; ``depth`` adds conv-BN-GELU layers per block).
+Params and multiply-adds per 1x28x28 image (Conv2d + Linear), and forward+backward+SGD step time
+per batch of 256 on the 2-core AVX2 dev VM (AMD EPYC, torch 2.13 CPU, fp32, 2 threads, min of 8;
+the VM is shared, so timings are +-15%; cnn2 for scale: 156 ms channels-last, 181 ms NCHW):
+
+=========  ============  ==========  =============  =============  ==========
+model      widths        params      mult-adds      channels_last  NCHW
+=========  ============  ==========  =============  =============  ==========
+mvnet-s    16-32-64          74,992      4,961,152         119 ms      188 ms
+mvnet      32-64-128        292,656     15,891,968         318 ms      402 ms
+mvnet-l    64-128-256     1,165,920     63,339,520       1,024 ms    1,228 ms
+=========  ============  ==========  =============  =============  ==========
+
+(3x32x32: mvnet 21.7 M mult-adds, 445 ms channels-last vs 607 ms NCHW.)
+
+Recipe (``_RECIPE``, the registered defaults): SGD + Nesterov 0.9, one-cycle to lr 0.2, weight
+decay 5e-4, batch 256, 8 epochs, label smoothing 0.1, random flip + shift by up to 2 pixels,
+per-channel standardisation, 10% validation. Evidence, Fashion-MNIST, plain PyTorch loop, 54,000
+training images, test accuracy, 1 run (seed 0), 1 thread:
+mvnet 93.3% (per epoch: 86.0 88.9 89.5 89.1 90.9 91.7 93.3 93.3; 860 s). For scale, the Keras
+tutorial CNN (cnn2) stalls at ~92% after 40 epochs. Over 2 epochs, peak lr 0.05 / 0.1 / 0.2 gave
+90.3 / 91.4 / 91.4% and ReLU instead of GELU 91.1%. Not yet measured: mvnet-s and mvnet-l over 8
+epochs, several seeds, CIFAR-10.
 """
 
 from __future__ import annotations
@@ -103,21 +145,21 @@ def build_mvnet(
                  head_scale=head_scale)
 
 
+# The training recipe every mvnet variant is registered with (see "Recipe" in the module docstring).
 _RECIPE = {
-    "optimizer": "sgd",
-    "lr": 0.1,
+    "optimizer": "sgd",  # SGD + Nesterov: what airbench and most fast CIFAR recipes use with BN nets
+    "lr": 0.2,  # peak of the one-cycle schedule; 0.1 and 0.2 tie over 2 epochs, 0.05 is 1 point worse
     "momentum": 0.9,
     "nesterov": True,
-    "weight_decay": 5e-4,
-    "batch_size": 256,
+    "weight_decay": 5e-4,  # the standard value for BN CNNs trained with SGD at this batch size
+    "batch_size": 256,  # big enough for oneDNN to use both cores well, small enough for ~200 steps/epoch
     "epochs": 8,
-    "schedule": "onecycle",
-    "label_smoothing": 0.1,
-    "augment": "flip,shift=2",
-    "normalize": "standard",
+    "schedule": "onecycle",  # warm-up then anneal: reaches a good minimum in few epochs
+    "label_smoothing": 0.1,  # airbench uses 0.2 with test-time augmentation; 0.1 without
+    "augment": "flip,shift=2",  # airbench's flip + translate 2; wrong for digits (MNIST): drop flip there
+    "normalize": "standard",  # per-channel mean/std, so the first conv sees zero-mean unit-variance input
     "val_split": 0.1,
 }
-
 
 
 @register_model("mvnet-s", description="mvnet at half width (16-32-64): the quick baseline", defaults=_RECIPE)
@@ -132,7 +174,7 @@ def mvnet(in_channels: int, image_size: tuple[int, int], num_classes: int, width
     return build_mvnet(in_channels, image_size, num_classes, width, depth, head_scale)
 
 
-@register_model("mvnet-l", description="mvnet at double width (64-128-256): slower, more accurate",
+@register_model("mvnet-l", description="mvnet at double width (64-128-256): 4x the compute of mvnet",
                 defaults=_RECIPE)
 def mvnet_l(in_channels: int, image_size: tuple[int, int], num_classes: int, width: float = 2.0,
             depth: int = 1, head_scale: float = HEAD_SCALE) -> nn.Module:

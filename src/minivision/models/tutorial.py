@@ -18,11 +18,11 @@ model      parameters  Keras total   multiply-adds / image
 =========  ==========  ============  =====================
 softmax         7,850         7,850              7,840
 mlp           266,610       266,610            266,200
-cnn2          507,530       507,530          5,894,848
-cnn2-bn       211,756       211,822          2,788,224
-cnn1          693,962       693,962            908,032
-cnn3          241,546       241,546          2,213,120
-cnn4        1,220,554     1,222,282          7,880,704
+cnn2          507,530       507,530          5,903,744
+cnn2-bn       211,756       211,822          2,234,112
+cnn1          693,962       693,962            888,192
+cnn3          241,546       241,546          3,237,248
+cnn4        1,219,754     1,221,546         13,180,288
 =========  ==========  ============  =====================
 """
 
@@ -166,6 +166,8 @@ def keras_sequential(
 
 # ----------------------------------------------------------------------------- the models
 
+# lr 0.005 (the recipe we were given for this tutorial) is slow with a mean loss: 1000 steps reach about 72%
+# test accuracy on Fashion-MNIST (lr 0.05: about 81%), short of the ~84% a linear model can reach.
 @register_model(
     "softmax",
     description="softmax regression (TensorFlow's first MNIST tutorial): Flatten, Dense; plain "
