@@ -35,8 +35,8 @@ from .models import create_model, model_info
 from .preprocess import Preprocess
 from .runfiles import load_checkpoint, save_checkpoint, save_model, versions
 
-HISTORY_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 CHECKPOINT_EVERY_S = 120.0  # also save mid-epoch, so a kill -9 loses at most this much work
+MIRROR_SENSITIVE = {"mnist"}  # datasets whose default augmentation must not flip images
 
 
 # ----------------------------------------------------------------------------- Setup
@@ -174,12 +174,16 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     history: list[dict[str, float]] = []
     if resume is not None:
         cfg, run_dir, state, history = _prepare_resume(Path(resume), cfg, log)
-    else:
+    augment_from_user = cfg.augment is not None
+    if resume is None:
         cfg = resolve(cfg, model_info(cfg.model).defaults)
         cfg = _absolute_paths(cfg)
     Augment.parse(cfg.augment)  # fail on a bad spec before loading anything
 
     ds = dataset if dataset is not None else load_dataset(cfg.data, data_dir=cfg.data_dir, test_data=cfg.test_data)
+    if resume is None and not augment_from_user and ds.name in MIRROR_SENSITIVE and Augment.parse(cfg.augment).flip:
+        cfg = dataclasses.replace(cfg, augment=dataclasses.replace(Augment.parse(cfg.augment), flip=0.0).spec())
+        log(f"note: no flip augmentation for {ds.name} (a mirrored digit is another digit); augment={cfg.augment!r}")
     ds = make_val(ds, val_split=cfg.val_split, val_first=cfg.val_first, seed=cfg.seed)
     if ds.skipped:
         log(f"skipped {len(ds.skipped)} unreadable file(s), listed in skipped.txt; first: "
