@@ -400,7 +400,9 @@ class _Loop:
                 loss.backward()
                 self.opt.step()
                 with torch.no_grad():
-                    self.sums += torch.stack([loss.detach().double() * len(yb),
+                    # history records the plain cross-entropy, comparable with the validation loss
+                    plain = loss.detach() if not cfg.label_smoothing else F.cross_entropy(logits.detach().float(), yb)
+                    self.sums += torch.stack([plain.double() * len(yb),
                                              (logits.argmax(1) == yb).sum().double(),
                                              torch.tensor(float(len(yb)), device=self.device, dtype=torch.float64)])
                 self.step_in_epoch += 1
