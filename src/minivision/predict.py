@@ -53,7 +53,8 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
             where.append(len(results))
             results.append({"path": name})
         except MinivisionError as e:
-            results.append({"path": name, "error": str(e)})
+            reason = str(e).removeprefix(f"{name}: ")  # the path is already in the result
+            results.append({"path": name, "error": reason})
         except OSError as e:
             results.append({"path": name, "error": f"cannot read: {e.strerror or e}"})
     if tensors:

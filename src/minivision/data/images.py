@@ -115,7 +115,7 @@ def open_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
                     raise DataError(f"{where}: file is over {MAX_FILE_BYTES >> 20} MB, refused")
                 data = handle.read()
     except OSError as exc:
-        raise DataError(f"{where}: cannot read file ({_one_line(exc)})") from None
+        raise DataError(f"{where}: cannot read file ({exc.strerror or _one_line(exc)})") from None
     if not data:
         raise DataError(f"{where}: empty file")
     refused = _refused_kind(data[:1024])
