@@ -236,8 +236,10 @@ def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Record file and folder arguments as absolute paths, so a resume works from any directory."""
     import os
 
+    from .data import DATASETS
+
     fix = {k: os.path.abspath(v) for k in ("data", "data_dir", "test_data")
-           if (v := getattr(cfg, k)) and os.path.exists(v)}
+           if (v := getattr(cfg, k)) and os.path.exists(v) and not (k == "data" and v.lower() in DATASETS)}
     return dataclasses.replace(cfg, **fix)
 
 
