@@ -8,12 +8,10 @@ from typing import Any
 
 import torch
 
-from .data.images import open_image
+from .data.images import IMAGE_EXTENSIONS, open_image
 from .errors import MinivisionError
 from .runfiles import LoadedModel
 from .train import pick_device, predict_logits
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 
 
 def expand_paths(items: list[str]) -> list[str]:
@@ -22,7 +20,7 @@ def expand_paths(items: list[str]) -> list[str]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
             if not found:
                 raise MinivisionError(f"{item}: folder has no image files")

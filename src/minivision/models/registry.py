@@ -24,6 +24,7 @@ from typing import Any
 
 from torch import nn
 
+from minivision.config import NORMALIZE, OPTIMIZERS, SCHEDULES
 from minivision.errors import MinivisionError
 
 __all__ = [
@@ -57,11 +58,7 @@ TRAINING_KEYS: Mapping[str, str] = MappingProxyType({
     "normalize": '"unit" (x/255, as Keras Rescaling) | "standard" (per-channel mean/std of the training set)',
 })
 
-_CHOICES = {
-    "optimizer": ("adam", "sgd", "adamw", "gd"),
-    "schedule": ("constant", "onecycle", "cosine"),
-    "normalize": ("unit", "standard"),
-}
+_CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "normalize": NORMALIZE}  # the same lists config checks
 _AUGMENT_TOKEN = re.compile(r"^[a-z][a-z0-9_]*(=[0-9]+(\.[0-9]+)?)?$")
 
 
