@@ -313,7 +313,7 @@ class _Loop:
             self.epochs = cfg.epochs
             self.total_steps = cfg.epochs * self.batches_per_epoch
         self.epoch, self.step_in_epoch, self.step = len(history), 0, len(history) * self.batches_per_epoch
-        self.best_val = max((r["val_accuracy"] for r in history if r["val_accuracy"] == r["val_accuracy"]),
+        self.best_val = max((r["val_accuracy"] for r in history if not math.isnan(r["val_accuracy"])),
                             default=-1.0)
         # loss sum, correct, count within the epoch; one tensor added to in step order, so a resumed
         # epoch sums in exactly the same order as an uninterrupted one
@@ -438,15 +438,16 @@ class _Loop:
         self.step_in_epoch = 0
         self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         self.epoch_seconds = 0.0
-        improved = val_acc == val_acc and val_acc > self.best_val
-        if improved or (val_acc != val_acc):  # no validation split: the latest weights are the best we know
+        no_val = math.isnan(val_acc)
+        improved = not no_val and val_acc > self.best_val
+        if improved or no_val:  # no validation split: the latest weights are the best we know
             self.best_val = val_acc if improved else self.best_val
             save_model(self.run_dir, self.model, {}, weights_name="best")
         self.save(finished=self.epoch >= self.epochs)
         from .report.history import write_history
 
         write_history(self.run_dir, self.history)
-        val = f"val loss {val_loss:.4f} acc {val_acc:.2%}" if val_acc == val_acc else "no validation split"
+        val = f"val loss {val_loss:.4f} acc {val_acc:.2%}" if not no_val else "no validation split"
         self.log(f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} acc "
                  f"{row['train_accuracy']:.2%}  {val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
                  + ("  *" if improved else ""))
@@ -464,7 +465,7 @@ def _finish(loop: _Loop, ds: Dataset) -> dict[str, float]:
         logits = predict_logits(loop.model, loop.pre, ds.test.x, device=loop.device, precision=loop.precision)
         loss, acc = loss_and_accuracy(logits, ds.test.y)
         test = {"test_loss": loss, "test_accuracy": acc, "test_n": len(ds.test)}
-    best_row = max(loop.history, key=lambda r: r["val_accuracy"] if r["val_accuracy"] == r["val_accuracy"] else -1)
+    best_row = max(loop.history, key=lambda r: -1.0 if math.isnan(r["val_accuracy"]) else r["val_accuracy"])
     metrics = {"epochs": len(loop.history), "best_epoch": best_row["epoch"],
                "val_accuracy": best_row["val_accuracy"], **test,
                "train_seconds": round(sum(r["seconds"] for r in loop.history), 2)}
