@@ -6,6 +6,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -42,12 +43,19 @@ def test_small_real_subset_trains_evaluates_and_predicts(tmp_path):
     assert clf.predict(ds.test.x[:20]).count("Trouser") >= 1
 
 
-@pytest.mark.slow
 def test_default_command_on_full_fashion_mnist(tmp_path):
-    """The README's main job: `minivision train` with no flags, on all 60,000 images."""
+    """The README's main job: `minivision train` with no flags (the 30-second budget), on all
+    60,000 images, then `evaluate` on the run. Accuracy only: how long it took is a benchmark's
+    business (bench/speed.py), never a test's."""
     p = subprocess.run([sys.executable, "-m", "minivision", "train", "--json", "--out", str(tmp_path)],
-                       capture_output=True, text=True, timeout=3600)
+                       capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-2000:]
     summary = json.loads(p.stdout.strip().splitlines()[-1])
     assert summary["test_n"] == 10_000
-    assert summary["test_accuracy"] > 0.90
+    assert summary["test_accuracy"] > 0.88  # ~91% measured; a slower machine gets fewer steps
+    meta = json.loads((Path(summary["run"]) / "model.json").read_text())
+    assert meta["budget"]["budget_s"] == 30 and meta["budget"]["total_steps"] > 100
+    e = subprocess.run([sys.executable, "-m", "minivision", "evaluate", summary["run"], "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert e.returncode == 0, e.stderr[-2000:]
+    assert json.loads(e.stdout)["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)

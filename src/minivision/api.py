@@ -27,7 +27,7 @@ class Classifier:
     Fitted attributes end in ``_``: ``run_dir_``, ``classes_``, ``history_``, ``test_metrics_``.
     """
 
-    def __init__(self, model: str = "mvnet", epochs: int | None = None, **settings: Any) -> None:
+    def __init__(self, model: str | None = None, epochs: int | None = None, **settings: Any) -> None:
         self.model = model
         self.epochs = epochs
         self.settings = settings

@@ -1,4 +1,4 @@
-"""The ``minivision`` command: train, evaluate, predict, models, summary.
+"""The ``minivision`` command: train, evaluate, predict, models, summary, bench.
 
 Every argument is checked for type and range; unknown flags and names get a "did you mean";
 problems a user can fix print one ``error:`` line and exit 2, never a traceback.
@@ -12,6 +12,7 @@ import json
 import math
 import re
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -71,7 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fashion-mnist (default), mnist, cifar10, a CSV file or an image folder")
     t.add_argument("--test-data", default=None, help="a second CSV file used as the test split")
     t.add_argument("--data-dir", default=None, help="folder with the dataset files (else $MINIVISION_DATA, cache, ...)")
-    t.add_argument("--model", default=None, help="model name (see `minivision models`); default mvnet")
+    t.add_argument("--model", default=None,
+                   help="model name (see `minivision models`); default: the largest that fits the budget")
+    t.add_argument("--budget", metavar="DURATION",
+                   help="wall-clock time for the whole run, e.g. 30s, 3m, 1h30m: picks the network and the "
+                        "number of steps (default 30s when no --model/--epochs/--steps is given)")
     g = t.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=_number(int, 1), help="passes over the training split")
     g.add_argument("--steps", type=_number(int, 1), help="or a number of optimizer steps")
@@ -121,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model", metavar="MODEL_OR_RUN")
     s.add_argument("--input", default="1x28x28", help="CxHxW for a model name (default 1x28x28)")
     s.add_argument("--classes", type=_number(int, 2), default=10)
+
+    b = sub.add_parser("bench", help="the speed and accuracy benchmark (issue 3's rows) on this machine")
+    b.add_argument("--rows", help="comma list of default, evaluate, budget3m, cnn2, memory, cifar-softmax (the "
+                                  "default set), budget30m, cifar15m, cifar30m (15-30 minutes each), or all")
+    b.add_argument("--seeds", default="3", help="number of seeds (3 = seeds 0,1,2) or a list like 0,1,2")
+    b.add_argument("--out", help="keep the run folders here (default: a temporary folder, deleted)")
+    b.add_argument("--cifar", help="CIFAR-10 JPEG folder with train/<class>/ and test/<class>/")
+    b.add_argument("--peer-python", help="python of a venv with tensorflow-cpu (the speed peer)")
+    b.add_argument("--peer-script", help="keras_peer.py (default ../shared/peers/keras_peer.py)")
+    b.add_argument("--verbose", action="store_true", help="echo the runs' own output")
+    b.add_argument("--json", action="store_true", help="the rows as one JSON object on stdout")
     return p
 
 
@@ -130,17 +146,23 @@ def cmd_train(a: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .train import fit
 
+    budget = None
+    if a.budget is not None:
+        from .budget import parse_duration
+
+        budget = parse_duration(a.budget)
     cfg = TrainConfig(
-        data=a.data or "fashion-mnist", data_dir=a.data_dir, test_data=a.test_data, model=a.model or "mvnet",
+        data=a.data or "fashion-mnist", data_dir=a.data_dir, test_data=a.test_data, model=a.model, budget=budget,
         epochs=a.epochs, steps=a.steps, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
         momentum=a.momentum, weight_decay=a.weight_decay, schedule=a.schedule,
         label_smoothing=a.label_smoothing, augment=a.augment, normalize=a.normalize, val_split=a.val_split,
         val_first=a.val_first, seed=a.seed, device=a.device, precision=a.precision, out=a.out, name=a.name)
     if a.resume:
-        given = {k for k in ("data", "model", "batch_size", "optimizer", "lr", "augment", "steps") if getattr(a, k)}
+        given = {k for k in ("data", "model", "budget", "batch_size", "optimizer", "lr", "augment", "steps")
+                 if getattr(a, k)}
         if given:
             raise MinivisionError(f"--resume takes the run's own settings; drop --{sorted(given)[0].replace('_', '-')}")
-    result = fit(cfg, resume=a.resume)
+    result = fit(cfg, resume=a.resume, started=a.started)
     if result.interrupted:
         return 130
     summary = {"run": str(result.run_dir), **result.test}
@@ -160,7 +182,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from .train import split_for
 
     lm = load_model(a.model)
-    ds = dataset_for(lm, a.data, a.data_dir, a.test_data)
+    ds = dataset_for(lm, a.data, a.data_dir, a.test_data, split=a.split)
     metrics = evaluate_split(lm, split_for(ds, a.split), device=a.device)
     if a.json:
         print(json.dumps({**metrics, "split": a.split, "model": str(lm.path)}))
@@ -231,13 +253,34 @@ def cmd_summary(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(a: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
+    from . import benchmark
+
+    rows, seeds = benchmark.select_rows(a.rows), benchmark.parse_seeds(a.seeds)
+    out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="minivision-bench-"))
+    bench = benchmark.Bench(seeds=seeds, out=out, peer_python=a.peer_python, cifar=a.cifar, echo=a.verbose,
+                            peer_script=Path(a.peer_script) if a.peer_script else benchmark.PEER_SCRIPT)
+    try:
+        results = benchmark.run_rows(bench, rows)
+    finally:
+        if not a.out:
+            shutil.rmtree(out, ignore_errors=True)
+    print(json.dumps({"rows": results}) if a.json else benchmark.render_table(results))
+    return 0 if all(r["status"] != "failed" for r in results) else 1
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
-            "summary": cmd_summary}
+            "summary": cmd_summary, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
+    started = time.monotonic()  # a --budget counts from here (torch & co. are imported later)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.started = started
     if not args.command:
         parser.print_help()
         return 2

@@ -43,7 +43,8 @@ class TrainConfig:
     data: str = "fashion-mnist"          # dataset name, CSV file or image folder
     data_dir: str | None = None          # where named datasets live (else $MINIVISION_DATA, cache, Debian)
     test_data: str | None = None         # a second CSV used as the test split
-    model: str = "mvnet"                 # registry name (`minivision models`)
+    model: str | None = None             # registry name (`minivision models`); None: chosen by the budget
+    budget: float | str | None = None    # wall-clock seconds (or "3m") for the whole run; see budget.py
     epochs: int | None = None            # passes over the training split
     steps: int | None = None             # or a number of optimizer steps
     batch_size: int | None = None
@@ -124,6 +125,8 @@ def validate(cfg: TrainConfig) -> None:
         need(0 < cfg.val_split < 1, f"--val-split must be in (0, 1), got {cfg.val_split}")
     if cfg.val_first is not None:
         need(cfg.val_first >= 1, f"--val-first must be >= 1, got {cfg.val_first}")
+    need(cfg.budget is None or (isinstance(cfg.budget, (int, float)) and cfg.budget > 0),
+         f"--budget must be a positive number of seconds, got {cfg.budget!r}")
     need(cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}")
     need(bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."),
          f"--name must be a plain folder name, got {cfg.name!r}")

@@ -16,15 +16,19 @@ from .train import pick_device, pick_precision, predict_logits
 
 
 def dataset_for(lm: LoadedModel, data: str | None = None, data_dir: str | None = None,
-                test_data: str | None = None) -> Dataset:
-    """The dataset a model was trained on (or ``data``), with the validation split it was trained with."""
+                test_data: str | None = None, split: str | None = None) -> Dataset:
+    """The dataset a model was trained on (or ``data``), with the validation split it was trained with.
+
+    ``split="test"`` says only the test split is needed (named datasets then skip their training files)."""
     info = lm.meta.get("dataset", {})
     if data is None:
         data = info.get("data") or "fashion-mnist"
         data_dir = data_dir or info.get("data_dir")
         test_data = test_data or info.get("test_data")
-    ds = load_dataset(data, data_dir=data_dir, test_data=test_data)
+    ds = load_dataset(data, data_dir=data_dir, test_data=test_data, test_only=split == "test")
     check_compatible(lm, ds)
+    if split == "test":
+        return ds
     return make_val(ds, val_split=info.get("val_split"), val_first=info.get("val_first"), seed=int(info.get("seed", 0)))
 
 

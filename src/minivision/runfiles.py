@@ -104,7 +104,7 @@ def load_model(path: str | Path, weights: str = "model", device: str | torch.dev
 
 # ---------------------------------------------------------------- checkpoints (resume)
 
-def save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, progress: dict[str, Any]) -> None:
+def save_checkpoint(path: Path, model: nn.Module, optimizer: Any, progress: dict[str, Any]) -> None:
     tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     opt = optimizer.state_dict()
     for idx, st in opt["state"].items():

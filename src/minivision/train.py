@@ -24,6 +24,8 @@ import yaml
 from torch import nn
 from tqdm import tqdm
 
+from . import optim
+from .budget import DEFAULT_BUDGET_S, LADDER, Plan, Planner, format_duration, parse_duration, pick_rung
 from .config import TrainConfig, resolve
 from .data import load_dataset
 from .data.augment import Augment
@@ -31,7 +33,7 @@ from .data.dataset import Dataset, Split
 from .data.split import make_val
 from .errors import MinivisionError
 from .fileio import new_run_dir, write_text
-from .models import create_model, model_info
+from .models import DEFAULT_MODEL, create_model, model_info
 from .preprocess import Preprocess
 from .runfiles import load_checkpoint, save_checkpoint, save_model, versions
 
@@ -78,15 +80,14 @@ def lr_at(step: int, total: int, peak: float, schedule: str) -> float:
     return peak * (1 - t) / (1 - warm)
 
 
-def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> optim.SGD | optim.Adam:
+    """torch.optim's update rules (see ``minivision.optim`` for why not torch.optim itself)."""
     params = model.parameters()
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer in ("adam", "adamw"):
+        return optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, decoupled=cfg.optimizer == "adamw")
     momentum = 0.0 if cfg.optimizer == "gd" else cfg.momentum
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay,
-                           nesterov=bool(cfg.nesterov and momentum > 0))
+    return optim.SGD(params, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay,
+                     nesterov=bool(cfg.nesterov and momentum > 0))
 
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
@@ -167,23 +168,28 @@ def _log(msg: str) -> None:
 
 
 def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path | None = None,
-        progress: bool | None = None, log: Callable[[str], None] = _log) -> RunResult:
-    """Train as ``cfg`` says, in a new run folder (or the interrupted one given as ``resume``)."""
+        progress: bool | None = None, log: Callable[[str], None] = _log, started: float | None = None) -> RunResult:
+    """Train as ``cfg`` says, in a new run folder (or the interrupted one given as ``resume``).
+
+    With no model, epochs, steps or budget, the budget is ``budget.DEFAULT_BUDGET_S``; a budget is
+    counted from ``started`` (``time.monotonic()``; the CLI passes the time it started)."""
+    started = time.monotonic() if started is None else started
     state: dict[str, Any] | None = None
     run_dir: Path | None = None
     history: list[dict[str, float]] = []
     if resume is not None:
         cfg, run_dir, state, history = _prepare_resume(Path(resume), cfg, log)
     augment_from_user = cfg.augment is not None
+    user_cfg = cfg
     if resume is None:
-        cfg = resolve(cfg, model_info(cfg.model).defaults)
+        user_cfg = cfg = _default_budget(cfg)
+        first = cfg.model or (LADDER[0].model if cfg.budget is not None else DEFAULT_MODEL)
+        cfg = resolve(dataclasses.replace(cfg, model=first), model_info(first).defaults)
         cfg = _absolute_paths(cfg)
+        user_cfg = dataclasses.replace(user_cfg, **{k: getattr(cfg, k) for k in ("data", "data_dir", "test_data")})
     Augment.parse(cfg.augment)  # fail on a bad spec before loading anything
 
     ds = dataset if dataset is not None else load_dataset(cfg.data, data_dir=cfg.data_dir, test_data=cfg.test_data)
-    if resume is None and not augment_from_user and ds.name in MIRROR_SENSITIVE and Augment.parse(cfg.augment).flip:
-        cfg = dataclasses.replace(cfg, augment=dataclasses.replace(Augment.parse(cfg.augment), flip=0.0).spec())
-        log(f"note: no flip augmentation for {ds.name} (a mirrored digit is another digit); augment={cfg.augment!r}")
     ds = make_val(ds, val_split=cfg.val_split, val_first=cfg.val_first, seed=cfg.seed)
     if ds.skipped:
         log(f"skipped {len(ds.skipped)} unreadable file(s), listed in skipped.txt; first: "
@@ -194,6 +200,13 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     precision = pick_precision(cfg.precision, device)
     if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
         log("note: this CPU has no native bf16; --precision bf16 will be slow")
+
+    plan: Plan | None = None
+    if resume is None and cfg.budget is not None:
+        cfg, plan = _plan_budget(user_cfg, cfg, ds, device, precision, started, log)
+    if resume is None and not augment_from_user and ds.name in MIRROR_SENSITIVE and Augment.parse(cfg.augment).flip:
+        cfg = dataclasses.replace(cfg, augment=dataclasses.replace(Augment.parse(cfg.augment), flip=0.0).spec())
+        log(f"note: no flip augmentation for {ds.name} (a mirrored digit is another digit); augment={cfg.augment!r}")
 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, in_channels=ds.channels, image_size=ds.image_size,
@@ -223,6 +236,12 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     }
     loop = _Loop(cfg, ds, model, pre, optimizer, device, precision, run_dir, meta, history, log,
                  progress if progress is not None else None)
+    if plan is not None:
+        meta["budget"] = dataclasses.asdict(plan)
+        if cfg.steps is not None and user_cfg.steps is None:
+            loop.planner = Planner(started + plan.budget_s, loop.batches_per_epoch,
+                                   len(ds.val) if ds.val is not None else 0,
+                                   len(ds.test) if ds.test is not None else 0, cfg.batch_size)
     if state is not None:
         loop.restore(state)
     interrupted = loop.run()
@@ -230,6 +249,87 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     if not interrupted:
         result.test = _finish(loop, ds)
     return result
+
+
+# ----------------------------------------------------------------------------- Budget
+
+def _default_budget(cfg: TrainConfig) -> TrainConfig:
+    """No model, epochs, steps or budget: the 30-second recipe. A budget given as text -> seconds."""
+    if cfg.budget is not None:
+        return dataclasses.replace(cfg, budget=parse_duration(cfg.budget))
+    if cfg.model is None and cfg.epochs is None and cfg.steps is None:
+        return dataclasses.replace(cfg, budget=DEFAULT_BUDGET_S)
+    return cfg
+
+
+def _probe_step_seconds(cfg: TrainConfig, ds: Dataset, device: torch.device, precision: str,
+                        steps: int = 3) -> float:
+    """Seconds per training step of ``cfg.model`` at its batch size: one untimed step, then ``steps``
+    timed ones on real images (the model is thrown away; the global RNG is left as it was)."""
+    rng = torch.get_rng_state()
+    model = create_model(cfg.model, in_channels=ds.channels, image_size=ds.image_size,
+                         num_classes=ds.num_classes, **cfg.extra).to(device).to(memory_format=torch.channels_last)
+    pre = Preprocess.fit(ds.train.x[:2048], cfg.normalize)
+    opt = make_optimizer(cfg, model)
+    bs = min(cfg.batch_size, len(ds.train.y))
+    xb, yb = pre(ds.train.x[:bs].to(device)), ds.train.y[:bs].to(device)
+    t0 = 0.0
+    for i in range(steps + 1):
+        if i == 1:
+            t0 = _sync_time(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(model(xb).float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    seconds = (_sync_time(device) - t0) / steps
+    torch.set_rng_state(rng)
+    return seconds
+
+
+def _sync_time(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.monotonic()
+
+
+def _plan_budget(user_cfg: TrainConfig, cfg: TrainConfig, ds: Dataset, device: torch.device, precision: str,
+                 started: float, log: Callable[[str], None]) -> tuple[TrainConfig, Plan]:
+    """Pick the network (unless the user named one) and a first step count for ``cfg.budget``."""
+    budget = float(cfg.budget)
+    deadline = started + budget
+    n = len(ds.train.y)
+    # keep back the final test pass and file writes, roughly; the planner refines this as it runs
+    usable = lambda: (deadline - time.monotonic()) * 0.9 - Planner.END_RESERVE_S  # noqa: E731
+    probed: dict[str, float] = {}
+    name = user_cfg.model
+    if name is None:
+        for rung in LADDER:
+            if rung.min_epochs == 0:  # always possible: no need to time it
+                probed[rung.model] = 0.0
+                continue
+            c = resolve(dataclasses.replace(user_cfg, model=rung.model), model_info(rung.model).defaults)
+            spe = _probe_step_seconds(c, ds, device, precision) * math.ceil(n / c.batch_size)
+            probed[rung.model] = spe
+            if spe * rung.min_epochs > usable():
+                break
+        name = pick_rung(probed, usable())
+    final = resolve(dataclasses.replace(user_cfg, model=name), model_info(name).defaults)
+    final = dataclasses.replace(final, **{k: getattr(cfg, k) for k in ("data", "data_dir", "test_data")})
+    plan = Plan(budget_s=budget, model=name, probed_s_per_epoch={k: round(v, 3) for k, v in probed.items() if v})
+    explicit = user_cfg.epochs is not None or user_cfg.steps is not None
+    if explicit:
+        log(f"budget {format_duration(budget)}: {name}; --epochs/--steps given, so they set the length")
+        return final, plan
+    spe = probed.get(name) or 0.0
+    bpe = max(1, math.ceil(n / final.batch_size))
+    first_guess = int(max(usable(), 1.0) / (spe / bpe)) if spe else (final.epochs or 1) * bpe
+    final = dataclasses.replace(final, steps=max(1, first_guess), epochs=None)
+    plan.total_steps = final.steps
+    why = ", ".join(f"{k} {v:.0f} s/epoch" for k, v in plan.probed_s_per_epoch.items())
+    log(f"budget {format_duration(budget)}: {name}" + (f" (timed: {why})" if why else "")
+        + "; the step count is planned from the measured speed as it trains")
+    return final, plan
 
 
 def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -320,6 +420,10 @@ class _Loop:
         self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         self.epoch_seconds = 0.0
         self.rng_resume: dict[str, torch.Tensor] | None = None
+        self.planner: Planner | None = None  # budget runs: re-plans total_steps as it trains
+        self.replans = 0
+        self._step0 = self.step
+        self._next_plan = 0.5  # also re-plan at these fractions of the planned steps
 
     def restore(self, state: dict[str, Any]) -> None:
         p = state["progress"]
@@ -330,6 +434,8 @@ class _Loop:
         self.best_val = p["best_val"]
         self.sums = torch.tensor(p["sums"], dtype=torch.float64, device=self.device)
         self.epoch_seconds = p["epoch_seconds"]
+        if "total_steps" in p and self.cfg.budget is not None and self.cfg.epochs is None:
+            self._set_total(p["total_steps"])  # a budget run resumes with the step count it had planned
         if self.step_in_epoch:
             self.rng_resume = p["rng"]
 
@@ -341,8 +447,25 @@ class _Loop:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         progress = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step,
                     "best_val": self.best_val, "sums": self.sums.tolist(), "epoch_seconds": self.epoch_seconds,
+                    "total_steps": self.total_steps,
                     "history": self.history, "finished": finished, "preprocess": self.pre.to_dict(), "rng": rng}
         save_checkpoint(self.run_dir / "last.safetensors", self.model, self.opt, progress)
+
+    def _set_total(self, total: int) -> None:
+        self.total_steps = max(total, self.step)
+        self.epochs = math.ceil(self.total_steps / self.batches_per_epoch)
+
+    def _replan(self, at_epoch_end: bool = False) -> None:
+        total = self.planner.plan(self.step) if self.planner is not None else None
+        if total is None:
+            return
+        if at_epoch_end and total - self.step < 0.1 * self.batches_per_epoch:
+            total = self.step  # a sliver of an epoch is not worth another validation pass: stop here
+        elif not at_epoch_end:
+            total = max(total, self.step + 1)
+        if total != self.total_steps:
+            self._set_total(total)
+            self.replans += 1
 
     # -- loop
 
@@ -363,17 +486,25 @@ class _Loop:
                     if "cuda" in self.rng_resume and self.device.type == "cuda":
                         torch.cuda.set_rng_state(self.rng_resume["cuda"], self.device)
                     self.rng_resume = None
-                n_batches = min(self.batches_per_epoch, self.total_steps - e * self.batches_per_epoch)
-                if self._train_epoch(perm, n_batches, flag):
+                if self._train_epoch(perm, flag):
                     self.save()
                     self.log(f"\ninterrupted at epoch {e + 1}, step {self.step_in_epoch}; checkpoint saved. "
                              f"Resume with: minivision train --resume {self.run_dir}")
                     return True
+                t = time.monotonic()
                 self._end_epoch()
+                if self.planner is not None:
+                    self.planner.epoch_pause(time.monotonic() - t)
+                    if self.epoch < self.epochs:
+                        self._replan(at_epoch_end=True)
         return False
 
-    def _train_epoch(self, perm: torch.Tensor, n_batches: int, flag: _StopFlag) -> bool:
+    def _batches_this_epoch(self) -> int:
+        return min(self.batches_per_epoch, self.total_steps - self.epoch * self.batches_per_epoch)
+
+    def _train_epoch(self, perm: torch.Tensor, flag: _StopFlag) -> bool:
         cfg, bs = self.cfg, self.cfg.batch_size
+        n_batches = self._batches_this_epoch()
         bar = tqdm(total=n_batches, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{self.epochs}",
                    leave=False, unit="batch", disable=None if self.progress is None else not self.progress,
                    dynamic_ncols=True)
@@ -409,6 +540,15 @@ class _Loop:
                                              torch.tensor(float(len(yb)), device=self.device, dtype=torch.float64)])
                 self.step_in_epoch += 1
                 self.step += 1
+                if self.planner is not None:
+                    done = self.step - self._step0
+                    self.planner.observe(done)
+                    if done == Planner.WARMUP + Planner.FIRST_PLAN_AT or self.step >= self._next_plan * self.total_steps:
+                        self._next_plan = next((f for f in (0.5, 0.75, 0.9) if self.step < f * self.total_steps), 2.0)
+                        self._replan()
+                        if self._batches_this_epoch() != n_batches:
+                            n_batches = self._batches_this_epoch()
+                            bar.total = n_batches
                 if self.step_in_epoch % 20 == 0 or self.step_in_epoch == n_batches:
                     s = self.sums.tolist()
                     bar.set_postfix_str(f"loss {s[0] / s[2]:.4f} acc {s[1] / s[2]:.2%}", refresh=False)
@@ -446,7 +586,8 @@ class _Loop:
         self.save(finished=self.epoch >= self.epochs)
         from .report.history import write_history
 
-        write_history(self.run_dir, self.history)
+        # results.png takes ~0.5 s to draw: every epoch in long runs, only at the end in short ones
+        write_history(self.run_dir, self.history, plot=row["seconds"] >= 30 or self.epoch >= self.epochs)
         val = f"val loss {val_loss:.4f} acc {val_acc:.2%}" if not no_val else "no validation split"
         self.log(f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} acc "
                  f"{row['train_accuracy']:.2%}  {val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
@@ -469,6 +610,8 @@ def _finish(loop: _Loop, ds: Dataset) -> dict[str, float]:
     metrics = {"epochs": len(loop.history), "best_epoch": best_row["epoch"],
                "val_accuracy": best_row["val_accuracy"], **test,
                "train_seconds": round(sum(r["seconds"] for r in loop.history), 2)}
+    if "budget" in loop.meta:
+        loop.meta["budget"].update(total_steps=loop.total_steps, replans=loop.replans)
     loop.meta["metrics"] = metrics
     loop.meta["created"] = datetime.now(UTC).isoformat(timespec="seconds")
     save_model(loop.run_dir, loop.model, loop.meta)

@@ -82,18 +82,19 @@ def _attach_test(ds: Dataset, test_ds: Dataset, test_data: str | Path) -> Datase
 
 
 def load_dataset(name_or_path: str | Path = "fashion-mnist", data_dir: str | Path | None = None,
-                 test_data: str | Path | None = None) -> Dataset:
+                 test_data: str | Path | None = None, test_only: bool = False) -> Dataset:
     """Load a named dataset or read a CSV file, IDX folder, CIFAR-10 archive/batches or image folder.
 
     ``data_dir`` is where named datasets are looked for and downloaded to; ``test_data`` is a
-    second file or folder of the same kind whose images become the test split.
+    second file or folder of the same kind whose images become the test split. ``test_only`` is a
+    hint: named IDX datasets then skip their training files (the train split comes back empty).
     """
     name_or_path = str(name_or_path)
     key = _ALIASES.get(name_or_path.lower(), name_or_path.lower())
     if key in DATASETS:  # a registered name wins; write ./mnist for a local folder of that name
         if test_data is not None:
             raise DataError(f"{name_or_path} has its own test split; --test-data is for files and folders")
-        return load_named(key, data_dir)
+        return load_named(key, data_dir, test_only=test_only)
     path = Path(name_or_path).expanduser()
     if not path.exists():
         looks_like_path = "/" in name_or_path or "\\" in name_or_path or bool(path.suffix)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from minivision.data import cifar, idx
-from minivision.data.dataset import Dataset
+from minivision.data.dataset import Dataset, Split
 from minivision.errors import DataError
 from minivision.fileio import atomic_path
 
@@ -261,8 +261,11 @@ def locate(name: str, data_dir: str | Path | None = None) -> Path:
     return target
 
 
-def load_named(name: str, data_dir: str | Path | None = None) -> Dataset:
-    """Load a registered dataset (train and test splits, class names), verifying its files."""
+def load_named(name: str, data_dir: str | Path | None = None, test_only: bool = False) -> Dataset:
+    """Load a registered dataset (train and test splits, class names), verifying its files.
+
+    ``test_only`` skips reading the training files of IDX datasets (``evaluate`` on the test split
+    then reads 10,000 images, not 70,000); the train split is then empty."""
     source = get_source(name)
     folder = locate(name, data_dir)
     if source.name == "cifar10":
@@ -273,13 +276,18 @@ def load_named(name: str, data_dir: str | Path | None = None) -> Dataset:
         return cifar.read_cifar(folder)  # extracted batches: no published digest to check
     arrays = {}
     for remote in source.files:
+        if test_only and remote.name.startswith("train-"):
+            continue
         path = _find(folder, remote)
         assert path is not None  # locate() returned a complete folder
         raw = verify(path, remote, decompress=True)
         arrays[remote.name.split("-idx")[0]] = (idx.parse_idx(raw, path), path)
     splits = {}
-    for split in ("train", "t10k"):
+    for split in ("t10k",) if test_only else ("train", "t10k"):
         (images, ipath), (labels, lpath) = arrays[f"{split}-images"], arrays[f"{split}-labels"]
         splits[split] = idx.make_split(images, labels, ipath, lpath, num_classes=len(source.classes))
+    if test_only:
+        test = splits["t10k"]
+        splits["train"] = Split(test.x[:0], test.y[:0])
     return Dataset(name=source.name, classes=list(source.classes), train=splits["train"],
                    test=splits["t10k"], source=str(folder))

@@ -15,8 +15,9 @@ from minivision.models.registry import (
 )
 from minivision.models.summary import LayerRow, format_summary, summarize
 
-#: The model used when the user names none.
-DEFAULT_MODEL = "mvnet"
+#: The model used when the user names none and gives --epochs or --steps instead of a budget
+#: (with a budget, ``budget.LADDER`` picks one): the 30-second network.
+DEFAULT_MODEL = "mvnet-t"
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -13,14 +13,15 @@ from ..fileio import atomic_path, write_text
 COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 
 
-def write_history(run_dir: Path, history: list[dict[str, float]]) -> None:
+def write_history(run_dir: Path, history: list[dict[str, float]], plot: bool = True) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(COLUMNS)
     for row in history:
         w.writerow([row["epoch"]] + [repr(float(row[c])) for c in COLUMNS[1:]])
     write_text(run_dir / "results.csv", buf.getvalue())
-    plot_history(history, run_dir / "results.png")
+    if plot:
+        plot_history(history, run_dir / "results.png")
 
 
 def read_history(path: Path) -> list[dict[str, float]]:

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Issue 3's speed and accuracy table: runs the rows and, with --write, records them in docs/BENCHMARKS.md.
+
+    python3 bench/speed.py                            # every row except the long ones, 3 seeds, print only
+    python3 bench/speed.py --rows default,cnn2 --write
+    python3 bench/speed.py --rows all --seeds 3 --write   # adds budget30m, cifar15m, cifar30m (hours)
+
+Every figure comes from the real CLI run in a child process on this machine (src/minivision/
+benchmark.py says how each row is measured). With --write, each finished row is stored in
+bench/results/speed.json at once (an interrupted session keeps the rows it finished) and the
+table between the speed markers in docs/BENCHMARKS.md is re-rendered from all stored rows, so rows
+not re-run this time keep their earlier figures and dates. `minivision bench` runs the same rows
+on a user's machine without touching these files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from minivision import benchmark  # noqa: E402
+from minivision.errors import MinivisionError  # noqa: E402
+from minivision.fileio import read_json, write_json, write_text  # noqa: E402
+
+DOC = ROOT / "docs" / "BENCHMARKS.md"
+RESULTS = ROOT / "bench" / "results" / "speed.json"
+BEGIN, END = "<!-- speed:begin -->", "<!-- speed:end -->"
+HEADING = "## Speed and accuracy (issue 3)"
+INTRO = ("Each row runs the real command in a child process: wall time is the whole command (start-up, data "
+         "loading, training, test pass, file writes), peak memory is the child's `ru_maxrss`, speed is a ratio "
+         "to the TensorFlow peer measured in the same session. Rows re-run at different times carry their own "
+         "date. Exact commands of every run: `bench/results/speed.json`. Refresh with "
+         "`python3 bench/speed.py --rows ROWS --write`.")
+
+
+def load_results(path: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Stored rows by id ({} when nothing was stored yet)."""
+    path = path or RESULTS
+    if not path.is_file():
+        return {}
+    data = read_json(path)
+    return dict(data.get("rows", {})) if isinstance(data, dict) else {}
+
+
+def save_results(rows: dict[str, dict[str, Any]], path: Path | None = None) -> None:
+    about = "bench/speed.py results, one entry per row (exact commands included); see docs/BENCHMARKS.md"
+    write_json(path or RESULTS, {"about": about, "rows": rows})
+
+
+def rewrite_section(text: str, table: str) -> str:
+    """``text`` with the speed section replaced (or appended under its heading when the markers are missing)."""
+    block = f"{BEGIN}\n{INTRO}\n\n{table}\n{END}"
+    if BEGIN in text and END in text:
+        return re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, count=1, flags=re.S)
+    return text.rstrip("\n") + f"\n\n{HEADING}\n\n{block}\n"
+
+
+def write_doc(table: str, doc: Path | None = None) -> None:
+    doc = doc or DOC
+    text = doc.read_text() if doc.is_file() else "# Benchmarks\n"
+    write_text(doc, rewrite_section(text, table))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", help=f"comma list of {', '.join(benchmark.ROW_IDS)}, or all "
+                                   f"(default: all but {', '.join(sorted(benchmark.LONG_ROWS))})")
+    ap.add_argument("--seeds", default="3", help="number of seeds (3 = seeds 0,1,2) or a list like 0,1,2")
+    ap.add_argument("--write", action="store_true",
+                    help="store rows in bench/results/speed.json and rewrite the table in docs/BENCHMARKS.md")
+    ap.add_argument("--out", help="keep the run folders here (default: a temporary folder, deleted)")
+    ap.add_argument("--cifar", help="CIFAR-10 JPEG folder (default: /tmp/cifar10-jpg/cifar10-jpg, else unpack "
+                                    "../shared/datasets/cifar10-jpg.tar.gz into ~/.cache/minivision/bench once)")
+    ap.add_argument("--peer-python", help="python of the TensorFlow venv (default: ../.venv-peer/bin/python, "
+                                          "$MINIVISION_PEER_PYTHON)")
+    ap.add_argument("--peer-script", default=str(benchmark.PEER_SCRIPT), help="keras_peer.py")
+    ap.add_argument("--quiet", action="store_true", help="do not echo the runs' own output")
+    a = ap.parse_args(argv)
+    try:
+        rows = benchmark.select_rows(a.rows)
+        seeds = benchmark.parse_seeds(a.seeds)
+        stored = load_results() if a.write else {}
+        out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="minivision-speed-"))
+        bench = benchmark.Bench(seeds=seeds, out=out, peer_python=a.peer_python, peer_script=Path(a.peer_script),
+                                cifar=a.cifar, echo=not a.quiet)
+
+        def record(row: dict[str, Any]) -> None:
+            if a.write:
+                stored[row["id"]] = row
+                save_results(stored)
+                write_doc(benchmark.render_table(list(stored.values())))
+
+        try:
+            new = benchmark.run_rows(bench, rows, on_row=record)
+        finally:
+            if not a.out:
+                shutil.rmtree(out, ignore_errors=True)
+    except MinivisionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted" + (" (finished rows are stored)" if a.write else ""), file=sys.stderr)
+        return 130
+    print(benchmark.render_table(list(stored.values()) if a.write else new))
+    if a.write:
+        print(f"\nwrote {RESULTS} and {DOC}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,769 @@
+"""The speed benchmark of issue 3: each row runs the real command line in a child process and measures it.
+
+Why a child process per run: the figures a user cares about are for the whole command (Python
+start-up, imports, data loading, training, the test pass, the file writes), and a peak-memory
+figure is only honest for a process that did nothing else. Each run is timed with
+``time.perf_counter`` around ``Popen`` ... ``os.wait4``, and its peak RSS is the ``ru_maxrss`` that
+``wait4`` reports for that child (KiB on Linux). Accuracy and per-epoch seconds are read back from
+what the command printed (``--json``) and from its run folder (results.csv, model.json), so no
+figure is computed by a code path the user does not run.
+
+Speed is compared with a peer (TensorFlow, ``../shared/peers/keras_peer.py``) measured in the same
+session on the same machine, as a ratio; when the peer is not installed the row is skipped with a
+note saying how to install it, never failed. A row that misses its target says by how much.
+
+Used by ``bench/speed.py`` (which records the rows in docs/BENCHMARKS.md) and by
+``minivision bench`` (which prints them on the user's machine). Tests replace ``run_child``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+import hashlib
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import MinivisionError
+
+# ----------------------------------------------------------------------------- Setup
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout, when run from one
+SHARED = REPO_ROOT.parent / "shared"
+PEER_SCRIPT = SHARED / "peers" / "keras_peer.py"
+PEER_PYTHON = REPO_ROOT.parent / ".venv-peer" / "bin" / "python"  # /work/.venv-peer on the dev machine
+PEER_INSTALL = "python3 -m venv .venv-peer && .venv-peer/bin/pip install tensorflow-cpu==2.21.0"
+CIFAR_UNPACKED = Path("/tmp/cifar10-jpg/cifar10-jpg")  # where the lead unpacks it by hand
+CIFAR_ARCHIVES = SHARED / "datasets"
+
+# Extra flags of the [cifar-softmax] row (the lead fills these in once the recipe is measured).
+CIFAR_SOFTMAX_FLAGS: list[str] = []
+
+CNN2_EPOCHS = 2  # both minivision and the peer; the rule for which epochs count is in steady_seconds
+EVALUATE_REPEATS = 3
+MB = 1e6  # memory is reported in MB = 10^6 bytes; the 1.5 GB target is 1.5e9 bytes
+
+# Rows in the order they run (later rows reuse earlier runs: evaluate and memory use [default]'s
+# trainings, memory the peer's RSS from [cnn2]).
+ROW_IDS: tuple[str, ...] = ("default", "evaluate", "budget3m", "cnn2", "memory", "cifar-softmax",
+                            "budget30m", "cifar15m", "cifar30m")
+LONG_ROWS = frozenset({"budget30m", "cifar15m", "cifar30m"})
+DEFAULT_ROWS: tuple[str, ...] = tuple(r for r in ROW_IDS if r not in LONG_ROWS)
+
+
+class RowFailed(Exception):
+    """A run of a row did not finish or printed something unreadable; the row is reported as failed."""
+
+
+@dataclass
+class ChildResult:
+    """One finished child process: what it printed, its wall time and its peak resident memory."""
+
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    wall_s: float
+    peak_rss_mb: float | None  # None where the OS has no wait4 (Windows)
+
+
+def _pump(stream: Any, sink: list[str], echo: bool) -> None:
+    for line in stream:
+        sink.append(line)
+        if echo and not line.startswith("{"):
+            sys.stderr.write("    | " + line)
+            sys.stderr.flush()
+    stream.close()
+
+
+def run_child(argv: list[str], env: dict[str, str] | None = None, *, echo: bool = False,
+              timeout: float | None = None) -> ChildResult:
+    """Run ``argv`` to completion; wall time around Popen..wait4 and the child's own ru_maxrss."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True,
+                            errors="replace", bufsize=1)
+    out: list[str] = []
+    err: list[str] = []
+    pumps = [threading.Thread(target=_pump, args=(proc.stdout, out, echo), daemon=True),
+             threading.Thread(target=_pump, args=(proc.stderr, err, echo), daemon=True)]
+    for p in pumps:
+        p.start()
+    killer = threading.Timer(timeout, proc.kill) if timeout else None
+    if killer:
+        killer.start()
+    rss: float | None = None
+    try:
+        if hasattr(os, "wait4"):
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - t0
+            proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+            rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024) / MB
+        else:
+            proc.wait()
+            wall = time.perf_counter() - t0
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+        raise
+    finally:
+        if killer:
+            killer.cancel()
+    for p in pumps:
+        p.join()
+    return ChildResult(list(argv), proc.returncode, "".join(out), "".join(err), wall, rss)
+
+
+# ----------------------------------------------------------------------------- Arithmetic and wording
+
+def mean_std(values: list[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for a single value: no spread to report)."""
+    if not values:
+        raise ValueError("no values")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def steady_seconds(seconds: list[float]) -> tuple[float, str]:
+    """Seconds per epoch without the warm-up epoch, and the rule used (the same for both sides)."""
+    if not seconds:
+        raise ValueError("no epochs")
+    if len(seconds) >= 3:
+        return statistics.median(seconds[1:]), f"median of epochs 2-{len(seconds)} (epoch 1 is warm-up)"
+    if len(seconds) == 2:
+        return seconds[1], "epoch 2 of 2 (epoch 1 includes graph building / warm-up)"
+    return seconds[0], "epoch 1 of 1 (includes warm-up)"
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "%":
+        return f"{value:.2f}%"
+    if unit == "s":
+        return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
+    if unit == "MB":
+        return f"{value:,.0f} MB"
+    return f"{value:.2f}x"
+
+
+def missed_by(label: str, value: float, target: float, *, higher_is_better: bool, unit: str) -> str | None:
+    """None when ``value`` meets ``target``, else e.g. 'accuracy 91.59% is 0.41 points below the 92.00% target'.
+
+    Percent values are in percent (92.0, not 0.92)."""
+    if (value >= target) if higher_is_better else (value <= target):
+        return None
+    gap = abs(value - target)
+    gap_text = {"%": f"{gap:.2f} points", "MB": f"{gap:,.0f} MB", "x": f"{gap:.2f}"}.get(unit) or _fmt(gap, unit)
+    side = "below" if higher_is_better else "over"
+    return f"{label} {_fmt(value, unit)} is {gap_text} {side} the {_fmt(target, unit)} target"
+
+
+def pm(mean: float, std: float | None, unit: str) -> str:
+    """'92.41 ± 0.08%', '28.7 ± 0.3 s'; a single value without the ±."""
+    if std is None:
+        return _fmt(mean, unit)
+    if unit == "%":
+        return f"{mean:.2f} ± {std:.2f}%"
+    if unit == "s":
+        return f"{mean:.1f} ± {std:.1f} s"
+    if unit == "MB":
+        return f"{mean:,.0f} ± {std:,.0f} MB"
+    return f"{mean:.2f} ± {std:.2f}x"
+
+
+# ----------------------------------------------------------------------------- Selection
+
+def select_rows(text: str | None) -> list[str]:
+    """Row ids from ``--rows``: none -> every row except the long ones; ``all``; or a comma list."""
+    if text is None or not text.strip():
+        return list(DEFAULT_ROWS)
+    wanted = [w.strip() for w in text.split(",") if w.strip()]
+    if wanted == ["all"]:
+        return list(ROW_IDS)
+    for w in wanted:
+        if w not in ROW_IDS:
+            close = difflib.get_close_matches(w, [*ROW_IDS, "all"], n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise MinivisionError(f"--rows: unknown row {w!r}{hint} (rows: {', '.join(ROW_IDS)}, or all)")
+    return [r for r in ROW_IDS if r in wanted]
+
+
+def parse_seeds(text: str | int) -> list[int]:
+    """``--seeds 3`` -> seeds 0, 1, 2; ``--seeds 4,7`` -> seeds 4 and 7."""
+    s = str(text).strip()
+    try:
+        if "," in s:
+            seeds = [int(v) for v in s.split(",") if v.strip()]
+        else:
+            seeds = list(range(int(s)))
+    except ValueError:
+        raise MinivisionError(f"--seeds: expected a count like 3 or a list like 0,1,2, got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise MinivisionError(f"--seeds: expected at least one distinct seed >= 0, got {text!r}")
+    return seeds
+
+
+# ----------------------------------------------------------------------------- Machine
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, the CPU flags that decide the fast paths, torch version, date (UTC)."""
+    import torch
+
+    model: str | None = None
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model is None:
+                model = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    model = model or platform.processor() or "unknown CPU"
+    wanted = {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16")}
+    wanted["amx"] = any(f.startswith("amx") for f in flags)
+    info = {"cpu": model, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "flags": wanted, "torch": torch.__version__, "python": platform.python_version(),
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def describe_machine(m: dict[str, Any]) -> str:
+    flags = m.get("flags", {})
+    have = [f for f, v in flags.items() if v]
+    lacks = [f for f, v in flags.items() if not v]
+    text = (f"{m.get('cpu', '?')}, {m.get('cpu_count', '?')} CPUs (torch uses {m.get('torch_threads', '?')} "
+            f"threads), flags: {', '.join(have) or 'none of these'}" + (f" (no {', '.join(lacks)})" if lacks else "")
+            + f"; torch {m.get('torch', '?')}, Python {m.get('python', '?')}")
+    return text + (f"; GPU {m['gpu']}" if m.get("gpu") else "; no GPU")
+
+
+# ----------------------------------------------------------------------------- Reading runs
+
+def last_json(stdout: str) -> dict[str, Any]:
+    lines = [ln for ln in stdout.splitlines() if ln.strip()]
+    if not lines:
+        raise RowFailed("printed nothing on stdout")
+    try:
+        obj = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        raise RowFailed(f"last stdout line is not JSON: {lines[-1][:120]!r}") from None
+    if not isinstance(obj, dict):
+        raise RowFailed("last stdout line is not a JSON object")
+    return obj
+
+
+def parse_train(child: ChildResult) -> dict[str, Any]:
+    """What one `minivision train --json` run reached: accuracy, network, per-epoch seconds, budget plan."""
+    summary = last_json(child.stdout)
+    try:
+        run = Path(summary["run"])
+        accuracy = float(summary["test_accuracy"])
+        meta = json.loads((run / "model.json").read_text())
+        import csv
+
+        with open(run / "results.csv", newline="") as f:
+            epoch_seconds = [float(r["seconds"]) for r in csv.DictReader(f)]
+    except (KeyError, TypeError, ValueError, OSError) as e:
+        raise RowFailed(f"cannot read the run's results ({type(e).__name__}: {e})") from None
+    budget = meta.get("budget") or {}
+    return {"run": str(run), "accuracy": accuracy, "test_loss": summary.get("test_loss"),
+            "test_n": summary.get("test_n"), "network": meta.get("architecture", {}).get("name"),
+            "epochs": len(epoch_seconds), "epoch_seconds": epoch_seconds, "budget": budget,
+            "best_epoch": meta.get("metrics", {}).get("best_epoch"),
+            "wall_s": child.wall_s, "peak_rss_mb": child.peak_rss_mb}
+
+
+def parse_peer(child: ChildResult) -> dict[str, Any]:
+    """The peer's JSON lines: one per epoch with "seconds", a final one with test accuracy and peak RSS."""
+    epochs, final = [], {}
+    for line in child.stdout.splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "epoch" in obj and "seconds" in obj:
+            epochs.append(float(obj["seconds"]))
+        elif "test_accuracy" in obj:
+            final = obj
+    if not epochs:
+        raise RowFailed("the TensorFlow peer printed no epoch timings")
+    return {"epoch_seconds": epochs, "test_accuracy": final.get("test_accuracy"),
+            "framework": final.get("framework", "TensorFlow"), "printed_rss_mb": final.get("peak_rss_mb"),
+            "peak_rss_mb": child.peak_rss_mb, "wall_s": child.wall_s}
+
+
+# ----------------------------------------------------------------------------- The session
+
+@dataclass
+class Bench:
+    """One benchmark session: settings, plus the runs that later rows reuse."""
+
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    out: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "minivision-bench")
+    peer_python: str | None = None  # None: $MINIVISION_PEER_PYTHON if set, else PEER_PYTHON
+    peer_script: Path = PEER_SCRIPT
+    cifar: str | None = None  # None: CIFAR_UNPACKED, else unpack the archive into the cache
+    echo: bool = False  # stream the children's output to stderr
+    log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
+    _default: dict[int, dict[str, Any]] = field(default_factory=dict)
+    _peer: dict[str, Any] | None = None
+    _cifar_dir: tuple[str | None, str] | None = None
+
+    # -- running things
+
+    def _minivision(self, args: list[str], *, timeout: float | None = None) -> ChildResult:
+        argv = [sys.executable, "-m", "minivision", *args]
+        src = str(Path(__file__).resolve().parents[1])  # the child runs this copy of minivision
+        env = {**os.environ, "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join([src, *filter(None, [os.environ.get("PYTHONPATH")])])}
+        return self._run(argv, env, timeout)
+
+    def _run(self, argv: list[str], env: dict[str, str], timeout: float | None) -> ChildResult:
+        self.log("$ " + self.show(argv))
+        child = run_child(argv, env, echo=self.echo, timeout=timeout)
+        if child.returncode != 0:
+            tail = (child.stderr.strip() or child.stdout.strip()).splitlines()[-1:] or ["no output"]
+            why = f"killed after {timeout:.0f} s" if timeout and child.returncode < 0 else f"exit {child.returncode}"
+            raise RowFailed(f"`{self.show(argv)}` failed ({why}): {tail[0][:200]}")
+        return child
+
+    def show(self, argv: list[str]) -> str:
+        """A command as a reader would type it: `minivision ...`, temporary folders as $TMP."""
+        if argv[:3] == [sys.executable, "-m", "minivision"]:
+            argv = ["minivision", *argv[3:]]
+        text = shlex.join(argv).replace(str(self.out), "$TMP")
+        if self._cifar_dir and self._cifar_dir[0]:
+            text = text.replace(self._cifar_dir[0], "CIFAR_DIR")
+        for path, short in ((str(SHARED), "../shared"), (str(REPO_ROOT.parent / ".venv-peer"), "../.venv-peer")):
+            text = text.replace(path, short)
+        return text
+
+    def train(self, args: list[str], seed: int, *, expected_s: float) -> dict[str, Any]:
+        out = self.out / "runs"
+        child = self._minivision(["train", *args, "--seed", str(seed), "--out", str(out), "--json"],
+                                 timeout=3 * expected_s + 600)
+        result = {"seed": seed, **parse_train(child), "command": shlex.join(child.argv)}
+        self.log(f"  seed {seed}: {result['accuracy']:.2%} test, {result['wall_s']:.1f} s, "
+                 f"{result['network']}, peak {result['peak_rss_mb'] or 0:,.0f} MB")
+        return result
+
+    def default_run(self, seed: int) -> dict[str, Any]:
+        """The [default] training of ``seed``, run once per session (evaluate and memory reuse it)."""
+        if seed not in self._default:
+            try:
+                self._default[seed] = self.train([], seed, expected_s=30)
+            except RowFailed as e:
+                self._default[seed] = {"failed": str(e)}
+        if "failed" in self._default[seed]:
+            raise RowFailed(self._default[seed]["failed"])
+        return self._default[seed]
+
+    # -- the peer
+
+    def peer_python_path(self) -> tuple[str | None, str]:
+        """The peer's interpreter, or None and why not."""
+        if self.peer_python:
+            candidates = [self.peer_python]
+        else:
+            candidates = [c for c in (os.environ.get("MINIVISION_PEER_PYTHON"), str(PEER_PYTHON)) if c]
+        for c in candidates:
+            if Path(c).is_file():
+                return c, ""
+        where = ", ".join(candidates) if candidates else f"{PEER_PYTHON} or $MINIVISION_PEER_PYTHON"
+        return None, f"TensorFlow peer not installed ({where} not found): {PEER_INSTALL}"
+
+    def run_peer(self) -> tuple[dict[str, Any] | None, str]:
+        """The TensorFlow run of [cnn2], or None and a note saying why it was skipped."""
+        if self._peer is not None:
+            return self._peer, ""
+        python, why = self.peer_python_path()
+        if python is None:
+            return None, why
+        if not Path(self.peer_script).is_file():
+            return None, f"peer script {self.peer_script} not found (pass --peer-script)"
+        data = fashion_idx_dir()
+        if data is None:
+            return None, "no Fashion-MNIST IDX .gz folder for the peer (apt-get install dataset-fashion-mnist)"
+        argv = [python, str(self.peer_script), "--model", "cnn2", "--epochs", str(CNN2_EPOCHS), "--data", str(data)]
+        env = {**os.environ, "KERAS_BACKEND": "tensorflow", "PYTHONUNBUFFERED": "1"}
+        try:
+            child = self._run(argv, env, timeout=1800)
+        except RowFailed as e:
+            if "No module named" in str(e) and ("tensorflow" in str(e) or "keras" in str(e)):
+                return None, f"TensorFlow peer not installed in {python}: {PEER_INSTALL}"
+            raise
+        self._peer = {**parse_peer(child), "argv": argv, "command": "KERAS_BACKEND=tensorflow " + shlex.join(argv)}
+        return self._peer, ""
+
+    # -- CIFAR-10
+
+    def cifar_dir(self) -> tuple[str | None, str]:
+        if self._cifar_dir is None:
+            self._cifar_dir = find_cifar(self.cifar)
+        return self._cifar_dir
+
+
+def fashion_idx_dir() -> Path | None:
+    """A folder with the four Fashion-MNIST IDX .gz files (what the peer reads): Debian's, else the cache."""
+    from .data import sources
+
+    src = sources.get_source("fashion-mnist")
+    for folder in [*sources._debian_dirs(src), sources.user_cache_dir() / "datasets" / "fashion-mnist"]:
+        if all((folder / f.name).is_file() for f in src.files):
+            return folder
+    return None
+
+
+def _is_image_folder(path: Path) -> bool:
+    return (path / "train").is_dir() and (path / "test").is_dir()
+
+
+def find_cifar(explicit: str | None) -> tuple[str | None, str]:
+    """The CIFAR-10 JPEG folder (train/ and test/), unpacking the shared archive once; or None and why."""
+    if explicit:
+        p = Path(explicit).expanduser()
+        return (str(p), "") if _is_image_folder(p) else (None, f"--cifar {explicit}: no train/ and test/ folders in it")
+    if _is_image_folder(CIFAR_UNPACKED):
+        return str(CIFAR_UNPACKED), ""
+    archives = sorted(p for pattern in ("cifar10*.tar.gz", "cifar10*.tgz", "cifar10*.tar", "cifar10*.zip")
+                      for p in CIFAR_ARCHIVES.glob(pattern)) if CIFAR_ARCHIVES.is_dir() else []
+    if not archives:
+        return None, (f"CIFAR-10 JPEG folder not found (looked at {CIFAR_UNPACKED} and {CIFAR_ARCHIVES}/cifar10*): "
+                      "pass --cifar DIR with train/<class>/ and test/<class>/")
+    from .data.sources import user_cache_dir
+
+    try:
+        return str(unpack_once(archives[0], user_cache_dir() / "bench")), ""
+    except (MinivisionError, OSError, tarfile.TarError, zipfile.BadZipFile) as e:
+        return None, f"cannot unpack {archives[0]}: {e}"
+
+
+def _stem(archive: Path) -> str:
+    name = archive.name
+    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def unpack_once(archive: Path, cache: Path) -> Path:
+    """Unpack ``archive`` into ``cache/<stem>`` unless already there; checksum first, no path escapes.
+
+    Unpacks into a temporary folder beside the target and renames it into place, so an interrupted
+    unpack is never mistaken for a complete one."""
+    final = cache / _stem(archive)
+    if _is_image_folder(final):
+        return final
+    digest_file = archive.with_name(archive.name + ".sha256")
+    if digest_file.is_file():
+        expected = digest_file.read_text().split()[0].lower()
+        h = hashlib.sha256()
+        with open(archive, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != expected:
+            raise MinivisionError(f"sha256 mismatch ({h.hexdigest()[:12]}... != {expected[:12]}...)")
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=cache))
+    try:
+        if archive.name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as z:
+                for name in z.namelist():
+                    _check_member(tmp, name)
+                z.extractall(tmp)
+        else:
+            with tarfile.open(archive) as t:
+                members = t.getmembers()
+                for m in members:
+                    if not (m.isfile() or m.isdir()):
+                        raise MinivisionError(f"refusing archive member {m.name!r} (not a plain file or folder)")
+                    _check_member(tmp, m.name)
+                if hasattr(tarfile, "data_filter"):
+                    t.extractall(tmp, members=members, filter="data")
+                else:  # pragma: no cover - Python < 3.11.4
+                    t.extractall(tmp, members=members)
+        root = tmp if _is_image_folder(tmp) else next((d for d in tmp.iterdir() if _is_image_folder(d)), None)
+        if root is None:
+            raise MinivisionError("no train/ and test/ folders inside")
+        os.replace(root, final)
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _check_member(dest: Path, name: str) -> None:
+    target = (dest / name).resolve()
+    if name.startswith(("/", "\\")) or not target.is_relative_to(dest.resolve()):
+        raise MinivisionError(f"refusing archive member {name!r} (outside the target folder)")
+
+
+# ----------------------------------------------------------------------------- Rows
+
+@dataclass(frozen=True)
+class RowSpec:
+    id: str
+    what: str
+    target: str
+
+
+SPECS: dict[str, RowSpec] = {s.id: s for s in (
+    RowSpec("default", "`minivision train` with no flags (the 30-second recipe), Fashion-MNIST",
+            ">= 92.0% test accuracy, whole command <= 30 s"),
+    RowSpec("evaluate", "`minivision evaluate` of a [default] run on the 10,000 test images", "<= 2 s whole command"),
+    RowSpec("budget3m", "`minivision train --budget 3m`, Fashion-MNIST", ">= 94.0% test accuracy"),
+    RowSpec("cnn2", "`cnn2` with its tutorial settings, seconds per epoch, vs TensorFlow", "<= 0.5 x TensorFlow"),
+    RowSpec("memory", "peak RSS of the [default] Fashion-MNIST trainings", "<= 1.5 GB"),
+    RowSpec("cifar-softmax", "`softmax` on CIFAR-10 (JPEG folder)", ">= 39% test accuracy"),
+    RowSpec("budget30m", "`minivision train --budget 30m`, Fashion-MNIST", ">= 95.5% test accuracy"),
+    RowSpec("cifar15m", "`minivision train --budget 15m` on CIFAR-10 (JPEG folder)", ">= 90% test accuracy"),
+    RowSpec("cifar30m", "`minivision train --budget 30m` on CIFAR-10 (JPEG folder)", "report (stretch >= 94%)"),
+)}
+
+
+def make_row(row_id: str, *, measured: str, met: bool | None, status: str | None = None, note: str = "",
+             values: list[dict[str, Any]] | None = None, mean: dict[str, float] | None = None,
+             std: dict[str, float | None] | None = None, peer: str = "", command: str = "",
+             commands: list[str] | None = None) -> dict[str, Any]:
+    spec = SPECS[row_id]
+    if status is None:
+        status = {True: "met", False: "missed", None: "skipped"}[met]
+    return {"id": row_id, "what": spec.what, "target": spec.target, "measured": measured, "peer": peer,
+            "met": met, "status": status, "note": note, "values": values or [], "mean": mean or {},
+            "std": std or {}, "n": len(values or []), "command": command, "commands": commands or []}
+
+
+def _accuracy_row(row_id: str, runs: list[dict[str, Any]], *, target_pct: float | None,
+                  max_wall_s: float | None, command: str, budget_s: float | None = None,
+                  stretch_pct: float | None = None) -> dict[str, Any]:
+    accs = [r["accuracy"] * 100 for r in runs]
+    walls = [r["wall_s"] for r in runs]
+    (acc, acc_sd), (wall, wall_sd) = mean_std(accs), mean_std(walls)
+    misses = []
+    if target_pct is not None:
+        misses.append(missed_by("mean accuracy", acc, target_pct, higher_is_better=True, unit="%"))
+    if max_wall_s is not None:
+        misses.append(missed_by("mean wall time", wall, max_wall_s, higher_is_better=False, unit="s"))
+    misses = [m for m in misses if m]
+    networks = sorted({str(r["network"]) for r in runs})
+    notes = [f"network: {', '.join(networks)}; epochs: {', '.join(str(r['epochs']) for r in runs)}; "
+             f"seeds {', '.join(str(r['seed']) for r in runs)}"]
+    if budget_s is not None:
+        notes.append(f"wall vs budget {budget_s:.0f} s: {', '.join(f'{w - budget_s:+.1f} s' for w in walls)}")
+        replans = [r["budget"].get("replans") for r in runs if r["budget"]]
+        if replans:
+            notes.append(f"re-plans: {', '.join(map(str, replans))}")
+    measured = f"{pm(acc, acc_sd, '%')} in {pm(wall, wall_sd, 's')} (n={len(runs)})"
+    if target_pct is None:
+        met, status = None, "report"
+        if stretch_pct is not None:
+            miss = missed_by("mean accuracy", acc, stretch_pct, higher_is_better=True, unit="%")
+            notes.append(f"stretch {stretch_pct:.0f}%: " + (f"missed, {miss}" if miss else "reached"))
+    else:
+        met, status = not misses, None
+        if misses:
+            notes.insert(0, "missed: " + "; ".join(misses))
+    return make_row(row_id, measured=measured, met=met, status=status, note=". ".join(notes),
+                    values=[{k: r[k] for k in ("seed", "accuracy", "wall_s", "peak_rss_mb", "network", "epochs",
+                                              "epoch_seconds", "budget")} for r in runs],
+                    mean={"accuracy_pct": acc, "wall_s": wall}, std={"accuracy_pct": acc_sd, "wall_s": wall_sd},
+                    command=command, commands=[r["command"] for r in runs])
+
+
+def row_default(b: Bench) -> dict[str, Any]:
+    runs = [b.default_run(s) for s in b.seeds]
+    return _accuracy_row("default", runs, target_pct=92.0, max_wall_s=30.0, command="minivision train --seed S")
+
+
+def _budget_row(b: Bench, row_id: str, budget: str, budget_s: float, target_pct: float | None,
+                cifar: bool = False, stretch_pct: float | None = None) -> dict[str, Any]:
+    args = ["--budget", budget]
+    shown = f"minivision train --budget {budget}"
+    if cifar:
+        folder, why = b.cifar_dir()
+        if folder is None:
+            return make_row(row_id, measured="-", met=None, note=why, command=shown + " --data CIFAR_DIR")
+        args += ["--data", folder]
+        shown += " --data CIFAR_DIR"
+    runs = [b.train(args, s, expected_s=budget_s) for s in b.seeds]
+    return _accuracy_row(row_id, runs, target_pct=target_pct, max_wall_s=None, command=shown + " --seed S",
+                         budget_s=budget_s, stretch_pct=stretch_pct)
+
+
+def row_cnn2(b: Bench) -> dict[str, Any]:
+    seed = b.seeds[0]
+    ours = b.train(["--model", "cnn2", "--epochs", str(CNN2_EPOCHS)], seed, expected_s=120 * CNN2_EPOCHS)
+    ours_s, rule = steady_seconds(ours["epoch_seconds"])
+    command = f"minivision train --model cnn2 --epochs {CNN2_EPOCHS} --seed {seed}"
+    values = [{"side": "minivision", "epoch_seconds": ours["epoch_seconds"], "steady_s": ours_s,
+               "accuracy": ours["accuracy"], "wall_s": ours["wall_s"], "peak_rss_mb": ours["peak_rss_mb"]}]
+    measured = f"{ours_s:.1f} s/epoch"
+    rule_note = (f"seconds per epoch = {rule}, the same rule for both; minivision's epoch time excludes "
+                 f"its validation pass, the peer's (Keras callback) includes it")
+    try:
+        peer, why = b.run_peer()
+    except RowFailed as e:  # keep our measured side in the row
+        return make_row("cnn2", measured=measured, met=False, status="failed", note=f"peer failed: {e}",
+                        values=values, mean={"minivision_s": ours_s}, peer="failed", command=command,
+                        commands=[ours["command"]])
+    if peer is None:
+        return make_row("cnn2", measured=measured, met=None, note=f"{why}. {rule_note}", values=values,
+                        mean={"minivision_s": ours_s}, peer="not installed", command=command,
+                        commands=[ours["command"]])
+    peer_s, _ = steady_seconds(peer["epoch_seconds"])
+    ratio = ours_s / peer_s
+    values.append({"side": "tensorflow", "epoch_seconds": peer["epoch_seconds"], "steady_s": peer_s,
+                   "accuracy": peer["test_accuracy"], "wall_s": peer["wall_s"], "peak_rss_mb": peer["peak_rss_mb"],
+                   "printed_rss_mb": peer["printed_rss_mb"], "framework": peer["framework"]})
+    miss = missed_by("ratio", ratio, 0.5, higher_is_better=False, unit="x")
+    note = (f"missed: {miss}. " if miss else "") + (f"{rule_note}. Peer: {peer['framework']}, "
+            f"epochs {peer['epoch_seconds']} s; minivision epochs {ours['epoch_seconds']} s. "
+            f"Peer command: `KERAS_BACKEND=tensorflow {b.show(peer['argv'])}`")
+    return make_row("cnn2", measured=measured, met=miss is None, note=note, values=values,
+                    mean={"minivision_s": ours_s, "tensorflow_s": peer_s, "ratio": ratio},
+                    peer=f"TF {peer_s:.1f} s/epoch; ratio {ratio:.2f}x", command=command,
+                    commands=[ours["command"], peer["command"]])
+
+
+def row_evaluate(b: Bench) -> dict[str, Any]:
+    run = b.default_run(b.seeds[0])
+    values, commands = [], []
+    for i in range(EVALUATE_REPEATS):
+        child = b._minivision(["evaluate", run["run"], "--json"], timeout=600)
+        commands.append(shlex.join(child.argv))
+        got = last_json(child.stdout)
+        if "accuracy" not in got:
+            raise RowFailed("`minivision evaluate --json` printed no accuracy")
+        values.append({"repeat": i + 1, "wall_s": child.wall_s, "accuracy": float(got["accuracy"]),
+                       "peak_rss_mb": child.peak_rss_mb})
+    walls = [v["wall_s"] for v in values]
+    median = statistics.median(walls)
+    miss = missed_by("median wall time", median, 2.0, higher_is_better=False, unit="s")
+    note = (f"missed: {miss}. " if miss else "") + (
+        f"runs: {', '.join(f'{w:.2f}' for w in walls)} s; model: the [default] run of seed {b.seeds[0]} "
+        f"({run['network']}); accuracy {values[0]['accuracy']:.2%} (training reported {run['accuracy']:.2%})")
+    mean, sd = mean_std(walls)
+    return make_row("evaluate", measured=f"{median:.2f} s (median of {len(walls)})", met=miss is None, note=note,
+                    values=values, mean={"wall_s": mean, "median_wall_s": median}, std={"wall_s": sd},
+                    command="minivision evaluate RUN --json", commands=commands)
+
+
+def row_memory(b: Bench) -> dict[str, Any]:
+    runs = [b.default_run(s) for s in b.seeds]
+    rss = [r["peak_rss_mb"] for r in runs]
+    if any(v is None for v in rss):
+        return make_row("memory", measured="-", met=None, note="this OS does not report a child's peak RSS (wait4)",
+                        command="minivision train --seed S")
+    peak = max(rss)
+    miss = missed_by("peak RSS", peak, 1.5e9 / MB, higher_is_better=False, unit="MB")
+    peer_text, notes = "", [f"per seed: {', '.join(f'{v:,.0f}' for v in rss)} MB (MB = 10^6 bytes, ru_maxrss)"]
+    if b._peer is not None and b._peer.get("peak_rss_mb"):
+        peer_text = f"TF cnn2: {b._peer['peak_rss_mb']:,.0f} MB"
+        printed = b._peer.get("printed_rss_mb")
+        notes.append(f"TensorFlow peer ([cnn2] run, {CNN2_EPOCHS} epochs): {b._peer['peak_rss_mb']:,.0f} MB"
+                     + (f" (it printed {printed} MiB)" if printed is not None else ""))
+    if miss:
+        notes.insert(0, f"missed: {miss}")
+    mean, sd = mean_std(rss)
+    return make_row("memory", measured=f"{peak:,.0f} MB (max of {len(rss)})", met=miss is None,
+                    note=". ".join(notes), values=[{"seed": r["seed"], "peak_rss_mb": r["peak_rss_mb"]} for r in runs],
+                    mean={"peak_rss_mb": mean, "max_rss_mb": peak}, std={"peak_rss_mb": sd}, peer=peer_text,
+                    command="minivision train --seed S", commands=[r["command"] for r in runs])
+
+
+def row_cifar_softmax(b: Bench) -> dict[str, Any]:
+    shown = " ".join(["minivision train --model softmax --data CIFAR_DIR", *CIFAR_SOFTMAX_FLAGS]) + " --seed S"
+    folder, why = b.cifar_dir()
+    if folder is None:
+        return make_row("cifar-softmax", measured="-", met=None, note=why, command=shown)
+    runs = [b.train(["--model", "softmax", "--data", folder, *CIFAR_SOFTMAX_FLAGS], s, expected_s=300)
+            for s in b.seeds]
+    return _accuracy_row("cifar-softmax", runs, target_pct=39.0, max_wall_s=None, command=shown)
+
+
+ROW_FUNCS: dict[str, Callable[[Bench], dict[str, Any]]] = {
+    "default": row_default,
+    "evaluate": row_evaluate,
+    "budget3m": lambda b: _budget_row(b, "budget3m", "3m", 180, 94.0),
+    "cnn2": row_cnn2,
+    "memory": row_memory,
+    "cifar-softmax": row_cifar_softmax,
+    "budget30m": lambda b: _budget_row(b, "budget30m", "30m", 1800, 95.5),
+    "cifar15m": lambda b: _budget_row(b, "cifar15m", "15m", 900, 90.0, cifar=True),
+    "cifar30m": lambda b: _budget_row(b, "cifar30m", "30m", 1800, None, cifar=True, stretch_pct=94.0),
+}
+
+
+def run_rows(bench: Bench, row_ids: list[str],
+             on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Run the rows in order; each result gets the date and machine. ``on_row`` sees each as it finishes."""
+    machine = machine_info()
+    bench.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for row_id in [r for r in ROW_IDS if r in row_ids]:
+        bench.log(f"[{row_id}] {SPECS[row_id].what}; target {SPECS[row_id].target}")
+        try:
+            row = ROW_FUNCS[row_id](bench)
+        except RowFailed as e:
+            row = make_row(row_id, measured="-", met=False, status="failed", note=f"failed: {e}")
+        row["date"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        row["machine"] = machine
+        bench.log(f"  -> {row['measured']} [{row['status']}]" + (f" {row['peer']}" if row["peer"] else ""))
+        rows.append(row)
+        if on_row:
+            on_row(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- Rendering
+
+_STATUS = {"met": "yes", "missed": "**no**", "skipped": "skipped", "report": "report", "failed": "**failed**"}
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_table(rows: list[dict[str, Any]]) -> str:
+    """Markdown: the table, the machine(s), then one note per row (what it measured, misses, skips)."""
+    order = {r: i for i, r in enumerate(ROW_IDS)}
+    rows = sorted(rows, key=lambda r: order.get(r["id"], len(order)))
+    lines = ["| row | target | measured (mean ± std over n seeds) | peer / ratio | met? | command |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        date = str(r.get("date", ""))[:10]
+        command = f"`{r['command']}`" if r.get("command") else ""
+        lines.append(f"| `{r['id']}` ({date}) | {_cell(r['target'])} | {_cell(r['measured'])} | "
+                     f"{_cell(r.get('peer') or '-')} | {_STATUS.get(r['status'], r['status'])} | {_cell(command)} |")
+    machines: dict[str, list[str]] = {}
+    for r in rows:
+        if r.get("machine"):
+            machines.setdefault(describe_machine(r["machine"]), []).append(r["id"])
+    lines.append("")
+    if len(machines) == 1:
+        lines.append(f"Machine: {next(iter(machines))}.")
+    for desc, ids in machines.items() if len(machines) > 1 else ():
+        lines.append(f"Machine for {', '.join(ids)}: {desc}.")
+    lines.append("")
+    for r in rows:
+        lines.append(f"- `{r['id']}` ({r.get('date', '?')}): {r['what']}. " + (r.get("note") or ""))
+    return "\n".join(lines)

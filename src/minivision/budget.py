@@ -1,0 +1,160 @@
+"""``--budget``: a wall-clock time for the whole run; minivision picks the network and step count.
+
+How a budget is spent (``fit`` calls these):
+
+1. ``parse_duration`` turns ``30s``, ``3m``, ``1h30m`` or ``90`` (seconds) into seconds.
+2. ``choose_model`` walks ``LADDER`` from the smallest network up: it times a few training steps of
+   each on the real data and keeps the largest one that can still do its ``min_epochs`` in the
+   time left. Larger networks reach higher accuracy, but only once they get enough epochs; below
+   that a smaller network trained longer wins (measured on Fashion-MNIST, see docs/BENCHMARKS.md).
+   It stops probing at the first network that does not fit, so a 30-second run times one extra
+   network for a fraction of a second.
+3. ``Planner`` turns the time left into a step count: after a few timed steps of the real loop
+   (augmentation included), at every epoch end (when the validation cost is known) and at half
+   way, it re-plans ``total = steps done + time left / seconds per step``, keeping back the
+   validation passes still to come and the final test pass and file writes. The one-cycle
+   schedule is a function of ``step / total``, so it always ends at its lowest rate on time.
+
+A budget run is reproducible in its settings (args.yaml) but not to the step: the step count
+depends on the machine's speed at the time. An interrupted budget run resumes with the step count
+it had planned.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .errors import MinivisionError
+
+DEFAULT_BUDGET_S = 30.0  # `minivision train` with no flags
+MAX_BUDGET_S = 7 * 24 * 3600.0
+
+_UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "hr": 3600.0, "d": 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(sec|min|hr|s|m|h|d)")
+
+
+def parse_duration(text: str | float | int) -> float:
+    """Seconds in ``30s``, ``3m``, ``1.5h``, ``1h30m``, ``2m30s`` or a bare number of seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        s = str(text).strip().lower()
+        try:
+            seconds = float(s)
+        except ValueError:
+            parts = _PART.findall(s)
+            if not parts or _PART.sub("", s).strip():
+                raise MinivisionError(f"--budget: expected a duration like 30s, 3m, 1h30m or 90, got {text!r}") from None
+            seconds = sum(float(v) * _UNITS[u] for v, u in parts)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise MinivisionError(f"--budget must be more than 0 seconds, got {text!r}")
+    if seconds > MAX_BUDGET_S:
+        raise MinivisionError(f"--budget must be at most 7 days, got {text!r}")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    m, s = divmod(seconds, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s" if s else f"{m}m"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+@dataclass(frozen=True)
+class Rung:
+    model: str
+    min_epochs: float  # fewer epochs than this and the next smaller network does better
+
+
+# Smallest to largest. min_epochs: mvnet-t is always possible; mvnet-s beats it given ~6 epochs
+# with augmentation; mvnet and mvnet-l need long schedules to pay for their compute.
+LADDER: tuple[Rung, ...] = (
+    Rung("mvnet-t", 0.0),
+    Rung("mvnet-s", 6.0),
+    Rung("mvnet", 12.0),
+    Rung("mvnet-l", 24.0),
+)
+
+
+def pick_rung(seconds_per_epoch: dict[str, float], usable_s: float, ladder: tuple[Rung, ...] = LADDER) -> str:
+    """The largest network whose ``min_epochs`` fit in ``usable_s`` (pure: tested without timing).
+
+    ``seconds_per_epoch`` holds the networks probed so far; a network missing from it ends the
+    search (it was not probed because a smaller one already did not fit)."""
+    chosen = ladder[0].model
+    for rung in ladder:
+        spe = seconds_per_epoch.get(rung.model)
+        if spe is None or spe * rung.min_epochs > usable_s:
+            break
+        chosen = rung.model
+    return chosen
+
+
+@dataclass
+class Plan:
+    """What the planner decided; recorded in the run's model.json."""
+
+    budget_s: float
+    model: str
+    probed_s_per_epoch: dict[str, float]
+    total_steps: int = 0
+    replans: int = 0
+
+
+class Planner:
+    """Re-plans the total step count so training, validation, test and file writes end by ``deadline``.
+
+    ``clock`` is injectable so tests can drive the arithmetic without timing anything."""
+
+    FIRST_PLAN_AT = 12  # steps timed before the first plan (after WARMUP untimed ones)
+    WARMUP = 3
+    END_RESERVE_S = 1.5  # model file, results.png, model.json after the test pass
+
+    def __init__(self, deadline: float, steps_per_epoch: int, n_val: int, n_test: int, batch_size: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.deadline = deadline
+        self.steps_per_epoch = steps_per_epoch
+        self.n_val, self.n_test, self.batch_size = n_val, n_test, batch_size
+        self.clock = clock
+        self.val_s: float | None = None  # measured cost of one validation pass (+ checkpoint)
+        self._t_mark: float | None = None
+        self._step_mark = 0
+        self.s_per_step: float | None = None
+
+    def eval_seconds(self, n: int) -> float:
+        """A forward pass costs about a third of a training step per image."""
+        if self.s_per_step is None:
+            return 0.0
+        return n / self.batch_size * self.s_per_step / 3
+
+    def observe(self, step: int) -> None:
+        """Call after each training step with the number of steps done."""
+        now = self.clock()
+        if step == self.WARMUP:
+            self._t_mark, self._step_mark = now, step
+        elif self._t_mark is not None and step > self._step_mark:
+            self.s_per_step = (now - self._t_mark) / (step - self._step_mark)
+
+    def epoch_pause(self, seconds: float) -> None:
+        """Time spent between epochs (validation pass, checkpoint): excluded from the step rate."""
+        self.val_s = seconds
+        if self._t_mark is not None:
+            self._t_mark += seconds
+
+    def plan(self, step: int) -> int | None:
+        """Total steps that end on time given the rate so far (None until the rate is known)."""
+        if self.s_per_step is None or self.s_per_step <= 0:
+            return None
+        left = self.deadline - self.clock() - self.END_RESERVE_S - self.eval_seconds(self.n_test)
+        per_epoch = self.val_s if self.val_s is not None else self.eval_seconds(self.n_val) + 0.1
+        # each remaining step also carries its share of the validation passes still to come
+        per_step = self.s_per_step + per_epoch / self.steps_per_epoch
+        return step + max(1, int(left / per_step))

@@ -1,0 +1,388 @@
+"""The speed benchmark's machinery: arithmetic, wording, row selection, reading runs, the table, the
+BENCHMARKS.md rewrite and the peer-missing path. ``run_child`` is replaced by a fake that writes
+run folders, so no training runs; no test asserts how long anything took."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from minivision import benchmark
+from minivision.benchmark import Bench, ChildResult, RowFailed
+from minivision.cli import main
+from minivision.errors import MinivisionError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_speed():
+    spec = importlib.util.spec_from_file_location("bench_speed", ROOT / "bench" / "speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+speed = _load_speed()
+
+
+# ----------------------------------------------------------------------------- a fake CLI
+
+def _write_run(out: Path, argv: list[str], accuracy: float, epoch_seconds: list[float]) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while (out / f"train{n}").exists():
+        n += 1
+    run = out / f"train{n}"
+    run.mkdir()
+    model = argv[argv.index("--model") + 1] if "--model" in argv else "mvnet-s"
+    meta = {"architecture": {"name": model}, "metrics": {"best_epoch": len(epoch_seconds), "test_accuracy": accuracy}}
+    if "--budget" in argv:
+        meta["budget"] = {"budget_s": 180.0, "model": model, "probed_s_per_epoch": {}, "total_steps": 99,
+                          "replans": 3}
+    (run / "model.json").write_text(json.dumps(meta))
+    with open(run / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["epoch", "val_accuracy", "seconds"])
+        for i, s in enumerate(epoch_seconds):
+            w.writerow([i + 1, 0.9, s])
+    return run
+
+
+class FakeCLI:
+    """Stands in for run_child: answers `minivision train/evaluate` and the peer like the real ones would."""
+
+    def __init__(self, accuracy=0.93, wall=20.0, rss=900.0, epochs=(14.0, 10.0), peer=(30.0, 25.0), fail=()):
+        self.accuracy, self.wall, self.rss, self.epochs, self.peer, self.fail = accuracy, wall, rss, epochs, peer, fail
+        self.calls: list[list[str]] = []
+        self.envs: list[dict] = []
+
+    def __call__(self, argv, env=None, *, echo=False, timeout=None) -> ChildResult:
+        self.calls.append(list(argv))
+        self.envs.append(dict(env or {}))
+        if any(f in argv for f in self.fail):
+            return ChildResult(list(argv), 2, "", "error: something a user can fix\n", 1.0, 100.0)
+        if argv[1].endswith("keras_peer.py"):
+            lines = [json.dumps({"epoch": i + 1, "seconds": s, "val_accuracy": 0.88}) for i, s in enumerate(self.peer)]
+            lines.append(json.dumps({"model": "cnn2", "framework": "keras 3.x (tensorflow)", "epochs": len(self.peer),
+                                     "fit_seconds": 55.0, "test_accuracy": 0.89, "peak_rss_mb": 1000}))
+            return ChildResult(list(argv), 0, "\n".join(lines) + "\n", "", 70.0, 1100.0)
+        command = argv[3]
+        if command == "train":
+            seed = int(argv[argv.index("--seed") + 1])
+            acc = self.accuracy + 0.002 * seed
+            run = _write_run(Path(argv[argv.index("--out") + 1]), argv, acc, list(self.epochs))
+            stdout = "epoch 1/2 ...\n" + json.dumps({"run": str(run), "test_accuracy": acc, "test_loss": 0.3,
+                                                     "test_n": 10000}) + "\n"
+            return ChildResult(list(argv), 0, stdout, "", self.wall + seed, self.rss + 10 * seed)
+        if command == "evaluate":
+            walls = [1.5, 1.2, 1.9]
+            wall = walls[sum(1 for c in self.calls if c[3:4] == ["evaluate"]) - 1]
+            return ChildResult(list(argv), 0, json.dumps({"accuracy": 0.93, "loss": 0.3, "n": 10000}) + "\n", "",
+                               wall, 500.0)
+        raise AssertionError(f"unexpected command {argv}")
+
+
+@pytest.fixture
+def fake(monkeypatch, tmp_path):
+    cli = FakeCLI()
+    monkeypatch.setattr(benchmark, "run_child", cli)
+    monkeypatch.setattr(benchmark, "fashion_idx_dir", lambda: tmp_path)
+    monkeypatch.setattr(benchmark, "machine_info", lambda: {"cpu": "Test CPU", "cpu_count": 2, "torch_threads": 2,
+                                                            "flags": {"avx2": True, "avx512f": False},
+                                                            "torch": "2.x", "python": "3.11"})
+    return cli
+
+
+def _bench(tmp_path, **kw) -> Bench:
+    peer = tmp_path / "peer-python"
+    peer.write_text("")
+    script = tmp_path / "keras_peer.py"
+    script.write_text("")
+    kw.setdefault("peer_python", str(peer))
+    kw.setdefault("seeds", [0, 1, 2])
+    return Bench(out=tmp_path / "out", peer_script=script, log=lambda msg: None, **kw)
+
+
+# ----------------------------------------------------------------------------- arithmetic and wording
+
+def test_mean_std():
+    assert benchmark.mean_std([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))
+    assert benchmark.mean_std([5.0]) == (5.0, None)
+    with pytest.raises(ValueError):
+        benchmark.mean_std([])
+
+
+def test_plus_minus_formatting():
+    assert benchmark.pm(92.4133, 0.081, "%") == "92.41 ± 0.08%"
+    assert benchmark.pm(28.66, 0.31, "s") == "28.7 ± 0.3 s"
+    assert benchmark.pm(92.4133, None, "%") == "92.41%"
+
+
+def test_missed_by_wording():
+    assert benchmark.missed_by("mean accuracy", 92.5, 92.0, higher_is_better=True, unit="%") is None
+    assert benchmark.missed_by("mean accuracy", 92.0, 92.0, higher_is_better=True, unit="%") is None
+    assert (benchmark.missed_by("mean accuracy", 91.59, 92.0, higher_is_better=True, unit="%")
+            == "mean accuracy 91.59% is 0.41 points below the 92.00% target")
+    assert (benchmark.missed_by("mean wall time", 33.2, 30.0, higher_is_better=False, unit="s")
+            == "mean wall time 33.2 s is 3.20 s over the 30.0 s target")
+    assert (benchmark.missed_by("ratio", 0.62, 0.5, higher_is_better=False, unit="x")
+            == "ratio 0.62x is 0.12 over the 0.50x target")
+    assert "84 MB over" in benchmark.missed_by("peak RSS", 1584, 1500, higher_is_better=False, unit="MB")
+
+
+def test_steady_seconds_rule_skips_the_warm_up_epoch():
+    assert benchmark.steady_seconds([30.0, 20.0, 22.0, 21.0])[0] == 21.0
+    value, rule = benchmark.steady_seconds([30.0, 20.0])
+    assert value == 20.0 and "epoch 2" in rule
+    assert benchmark.steady_seconds([30.0])[0] == 30.0
+
+
+# ----------------------------------------------------------------------------- selection
+
+def test_row_selection():
+    default = benchmark.select_rows(None)
+    assert "default" in default and "cnn2" in default
+    assert not set(default) & benchmark.LONG_ROWS
+    assert benchmark.select_rows("all") == list(benchmark.ROW_IDS)
+    assert benchmark.select_rows("cnn2,default") == ["default", "cnn2"]  # run order, not typed order
+
+
+def test_unknown_row_is_one_line_with_did_you_mean():
+    with pytest.raises(MinivisionError) as e:
+        benchmark.select_rows("default,budget3")
+    assert "did you mean budget3m?" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bench_command_unknown_row(capsys):
+    assert main(["bench", "--rows", "defualt"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "did you mean default?" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("text,seeds", [("3", [0, 1, 2]), ("1", [0]), ("4,7", [4, 7]), (2, [0, 1])])
+def test_parse_seeds(text, seeds):
+    assert benchmark.parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["x", "0", "-1", "1,1", "a,b"])
+def test_parse_seeds_rejects(text):
+    with pytest.raises(MinivisionError):
+        benchmark.parse_seeds(text)
+
+
+# ----------------------------------------------------------------------------- reading runs
+
+def test_parse_train_reads_a_results_folder(tmp_path):
+    run = _write_run(tmp_path, ["--budget", "3m"], 0.9412, [12.5, 10.25, 10.5])
+    stdout = "some log line\n" + json.dumps({"run": str(run), "test_accuracy": 0.9412, "test_loss": 0.2,
+                                             "test_n": 10000}) + "\n\n"
+    got = benchmark.parse_train(ChildResult(["x"], 0, stdout, "", 42.0, 800.0))
+    assert got["accuracy"] == pytest.approx(0.9412)
+    assert got["epoch_seconds"] == [12.5, 10.25, 10.5] and got["epochs"] == 3
+    assert got["network"] == "mvnet-s" and got["budget"]["replans"] == 3
+    assert got["wall_s"] == 42.0 and got["peak_rss_mb"] == 800.0
+
+
+def test_parse_train_unreadable_output_fails_the_row(tmp_path):
+    with pytest.raises(RowFailed):
+        benchmark.parse_train(ChildResult(["x"], 0, "no json here\n", "", 1.0, 1.0))
+    with pytest.raises(RowFailed):
+        benchmark.parse_train(ChildResult(["x"], 0, json.dumps({"run": str(tmp_path / "gone"),
+                                                                 "test_accuracy": 0.9}), "", 1.0, 1.0))
+
+
+def test_parse_peer_lines():
+    out = "\n".join([json.dumps({"epoch": 1, "seconds": 21.0, "val_accuracy": 0.8}), "TF noise",
+                     json.dumps({"epoch": 2, "seconds": 17.5, "val_accuracy": 0.85}),
+                     json.dumps({"test_accuracy": 0.86, "peak_rss_mb": 990, "framework": "keras 3"})])
+    got = benchmark.parse_peer(ChildResult(["p"], 0, out, "", 50.0, 1040.0))
+    assert got["epoch_seconds"] == [21.0, 17.5] and got["printed_rss_mb"] == 990 and got["peak_rss_mb"] == 1040.0
+
+
+def test_run_child_measures_a_real_child():
+    child = benchmark.run_child([sys.executable, "-c", "print('hello'); import sys; print('x', file=sys.stderr)"])
+    assert child.returncode == 0 and child.stdout == "hello\n" and child.stderr == "x\n"
+    assert child.wall_s > 0 and (child.peak_rss_mb is None or child.peak_rss_mb > 0)
+
+
+# ----------------------------------------------------------------------------- rows with the fake CLI
+
+def test_rows_with_a_fake_cli(fake, tmp_path):
+    rows = {r["id"]: r for r in benchmark.run_rows(_bench(tmp_path), ["default", "evaluate", "cnn2", "memory"])}
+    d = rows["default"]
+    assert d["met"] is True and d["n"] == 3
+    assert d["mean"]["accuracy_pct"] == pytest.approx(93.2) and d["mean"]["wall_s"] == pytest.approx(21.0)
+    assert "93.20 ± 0.20%" in d["measured"] and "21.0 ± 1.0 s" in d["measured"]
+    assert len(d["commands"]) == 3 and all("--json" in c for c in d["commands"])
+    assert d["date"] and d["machine"]["cpu"] == "Test CPU"
+
+    e = rows["evaluate"]
+    assert e["mean"]["median_wall_s"] == pytest.approx(1.5) and e["met"] is True
+    trains = [c for c in fake.calls if c[3:4] == ["train"]]
+    assert len(trains) == 4  # 3 default seeds (reused by evaluate and memory) + cnn2
+
+    c = rows["cnn2"]
+    assert c["mean"]["ratio"] == pytest.approx(10.0 / 25.0) and c["met"] is True  # epoch 2 of 2, both sides
+    assert "0.40x" in c["peer"] and "epoch 2 of 2" in c["note"]
+    peer_env = fake.envs[[i for i, a in enumerate(fake.calls) if a[1].endswith("keras_peer.py")][0]]
+    assert peer_env["KERAS_BACKEND"] == "tensorflow"
+
+    m = rows["memory"]
+    assert m["mean"]["max_rss_mb"] == pytest.approx(920.0) and m["met"] is True
+    assert "1,100 MB" in m["peer"]
+
+
+def test_a_missed_row_says_by_how_much(fake, tmp_path):
+    fake.accuracy, fake.wall = 0.915, 33.0
+    row = benchmark.run_rows(_bench(tmp_path, seeds=[0]), ["default"])[0]
+    assert row["met"] is False and row["status"] == "missed"
+    assert "0.50 points below the 92.00% target" in row["note"]
+    assert "3.00 s over the 30.0 s target" in row["note"]
+
+
+def test_peer_missing_skips_the_row(fake, tmp_path):
+    b = _bench(tmp_path, seeds=[0], peer_python=str(tmp_path / "nonexistent" / "python"))
+    row = benchmark.run_rows(b, ["cnn2"])[0]
+    assert row["met"] is None and row["status"] == "skipped"
+    assert "TensorFlow peer not installed" in row["note"] and "tensorflow-cpu==2.21.0" in row["note"]
+    assert not any(a[1].endswith("keras_peer.py") for a in fake.calls)
+    assert row["mean"]["minivision_s"] == 10.0  # our side is still measured
+
+
+def test_failed_peer_keeps_our_side(fake, tmp_path):
+    fake.fail = (str(tmp_path / "keras_peer.py"),)  # the peer exits 2; our cnn2 run succeeds
+    row = benchmark.run_rows(_bench(tmp_path, seeds=[0]), ["cnn2"])[0]
+    assert row["status"] == "failed" and "peer failed" in row["note"] and row["mean"]["minivision_s"] == 10.0
+
+
+def test_failed_run_fails_its_row_and_the_rows_that_need_it(fake, tmp_path):
+    fake.fail = ("train",)
+    rows = benchmark.run_rows(_bench(tmp_path, seeds=[0]), ["default", "evaluate"])
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert "something a user can fix" in rows[0]["note"]
+    assert len([c for c in fake.calls if c[3:4] == ["train"]]) == 1  # not retried for evaluate
+
+
+def test_cifar_rows_skip_without_data(fake, tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmark, "CIFAR_UNPACKED", tmp_path / "nothing")
+    monkeypatch.setattr(benchmark, "CIFAR_ARCHIVES", tmp_path / "no-archives")
+    rows = benchmark.run_rows(_bench(tmp_path, seeds=[0]), ["cifar-softmax", "cifar15m"])
+    assert all(r["status"] == "skipped" and "--cifar" in r["note"] for r in rows)
+    assert not fake.calls
+
+
+def test_cifar30m_is_reported_against_its_stretch(fake, tmp_path):
+    data = tmp_path / "cifar"
+    (data / "train").mkdir(parents=True)
+    (data / "test").mkdir()
+    row = benchmark.run_rows(_bench(tmp_path, seeds=[0], cifar=str(data)), ["cifar30m"])[0]
+    assert row["status"] == "report" and row["met"] is None and "stretch 94%" in row["note"]
+    assert "CIFAR_DIR" in row["command"] and str(data) in row["commands"][0]
+
+
+def test_bench_command_prints_the_table(fake, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(benchmark, "PEER_SCRIPT", tmp_path / "missing-peer.py")
+    assert main(["bench", "--rows", "cnn2", "--seeds", "1", "--peer-python", str(tmp_path / "no-python")]) == 0
+    out = capsys.readouterr().out
+    assert "| `cnn2`" in out and "skipped" in out and "Machine: Test CPU" in out
+    assert main(["bench", "--rows", "default", "--seeds", "1", "--json", "--out", str(tmp_path / "keep")]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["rows"][0]["id"] == "default" and (tmp_path / "keep" / "runs").is_dir()
+
+
+# ----------------------------------------------------------------------------- table and BENCHMARKS.md
+
+def _row(row_id, status="met", date="2026-11-25T10:00:00+00:00", **kw):
+    met = {"met": True, "missed": False}.get(status)
+    r = benchmark.make_row(row_id, measured="93.00 ± 0.10% in 28.0 ± 0.5 s (n=3)", met=met, status=status,
+                           note=kw.pop("note", ""), command="minivision train --seed S", **kw)
+    r.update(date=date, machine={"cpu": "Test CPU", "cpu_count": 2, "torch_threads": 2, "flags": {"avx2": True}})
+    return r
+
+
+def test_render_table():
+    table = benchmark.render_table([_row("cnn2", "skipped", note="TensorFlow peer not installed"),
+                                    _row("default", "missed", note="missed: mean accuracy ...")])
+    lines = table.splitlines()
+    assert lines[0].startswith("| row | target | measured (mean ± std over n seeds) | peer / ratio | met? | command |")
+    assert lines[2].startswith("| `default` (2026-11-25)") and "**no**" in lines[2]  # table order, not input order
+    assert "skipped" in lines[3] and "`minivision train --seed S`" in lines[2]
+    assert "Machine: Test CPU, 2 CPUs" in table
+    assert "- `cnn2` (2026-11-25T10:00:00+00:00): " in table and "TensorFlow peer not installed" in table
+
+
+def test_rewrite_section_on_a_copy_of_benchmarks_md(tmp_path):
+    doc = tmp_path / "BENCHMARKS.md"
+    original = (ROOT / "docs" / "BENCHMARKS.md").read_text()
+    doc.write_text(original)
+    speed.write_doc("| the | table |", doc)
+    text = doc.read_text()
+    assert text.count(speed.BEGIN) == 1 and "| the | table |" in text
+    before, after = original.split(speed.BEGIN)[0], original.split(speed.END)[1]
+    assert text.startswith(before) and text.endswith(after)  # nothing outside the markers changes
+    speed.write_doc("| new |", doc)
+    assert "| new |" in doc.read_text() and "| the | table |" not in doc.read_text()
+
+
+def test_rewrite_section_adds_heading_and_markers_when_missing():
+    text = speed.rewrite_section("# Benchmarks\n\nintro\n", "| t |")
+    assert text.startswith("# Benchmarks\n\nintro\n") and speed.HEADING in text
+    assert text.index(speed.BEGIN) < text.index("| t |") < text.index(speed.END)
+
+
+def test_speed_write_keeps_rows_not_rerun(fake, tmp_path, monkeypatch):
+    results, doc = tmp_path / "results" / "speed.json", tmp_path / "BENCHMARKS.md"
+    doc.write_text("# Benchmarks\n")
+    monkeypatch.setattr(speed, "RESULTS", results)
+    monkeypatch.setattr(speed, "DOC", doc)
+    speed.save_results({"budget3m": _row("budget3m", date="2026-01-01T00:00:00+00:00")})
+    assert speed.main(["--rows", "default", "--seeds", "1", "--write", "--quiet"]) == 0
+    stored = speed.load_results()
+    assert set(stored) == {"budget3m", "default"}
+    text = doc.read_text()
+    assert "`budget3m` (2026-01-01)" in text and "| `default` (" in text
+
+
+def test_speed_unknown_row(capsys):
+    assert speed.main(["--rows", "nope"]) == 2
+    assert capsys.readouterr().err.startswith("error: --rows: unknown row 'nope'")
+
+
+# ----------------------------------------------------------------------------- unpacking CIFAR
+
+def _tar(path: Path, members: dict[str, bytes]) -> None:
+    with tarfile.open(path, "w:gz") as t:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+
+
+def test_unpack_once(tmp_path):
+    archive = tmp_path / "cifar10-jpg.tar.gz"
+    _tar(archive, {"cifar10-jpg/train/cat/0001.jpg": b"x", "cifar10-jpg/test/cat/0001.jpg": b"y"})
+    folder = benchmark.unpack_once(archive, tmp_path / "cache")
+    assert folder == tmp_path / "cache" / "cifar10-jpg" and (folder / "train" / "cat" / "0001.jpg").read_bytes() == b"x"
+    archive.unlink()
+    assert benchmark.unpack_once(archive, tmp_path / "cache") == folder  # once: not unpacked again
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["cifar10-jpg"]  # no temporary leftovers
+
+
+def test_unpack_refuses_escapes_and_bad_checksums(tmp_path):
+    evil = tmp_path / "cifar10-evil.tar.gz"
+    _tar(evil, {"../outside.txt": b"x", "train/a.jpg": b"", "test/a.jpg": b""})
+    with pytest.raises(MinivisionError, match="outside"):
+        benchmark.unpack_once(evil, tmp_path / "cache")
+    assert not (tmp_path / "outside.txt").exists()
+    good = tmp_path / "cifar10-jpg.tar.gz"
+    _tar(good, {"train/a.jpg": b"", "test/a.jpg": b""})
+    (tmp_path / "cifar10-jpg.tar.gz.sha256").write_text("0" * 64 + "  cifar10-jpg.tar.gz\n")
+    with pytest.raises(MinivisionError, match="sha256"):
+        benchmark.unpack_once(good, tmp_path / "cache")

@@ -1,0 +1,149 @@
+"""--budget: duration parsing, the network ladder, the step planner (driven by a fake clock), and a
+budget run end to end on synthetic data. No test asserts how long anything took."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors import safe_open
+
+from minivision.budget import LADDER, Planner, Rung, format_duration, parse_duration, pick_rung
+from minivision.cli import main
+from minivision.config import TrainConfig
+from minivision.errors import MinivisionError
+from minivision.train import _default_budget, fit
+
+from .conftest import synthetic_dataset
+
+
+@pytest.mark.parametrize("text,seconds", [
+    ("30s", 30), ("3m", 180), ("30m", 1800), ("1h30m", 5400), ("1.5h", 5400), ("2m30s", 150),
+    ("90", 90), ("0.5", 0.5), (" 3 m ", 180), ("45sec", 45), ("2min", 120), ("1d", 86400), (120, 120),
+])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["", "abc", "3x", "m", "-5", "0", "0s", "3m abc", "inf", "nan", "8d", "1e9"])
+def test_parse_duration_rejects_with_one_line(text):
+    with pytest.raises(MinivisionError) as e:
+        parse_duration(text)
+    assert "--budget" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_format_duration():
+    assert [format_duration(s) for s in (29.6, 180, 150, 5400)] == ["30s", "3m", "2m30s", "1h30m"]
+
+
+def test_ladder_goes_from_small_to_large_with_growing_epoch_needs():
+    assert LADDER[0].min_epochs == 0  # the smallest network always fits
+    assert [r.min_epochs for r in LADDER] == sorted(r.min_epochs for r in LADDER)
+
+
+def test_pick_rung_takes_the_largest_network_that_gets_its_epochs():
+    ladder = (Rung("a", 0), Rung("b", 6), Rung("c", 12))
+    spe = {"a": 5.0, "b": 20.0, "c": 60.0}
+    assert pick_rung(spe, 30, ladder) == "a"     # b needs 120 s
+    assert pick_rung(spe, 120, ladder) == "b"
+    assert pick_rung(spe, 719, ladder) == "b"    # c needs 720 s
+    assert pick_rung(spe, 720, ladder) == "c"
+    assert pick_rung({"a": 5.0, "b": 20.0}, 10_000, ladder) == "b"  # c not timed: the search stopped
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _drive(planner, clock, steps, s_per_step):
+    for step in range(1, steps + 1):
+        clock.t += s_per_step
+        planner.observe(step)
+
+
+def test_planner_fills_the_time_left_after_keeping_back_validation_test_and_files():
+    clock = FakeClock()
+    p = Planner(deadline=100.0, steps_per_epoch=100, n_val=1000, n_test=2000, batch_size=100, clock=clock)
+    assert p.plan(0) is None  # no rate yet
+    _drive(p, clock, 15, 0.1)
+    assert p.s_per_step == pytest.approx(0.1)
+    # left = 100 - 1.5 (elapsed) - 1.5 (files) - 2000/100*0.1/3 (test pass) = 96.333 s;
+    # each step costs 0.1 s plus 1/100 of a validation pass (1000/100*0.1/3 + 0.1 s)
+    left = 100 - 1.5 - Planner.END_RESERVE_S - 2000 / 100 * 0.1 / 3
+    per_step = 0.1 + (1000 / 100 * 0.1 / 3 + 0.1) / 100
+    assert p.plan(15) == 15 + int(left / per_step)
+
+
+def test_planner_excludes_epoch_pauses_from_the_step_rate_and_uses_the_measured_validation_time():
+    clock = FakeClock()
+    p = Planner(deadline=60.0, steps_per_epoch=10, n_val=500, n_test=500, batch_size=50, clock=clock)
+    _drive(p, clock, 10, 0.2)
+    clock.t += 3.0  # a slow validation pass
+    p.epoch_pause(3.0)
+    for step in range(11, 21):
+        clock.t += 0.2
+        p.observe(step)
+    assert p.s_per_step == pytest.approx(0.2)
+    assert p.val_s == 3.0
+    left = 60 - clock.t - Planner.END_RESERVE_S - 500 / 50 * 0.2 / 3
+    assert p.plan(20) == 20 + int(left / (0.2 + 3.0 / 10))
+
+
+def test_planner_always_allows_one_more_step_and_slows_down_when_the_machine_does():
+    clock = FakeClock()
+    p = Planner(deadline=10.0, steps_per_epoch=100, n_val=0, n_test=0, batch_size=10, clock=clock)
+    _drive(p, clock, 20, 0.1)
+    fast = p.plan(20)
+    clock.t = 2.0
+    slow = Planner(deadline=10.0, steps_per_epoch=100, n_val=0, n_test=0, batch_size=10, clock=FakeClock())
+    _drive(slow, slow.clock, 20, 0.3)
+    assert slow.plan(20) < fast
+    clock.t = 50.0  # past the deadline
+    assert p.plan(20) == 21
+
+
+def test_no_flags_means_the_default_budget_and_explicit_lengths_do_not():
+    assert _default_budget(TrainConfig()).budget == 30.0
+    assert _default_budget(TrainConfig(budget="3m")).budget == 180.0
+    assert _default_budget(TrainConfig(epochs=2)).budget is None
+    assert _default_budget(TrainConfig(model="cnn2")).budget is None
+    assert _default_budget(TrainConfig(steps=10)).budget is None
+
+
+def test_budget_run_picks_a_network_plans_steps_and_records_the_plan(tmp_path):
+    ds = synthetic_dataset(400, 80)
+    logs = []
+    r = fit(TrainConfig(budget=8.0, out=str(tmp_path), val_split=0.25), dataset=ds, progress=False, log=logs.append)
+    meta = json.loads((r.run_dir / "model.json").read_text())
+    plan = meta["budget"]
+    assert plan["budget_s"] == 8.0 and plan["model"] in {rung.model for rung in LADDER}
+    assert meta["architecture"]["name"] == plan["model"]
+    assert plan["total_steps"] >= 1 and sum(1 for _ in r.history) == len(r.history) >= 1
+    with safe_open(str(r.run_dir / "last.safetensors"), framework="pt") as f:
+        assert json.loads(f.metadata()["progress"])["total_steps"] == plan["total_steps"]
+    assert any(line.startswith("budget 8s:") for line in logs)
+    assert r.test["test_accuracy"] > 0.5
+
+
+def test_epochs_override_the_planned_length_but_the_budget_still_picks_the_network(tmp_path):
+    ds = synthetic_dataset(200, 40)
+    r = fit(TrainConfig(budget=5.0, epochs=2, out=str(tmp_path)), dataset=ds, progress=False, log=lambda m: None)
+    meta = json.loads((r.run_dir / "model.json").read_text())
+    assert len(r.history) == 2 and meta["budget"]["model"] == meta["architecture"]["name"]
+
+
+def test_a_named_model_keeps_its_name_under_a_budget(tmp_path):
+    ds = synthetic_dataset(200, 40)
+    r = fit(TrainConfig(budget=4.0, model="cnn1", out=str(tmp_path)), dataset=ds, progress=False, log=lambda m: None)
+    assert json.loads((r.run_dir / "model.json").read_text())["architecture"]["name"] == "cnn1"
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-3m"])
+def test_cli_bad_budget_is_one_line(value, capsys):
+    assert main(["train", f"--budget={value}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --budget") and err.count("\n") == 1
