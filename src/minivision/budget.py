@@ -48,7 +48,8 @@ def parse_duration(text: str | float | int) -> float:
         except ValueError:
             parts = _PART.findall(s)
             if not parts or _PART.sub("", s).strip():
-                raise MinivisionError(f"--budget: expected a duration like 30s, 3m, 1h30m or 90, got {text!r}") from None
+                raise MinivisionError(
+                    f"--budget: expected a duration like 30s, 3m, 1h30m or 90, got {text!r}") from None
             seconds = sum(float(v) * _UNITS[u] for v, u in parts)
     if not math.isfinite(seconds) or seconds <= 0:
         raise MinivisionError(f"--budget must be more than 0 seconds, got {text!r}")

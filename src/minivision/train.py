@@ -543,7 +543,8 @@ class _Loop:
                 if self.planner is not None:
                     done = self.step - self._step0
                     self.planner.observe(done)
-                    if done == Planner.WARMUP + Planner.FIRST_PLAN_AT or self.step >= self._next_plan * self.total_steps:
+                    first = done == Planner.WARMUP + Planner.FIRST_PLAN_AT
+                    if first or self.step >= self._next_plan * self.total_steps:
                         self._next_plan = next((f for f in (0.5, 0.75, 0.9) if self.step < f * self.total_steps), 2.0)
                         self._replan()
                         if self._batches_this_epoch() != n_batches:
