@@ -25,7 +25,17 @@ from torch import nn
 from tqdm import tqdm
 
 from . import optim
-from .budget import DEFAULT_BUDGET_S, LADDER, Plan, Planner, format_duration, parse_duration, pick_rung
+from .budget import (
+    AUGMENT_MIN_EPOCHS,
+    DEFAULT_BUDGET_S,
+    LADDER,
+    SHORT_RUN,
+    Plan,
+    Planner,
+    format_duration,
+    parse_duration,
+    pick_rung,
+)
 from .config import TrainConfig, resolve
 from .data import load_dataset
 from .data.augment import Augment
@@ -308,20 +318,25 @@ def _plan_budget(user_cfg: TrainConfig, cfg: TrainConfig, ds: Dataset, device: t
             if rung.min_epochs == 0:  # always possible: no need to time it
                 probed[rung.model] = 0.0
                 continue
-            c = resolve(dataclasses.replace(user_cfg, model=rung.model), model_info(rung.model).defaults)
+            c = resolve(dataclasses.replace(user_cfg, model=rung.model), {**model_info(rung.model).defaults,
+                                                                            **SHORT_RUN})
             spe = _probe_step_seconds(c, ds, device, precision) * math.ceil(n / c.batch_size)
             probed[rung.model] = spe
             if spe * rung.min_epochs > usable():
                 break
         name = pick_rung(probed, usable())
-    final = resolve(dataclasses.replace(user_cfg, model=name), model_info(name).defaults)
+    defaults = dict(model_info(name).defaults)
+    spe = probed.get(name) or 0.0
+    short = spe == 0.0 or spe * AUGMENT_MIN_EPOCHS > usable()
+    if user_cfg.model is None and short:
+        defaults.update(SHORT_RUN)  # user flags still win: resolve() only fills what they left unset
+    final = resolve(dataclasses.replace(user_cfg, model=name), defaults)
     final = dataclasses.replace(final, **{k: getattr(cfg, k) for k in ("data", "data_dir", "test_data")})
     plan = Plan(budget_s=budget, model=name, probed_s_per_epoch={k: round(v, 3) for k, v in probed.items() if v})
     explicit = user_cfg.epochs is not None or user_cfg.steps is not None
     if explicit:
         log(f"budget {format_duration(budget)}: {name}; --epochs/--steps given, so they set the length")
         return final, plan
-    spe = probed.get(name) or 0.0
     bpe = max(1, math.ceil(n / final.batch_size))
     first_guess = int(max(usable(), 1.0) / (spe / bpe)) if spe else (final.epochs or 1) * bpe
     final = dataclasses.replace(final, steps=max(1, first_guess), epochs=None)
@@ -567,9 +582,12 @@ class _Loop:
         cfg = self.cfg
         loss_sum, correct, count = self.sums.tolist()
         val_loss = val_acc = float("nan")
+        t_val = time.perf_counter()
         if self.ds.val is not None and len(self.ds.val):
             logits = predict_logits(self.model, self.pre, self.ds.val.x, device=self.device, precision=self.precision)
             val_loss, val_acc = loss_and_accuracy(logits, self.ds.val.y)
+        # like Keras' epoch time: the validation pass counts as part of the epoch
+        self.epoch_seconds += time.perf_counter() - t_val
         row = {"epoch": self.epoch + 1, "train_loss": loss_sum / count, "train_accuracy": correct / count,
                "val_loss": val_loss, "val_accuracy": val_acc,
                "lr": lr_at(max(self.step - 1, 0), self.total_steps, cfg.lr, cfg.schedule),
