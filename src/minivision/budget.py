@@ -126,7 +126,7 @@ class Planner:
 
     FIRST_PLAN_AT = 12  # steps timed before the first plan (after WARMUP untimed ones)
     WARMUP = 3
-X
+    END_RESERVE_S = 2.5  # results.png (~1.2 s with matplotlib's import), model file, model.json, exit
     FORWARD_COST = 0.5  # an evaluation pass per image / a training step per image (measured ~0.45)
 
     def __init__(self, deadline: float, steps_per_epoch: int, n_val: int, n_test: int, batch_size: int,
