@@ -43,7 +43,7 @@ def check_compatible(lm: LoadedModel, ds: Dataset) -> None:
 
 
 def evaluate_split(lm: LoadedModel, split: Split, *, device: str = "auto", precision: str = "auto",
-                   batch_size: int = 1000) -> dict[str, Any]:
+                   batch_size: int = 256) -> dict[str, Any]:
     """Metrics as plain data: accuracy, loss, n, per_class {name: accuracy}, confusion [[int]]."""
     dev = pick_device(device)
     prec = pick_precision(precision, dev)

@@ -98,7 +98,7 @@ def load_model(path: str | Path, weights: str = "model", device: str | torch.dev
     except RuntimeError as e:
         first = str(e).splitlines()[0] if str(e) else "mismatch"
         raise MinivisionError(f"{folder}/{weights}.safetensors does not match model.json ({first})") from None
-    model.to(device).eval()
+    model.to(device).to(memory_format=torch.channels_last).eval()  # as trained: 2x faster than NCHW on CPU
     return LoadedModel(model, Preprocess.from_dict(meta["preprocess"]), classes, meta, folder)
 
 

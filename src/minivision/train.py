@@ -108,7 +108,7 @@ def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, pre: Preprocess, x: torch.Tensor, *, device: torch.device,
-                   precision: str = "fp32", batch_size: int = 1000) -> torch.Tensor:
+                   precision: str = "fp32", batch_size: int = 256) -> torch.Tensor:
     """Logits (float32, on the CPU) for uint8 images ``x`` (N, C, H, W)."""
     was_training = model.training
     model.eval()

@@ -135,7 +135,15 @@ def keras_sequential(
                 height, width = height - 2, width - 2
         elif isinstance(layer, Pool):
             stride = layer.stride or layer.size
+            # conv -> ReLU -> max-pool computes the same as conv -> max-pool -> ReLU (ReLU is monotonic,
+            # so it commutes with max; gradients agree except at exact ties), and the second runs ReLU
+            # and its backward on 1/4-1/5 of the values: a cnn2 training step (batch 128, 2-core CPU) takes
+            # 92 ms instead of 114 (median of 6 interleaved rounds).
+            last = next(reversed(layers)) if layers else None
+            relu = layers.pop(last) if last is not None and last.endswith("_relu") else None
             name = add("max_pooling2d", nn.MaxPool2d(layer.size, stride))
+            if relu is not None:
+                layers[last] = relu
             height, width = (height - layer.size) // stride + 1, (width - layer.size) // stride + 1
         elif isinstance(layer, Drop):
             name = add("dropout", nn.Dropout(layer.rate))
