@@ -150,3 +150,13 @@ def test_cli_bad_budget_is_one_line(value, capsys):
     assert main(["train", f"--budget={value}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --budget") and err.count("\n") == 1
+
+
+def test_a_finished_budget_run_extends_by_epochs_into_a_new_folder(tmp_path):
+    ds = synthetic_dataset(200, 40)
+    first = fit(TrainConfig(budget=3.0, out=str(tmp_path), augment=""), dataset=ds, progress=False,
+                log=lambda m: None)
+    done = len(first.history)
+    ext = fit(TrainConfig(epochs=done + 1), dataset=ds, resume=first.run_dir, progress=False, log=lambda m: None)
+    assert ext.run_dir != first.run_dir and len(ext.history) == done + 1
+    assert json.loads((ext.run_dir / "model.json").read_text()).get("budget") is None

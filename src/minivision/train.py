@@ -397,10 +397,11 @@ def _prepare_resume(path: Path, overrides: TrainConfig, log: Callable[[str], Non
         return cfg, path, state, history
     # Finished: extend, keeping the original run folder untouched.
     done = len(history)
-    if overrides.epochs is None or overrides.epochs <= done or cfg.epochs is None:
+    if overrides.epochs is None or overrides.epochs <= done:
         raise MinivisionError(f"{path} already finished {done} epoch(s); extend it with --resume {path} "
                               f"--epochs N (N > {done})")
-    cfg = dataclasses.replace(cfg, epochs=overrides.epochs)
+    # a run planned by steps or a budget continues by epochs from here
+    cfg = dataclasses.replace(cfg, epochs=overrides.epochs, steps=None, budget=None)
     run_dir = new_run_dir(path.parent, path.name)
     _write_args(run_dir, cfg)
     progress["finished"] = False
