@@ -246,6 +246,9 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     }
     loop = _Loop(cfg, ds, model, pre, optimizer, device, precision, run_dir, meta, history, log,
                  progress if progress is not None else None)
+    if plan is None and resume is not None and cfg.budget is not None:
+        # a resumed budget run keeps the step count it had planned (restored from the checkpoint)
+        meta["budget"] = {"budget_s": cfg.budget, "model": cfg.model, "resumed": True}
     if plan is not None:
         meta["budget"] = dataclasses.asdict(plan)
         if cfg.steps is not None and user_cfg.steps is None:
