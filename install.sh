@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything minivision needs on a fresh Debian machine (idempotent; fast when done).
 #   ./install.sh          the package, its dependencies and the Fashion-MNIST data
-#   ./install.sh --test   also what the tests need (pytest, ruff)
+#   ./install.sh --test   also what the tests need (pytest, ruff, playwright, Debian's chromium)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -17,6 +17,15 @@ if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
     sudo_ apt-get update -qq || true
     sudo_ apt-get install -y -qq dataset-fashion-mnist >/dev/null || \
       echo "warning: could not install dataset-fashion-mnist; minivision will try to download the data" >&2
+  fi
+fi
+
+# The browser tests (report.html, the web page) drive Debian's chromium through Playwright.
+if [ -n "$extras" ] && ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null; then
+    echo "installing chromium (Debian package, for the browser tests)..."
+    sudo_ apt-get install -y -qq chromium >/dev/null || { sudo_ apt-get update -qq || true; \
+      sudo_ apt-get install -y -qq chromium >/dev/null; } || echo "warning: could not install chromium" >&2
   fi
 fi
 

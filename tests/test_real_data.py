@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import subprocess
@@ -43,19 +44,80 @@ def test_small_real_subset_trains_evaluates_and_predicts(tmp_path):
     assert clf.predict(ds.test.x[:20]).count("Trouser") >= 1
 
 
-def test_default_command_on_full_fashion_mnist(tmp_path):
-    """The README's main job: `minivision train` with no flags (the 30-second budget), on all
-    60,000 images, then `evaluate` on the run. Accuracy only: how long it took is a benchmark's
-    business (bench/speed.py), never a test's."""
-    p = subprocess.run([sys.executable, "-m", "minivision", "train", "--json", "--out", str(tmp_path)],
-                       capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stderr[-2000:]
-    summary = json.loads(p.stdout.strip().splitlines()[-1])
+def _minivision(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "minivision", *args], capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, (args, p.stderr[-2000:])
+    return p
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory) -> dict:
+    """The README's main job: `minivision train` with no flags (the 30-second budget), on all 60,000
+    images. Accuracy only: how long it took is a benchmark's business (bench/speed.py), never a test's."""
+    out = tmp_path_factory.mktemp("runs")
+    p = _minivision("train", "--json", "--out", str(out))
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def test_default_command_on_full_fashion_mnist(default_run):
+    summary = default_run
     assert summary["test_n"] == 10_000
     assert summary["test_accuracy"] > 0.88  # ~91% measured; a slower machine gets fewer steps
     meta = json.loads((Path(summary["run"]) / "model.json").read_text())
     assert meta["budget"]["budget_s"] == 30 and meta["budget"]["total_steps"] > 100
-    e = subprocess.run([sys.executable, "-m", "minivision", "evaluate", summary["run"], "--json"],
-                       capture_output=True, text=True, timeout=300)
-    assert e.returncode == 0, e.stderr[-2000:]
+    e = _minivision("evaluate", summary["run"], "--json", timeout=300)
     assert json.loads(e.stdout)["accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
+
+
+def test_default_run_folder_holds_the_report(default_run):
+    run = Path(default_run["run"])
+    from minivision.report.run import REPORT_FILES
+
+    for name in REPORT_FILES:
+        assert (run / name).is_file(), name
+    with open(run / "per_class.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["class"] for r in rows[:10]] == mv.load_dataset("fashion-mnist").classes
+    assert sum(int(r["support"]) for r in rows[:10]) == 10_000 and all(int(r["support"]) == 1000 for r in rows[:10])
+    # the Shirt class is the hardest in Fashion-MNIST: its F1 is the lowest
+    assert min(rows[:10], key=lambda r: float(r["f1"]))["class"] == "Shirt"
+    from PIL import Image
+
+    assert Image.open(run / "predictions.png").size[0] >= 1000  # a 4 x 10 grid
+
+
+def test_report_html_renders_in_chromium(default_run, tmp_path):
+    from .test_report_browser import inspect_report, require_browser
+
+    require_browser()
+    page = inspect_report(Path(default_run["run"]) / "report.html", screenshot=tmp_path / "report.png")
+    for section in ("summary", "curves", "confusion", "per-class", "confused", "mistakes", "predictions",
+                    "calibration", "dataset", "settings"):
+        assert section in page["sections"], section
+    assert len(page["images"]) == 6 and all(w > 0 and h > 0 for w, h in page["images"])
+    assert not page["console_errors"]
+    assert "T-shirt/top" in page["text"] and "Ankle boot" in page["text"]
+
+
+def test_evaluate_report_and_tta_on_the_real_run(default_run):
+    run = default_run["run"]
+    p = _minivision("evaluate", run, "--tta", "--report", timeout=300)
+    assert "with flip TTA: accuracy" in p.stdout and "most confused" in p.stdout
+    assert "report:" in p.stderr
+    j = json.loads(_minivision("evaluate", run, "--tta", "--json", timeout=300).stdout)
+    assert abs(j["tta_accuracy"] - j["accuracy"]) < 0.02 and sum(map(sum, j["confusion"])) == 10_000
+    assert 0 <= j["ece"] < 0.1
+
+
+def test_show_embed_and_compare_on_fashion_mnist(default_run, tmp_path):
+    p = _minivision("show", "fashion-mnist", "--out", str(tmp_path))
+    assert "60,000" in p.stdout and "10,000" in p.stdout and "Ankle boot" in p.stdout
+    assert (tmp_path / "show" / "samples_train.png").is_file()
+    run = default_run["run"]
+    _minivision("embed", run, "--n", "500", "--projector", str(tmp_path / "proj"), "--out", str(tmp_path / "e.png"))
+    assert (tmp_path / "e.png").is_file()
+    meta = (tmp_path / "proj" / "metadata.tsv").read_text().splitlines()
+    assert len(meta) == 501 and "Sneaker" in "".join(meta)
+    c = _minivision("compare", run, "--out", str(tmp_path))
+    assert "mvnet-t" in c.stdout
+    assert (tmp_path / "compare" / "compare.md").read_text().count("mvnet-t") == 1

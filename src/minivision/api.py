@@ -47,7 +47,7 @@ class Classifier:
         if result.interrupted:
             raise MinivisionError(f"training interrupted; resume with minivision train --resume {result.run_dir}")
         self._set_loaded(load_model(result.run_dir))
-        self._dataset = data if isinstance(data, Dataset) else None
+        self._dataset_ = data if isinstance(data, Dataset) else None
         self.history_ = result.history
         self.test_metrics_ = result.test
         return self
@@ -58,6 +58,10 @@ class Classifier:
         self.classes_ = list(lm.classes)
         self.preprocess_ = lm.preprocess
         self.model = lm.name
+        if not hasattr(self, "history_") and (lm.path / "results.csv").is_file():
+            from .report.history import read_history
+
+            self.history_ = read_history(lm.path / "results.csv")
 
     def _check_fitted(self) -> LoadedModel:
         if not hasattr(self, "loaded_"):
@@ -89,20 +93,58 @@ class Classifier:
         lm = self._check_fitted()
         return [lm.classes[i] for i in self.predict_proba(X).argmax(1)]
 
-    def evaluate(self, data: str | Dataset | None = None, split: str = "test") -> dict[str, Any]:
-        """accuracy, loss, n, per_class, confusion on a split (default: the training dataset's test)."""
-        from .evaluate import check_compatible, dataset_for, evaluate_split
-        from .train import split_for
+    def _dataset(self, data: str | Dataset | None, split: str) -> Dataset:
+        from .evaluate import check_compatible, dataset_for
 
         lm = self._check_fitted()
         if isinstance(data, Dataset):
             check_compatible(lm, data)
-            ds = data
-        elif data is None and getattr(self, "_dataset", None) is not None:
-            ds = self._dataset
-        else:
-            ds = dataset_for(lm, data)
-        return evaluate_split(lm, split_for(ds, split))
+            return data
+        if data is None and getattr(self, "_dataset_", None) is not None:
+            return self._dataset_
+        return dataset_for(lm, data, split=split)
+
+    def evaluate(self, data: str | Dataset | None = None, split: str = "test", tta: bool = False) -> dict[str, Any]:
+        """accuracy, loss, n, per_class, confusion, classes (precision/recall/F1), most_confused, ece,
+        calibration on a split (default: the training dataset's test); ``tta`` adds tta_accuracy/tta_loss."""
+        from .evaluate import evaluate_split
+        from .train import split_for
+
+        return evaluate_split(self._check_fitted(), split_for(self._dataset(data, split), split), tta=tta)
+
+    def confusion_matrix(self, data: str | Dataset | None = None, split: str = "test") -> np.ndarray:
+        """(K, K) counts, rows true class, columns predicted (``classes_`` order)."""
+        return np.array(self.evaluate(data, split)["confusion"], dtype=np.int64)
+
+    def report(self, data: str | Dataset | None = None, split: str = "test", tta: bool = False,
+               log: Any = None) -> dict[str, Any]:
+        """Write the run folder's report (as ``minivision evaluate --report``); returns metrics, tta_metrics,
+        calibration and the paths of the files."""
+        from .evaluate import split_logits
+        from .report.run import report_for_model
+        from .train import split_for
+
+        lm = self._check_fitted()
+        ds = self._dataset(data, split)
+        s = split_for(ds, split)
+        tta_logits = split_logits(lm, s, tta=True) if tta else None
+        return report_for_model(lm, ds, split, s, split_logits(lm, s), tta_logits,
+                                log=log or (lambda m: None))
+
+    def features(self, X: Any) -> np.ndarray:
+        """Penultimate-layer features (N, D) of uint8 images (N, C, H, W) / (N, H, W)."""
+        from .embed import penultimate_features
+
+        x = torch.as_tensor(X)
+        return penultimate_features(self._check_fitted(), x.unsqueeze(1) if x.ndim == 3 else x)
+
+    def embed(self, data: str | None = None, split: str = "test", method: str = "pca", n: int = 2000,
+              projector: str | Path | None = None, **kw: Any) -> dict[str, Any]:
+        """2-D projections of the features and raw pixels (and the scatter PNG); see ``minivision embed``."""
+        from .embed import embed_run
+
+        return embed_run(self._check_fitted().path, data=data, split=split, method=method, n=n, projector=projector,
+                         log=kw.pop("log", lambda m: None), **kw)
 
     def save(self, path: str | Path) -> Path:
         """Copy the model (weights, model.json, history) to a new folder ``path``."""

@@ -1,4 +1,4 @@
-"""The ``minivision`` command: train, evaluate, predict, models, summary, bench.
+"""The ``minivision`` command: train, evaluate, predict, show, embed, compare, models, summary, bench.
 
 Every argument is checked for type and range; unknown flags and names get a "did you mean";
 problems a user can fix print one ``error:`` line and exit 2, never a traceback.
@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--name", default="train", help="run folder name (default train; never overwritten)")
     t.add_argument("--resume", metavar="RUN",
                    help="continue an interrupted run, or extend a finished one with --epochs")
+    t.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard events (scalars per epoch, the report's pictures) to RUN/tensorboard")
     t.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
 
     e = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy and confusion matrix of a model")
@@ -109,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--test-data")
     e.add_argument("--split", choices=["test", "val", "train"], default="test")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    e.add_argument("--tta", action="store_true", help="also score with flip test-time augmentation, side by side")
+    e.add_argument("--report", action="store_true",
+                   help="(re)write the run folder's report: confusion matrices, per_class.csv, mistakes, "
+                        "predictions, calibration, report.html")
     e.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     pr = sub.add_parser("predict", help="classify image files, folders or globs")
@@ -116,7 +122,47 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("paths", nargs="+", metavar="PATH")
     pr.add_argument("--top-k", type=_number(int, 1), default=3)
     pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    pr.add_argument("--tta", action="store_true", help="flip test-time augmentation (plain scores shown beside)")
     pr.add_argument("--json", action="store_true", help="one JSON list on stdout")
+
+    sh = sub.add_parser("show", help="a grid of sample images with their class names, and the class counts")
+    sh.add_argument("data", metavar="DATA", nargs="?", default="fashion-mnist",
+                    help="fashion-mnist (default), mnist, cifar10, a CSV file or an image folder")
+    sh.add_argument("--data-dir")
+    sh.add_argument("--test-data")
+    sh.add_argument("--split", choices=["train", "test", "val"], default="train")
+    sh.add_argument("--n", type=_number(int, 1, 400), default=40, help="images in the grid (default 40: 4 x 10)")
+    sh.add_argument("--seed", type=_number(int, 0), default=0, help="which random images")
+    sh.add_argument("--out", default="runs", help="parent folder of the show folder (default runs)")
+
+    em = sub.add_parser("embed", help="2-D map of the model's features (PCA, t-SNE, UMAP); TensorBoard projector files")
+    em.add_argument("model", metavar="RUN_OR_MODEL")
+    em.add_argument("--data", help="dataset (default: the one it was trained on)")
+    em.add_argument("--data-dir")
+    em.add_argument("--test-data")
+    em.add_argument("--split", choices=["test", "val", "train"], default="test")
+    em.add_argument("--method", default="pca", help="pca (default), tsne or umap")
+    em.add_argument("--n", type=_number(int, 3), default=2000, help="images, a stratified sample (default 2000)")
+    em.add_argument("--projector", metavar="DIR",
+                    help="write TensorBoard Embedding Projector files here (then: tensorboard --logdir DIR)")
+    em.add_argument("--out", metavar="FILE", help="the scatter PNG (default RUN/embedding_METHOD_SPLIT.png)")
+    em.add_argument("--seed", type=_number(int, 0), default=0)
+    em.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+    c = sub.add_parser("compare", help="compare runs, or train several models the same way and compare them")
+    c.add_argument("runs", nargs="*", metavar="RUN", help="run folders to compare")
+    c.add_argument("--models", help="comma list of models to train and compare, e.g. softmax,mlp,cnn1,cnn3,cnn4")
+    c.add_argument("--data", default=None, help="dataset for --models (default fashion-mnist)")
+    c.add_argument("--data-dir")
+    c.add_argument("--test-data")
+    cg = c.add_mutually_exclusive_group()
+    cg.add_argument("--epochs", type=_number(int, 1), help="the same number of epochs for every model")
+    cg.add_argument("--budget", metavar="DURATION", help="the same time budget for every model, e.g. 1m")
+    c.add_argument("--seed", type=_number(int, 0), default=0)
+    c.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    c.add_argument("--out", default="runs", help="parent folder of the compare folder (default runs)")
+    c.add_argument("--name", default="compare", help="compare folder name (default compare; never overwritten)")
+    c.add_argument("--json", action="store_true", help="the rows as one JSON list on stdout")
 
     m = sub.add_parser("models", help="list the registered models")
     m.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'cnn*'")
@@ -156,7 +202,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         epochs=a.epochs, steps=a.steps, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
         momentum=a.momentum, weight_decay=a.weight_decay, schedule=a.schedule,
         label_smoothing=a.label_smoothing, augment=a.augment, normalize=a.normalize, val_split=a.val_split,
-        val_first=a.val_first, seed=a.seed, device=a.device, precision=a.precision, out=a.out, name=a.name)
+        val_first=a.val_first, seed=a.seed, device=a.device, precision=a.precision, out=a.out, name=a.name,
+        tensorboard=a.tensorboard)
     if a.resume:
         given = {k for k in ("data", "model", "budget", "batch_size", "optimizer", "lr", "augment", "steps")
                  if getattr(a, k)}
@@ -177,13 +224,27 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .evaluate import dataset_for, evaluate_split, format_metrics
+    from .evaluate import dataset_for, format_metrics, split_logits
+    from .metrics import metrics_from_logits
     from .runfiles import load_model
     from .train import split_for
 
     lm = load_model(a.model)
     ds = dataset_for(lm, a.data, a.data_dir, a.test_data, split=a.split)
-    metrics = evaluate_split(lm, split_for(ds, a.split), device=a.device)
+    split = split_for(ds, a.split)
+    logits = split_logits(lm, split, device=a.device)
+    metrics = metrics_from_logits(logits, split.y, lm.classes)
+    tta_logits = None
+    if a.tta:
+        if ds.name == "mnist":
+            print("note: flip TTA mirrors the images; a mirrored digit is another digit", file=sys.stderr)
+        tta_logits = split_logits(lm, split, device=a.device, tta=True)
+        tta = metrics_from_logits(tta_logits, split.y, lm.classes)
+        metrics.update(tta_accuracy=tta["accuracy"], tta_loss=tta["loss"])
+    if a.report:
+        from .report.run import report_for_model
+
+        report_for_model(lm, ds, a.split, split, logits, tta_logits, log=lambda m: print(m, file=sys.stderr))
     if a.json:
         print(json.dumps({**metrics, "split": a.split, "model": str(lm.path)}))
     else:
@@ -196,7 +257,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from .runfiles import load_model
 
     lm = load_model(a.model)
-    results = predict_images(lm, expand_paths(a.paths), top_k=a.top_k, device=a.device)
+    results = predict_images(lm, expand_paths(a.paths), top_k=a.top_k, device=a.device, tta=a.tta)
     if a.json:
         print(json.dumps(results))
         return 0
@@ -205,8 +266,61 @@ def cmd_predict(a: argparse.Namespace) -> int:
             print(f"{r['path']}: error: {r['error']}")
         else:
             rest = ", ".join(f"{t['label']} {t['score']:.1%}" for t in r["top_k"][1:])
-            print(f"{r['path']}: {r['label']} {r['score']:.1%}" + (f"  ({rest})" if rest else ""))
+            plain = f"  [flip TTA; plain: {r['plain']['label']} {r['plain']['score']:.1%}]" if "plain" in r else ""
+            print(f"{r['path']}: {r['label']} {r['score']:.1%}" + (f"  ({rest})" if rest else "") + plain)
     return 0 if any("error" not in r for r in results) else 1
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    from .show import show_dataset
+
+    show_dataset(a.data, data_dir=a.data_dir, test_data=a.test_data, split=a.split, n=a.n, seed=a.seed, out=a.out)
+    return 0
+
+
+def cmd_embed(a: argparse.Namespace) -> int:
+    from .embed import embed_run
+
+    embed_run(a.model, data=a.data, data_dir=a.data_dir, test_data=a.test_data, split=a.split, method=a.method,
+              n=a.n, projector=a.projector, out=a.out, seed=a.seed, device=a.device)
+    return 0
+
+
+def cmd_compare(a: argparse.Namespace) -> int:
+    from . import compare
+
+    if a.models and a.runs:
+        raise MinivisionError("give run folders or --models, not both")
+    if not a.models and not a.runs:
+        raise MinivisionError("give run folders to compare, or --models a,b,c to train and compare")
+    if not a.models:
+        extra = [f for f in ("data", "data_dir", "test_data", "epochs", "budget") if getattr(a, f) is not None]
+        if extra:
+            raise MinivisionError(f"--{extra[0].replace('_', '-')} goes with --models (run folders keep their own)")
+        from .fileio import new_run_dir
+
+        rows = compare.compare_runs(a.runs)
+        files = compare.write_comparison(rows, new_run_dir(a.out, a.name))
+    else:
+        budget = None
+        if a.budget is not None:
+            from .budget import parse_duration
+
+            budget = parse_duration(a.budget)
+        models = [m.strip() for m in a.models.split(",") if m.strip()]
+        log = (lambda m: print(m, file=sys.stderr)) if a.json else print
+        _, rows = compare.train_and_compare(models, data=a.data or "fashion-mnist", data_dir=a.data_dir,
+                                            test_data=a.test_data, epochs=a.epochs, budget=budget, seed=a.seed,
+                                            out=a.out, name=a.name, device=a.device, log=log)
+        if a.json:
+            print(json.dumps(rows))
+        return 0  # train_and_compare printed the table and the files
+    if a.json:
+        print(json.dumps(rows))
+    else:
+        print(compare.format_table(rows))
+        print("saved " + ", ".join(str(p) for p in files.values()))
+    return 0
 
 
 def cmd_models(a: argparse.Namespace) -> int:
@@ -272,8 +386,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0 if all(r["status"] != "failed" for r in results) else 1
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "models": cmd_models,
-            "summary": cmd_summary, "bench": cmd_bench}
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
+            "embed": cmd_embed, "compare": cmd_compare, "models": cmd_models, "summary": cmd_summary,
+            "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,6 +64,7 @@ class TrainConfig:
     precision: str = "auto"              # auto | fp32 | bf16 (autocast)
     out: str = "runs"                    # parent folder of run folders
     name: str = "train"                  # run folder name; train, train2, ... never overwritten
+    tensorboard: bool = False            # also write TensorBoard event files to <run>/tensorboard
     extra: dict[str, Any] = field(default_factory=dict)  # model builder kwargs
 
     def to_dict(self) -> dict[str, Any]:

@@ -36,8 +36,10 @@ def expand_paths(items: list[str]) -> list[str]:
 
 
 def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device: str = "auto",
-                   names: list[str] | None = None) -> list[dict[str, Any]]:
-    """Predict paths, bytes or PIL images. Each result: path, label, index, score, top_k; or path, error."""
+                   names: list[str] | None = None, tta: bool = False) -> list[dict[str, Any]]:
+    """Predict paths, bytes or PIL images. Each result: path, label, index, score, top_k; or path, error.
+
+    ``tta``: scores with flip test-time augmentation, and ``plain`` {label, index, score} without it."""
     if top_k < 1:
         raise MinivisionError(f"--top-k must be >= 1, got {top_k}")
     k = min(top_k, len(lm.classes))
@@ -58,13 +60,18 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
     if tensors:
         dev = pick_device(device)
         lm.model.to(dev)
-        probs = torch.softmax(predict_logits(lm.model, lm.preprocess, torch.stack(tensors), device=dev), 1)
+        batch = torch.stack(tensors)
+        probs = torch.softmax(predict_logits(lm.model, lm.preprocess, batch, device=dev, tta=tta), 1)
+        plain = torch.softmax(predict_logits(lm.model, lm.preprocess, batch, device=dev), 1) if tta else None
         scores, idx = probs.topk(k, dim=1)
         for j, r in enumerate(where):
             top = [{"label": lm.classes[int(c)], "index": int(c), "score": round(float(s), 6)}
                    for s, c in zip(scores[j], idx[j], strict=False)]
             results[r].update({"label": top[0]["label"], "index": top[0]["index"], "score": top[0]["score"],
                                "top_k": top})
+            if plain is not None:
+                score, c = plain[j].max(0)
+                results[r]["plain"] = {"label": lm.classes[int(c)], "index": int(c), "score": round(float(score), 6)}
     return results
 
 

@@ -108,15 +108,22 @@ def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, pre: Preprocess, x: torch.Tensor, *, device: torch.device,
-                   precision: str = "fp32", batch_size: int = 256) -> torch.Tensor:
-    """Logits (float32, on the CPU) for uint8 images ``x`` (N, C, H, W)."""
+                   precision: str = "fp32", batch_size: int = 256, tta: bool = False) -> torch.Tensor:
+    """Logits (float32, on the CPU) for uint8 images ``x`` (N, C, H, W).
+
+    ``tta``: flip test-time augmentation; the log of the mean of the probabilities of each image and
+    its mirror image (fastai's choice: averaged probabilities), so softmax and cross-entropy apply."""
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, len(x), batch_size):
         xb = pre(x[i:i + batch_size].to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            out.append(model(xb).float().cpu())
+            logits = model(xb).float()
+            if tta:
+                mirrored = model(xb.flip(3)).float()
+                logits = (logits.log_softmax(1).exp() + mirrored.log_softmax(1).exp()).mul_(0.5).log_()
+            out.append(logits.cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
@@ -386,6 +393,8 @@ def _prepare_resume(path: Path, overrides: TrainConfig, log: Callable[[str], Non
     if not ckpt.is_file():
         raise MinivisionError(f"--resume {path}: no last.safetensors checkpoint in it")
     cfg = read_args(path)
+    if overrides.tensorboard:
+        cfg = dataclasses.replace(cfg, tensorboard=True)
     model_state, opt_state, progress = load_checkpoint(ckpt)
     state = {"model": model_state, "optimizer": opt_state, "progress": progress}
     history = [dict(r) for r in progress["history"]]
@@ -418,6 +427,11 @@ class _Loop:
         self.device, self.precision, self.run_dir, self.meta, self.log = device, precision, run_dir, meta, log
         self.history = history
         self.progress = progress
+        self.tensorboard = None
+        if cfg.tensorboard:
+            from .report.tensorboard import TensorBoardLog
+
+            self.tensorboard = TensorBoardLog(run_dir)
         self.augment = Augment.parse(cfg.augment)
         self.x = ds.train.x.to(device)
         self.y = ds.train.y.to(device)
@@ -611,6 +625,8 @@ class _Loop:
 
         # results.png takes ~0.5 s to draw: every epoch in long runs, only at the end in short ones
         write_history(self.run_dir, self.history, plot=row["seconds"] >= 30 or self.epoch >= self.epochs)
+        if self.tensorboard is not None:
+            self.tensorboard.epoch(row)
         val = f"val loss {val_loss:.4f} acc {val_acc:.2%}" if not no_val else "no validation split"
         self.log(f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} acc "
                  f"{row['train_accuracy']:.2%}  {val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
@@ -625,10 +641,15 @@ def _finish(loop: _Loop, ds: Dataset) -> dict[str, float]:
     if best.is_file():
         loop.model.load_state_dict(load_tensors(best))
     test: dict[str, float] = {}
+    scored: tuple[str, Split, torch.Tensor] | None = None
     if ds.test is not None and len(ds.test):
         logits = predict_logits(loop.model, loop.pre, ds.test.x, device=loop.device, precision=loop.precision)
         loss, acc = loss_and_accuracy(logits, ds.test.y)
         test = {"test_loss": loss, "test_accuracy": acc, "test_n": len(ds.test)}
+        scored = ("test", ds.test, logits)
+    elif ds.val is not None and len(ds.val):
+        scored = ("validation", ds.val, predict_logits(loop.model, loop.pre, ds.val.x, device=loop.device,
+                                                       precision=loop.precision))
     best_row = max(loop.history, key=lambda r: -1.0 if math.isnan(r["val_accuracy"]) else r["val_accuracy"])
     metrics = {"epochs": len(loop.history), "best_epoch": best_row["epoch"],
                "val_accuracy": best_row["val_accuracy"], **test,
@@ -638,7 +659,24 @@ def _finish(loop: _Loop, ds: Dataset) -> dict[str, float]:
     loop.meta["metrics"] = metrics
     loop.meta["created"] = datetime.now(UTC).isoformat(timespec="seconds")
     save_model(loop.run_dir, loop.model, loop.meta)
+    if scored is not None:
+        _write_report(loop, ds, *scored)
+    elif loop.history:
+        loop.log("no test or validation split: no report")
+    if loop.tensorboard is not None:
+        loop.tensorboard.add_pictures(loop.run_dir, step=len(loop.history))
+        loop.tensorboard.close()
     return {k: v for k, v in test.items()}
+
+
+def _write_report(loop: _Loop, ds: Dataset, split_name: str, split: Split, logits: torch.Tensor) -> None:
+    from .report.run import dataset_rows, write_run_report
+
+    notes = [f"scored on the {split_name} split with the best-validation weights "
+             f"(epoch {loop.meta['metrics']['best_epoch']} of {len(loop.history)})"]
+    write_run_report(loop.run_dir, classes=ds.classes, split=split, split_name=split_name, logits=logits,
+                     history=loop.history, meta=loop.meta, parameters=sum(p.numel() for p in loop.model.parameters()),
+                     settings=loop.cfg.to_dict(), dataset=dataset_rows(ds), notes=notes, log=loop.log)
 
 
 def split_for(ds: Dataset, name: str) -> Split:

@@ -42,7 +42,7 @@ def plot_history(history: list[dict[str, float]], path: Path | None = None, axes
     from matplotlib.figure import Figure
 
     epochs = [r["epoch"] for r in history]
-    fig = None
+    fig = axes[0].figure if axes is not None else None
     if axes is None:
         fig = Figure(figsize=(14, 4))
         axes = fig.subplots(1, 3)
@@ -60,7 +60,7 @@ def plot_history(history: list[dict[str, float]], path: Path | None = None, axes
     axes[2].set_title("Learning rate (end of epoch)")
     axes[2].set_xlabel("epoch")
     axes[2].grid(alpha=0.3)
-    if path is not None and fig is not None:
+    if path is not None:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=100)
     return fig

@@ -28,7 +28,8 @@ def class_colors(n: int) -> list[str]:
         return (_TAB10 + _TAB20_LIGHT)[:n]
     import colorsys
 
-    return ["#%02x%02x%02x" % tuple(int(255 * c) for c in colorsys.hsv_to_rgb(i / n, 0.65, 0.85)) for i in range(n)]
+    rgb = [colorsys.hsv_to_rgb(i / n, 0.65, 0.85) for i in range(n)]
+    return ["#" + "".join(f"{int(255 * c):02x}" for c in color) for color in rgb]
 
 
 def new_figure(width: float, height: float) -> Any:

@@ -1,0 +1,275 @@
+"""``minivision compare`` on tiny runs trained with the real code on synthetic data."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from minivision import compare
+from minivision.compare import (
+    CompareInterrupted,
+    compare_runs,
+    format_table,
+    plot_comparison,
+    run_row,
+    train_and_compare,
+    write_comparison,
+)
+from minivision.config import TrainConfig
+from minivision.errors import MinivisionError
+from minivision.models import count_parameters
+from minivision.runfiles import load_model
+from minivision.train import fit
+
+from .conftest import synthetic_dataset
+
+QUIET = {"log": lambda m: None, "progress": False}
+MODELS = ("softmax", "mlp", "cnn1")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[Path]:
+    """Three finished runs (one epoch each) on the same synthetic dataset."""
+    out = tmp_path_factory.mktemp("runs")
+    ds = synthetic_dataset()
+    # val_split: mlp's own rule (the first 5000 images) needs more images than this
+    return [fit(TrainConfig(model=m, epochs=1, batch_size=32, out=str(out), name=m, data="synthetic", val_split=0.25),
+                dataset=ds, **QUIET).run_dir for m in MODELS]
+
+
+def _rows(n: int = 5) -> list[dict]:
+    """Hand-made rows with plausible Fashion-MNIST numbers, for the table and the picture."""
+    table = [("softmax", 0.8412, 0.4633, 7_850, 7_840, 9.8, 31_528, 5),
+             ("mlp", 0.8835, 0.3301, 266_610, 266_200, 61.2, 1_067_000, 30),
+             ("cnn1", 0.9129, 0.2534, 693_962, 5_992_576, 28.9, 2_776_000, 10),
+             ("cnn3", 0.9187, 0.2301, 241_546, 11_500_000, 88.4, 966_600, 10),
+             ("cnn4", 0.9301, 0.2012, 1_264_000, 8_700_000, 151.0, 5_060_000, 10),
+             ("mvnet-t", 0.9283, 0.2100, 70_000, 3_100_000, 30.1, 290_000, 11),
+             ("mvnet-s", 0.9309, 0.2001, 170_000, 9_000_000, 180.0, 700_000, 7),
+             ("mvnet", 0.9320, 0.1990, 660_000, 30_000_000, 400.0, 2_700_000, 8),
+             ("mvnet-l", 0.9350, 0.1900, 2_600_000, 120_000_000, 1500.0, 10_500_000, 8),
+             ("cnn2-bn", 0.9050, 0.2700, 420_000, 4_000_000, 40.0, 1_700_000, 5)]
+    return [{"run": f"runs/compare/{m}", "model": m, "data": "fashion-mnist", "test_accuracy": a, "test_loss": lo,
+             "val_accuracy": a + 0.002, "parameters": p, "macs": mac, "train_seconds": s, "epochs": e,
+             "model_bytes": b, "data_source": "fashion-mnist"}
+            for m, a, lo, p, mac, s, b, e in table[:n]]
+
+
+# ----------------------------------------------------------------------------- rows from run folders
+
+def test_rows_hold_the_values_in_model_json(runs):
+    rows = compare_runs(runs)
+    assert [r["model"] for r in rows] == list(MODELS)  # the order given
+    for run, row in zip(runs, rows, strict=True):
+        metrics = json.loads((run / "model.json").read_text())["metrics"]
+        assert row["test_accuracy"] == metrics["test_accuracy"] and row["test_loss"] == metrics["test_loss"]
+        assert row["val_accuracy"] == metrics["val_accuracy"] and row["epochs"] == metrics["epochs"] == 1
+        assert row["train_seconds"] == metrics["train_seconds"]
+        assert row["parameters"] == count_parameters(load_model(run).model)
+        assert row["model_bytes"] == (run / "model.safetensors").stat().st_size
+        assert row["data"] == "synthetic" and row["run"] == str(run) and "tta_accuracy" not in row
+    assert rows[0]["macs"] == 28 * 28 * 4  # softmax: one Linear, 784 inputs x 4 classes
+    assert rows[2]["macs"] > rows[1]["macs"] > rows[0]["macs"]
+
+
+def test_run_row_accepts_model_json_and_reports_tta(runs, tmp_path):
+    assert run_row(runs[0] / "model.json")["run"] == str(runs[0])
+    copy = tmp_path / "tta"
+    copy.mkdir()
+    for f in ("model.safetensors", "model.json"):
+        (copy / f).write_bytes((runs[0] / f).read_bytes())
+    meta = json.loads((copy / "model.json").read_text())
+    meta["metrics"]["tta_accuracy"] = 0.5
+    (copy / "model.json").write_text(json.dumps(meta))
+    assert run_row(copy)["tta_accuracy"] == 0.5
+
+
+def test_not_a_run_and_duplicates_are_refused(runs, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MinivisionError, match=str(empty)):
+        compare_runs([runs[0], empty])
+    with pytest.raises(MinivisionError, match="no such run folder"):
+        compare_runs([tmp_path / "missing"])
+    with pytest.raises(MinivisionError, match="given twice"):
+        compare_runs([runs[0], runs[1], runs[0] / "model.json"])
+    with pytest.raises(MinivisionError, match="at least one"):
+        compare_runs([])
+
+
+def test_different_datasets_are_noted_not_refused(runs):
+    rows = compare_runs(runs[:2])
+    rows[1] = {**rows[1], "data": "mnist", "data_source": "mnist"}
+    table = format_table(rows)
+    assert "runs use different datasets: mnist, synthetic" in table
+    assert "data" in table.splitlines()[0]
+    assert "runs use different datasets" not in format_table(compare_runs(runs))
+
+
+# ----------------------------------------------------------------------------- files
+
+def test_comparison_files(runs, tmp_path):
+    rows = compare_runs(runs)
+    paths = write_comparison(rows, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compare.csv", "compare.md", "compare.png"]
+
+    with open(paths["csv"], newline="") as f:
+        back = list(csv.DictReader(f))
+    assert [r["model"] for r in back] == list(MODELS)
+    for row, read in zip(rows, back, strict=True):
+        for key, value in row.items():
+            assert (float(read[key]) == value) if isinstance(value, float) else read[key] == str(value), key
+
+    md = paths["md"].read_text().splitlines()
+    table = [line for line in md if line.startswith("|")]
+    assert len(table) == 2 + len(MODELS)  # header, alignment row, one line per model
+    best = max(range(3), key=lambda i: rows[i]["test_accuracy"])
+    assert f"**{rows[best]['test_accuracy']:.2%}**" in table[2 + best]
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_markdown_units_and_bold_best():
+    rows = _rows(5)
+    text = compare.format_markdown(rows)
+    lines = text.splitlines()
+    assert lines[0] == ("| Model | Test accuracy | Test loss | Parameters | Multiply-adds | Train time | Model size "
+                        "| Epochs |")
+    assert lines[2] == "| softmax | 84.12% | 0.4633 | 7,850 | 7.84 K | 9.8 s | 32 KB | 5 |"
+    assert lines[4] == "| cnn1 | 91.29% | 0.2534 | 693,962 | 5.99 M | 28.9 s | 2.8 MB | 10 |"
+    assert "| 8.70 M |" in lines[6] and "| 11.5 M |" in lines[5] and "| 266 K |" in lines[3]
+    assert "**93.01%**" in lines[6] and lines[6].startswith("| cnn4 |") and "151 s" in lines[6]
+    assert text.count("**") == 4 and "**Bold**: best test accuracy" in text
+
+
+def test_terminal_table_keeps_order_and_marks_best():
+    rows = _rows(5)
+    lines = format_table(rows).splitlines()
+    assert [line.split()[0] for line in lines[2:7]] == ["softmax", "mlp", "cnn1", "cnn3", "cnn4"]
+    assert "93.01% *" in lines[6] and lines.count("* best test accuracy") == 1
+    assert len({line.index("runs/") for line in lines[2:7]}) == 1  # aligned columns
+    assert lines[2].index("84.12%") == lines[6].index("93.01%")  # the marker does not shift the digits
+
+
+def test_failed_rows_are_shown_not_fatal(tmp_path):
+    rows = _rows(2) + [{"model": "cnn3", "data": "fashion-mnist", "run": "", "error": "failed: too small"}]
+    table = format_table(rows)
+    assert "cnn3: failed: too small" in table and "failed" in table.splitlines()[4]
+    paths = write_comparison(rows, tmp_path)
+    assert "cnn3: failed: too small" in paths["md"].read_text()
+    assert "error" in paths["csv"].read_text().splitlines()[0]
+
+
+# ----------------------------------------------------------------------------- plot
+
+def test_plot_comparison_with_and_without_ax():
+    from matplotlib.figure import Figure
+
+    fig = plot_comparison(_rows(5))
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    acc = fig.axes[0]
+    assert 0.7 <= acc.get_ylim()[0] < 0.8412 and "axis starts at" in acc.get_ylabel()
+    assert [t.get_text() for t in acc.get_xticklabels()] == ["softmax", "mlp", "cnn1", "cnn3", "cnn4"]
+
+    own = Figure()
+    ax = own.add_subplot(1, 1, 1)
+    assert plot_comparison(_rows(3), metric="parameters", ax=ax) is own
+    assert ax.get_yscale() == "log" and len(own.axes) == 1
+    with pytest.raises(MinivisionError, match="did you mean 'test_accuracy'"):
+        plot_comparison(_rows(3), metric="test_acuracy")
+
+
+def test_plot_png_for_ten_models(tmp_path):
+    write_comparison(_rows(10), tmp_path)  # for a person to look at: tests/test_compare.py keeps it honest
+    assert (tmp_path / "compare.png").stat().st_size > 10_000
+
+
+# ----------------------------------------------------------------------------- train and compare
+
+def test_train_and_compare_two_models(tmp_path):
+    ds = synthetic_dataset()
+    folder, rows = train_and_compare(["softmax", "cnn1"], dataset=ds, epochs=1, batch_size=32, out=tmp_path, **QUIET)
+    assert folder == tmp_path / "compare"
+    assert sorted(p.name for p in folder.iterdir()) == ["cnn1", "compare.csv", "compare.md", "compare.png", "softmax"]
+    assert [r["model"] for r in rows] == ["softmax", "cnn1"] and all(r["epochs"] == 1 for r in rows)
+    assert all((folder / m / "model.json").is_file() for m in ("softmax", "cnn1"))
+    assert rows == compare_runs([folder / "softmax", folder / "cnn1"])
+    again, _ = train_and_compare(["softmax"], dataset=ds, epochs=1, out=tmp_path, **QUIET)
+    assert again == tmp_path / "compare2"  # never overwritten
+
+
+def test_a_model_that_cannot_run_gets_an_error_row(tmp_path):
+    ds = synthetic_dataset(120, 40, size=12)  # cnn3's three 3x3 convolutions and two poolings need more
+    folder, rows = train_and_compare(["softmax", "cnn3"], dataset=ds, epochs=1, out=tmp_path, **QUIET)
+    assert "error" not in rows[0] and "larger images" in rows[1]["error"]
+    assert (folder / "softmax").is_dir() and not (folder / "cnn3").exists()
+    assert "cnn3: failed" in (folder / "compare.md").read_text()
+
+
+def test_ctrl_c_writes_the_finished_models_and_stops(tmp_path, monkeypatch):
+    calls = []
+
+    def stopped_second(cfg, **kw):
+        calls.append(cfg.model)
+        result = fit(cfg, **kw)
+        return dataclasses.replace(result, interrupted=True) if len(calls) == 2 else result
+
+    monkeypatch.setattr(compare, "fit", stopped_second)
+    with pytest.raises(CompareInterrupted) as info:
+        train_and_compare(["softmax", "mlp", "cnn1"], dataset=synthetic_dataset(), epochs=1, val_split=0.25,
+                          out=tmp_path, **QUIET)
+    assert isinstance(info.value, KeyboardInterrupt) and calls == ["softmax", "mlp"]  # cnn1 never started
+    rows = info.value.rows
+    assert "error" not in rows[0] and "interrupted" in rows[1]["error"]
+    assert not (info.value.folder / "cnn1").exists()
+    assert "| mlp | interrupted |" in (info.value.folder / "compare.md").read_text()
+
+
+@pytest.mark.parametrize("models, kw, message", [
+    (["softmax", "cnn9"], {"epochs": 1}, "unknown model 'cnn9'; did you mean"),
+    (["softmax", "mlp"], {"epochs": 1, "budget": "1m"}, "not both"),
+    ([], {"epochs": 1}, "at least one model"),
+    (["mlp", "mlp"], {"epochs": 1}, "given twice"),
+    (["mlp"], {"epochs": 1, "lr": -1.0}, "--lr must be > 0"),
+    (["mlp"], {"epochs": 1, "batchsize": 8}, "did you mean 'batch_size'"),
+    (["mlp"], {"budget": "soon"}, "duration"),
+])
+def test_bad_requests_fail_before_training(tmp_path, monkeypatch, models, kw, message):
+    monkeypatch.setattr(compare, "fit", lambda *a, **k: pytest.fail("trained before checking"))
+    with pytest.raises(MinivisionError, match=message):
+        train_and_compare(models, dataset=synthetic_dataset(), out=tmp_path, **kw, **QUIET)
+    assert not (tmp_path / "compare").exists()
+
+
+def test_budget_and_own_settings_are_passed_to_fit(tmp_path, monkeypatch):
+    seen: list[TrainConfig] = []
+    logged: list[str] = []
+
+    def record(cfg, **kw):
+        seen.append(cfg)
+        raise MinivisionError("stop here")
+
+    monkeypatch.setattr(compare, "fit", record)
+    ds = synthetic_dataset()
+    with pytest.raises(MinivisionError, match="no model finished"):
+        train_and_compare(["softmax", "mlp"], dataset=ds, budget="2m", out=tmp_path, log=logged.append)
+    out = str(tmp_path / "compare")
+    assert [(c.model, c.budget, c.epochs, c.out, c.name) for c in seen] == [("softmax", 120.0, None, out, "softmax"),
+                                                                            ("mlp", 120.0, None, out, "mlp")]
+    assert "each for 2m (about 4m in all)" in logged[0]
+    seen.clear()
+    with pytest.raises(MinivisionError, match="no model finished"):
+        train_and_compare(["softmax", "mlp"], dataset=ds, out=tmp_path, log=logged.append)
+    assert all(c.epochs is None and c.budget is None for c in seen)
+    assert any("own registered settings: softmax 1000 steps, mlp 30 epochs" in m for m in logged)
+
+
+def test_nan_test_metrics_without_a_test_split():
+    rows = [{**r, "test_accuracy": math.nan, "test_loss": math.nan} for r in _rows(3)]
+    assert "* best validation accuracy (no test split)" in format_table(rows)
+    fig = plot_comparison(rows)
+    assert "validation" in fig.axes[0].get_ylabel()

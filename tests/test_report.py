@@ -1,0 +1,306 @@
+"""report.plots and report.html on small synthetic data: every picture draws (in its own figure and
+in a caller's Axes) and saves as a PNG; the metrics match hand computations; the page is escaped,
+self-contained and leaves out what it was not given."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from minivision.report import html, plots, style
+
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+HOSTILE = "<script>alert(1)</script>"
+
+
+def _png(fig, path):
+    style.save_figure(fig, path)
+    img = Image.open(path)
+    assert img.format == "PNG"
+    return img.size
+
+
+def _text_boxes(fig, ax):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    return [t.get_window_extent(renderer) for t in ax.texts], fig.bbox
+
+
+# ---------------------------------------------------------------------------------------------- image_grid
+
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+def test_image_grid_own_figure_titles_fit_and_never_overlap(tmp_path, channels, size):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (23, channels, size, size), dtype=np.uint8)
+    names = ["T-shirt/top", "automobile", "Ankle boot"]
+    titles = [f"true: {names[i % 3]}\npred: {names[(i + 1) % 3]} 93%" for i in range(23)]
+    colors = [style.RIGHT if i % 2 else style.WRONG for i in range(23)]
+    fig = plots.image_grid(torch.from_numpy(x), titles, colors=colors, title="predictions")
+    (ax,) = fig.axes
+    assert len(ax.images) == 1  # one mosaic, one imshow
+    assert len(ax.texts) == 23 and [t.get_color() for t in ax.texts] == colors
+    assert all(t.get_fontsize() >= 7 for t in ax.texts)
+    inches_per_column = fig.get_figwidth() / 10
+    assert 1.2 <= inches_per_column <= 1.7, inches_per_column
+    boxes, page = _text_boxes(fig, ax)
+    for i, b in enumerate(boxes):
+        assert page.x0 <= b.x0 and b.x1 <= page.x1 and page.y0 <= b.y0 and b.y1 <= page.y1, titles[i]  # not clipped
+        if i % 10:  # the neighbour on the left, same row
+            assert boxes[i - 1].x1 < b.x0, (titles[i - 1], titles[i])
+        if i >= 10:  # the title does not reach into the tile above
+            assert b.y1 < boxes[i - 10].y0
+    w, h = _png(fig, tmp_path / "grid.png")
+    assert 1200 <= w <= 1700 and 300 <= h <= 900
+
+
+def test_image_grid_draws_grayscale_as_stored_and_into_a_given_axes(tmp_path):
+    x = np.zeros((4, 1, 28, 28), dtype=np.uint8)
+    x[1] = 255
+    fig = plots.image_grid(x, ["a", "b", "c", "d"], ncols=4)
+    im = fig.axes[0].images[0]
+    assert im.get_cmap().name == "gray" and im.get_clim() == (0, 255)  # not inverted: 0 is black
+    arr = np.asarray(im.get_array())
+    assert arr.min() == 0 and arr.max() == 255
+    host = Figure(figsize=(8, 4))
+    axes = host.subplots(1, 2)
+    assert plots.image_grid(x, ["A $5 & $x", "b", "c", "d"], ax=axes[1], title="<given>") is host
+    assert plots.image_grid(x[:, :, :20], None, ax=axes[0]) is host  # N x 1 x H x W with H != W, no titles
+    assert axes[1].texts[0].get_text() == r"A \$5 & \$x"  # drawn literally, never as mathtext
+    _png(host, tmp_path / "host.png")
+    # N x H x W without a channel axis, and no images at all
+    assert len(plots.image_grid(x[:, 0], list("abcd")).axes[0].texts) == 4
+    _png(plots.image_grid(np.zeros((0, 1, 28, 28), np.uint8), []), tmp_path / "empty.png")
+    with pytest.raises(ValueError):
+        plots.image_grid(x, ["only one"])
+
+
+# ---------------------------------------------------------------------------------------------- confusion
+
+@pytest.mark.parametrize("k", [3, 10, 30])
+def test_plot_confusion_counts_and_normalized(tmp_path, k):
+    rng = np.random.default_rng(k)
+    cm = rng.integers(0, 30, (k, k)) + np.eye(k, dtype=np.int64) * 500
+    cm[1] = 0  # a class without images
+    classes = (CLASSES * 3)[:k]
+    fig = plots.plot_confusion(cm.tolist(), classes)
+    ax = fig.axes[0]
+    assert ax.get_title() == f"Confusion matrix ({int(cm.sum()):,} images)"
+    assert ax.get_xlabel() == "predicted" and ax.get_ylabel() == "true"
+    assert [t.get_text() for t in ax.get_xticklabels()] == classes
+    assert len(fig.axes) == 2  # and a colorbar
+    if k <= 25:
+        cells = [t.get_text() for t in ax.texts]
+        assert len(cells) == k * k and cells[0] == str(cm[0, 0])
+    else:
+        assert not ax.texts
+    w, h = _png(fig, tmp_path / "cm.png")
+    assert 300 < w < 2000 and 300 < h < 2000
+
+    fig = plots.plot_confusion(torch.from_numpy(cm), classes, normalize=True)
+    ax = fig.axes[0]
+    assert "normalized by true class" in ax.get_title()
+    values = np.asarray(ax.images[0].get_array())
+    assert values[1].sum() == 0 and np.allclose(values[[0] + list(range(2, k))].sum(1), 1)
+    if k <= 25:
+        assert ax.texts[0].get_text() == f"{cm[0, 0] / cm[0].sum():.2f}"
+    _png(fig, tmp_path / "cmn.png")
+
+
+def test_plot_confusion_into_a_given_axes_and_text_colour(tmp_path):
+    host = Figure(figsize=(10, 4))
+    axes = host.subplots(1, 2)
+    cm = [[90, 10], [0, 0]]
+    assert plots.plot_confusion(cm, ["a", HOSTILE], ax=axes[0]) is host
+    assert plots.plot_confusion(cm, ["a", "b"], ax=axes[1], normalize=True) is host
+    colors = [t.get_color() for t in axes[0].texts]
+    assert colors[0] == "white" and colors[1] != "white"  # dark cell, light cell
+    _png(host, tmp_path / "host.png")
+    with pytest.raises(ValueError):
+        plots.plot_confusion(cm, ["a", "b", "c"])
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+
+def test_calibration_from_probs_by_hand():
+    probs = [[0.85, 0.15], [0.35, 0.65], [0.28, 0.72]]  # confidences 0.85, 0.65, 0.72
+    y = [0, 0, 1]  # right, wrong, right
+    c = plots.calibration_from_probs(np.array(probs), np.array(y), bins=10)
+    assert math.isclose(c["ece"], (0.15 + 0.65 + 0.28) / 3, abs_tol=1e-9)
+    assert len(c["bins"]) == 10 and sum(b["count"] for b in c["bins"]) == 3
+    assert [b["count"] for b in c["bins"]] == [0, 0, 0, 0, 0, 0, 1, 1, 1, 0]
+    b6 = c["bins"][6]
+    assert math.isclose(b6["lo"], 0.6) and math.isclose(b6["hi"], 0.7)
+    assert math.isclose(b6["confidence"], 0.65) and b6["accuracy"] == 0.0
+    assert c["bins"][0]["confidence"] is None and c["bins"][0]["accuracy"] is None  # empty: JSON-safe None
+    assert set(c["bins"][0]) == {"lo", "hi", "count", "confidence", "accuracy"}
+    # torch inputs give the same answer
+    t = plots.calibration_from_probs(torch.tensor(probs), torch.tensor(y), bins=10)
+    assert math.isclose(t["ece"], c["ece"], abs_tol=1e-6)
+
+
+def test_calibration_from_probs_perfectly_calibrated_and_counts():
+    probs = torch.tensor([[0.75, 0.25]]).repeat(400, 1)
+    y = torch.tensor([0] * 300 + [1] * 100)  # right 75% of the time at confidence 0.75
+    c = plots.calibration_from_probs(probs, y)
+    assert c["ece"] < 1e-9 and len(c["bins"]) == 15
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(10), size=1000)
+    c = plots.calibration_from_probs(p, rng.integers(0, 10, 1000), bins=15)
+    assert sum(b["count"] for b in c["bins"]) == 1000 and 0 <= c["ece"] <= 1
+    assert math.isclose(c["bins"][-1]["hi"], 1.0) and c["bins"][0]["lo"] == 0.0
+    with pytest.raises(ValueError):
+        plots.calibration_from_probs(p[:, 0], rng.integers(0, 10, 1000))
+
+
+def test_plot_calibration(tmp_path):
+    c = {"ece": 0.0123, "bins": [
+        {"lo": i / 10, "hi": (i + 1) / 10, "count": 0 if i < 3 else 10 * i,
+         "confidence": None if i < 3 else i / 10 + .05, "accuracy": None if i < 3 else min(1.0, i / 10 + .1)}
+        for i in range(10)]}
+    c["bins"][3].update(confidence=math.nan, accuracy=math.nan, count=0)  # the NaN spelling of an empty bin
+    fig = plots.plot_calibration(c)
+    ax = fig.axes[0]
+    assert "ECE 1.23%" in ax.get_title()
+    assert ax.get_xlabel() == "confidence" and ax.get_ylabel() == "accuracy"
+    assert ax.get_xlim() == (0, 1) and ax.get_ylim() == (0, 1)
+    assert ax.child_axes  # the histogram of counts, inside this Axes
+    w, h = _png(fig, tmp_path / "cal.png")
+    assert w >= 400 and h >= 400
+    host = Figure()
+    axes = host.subplots(2, 3)
+    assert plots.plot_calibration(c, ax=axes[1, 1]) is host
+    assert plots.plot_calibration({"ece": math.nan, "bins": []}, ax=axes[0, 0]) is host  # nothing scored
+    _png(host, tmp_path / "host.png")
+
+
+# ---------------------------------------------------------------------------------------------- class counts
+
+def test_plot_class_counts(tmp_path):
+    counts = {"train": [5400] * 10, "val": [600] * 10, "test": [1000] * 10}
+    fig = plots.plot_class_counts(counts, CLASSES)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 30
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train (54,000)", "val (6,000)", "test (10,000)"]
+    assert "5,400" in [t.get_text() for t in ax.texts]
+    assert [t.get_text() for t in ax.get_yticklabels()] == CLASSES
+    w, h = _png(fig, tmp_path / "counts.png")
+    assert 500 < w < 1500 and 300 < h < 1500
+    host = Figure()
+    assert plots.plot_class_counts({"train": [3, 0]}, ["a", HOSTILE], ax=host.subplots()) is host
+    _png(host, tmp_path / "host.png")
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+# rows true, columns predicted; "c" is never predicted, "d" has no images but is predicted once
+CONFUSION = [[4, 1, 0, 0],
+             [2, 3, 0, 0],
+             [1, 0, 0, 1],
+             [0, 0, 0, 0]]
+
+
+def test_per_class_metrics_by_hand():
+    rows = plots.per_class_metrics(CONFUSION, list("abcd"))
+    assert [r["class"] for r in rows] == list("abcd")
+    a, b, c, d = rows
+    assert math.isclose(a["precision"], 4 / 7) and math.isclose(a["recall"], 4 / 5) and math.isclose(a["f1"], 2 / 3)
+    assert math.isclose(b["precision"], 3 / 4) and math.isclose(b["recall"], 3 / 5) and math.isclose(b["f1"], 2 / 3)
+    assert (c["precision"], c["recall"], c["f1"], c["support"]) == (0.0, 0.0, 0.0, 2)  # never predicted
+    assert (d["precision"], d["recall"], d["f1"], d["support"]) == (0.0, 0.0, 0.0, 0)  # no images
+    assert [r["support"] for r in rows] == [5, 5, 2, 0]
+    assert all(isinstance(r[k], float) and not math.isnan(r[k]) for r in rows for k in ("precision", "recall", "f1"))
+
+
+def test_most_confused_by_hand():
+    pairs = plots.most_confused(np.array(CONFUSION), list("abcd"))
+    assert [(p["true"], p["predicted"], p["count"]) for p in pairs] == [
+        ("b", "a", 2), ("a", "b", 1), ("c", "a", 1), ("c", "d", 1)]  # largest first, zeros left out
+    assert [p["fraction_of_true"] for p in pairs] == [2 / 5, 1 / 5, 1 / 2, 1 / 2]
+    assert len(plots.most_confused(CONFUSION, list("abcd"), k=2)) == 2
+    assert plots.most_confused([[3, 0], [0, 2]], ["x", "y"]) == []
+
+
+# ---------------------------------------------------------------------------------------------- html
+
+PNG = style.png_bytes(Figure(figsize=(1, 1)), dpi=20)
+
+
+def _report(**over):
+    classes = ["T-shirt/top", HOSTILE, "a&b", 'say "hi"']
+    confusion = [[5, 1, 0, 0], [0, 4, 2, 0], [1, 0, 3, 0], [0, 0, 0, 0]]
+    kw = dict(title="run <1>", headline=[("test accuracy", "91.29%"), ("model", "mvnet-t")],
+              settings={"model": "mvnet-t", "epochs": 3, "optimizer": {"lr": 0.1}, "note": HOSTILE},
+              dataset=[("name", "synthetic"), ("classes", ", ".join(classes))],
+              images={k: PNG for k in ("results", "confusion", "confusion_normalized", "mistakes", "predictions",
+                                       "calibration", "samples", "embedding")},
+              per_class=plots.per_class_metrics(confusion, classes),
+              confused=plots.most_confused(confusion, classes), calibration_ece=0.0123, notes=["a & b"])
+    kw.update(over)
+    return html.render_report(**kw)
+
+
+def _section(page: str, sid: str) -> str:
+    m = re.search(f'<section id="{sid}">(.*?)</section>', page, re.S)
+    assert m, sid
+    return m.group(1)
+
+
+def test_render_report_escapes_every_text():
+    page = _report()
+    assert HOSTILE not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "a&b" not in page and "a&amp;b" in page
+    assert 'say "hi"' not in page and "say &quot;hi&quot;" in page
+    assert "run <1>" not in page and "<title>run &lt;1&gt;</title>" in page
+    assert "<script" not in page.lower()
+
+
+def test_render_report_sections_in_order_and_self_contained():
+    page = _report()
+    ids = re.findall(r'<section id="([^"]+)">', page)
+    assert ids == ["summary", "curves", "confusion", "per-class", "confused", "mistakes", "predictions", "calibration",
+                   "samples", "embedding", "dataset", "settings"]
+    assert re.findall(r'<a href="#([^"]+)">', page) == ids  # the nav bar links every section
+    assert "http://" not in page and "https://" not in page and "src=\"http" not in page
+    assert page.count("data:image/png;base64,") == 8
+    assert all('alt="' in img for img in re.findall(r"<img[^>]*>", page))
+    assert "91.29%" in _section(page, "summary") and "a &amp; b" in _section(page, "summary")
+    per_class = _section(page, "per-class")
+    assert per_class.count("<tr") == 1 + 4 + 1  # header, 4 classes, macro average
+    assert "83.3%" in per_class  # T-shirt/top: recall 5/6, one decimal
+    assert "macro average (3 classes with images)" in per_class  # the last class has no images
+    assert _section(page, "confused").count("<tr") == 1 + 3
+    assert "1.23%" in _section(page, "calibration")
+    settings = _section(page, "settings")
+    assert "optimizer.lr" in settings and "0.1" in settings
+
+
+def test_render_report_leaves_out_what_it_was_not_given(tmp_path):
+    (tmp_path / "cm.png").write_bytes(PNG)
+    page = _report(images={"confusion": tmp_path / "cm.png", "predictions": PNG}, calibration_ece=None,
+                   settings={}, dataset=[])
+    ids = re.findall(r'<section id="([^"]+)">', page)
+    assert ids == ["summary", "confusion", "per-class", "confused", "predictions"]
+    assert page.count("data:image/png;base64,") == 2
+    assert 'href="#curves"' not in page and 'href="#mistakes"' not in page
+    # no evaluation at all: no tables; a perfect model: the confused section says so
+    assert re.findall(r'<section id="([^"]+)">', _report(images={}, per_class=[], confused=[], calibration_ece=None,
+                                                          settings={}, dataset=[])) == ["summary"]
+    assert "No image was misclassified" in _report(confused=[])
+    # the calibration section stands on its ECE alone
+    assert "1.23%" in _section(_report(images={}), "calibration")
+
+
+def test_write_report_is_atomic(tmp_path):
+    out = html.write_report(tmp_path / "sub" / "report.html", **dict(
+        title="t", headline=[], settings={"a": 1}, dataset=[], images={"results": PNG}, per_class=[], confused=[],
+        calibration_ece=None))
+    assert out == tmp_path / "sub" / "report.html"
+    assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # no temporary file left behind

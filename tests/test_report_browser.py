@@ -1,0 +1,171 @@
+"""report.html in a real browser: Debian's chromium driven by Playwright (no download, no network).
+
+``inspect_report`` is shared: tests/test_real_data.py runs it on a real training run's report.
+Without a browser the tests skip, or fail where ``CI`` is set, so a CI machine cannot pass them
+by accident.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+MISSING = ("no Chromium browser for the report tests: ./install.sh --test installs Debian's chromium "
+           "(or set MINIVISION_CHROMIUM to a Chrome or Chromium binary)")
+
+_COLLECT = """() => {
+  const sectionOf = el => { const s = el.closest('section'); return s ? s.id : null; };
+  const tables = {};
+  for (const t of document.querySelectorAll('table')) {
+    const id = sectionOf(t) || '';
+    tables[id] = (tables[id] || 0) + t.querySelectorAll('tr').length;
+  }
+  return {
+    title: document.title,
+    sections: [...document.querySelectorAll('section')].map(s => s.id),
+    h2: [...document.querySelectorAll('h2')].map(h => h.textContent.trim()),
+    nav: [...document.querySelectorAll('nav a')].map(a => a.getAttribute('href')),
+    images: [...document.images].map(i => [i.naturalWidth, i.naturalHeight]),
+    image_alts: [...document.images].map(i => i.alt),
+    image_sections: [...document.images].map(sectionOf),
+    tables: tables,
+    text: document.body.innerText,
+  };
+}"""
+
+
+def find_browser() -> str | None:
+    """``MINIVISION_CHROMIUM`` (None if that is not an executable), else the first Chromium-like browser on PATH."""
+    env = os.environ.get("MINIVISION_CHROMIUM")
+    if env:
+        return env if os.path.isfile(env) and os.access(env, os.X_OK) else None
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def require_browser() -> str:
+    """The browser's path; skips the test without one (fails it where ``CI`` is set)."""
+    path = find_browser()
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        path = None
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail(MISSING)
+        pytest.skip(MISSING)
+    return path
+
+
+def inspect_report(path: str | Path, screenshot: str | Path | None = None, *, width: int = 1280,
+                   narrow: int = 420) -> dict[str, Any]:
+    """Open ``path`` in headless Chromium and return what a person would see.
+
+    Keys: title, sections (ids in page order), h2 (texts), nav (hrefs), images ((naturalWidth,
+    naturalHeight) per ``<img>``: 0 where the browser could not decode it), image_alts,
+    image_sections, tables ({section id: rows of its tables}), text (the page's visible text),
+    console_errors (console errors and uncaught exceptions), requests (URLs fetched other than the
+    page itself and ``data:`` URLs: should be none), narrow_overflow (True when, ``narrow`` pixels
+    wide, the page scrolls sideways). ``screenshot`` saves a full-page PNG at ``width``.
+    """
+    from playwright.sync_api import sync_playwright
+
+    browser_path = require_browser()
+    url = Path(path).resolve().as_uri()
+    errors: list[str] = []
+    requests: list[str] = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"], headless=True)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": 900})
+            page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(f"exception: {e}"))
+            page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url[:120]}"))
+            page.on("request", lambda r: requests.append(r.url[:120]) if r.url not in (url,)
+                    and not r.url.startswith("data:") else None)
+            page.goto(url, wait_until="load")
+            info = page.evaluate(_COLLECT)
+            info["images"] = [tuple(wh) for wh in info["images"]]
+            if screenshot is not None:
+                Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
+                page.screenshot(path=str(screenshot), full_page=True)
+            page.set_viewport_size({"width": narrow, "height": 900})
+            info["narrow_overflow"] = page.evaluate(
+                "() => document.documentElement.scrollWidth > document.documentElement.clientWidth + 1")
+        finally:
+            browser.close()
+    info["console_errors"] = errors
+    info["requests"] = requests
+    return info
+
+
+# ---------------------------------------------------------------------------------------------- tests
+
+def _synthetic_report(tmp_path: Path, classes: list[str]) -> Path:
+    """A report with every section, its pictures drawn by report.plots from small synthetic data."""
+    import numpy as np
+    import torch
+
+    from minivision.report import history, html, plots, style
+
+    from .conftest import synthetic_images
+
+    k = len(classes)
+    x, y = synthetic_images(60, classes=k)
+    rng = np.random.default_rng(0)
+    logits = torch.from_numpy(rng.normal(size=(60, k)) + 3 * np.eye(k)[y])
+    probs = logits.softmax(1)
+    conf, pred = probs.max(1)
+    confusion = torch.bincount(torch.from_numpy(y) * k + pred, minlength=k * k).view(k, k)
+    hist = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 1 - 0.5 / e, "val_loss": 1.1 / e,
+             "val_accuracy": 1 - 0.6 / e, "lr": 0.1 / e, "seconds": 1.0} for e in (1, 2, 3)]
+    titles = [f"{classes[int(pred[i])]} {float(conf[i]):.0%}\n({classes[int(y[i])]})" for i in range(20)]
+    colors = [style.RIGHT if int(pred[i]) == int(y[i]) else style.WRONG for i in range(20)]
+    images = {
+        "results": style.png_bytes(history.plot_history(hist), dpi=50),
+        "confusion": style.png_bytes(plots.plot_confusion(confusion, classes), dpi=50),
+        "confusion_normalized": style.save_figure(plots.plot_confusion(confusion, classes, normalize=True),
+                                                  tmp_path / "cm.png", dpi=50),
+        "mistakes": style.png_bytes(plots.image_grid(x[:10], titles[:10], colors=[style.WRONG] * 10), dpi=50),
+        "predictions": style.png_bytes(plots.image_grid(x[:20], titles, colors=colors), dpi=50),
+        "calibration": style.png_bytes(plots.plot_calibration(plots.calibration_from_probs(probs, y)), dpi=50),
+        "samples": style.png_bytes(plots.plot_class_counts({"train": [40] * k, "test": [20] * k}, classes), dpi=50),
+    }
+    per_class = plots.per_class_metrics(confusion, classes)
+    return html.write_report(
+        tmp_path / "report.html", title="minivision report: <train>", headline=[("test accuracy", "91.29%"),
+                                                                                ("model", "mvnet-t")],
+        settings={"model": "mvnet-t", "epochs": 3, "optimizer": {"name": "sgd", "lr": 0.1}, "augment": ["flip"]},
+        dataset=[("name", "synthetic"), ("classes", ", ".join(classes))], images=images, per_class=per_class,
+        confused=plots.most_confused(confusion, classes), calibration_ece=0.0123, notes=["a <note> & more"])
+
+
+def test_report_renders_in_chromium(tmp_path):
+    require_browser()
+    classes = ["T-shirt/top", "<script>alert(1)</script>", "a&b", "Ankle boot"]
+    page = inspect_report(_synthetic_report(tmp_path, classes), screenshot=tmp_path / "page.png")
+    assert page["sections"] == ["summary", "curves", "confusion", "per-class", "confused", "mistakes", "predictions",
+                                "calibration", "samples", "dataset", "settings"]
+    assert page["nav"] == [f"#{s}" for s in page["sections"]]
+    assert len(page["h2"]) == len(page["sections"]) and "Per-class metrics" in page["h2"]
+    # every picture decoded: results, 2 confusion matrices, mistakes, predictions, calibration, samples
+    assert len(page["images"]) == 7 and all(w > 0 and h > 0 for w, h in page["images"]), page["images"]
+    assert all(page["image_alts"])
+    assert page["tables"]["per-class"] == 1 + len(classes) + 1  # header, one row a class, macro average
+    assert page["tables"]["settings"] == 5  # model, epochs, optimizer.name, optimizer.lr, augment
+    assert page["tables"]["dataset"] == 2
+    # the class names are shown as text, never run as markup
+    assert "<script>alert(1)</script>" in page["text"] and "a&b" in page["text"] and "<note>" in page["text"]
+    assert page["title"] == "minivision report: <train>"
+    assert not page["console_errors"] and not page["requests"]
+    assert not page["narrow_overflow"]
+    from PIL import Image
+
+    assert Image.open(tmp_path / "page.png").size[0] == 1280
