@@ -74,14 +74,14 @@ def test_planner_fills_the_time_left_after_keeping_back_validation_test_and_file
     # left = 100 - 1.5 (elapsed) - files - the test pass (2000 images at FORWARD_COST of a step's per-image time);
     # each step costs 0.1 s plus 1/100 of a validation pass (1000 images, + 0.1 s)
     f = Planner.FORWARD_COST
-    left = 100 - 1.5 - Planner.END_RESERVE_S - 2000 / 100 * 0.1 * f
+    left = 100 - 1.5 - Planner.END_RESERVE_S - Planner.REPORT_S - 2000 / 100 * 0.1 * f
     per_step = 0.1 + (1000 / 100 * 0.1 * f + 0.1) / 100
     assert abs(p.plan(15) - (15 + left / per_step)) <= 1
 
 
 def test_planner_excludes_epoch_pauses_from_the_step_rate_and_uses_the_measured_validation_time():
     clock = FakeClock()
-    p = Planner(deadline=60.0, steps_per_epoch=10, n_val=500, n_test=500, batch_size=50, clock=clock)
+    p = Planner(deadline=60.0, steps_per_epoch=10, n_val=500, n_test=500, batch_size=50, clock=clock, report=False)
     _drive(p, clock, 10, 0.2)
     clock.t += 3.0  # a slow validation pass
     p.epoch_pause(3.0)

@@ -127,11 +127,13 @@ class Planner:
     FIRST_PLAN_AT = 12  # steps timed before the first plan (after WARMUP untimed ones)
     WARMUP = 3
     END_RESERVE_S = 2.5  # results.png (~1.2 s with matplotlib's import), model file, model.json, exit
+    REPORT_S = 2.5  # the report's other five pictures, per_class.csv and report.html (2.5-2.9 s measured)
     FORWARD_COST = 0.5  # an evaluation pass per image / a training step per image (measured ~0.45)
 
     def __init__(self, deadline: float, steps_per_epoch: int, n_val: int, n_test: int, batch_size: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, report: bool = True) -> None:
         self.deadline = deadline
+        self.reserve_s = self.END_RESERVE_S + (self.REPORT_S if report else 0.0)
         self.steps_per_epoch = steps_per_epoch
         self.n_val, self.n_test, self.batch_size = n_val, n_test, batch_size
         self.clock = clock
@@ -164,7 +166,7 @@ class Planner:
         """Total steps that end on time given the rate so far (None until the rate is known)."""
         if self.s_per_step is None or self.s_per_step <= 0:
             return None
-        left = self.deadline - self.clock() - self.END_RESERVE_S - self.eval_seconds(self.n_test)
+        left = self.deadline - self.clock() - self.reserve_s - self.eval_seconds(self.n_test)
         per_epoch = self.val_s if self.val_s is not None else self.eval_seconds(self.n_val) + 0.1
         # each remaining step also carries its share of the validation passes still to come
         per_step = self.s_per_step + per_epoch / self.steps_per_epoch

@@ -188,6 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- commands
 
+def _json(obj) -> str:
+    """Strict JSON (what a browser's JSON.parse accepts): NaN and infinities become null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+    return json.dumps(clean(obj), allow_nan=False)
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     from .config import TrainConfig
     from .train import fit
@@ -214,7 +227,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         return 130
     summary = {"run": str(result.run_dir), **result.test}
     if a.json:
-        print(json.dumps(summary))
+        print(_json(summary))
     elif result.test:
         print(f"test accuracy {result.test['test_accuracy']:.2%} (loss {result.test['test_loss']:.4f}, "
               f"{result.test['test_n']:,} images) · run saved to {result.run_dir}")
@@ -246,7 +259,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
         report_for_model(lm, ds, a.split, split, logits, tta_logits, log=lambda m: print(m, file=sys.stderr))
     if a.json:
-        print(json.dumps({**metrics, "split": a.split, "model": str(lm.path)}))
+        print(_json({**metrics, "split": a.split, "model": str(lm.path)}))
     else:
         print(format_metrics(metrics, lm.classes, f"{lm.path} on {ds.name} {a.split}"))
     return 0
@@ -259,7 +272,7 @@ def cmd_predict(a: argparse.Namespace) -> int:
     lm = load_model(a.model)
     results = predict_images(lm, expand_paths(a.paths), top_k=a.top_k, device=a.device, tta=a.tta)
     if a.json:
-        print(json.dumps(results))
+        print(_json(results))
         return 0
     for r in results:
         if "error" in r:
@@ -313,10 +326,10 @@ def cmd_compare(a: argparse.Namespace) -> int:
                                             test_data=a.test_data, epochs=a.epochs, budget=budget, seed=a.seed,
                                             out=a.out, name=a.name, device=a.device, log=log)
         if a.json:
-            print(json.dumps(rows))
+            print(_json(rows))
         return 0  # train_and_compare printed the table and the files
     if a.json:
-        print(json.dumps(rows))
+        print(_json(rows))
     else:
         print(compare.format_table(rows))
         print("saved " + ", ".join(str(p) for p in files.values()))
@@ -335,7 +348,7 @@ def cmd_models(a: argparse.Namespace) -> int:
     if not rows:
         raise MinivisionError(f"no model matches {a.pattern!r}")
     if a.json:
-        print(json.dumps(rows))
+        print(_json(rows))
         return 0
     width = max(len(r["name"]) for r in rows)
     print(f"{'name':<{width}}  {'params*':>9}  description")
@@ -382,7 +395,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     finally:
         if not a.out:
             shutil.rmtree(out, ignore_errors=True)
-    print(json.dumps({"rows": results}) if a.json else benchmark.render_table(results))
+    print(_json({"rows": results}) if a.json else benchmark.render_table(results))
     return 0 if all(r["status"] != "failed" for r in results) else 1
 
 

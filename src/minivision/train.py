@@ -261,7 +261,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         if cfg.steps is not None and user_cfg.steps is None:
             loop.planner = Planner(started + plan.budget_s, loop.batches_per_epoch,
                                    len(ds.val) if ds.val is not None else 0,
-                                   len(ds.test) if ds.test is not None else 0, cfg.batch_size)
+                                   len(ds.test) if ds.test is not None else 0, cfg.batch_size,
+                                   report=loop.report_follows)
     if state is not None:
         loop.restore(state)
     interrupted = loop.run()
@@ -427,6 +428,8 @@ class _Loop:
         self.device, self.precision, self.run_dir, self.meta, self.log = device, precision, run_dir, meta, log
         self.history = history
         self.progress = progress
+        # the end-of-training report (which draws results.png too) needs a test or validation split
+        self.report_follows = any(s is not None and len(s) for s in (ds.test, ds.val))
         self.tensorboard = None
         if cfg.tensorboard:
             from .report.tensorboard import TensorBoardLog
@@ -623,8 +626,10 @@ class _Loop:
         self.save(finished=self.epoch >= self.epochs)
         from .report.history import write_history
 
-        # results.png takes ~0.5 s to draw: every epoch in long runs, only at the end in short ones
-        write_history(self.run_dir, self.history, plot=row["seconds"] >= 30 or self.epoch >= self.epochs)
+        # results.png takes ~0.5 s to draw: every epoch in long runs, only at the end in short ones, where
+        # the report draws it when one follows
+        last = self.epoch >= self.epochs
+        write_history(self.run_dir, self.history, plot=row["seconds"] >= 30 or (last and not self.report_follows))
         if self.tensorboard is not None:
             self.tensorboard.epoch(row)
         val = f"val loss {val_loss:.4f} acc {val_acc:.2%}" if not no_val else "no validation split"

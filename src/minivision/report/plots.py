@@ -42,15 +42,17 @@ def _plain(s: Any) -> str:
 
 
 def _text_width(s: str, fontsize: float) -> float:
-    """Width in inches of ``s`` (longest line) in the default font, measured without a renderer."""
-    from matplotlib.font_manager import FontProperties
-    from matplotlib.textpath import TextPath
+    """Width in inches of ``s`` (longest line) in the default font: FreeType's advance widths, as
+    the Agg renderer measures text (a TextPath per line took 25 ms; this takes microseconds)."""
+    from matplotlib.font_manager import FontProperties, findfont, get_font
 
-    prop = FontProperties(size=fontsize)
+    font = get_font(findfont(FontProperties(size=fontsize)))
+    font.set_size(fontsize, 72)
     widest = 0.0
     for line in s.split("\n"):
         if line.strip():
-            widest = max(widest, TextPath((0, 0), _plain(line), size=fontsize, prop=prop).get_extents().width)
+            font.set_text(line, 0.0)
+            widest = max(widest, font.get_width_height()[0] / 64)  # 26.6 fixed point, in points at 72 dpi
     return widest / 72
 
 

@@ -126,12 +126,14 @@ def headline_for(meta: dict[str, Any], metrics: dict[str, Any], split_name: str,
     if tta:
         rows.append((f"{split_name} accuracy, flip TTA", f"{tta['accuracy']:.2%}"))
     rows += [(f"{split_name} loss", f"{metrics['loss']:.4f}"), ("macro F1", f"{metrics['macro_f1']:.2%}"),
-             ("model", str(meta.get("architecture", {}).get("name", "?"))), ("parameters", f"{parameters:,}")]
+             ("calibration error (ECE)", f"{metrics['ece']:.2%}"),
+             ("model", str(meta.get("architecture", {}).get("name", "?"))), ("parameters", f"{parameters:,}"),
+             ("dataset", str(meta.get("dataset", {}).get("name", "?")))]
     m = meta.get("metrics", {})
     if m.get("train_seconds") is not None:
-        rows.append(("train time", f"{m['train_seconds']:.1f} s, {m.get('epochs', '?')} epochs"))
+        rows.append((f"train time ({m.get('epochs', '?')} epochs)", f"{m['train_seconds']:.1f} s"))
     if m.get("val_accuracy") is not None and not math.isnan(m["val_accuracy"]):
-        rows.append(("best val accuracy", f"{m['val_accuracy']:.2%} (epoch {m.get('best_epoch', '?')})"))
+        rows.append((f"best val accuracy (epoch {m.get('best_epoch', '?')})", f"{m['val_accuracy']:.2%}"))
     return rows
 
 
