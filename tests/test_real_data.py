@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -121,3 +122,34 @@ def test_show_embed_and_compare_on_fashion_mnist(default_run, tmp_path):
     c = _minivision("compare", run, "--out", str(tmp_path))
     assert "mvnet-t" in c.stdout
     assert (tmp_path / "compare" / "compare.md").read_text().count("mvnet-t") == 1
+
+
+def _cifar_folder() -> Path | None:
+    from minivision.benchmark import CIFAR_UNPACKED
+
+    folder = Path(os.environ.get("MINIVISION_CIFAR_JPG", CIFAR_UNPACKED))
+    return folder if (folder / "train").is_dir() and (folder / "test").is_dir() else None
+
+
+@pytest.mark.slow
+def test_report_show_and_embed_on_the_cifar_jpeg_folder(tmp_path):
+    """The same files from a colour image folder (CIFAR-10 as JPEGs, ../shared/datasets)."""
+    folder = _cifar_folder()
+    if folder is None:
+        pytest.skip("no CIFAR-10 JPEG folder (set MINIVISION_CIFAR_JPG=DIR with train/ and test/)")
+    p = _minivision("train", "--data", str(folder), "--model", "mvnet-t", "--steps", "300", "--json",
+                    "--out", str(tmp_path), timeout=1800)
+    run = Path(json.loads(p.stdout.strip().splitlines()[-1])["run"])
+    from minivision.report.run import REPORT_FILES
+
+    assert all((run / name).is_file() for name in REPORT_FILES)
+    with open(run / "per_class.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["class"] == "airplane" and sum(int(r["support"]) for r in rows[:10]) == 10_000
+    j = json.loads(_minivision("evaluate", str(run), "--tta", "--json").stdout)
+    assert j["tta_accuracy"] > 0.3 and sum(map(sum, j["confusion"])) == 10_000
+    _minivision("show", str(folder), "--split", "test", "--out", str(tmp_path))
+    _minivision("embed", str(run), "--n", "400", "--projector", str(tmp_path / "proj"))
+    from PIL import Image
+
+    assert Image.open(tmp_path / "proj" / "sprite.png").size == (20 * 32, 20 * 32)  # 400 tiles, 20 x 20
