@@ -62,6 +62,16 @@ def _number(kind, lo=None, hi=None, lo_open=False):
     return parse
 
 
+def _model_and_split(p: argparse.ArgumentParser) -> None:
+    """A saved model and the data split it is run on (evaluate, embed)."""
+    p.add_argument("model", metavar="RUN_OR_MODEL")
+    p.add_argument("--data", help="dataset (default: the one the model was trained on)")
+    p.add_argument("--data-dir")
+    p.add_argument("--test-data")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="minivision", description="Train, evaluate and use image classifiers for small images.")
     p.add_argument("--version", action="version", version=f"minivision {__version__}")
@@ -105,12 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
 
     e = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy and confusion matrix of a model")
-    e.add_argument("model", metavar="RUN_OR_MODEL")
-    e.add_argument("--data", help="dataset to score on (default: the one it was trained on)")
-    e.add_argument("--data-dir")
-    e.add_argument("--test-data")
-    e.add_argument("--split", choices=["test", "val", "train"], default="test")
-    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _model_and_split(e)
     e.add_argument("--tta", action="store_true", help="also score with flip test-time augmentation, side by side")
     e.add_argument("--report", action="store_true",
                    help="(re)write the run folder's report: confusion matrices, per_class.csv, mistakes, "
@@ -136,18 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     sh.add_argument("--out", default="runs", help="parent folder of the show folder (default runs)")
 
     em = sub.add_parser("embed", help="2-D map of the model's features (PCA, t-SNE, UMAP); TensorBoard projector files")
-    em.add_argument("model", metavar="RUN_OR_MODEL")
-    em.add_argument("--data", help="dataset (default: the one it was trained on)")
-    em.add_argument("--data-dir")
-    em.add_argument("--test-data")
-    em.add_argument("--split", choices=["test", "val", "train"], default="test")
+    _model_and_split(em)
     em.add_argument("--method", default="pca", help="pca (default), tsne or umap")
     em.add_argument("--n", type=_number(int, 3), default=2000, help="images, a stratified sample (default 2000)")
     em.add_argument("--projector", metavar="DIR",
                     help="write TensorBoard Embedding Projector files here (then: tensorboard --logdir DIR)")
     em.add_argument("--out", metavar="FILE", help="the scatter PNG (default RUN/embedding_METHOD_SPLIT.png)")
     em.add_argument("--seed", type=_number(int, 0), default=0)
-    em.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
 
     c = sub.add_parser("compare", help="compare runs, or train several models the same way and compare them")
     c.add_argument("runs", nargs="*", metavar="RUN", help="run folders to compare")
