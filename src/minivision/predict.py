@@ -36,10 +36,11 @@ def expand_paths(items: list[str]) -> list[str]:
 
 
 def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device: str = "auto",
-                   names: list[str] | None = None, tta: bool = False) -> list[dict[str, Any]]:
+                   names: list[str] | None = None, tta: bool = False, inputs: bool = False) -> list[dict[str, Any]]:
     """Predict paths, bytes or PIL images. Each result: path, label, index, score, top_k; or path, error.
 
-    ``tta``: scores with flip test-time augmentation, and ``plain`` {label, index, score} without it."""
+    ``tta``: scores with flip test-time augmentation, and ``plain`` {label, index, score} without it.
+    ``inputs``: each result also holds ``input``, the uint8 (C, H, W) tensor the model saw."""
     if top_k < 1:
         raise MinivisionError(f"--top-k must be >= 1, got {top_k}")
     k = min(top_k, len(lm.classes))
@@ -65,6 +66,8 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
         plain = torch.softmax(predict_logits(lm.model, lm.preprocess, batch, device=dev), 1) if tta else None
         scores, idx = probs.topk(k, dim=1)
         for j, r in enumerate(where):
+            if inputs:
+                results[r]["input"] = tensors[j]
             top = [{"label": lm.classes[int(c)], "index": int(c), "score": round(float(s), 6)}
                    for s, c in zip(scores[j], idx[j], strict=False)]
             results[r].update({"label": top[0]["label"], "index": top[0]["index"], "score": top[0]["score"],

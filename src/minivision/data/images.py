@@ -50,6 +50,17 @@ _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+class ImageError(DataError):
+    """A picture that cannot be used, with ``kind`` saying why, for callers that answer differently
+    (the HTTP service: 415 for ``unsupported``, 400 for ``corrupt``/``bomb``, 413 for ``too_large``):
+    ``unsupported`` (not an allowed raster format: EPS, SVG, PDF, text, ...), ``corrupt`` (truncated,
+    broken or empty), ``bomb`` (too many pixels), ``too_large`` (too many bytes), ``unreadable`` (I/O)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
 def _allowed_formats() -> list[str]:
     Image.init()
     return [f for f in ALLOWED_FORMATS if f in Image.OPEN]
@@ -112,37 +123,39 @@ def open_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
         else:
             with open(source, "rb") as handle:
                 if os.fstat(handle.fileno()).st_size > MAX_FILE_BYTES:
-                    raise DataError(f"{where}: file is over {MAX_FILE_BYTES >> 20} MB, refused")
+                    raise ImageError(f"{where}: file is over {MAX_FILE_BYTES >> 20} MB, refused", "too_large")
                 data = handle.read()
     except OSError as exc:
-        raise DataError(f"{where}: cannot read file ({exc.strerror or _one_line(exc)})") from None
+        raise ImageError(f"{where}: cannot read file ({exc.strerror or _one_line(exc)})", "unreadable") from None
     if not data:
-        raise DataError(f"{where}: empty file")
+        raise ImageError(f"{where}: empty file", "corrupt")
     refused = _refused_kind(data[:1024])
     if refused:
-        raise DataError(f"{where}: {refused} files are not accepted; use PNG, JPEG, BMP, GIF, TIFF or WEBP")
+        raise ImageError(f"{where}: {refused} files are not accepted; use PNG, JPEG, BMP, GIF, TIFF or WEBP",
+                         "unsupported")
     try:
         img = Image.open(io.BytesIO(data), formats=_allowed_formats())
     except Image.DecompressionBombError as exc:
-        raise DataError(f"{where}: image too large, refused as a possible decompression bomb "
-                        f"({_one_line(exc)})") from None
+        raise ImageError(f"{where}: image too large, refused as a possible decompression bomb "
+                         f"({_one_line(exc)})", "bomb") from None
     except Image.UnidentifiedImageError:
-        raise DataError(f"{where}: not a supported image (allowed: {', '.join(ALLOWED_FORMATS)})") from None
+        raise ImageError(f"{where}: not a supported image (allowed: {', '.join(ALLOWED_FORMATS)})",
+                         "unsupported") from None
     except Exception as exc:  # Pillow raises many types for malformed headers
-        raise DataError(f"{where}: corrupt image header ({_one_line(exc)})") from None
+        raise ImageError(f"{where}: corrupt image header ({_one_line(exc)})", "corrupt") from None
     with img:
         width, height = img.size
         if width * height > max_pixels:
-            raise DataError(f"{where}: image is {width}x{height} = {width * height:,} pixels, over the "
-                            f"{max_pixels:,} limit (possible decompression bomb)")
+            raise ImageError(f"{where}: image is {width}x{height} = {width * height:,} pixels, over the "
+                             f"{max_pixels:,} limit (possible decompression bomb)", "bomb")
         if width == 0 or height == 0:
-            raise DataError(f"{where}: image has zero size")
+            raise ImageError(f"{where}: image has zero size", "corrupt")
         try:
             img.load()
             upright = ImageOps.exif_transpose(img)
             result = _to_l_or_rgb(upright)
         except Exception as exc:  # truncated data, bad Huffman tables, broken EXIF, ...
-            raise DataError(f"{where}: corrupt or truncated image ({_one_line(exc)})") from None
+            raise ImageError(f"{where}: corrupt or truncated image ({_one_line(exc)})", "corrupt") from None
     result.load()
     return result
 
