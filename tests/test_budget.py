@@ -160,3 +160,13 @@ def test_a_finished_budget_run_extends_by_epochs_into_a_new_folder(tmp_path):
     ext = fit(TrainConfig(epochs=done + 1), dataset=ds, resume=first.run_dir, progress=False, log=lambda m: None)
     assert ext.run_dir != first.run_dir and len(ext.history) == done + 1
     assert json.loads((ext.run_dir / "model.json").read_text()).get("budget") is None
+
+
+def test_a_named_model_on_a_tiny_dataset_trains_until_the_budget_is_planned(tmp_path):
+    """One batch per epoch: the model's default length (a few epochs = a few steps) must not end the
+    run before the planner has measured the speed and filled the budget."""
+    ds = synthetic_dataset(60, 20)
+    r = fit(TrainConfig(model="mvnet-t", budget=15, out=str(tmp_path)), dataset=ds,  # 1 batch of 128 an epoch
+            progress=False, log=lambda m: None)
+    meta = json.loads((r.run_dir / "model.json").read_text())
+    assert meta["budget"]["total_steps"] > Planner.WARMUP + Planner.FIRST_PLAN_AT

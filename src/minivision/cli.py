@@ -1,4 +1,4 @@
-"""The ``minivision`` command: train, evaluate, predict, show, embed, compare, models, summary, bench.
+"""The ``minivision`` command: train, evaluate, predict, show, embed, compare, models, summary, bench, serve.
 
 Every argument is checked for type and range; unknown flags and names get a "did you mean";
 problems a user can fix print one ``error:`` line and exit 2, never a traceback.
@@ -122,13 +122,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "predictions, calibration, report.html")
     e.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
-    pr = sub.add_parser("predict", help="classify image files, folders or globs")
+    pr = sub.add_parser("predict", help="classify image files, folders or globs (photos are converted the way "
+                                        "the training images were made)")
     pr.add_argument("model", metavar="RUN_OR_MODEL")
     pr.add_argument("paths", nargs="+", metavar="PATH")
     pr.add_argument("--top-k", type=_number(int, 1), default=3)
     pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pr.add_argument("--tta", action="store_true", help="flip test-time augmentation (plain scores shown beside)")
-    pr.add_argument("--json", action="store_true", help="one JSON list on stdout")
+    po = pr.add_mutually_exclusive_group()
+    po.add_argument("--json", action="store_true", help="one JSON list on stdout")
+    po.add_argument("--csv", metavar="FILE", help="also write path,label,score and the top-k labels and scores here")
+    pr.add_argument("--show", metavar="DIR", help="for each photo, a PNG of the photo, what the model saw and its "
+                                                  "top-k (DIR is created; existing files are kept)")
+    pr.add_argument("--background", choices=["auto", "light", "dark"],
+                    help="the photo's background, for Fashion-MNIST-style models (default: the model's setting, "
+                         "auto: detected from the corners; a light background is negated)")
 
     sh = sub.add_parser("show", help="a grid of sample images with their class names, and the class counts")
     sh.add_argument("data", metavar="DATA", nargs="?", default="fashion-mnist",
@@ -183,6 +191,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--peer-script", help="keras_peer.py (default ../shared/peers/keras_peer.py)")
     b.add_argument("--verbose", action="store_true", help="echo the runs' own output")
     b.add_argument("--json", action="store_true", help="the rows as one JSON object on stdout")
+
+    sv = sub.add_parser("serve", help="HTTP API and web page for a trained model (POST /predict, /docs)")
+    sv.add_argument("model", metavar="RUN_OR_MODEL")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                                                        "only; 0.0.0.0 for every interface)")
+    sv.add_argument("--port", type=_number(int, 0, 65535), default=8000, help="default 8000; 0 = any free port")
+    sv.add_argument("--max-body-mb", type=_number(float, 0, 1024, lo_open=True), default=10.0,
+                    help="largest request body in MB (default 10): bigger ones get 413")
+    sv.add_argument("--max-files", type=_number(int, 1, 1024), default=16, help="images per request (default 16)")
+    sv.add_argument("--top-k", type=_number(int, 1), default=3, help="classes per image when a request does not say")
+    sv.add_argument("--threads", type=_number(int, 1, 256), help="torch threads (default: half the cores, 1 to 4)")
+    sv.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    sv.add_argument("--access-log", action="store_true", help="log every request")
+    sv.add_argument("--jobs", metavar="DIR", default="runs/jobs",
+                    help="state folder of the training-jobs API (POST /models ...; default runs/jobs); "
+                         "'none' turns that API off")
     return p
 
 
@@ -266,14 +290,22 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from .predict import expand_paths, predict_images
+    from .predict import expand_paths, predict_images, save_shows, write_csv
     from .runfiles import load_model
 
     lm = load_model(a.model)
-    results = predict_images(lm, expand_paths(a.paths), top_k=a.top_k, device=a.device, tta=a.tta)
+    if a.background is not None and lm.preprocess.photo.get("method") != "zalando":
+        print(f"note: --background has no effect: this model resizes photos ({lm.preprocess.photo['method']}), "
+              "it does not trim or negate them", file=sys.stderr)
+    results = predict_images(lm, expand_paths(a.paths), top_k=a.top_k, device=a.device, tta=a.tta,
+                             inputs=a.show is not None, background=a.background)
+    shown = save_shows(results, a.show) if a.show is not None else []
+    for r in results:
+        r.pop("input", None)
+    ok = any("error" not in r for r in results)
     if a.json:
         print(_json(results))
-        return 0
+        return 0 if ok else 1
     for r in results:
         if "error" in r:
             print(f"{r['path']}: error: {r['error']}")
@@ -281,7 +313,11 @@ def cmd_predict(a: argparse.Namespace) -> int:
             rest = ", ".join(f"{t['label']} {t['score']:.1%}" for t in r["top_k"][1:])
             plain = f"  [flip TTA; plain: {r['plain']['label']} {r['plain']['score']:.1%}]" if "plain" in r else ""
             print(f"{r['path']}: {r['label']} {r['score']:.1%}" + (f"  ({rest})" if rest else "") + plain)
-    return 0 if any("error" not in r for r in results) else 1
+    if a.csv:
+        print(f"saved {write_csv(results, a.csv)}", file=sys.stderr)
+    if shown:
+        print(f"saved {len(shown)} picture(s) to {a.show}", file=sys.stderr)
+    return 0 if ok else 1
 
 
 def cmd_show(a: argparse.Namespace) -> int:
@@ -399,9 +435,19 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0 if all(r["status"] != "failed" for r in results) else 1
 
 
+def cmd_serve(a: argparse.Namespace) -> int:
+    from .serve.app import serve
+
+    jobs = None if a.jobs.lower() == "none" else Path(a.jobs)
+    serve(a.model, a.host, a.port, max_body_mb=a.max_body_mb, max_files=a.max_files, top_k=a.top_k,
+          threads=a.threads, device=a.device, access_log=a.access_log, jobs_dir=jobs,
+          log=lambda m: print(m, flush=True))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
             "embed": cmd_embed, "compare": cmd_compare, "models": cmd_models, "summary": cmd_summary,
-            "bench": cmd_bench}
+            "bench": cmd_bench, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ import torch
 
 from .data.images import IMAGE_EXTENSIONS, open_image
 from .errors import MinivisionError
+from .photo import BACKGROUNDS
 from .runfiles import LoadedModel
 from .train import pick_device, predict_logits
 
@@ -36,13 +37,20 @@ def expand_paths(items: list[str]) -> list[str]:
 
 
 def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device: str = "auto",
-                   names: list[str] | None = None, tta: bool = False, inputs: bool = False) -> list[dict[str, Any]]:
+                   names: list[str] | None = None, tta: bool = False, inputs: bool = False,
+                   background: str | None = None) -> list[dict[str, Any]]:
     """Predict paths, bytes or PIL images. Each result: path, label, index, score, top_k; or path, error.
 
+    Every picture goes through the model's saved photo conversion (``lm.preprocess.image_to_uint8``),
+    the same for the CLI, the HTTP service and the Python API. PIL images are taken as decoded and
+    upright (``open_image`` applies EXIF orientation and puts transparency on white).
     ``tta``: scores with flip test-time augmentation, and ``plain`` {label, index, score} without it.
-    ``inputs``: each result also holds ``input``, the uint8 (C, H, W) tensor the model saw."""
+    ``inputs``: each result also holds ``input``, the uint8 (C, H, W) tensor the model saw.
+    ``background``: auto, light or dark overrides the polarity the model's conversion detects."""
     if top_k < 1:
         raise MinivisionError(f"--top-k must be >= 1, got {top_k}")
+    if background not in (None, *BACKGROUNDS):
+        raise MinivisionError(f"background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
     k = min(top_k, len(lm.classes))
     results: list[dict[str, Any]] = []
     tensors, where = [], []
@@ -50,7 +58,7 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
         name = names[i] if names else (str(item) if isinstance(item, (str, Path)) else f"image {i}")
         try:
             img = item if hasattr(item, "convert") else open_image(item)
-            tensors.append(lm.preprocess.image_to_uint8(img))
+            tensors.append(lm.preprocess.image_to_uint8(img, background))
             where.append(len(results))
             results.append({"path": name})
         except MinivisionError as e:
@@ -90,3 +98,105 @@ def proba_for_tensor(lm: LoadedModel, x: torch.Tensor, device: str = "auto") -> 
     dev = pick_device(device)
     lm.model.to(dev)
     return torch.softmax(predict_logits(lm.model, lm.preprocess, x, device=dev), 1)
+
+
+# ----------------------------------------------------------------------------- outputs of `predict`
+
+def write_csv(results: list[dict[str, Any]], path: str | Path) -> Path:
+    """path, label, score, then label_i/score_i for each of the top k, then error; one row per picture
+    (failed ones with only path and error), written atomically."""
+    import csv
+    import io
+
+    from .fileio import write_text
+
+    k = max((len(r["top_k"]) for r in results if "top_k" in r), default=0)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "label", "score", *[f"{f}_{i}" for i in range(1, k + 1) for f in ("label", "score")],
+                "error"])
+    for r in results:
+        if "error" in r:
+            w.writerow([r["path"], "", "", *[""] * (2 * k), r["error"]])
+            continue
+        top = [v for t in r["top_k"] for v in (t["label"], t["score"])]
+        w.writerow([r["path"], r["label"], r["score"], *top, *[""] * (2 * k - len(top)), ""])
+    write_text(path, buf.getvalue())
+    return Path(path)
+
+
+def _free_name(folder: Path, stem: str, taken: set[str]) -> Path:
+    """``stem.png``, else ``stem-2.png``, ``stem-3.png``, ...: never a file already in ``folder``."""
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in stem).strip(".") or "photo"
+    n = 1
+    while True:
+        name = f"{stem}.png" if n == 1 else f"{stem}-{n}.png"
+        if name not in taken and not (folder / name).exists():
+            taken.add(name)
+            return folder / name
+        n += 1
+
+
+def show_prediction(photo: Any, model_input: torch.Tensor, top_k: list[dict[str, Any]], title: str = "") -> Any:
+    """A figure: the photo, what the model saw (its input, enlarged, nearest-neighbour) and the top-k
+    scores as horizontal bars. Matplotlib's object API (report/style.py)."""
+    import numpy as np
+
+    from .report import style
+
+    fig = style.new_figure(10.5, max(3.6, 0.22 * len(top_k) + 1.2))  # taller for a long top-k
+    axes = [fig.add_axes(rect) for rect in ((0.02, 0.06, 0.27, 0.78), (0.33, 0.06, 0.27, 0.78),
+                                            (0.78, 0.14, 0.20, 0.70))]
+    thumb = photo.copy()
+    thumb.thumbnail((512, 512))
+    axes[0].imshow(np.asarray(thumb), cmap="gray" if thumb.mode == "L" else None, vmin=0, vmax=255)
+    axes[0].set_title("photo", fontsize=10)
+    seen = model_input.numpy()
+    seen = seen[0] if seen.shape[0] == 1 else seen.transpose(1, 2, 0)
+    axes[1].imshow(seen, cmap="gray" if seen.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+    axes[1].set_title(f"what the model saw ({seen.shape[1]} x {seen.shape[0]})", fontsize=10)
+    for ax in axes[:2]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    labels = [str(t["label"]).replace("$", r"\$") for t in top_k][::-1]
+    scores = [float(t["score"]) for t in top_k][::-1]
+    colors = ["#c7c7c7"] * (len(scores) - 1) + [style.RIGHT]
+    axes[2].barh(range(len(scores)), scores, color=colors)
+    axes[2].set_yticks(range(len(scores)), [s if len(s) <= 24 else s[:23] + "\u2026" for s in labels], fontsize=9)
+    axes[2].set_xlim(0, 1)
+    axes[2].set_xticks([0, 0.5, 1], ["0%", "50%", "100%"], fontsize=8)
+    for i, s in enumerate(scores):  # the figure inside a long bar, after a short one
+        inside = s > 0.7
+        axes[2].text(s - 0.02 if inside else s + 0.02, i, f"{s:.1%}", va="center", ha="right" if inside else "left",
+                     color="white" if inside else "black", fontsize=8)
+    axes[2].set_title(f"top {len(scores)}", fontsize=10)
+    for side in ("top", "right"):
+        axes[2].spines[side].set_visible(False)
+    if title:
+        fig.suptitle(title.replace("$", r"\$"), fontsize=11)
+    return fig
+
+
+def save_shows(results: list[dict[str, Any]], folder: str | Path) -> list[Path]:
+    """For each predicted file, ``folder/<stem>.png`` from ``show_prediction`` (needs ``inputs=True``
+    results); the folder is created, and an existing file in it is never overwritten."""
+    from .report import style
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MinivisionError(f"cannot create folder {folder}: {e.strerror or e}") from None
+    taken: set[str] = set()
+    saved = []
+    for r in results:
+        if "error" in r or "input" not in r:
+            continue
+        try:
+            photo = open_image(r["path"])
+        except (MinivisionError, OSError):
+            continue  # it was read a moment ago; if it is gone now there is nothing to show
+        title = f"{Path(r['path']).name}: {r['label']} {r['score']:.1%}"
+        path = _free_name(folder, Path(r["path"]).stem, taken)
+        saved.append(style.save_figure(show_prediction(photo, r["input"], r["top_k"], title), path))
+    return saved

@@ -2,7 +2,8 @@
 
 Training, evaluation, prediction, the HTTP service and export all call the same ``Preprocess``
 read back from ``model.json``, so the input a model sees at prediction time is prepared exactly as
-its training data was (size, channels, scaling).
+its training data was (size, channels, scaling, and for a user's photo the conversion in
+``photo.py``: Zalando's steps for Fashion-MNIST-style models, a plain resize for the others).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from PIL import Image
 
 from .errors import MinivisionError
+from .photo import check_photo, choose_photo, default_photo, to_model_input
 
 
 @dataclass
@@ -23,13 +25,18 @@ class Preprocess:
     size: tuple[int, int]              # (height, width) the model takes
     mean: list[float] = field(default_factory=list)  # per channel, on the 0-1 scale; [] = 0
     std: list[float] = field(default_factory=list)   # per channel; [] = 1
+    # how a photo becomes a model input (photo.py): {"method": "zalando", "background": "auto",
+    # "box": 28} for light-on-black grayscale data such as Fashion-MNIST, else {"method": "resize"}
+    photo: dict[str, Any] = field(default_factory=lambda: {"method": "resize"})
 
     @classmethod
     def fit(cls, x: torch.Tensor, normalize: str) -> Preprocess:
-        """Build from a uint8 training batch (N, C, H, W); ``standard`` measures mean/std on it."""
+        """Build from a uint8 training batch (N, C, H, W); ``standard`` measures mean/std on it; the
+        photo conversion is chosen from the batch too (``photo.choose_photo`` states the rule)."""
         c, h, w = (int(s) for s in x.shape[1:])
+        photo = choose_photo(x)
         if normalize == "unit":
-            return cls(c, (h, w))
+            return cls(c, (h, w), photo=photo)
         total = torch.zeros(c, dtype=torch.float64)
         squares = torch.zeros(c, dtype=torch.float64)
         for i in range(0, len(x), 4096):  # in chunks: a float64 copy of 60,000 images would be 370 MB
@@ -40,7 +47,7 @@ class Preprocess:
         mean = total / n
         var = (squares / n - mean.square()) * n / max(n - 1, 1)
         return cls(c, (h, w), [round(float(m), 6) for m in mean],
-                   [round(max(float(v), 1e-6) ** 0.5, 6) for v in var])
+                   [round(max(float(v), 1e-6) ** 0.5, 6) for v in var], photo)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) on any device -> float32 model input on that device."""
@@ -51,13 +58,11 @@ class Preprocess:
             out = (out - mean) / std
         return out.contiguous(memory_format=torch.channels_last)
 
-    def image_to_uint8(self, img: Image.Image) -> torch.Tensor:
-        """A decoded picture (mode L or RGB) -> uint8 (C, H, W) at the model's size and channels."""
-        img = img.convert("L" if self.channels == 1 else "RGB")
-        h, w = self.size
-        if img.size != (w, h):
-            img = img.resize((w, h), Image.Resampling.LANCZOS)
-        a = np.array(img, dtype=np.uint8)
+    def image_to_uint8(self, img: Image.Image, background: str | None = None) -> torch.Tensor:
+        """A decoded upright picture (mode L or RGB, as ``open_image`` returns) -> uint8 (C, H, W)
+        at the model's size and channels, through the model's photo conversion. ``background``
+        (auto, light, dark) overrides the saved polarity of a zalando conversion."""
+        a = to_model_input(img, self.photo, self.size, self.channels, background)
         a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
         return torch.from_numpy(np.ascontiguousarray(a))
 
@@ -67,9 +72,13 @@ class Preprocess:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+    def from_dict(cls, d: dict[str, Any], dataset_name: str | None = None) -> Preprocess:
+        """Read back ``to_dict``. A model.json written before the photo setting has no ``photo``:
+        it gets ``photo.default_photo(dataset_name)`` (zalando for Fashion-MNIST and MNIST)."""
         try:
-            return cls(int(d["channels"]), (int(d["size"][0]), int(d["size"][1])),
-                       [float(v) for v in d.get("mean", [])], [float(v) for v in d.get("std", [])])
+            channels, size = int(d["channels"]), (int(d["size"][0]), int(d["size"][1]))
+            mean, std = [float(v) for v in d.get("mean", [])], [float(v) for v in d.get("std", [])]
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise MinivisionError(f"model.json has a malformed 'preprocess' entry ({e})") from None
+        photo = check_photo(d["photo"], size) if "photo" in d else default_photo(dataset_name, size, channels)
+        return cls(channels, size, mean, std, photo)

@@ -99,7 +99,9 @@ def load_model(path: str | Path, weights: str = "model", device: str | torch.dev
         first = str(e).splitlines()[0] if str(e) else "mismatch"
         raise MinivisionError(f"{folder}/{weights}.safetensors does not match model.json ({first})") from None
     model.to(device).to(memory_format=torch.channels_last).eval()  # as trained: 2x faster than NCHW on CPU
-    return LoadedModel(model, Preprocess.from_dict(meta["preprocess"]), classes, meta, folder)
+    dataset = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
+    pre = Preprocess.from_dict(meta["preprocess"], dataset_name=dataset.get("name"))  # older files: no photo
+    return LoadedModel(model, pre, classes, meta, folder)
 
 
 # ---------------------------------------------------------------- checkpoints (resume)

@@ -231,7 +231,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     model = model.to(device).to(memory_format=torch.channels_last)
     pre = Preprocess.fit(ds.train.x, cfg.normalize)
     if state is not None and "preprocess" in state["progress"]:
-        pre = Preprocess.from_dict(state["progress"]["preprocess"])
+        pre = Preprocess.from_dict(state["progress"]["preprocess"], dataset_name=ds.name)
     optimizer = make_optimizer(cfg, model)
 
     if run_dir is None:
@@ -350,6 +350,10 @@ def _plan_budget(user_cfg: TrainConfig, cfg: TrainConfig, ds: Dataset, device: t
         return final, plan
     bpe = max(1, math.ceil(n / final.batch_size))
     first_guess = int(max(usable(), 1.0) / (spe / bpe)) if spe else (final.epochs or 1) * bpe
+    # unmeasured (a named model): run at least until the planner's first plan, or a tiny dataset of one
+    # batch per epoch would stop after its default 3 epochs = 3 steps, whatever the budget
+    if not spe:
+        first_guess = max(first_guess, Planner.WARMUP + Planner.FIRST_PLAN_AT + 1)
     final = dataclasses.replace(final, steps=max(1, first_guess), epochs=None)
     plan.total_steps = final.steps
     why = ", ".join(f"{k} {v:.0f} s/epoch" for k, v in plan.probed_s_per_epoch.items())

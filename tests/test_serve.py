@@ -1,0 +1,578 @@
+"""`minivision serve` as a client sees it: a real uvicorn server in a child process on a loopback port.
+
+The server is started the way a user starts it (`python -m minivision serve RUN --port 0`, the URL
+read from its first line), with a small model trained here on synthetic data. Hostile inputs are
+sent one by one, each followed by a check that the server still answers; the last test checks a
+normal prediction still works after all of them. tests/test_serve_browser.py reuses the fixtures.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from minivision.config import TrainConfig
+from minivision.train import fit
+
+from .conftest import synthetic_dataset
+
+STARTUP_S = 60
+
+
+# ----------------------------------------------------------------------------- a served run
+
+class Server:
+    """``minivision serve RUN --port 0 ARGS`` in a child process; ``url`` once it is listening."""
+
+    def __init__(self, run: Path, *args: str, log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "minivision", "serve", str(run), "--port", "0", *args],
+                                     stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True)
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(ln) for ln in self.proc.stdout], daemon=True).start()
+        self.lines = lines
+        try:
+            first = lines.get(timeout=STARTUP_S)
+        except queue.Empty:
+            self.stop()
+            raise AssertionError(f"server did not start: {self.log.read_text()[-2000:]}") from None
+        assert first.startswith("serving ") and " at http://127.0.0.1:" in first, first
+        self.url = first.split(" at ")[1].split()[0]
+        self.client = httpx.Client(base_url=self.url, timeout=60)
+        deadline = time.monotonic() + STARTUP_S
+        while True:
+            try:
+                if self.client.get("/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and self.proc.poll() is None, self.log.read_text()[-2000:]
+            time.sleep(0.1)
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
+
+    def alive(self) -> None:
+        r = self.client.get("/health")
+        assert r.status_code == 200 and r.json()["status"] == "ok", r.text
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def train_synthetic_run(out: Path) -> Path:
+    """A small cnn1 trained on the four-class synthetic images (class k: a bright square in cell k).
+
+    In colour, so the model's photo conversion is a plain resize: the grey light-on-black kind gets
+    Fashion-MNIST's trim-and-centre conversion (photo.py), which would move the square that tells
+    these classes apart. The real-data test below serves a model with that conversion."""
+    r = fit(TrainConfig(model="cnn1", epochs=4, batch_size=32, out=str(out)), dataset=synthetic_dataset(channels=3),
+            log=lambda m: None, progress=False)
+    return r.run_dir
+
+
+def clean_picture(k: int, size: int = 28, scale: int = 1) -> Image.Image:
+    """Class ``k`` of the synthetic data without noise, ``scale`` times bigger (grey: the server makes it RGB)."""
+    a = np.zeros((size, size), np.uint8)
+    r, c, cell = k // 2, k % 2, size // 2
+    a[r * cell + 2:(r + 1) * cell - 2, c * cell + 2:(c + 1) * cell - 2] = 220
+    img = Image.fromarray(a, "L")
+    return img.resize((size * scale, size * scale), Image.Resampling.NEAREST) if scale > 1 else img
+
+
+def encode(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory) -> Path:
+    return train_synthetic_run(tmp_path_factory.mktemp("serve-runs"))
+
+
+@pytest.fixture(scope="module")
+def server(synthetic_run, tmp_path_factory):
+    s = Server(synthetic_run, log=tmp_path_factory.mktemp("serve-log") / "server.log")
+    yield s
+    assert s.stop() == 0, s.log.read_text()[-2000:]
+
+
+def _post_files(server: Server, files: list[tuple[str, bytes]], field: str = "file", **params):
+    return server.client.post("/predict", params=params, files=[(field, (n, b, "application/octet-stream"))
+                                                                for n, b in files])
+
+
+# ----------------------------------------------------------------------------- normal use
+
+def test_health_models_and_openapi(server, synthetic_run):
+    h = server.client.get("/health").json()
+    assert h["status"] == "ok" and h["model_loaded"] is True and h["uptime_s"] >= 0
+    m = server.client.get("/models").json()["models"]
+    assert len(m) == 1 and m[0]["classes"] == ["class0", "class1", "class2", "class3"]
+    assert m[0]["input"] == {"channels": 3, "height": 28, "width": 28} and m[0]["parameters"] > 1000
+    assert m[0]["architecture"] == "cnn1" and "test_accuracy" in m[0]["metrics"]
+    assert str(synthetic_run) not in json.dumps(m)  # no server paths given away
+    assert m[0]["version"] == h["version"] and h["version"].startswith("0.") and "+" in h["version"]
+    spec = server.client.get("/openapi.json").json()
+    assert {"/predict", "/health", "/models"} <= set(spec["paths"])
+    assert "multipart/form-data" in spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert server.client.get("/docs").status_code == 200
+    page = server.client.get("/")
+    assert page.status_code == 200 and 'id="file"' in page.text and "Content-Security-Policy" in page.headers
+    # works offline: nothing loaded from outside (the browser test also watches the requests)
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//|url\(\s*["']?(https?:)?//|@import""", page.text)
+
+
+def test_multipart_one_and_several_files(server):
+    r = _post_files(server, [("a.png", encode(clean_picture(2)))])
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert set(body) == {"predictions", "model", "version", "files"}
+    assert len(body["predictions"]) == 1 and len(body["predictions"][0]) == 3  # default top_k 3
+    top = body["predictions"][0][0]
+    assert top["label"] == "class2" and top["index"] == 2 and 0 < top["score"] <= 1
+    scores = [p["score"] for p in body["predictions"][0]]
+    assert scores == sorted(scores, reverse=True)
+    # several files, 'files' field, mixed formats, a bigger picture: one list per image, in order
+    pics = [("0.png", encode(clean_picture(0))), ("3.jpg", encode(clean_picture(3, scale=4), "JPEG")),
+            ("1.bmp", encode(clean_picture(1), "BMP")), ("2.gif", encode(clean_picture(2, scale=2), "GIF"))]
+    r = _post_files(server, pics, field="files")
+    assert r.status_code == 200, r.text
+    assert [p[0]["label"] for p in r.json()["predictions"]] == ["class0", "class3", "class1", "class2"]
+    assert r.json()["files"] == ["0.png", "3.jpg", "1.bmp", "2.gif"]
+
+
+def test_base64_json(server):
+    png = encode(clean_picture(1))
+    b64 = base64.b64encode(png).decode()
+    r = server.client.post("/predict", json={"image": "data:image/png;base64," + b64,
+                                             "images": [b64, base64.urlsafe_b64encode(encode(clean_picture(3)))
+                                                        .decode().rstrip("=")]})
+    assert r.status_code == 200, r.text
+    assert [p[0]["label"] for p in r.json()["predictions"]] == ["class1", "class1", "class3"]
+    assert r.json()["files"] == ["image", "images[0]", "images[1]"]
+    r = server.client.post("/predict", json={"images": [b64], "top_k": 4, "include_input": True})
+    assert r.status_code == 200 and len(r.json()["predictions"][0]) == 4 and len(r.json()["inputs"]) == 1
+
+
+def test_raw_image_body(server):
+    r = server.client.post("/predict", content=encode(clean_picture(0)), headers={"Content-Type": "image/png"})
+    assert r.status_code == 200 and r.json()["predictions"][0][0]["label"] == "class0"
+
+
+@pytest.mark.parametrize("how", ["query", "form"])
+def test_top_k(server, how):
+    png = encode(clean_picture(3))
+    for k in (1, 2, 4):
+        if how == "query":
+            r = _post_files(server, [("x.png", png)], top_k=k)
+        else:
+            r = server.client.post("/predict", files={"file": ("x.png", png)}, data={"top_k": str(k)})
+        assert r.status_code == 200, r.text
+        preds = r.json()["predictions"][0]
+        assert len(preds) == k and preds[0]["label"] == "class3"
+        if k == 4:
+            assert sorted(p["index"] for p in preds) == [0, 1, 2, 3]
+            assert sum(p["score"] for p in preds) == pytest.approx(1, abs=1e-4)
+    for bad in ("0", "5", "-1", "two", "1.5"):
+        r = _post_files(server, [("x.png", png)], top_k=bad)
+        assert r.status_code == 400 and "top_k" in r.json()["error"], (bad, r.text)
+    r = server.client.post("/predict?top_k=1", files={"file": ("x.png", png)}, data={"top_k": "2"})
+    assert r.status_code == 400 and "twice" in r.json()["error"]
+
+
+def test_include_input_returns_what_the_model_saw(server, synthetic_run):
+    from minivision.predict import predict_images
+    from minivision.runfiles import load_model
+
+    photo = clean_picture(2, scale=5)  # 140 x 140 grey: the server makes it 28 x 28 RGB
+    r = _post_files(server, [("big.png", encode(photo))], include_input="true")
+    assert r.status_code == 200, r.text
+    (b64,) = r.json()["inputs"]
+    seen = Image.open(io.BytesIO(base64.b64decode(b64)))
+    assert seen.format == "PNG" and seen.size == (28, 28) and seen.mode == "RGB"
+    # exactly the tensor predict_images feeds the model: the service adds nothing of its own
+    [direct] = predict_images(load_model(synthetic_run), [photo], top_k=3, inputs=True, device="cpu")
+    assert np.array_equal(np.asarray(seen).transpose(2, 0, 1), direct["input"].numpy())
+    assert [p["label"] for p in r.json()["predictions"][0]] == [p["label"] for p in direct["top_k"]]
+    assert r.json()["predictions"][0][0]["score"] == pytest.approx(direct["score"], abs=1e-5)
+    assert "inputs" not in _post_files(server, [("big.png", encode(photo))], include_input="false").json()
+
+
+def test_concurrent_clients_get_their_own_answers(server):
+    pictures = {k: encode(clean_picture(k)) for k in range(4)}
+    wrong: list[str] = []
+
+    def client(k: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            for _ in range(8):
+                r = c.post("/predict", files={"file": (f"{k}.png", pictures[k])})
+                if r.status_code != 200 or r.json()["predictions"][0][0]["label"] != f"class{k}":
+                    wrong.append(f"{k}: {r.status_code} {r.text[:200]}")
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong, wrong
+
+
+# ----------------------------------------------------------------------------- hostile input
+
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height grey pixels, with one tiny IDAT: a bomb by its header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def _hostile_files() -> list[tuple[str, str, bytes, int, str]]:
+    """(case, file name, bytes, expected status, a word the error must contain)."""
+    png, jpeg = encode(clean_picture(1, scale=4)), encode(clean_picture(1, scale=4).convert("RGB"), "JPEG")
+    return [
+        ("svg", "x.svg", b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>',
+         415, "SVG"),
+        ("svg-no-xml-decl", "y.svg", b'<svg xmlns="http://www.w3.org/2000/svg"><rect width="9"/></svg>', 415, "SVG"),
+        ("eps", "x.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n", 415, "EPS"),
+        ("pdf", "x.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer\n%%EOF\n", 415, "PDF"),
+        ("text", "notes.txt", b"hello, this is not a picture\n" * 20, 415, "not a supported image"),
+        ("html", "x.html", b"<html><body><script>alert(1)</script></body></html>", 415, "not a supported image"),
+        ("truncated-png", "cut.png", png[:len(png) // 2], 400, "truncated"),
+        ("truncated-jpeg", "cut.jpg", jpeg[:len(jpeg) // 2], 400, "truncated"),
+        ("empty", "empty.png", b"", 400, "empty"),
+        ("bomb-30000", "bomb.png", _png_header(30000, 30000), 400, "bomb"),
+        ("bomb-10000", "bomb2.png", _png_header(10000, 10000), 400, "bomb"),
+    ]
+
+
+@pytest.mark.parametrize("case,name,data,status,word", _hostile_files(), ids=[c[0] for c in _hostile_files()])
+def test_hostile_file_gets_a_json_error(server, case, name, data, status, word):
+    r = _post_files(server, [("ok.png", encode(clean_picture(0))), (name, data)])
+    assert r.status_code == status, (case, r.text)
+    body = r.json()
+    assert body == {"error": body["error"], "status": status} and "\n" not in body["error"]
+    assert word.lower() in body["error"].lower() and name in body["error"], body  # which file, and why
+    server.alive()
+
+
+def test_too_many_files(server):
+    png = encode(clean_picture(0))
+    assert _post_files(server, [(f"{i}.png", png) for i in range(16)]).status_code == 200
+    r = _post_files(server, [(f"{i}.png", png) for i in range(17)])
+    assert r.status_code == 400 and "too many" in r.json()["error"], r.text
+    r = server.client.post("/predict", json={"images": [base64.b64encode(png).decode()] * 17})
+    assert r.status_code == 400 and "too many" in r.json()["error"], r.text
+    server.alive()
+
+
+@pytest.mark.parametrize("body,content_type,status,word", [
+    (b'{"images": ["not base64 at all!"]}', "application/json", 400, "base64"),
+    (b'{"image": "data:image/png;base64,@@@@"}', "application/json", 400, "base64"),
+    (b'{"image": "data:image/png,rawbytes"}', "application/json", 400, "base64"),
+    (b'{"images": "abc"}', "application/json", 400, "list"),
+    (b'{"images": [42]}', "application/json", 400, "base64 string"),
+    (b'{"images": []}', "application/json", 400, "no image"),
+    (b'{"image": ""}', "application/json", 400, "empty"),
+    (b'{"imgs": []}', "application/json", 400, "unknown JSON key"),
+    (b'{"images": [', "application/json", 400, "malformed JSON"),
+    (b"\xff\xfe\x00garbage", "application/json", 400, "malformed JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, "application/json", 400, "JSON"),
+    (b'["a list"]', "application/json", 400, "object"),
+    (b"just text", "text/plain", 415, "Content-Type"),
+    (b"a=1&b=2", "application/x-www-form-urlencoded", 415, "Content-Type"),
+    (b"", "", 415, "Content-Type"),
+    (b"--x\r\nContent-Disposition: form-data; name=\"top_k\"\r\n\r\n3\r\n--x--\r\n", "multipart/form-data; boundary=x",
+     400, "no image"),
+    (b"--x\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\nzz\r\n--x--\r\n",
+     "multipart/form-data; boundary=x", 400, "'file' or 'files'"),
+    (b"--x\r\nContent-Disposition: form-data; name=\"topk\"\r\n\r\n3\r\n--x--\r\n", "multipart/form-data; boundary=x",
+     400, "did you mean 'top_k'"),
+    (b"whatever", "multipart/form-data", 400, "boundary"),
+])
+def test_malformed_bodies(server, body, content_type, status, word):
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = server.client.post("/predict", content=body, headers=headers)
+    assert r.status_code == status, r.text
+    assert r.json()["status"] == status and word.lower() in r.json()["error"].lower(), r.text
+    server.alive()
+
+
+def test_framework_errors_are_clean_json(server):
+    for method, path, status in [("GET", "/nope", 404), ("GET", "/predict", 405), ("DELETE", "/models", 405)]:
+        r = server.client.request(method, path)
+        assert r.status_code == status and r.json() == {"error": r.json()["error"], "status": status}
+    r = server.client.post("/predict?include_input=maybe", files={"file": ("a.png", encode(clean_picture(0)))})
+    assert r.status_code == 400 and "include_input" in r.json()["error"]  # FastAPI's 422, as a 400
+
+
+def test_upload_file_names_are_only_echoed(server, tmp_path):
+    png = encode(clean_picture(0))
+    names = ["../../etc/passwd", "/etc/shadow", "..\\..\\windows\\win.ini", "a%00b%0D%0Ac.png",
+             "<img src=x onerror=alert(1)>.png", "x" * 1000 + ".png"]
+    before = set(os.listdir(tmp_path.parent))
+    r = _post_files(server, [(n, png) for n in names])
+    assert r.status_code == 200, r.text
+    files = r.json()["files"]
+    assert files[:5] == names[:5]  # httpx percent-encodes control characters: they arrive as text
+    assert len(files[5]) <= 120 and all(p[0]["label"] == "class0" for p in r.json()["predictions"])
+    assert set(os.listdir(tmp_path.parent)) == before
+    # raw control characters in a file name are dropped from the echo
+    body = (b'--b\r\nContent-Disposition: form-data; name="file"; filename="a\x00b\x1b[31mc\x7f.png"\r\n\r\n'
+            + png + b"\r\n--b--\r\n")
+    r = server.client.post("/predict", content=body, headers={"Content-Type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 200 and r.json()["files"] == ["ab[31mc.png"], r.text
+    # a bad file with a hostile name: the name is in the one-line JSON error, nothing else happens
+    r = _post_files(server, [("../../etc/passwd", b"%PDF-1.4")])
+    assert r.status_code == 415 and r.json()["error"].startswith("../../etc/passwd: PDF")
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")  # starlette 1.x wants httpx2
+def test_pixel_limit_counts_the_whole_request(synthetic_run):
+    """In process (Starlette's TestClient), with the limit lowered to 10,000 pixels."""
+    from starlette.testclient import TestClient
+
+    from minivision.serve.app import create_app
+
+    with TestClient(create_app(synthetic_run, max_pixels=10_000)) as client:
+        small = encode(clean_picture(0, scale=3))  # 84 x 84 = 7,056 pixels
+        assert client.post("/predict", files=[("file", ("a.png", small))]).status_code == 200
+        r = client.post("/predict", files=[("file", ("a.png", small)), ("file", ("b.png", small))])
+        assert r.status_code == 400 and r.json()["error"].startswith("b.png: image is 84x84"), r.text
+        assert "7,056 before this one" in r.json()["error"]
+        r = client.post("/predict", files=[("file", ("big.png", encode(clean_picture(0, scale=4))))])
+        assert r.status_code == 400 and "decompression bomb" in r.json()["error"]
+
+
+# ----------------------------------------------------------------------------- body size limit
+
+def _raw_request(port: int, head: bytes, body_chunks=None, limit: int = 50_000_000) -> tuple[bytes, int]:
+    """Send ``head`` then chunks until the server answers (or ``limit`` bytes); (response, bytes sent)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    response = bytearray()
+    answered = threading.Event()
+
+    def read() -> None:
+        try:
+            while data := sock.recv(65536):
+                response.extend(data)
+                if b"\r\n\r\n" in response:
+                    answered.set()
+        except OSError:
+            pass
+        answered.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    sent = 0
+    try:
+        sock.sendall(head)
+        for chunk in body_chunks or ():
+            if answered.is_set() or sent >= limit:
+                break
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except OSError:  # the server closed the connection after answering: expected
+        pass
+    answered.wait(30)
+    reader.join(5)
+    sock.close()
+    return bytes(response), sent
+
+
+def _status_and_json(response: bytes) -> tuple[int, dict]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_declared_oversize_body_is_refused_unread(server):
+    big = 50_000_000
+    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {big}\r\n\r\n"
+            .encode())
+    t = time.monotonic()
+    response, sent = _raw_request(server.port, head)  # not one byte of the body is sent
+    status, body = _status_and_json(response)
+    assert status == 413 and body == {"error": "request body is over the 10 MB limit", "status": 413}
+    assert time.monotonic() - t < 10
+    # the same through an ordinary client, which sends its whole 50 MB body
+    rss = server.rss_mb()
+    try:
+        r = server.client.post("/predict", files={"file": ("big.png", b"\0" * big)})
+        assert r.status_code == 413 and r.json()["status"] == 413
+    except httpx.TransportError:  # the server answered and closed while the client was still sending
+        pass
+    assert server.rss_mb() - rss < 25, (rss, server.rss_mb())
+    server.alive()
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "multipart/form-data; boundary=x", "image/png"])
+def test_chunked_oversize_body_is_cut_off_while_streaming(server, content_type):
+    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+            f"Transfer-Encoding: chunked\r\n\r\n").encode()
+    piece = b"A" * 65536
+    first = b'--x\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n' if "multipart" in \
+        content_type else b'{"image": "' if "json" in content_type else b"\x89PNG\r\n\x1a\n"  # a valid start
+    pieces = [first + piece] + [piece] * 800  # 52 MB if all were sent
+    chunks = (b"%x\r\n" % len(p) + p + b"\r\n" for p in pieces)
+    rss = server.rss_mb()
+    response, sent = _raw_request(server.port, head, chunks)
+    status, body = _status_and_json(response)
+    assert status == 413 and body["status"] == 413, response[:300]
+    assert sent < 30_000_000, sent  # answered after ~10 MB (+ socket buffers), long before the client finished
+    assert server.rss_mb() - rss < 25, (rss, server.rss_mb())
+    server.alive()
+
+
+def test_clients_that_hang_up_mid_upload(server):
+    for head in (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000"
+                 b'\r\n\r\n{"image": "abc',
+                 b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n5\r\n--x\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", server.port)) as sock:
+            sock.sendall(head)
+            time.sleep(0.2)
+    time.sleep(0.3)
+    server.alive()
+    assert "Traceback" not in server.log.read_text()
+
+
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+def test_body_limit_per_path_prefix():
+    """The training-jobs uploads (under /models/) may be bigger than /predict's bodies."""
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from minivision.serve.uploads import BodyLimit
+
+    async def echo(request):
+        return PlainTextResponse(str(len(b"".join([c async for c in request.stream()]))))
+
+    app = Starlette(routes=[Route("/predict", echo, methods=["POST"]), Route("/models/{x}/images", echo,
+                                                                              methods=["POST"])],
+                    middleware=[Middleware(BodyLimit, max_bytes=1000, overrides={"/models/": 5000})])
+    client = TestClient(app)  # no handler for BodyTooLarge in this app: the middleware answers itself
+    assert client.post("/predict", content=b"x" * 1000).text == "1000"
+    assert client.post("/predict", content=b"x" * 1001).status_code == 413
+    assert client.post("/models/a/images", content=b"x" * 5000).text == "5000"
+    r = client.post("/models/a/images", content=iter([b"x" * 4000, b"x" * 4000]))  # chunked: counted as it comes
+    assert r.status_code == 413 and r.json() == {"error": "request body is over the 0.005 MB limit", "status": 413}
+
+
+# ----------------------------------------------------------------------------- the command
+
+def test_cli_errors_before_starting(synthetic_run, tmp_path):
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "minivision", "serve", *args], capture_output=True, text=True,
+                              timeout=120)
+
+    p = run(str(tmp_path / "nothing-here"))
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and p.stderr.startswith("error: "), p.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        p = run(str(synthetic_run), "--port", str(taken.getsockname()[1]))
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "already in use" in p.stderr, p.stderr
+    p = run(str(synthetic_run), "--max-body-mb", "0")
+    assert p.returncode == 2 and p.stderr.startswith("error:")
+
+
+def test_ctrl_c_stops_cleanly(synthetic_run, tmp_path):
+    s = Server(synthetic_run, "--max-files", "2", log=tmp_path / "server.log")
+    png = encode(clean_picture(0))
+    assert _post_files(s, [("a.png", png)] * 2).status_code == 200
+    assert _post_files(s, [("a.png", png)] * 3).status_code == 400  # --max-files took effect
+    assert s.stop() == 0
+    assert s.lines.get(timeout=5).strip() == "stopped"
+    assert "Traceback" not in s.log.read_text()
+
+
+# ----------------------------------------------------------------------------- still alive
+
+def test_after_everything_the_server_still_predicts(server):
+    server.alive()
+    r = _post_files(server, [("a.png", encode(clean_picture(3)))], include_input="true")
+    assert r.status_code == 200 and r.json()["predictions"][0][0]["label"] == "class3"
+    assert server.proc.poll() is None
+    assert "Traceback" not in server.log.read_text()
+
+
+# ----------------------------------------------------------------------------- real data
+
+def _have_fashion() -> bool:
+    from minivision.data.sources import locate
+    from minivision.errors import DataError
+
+    try:
+        locate("fashion-mnist")
+        return True
+    except DataError:
+        return False
+
+
+@pytest.mark.skipif(not _have_fashion(), reason="Fashion-MNIST not installed (apt-get install -y "
+                    "dataset-fashion-mnist)")
+def test_real_fashion_mnist_model_served(tmp_path):
+    import dataclasses
+
+    import torch
+
+    import minivision as mv
+
+    ds = mv.load_dataset("fashion-mnist")
+    g = torch.Generator().manual_seed(0)
+    small = dataclasses.replace(ds, train=ds.train.subset(torch.randperm(len(ds.train), generator=g)[:3000]),
+                                val=ds.val.subset(torch.arange(500)), test=ds.test.subset(torch.arange(500)))
+    clf = mv.Classifier(model="cnn1", epochs=1, batch_size=64, out=str(tmp_path)).fit(small, progress=False)
+    s = Server(Path(clf.run_dir_), log=tmp_path / "server.log")
+    try:
+        # real test images: the first Trouser, Bag and Ankle boot of the test set, as PNG files
+        files = []
+        for label in ("Trouser", "Bag", "Ankle boot"):
+            i = int((ds.test.y == ds.classes.index(label)).nonzero()[0])
+            files.append((f"{label}.png", encode(Image.fromarray(ds.test.x[i, 0].numpy(), "L"))))
+        r = _post_files(s, files, include_input="true")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        for (name, _), preds in zip(files, body["predictions"], strict=True):
+            assert name[:-4] in [p["label"] for p in preds], (name, preds)  # the right label in the top 3
+        assert body["model"].endswith("/cnn1")
+        seen = Image.open(io.BytesIO(base64.b64decode(body["inputs"][0])))
+        assert seen.size == (28, 28)
+    finally:
+        assert s.stop() == 0
