@@ -199,3 +199,15 @@ def test_resume_after_a_stop_between_last_epoch_and_model_file(tmp_path):
     again = fit(TrainConfig(), dataset=ds, resume=run, progress=False, log=lambda m: None)
     assert again.run_dir == run and len(again.history) == 2
     assert mv.load(run).classes_ == ds.classes
+
+
+def test_best_epoch_breaks_accuracy_ties_by_validation_loss(tmp_path):
+    """Separable classes: validation accuracy hits 100% early and stays; the kept weights are those of
+    the tied epoch with the lowest validation loss, not the first one."""
+    r = fit(TrainConfig(model="mlp", epochs=6, batch_size=32, val_split=0.25, out=str(tmp_path)),
+            dataset=synthetic_dataset(240, 40), progress=False, log=lambda m: None)
+    top = max(row["val_accuracy"] for row in r.history)
+    tied = [row for row in r.history if row["val_accuracy"] == top]
+    assert len(tied) >= 2  # the situation this test is about
+    best = json.loads((r.run_dir / "model.json").read_text())["metrics"]["best_epoch"]
+    assert best == min(tied, key=lambda row: row["val_loss"])["epoch"]

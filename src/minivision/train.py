@@ -623,7 +623,11 @@ class _Loop:
         self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         self.epoch_seconds = 0.0
         no_val = math.isnan(val_acc)
-        improved = not no_val and val_acc > self.best_val
+        # best = highest validation accuracy, ties broken by the lower validation loss (on a small or easy
+        # validation split many epochs tie at the top accuracy; the later, more confident one is kept)
+        tied_loss = min((r["val_loss"] for r in self.history[:-1] if r["val_accuracy"] == self.best_val),
+                        default=math.inf)
+        improved = not no_val and (val_acc > self.best_val or (val_acc == self.best_val and val_loss < tied_loss))
         if improved or no_val:  # no validation split: the latest weights are the best we know
             self.best_val = val_acc if improved else self.best_val
             save_model(self.run_dir, self.model, {}, weights_name="best")
@@ -659,7 +663,8 @@ def _finish(loop: _Loop, ds: Dataset) -> dict[str, float]:
     elif ds.val is not None and len(ds.val):
         scored = ("validation", ds.val, predict_logits(loop.model, loop.pre, ds.val.x, device=loop.device,
                                                        precision=loop.precision))
-    best_row = max(loop.history, key=lambda r: -1.0 if math.isnan(r["val_accuracy"]) else r["val_accuracy"])
+    best_row = max(loop.history, key=lambda r: (-1.0, 0.0) if math.isnan(r["val_accuracy"])
+                   else (r["val_accuracy"], -r["val_loss"]))
     metrics = {"epochs": len(loop.history), "best_epoch": best_row["epoch"],
                "val_accuracy": best_row["val_accuracy"], **test,
                "train_seconds": round(sum(r["seconds"] for r in loop.history), 2)}
