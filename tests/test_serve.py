@@ -574,5 +574,16 @@ def test_real_fashion_mnist_model_served(tmp_path):
         assert body["model"].endswith("/cnn1")
         seen = Image.open(io.BytesIO(base64.b64decode(body["inputs"][0])))
         assert seen.size == (28, 28)
+        # a photo-like picture (dark trousers on white, bigger): detected as a light background and negated;
+        # background=dark overrides the detection and leaves it as it is (mostly white)
+        i = int((ds.test.y == ds.classes.index("Trouser")).nonzero()[0])
+        photo = Image.fromarray(255 - ds.test.x[i, 0].numpy(), "L").resize((112, 112))
+        means = {}
+        for background in ("auto", "dark"):
+            r = _post_files(s, [("photo.png", encode(photo))], include_input="true", background=background)
+            assert r.status_code == 200, r.text
+            means[background] = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["inputs"][0])))).mean()
+        assert means["auto"] < 100 < means["dark"]
+        assert _post_files(s, [("photo.png", encode(photo))], background="upside-down").status_code == 400
     finally:
         assert s.stop() == 0

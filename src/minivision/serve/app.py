@@ -79,7 +79,8 @@ class ServedModel:
             "dataset": (lm.meta.get("dataset") or {}).get("name"), "weights_sha256": digest,
         }
 
-    def predict(self, images: list[tuple[str, bytes]], top_k: int, include_input: bool) -> list[dict[str, Any]]:
+    def predict(self, images: list[tuple[str, bytes]], top_k: int, include_input: bool,
+                background: str | None = None) -> list[dict[str, Any]]:
         """Decode and predict, in a worker thread. Raises UploadError naming the first bad picture.
 
         Pixels are counted over the whole request, against the same limit as one picture: 16
@@ -98,7 +99,7 @@ class ServedModel:
                 decoded.append(img)
             with self.lock, torch.inference_mode():
                 results = predict_images(self.lm, decoded, top_k=top_k, names=[n for n, _ in images],
-                                         inputs=include_input, device=self.device)
+                                         inputs=include_input, device=self.device, background=background)
         for r in results:
             if "error" in r:
                 raise UploadError(400, f"{r['path']}: {r['error']}")
@@ -166,11 +167,13 @@ _PREDICT_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "properties": {
         "files": {"type": "array", "items": {"type": "string", "format": "binary"},
                   "description": "one or more pictures (field name 'file' or 'files', repeated)"},
-        "top_k": {"type": "integer"}, "include_input": {"type": "boolean"}}}},
+        "top_k": {"type": "integer"}, "include_input": {"type": "boolean"},
+        "background": {"type": "string", "enum": ["auto", "light", "dark"]}}}},
     "application/json": {"schema": {"type": "object", "properties": {
         "images": {"type": "array", "items": {"type": "string"},
                    "description": "base64 pictures; a data:image/...;base64, prefix is accepted"},
-        "image": {"type": "string"}, "top_k": {"type": "integer"}, "include_input": {"type": "boolean"}}}},
+        "image": {"type": "string"}, "top_k": {"type": "integer"}, "include_input": {"type": "boolean"},
+        "background": {"type": "string", "enum": ["auto", "light", "dark"]}}}},
     "image/*": {"schema": {"type": "string", "format": "binary"}}}}}
 
 
@@ -255,11 +258,14 @@ def create_app(run: str | Path, *, max_body_mb: float = 10, max_files: int = 16,
     async def predict(request: Request,
                       top_k: int | None = Query(None, description=f"classes per picture (default {default_top_k})"),
                       include_input: bool | None = Query(None, description="also return what the model saw, "
-                                                                          "as base64 PNGs")) -> dict[str, Any]:
+                                                                          "as base64 PNGs"),
+                      background: str | None = Query(None, description="the photos' background: auto (detected), "
+                                                     "light or dark")) -> dict[str, Any]:
         upload = await read_upload(request.headers.get("content-type"), request.stream(), max_files)
         n_classes = len(served.lm.classes)
-        k, want_input = parse_options(upload.options, dict(request.query_params), n_classes, default_top_k)
-        results = await anyio.to_thread.run_sync(served.predict, upload.images, k, want_input)
+        k, want_input, background = parse_options(upload.options, dict(request.query_params), n_classes,
+                                                  default_top_k)
+        results = await anyio.to_thread.run_sync(served.predict, upload.images, k, want_input, background)
         out: dict[str, Any] = {"predictions": [r["top_k"] for r in results], "model": served.name,
                                "version": served.version, "files": [name for name, _ in upload.images]}
         if want_input:

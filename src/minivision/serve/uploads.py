@@ -29,7 +29,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.responses import JSONResponse
 
 FILE_FIELDS = ("file", "files")
-OPTION_FIELDS = ("top_k", "include_input")
+OPTION_FIELDS = ("top_k", "include_input", "background")
 JSON_KEYS = ("image", "images", *OPTION_FIELDS)
 MAX_FIELDS = 32          # text fields in a multipart form; a form with more is not one of ours
 MAX_NAME_CHARS = 120     # an uploaded file name is echoed back, shortened to this
@@ -288,8 +288,9 @@ def decode_base64(text: Any, where: str) -> bytes:
 
 
 def parse_options(options: dict[str, Any], query: dict[str, str], n_classes: int, default_top_k: int
-                  ) -> tuple[int, bool]:
-    """top_k (1..n_classes) and include_input from the query string or the body (they must agree)."""
+                  ) -> tuple[int, bool, str | None]:
+    """top_k (1..n_classes), include_input and background (auto | light | dark: the photo's background,
+    overriding the detection) from the query string or the body (they must agree)."""
     values: dict[str, Any] = {}
     for key in OPTION_FIELDS:
         q, b = query.get(key), options.get(key)
@@ -308,7 +309,12 @@ def parse_options(options: dict[str, Any], query: dict[str, str], n_classes: int
             raise UploadError(400, f"top_k must be an integer from 1 to {n_classes}, got {str(top_k)[:40]!r}") from None
         if not 1 <= top_k <= n_classes:
             raise UploadError(400, f"top_k must be from 1 to {n_classes} (the number of classes), got {top_k}")
-    return top_k, _flag(values["include_input"])
+    background = values["background"]
+    if background is not None:
+        background = str(background).strip().lower()
+        if background not in ("auto", "light", "dark"):
+            raise UploadError(400, f"background must be auto, light or dark, got {background[:40]!r}")
+    return top_k, _flag(values["include_input"]), background
 
 
 def _flag(value: Any) -> bool:
