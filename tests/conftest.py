@@ -9,6 +9,22 @@ import torch
 from minivision.data.dataset import Dataset, Split
 
 
+def have_fashion_mnist() -> bool:
+    """Fashion-MNIST is installed (Debian's dataset-fashion-mnist, the cache or $MINIVISION_DATA)."""
+    from minivision.data.sources import locate
+    from minivision.errors import DataError
+
+    try:
+        locate("fashion-mnist")
+        return True
+    except DataError:
+        return False
+
+
+needs_fashion_mnist = pytest.mark.skipif(not have_fashion_mnist(), reason="Fashion-MNIST not installed "
+                                         "(apt-get install -y dataset-fashion-mnist)")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never read or write the user's real cache from a test."""

@@ -469,8 +469,8 @@ def test_train_poll_predict_and_survive_a_restart(servers, tmp_path):
     assert [p[0]["label"] for p in r.json()["predictions"]] == ["bag", "bag"] and len(r.json()["predictions"][0]) == 1
     assert_error(server.client.post(f"/models/{job_id}/predict", files={"file": ("x.svg", b"<svg></svg>")}), 415)
     assert_error(server.client.post(f"/models/{job_id}/predict", files={"file": ("x.png", picture(0, 1)[:80])}), 400)
-    assert_error(server.client.post(f"/models/{job_id}/predict",
-                                    files=[("files", (f"{i}.png", picture(0, i))) for i in range(5)]), 400, "at most 4")
+    five = [("files", (f"{i}.png", picture(0, i))) for i in range(5)]
+    assert_error(server.client.post(f"/models/{job_id}/predict", files=five), 400, "more than 4")
     assert_error(server.client.post(f"/models/{job_id}/predict?top_k=9", files={"file": ("a.png", picture(0, 1))}),
                  400, "top_k")
     # the model folder: the user's class names in model.json, the run's files beside the pictures

@@ -14,20 +14,10 @@ import pytest
 import torch
 
 import minivision as mv
-from minivision.data.sources import locate
-from minivision.errors import DataError
 
+from .conftest import needs_fashion_mnist
 
-def _have_fashion() -> bool:
-    try:
-        locate("fashion-mnist")
-        return True
-    except DataError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _have_fashion(), reason="Fashion-MNIST not installed (apt-get install -y "
-                                "dataset-fashion-mnist)")
+pytestmark = needs_fashion_mnist
 
 
 def test_small_real_subset_trains_evaluates_and_predicts(tmp_path):

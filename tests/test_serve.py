@@ -31,7 +31,7 @@ from PIL import Image
 from minivision.config import TrainConfig
 from minivision.train import fit
 
-from .conftest import synthetic_dataset
+from .conftest import needs_fashion_mnist, synthetic_dataset
 
 STARTUP_S = 60
 
@@ -534,19 +534,7 @@ def test_after_everything_the_server_still_predicts(server):
 
 # ----------------------------------------------------------------------------- real data
 
-def _have_fashion() -> bool:
-    from minivision.data.sources import locate
-    from minivision.errors import DataError
-
-    try:
-        locate("fashion-mnist")
-        return True
-    except DataError:
-        return False
-
-
-@pytest.mark.skipif(not _have_fashion(), reason="Fashion-MNIST not installed (apt-get install -y "
-                    "dataset-fashion-mnist)")
+@needs_fashion_mnist
 def test_real_fashion_mnist_model_served(tmp_path):
     import dataclasses
 

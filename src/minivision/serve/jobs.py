@@ -35,14 +35,12 @@ from minivision.errors import MinivisionError
 
 from .jobs_http import (
     JobsRoute,
-    _read_images,
     check_keys,
     choice,
     json_body,
     limited,
     media_type,
     read_form,
-    top_k_option,
 )
 from .jobs_images import (
     KINDS,
@@ -57,6 +55,7 @@ from .jobs_images import (
 )
 from .jobs_runner import Runner, _log_section
 from .jobs_store import JobError, Store, finite
+from .uploads import UploadError, parse_options, read_upload
 
 log = logging.getLogger("minivision.serve.jobs")
 
@@ -355,14 +354,20 @@ def jobs_router(state_dir: Path, *, max_upload_mb: int = 200, max_files: int = 1
         if not job["model_run"]:
             raise JobError(409, f"model {job_id} is not trained yet (state {job['state']})")
         jobs = _jobs(state_dir)
-        images, fields = await _read_images(request, max_bytes, max_files)
-        lm, version = await run_in_threadpool(jobs.loaded_model, job)
-        k = top_k_option(request.query_params.get("top_k"), fields.get("top_k"), len(lm.classes), top_k)
+        try:  # the same request rules as the app's POST /predict (serve/uploads.py)
+            upload = await read_upload(request.headers.get("content-type"), limited(request, max_bytes).stream(),
+                                       max_files)
+            lm, version = await run_in_threadpool(jobs.loaded_model, job)
+            k, _, background = parse_options(upload.options, dict(request.query_params), len(lm.classes), top_k)
+        except UploadError as e:
+            raise JobError(e.status, e.message) from None
+        images = upload.images
         pictures = await run_in_threadpool(_decode_for_predict, images, job["kind"])
 
         def run() -> list[dict[str, Any]]:
             with _INFERENCE:
-                return predict_images(lm, pictures, top_k=k, device="cpu", names=[n for n, _ in images])
+                return predict_images(lm, pictures, top_k=k, device="cpu", names=[n for n, _ in images],
+                                      background=background)
 
         results = await run_in_threadpool(run)
         bad = next((r for r in results if "error" in r), None)
