@@ -182,25 +182,18 @@ def render_table(rows: list[dict[str, Any]]) -> str:
 
 def render_section(result: dict[str, Any]) -> str:
     answers = sorted({label for r in result["rows"] for label in r["labels"]})
-    intro = (f"`{result['command']}` on {result['date']}, model `{result['model']}` "
+    intro = (f"`{result['command']}` on {result['date']}, serving the run's model `{result['model']}` "
              f"({result['version']}), posting one real Fashion-MNIST test image "
              f"(PNG, multipart, true label {result['true_label']}; answers: {', '.join(answers)}) over "
              f"keep-alive loopback connections, each client waiting for its answer before the next request. "
              f"Latency: request sent to JSON parsed, per request. Machine: {result['machine']}. The client "
              f"threads run on the same machine as the server. Raw results: `bench/results/load.json`.")
-    return f"{BEGIN}\n{intro}\n\n{render_table(result['rows'])}\n{END}"
+    return f"{intro}\n\n{render_table(result['rows'])}"
 
 
 def write_doc(section: str, path: Path = DOC) -> None:
-    text = path.read_text(encoding="utf-8")
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    elif BEFORE in text:
-        text = text.replace(BEFORE, f"{HEADING}\n\n{section}\n\n{BEFORE}", 1)
-    else:
-        text = text.rstrip("\n") + f"\n\n{HEADING}\n\n{section}\n"
-    write_text(path, text)
+    write_text(path, benchmark.replace_section(path.read_text(encoding="utf-8"), BEGIN, END, section, HEADING,
+                                               before=BEFORE))
 
 
 def main(argv: list[str] | None = None) -> int:

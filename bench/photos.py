@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from minivision import photo  # noqa: E402
+from minivision import benchmark, photo  # noqa: E402
 from minivision.data.images import open_image  # noqa: E402
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -213,13 +212,8 @@ INTRO = ("A photo of a garment must get the label its Fashion-MNIST image gets. 
 
 
 def rewrite_section(text: str, table: str) -> str:
-    block = f"{BEGIN}\n{INTRO}\n\n{table}\n{END}"
-    if BEGIN in text and END in text:
-        return re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, count=1, flags=re.S)
-    anchor = "## Speed and accuracy (issue 3)"
-    if anchor in text:
-        return text.replace(anchor, f"{HEADING}\n\n{block}\n\n{anchor}", 1)
-    return text.rstrip("\n") + f"\n\n{HEADING}\n\n{block}\n"
+    return benchmark.replace_section(text, BEGIN, END, f"{INTRO}\n\n{table}", HEADING,
+                                     before="## Speed and accuracy (issue 3)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,6 @@ on a user's machine without touching these files.
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import sys
 import tempfile
@@ -57,10 +56,7 @@ def save_results(rows: dict[str, dict[str, Any]], path: Path | None = None) -> N
 
 def rewrite_section(text: str, table: str) -> str:
     """``text`` with the speed section replaced (or appended under its heading when the markers are missing)."""
-    block = f"{BEGIN}\n{INTRO}\n\n{table}\n{END}"
-    if BEGIN in text and END in text:
-        return re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, count=1, flags=re.S)
-    return text.rstrip("\n") + f"\n\n{HEADING}\n\n{block}\n"
+    return benchmark.replace_section(text, BEGIN, END, f"{INTRO}\n\n{table}", HEADING)
 
 
 def write_doc(table: str, doc: Path | None = None) -> None:

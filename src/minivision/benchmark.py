@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -251,8 +252,10 @@ def describe_machine(m: dict[str, Any]) -> str:
     flags = m.get("flags", {})
     have = [f for f, v in flags.items() if v]
     lacks = [f for f, v in flags.items() if not v]
-    text = (f"{m.get('cpu', '?')}, {m.get('cpu_count', '?')} CPUs (torch uses {m.get('torch_threads', '?')} "
-            f"threads), flags: {', '.join(have) or 'none of these'}" + (f" (no {', '.join(lacks)})" if lacks else "")
+    threads = m.get("torch_threads", "?")
+    text = (f"{m.get('cpu', '?')}, {m.get('cpu_count', '?')} CPUs (torch uses {threads} "
+            f"thread{'' if threads == 1 else 's'}), flags: {', '.join(have) or 'none of these'}"
+            + (f" (no {', '.join(lacks)})" if lacks else "")
             + f"; torch {m.get('torch', '?')}, Python {m.get('python', '?')}")
     return text + (f"; GPU {m['gpu']}" if m.get("gpu") else "; no GPU")
 
@@ -771,3 +774,15 @@ def render_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         lines.append(f"- `{r['id']}` ({r.get('date', '?')}): {r['what']}. " + (r.get("note") or ""))
     return "\n".join(lines)
+
+
+def replace_section(text: str, begin: str, end: str, body: str, heading: str, before: str | None = None) -> str:
+    """``text`` (docs/BENCHMARKS.md) with the block between the ``begin``/``end`` markers replaced by
+    ``body``; without the markers, ``heading`` and the block are inserted above the line ``before`` (or
+    appended). Every bench script writes its section of the doc through this."""
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text and end in text:
+        return re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, count=1, flags=re.S)
+    if before and before in text:
+        return text.replace(before, f"{heading}\n\n{block}\n\n{before}", 1)
+    return text.rstrip("\n") + f"\n\n{heading}\n\n{block}\n"
