@@ -10,23 +10,27 @@ extras=""
 
 sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else "$@"; fi; }
 
-# Fashion-MNIST from Debian's package (the four IDX .gz files in /usr/share/datasets/fashion-mnist).
-if ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null; then
-    echo "installing dataset-fashion-mnist (Debian package)..."
-    sudo_ apt-get update -qq || true
-    sudo_ apt-get install -y -qq dataset-fashion-mnist >/dev/null || \
-      echo "warning: could not install dataset-fashion-mnist; minivision will try to download the data" >&2
-  fi
+die() { echo "install.sh: $*" >&2; exit 1; }
+
+# Fashion-MNIST from Debian's package (the four IDX .gz files in /usr/share/datasets/fashion-mnist):
+# the README's first command trains on it, so not getting it is an error, not a warning.
+if [ -n "${MINIVISION_DATA:-}" ] && [ -f "$MINIVISION_DATA/train-images-idx3-ubyte.gz" ]; then
+  :  # a copy of the user's own
+elif ! dpkg -s dataset-fashion-mnist >/dev/null 2>&1; then
+  command -v apt-get >/dev/null || die "no apt-get here: Fashion-MNIST cannot be installed from Debian's \
+dataset-fashion-mnist; put its four .gz files in a folder and set MINIVISION_DATA to it (see README)"
+  echo "installing dataset-fashion-mnist (Debian package)..."
+  sudo_ apt-get update -qq || true
+  sudo_ apt-get install -y -qq dataset-fashion-mnist >/dev/null || \
+    die "could not install Debian's dataset-fashion-mnist (apt-get failed; see its output above)"
 fi
 
 # The browser tests (report.html, the web page) drive Debian's chromium through Playwright.
 if [ -n "$extras" ] && ! command -v chromium >/dev/null 2>&1; then
-  if command -v apt-get >/dev/null; then
-    echo "installing chromium (Debian package, for the browser tests)..."
-    sudo_ apt-get install -y -qq chromium >/dev/null || { sudo_ apt-get update -qq || true; \
-      sudo_ apt-get install -y -qq chromium >/dev/null; } || echo "warning: could not install chromium" >&2
-  fi
+  command -v apt-get >/dev/null || die "no apt-get here: install chromium for the browser tests"
+  echo "installing chromium (Debian package, for the browser tests)..."
+  sudo_ apt-get install -y -qq chromium >/dev/null || { sudo_ apt-get update -qq || true; \
+    sudo_ apt-get install -y -qq chromium >/dev/null; } || die "could not install Debian's chromium (apt-get failed)"
 fi
 
 PY=${PYTHON:-python3}
@@ -35,4 +39,6 @@ if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
   "$PY" -m pip install -q "torch==2.13.0"
 fi
 "$PY" -m pip install -q -e ".${extras}"
+"$PY" -c 'from minivision.data.sources import find_local; import sys; sys.exit(find_local("fashion-mnist") is None)' \
+  || die "Fashion-MNIST is not complete on this machine (its files are missing or renamed)"
 "$PY" -c 'import minivision, torch; print(f"minivision {minivision.__version__} installed (torch {torch.__version__})")'

@@ -22,14 +22,14 @@ from minivision import photo
 from minivision.cli import main
 from minivision.config import TrainConfig
 from minivision.data.images import open_image
-from minivision.errors import DataError, MinivisionError
+from minivision.errors import MinivisionError
 from minivision.fileio import read_json, write_json
 from minivision.predict import predict_images
 from minivision.preprocess import Preprocess
 from minivision.runfiles import load_model
 from minivision.train import fit
 
-from .conftest import synthetic_dataset
+from .conftest import require_fashion_mnist, synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 ZALANDO = {"method": "zalando", "background": "auto", "box": 28}
@@ -66,10 +66,8 @@ def _bench_photos():
 def _fashion_test(n: int = 40) -> tuple[np.ndarray, np.ndarray]:
     from minivision.data import load_dataset
 
-    try:
-        ds = load_dataset("fashion-mnist", test_only=True)
-    except DataError:
-        pytest.skip("Fashion-MNIST not installed (apt-get install -y dataset-fashion-mnist)")
+    require_fashion_mnist()
+    ds = load_dataset("fashion-mnist", test_only=True)
     idx = torch.linspace(0, len(ds.test) - 1, n).long()
     return ds.test.x[idx, 0].numpy(), ds.test.y[idx].numpy()
 

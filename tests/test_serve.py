@@ -39,10 +39,15 @@ STARTUP_S = 60
 # ----------------------------------------------------------------------------- a served run
 
 class Server:
-    """``minivision serve RUN --port 0 ARGS`` in a child process; ``url`` once it is listening."""
+    """``minivision serve RUN --port 0 ARGS`` in a child process; ``url`` once it is listening.
+
+    The jobs API's state folder is a fresh one beside ``log`` unless ARGS name one: never the default
+    ``runs/jobs``, whose trainings a test server would otherwise resume."""
 
     def __init__(self, run: Path, *args: str, log: Path) -> None:
         self.log = log
+        if "--jobs" not in args:
+            args = (*args, "--jobs", str(log.with_name(f"{log.stem}-jobs")))
         self.proc = subprocess.Popen([sys.executable, "-m", "minivision", "serve", str(run), "--port", "0", *args],
                                      stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True)
         lines: queue.Queue[str] = queue.Queue()

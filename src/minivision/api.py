@@ -18,6 +18,7 @@ import torch
 from .config import TrainConfig
 from .data.dataset import Dataset
 from .errors import MinivisionError
+from .fileio import fsync_path
 from .runfiles import LoadedModel, load_model
 
 
@@ -158,7 +159,9 @@ class Classifier:
         for name in ("model.safetensors", "model.json", "results.csv", "args.yaml"):
             if (lm.path / name).is_file():
                 shutil.copy2(lm.path / name, tmp / name)
+                fsync_path(tmp / name)
         tmp.rename(dest)
+        fsync_path(dest.parent, directory=True)
         return dest
 
     def __repr__(self) -> str:

@@ -31,7 +31,11 @@ _UMASK = _umask()  # read once at import: os.umask can only be read by setting i
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success move it into place, else delete it."""
+    """Yield a temporary path beside ``path``; on success move it into place, else delete it.
+
+    Whatever was written to the temporary file is flushed to disk (``fsync``) before the rename, and
+    the folder after it, so a power cut leaves the old file or the complete new one, not an empty one
+    (a rename can reach the disk before the data it points to)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -39,19 +43,36 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        fsync_path(tmp)
         os.replace(tmp, path)
+        fsync_path(path.parent, directory=True)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
 
 
+def fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
+    """Flush ``path`` (a file, or a folder's entries) to disk; a folder that cannot be opened is skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:  # some file systems cannot fsync a folder; a file must be flushed
+            raise
+    finally:
+        os.close(fd)
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

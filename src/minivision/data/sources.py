@@ -243,14 +243,27 @@ def _not_found_message(source: Source, target: Path, reason: str) -> str:
     return f"{source.name} not found and download failed ({reason}): {', '.join(ways)}"
 
 
+def _explicit_dir(data_dir: str | Path | None) -> Path | None:
+    explicit = data_dir if data_dir is not None else os.environ.get("MINIVISION_DATA") or None
+    return Path(explicit).expanduser() if explicit is not None else None
+
+
+def find_local(name: str, data_dir: str | Path | None = None) -> Path | None:
+    """The folder holding a complete copy of dataset ``name`` on this machine, or None; never downloads.
+
+    Looks where ``locate`` looks, in the same order: ``data_dir`` (else ``$MINIVISION_DATA``), the
+    user cache, Debian's dataset packages. Raises DataError for an unknown name."""
+    source = get_source(name)
+    return next((f for f in _candidates(source, _explicit_dir(data_dir)) if _complete(f, source)), None)
+
+
 def locate(name: str, data_dir: str | Path | None = None) -> Path:
     """The folder holding the files of dataset ``name``, downloading them if no copy is found."""
     source = get_source(name)
-    explicit = data_dir if data_dir is not None else os.environ.get("MINIVISION_DATA") or None
-    explicit_dir = Path(explicit).expanduser() if explicit is not None else None
-    for folder in _candidates(source, explicit_dir):
-        if _complete(folder, source):
-            return folder
+    explicit_dir = _explicit_dir(data_dir)
+    found = find_local(name, data_dir)
+    if found is not None:
+        return found
     target = explicit_dir if explicit_dir is not None else user_cache_dir() / "datasets" / source.name
     try:
         target.mkdir(parents=True, exist_ok=True)
