@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .config import DEVICES, add_train_arguments
 from .errors import MinivisionError
 
 
@@ -45,7 +46,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message}\n")
 
 
-def _number(kind, lo=None, hi=None, lo_open=False):
+def _number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
     def parse(text: str):
         try:
             value = kind(text)
@@ -56,8 +57,8 @@ def _number(kind, lo=None, hi=None, lo_open=False):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if lo is not None and (value <= lo if lo_open else value < lo):
             raise argparse.ArgumentTypeError(f"must be {'>' if lo_open else '>='} {lo}, got {text}")
-        if hi is not None and value > hi:
-            raise argparse.ArgumentTypeError(f"must be <= {hi}, got {text}")
+        if hi is not None and (value >= hi if hi_open else value > hi):
+            raise argparse.ArgumentTypeError(f"must be {'<' if hi_open else '<='} {hi}, got {text}")
         return value
     return parse
 
@@ -69,7 +70,7 @@ def _model_and_split(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--test-data")
     p.add_argument("--split", choices=["test", "val", "train"], default="test")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--device", choices=DEVICES, default="auto")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,40 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model; writes a run folder (runs/train, runs/train2, ...)")
-    t.add_argument("--data", default=None,
-                   help="fashion-mnist (default), mnist, cifar10, a CSV file or an image folder")
-    t.add_argument("--test-data", default=None, help="a second CSV file used as the test split")
-    t.add_argument("--data-dir", default=None, help="folder with the dataset files (else $MINIVISION_DATA, cache, ...)")
-    t.add_argument("--model", default=None,
-                   help="model name (see `minivision models`); default: the largest that fits the budget")
-    t.add_argument("--budget", metavar="DURATION",
-                   help="wall-clock time for the whole run, e.g. 30s, 3m, 1h30m: picks the network and the "
-                        "number of steps (default 30s when no --model/--epochs/--steps is given)")
-    g = t.add_mutually_exclusive_group()
-    g.add_argument("--epochs", type=_number(int, 1), help="passes over the training split")
-    g.add_argument("--steps", type=_number(int, 1), help="or a number of optimizer steps")
-    t.add_argument("--batch-size", type=_number(int, 1))
-    t.add_argument("--optimizer", choices=["adam", "sgd", "adamw", "gd"])
-    t.add_argument("--lr", type=_number(float, 0, lo_open=True), help="(peak) learning rate")
-    t.add_argument("--momentum", type=_number(float, 0, 0.999))
-    t.add_argument("--weight-decay", type=_number(float, 0))
-    t.add_argument("--schedule", choices=["constant", "onecycle", "cosine"])
-    t.add_argument("--label-smoothing", type=_number(float, 0, 0.99))
-    t.add_argument("--augment", help='e.g. "flip,shift=2,rotate=10,zoom=0.1,erase=0.5", or "none"')
-    t.add_argument("--normalize", choices=["unit", "standard"])
-    v = t.add_mutually_exclusive_group()
-    v.add_argument("--val-split", type=_number(float, 0, 0.99, lo_open=True),
-                   help="stratified random fraction of train for validation (default 0.2)")
-    v.add_argument("--val-first", type=_number(int, 1), help="the first N training images as validation")
-    t.add_argument("--seed", type=_number(int, 0), default=0)
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    t.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    t.add_argument("--out", default="runs", help="parent folder of run folders (default runs)")
-    t.add_argument("--name", default="train", help="run folder name (default train; never overwritten)")
+    add_train_arguments(t, _number)  # one flag per training setting, from config.SETTINGS
     t.add_argument("--resume", metavar="RUN",
                    help="continue an interrupted run, or extend a finished one with --epochs")
-    t.add_argument("--tensorboard", action="store_true",
-                   help="also write TensorBoard events (scalars per epoch, the report's pictures) to RUN/tensorboard")
     t.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
 
     e = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy and confusion matrix of a model")
@@ -127,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("model", metavar="RUN_OR_MODEL")
     pr.add_argument("paths", nargs="+", metavar="PATH")
     pr.add_argument("--top-k", type=_number(int, 1), default=3)
-    pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    pr.add_argument("--device", choices=DEVICES, default="auto")
     pr.add_argument("--tta", action="store_true", help="flip test-time augmentation (plain scores shown beside)")
     po = pr.add_mutually_exclusive_group()
     po.add_argument("--json", action="store_true", help="one JSON list on stdout")
@@ -167,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     cg.add_argument("--epochs", type=_number(int, 1), help="the same number of epochs for every model")
     cg.add_argument("--budget", metavar="DURATION", help="the same time budget for every model, e.g. 1m")
     c.add_argument("--seed", type=_number(int, 0), default=0)
-    c.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    c.add_argument("--device", choices=DEVICES, default="auto")
     c.add_argument("--out", default="runs", help="parent folder of the compare folder (default runs)")
     c.add_argument("--name", default="compare", help="compare folder name (default compare; never overwritten)")
     c.add_argument("--json", action="store_true", help="the rows as one JSON list on stdout")
@@ -202,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-files", type=_number(int, 1, 1024), default=16, help="images per request (default 16)")
     sv.add_argument("--top-k", type=_number(int, 1), default=3, help="classes per image when a request does not say")
     sv.add_argument("--threads", type=_number(int, 1, 256), help="torch threads (default: half the cores, 1 to 4)")
-    sv.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    sv.add_argument("--device", choices=DEVICES, default="auto")
     sv.add_argument("--access-log", action="store_true", help="log every request")
     sv.add_argument("--jobs", metavar="DIR", default="runs/jobs",
                     help="state folder of the training-jobs API (POST /models ...; default runs/jobs); "
@@ -226,27 +196,18 @@ def _json(obj) -> str:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .config import TrainConfig
+    from .config import config_from, given_settings, resume_changes
     from .train import fit
 
-    budget = None
-    if a.budget is not None:
+    given = given_settings(a)
+    if given.get("budget") is not None:
         from .budget import parse_duration
 
-        budget = parse_duration(a.budget)
-    cfg = TrainConfig(
-        data=a.data or "fashion-mnist", data_dir=a.data_dir, test_data=a.test_data, model=a.model, budget=budget,
-        epochs=a.epochs, steps=a.steps, batch_size=a.batch_size, optimizer=a.optimizer, lr=a.lr,
-        momentum=a.momentum, weight_decay=a.weight_decay, schedule=a.schedule,
-        label_smoothing=a.label_smoothing, augment=a.augment, normalize=a.normalize, val_split=a.val_split,
-        val_first=a.val_first, seed=a.seed, device=a.device, precision=a.precision, out=a.out, name=a.name,
-        tensorboard=a.tensorboard)
+        given["budget"] = parse_duration(given["budget"])
     if a.resume:
-        given = {k for k in ("data", "model", "budget", "batch_size", "optimizer", "lr", "augment", "steps")
-                 if getattr(a, k)}
-        if given:
-            raise MinivisionError(f"--resume takes the run's own settings; drop --{sorted(given)[0].replace('_', '-')}")
-    result = fit(cfg, resume=a.resume, started=a.started)
+        result = fit(config_from(resume_changes(given)), resume=a.resume, resume_changes=given, started=a.started)
+    else:
+        result = fit(config_from(given), started=a.started)
     if result.interrupted:
         return 130
     summary = {"run": str(result.run_dir), **result.test}

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .budget import format_duration, parse_duration
-from .config import TrainConfig, resolve
+from .config import SETTINGS, TrainConfig, check_settings, resolve
 from .data.dataset import Dataset
 from .errors import MinivisionError
 from .fileio import new_run_dir, write_text
@@ -434,12 +434,12 @@ _FIXED = ("model", "data", "data_dir", "test_data", "epochs", "budget", "seed", 
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
-    allowed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _FIXED]
-    for key in settings:
-        if key not in allowed:
-            hint = difflib.get_close_matches(key, allowed, n=1)
-            raise MinivisionError(f"compare: unknown training setting {key!r}"
-                                  + (f"; did you mean {hint[0]!r}?" if hint else ""))
+    """The per-model settings compare may take: any training setting but those it sets for every model."""
+    allowed = {n: s for n, s in SETTINGS.items() if n not in _FIXED}
+    try:
+        check_settings(settings, allowed=allowed, what="training setting")
+    except MinivisionError as e:
+        raise MinivisionError(f"compare: {e}") from None
 
 
 def _failed_row(model: str, ds: Dataset, data: str, error: str, run: str = "") -> dict[str, Any]:

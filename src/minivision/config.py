@@ -1,13 +1,26 @@
-"""Training settings: one dataclass, every field commented, resolved against the model's defaults.
+"""Training settings, each declared once: type, default, bounds or choices, help, and whether
+``--resume`` may change it.
 
-A field left as ``None`` takes the model's tutorial setting (see ``models.registry``), then the
-global default below; the resolved config is what ``args.yaml`` records, so a run says exactly
-how it was trained.
+A ``TrainConfig`` field's metadata (``_setting``) is the only place a setting's rules are written.
+From it come: the ``train`` command's flags (``add_train_arguments``), ``validate`` (every caller:
+the CLI, the Python API, ``compare``, a resumed run's args.yaml), the registry's check of a model's
+recipe (``check_recipe``), ``compare``'s per-model settings (``check_settings``) and the resume
+rule (``resume_changes``). Written by hand, not with a schema library: the rules are few, and the
+CLI flags, the messages and the recipe check all come from the same lines (in the manner of
+nanoGPT's commented dataclass and Ultralytics' typed keys).
+
+A recipe field left as ``None`` takes the model's registered default (see ``models.registry``),
+then its ``fallback`` below; the resolved config is what ``args.yaml`` records, so a run says
+exactly how it was trained.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,115 +32,269 @@ DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
 NORMALIZE = ("unit", "standard")
 
-# Used where neither the command line nor the model's registered defaults say otherwise.
-GLOBAL_DEFAULTS: dict[str, Any] = {
-    "optimizer": "adam",      # Keras' usual choice
-    "lr": 1e-3,               # Keras' Adam default
-    "momentum": 0.9,          # SGD only
-    "nesterov": False,        # SGD only
-    "weight_decay": 0.0,      # L2 for sgd/adam, decoupled for adamw
-    "batch_size": 128,
-    "epochs": 10,
-    "steps": None,            # train for a step count instead of epochs
-    "val_split": 0.2,         # stratified, seeded random fraction held out for validation
-    "val_first": None,        # or: the first N training images as validation
-    "schedule": "constant",
-    "label_smoothing": 0.0,
-    "augment": "",            # e.g. "flip,shift=2,rotate=10,zoom=0.1,erase=0.5"
-    "normalize": "unit",      # unit: x/255 (Keras Rescaling); standard: per-channel mean/std
-}
+_AUGMENT_ITEM = re.compile(r"^[a-z][a-z0-9_]*(=[0-9]+(\.[0-9]+)?)?$")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """The rules of one training setting (built from a ``TrainConfig`` field's metadata)."""
+
+    name: str
+    kind: type                     # int, float, str, bool or dict
+    help: str
+    choices: tuple[str, ...] | None = None
+    lo: float | None = None        # bounds; lo_open / hi_open make them strict
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    recipe: bool = False           # a model may set it as a default; None means "the model's, then fallback"
+    fallback: Any = None           # the global default of a recipe setting
+    resume: bool = False           # `--resume` may change it
+    group: str | None = None       # settings of one group are alternatives (one flag at a time)
+    flag: bool = True              # a flag of `minivision train`
+    metavar: str | None = None
+
+    @property
+    def option(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def bounds_text(self) -> str:
+        if self.lo is not None and self.hi is not None:
+            return f"in {'(' if self.lo_open else '['}{_num(self.lo)}, {_num(self.hi)}{')' if self.hi_open else ']'}"
+        if self.lo is not None:
+            return f"{'>' if self.lo_open else '>='} {_num(self.lo)}"
+        return f"{'<' if self.hi_open else '<='} {_num(self.hi)}"
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not valid for this setting (a phrase), or None. ``None`` values are fine."""
+        if value is None:
+            return None
+        if self.kind is bool:
+            return None if isinstance(value, bool) else "must be true or false"
+        if self.kind in (int, float):
+            ok = (isinstance(value, int) if self.kind is int else isinstance(value, int | float))
+            if not ok or isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
+                return "must be an integer" if self.kind is int else "must be a number"
+            lo_bad = self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo)
+            hi_bad = self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)
+            return f"must be {self.bounds_text()}" if lo_bad or hi_bad else None
+        if self.kind is str and not isinstance(value, str):
+            return "must be a string"
+        if self.choices is not None and value not in self.choices:
+            close = difflib.get_close_matches(str(value), self.choices, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            return f"must be one of {', '.join(self.choices)}{hint}"
+        if self.name == "augment":
+            bad = [t for t in value.split(",") if value and t.strip() != "none" and not _AUGMENT_ITEM.match(t.strip())]
+            return f"has malformed item(s) {', '.join(repr(b) for b in bad)} (e.g. 'flip,shift=2')" if bad else None
+        if self.name == "name" and (not value or "/" in value or value in (".", "..")):
+            return "must be a plain folder name"
+        return None
+
+
+def _num(v: float) -> str:
+    return f"{v:g}"
+
+
+def _setting(default: Any = None, help: str = "", **rules: Any) -> Any:
+    return field(default=default, metadata={"setting": rules | {"help": help}})
 
 
 @dataclass
 class TrainConfig:
-    data: str = "fashion-mnist"          # dataset name, CSV file or image folder
-    data_dir: str | None = None          # where named datasets live (else $MINIVISION_DATA, cache, Debian)
-    test_data: str | None = None         # a second CSV used as the test split
-    model: str | None = None             # registry name (`minivision models`); None: chosen by the budget
-    budget: float | str | None = None    # wall-clock seconds (or "3m") for the whole run; see budget.py
-    epochs: int | None = None            # passes over the training split
-    steps: int | None = None             # or a number of optimizer steps
-    batch_size: int | None = None
-    optimizer: str | None = None         # adam | sgd | adamw | gd (plain gradient descent)
-    lr: float | None = None              # peak learning rate
-    momentum: float | None = None
-    nesterov: bool | None = None
-    weight_decay: float | None = None
-    schedule: str | None = None          # constant | onecycle | cosine
-    label_smoothing: float | None = None
-    augment: str | None = None           # comma list, see data.augment
-    normalize: str | None = None         # unit | standard
-    val_split: float | None = None       # fraction of train held out (stratified, seeded)
-    val_first: int | None = None         # first N train images held out instead
-    seed: int = 0                        # same seed, same machine -> same history
-    device: str = "auto"                 # auto | cpu | cuda
-    precision: str = "auto"              # auto | fp32 | bf16 (autocast)
-    out: str = "runs"                    # parent folder of run folders
-    name: str = "train"                  # run folder name; train, train2, ... never overwritten
-    tensorboard: bool = False            # also write TensorBoard event files to <run>/tensorboard
-    extra: dict[str, Any] = field(default_factory=dict)  # model builder kwargs
+    """How to train: every field's rules are in its metadata (see ``SETTINGS``)."""
+
+    data: str = _setting("fashion-mnist", "fashion-mnist (default), mnist, cifar10, a CSV file or an image folder")
+    data_dir: str | None = _setting(None, "folder with the dataset files (else $MINIVISION_DATA, cache, ...)")
+    test_data: str | None = _setting(None, "a second CSV file used as the test split")
+    model: str | None = _setting(None, "model name (see `minivision models`); default: the largest that fits "
+                                       "the budget")
+    budget: float | str | None = _setting(
+        None, "wall-clock time for the whole run, e.g. 30s, 3m, 1h30m: picks the network and the number of "
+              "steps (default 30s when no --model/--epochs/--steps is given)", kind=float, lo=0, lo_open=True,
+        metavar="DURATION")
+    epochs: int | None = _setting(None, "passes over the training split", kind=int, lo=1, recipe=True,
+                                  fallback=10, resume=True, group="length")
+    steps: int | None = _setting(None, "or a number of optimizer steps", kind=int, lo=1, recipe=True,
+                                 group="length")
+    batch_size: int | None = _setting(None, "images per step", kind=int, lo=1, recipe=True, fallback=128)
+    optimizer: str | None = _setting(None, "adam | sgd | adamw | gd (plain gradient descent: SGD without "
+                                           "momentum)", choices=OPTIMIZERS, recipe=True, fallback="adam")
+    lr: float | None = _setting(None, "(peak) learning rate; Keras' Adam default 0.001", kind=float, lo=0,
+                                lo_open=True, recipe=True, fallback=1e-3)
+    momentum: float | None = _setting(None, "SGD momentum", kind=float, lo=0, hi=1, hi_open=True, recipe=True,
+                                      fallback=0.9)
+    nesterov: bool | None = _setting(None, "Nesterov momentum (SGD only)", kind=bool, recipe=True, fallback=False)
+    weight_decay: float | None = _setting(None, "L2 weight decay for sgd/adam, decoupled for adamw (never on "
+                                                "biases and norm layers)", kind=float, lo=0, recipe=True,
+                                          fallback=0.0)
+    schedule: str | None = _setting(None, "learning-rate schedule", choices=SCHEDULES, recipe=True,
+                                    fallback="constant")
+    label_smoothing: float | None = _setting(None, "label smoothing of the cross-entropy loss", kind=float, lo=0,
+                                             hi=1, hi_open=True, recipe=True, fallback=0.0)
+    augment: str | None = _setting(None, 'e.g. "flip,shift=2,rotate=10,zoom=0.1,erase=0.5", or "none"',
+                                   recipe=True, fallback="")
+    normalize: str | None = _setting(None, "unit: x/255 (Keras Rescaling); standard: per-channel mean/std of the "
+                                           "training set", choices=NORMALIZE, recipe=True, fallback="unit")
+    val_split: float | None = _setting(None, "stratified, seeded random fraction of train for validation "
+                                             "(default 0.2)", kind=float, lo=0, hi=1, lo_open=True, hi_open=True,
+                                       recipe=True, fallback=0.2, group="validation")
+    val_first: int | None = _setting(None, "the first N training images as validation (as the MLP tutorial)",
+                                     kind=int, lo=1, recipe=True, group="validation")
+    seed: int = _setting(0, "same seed, same machine: same history", kind=int, lo=0)
+    device: str = _setting("auto", "where to train", choices=DEVICES, resume=True)
+    precision: str = _setting("auto", "auto: bf16 autocast where the hardware has it, else fp32",
+                              choices=PRECISIONS, resume=True)
+    out: str = _setting("runs", "parent folder of run folders (default runs)")
+    name: str = _setting("train", "run folder name (default train; never overwritten: train2, train3, ...)")
+    tensorboard: bool = _setting(False, "also write TensorBoard events (scalars per epoch, the report's pictures) "
+                                        "to RUN/tensorboard", kind=bool, resume=True)
+    extra: dict[str, Any] = field(default_factory=dict, metadata={"setting": {
+        "help": "model builder keyword arguments", "kind": dict, "flag": False}})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(d) - set(SETTINGS))
         if unknown:
             raise MinivisionError(f"unknown setting(s) {', '.join(unknown)}")
         return cls(**d)
 
 
-def resolve(cfg: TrainConfig, model_defaults: dict[str, Any]) -> TrainConfig:
+def _build_settings() -> dict[str, Setting]:
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        rules = dict(f.metadata["setting"])
+        rules.setdefault("kind", str)
+        out[f.name] = Setting(name=f.name, **rules)
+    return out
+
+
+#: Every training setting by name, in declaration order.
+SETTINGS: dict[str, Setting] = _build_settings()
+#: The settings a model may set as its recipe, with the global default each falls back to.
+GLOBAL_DEFAULTS: dict[str, Any] = {n: s.fallback for n, s in SETTINGS.items() if s.recipe}
+
+
+# ----------------------------------------------------------------------------- checks
+
+def check_settings(values: Mapping[str, Any], *, allowed: Mapping[str, Setting] | None = None,
+                   what: str = "setting") -> None:
+    """Known names (with a "did you mean") and valid values; raises MinivisionError naming the first problem."""
+    allowed = SETTINGS if allowed is None else allowed
+    for key, value in values.items():
+        if key not in allowed:
+            hint = difflib.get_close_matches(key, list(allowed), n=1)
+            extra = f"; did you mean '{hint[0]}'?" if hint else f"; known: {', '.join(allowed)}"
+            raise MinivisionError(f"unknown {what} '{key}'{extra}")
+        problem = allowed[key].problem(value)
+        if problem:
+            raise MinivisionError(f"{allowed[key].option} {problem}, got {value!r}")
+
+
+def check_recipe(defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a model's registered training defaults: recipe settings only, valid values, no contradictions.
+
+    Raises MinivisionError (one line) naming the first problem; returns a plain copy."""
+    check_settings(defaults, allowed={n: s for n, s in SETTINGS.items() if s.recipe}, what="training setting")
+    _check_together(defaults, lambda k: k in defaults)
+    if defaults.get("nesterov") and defaults.get("optimizer", "sgd") != "sgd":
+        raise MinivisionError("nesterov=True needs optimizer 'sgd'")
+    if defaults.get("nesterov") and not defaults.get("momentum"):
+        raise MinivisionError("nesterov=True needs momentum > 0")
+    return dict(defaults)
+
+
+def _check_together(values: Mapping[str, Any], given: Callable[[str], bool]) -> None:
+    """At most one setting of each group (``--epochs``/``--steps``, ``--val-split``/``--val-first``)."""
+    groups: dict[str, list[Setting]] = {}
+    for s in SETTINGS.values():
+        if s.group and given(s.name) and values.get(s.name) is not None:
+            groups.setdefault(s.group, []).append(s)
+    for members in groups.values():
+        if len(members) > 1:
+            raise MinivisionError(f"give {members[0].option} or {members[1].option}, not both")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check a resolved config (every caller: CLI, API, compare, resume); raises MinivisionError."""
+    check_settings({k: v for k, v in cfg.to_dict().items()})
+    if cfg.epochs is None and cfg.steps is None:
+        raise MinivisionError("give --epochs or --steps")
+    for name in GLOBAL_DEFAULTS:
+        if getattr(cfg, name) is None and SETTINGS[name].group is None:
+            raise MinivisionError(f"{SETTINGS[name].option} is not set")
+
+
+def resolve(cfg: TrainConfig, model_defaults: Mapping[str, Any]) -> TrainConfig:
     """Fill every ``None`` from the model's defaults, then the global defaults, and validate."""
     out = dataclasses.replace(cfg)
     explicit = {k for k in GLOBAL_DEFAULTS if getattr(cfg, k) is not None}
     for key, value in GLOBAL_DEFAULTS.items():
         if getattr(out, key) is None:
             setattr(out, key, model_defaults.get(key, value))
-    # An explicit --epochs beats a model's default step count and vice versa.
-    if "epochs" in explicit and "steps" not in explicit:
-        out.steps = None
-    if "steps" in explicit:
-        out.epochs = None
-    elif out.steps is not None:
-        out.epochs = None
-    # An explicit validation rule replaces the model's.
-    if "val_first" in explicit and "val_split" not in explicit:
-        out.val_split = None
-    elif "val_split" in explicit:
-        out.val_first = None
-    elif out.val_first is not None:
-        out.val_split = None
+    # of two alternatives, the one given explicitly wins over the model's, and the model's over the fallback
+    for group in {s.group for s in SETTINGS.values() if s.group}:
+        names = [n for n, s in SETTINGS.items() if s.group == group]
+        chosen = ([n for n in names if n in explicit] or [n for n in names if n in model_defaults]
+                  or [n for n in names if SETTINGS[n].fallback is not None])
+        for n in names:
+            if chosen and n != chosen[0]:
+                setattr(out, n, None)
     validate(out)
     return out
 
 
-def validate(cfg: TrainConfig) -> None:
-    def need(ok: bool, msg: str) -> None:
-        if not ok:
-            raise MinivisionError(msg)
+def resume_changes(given: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a ``--resume`` may change, from those the user gave; any other raises MinivisionError
+    (a resumed run trains with its own settings: changing them would not be the same run)."""
+    refused = [SETTINGS[k].option for k, v in given.items() if v is not None and not SETTINGS[k].resume]
+    if refused:
+        return_hint = ", ".join(s.option for s in SETTINGS.values() if s.resume and s.flag)
+        raise MinivisionError(f"--resume trains with the run's own settings: {', '.join(refused)} cannot change "
+                              f"(only {return_hint} can)")
+    return {k: v for k, v in given.items() if v is not None}
 
-    need(cfg.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {cfg.optimizer!r}")
-    need(cfg.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {cfg.schedule!r}")
-    need(cfg.device in DEVICES, f"--device must be one of {', '.join(DEVICES)}, got {cfg.device!r}")
-    need(cfg.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
-    need(cfg.normalize in NORMALIZE, f"--normalize must be one of {', '.join(NORMALIZE)}, got {cfg.normalize!r}")
-    need(cfg.epochs is None or cfg.epochs >= 1, f"--epochs must be >= 1, got {cfg.epochs}")
-    need(cfg.steps is None or cfg.steps >= 1, f"--steps must be >= 1, got {cfg.steps}")
-    need(cfg.epochs is not None or cfg.steps is not None, "give --epochs or --steps")
-    need(cfg.batch_size >= 1, f"--batch-size must be >= 1, got {cfg.batch_size}")
-    need(cfg.lr > 0, f"--lr must be > 0, got {cfg.lr}")
-    need(0 <= cfg.momentum < 1, f"--momentum must be in [0, 1), got {cfg.momentum}")
-    need(cfg.weight_decay >= 0, f"--weight-decay must be >= 0, got {cfg.weight_decay}")
-    need(0 <= cfg.label_smoothing < 1, f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    if cfg.val_split is not None:
-        need(0 < cfg.val_split < 1, f"--val-split must be in (0, 1), got {cfg.val_split}")
-    if cfg.val_first is not None:
-        need(cfg.val_first >= 1, f"--val-first must be >= 1, got {cfg.val_first}")
-    need(cfg.budget is None or (isinstance(cfg.budget, (int, float)) and cfg.budget > 0),
-         f"--budget must be a positive number of seconds, got {cfg.budget!r}")
-    need(cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}")
-    need(bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."),
-         f"--name must be a plain folder name, got {cfg.name!r}")
+
+# ----------------------------------------------------------------------------- the train command's flags
+
+def add_train_arguments(parser: Any, number: Callable[..., Callable[[str], Any]]) -> None:
+    """Add one flag per setting to ``parser`` (argparse), every default None so a given flag can be told
+    from an absent one; ``number(kind, lo, hi, lo_open=, hi_open=)`` parses a bounded number."""
+    import argparse
+
+    groups: dict[str, Any] = {}
+    for s in SETTINGS.values():
+        if not s.flag:
+            continue
+        target = parser
+        if s.group:
+            if s.group not in groups:
+                groups[s.group] = parser.add_mutually_exclusive_group()
+            target = groups[s.group]
+        bounds = f" ({s.bounds_text()})" if s.lo is not None or s.hi is not None else ""
+        kw: dict[str, Any] = {"default": None, "help": s.help + bounds, "dest": s.name}
+        if s.kind is bool:  # a recipe's switch can be turned off too (--no-nesterov); others only on
+            kw["action"] = argparse.BooleanOptionalAction if s.recipe else "store_true"
+        elif s.choices is not None:
+            kw["choices"] = s.choices
+        elif s.kind in (int, float) and s.name != "budget":
+            kw["type"] = number(s.kind, s.lo, s.hi, lo_open=s.lo_open, hi_open=s.hi_open)
+        if s.metavar:
+            kw["metavar"] = s.metavar
+        target.add_argument(s.option, **kw)
+
+
+def given_settings(namespace: Any) -> dict[str, Any]:
+    """The settings given on the command line (argparse namespace from ``add_train_arguments``)."""
+    return {n: getattr(namespace, n) for n, s in SETTINGS.items()
+            if s.flag and getattr(namespace, n, None) not in (None, False)}
+
+
+def config_from(given: Mapping[str, Any]) -> TrainConfig:
+    """A TrainConfig from given settings (the rest at their declared defaults), checked."""
+    check_settings(given)
+    _check_together(given, lambda k: True)
+    return TrainConfig(**given)

@@ -185,17 +185,25 @@ def _log(msg: str) -> None:
 
 
 def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path | None = None,
-        progress: bool | None = None, log: Callable[[str], None] = _log, started: float | None = None) -> RunResult:
+        progress: bool | None = None, log: Callable[[str], None] = _log, started: float | None = None,
+        clock: Callable[[], float] = time.monotonic, resume_changes: dict[str, Any] | None = None) -> RunResult:
     """Train as ``cfg`` says, in a new run folder (or the interrupted one given as ``resume``).
 
     With no model, epochs, steps or budget, the budget is ``budget.DEFAULT_BUDGET_S``; a budget is
-    counted from ``started`` (``time.monotonic()``; the CLI passes the time it started)."""
-    started = time.monotonic() if started is None else started
+    counted from ``started`` (``clock()``; the CLI passes the time it started). ``clock`` is the time
+    the budget's deadline and ``Planner`` read (a test seam: a fake clock drives a budget run without
+    timing anything; the network probe still times real steps). ``resume_changes``: with ``resume``,
+    the settings a resume may change (``config.resume_changes``: epochs to extend a finished run,
+    device, precision, tensorboard); without it, ``cfg``'s epochs/steps/tensorboard as before."""
+    started = clock() if started is None else started
     state: dict[str, Any] | None = None
     run_dir: Path | None = None
     history: list[dict[str, float]] = []
     if resume is not None:
-        cfg, run_dir, state, history = _prepare_resume(Path(resume), cfg, log)
+        changes = resume_changes if resume_changes is not None else {
+            k: v for k, v in (("epochs", cfg.epochs), ("steps", cfg.steps), ("tensorboard", cfg.tensorboard or None))
+            if v is not None}
+        cfg, run_dir, state, history = _prepare_resume(Path(resume), changes, log)
     augment_from_user = cfg.augment is not None
     user_cfg = cfg
     if resume is None:
@@ -220,7 +228,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
 
     plan: Plan | None = None
     if resume is None and cfg.budget is not None:
-        cfg, plan = _plan_budget(user_cfg, cfg, ds, device, precision, started, log)
+        cfg, plan = _plan_budget(user_cfg, cfg, ds, device, precision, started, log, clock)
     if resume is None and not augment_from_user and ds.name in MIRROR_SENSITIVE and Augment.parse(cfg.augment).flip:
         cfg = dataclasses.replace(cfg, augment=dataclasses.replace(Augment.parse(cfg.augment), flip=0.0).spec())
         log(f"note: no flip augmentation for {ds.name} (a mirrored digit is another digit); augment={cfg.augment!r}")
@@ -262,7 +270,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
             loop.planner = Planner(started + plan.budget_s, loop.batches_per_epoch,
                                    len(ds.val) if ds.val is not None else 0,
                                    len(ds.test) if ds.test is not None else 0, cfg.batch_size,
-                                   report=loop.report_follows)
+                                   clock=clock, report=loop.report_follows)
     if state is not None:
         loop.restore(state)
     interrupted = loop.run()
@@ -315,13 +323,14 @@ def _sync_time(device: torch.device) -> float:
 
 
 def _plan_budget(user_cfg: TrainConfig, cfg: TrainConfig, ds: Dataset, device: torch.device, precision: str,
-                 started: float, log: Callable[[str], None]) -> tuple[TrainConfig, Plan]:
+                 started: float, log: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic) -> tuple[TrainConfig, Plan]:
     """Pick the network (unless the user named one) and a first step count for ``cfg.budget``."""
     budget = float(cfg.budget)
     deadline = started + budget
     n = len(ds.train.y)
     # keep back the final test pass and file writes, roughly; the planner refines this as it runs
-    usable = lambda: (deadline - time.monotonic()) * 0.9 - Planner.END_RESERVE_S  # noqa: E731
+    usable = lambda: (deadline - clock()) * 0.9 - Planner.END_RESERVE_S  # noqa: E731
     probed: dict[str, float] = {}
     name = user_cfg.model
     if name is None:
@@ -390,16 +399,24 @@ def read_args(run_dir: Path) -> TrainConfig:
     return TrainConfig.from_dict(data)
 
 
-def _prepare_resume(path: Path, overrides: TrainConfig, log: Callable[[str], None]):
-    """Resume an interrupted run in place, or extend a finished one into a new run folder."""
+def _prepare_resume(path: Path, changes: dict[str, Any], log: Callable[[str], None]):
+    """Resume an interrupted run in place, or extend a finished one into a new run folder.
+
+    ``changes``: settings the user gave with ``--resume`` (checked by ``config.resume_changes``); each is
+    honoured or refused with a one-line error, never ignored."""
+    from .config import resume_changes
+
+    changes = resume_changes(changes)
     if not path.is_dir():
         raise MinivisionError(f"--resume {path}: no such run folder")
     ckpt = path / "last.safetensors"
     if not ckpt.is_file():
         raise MinivisionError(f"--resume {path}: no last.safetensors checkpoint in it")
     cfg = read_args(path)
-    if overrides.tensorboard:
-        cfg = dataclasses.replace(cfg, tensorboard=True)
+    honoured = {k: v for k, v in changes.items() if k in ("device", "precision", "tensorboard")}
+    if honoured:
+        cfg = dataclasses.replace(cfg, **honoured)
+        log("resume with " + ", ".join(f"{k}={v}" for k, v in honoured.items()))
     model_state, opt_state, progress = load_checkpoint(ckpt)
     state = {"model": model_state, "optimizer": opt_state, "progress": progress}
     history = [dict(r) for r in progress["history"]]
@@ -408,17 +425,17 @@ def _prepare_resume(path: Path, overrides: TrainConfig, log: Callable[[str], Non
         log(f"finishing {path}: training was complete, writing the model")
         return cfg, path, state, history
     if not progress.get("finished"):
-        if overrides.epochs is not None or overrides.steps is not None:
+        if changes.get("epochs") is not None or changes.get("steps") is not None:
             raise MinivisionError(f"{path} was interrupted; resume it as it was, without --epochs/--steps")
         log(f"resuming {path} at epoch {progress['epoch'] + 1}, step {progress['step_in_epoch']}")
         return cfg, path, state, history
     # Finished: extend, keeping the original run folder untouched.
     done = len(history)
-    if overrides.epochs is None or overrides.epochs <= done:
+    if changes.get("epochs") is None or changes["epochs"] <= done:
         raise MinivisionError(f"{path} already finished {done} epoch(s); extend it with --resume {path} "
                               f"--epochs N (N > {done})")
     # a run planned by steps or a budget continues by epochs from here
-    cfg = dataclasses.replace(cfg, epochs=overrides.epochs, steps=None, budget=None)
+    cfg = dataclasses.replace(cfg, epochs=changes["epochs"], steps=None, budget=None)
     run_dir = new_run_dir(path.parent, path.name)
     _write_args(run_dir, cfg)
     progress["finished"] = False
@@ -531,10 +548,11 @@ class _Loop:
                     self.log(f"\ninterrupted at epoch {e + 1}, step {self.step_in_epoch}; checkpoint saved. "
                              f"Resume with: minivision train --resume {self.run_dir}")
                     return True
-                t = time.monotonic()
+                clock = self.planner.clock if self.planner is not None else time.monotonic
+                t = clock()
                 self._end_epoch()
                 if self.planner is not None:
-                    self.planner.epoch_pause(time.monotonic() - t)
+                    self.planner.epoch_pause(clock() - t)
                     if self.epoch < self.epochs:
                         self._replan(at_epoch_end=True)
         return False
