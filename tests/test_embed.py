@@ -68,34 +68,40 @@ def images():
 # ----------------------------------------------------------------------------- features
 
 @pytest.mark.parametrize("name, dim", [("mvnet-t", 64), ("mlp", 100), ("softmax", 784)])
-def test_penultimate_features_are_the_last_linear_layers_input(runs, images, name, dim):
+def test_penultimate_features_are_the_models_forward_features(runs, images, name, dim):
     lm = load_model(runs[name])
     x = images[0]
     feats = penultimate_features(lm, x, device="cpu", batch_size=16)  # several batches
-    assert feats.shape == (len(x), dim) and feats.dtype == np.float32
-    head = [m for m in lm.model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert feats.shape == (len(x), dim) == (len(x), lm.model.num_features) and feats.dtype == np.float32
     with torch.inference_mode():  # the head applied to the features gives the model's own logits
         logits = lm.model(lm.preprocess(x))
-        again = head(torch.from_numpy(feats))
-    if name == "mvnet-t":
-        again = lm.model.scale(again)
+        again = lm.model.forward_head(torch.from_numpy(feats))
     torch.testing.assert_close(again, logits, rtol=1e-4, atol=1e-4)
     if name == "softmax":  # the normalised pixels themselves
         np.testing.assert_allclose(feats, lm.preprocess(x).flatten(1).numpy(), atol=1e-6)
+    assert penultimate_features(lm, x[:0]).shape == (0, dim)
+    assert not lm.model.training  # left in the mode it was loaded in
 
 
-def test_a_model_without_linear_layers_is_refused(runs, images):
+def test_features_leave_a_training_model_in_training_mode(runs, images):
+    lm = load_model(runs["mlp"])
+    lm.model.train()
+    feats = penultimate_features(lm, images[0][:8], device="cpu")
+    assert lm.model.training
+    np.testing.assert_array_equal(feats, penultimate_features(lm, images[0][:8], device="cpu"))  # eval: deterministic
+
+
+def test_a_model_without_forward_features_is_refused(runs, images):
     lm = load_model(runs["mlp"])
     lm.model = torch.nn.Sequential(torch.nn.Flatten())
-    with pytest.raises(MinivisionError, match="no linear layer"):
+    with pytest.raises(MinivisionError, match="no forward_features"):
         penultimate_features(lm, images[0])
 
 
 def test_raw_pixels_are_unit_scaled_rows(images):
     px = raw_pixels(images[0])
     assert px.shape == (60, 784) and px.dtype == np.float32
-    assert 0.0 <= px.min() and px.max() <= 1.0
-    assert px[3, 100] == pytest.approx(images[0][3].flatten()[100].item() / 255)
+    assert np.allclose(px, images[0].reshape(60, -1).numpy() / 255, rtol=0, atol=1e-7)  # every pixel, 0-1
 
 
 # ----------------------------------------------------------------------------- projections

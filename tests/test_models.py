@@ -1,8 +1,9 @@
-"""Tests for the model registry, the tutorial models, mvnet and the summary table.
+"""Tests for the model registry, the model contract, the tutorial models, mvnet and the summary table.
 
 The generic tests are parametrised over ``list_models()`` so a model is tested the day it is
 registered. The tutorial tests recompute, by hand from each tutorial's layer list, the parameter
-counts Keras prints for a 1x28x28 input with 10 classes.
+counts Keras prints for a 1x28x28 input with 10 classes. The contract tests pin each model's
+state-dict keys as data: saved runs and checkpoints load only while those stay the same.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from torch import nn
 from minivision.errors import MinivisionError
 from minivision.models import (
     DEFAULT_MODEL,
+    ClassifierNet,
     count_parameters,
     create_model,
     format_summary,
     list_models,
     model_info,
     register_model,
+    registry,
     summarize,
 )
 from minivision.models.registry import TRAINING_KEYS, validate_defaults
@@ -109,6 +112,161 @@ def test_summary_totals_match_count_parameters(name: str) -> None:
     assert totals.params == count_parameters(model)
     assert totals.trainable == count_parameters(model, trainable_only=True)
     assert totals.macs > 0
+
+
+# ----------------------------------------------------------------------------- the contract
+
+# Penultimate width D for 1x28x28 input: the final Linear's in_features.
+NUM_FEATURES = {"softmax": 784, "mlp": 100, "cnn2": 32, "cnn2-bn": 128, "cnn1": 128, "cnn3": 128, "cnn4": 128,
+                "mvnet-t": 64, "mvnet-s": 64, "mvnet": 128, "mvnet-l": 256}
+
+# The state-dict keys of every model, in order (parameter order is the optimizer state's order in a
+# checkpoint), as (module, kind): a saved run loads only while these stay exactly the same.
+_KIND = {"w": ("weight",), "wb": ("weight", "bias"),
+         "bn": ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+_MVNET_BLOCK = [("conv", "w"), ("norm", "bn")]
+
+
+def _mvnet_layout(blocks: int) -> list[tuple[str, str]]:
+    paths = ["stem"] + [f"blocks.{b}.{i}" for b in range(blocks) for i in range(2)]
+    return [(f"{path}.{m}", kind) for path in paths for m, kind in _MVNET_BLOCK] + [("head", "w")]
+
+
+STATE_LAYOUT = {
+    "softmax": [("dense", "wb")],
+    "mlp": [("dense", "wb"), ("dense_1", "wb"), ("dense_2", "wb")],
+    "cnn2": [("conv2d", "wb"), ("conv2d_1", "wb"), ("dense", "wb"), ("dense_1", "wb"), ("dense_2", "wb")],
+    "cnn2-bn": [("batch_normalization", "bn"), ("conv2d", "wb"), ("batch_normalization_1", "bn"),
+                ("conv2d_1", "wb"), ("dense", "wb"), ("dense_1", "wb")],
+    "cnn1": [("conv2d", "wb"), ("dense", "wb"), ("dense_1", "wb")],
+    "cnn3": [("conv2d", "wb"), ("conv2d_1", "wb"), ("conv2d_2", "wb"), ("dense", "wb"), ("dense_1", "wb")],
+    "cnn4": [("conv2d", "wb"), ("batch_normalization", "bn"), ("conv2d_1", "wb"), ("batch_normalization_1", "bn"),
+             ("conv2d_2", "wb"), ("batch_normalization_2", "bn"), ("conv2d_3", "wb"),
+             ("batch_normalization_3", "bn"), ("dense", "wb"), ("batch_normalization_4", "bn"), ("dense_1", "wb"),
+             ("batch_normalization_5", "bn"), ("dense_2", "wb")],
+    "mvnet-t": _mvnet_layout(2),
+    "mvnet-s": _mvnet_layout(3),
+    "mvnet": _mvnet_layout(3),
+    "mvnet-l": _mvnet_layout(3),
+}
+
+
+def state_keys(name: str) -> list[str]:
+    return [f"{module}.{p}" for module, kind in STATE_LAYOUT[name] for p in _KIND[kind]]
+
+
+def final_layer_input(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What the final Linear receives in ``model(x)``, caught by a hook: the contract's definition of features."""
+    seen: list[torch.Tensor] = []
+    handle = model.get_classifier().register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    assert len(seen) == 1
+    return seen[0]
+
+
+def test_every_model_has_its_contract_data() -> None:
+    # A new model adds its D and its state-dict layout here; the tests below then cover it.
+    assert set(NUM_FEATURES) == set(STATE_LAYOUT) == set(ALL_MODELS)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_forward_is_forward_head_of_forward_features(name: str, shape: tuple[int, int, int, int]) -> None:
+    torch.manual_seed(0)
+    c, h, w, k = shape
+    model = build(name, shape).eval()
+    assert isinstance(model, ClassifierNet)
+    x = torch.randn(5, c, h, w)
+    with torch.no_grad():
+        features = model.forward_features(x)
+        logits = model.forward_head(features)
+        assert features.shape == (5, model.num_features) and features.dtype == torch.float32
+        assert logits.shape == (5, k) and logits.dtype == torch.float32
+        assert torch.equal(model(x), logits)
+        assert torch.equal(final_layer_input(model, x), features)
+    head = model.get_classifier()
+    assert isinstance(head, nn.Linear)
+    assert (head.in_features, head.out_features) == (model.num_features, model.num_classes) == (model.num_features, k)
+    if shape == SHAPES[0]:
+        assert model.num_features == NUM_FEATURES[name]
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_features_are_taken_after_dropout_in_training_mode(name: str) -> None:
+    model = build(name, SHAPES[0]).train()
+    x = torch.randn(4, 1, 28, 28)
+    torch.manual_seed(1)
+    received = final_layer_input(model, x)
+    torch.manual_seed(1)
+    assert torch.equal(model.forward_features(x), received)  # the same dropout mask: the same features
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_state_dict_keys_are_unchanged(name: str) -> None:
+    for shape in SHAPES:
+        assert list(build(name, shape).state_dict()) == state_keys(name), shape
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_reset_head_gives_a_fresh_k_class_head_and_keeps_the_backbone(name: str) -> None:
+    torch.manual_seed(0)
+    model = build(name, SHAPES[0]).eval()
+    old_head = model.get_classifier()
+    before = copy.deepcopy(model.state_dict())
+    head_keys = {f"{model.classifier_name}.{p}" for p, _ in old_head.named_parameters()}
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        features = model.forward_features(x)
+
+    model.reset_head(3)
+    head = model.get_classifier()
+    assert head is not old_head and head.training is old_head.training is False  # the model's eval mode
+    assert model.num_classes == 3 and model.num_features == NUM_FEATURES[name]
+    assert head.weight.shape == (3, model.num_features) and (head.bias is None) == (old_head.bias is None)
+    after = model.state_dict()
+    assert list(after) == list(before) == state_keys(name)
+    for key, value in after.items():
+        if key not in head_keys:
+            assert torch.equal(value, before[key]), f"{name}: reset_head changed backbone weight {key}"
+    with torch.no_grad():
+        assert torch.equal(model.forward_features(x), features)
+        assert model(x).shape == (3, 3)
+    # freshly initialised as the net initialises its own: a new draw, Keras' zero bias for the tutorials
+    model.reset_head(10)
+    assert not torch.equal(model.get_classifier().weight, before[f"{model.classifier_name}.weight"])
+    if head.bias is not None:
+        assert torch.count_nonzero(model.get_classifier().bias) == 0
+    # a re-headed model saves as an ordinary 10-class model of the same name
+    create_model(name, in_channels=1, image_size=28, num_classes=10).load_state_dict(model.state_dict())
+
+
+@pytest.mark.parametrize("name", ["cnn2", "mvnet-t"])
+def test_reset_head_keeps_device_and_dtype(name: str) -> None:
+    model = build(name, SHAPES[0]).to(torch.float64)
+    model.reset_head(4)
+    assert model.get_classifier().weight.dtype == torch.float64
+    assert model(torch.randn(2, 1, 28, 28, dtype=torch.float64)).shape == (2, 4)
+    model = build(name, SHAPES[0]).to("meta")  # a second device without needing one
+    model.reset_head(4)
+    assert model.get_classifier().weight.device.type == "meta"
+
+
+def test_reset_head_refuses_fewer_than_two_classes() -> None:
+    model = build("mvnet-t", SHAPES[0])
+    for bad in (1, 0, 2.0, True):
+        with pytest.raises(MinivisionError, match="num_classes"):
+            model.reset_head(bad)
+    assert model.num_classes == 10
+
+
+def test_a_builder_that_breaks_the_contract_is_refused(monkeypatch) -> None:
+    info = registry.ModelInfo("plain", "a bare nn.Sequential", {}, lambda **kw: nn.Sequential(nn.Flatten()))
+    monkeypatch.setitem(registry._REGISTRY, "plain", info)
+    with pytest.raises(TypeError, match="not a ClassifierNet"):
+        create_model("plain", in_channels=1, image_size=28, num_classes=10)
 
 
 # ----------------------------------------------------------------------------- tutorial models

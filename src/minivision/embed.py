@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from .errors import MinivisionError
 from .fileio import write_bytes, write_text
@@ -44,44 +43,34 @@ MAX_SPRITE_PX = 8192  # the Embedding Projector page refuses larger sprites
 
 # ----------------------------------------------------------------------------- features
 
-def _last_linear(model: nn.Module) -> nn.Linear:
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise MinivisionError(f"{type(model).__name__} has no linear layer: no penultimate features to show")
-    return linears[-1]
-
-
 def penultimate_features(lm: LoadedModel, x: torch.Tensor, *, device: str = "auto",
                          batch_size: int = 256) -> np.ndarray:
-    """float32 (N, D): what the model's last ``nn.Linear`` receives, for uint8 images ``x`` (N, C, H, W).
+    """float32 (N, D): the model's ``forward_features`` of uint8 images ``x`` (N, C, H, W), in eval mode.
 
-    For mvnet the pooled features before the head, for the tutorial models the last hidden Dense
-    layer, for ``softmax`` the normalised pixels. Input is prepared by ``lm.preprocess``, as in
-    every other inference path.
+    That is what the final layer receives (the models package's contract): for mvnet the pooled
+    features before the head, for the tutorial models the last hidden Dense layer, for ``softmax``
+    the normalised pixels. Input is prepared by ``lm.preprocess``, as in every other inference path.
     """
-    from .train import pick_device
+    from .inference import pick_device
 
-    head = _last_linear(lm.model)
+    model = lm.model
+    if not callable(getattr(model, "forward_features", None)):
+        raise MinivisionError(f"{type(model).__name__} has no forward_features: no penultimate features to show")
     dev = pick_device(device)
-    model = lm.model.to(dev)
-    captured: list[torch.Tensor] = []
-
-    def grab(_module: nn.Module, args: tuple[Any, ...]) -> None:
-        captured.append(args[0].detach().flatten(1).float().cpu())
-
-    handle = head.register_forward_pre_hook(grab)
+    model = model.to(dev)
+    chunks: list[torch.Tensor] = []
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             for i in range(0, len(x), batch_size):
-                model(lm.preprocess(x[i:i + batch_size].to(dev, non_blocking=True)))
+                features = model.forward_features(lm.preprocess(x[i:i + batch_size].to(dev, non_blocking=True)))
+                chunks.append(features.float().cpu())
     finally:
-        handle.remove()
         model.train(was_training)
-    if not captured:
-        return np.zeros((0, head.in_features), dtype=np.float32)
-    return torch.cat(captured).numpy().astype(np.float32, copy=False)
+    if not chunks:
+        return np.zeros((0, int(model.num_features)), dtype=np.float32)
+    return torch.cat(chunks).numpy().astype(np.float32, copy=False)
 
 
 def raw_pixels(x: torch.Tensor) -> np.ndarray:
@@ -366,8 +355,8 @@ def embed_run(run: str | Path, *, data: str | None = None, data_dir: str | None 
     "labels", "index", "classes", "method", "png", "projector"}.
     """
     from .evaluate import dataset_for
+    from .inference import split_for
     from .runfiles import load_model
-    from .train import split_for
 
     key = _method_key(method)
     if split not in SPLITS:

@@ -53,6 +53,7 @@ import torch
 from torch import nn
 
 from minivision.errors import MinivisionError
+from minivision.models.base import ClassifierNet
 from minivision.models.registry import register_model
 
 #: Smallest side mvnet accepts: three 2x2 max-pools must leave at least one pixel.
@@ -92,9 +93,16 @@ class Scale(nn.Module):
         return f"factor={self.factor:g}"
 
 
-class MVNet(nn.Module):
+class MVNet(ClassifierNet):
     """stem [conv3x3 -> (maxpool2) -> BN -> GELU], then per block [conv3x3 -> maxpool2 -> BN -> GELU]
-    + ``depth`` x [conv3x3 -> BN -> GELU], global max pool, linear head (no bias) times a fixed scale."""
+    + ``depth`` x [conv3x3 -> BN -> GELU], global max pool, linear head (no bias) times a fixed scale.
+
+    Features (``forward_features``): the globally max-pooled output of the last block, N x D with
+    D = the last block's width (mvnet-t 64, mvnet-s 64, mvnet 128, mvnet-l 256). Head
+    (``forward_head``): ``self.head`` (Linear, no bias) then the fixed scale; no dropout.
+    """
+
+    classifier_name = "head"
 
     def __init__(
         self,
@@ -121,9 +129,13 @@ class MVNet(nn.Module):
         self.head = nn.Linear(c_in, num_classes, bias=False)
         self.scale = Scale(head_scale)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.stem(x))
-        return self.scale(self.head(self.flatten(self.pool(x))))
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features N x D of preprocessed images N x C x H x W (see ``ClassifierNet``)."""
+        return self.flatten(self.pool(self.blocks(self.stem(x))))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits N x K: the head, then the fixed logit scale (see ``ClassifierNet``)."""
+        return self.scale(self.head(features))
 
 
 def build_mvnet(
@@ -173,7 +185,7 @@ _TINY_RECIPE = {**_RECIPE, "batch_size": 128, "epochs": 3, "augment": ""}
 @register_model("mvnet-t", description="tiny mvnet (stem pooled, 32-64): the 30-second network",
                 defaults=_TINY_RECIPE)
 def mvnet_t(in_channels: int, image_size: tuple[int, int], num_classes: int, width: float = 1.0,
-            depth: int = 1, head_scale: float = HEAD_SCALE) -> nn.Module:
+            depth: int = 1, head_scale: float = HEAD_SCALE) -> MVNet:
     if min(image_size) < MIN_IMAGE_SIZE:
         raise MinivisionError(f"mvnet needs images of at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}, "
                               f"got {image_size[0]}x{image_size[1]}")
@@ -184,18 +196,18 @@ def mvnet_t(in_channels: int, image_size: tuple[int, int], num_classes: int, wid
 
 @register_model("mvnet-s", description="mvnet at half width (16-32-64): the quick baseline", defaults=_RECIPE)
 def mvnet_s(in_channels: int, image_size: tuple[int, int], num_classes: int, width: float = 0.5,
-            depth: int = 1, head_scale: float = HEAD_SCALE) -> nn.Module:
+            depth: int = 1, head_scale: float = HEAD_SCALE) -> MVNet:
     return build_mvnet(in_channels, image_size, num_classes, width, depth, head_scale)
 
 
 @register_model("mvnet", description="minivision's default CNN (airbench-style, 32-64-128)", defaults=_RECIPE)
 def mvnet(in_channels: int, image_size: tuple[int, int], num_classes: int, width: float = 1.0,
-          depth: int = 1, head_scale: float = HEAD_SCALE) -> nn.Module:
+          depth: int = 1, head_scale: float = HEAD_SCALE) -> MVNet:
     return build_mvnet(in_channels, image_size, num_classes, width, depth, head_scale)
 
 
 @register_model("mvnet-l", description="mvnet at double width (64-128-256): 4x the compute of mvnet",
                 defaults=_RECIPE)
 def mvnet_l(in_channels: int, image_size: tuple[int, int], num_classes: int, width: float = 2.0,
-            depth: int = 1, head_scale: float = HEAD_SCALE) -> nn.Module:
+            depth: int = 1, head_scale: float = HEAD_SCALE) -> MVNet:
     return build_mvnet(in_channels, image_size, num_classes, width, depth, head_scale)

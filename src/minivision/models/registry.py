@@ -26,6 +26,7 @@ from torch import nn
 
 from minivision.config import NORMALIZE, OPTIMIZERS, SCHEDULES
 from minivision.errors import MinivisionError
+from minivision.models.base import ClassifierNet, check_num_classes
 
 __all__ = [
     "TRAINING_KEYS",
@@ -38,7 +39,7 @@ __all__ = [
     "validate_defaults",
 ]
 
-Builder = Callable[..., nn.Module]
+Builder = Callable[..., ClassifierNet]
 
 #: The training settings a model may set as its defaults, with what each means.
 TRAINING_KEYS: Mapping[str, str] = MappingProxyType({
@@ -132,7 +133,7 @@ def validate_defaults(defaults: Mapping[str, Any]) -> dict[str, Any]:
 def register_model(
     name: str, *, description: str, defaults: Mapping[str, Any] | None = None
 ) -> Callable[[Builder], Builder]:
-    """Decorator: register ``fn(in_channels, image_size, num_classes, **kwargs) -> nn.Module`` as ``name``.
+    """Decorator: register ``fn(in_channels, image_size, num_classes, **kwargs) -> ClassifierNet`` as ``name``.
 
     Registering a name twice is a programming error (two models would silently shadow each other),
     so it raises ValueError rather than MinivisionError.
@@ -189,11 +190,13 @@ def create_model(
     image_size: int | tuple[int, int],
     num_classes: int,
     **kwargs: Any,
-) -> nn.Module:
+) -> ClassifierNet:
     """Build model ``name`` for images of ``in_channels`` x ``image_size`` and ``num_classes`` classes.
 
     The model returns logits (no softmax): the loss applies log-softmax itself, which is both
-    faster and numerically safer.
+    faster and numerically safer. It keeps the ``ClassifierNet`` contract (``forward_features``,
+    ``forward_head``, ``reset_head``, ``num_features``; see the package docstring): a builder that
+    returns anything else is a programming error and raises TypeError.
     """
     info = model_info(name)
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
@@ -201,10 +204,12 @@ def create_model(
         raise MinivisionError(f"image_size must be (height, width) of positive integers, got {image_size!r}")
     if not (_is_int(in_channels) and in_channels >= 1):
         raise MinivisionError(f"in_channels must be an integer >= 1, got {in_channels!r}")
-    if not (_is_int(num_classes) and num_classes >= 2):
-        raise MinivisionError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    check_num_classes(num_classes)
     _check_kwargs(info, kwargs)
-    return info.builder(in_channels=in_channels, image_size=size, num_classes=num_classes, **kwargs)
+    model = info.builder(in_channels=in_channels, image_size=size, num_classes=num_classes, **kwargs)
+    if not isinstance(model, ClassifierNet):
+        raise TypeError(f"model '{name}' built a {type(model).__name__}, not a ClassifierNet")
+    return model
 
 
 def count_parameters(model: nn.Module, *, trainable_only: bool = False) -> int:

@@ -28,12 +28,15 @@ cnn4        1,219,754     1,221,546         13,180,288
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from minivision.errors import MinivisionError
+from minivision.models.base import ClassifierNet
 from minivision.models.registry import register_model
 
 # Keras BatchNormalization defaults, translated: PyTorch's momentum is 1 - Keras' momentum.
@@ -107,9 +110,38 @@ def _keras_init(model: nn.Module) -> None:
                 nn.init.zeros_(module.bias)
 
 
+class KerasSequential(ClassifierNet, nn.Sequential):
+    """A Keras Sequential model whose last layer is the logits Dense: an ``nn.Sequential`` (same
+    module names, so the same state-dict keys) that keeps the ``ClassifierNet`` contract.
+
+    Features: what the last Dense receives, i.e. the output of every layer before it, dropout
+    included (identity in eval mode): the last hidden Dense layer (after its ReLU, BatchNorm and
+    Dropout when the spec has them), or the flattened input for ``softmax``.
+    """
+
+    @property
+    def classifier_name(self) -> str:  # type: ignore[override]
+        """The last module's name, e.g. "dense_2": ``keras_sequential`` always ends with the logits."""
+        return next(reversed(self._modules))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Every layer but the last, in order (see ``ClassifierNet``)."""
+        for module in itertools.islice(self, len(self) - 1):
+            x = module(x)
+        return x
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """The logits Dense (see ``ClassifierNet``)."""
+        return self.get_classifier()(features)
+
+    def init_classifier(self, layer: nn.Linear) -> None:
+        """Keras' glorot-uniform kernel and zero bias, as the rest of the model."""
+        _keras_init(layer)
+
+
 def keras_sequential(
     model_name: str, spec: list[Layer], in_channels: int, image_size: tuple[int, int], num_classes: int
-) -> nn.Sequential:
+) -> KerasSequential:
     """Build ``spec`` followed by Dense(num_classes) logits, tracking the shape to size Flatten -> Dense.
 
     Module names follow Keras' layer names (conv2d, conv2d_1, max_pooling2d, ...) so our summary
@@ -167,7 +199,7 @@ def keras_sequential(
             raise MinivisionError(
                 f"model '{model_name}' needs larger images than {image_size[0]}x{image_size[1]}: "
                 f"nothing is left after layer '{name}'")
-    model = nn.Sequential(layers)
+    model = KerasSequential(layers)
     _keras_init(model)
     return model
 
@@ -183,7 +215,7 @@ def keras_sequential(
     defaults={**_TUTORIAL, "optimizer": "gd", "lr": 0.005, "batch_size": 100, "steps": 1000,
               "val_split": 0.1},
 )
-def softmax(in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
+def softmax(in_channels: int, image_size: tuple[int, int], num_classes: int) -> KerasSequential:
     return keras_sequential("softmax", [Flatten()], in_channels, image_size, num_classes)
 
 
@@ -194,7 +226,7 @@ def softmax(in_channels: int, image_size: tuple[int, int], num_classes: int) -> 
     defaults={**_TUTORIAL, "optimizer": "sgd", "lr": 0.01, "batch_size": 32, "epochs": 30,
               "val_first": 5000},
 )
-def mlp(in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
+def mlp(in_channels: int, image_size: tuple[int, int], num_classes: int) -> KerasSequential:
     spec: list[Layer] = [Flatten(), Dense(300), Dense(100)]
     return keras_sequential("mlp", spec, in_channels, image_size, num_classes)
 
@@ -206,7 +238,7 @@ def mlp(in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.M
     defaults={**_TUTORIAL, "optimizer": "adam", "lr": 0.001, "batch_size": 128, "epochs": 40,
               "val_split": 0.2},
 )
-def cnn2(in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
+def cnn2(in_channels: int, image_size: tuple[int, int], num_classes: int) -> KerasSequential:
     spec: list[Layer] = [Conv(16), Conv(64), Pool(3, 2), Flatten(), Dense(64), Dense(32)]
     return keras_sequential("cnn2", spec, in_channels, image_size, num_classes)
 
@@ -218,7 +250,7 @@ def cnn2(in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.
     defaults={**_TUTORIAL, "optimizer": "sgd", "lr": 0.01, "batch_size": 256, "epochs": 5,
               "val_split": 0.2},
 )
-def cnn2_bn(in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
+def cnn2_bn(in_channels: int, image_size: tuple[int, int], num_classes: int) -> KerasSequential:
     block: list[Layer] = [BN(), Conv(32, same=True), Pool(2), Drop(0.25)]
     spec: list[Layer] = [*block, *block, Flatten(), Dense(128), Drop(0.5)]
     return keras_sequential("cnn2-bn", spec, in_channels, image_size, num_classes)
@@ -235,7 +267,7 @@ _CNN_RECIPE = {**_TUTORIAL, "optimizer": "adam", "lr": 0.001, "batch_size": 256,
                 "batch 256, 10 epochs",
     defaults=_CNN_RECIPE,
 )
-def cnn1(in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
+def cnn1(in_channels: int, image_size: tuple[int, int], num_classes: int) -> KerasSequential:
     spec: list[Layer] = [Conv(32), Pool(2), Drop(0.2), Flatten(), Dense(128)]
     return keras_sequential("cnn1", spec, in_channels, image_size, num_classes)
 
@@ -246,7 +278,7 @@ def cnn1(in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.
                 "Adam, batch 256, 10 epochs",
     defaults=_CNN_RECIPE,
 )
-def cnn3(in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
+def cnn3(in_channels: int, image_size: tuple[int, int], num_classes: int) -> KerasSequential:
     spec: list[Layer] = [Conv(32), Pool(2), Drop(0.25), Conv(64), Pool(2), Drop(0.25),
                          Conv(128), Drop(0.4), Flatten(), Dense(128), Drop(0.3)]
     return keras_sequential("cnn3", spec, in_channels, image_size, num_classes)
@@ -258,7 +290,7 @@ def cnn3(in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.
                 "Dense 512-128; Adam, batch 256, 10 epochs",
     defaults=_CNN_RECIPE,
 )
-def cnn4(in_channels: int, image_size: tuple[int, int], num_classes: int) -> nn.Module:
+def cnn4(in_channels: int, image_size: tuple[int, int], num_classes: int) -> KerasSequential:
     spec: list[Layer] = [Conv(32), BN(), Conv(32), BN(), Pool(2), Drop(0.25),
                          Conv(64), BN(), Drop(0.25),
                          Conv(128), BN(), Pool(2), Drop(0.25),
