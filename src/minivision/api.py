@@ -109,7 +109,7 @@ class Classifier:
         """accuracy, loss, n, per_class, confusion, classes (precision/recall/F1), most_confused, ece,
         calibration on a split (default: the training dataset's test); ``tta`` adds tta_accuracy/tta_loss."""
         from .evaluate import evaluate_split
-        from .train import split_for
+        from .inference import split_for
 
         return evaluate_split(self._check_fitted(), split_for(self._dataset(data, split), split), tta=tta)
 
@@ -122,8 +122,8 @@ class Classifier:
         """Write the run folder's report (as ``minivision evaluate --report``); returns metrics, tta_metrics,
         calibration and the paths of the files."""
         from .evaluate import split_logits
+        from .inference import split_for
         from .report.run import report_for_model
-        from .train import split_for
 
         lm = self._check_fitted()
         ds = self._dataset(data, split)

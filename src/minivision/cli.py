@@ -223,9 +223,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import dataset_for, format_metrics, split_logits
+    from .inference import split_for
     from .metrics import metrics_from_logits
     from .runfiles import load_model
-    from .train import split_for
 
     lm = load_model(a.model)
     ds = dataset_for(lm, a.data, a.data_dir, a.test_data, split=a.split)

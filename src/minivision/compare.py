@@ -467,7 +467,7 @@ def train_and_compare(models: list[str] | str, *, data: str | None = None, data_
     finished so far and raises ``CompareInterrupted`` (a KeyboardInterrupt: the CLI exits 130)."""
     from .data import load_dataset
     from .data.augment import Augment
-    from .train import pick_device
+    from .inference import pick_device
 
     # Everything is checked before anything is loaded or trained: a typo must not cost an hour.
     names = [m.strip() for m in (models.split(",") if isinstance(models, str) else models)]

@@ -10,9 +10,9 @@ from .data import load_dataset
 from .data.dataset import Dataset, Split
 from .data.split import make_val
 from .errors import MinivisionError
+from .inference import pick_device, pick_precision, predict_logits
 from .metrics import macro_average, metrics_from_logits
 from .runfiles import LoadedModel
-from .train import pick_device, pick_precision, predict_logits
 
 
 def dataset_for(lm: LoadedModel, data: str | None = None, data_dir: str | None = None,

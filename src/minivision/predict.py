@@ -10,9 +10,9 @@ import torch
 
 from .data.images import IMAGE_EXTENSIONS, open_image
 from .errors import MinivisionError
+from .inference import pick_device, predict_logits
 from .photo import BACKGROUNDS
 from .runfiles import LoadedModel
-from .train import pick_device, predict_logits
 
 
 def expand_paths(items: list[str]) -> list[str]:

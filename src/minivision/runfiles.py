@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 from . import __version__
+from .config import TrainConfig
 from .errors import MinivisionError
-from .fileio import load_tensors, read_json, save_tensors, write_json
+from .fileio import load_tensors, read_json, save_tensors, write_json, write_text
 from .preprocess import Preprocess
 
 MODEL_FORMAT = "minivision-model"
@@ -141,3 +142,29 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
             opt_state.setdefault(int(idx), {})[key] = v
     progress["rng"] = {k[4:]: v for k, v in tensors.items() if k.startswith("rng.")}
     return model_state, {"state": opt_state, "param_groups": groups}, progress
+
+
+# ---------------------------------------------------------------- the settings a run was trained with
+
+def write_args(run_dir: Path, cfg: TrainConfig) -> None:
+    """``run_dir/args.yaml``: every resolved training setting, as ``minivision train`` used it."""
+    import yaml
+
+    write_text(run_dir / "args.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def read_args(run_dir: Path) -> TrainConfig:
+    """The settings in ``run_dir/args.yaml`` (safe YAML; unknown keys refused); MinivisionError when the
+    file is missing, not YAML, or not a mapping of known settings."""
+    import yaml
+
+    path = run_dir / "args.yaml"
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MinivisionError(f"{run_dir} is not a run folder (no args.yaml)") from None
+    except yaml.YAMLError as e:
+        raise MinivisionError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise MinivisionError(f"{path}: expected a mapping of settings")
+    return TrainConfig.from_dict(data)

@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import nn
 from tqdm import tqdm
 
@@ -43,39 +42,16 @@ from .data.dataset import Dataset, Split
 from .data.split import make_val
 from .errors import MinivisionError
 from .fileio import new_run_dir, write_text
+from .inference import cpu_supports_bf16, loss_and_accuracy, pick_device, pick_precision, predict_logits
 from .models import DEFAULT_MODEL, create_model, model_info
 from .preprocess import Preprocess
-from .runfiles import load_checkpoint, save_checkpoint, save_model, versions
+from .runfiles import load_checkpoint, read_args, save_checkpoint, save_model, versions, write_args
 
 CHECKPOINT_EVERY_S = 120.0  # also save mid-epoch, so a kill -9 loses at most this much work
 MIRROR_SENSITIVE = {"mnist"}  # datasets whose default augmentation must not flip images
 
 
 # ----------------------------------------------------------------------------- Setup
-
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MinivisionError("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def cpu_supports_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def pick_precision(name: str, device: torch.device) -> str:
-    """bf16 autocast where the hardware does it natively, fp32 elsewhere; an explicit choice wins."""
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_supports_bf16() else "fp32"
-
 
 def lr_at(step: int, total: int, peak: float, schedule: str) -> float:
     """Learning rate for optimizer step ``step`` (0-based) of ``total``."""
@@ -90,50 +66,27 @@ def lr_at(step: int, total: int, peak: float, schedule: str) -> float:
     return peak * (1 - t) / (1 - warm)
 
 
-def make_optimizer(cfg: TrainConfig, model: nn.Module) -> optim.SGD | optim.Adam:
-    """torch.optim's update rules (see ``minivision.optim`` for why not torch.optim itself)."""
-    params = model.parameters()
+def make_optimizer(cfg: TrainConfig, model: nn.Module,
+                   lr_scales: dict[str, float] | None = None) -> optim.SGD | optim.Adam:
+    """torch.optim's update rules (see ``minivision.optim`` for why not torch.optim itself), with no
+    weight decay on biases and norm layers (``optim.param_groups_weight_decay``). ``lr_scales``:
+    parameter-name prefix -> learning-rate multiplier (fine-tuning); the schedule multiplies each
+    group's ``lr_scale``. Checkpoints saved with one parameter group still resume, as they started."""
+    params = optim.param_groups_weight_decay(model, cfg.weight_decay, lr_scales)
+    for group in params:
+        group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
     if cfg.optimizer in ("adam", "adamw"):
-        return optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, decoupled=cfg.optimizer == "adamw")
-    momentum = 0.0 if cfg.optimizer == "gd" else cfg.momentum
-    return optim.SGD(params, lr=cfg.lr, momentum=momentum, weight_decay=cfg.weight_decay,
-                     nesterov=bool(cfg.nesterov and momentum > 0))
+        opt = optim.Adam(params, lr=cfg.lr, decoupled=cfg.optimizer == "adamw")
+    else:
+        momentum = 0.0 if cfg.optimizer == "gd" else cfg.momentum
+        opt = optim.SGD(params, lr=cfg.lr, momentum=momentum, nesterov=bool(cfg.nesterov and momentum > 0))
+    opt.register_load_state_dict_pre_hook(
+        optim.accept_single_group([p for p in model.parameters() if p.requires_grad]))
+    return opt
 
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + stream) % (2**63 - 1)
-
-
-# ----------------------------------------------------------------------------- Evaluation
-
-@torch.inference_mode()
-def predict_logits(model: nn.Module, pre: Preprocess, x: torch.Tensor, *, device: torch.device,
-                   precision: str = "fp32", batch_size: int = 256, tta: bool = False) -> torch.Tensor:
-    """Logits (float32, on the CPU) for uint8 images ``x`` (N, C, H, W).
-
-    ``tta``: flip test-time augmentation; the log of the mean of the probabilities of each image and
-    its mirror image (fastai's choice: averaged probabilities), so softmax and cross-entropy apply."""
-    was_training = model.training
-    model.eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = pre(x[i:i + batch_size].to(device, non_blocking=True))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(xb).float()
-            if tta:
-                mirrored = model(xb.flip(3)).float()
-                logits = (logits.log_softmax(1).exp() + mirrored.log_softmax(1).exp()).mul_(0.5).log_()
-            out.append(logits.cpu())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
-
-
-def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    if len(y) == 0:
-        return float("nan"), float("nan")
-    loss = F.cross_entropy(logits, y).item()
-    acc = (logits.argmax(1) == y).float().mean().item()
-    return loss, acc
 
 
 # ----------------------------------------------------------------------------- Train
@@ -244,7 +197,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
 
     if run_dir is None:
         run_dir = new_run_dir(cfg.out, cfg.name)
-        _write_args(run_dir, cfg)
+        write_args(run_dir, cfg)
         if ds.skipped:
             write_text(run_dir / "skipped.txt", "".join(f"{p}\t{r}\n" for p, r in ds.skipped))
     log(f"run folder: {run_dir}  (model {cfg.model}, {sum(p.numel() for p in model.parameters()):,} "
@@ -382,23 +335,6 @@ def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, **fix)
 
 
-def _write_args(run_dir: Path, cfg: TrainConfig) -> None:
-    write_text(run_dir / "args.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-
-def read_args(run_dir: Path) -> TrainConfig:
-    path = run_dir / "args.yaml"
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MinivisionError(f"{run_dir} is not a run folder (no args.yaml)") from None
-    except yaml.YAMLError as e:
-        raise MinivisionError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise MinivisionError(f"{path}: expected a mapping of settings")
-    return TrainConfig.from_dict(data)
-
-
 def _prepare_resume(path: Path, changes: dict[str, Any], log: Callable[[str], None]):
     """Resume an interrupted run in place, or extend a finished one into a new run folder.
 
@@ -437,7 +373,7 @@ def _prepare_resume(path: Path, changes: dict[str, Any], log: Callable[[str], No
     # a run planned by steps or a budget continues by epochs from here
     cfg = dataclasses.replace(cfg, epochs=changes["epochs"], steps=None, budget=None)
     run_dir = new_run_dir(path.parent, path.name)
-    _write_args(run_dir, cfg)
+    write_args(run_dir, cfg)
     progress["finished"] = False
     log(f"extending {path} from {done} to {cfg.epochs} epochs in {run_dir}")
     return cfg, run_dir, state, history
@@ -580,7 +516,7 @@ class _Loop:
                 yb = self.y[idx]
                 lr = lr_at(self.step, self.total_steps, cfg.lr, cfg.schedule)
                 for group in self.opt.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
                     logits = self.model(xb)
                 loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
@@ -709,10 +645,3 @@ def _write_report(loop: _Loop, ds: Dataset, split_name: str, split: Split, logit
     write_run_report(loop.run_dir, classes=ds.classes, split=split, split_name=split_name, logits=logits,
                      history=loop.history, meta=loop.meta, parameters=sum(p.numel() for p in loop.model.parameters()),
                      settings=loop.cfg.to_dict(), dataset=dataset_rows(ds), notes=notes, log=loop.log)
-
-
-def split_for(ds: Dataset, name: str) -> Split:
-    split = getattr(ds, name, None)
-    if split is None or len(split) == 0:
-        raise MinivisionError(f"dataset {ds.name} has no {name} split")
-    return split

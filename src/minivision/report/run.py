@@ -156,7 +156,7 @@ def report_for_model(lm: Any, ds: Any, split_name: str, split: Split, logits: to
                      tta_logits: torch.Tensor | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """The report of a saved model (``evaluate --report``, ``Classifier.report``), in its own folder."""
     from ..errors import MinivisionError
-    from ..train import read_args
+    from ..runfiles import read_args
     from .history import read_history
 
     history = read_history(lm.path / "results.csv") if (lm.path / "results.csv").is_file() else None

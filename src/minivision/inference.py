@@ -1,0 +1,89 @@
+"""What every reader of a trained model needs, and nothing of training: the device and precision to
+run on, ``predict_logits`` (with flip TTA), the loss and accuracy of logits, the split to score.
+
+``evaluate``, ``predict``, ``embed``, ``compare`` and the HTTP service import this module, never
+``train``: serving a model must not load the trainer (tests/test_seams.py guards it).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data.dataset import Dataset, Split
+from .errors import MinivisionError
+from .preprocess import Preprocess
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``.
+
+    Raises MinivisionError for ``cuda`` on a machine without a CUDA GPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise MinivisionError("--device cuda: no CUDA GPU is available (use --device cpu or auto)")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def cpu_supports_bf16() -> bool:
+    """The CPU does bf16 natively (AVX-512 BF16 or AMX), as oneDNN reports it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16``: for ``auto``, bf16 autocast where the hardware does it natively, fp32
+    elsewhere; an explicit choice wins."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, pre: Preprocess, x: torch.Tensor, *, device: torch.device,
+                   precision: str = "fp32", batch_size: int = 256, tta: bool = False) -> torch.Tensor:
+    """Logits, float32 (N, K) on the CPU, for uint8 images ``x`` (N, C, H, W) at the model's size.
+
+    ``pre`` (the model's saved preprocessing) turns pixels into the network's input; batches of
+    ``batch_size`` run in eval mode under bf16 autocast when ``precision`` is ``bf16``.
+    ``tta``: flip test-time augmentation. The result is the log of the mean of the softmax
+    probabilities of each image and its horizontal mirror, log((softmax(f(x)) + softmax(f(flip x))) / 2)
+    (fastai's choice: averaged probabilities, not logits), so softmax and cross-entropy apply to it
+    unchanged. The model's training/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb = pre(x[i:i + batch_size].to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            logits = model(xb).float()
+            if tta:
+                mirrored = model(xb.flip(3)).float()
+                logits = (logits.log_softmax(1).exp() + mirrored.log_softmax(1).exp()).mul_(0.5).log_()
+            out.append(logits.cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(mean cross-entropy, top-1 accuracy in [0, 1]) of float logits (N, K) against int64 labels (N,);
+    (nan, nan) for an empty split."""
+    if len(y) == 0:
+        return float("nan"), float("nan")
+    loss = F.cross_entropy(logits, y).item()
+    acc = (logits.argmax(1) == y).float().mean().item()
+    return loss, acc
+
+
+def split_for(ds: Dataset, name: str) -> Split:
+    """The split ``name`` (train, val or test) of ``ds``; MinivisionError when it is missing or empty."""
+    split = getattr(ds, name, None)
+    if split is None or len(split) == 0:
+        raise MinivisionError(f"dataset {ds.name} has no {name} split")
+    return split
