@@ -181,8 +181,9 @@ GLOBAL_DEFAULTS: dict[str, Any] = {n: s.fallback for n, s in SETTINGS.items() if
 # ----------------------------------------------------------------------------- checks
 
 def check_settings(values: Mapping[str, Any], *, allowed: Mapping[str, Setting] | None = None,
-                   what: str = "setting") -> None:
-    """Known names (with a "did you mean") and valid values; raises MinivisionError naming the first problem."""
+                   what: str = "setting", as_flags: bool = True) -> None:
+    """Known names (with a "did you mean") and valid values; raises MinivisionError naming the first problem
+    (as its flag, ``--lr``, or with ``as_flags=False`` as ``WHAT lr``)."""
     allowed = SETTINGS if allowed is None else allowed
     for key, value in values.items():
         if key not in allowed:
@@ -191,14 +192,16 @@ def check_settings(values: Mapping[str, Any], *, allowed: Mapping[str, Setting] 
             raise MinivisionError(f"unknown {what} '{key}'{extra}")
         problem = allowed[key].problem(value)
         if problem:
-            raise MinivisionError(f"{allowed[key].option} {problem}, got {value!r}")
+            named = allowed[key].option if as_flags else f"{what} {key}"
+            raise MinivisionError(f"{named} {problem}, got {value!r}")
 
 
 def check_recipe(defaults: Mapping[str, Any]) -> dict[str, Any]:
     """Check a model's registered training defaults: recipe settings only, valid values, no contradictions.
 
     Raises MinivisionError (one line) naming the first problem; returns a plain copy."""
-    check_settings(defaults, allowed={n: s for n, s in SETTINGS.items() if s.recipe}, what="training setting")
+    recipe = {n: s for n, s in SETTINGS.items() if s.recipe}
+    check_settings(defaults, allowed=recipe, what="training setting", as_flags=False)
     _check_together(defaults, lambda k: k in defaults)
     if defaults.get("nesterov") and defaults.get("optimizer", "sgd") != "sgd":
         raise MinivisionError("nesterov=True needs optimizer 'sgd'")

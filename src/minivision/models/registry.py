@@ -16,7 +16,6 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -24,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from minivision.config import NORMALIZE, OPTIMIZERS, SCHEDULES
+from minivision.config import SETTINGS, check_recipe
 from minivision.errors import MinivisionError
 from minivision.models.base import ClassifierNet, check_num_classes
 
@@ -41,26 +40,8 @@ __all__ = [
 
 Builder = Callable[..., ClassifierNet]
 
-#: The training settings a model may set as its defaults, with what each means.
-TRAINING_KEYS: Mapping[str, str] = MappingProxyType({
-    "optimizer": '"adam" | "sgd" | "adamw" | "gd" (plain gradient descent: SGD without momentum)',
-    "lr": "learning rate (peak learning rate for the onecycle and cosine schedules)",
-    "momentum": "SGD momentum in [0, 1)",
-    "nesterov": "use Nesterov momentum (SGD only)",
-    "weight_decay": "L2 / decoupled weight decay, >= 0",
-    "batch_size": "images per step",
-    "epochs": "passes over the training split",
-    "steps": "train for this many steps instead of epochs (takes precedence over epochs)",
-    "val_split": "fraction of the training images held out for validation, in [0, 1)",
-    "val_first": "hold out the first N training images for validation (as the MLP tutorial does)",
-    "schedule": '"constant" | "onecycle" | "cosine"',
-    "label_smoothing": "label smoothing of the cross-entropy loss, in [0, 1)",
-    "augment": 'comma-separated augmentations, e.g. "flip,shift=2"; "" for none',
-    "normalize": '"unit" (x/255, as Keras Rescaling) | "standard" (per-channel mean/std of the training set)',
-})
-
-_CHOICES = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "normalize": NORMALIZE}  # the same lists config checks
-_AUGMENT_TOKEN = re.compile(r"^[a-z][a-z0-9_]*(=[0-9]+(\.[0-9]+)?)?$")
+#: The training settings a model may set as its defaults, with what each means (from config.SETTINGS).
+TRAINING_KEYS: Mapping[str, str] = MappingProxyType({n: s.help for n, s in SETTINGS.items() if s.recipe})
 
 
 @dataclass(frozen=True)
@@ -80,54 +61,11 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _check_value(key: str, value: Any) -> str | None:
-    """Return why ``value`` is invalid for ``key``, or None when it is fine."""
-    if key in _CHOICES:
-        return None if value in _CHOICES[key] else f"must be one of {', '.join(_CHOICES[key])}"
-    if key == "nesterov":
-        return None if isinstance(value, bool) else "must be true or false"
-    if key in ("batch_size", "epochs", "steps"):
-        return None if _is_int(value) and value >= 1 else "must be an integer >= 1"
-    if key == "val_first":
-        return None if _is_int(value) and value >= 0 else "must be an integer >= 0"
-    if key == "lr":
-        return None if _is_number(value) and value > 0 else "must be a number > 0"
-    if key == "weight_decay":
-        return None if _is_number(value) and value >= 0 else "must be a number >= 0"
-    if key in ("momentum", "val_split", "label_smoothing"):
-        return None if _is_number(value) and 0 <= value < 1 else "must be a number in [0, 1)"
-    if key == "augment":
-        if not isinstance(value, str):
-            return "must be a string such as 'flip,shift=2' or ''"
-        bad = [t for t in value.split(",") if value and not _AUGMENT_TOKEN.match(t.strip())]
-        return f"has malformed item(s) {bad}" if bad else None
-    return None
-
-
 def validate_defaults(defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Check a model's training defaults: known keys, valid values, no contradictions.
-
-    Raises MinivisionError (one line) naming the first problem; returns a plain copy.
-    """
-    for key, value in defaults.items():
-        if key not in TRAINING_KEYS:
-            hint = difflib.get_close_matches(key, list(TRAINING_KEYS), n=1)
-            extra = f"; did you mean '{hint[0]}'?" if hint else f"; known: {', '.join(TRAINING_KEYS)}"
-            raise MinivisionError(f"unknown training setting '{key}'{extra}")
-        problem = _check_value(key, value)
-        if problem:
-            raise MinivisionError(f"training setting {key}={value!r} {problem}")
-    if "val_split" in defaults and "val_first" in defaults:
-        raise MinivisionError("give either val_split or val_first, not both")
-    if defaults.get("nesterov") and defaults.get("optimizer", "sgd") != "sgd":
-        raise MinivisionError("nesterov=True needs optimizer 'sgd'")
-    if defaults.get("nesterov") and not defaults.get("momentum"):
-        raise MinivisionError("nesterov=True needs momentum > 0")
-    return dict(defaults)
+    """Check a model's training defaults with the settings schema (``config.check_recipe``): known keys,
+    valid values, no contradictions. Raises MinivisionError (one line) naming the first problem;
+    returns a plain copy."""
+    return check_recipe(defaults)
 
 
 def register_model(
