@@ -1,14 +1,20 @@
-"""minivision.optim must follow torch.optim's update rules step for step, and round-trip its state."""
+"""minivision.optim must follow torch.optim's update rules step for step, with and without parameter
+groups, round-trip its state in torch.optim's layout, and build without importing torch._dynamo."""
+
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from minivision.optim import SGD, Adam
+from minivision.errors import MinivisionError
+from minivision.optim import SGD, Adam, OptimizerStateMismatch, accept_single_group, param_groups_weight_decay
 
 
 def _model(seed=0):
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    return torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.BatchNorm1d(4), torch.nn.ReLU(),
+                               torch.nn.Linear(4, 3))
 
 
 def _train(model, opt, steps, lrs=None):
@@ -16,7 +22,7 @@ def _train(model, opt, steps, lrs=None):
     for s in range(steps):
         if lrs:
             for group in opt.param_groups:
-                group["lr"] = lrs[s]
+                group["lr"] = lrs[s] * group.get("lr_scale", 1.0)
         x, y = torch.randn(8, 5, generator=g), torch.randint(0, 3, (8,), generator=g)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         opt.zero_grad(set_to_none=True)
@@ -44,6 +50,15 @@ def _pair(kind, ours, theirs, params_a, params_b):
     return Adam(params_a, **ours), torch.optim.AdamW(params_b, **theirs)
 
 
+def _groups(model, wd, lr):
+    """Three groups with their own settings: no decay on 1-d parameters, a smaller LR (and an
+    ``lr_scale`` the test schedule honours) for the first layer, the defaults for the rest."""
+    first, rest = list(model[0].parameters()), list(model[1:].parameters())
+    return [{"params": [p for p in rest if p.ndim <= 1], "weight_decay": 0.0},
+            {"params": first, "lr": lr * 0.3, "lr_scale": 0.3, "weight_decay": wd * 2},
+            {"params": [p for p in rest if p.ndim > 1]}]
+
+
 @pytest.mark.parametrize("kind,ours,theirs", CASES)
 def test_updates_match_torch_optim(kind, ours, theirs):
     a, b = _model(), _model()
@@ -54,16 +69,76 @@ def test_updates_match_torch_optim(kind, ours, theirs):
 
 
 @pytest.mark.parametrize("kind,ours,theirs", CASES)
-def test_state_dict_round_trip_continues_identically(kind, ours, theirs):
+def test_updates_with_parameter_groups_match_torch_optim(kind, ours, theirs):
+    a, b = _model(), _model()
+    wd = theirs.get("weight_decay", 1e-3)
+    opt_a, opt_b = _pair(kind, ours, theirs, _groups(a, wd, theirs["lr"]), _groups(b, wd, theirs["lr"]))
+    assert [g["weight_decay"] for g in opt_a.param_groups] == [g["weight_decay"] for g in opt_b.param_groups]
+    assert [g["lr"] for g in opt_a.param_groups] == [g["lr"] for g in opt_b.param_groups]
+    lrs = [theirs["lr"] * (1 + s / 10) for s in range(12)]
+    for pa, pb in zip(_train(a, opt_a, 12, lrs), _train(b, opt_b, 12, lrs), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-6, atol=1e-7)
+    _same_layout(opt_a.state_dict(), opt_b.state_dict())
+
+
+def _same_layout(ours, theirs):
+    """The same state keys per parameter index, the same indices per group, the same group settings
+    for the keys both have (torch.optim has more: foreach, fused, maximize, ...)."""
+    assert {i: set(s) for i, s in ours["state"].items()} == {i: set(s) for i, s in theirs["state"].items()}
+    for i, s in ours["state"].items():
+        for k, v in s.items():
+            t = theirs["state"][i][k]
+            assert (v.dtype, v.device, v.shape) == (t.dtype, t.device, t.shape), (i, k)
+    assert len(ours["param_groups"]) == len(theirs["param_groups"])
+    for g, t in zip(ours["param_groups"], theirs["param_groups"], strict=True):
+        assert g["params"] == t["params"]
+        assert {k: v for k, v in g.items() if k in t} == {k: v for k, v in t.items() if k in g}
+
+
+@pytest.mark.parametrize("kind,ours,theirs", CASES)
+@pytest.mark.parametrize("grouped", [False, True])
+def test_state_dict_round_trip_continues_identically(kind, ours, theirs, grouped):
+    def build(model):
+        params = _groups(model, 1e-3, ours["lr"]) if grouped else model.parameters()
+        return _pair(kind, ours, theirs, params, _model().parameters())[0]
+
     a = _model()
-    opt_a, _ = _pair(kind, ours, theirs, a.parameters(), _model().parameters())
+    opt_a = build(a)
     _train(a, opt_a, 5)
     b = _model()
     b.load_state_dict(a.state_dict())
-    opt_b, _ = _pair(kind, ours, theirs, b.parameters(), _model().parameters())
+    opt_b = build(b)
     opt_b.load_state_dict(opt_a.state_dict())
-    for pa, pb in zip(_train(a, opt_a, 4), _train(b, opt_b, 4), strict=True):
+    assert opt_b.param_groups == [{**g, "params": gb["params"]}
+                                  for g, gb in zip(opt_a.param_groups, opt_b.param_groups, strict=True)]
+    lrs = [ours["lr"] * 0.9 ** s for s in range(4)]
+    for pa, pb in zip(_train(a, opt_a, 4, lrs), _train(b, opt_b, 4, lrs), strict=True):
         assert torch.equal(pa, pb)
+
+
+def test_loaded_group_settings_replace_the_optimizers_own():
+    """As torch.optim: a resumed run goes on with the settings it was saved with."""
+    saved = SGD(_groups(_model(), 1e-3, 0.1), lr=0.1, momentum=0.9)
+    saved.param_groups[1]["lr"] = 0.01234
+    fresh = SGD(_groups(_model(), 5e-2, 0.5), lr=0.5, momentum=0.5)
+    fresh.load_state_dict(saved.state_dict())
+    assert [{k: v for k, v in g.items() if k != "params"} for g in fresh.param_groups] == \
+           [{k: v for k, v in g.items() if k != "params"} for g in saved.param_groups]
+
+
+def test_adam_step_count_stays_a_cpu_float32_tensor():
+    a = _model()
+    opt = Adam(_groups(a, 0.0, 1e-2), lr=1e-2)
+    _train(a, opt, 3)
+    opt.load_state_dict(opt.state_dict())
+    b = _model()
+    ref = torch.optim.Adam(b.parameters(), lr=1e-2)
+    _train(b, ref, 1)
+    ref_step = ref.state[next(b.parameters())]["step"]
+    for st in opt.state.values():
+        assert (st["step"].device, st["step"].dtype, st["step"].shape) == (ref_step.device, ref_step.dtype,
+                                                                         ref_step.shape)
+        assert st["step"].item() == 3.0
 
 
 def test_state_dict_must_match_the_parameters():
@@ -71,3 +146,83 @@ def test_state_dict_must_match_the_parameters():
     other = SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
     with pytest.raises(ValueError):
         opt.load_state_dict(other.state_dict())
+    grouped = SGD(_groups(_model(), 0.0, 0.1), lr=0.1)
+    with pytest.raises(OptimizerStateMismatch, match="parameter group"):
+        grouped.load_state_dict(opt.state_dict())  # no hook: one group cannot fill three
+    assert issubclass(OptimizerStateMismatch, MinivisionError)  # the CLI prints it on one line
+
+
+def test_groups_are_checked_as_torch_optim_does():
+    m = _model()
+    with pytest.raises(ValueError, match="more than one"):
+        SGD([{"params": list(m.parameters())}, {"params": [next(m.parameters())]}], lr=0.1)
+    with pytest.raises(ValueError, match="empty"):
+        SGD([], lr=0.1)
+    with pytest.raises(TypeError):
+        SGD(next(m.parameters()), lr=0.1)
+
+
+# ------------------------------------------------------------------------- weight-decay groups
+
+def _conv_net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.Flatten(), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3))
+
+
+def test_no_weight_decay_on_biases_and_norm_layers():
+    net = _conv_net()
+    net[0].bias.requires_grad_(False)  # frozen: left out, as timm does
+    groups = param_groups_weight_decay(net, 5e-4)
+    names = {id(p): n for n, p in net.named_parameters()}
+    assert [(g["weight_decay"], [names[id(p)] for p in g["params"]]) for g in groups] == [
+        (0.0, ["1.weight", "1.bias", "4.weight", "4.bias", "5.bias"]),
+        (5e-4, ["0.weight", "5.weight"]),
+    ]
+    assert all("lr_scale" not in g for g in groups)
+
+
+def test_lr_scales_by_name_prefix():
+    net = _conv_net()
+    groups = param_groups_weight_decay(net, 1e-4, lr_scales={"": 0.1, "5": 1.0, "0.weight": 0.5})
+    names = {id(p): n for n, p in net.named_parameters()}
+    got = {(g["weight_decay"], g["lr_scale"]): [names[id(p)] for p in g["params"]] for g in groups}
+    assert got == {(0.0, 0.1): ["0.bias", "1.weight", "1.bias", "4.weight", "4.bias"],
+                   (0.0, 1.0): ["5.bias"], (1e-4, 0.5): ["0.weight"], (1e-4, 1.0): ["5.weight"]}
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_single_group_state_resumes_into_groups_exactly(kind):
+    """A checkpoint from before parameter groups (one group, decay on everything) is read into the
+    grouped optimizer and goes on exactly as the one-group optimizer would have."""
+    def build(params):
+        if kind == "sgd":
+            return SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-2, nesterov=True)
+        return Adam(params, lr=1e-2, weight_decay=0.05, decoupled=True)
+
+    old_model = _model()
+    old = build(old_model.parameters())
+    _train(old_model, old, 5)
+    new_model = _model()
+    new_model.load_state_dict(old_model.state_dict())
+    new = build(param_groups_weight_decay(new_model, 0.0))
+    new.register_load_state_dict_pre_hook(accept_single_group(list(new_model.parameters())))
+    new.load_state_dict(old.state_dict())
+    assert len(new.param_groups) == 2 and all(g["weight_decay"] == old.param_groups[0]["weight_decay"]
+                                              for g in new.param_groups)
+    for pa, pb in zip(_train(old_model, old, 4, [0.05] * 4), _train(new_model, new, 4, [0.05] * 4), strict=True):
+        assert torch.equal(pa, pb)
+    with pytest.raises(OptimizerStateMismatch):  # one group of another model's parameters
+        new.load_state_dict(SGD(torch.nn.Linear(5, 4).parameters(), lr=0.1).state_dict())
+
+
+def test_building_an_optimizer_does_not_import_dynamo():
+    code = ("import sys, torch\n"
+            "import minivision.optim as o\n"
+            "m = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))\n"
+            "groups = o.param_groups_weight_decay(m, 1e-4)\n"
+            "o.SGD(groups, lr=0.1, momentum=0.9).step()\n"
+            "o.Adam(m.parameters(), lr=0.1).step()\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
