@@ -43,11 +43,11 @@ from .data.split import make_val
 from .errors import MinivisionError
 from .fileio import new_run_dir, write_text
 from .inference import cpu_supports_bf16, loss_and_accuracy, pick_device, pick_precision, predict_logits
+from .listeners import BudgetPlanner, Checkpoints, Listener, ProgressFile, Report, ResultsFiles, TensorBoard
 from .models import DEFAULT_MODEL, create_model, model_info
 from .preprocess import Preprocess
 from .runfiles import load_checkpoint, read_args, save_checkpoint, save_model, versions, write_args
 
-CHECKPOINT_EVERY_S = 120.0  # also save mid-epoch, so a kill -9 loses at most this much work
 MIRROR_SENSITIVE = {"mnist"}  # datasets whose default augmentation must not flip images
 
 
@@ -139,7 +139,8 @@ def _log(msg: str) -> None:
 
 def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path | None = None,
         progress: bool | None = None, log: Callable[[str], None] = _log, started: float | None = None,
-        clock: Callable[[], float] = time.monotonic, resume_changes: dict[str, Any] | None = None) -> RunResult:
+        clock: Callable[[], float] = time.monotonic, resume_changes: dict[str, Any] | None = None,
+        listeners: list[Listener] | None = None) -> RunResult:
     """Train as ``cfg`` says, in a new run folder (or the interrupted one given as ``resume``).
 
     With no model, epochs, steps or budget, the budget is ``budget.DEFAULT_BUDGET_S``; a budget is
@@ -147,7 +148,9 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     the budget's deadline and ``Planner`` read (a test seam: a fake clock drives a budget run without
     timing anything; the network probe still times real steps). ``resume_changes``: with ``resume``,
     the settings a resume may change (``config.resume_changes``: epochs to extend a finished run,
-    device, precision, tensorboard); without it, ``cfg``'s epochs/steps/tensorboard as before."""
+    device, precision, tensorboard); without it, ``cfg``'s epochs/steps/tensorboard as before.
+    ``listeners``: your own ``listeners.Listener`` objects, called after the built-in ones at every event
+    (see ``minivision.listeners`` for the events and the rules; they must not draw random numbers)."""
     started = clock() if started is None else started
     state: dict[str, Any] | None = None
     run_dir: Path | None = None
@@ -212,24 +215,32 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
                     "val_split": cfg.val_split, "val_first": cfg.val_first, "seed": cfg.seed},
         "versions": versions(),
     }
-    loop = _Loop(cfg, ds, model, pre, optimizer, device, precision, run_dir, meta, history, log,
-                 progress if progress is not None else None)
+    planner: BudgetPlanner | None = None
     if plan is None and resume is not None and cfg.budget is not None:
         # a resumed budget run keeps the step count it had planned (restored from the checkpoint)
         meta["budget"] = {"budget_s": cfg.budget, "model": cfg.model, "resumed": True}
+    report_follows = any(s is not None and len(s) for s in (ds.test, ds.val))
     if plan is not None:
         meta["budget"] = dataclasses.asdict(plan)
         if cfg.steps is not None and user_cfg.steps is None:
-            loop.planner = Planner(started + plan.budget_s, loop.batches_per_epoch,
-                                   len(ds.val) if ds.val is not None else 0,
-                                   len(ds.test) if ds.test is not None else 0, cfg.batch_size,
-                                   clock=clock, report=loop.report_follows)
+            bpe = Trainer.steps_per_epoch(len(ds.train), cfg.batch_size)
+            planner = BudgetPlanner(Planner(started + plan.budget_s, bpe, len(ds.val) if ds.val is not None else 0,
+                                            len(ds.test) if ds.test is not None else 0, cfg.batch_size,
+                                            clock=clock, report=report_follows))
+    # built-in listeners first (the checkpoint records what they did), the user's, the planner last (it
+    # measures what the others cost at an epoch's end)
+    built_in: list[Listener] = [Checkpoints(), ResultsFiles(), ProgressFile(), Report()]
+    if cfg.tensorboard:
+        built_in.append(TensorBoard(run_dir))  # after Report: it logs the report's pictures
+    trainer = Trainer(cfg, ds, model, pre, optimizer, device, precision, run_dir, meta, history, log,
+                      progress if progress is not None else None,
+                      listeners=[*built_in, *(listeners or []), *([planner] if planner else [])])
     if state is not None:
-        loop.restore(state)
-    interrupted = loop.run()
-    result = RunResult(run_dir, cfg, loop.history, model, pre, ds.classes, interrupted=interrupted)
+        trainer.restore(state)
+    interrupted = trainer.run()
+    result = RunResult(run_dir, cfg, trainer.history, model, pre, ds.classes, interrupted=interrupted)
     if not interrupted:
-        result.test = _finish(loop, ds)
+        result.test = trainer.finish()
     return result
 
 
@@ -379,26 +390,32 @@ def _prepare_resume(path: Path, changes: dict[str, Any], log: Callable[[str], No
     return cfg, run_dir, state, history
 
 
-class _Loop:
-    def __init__(self, cfg, ds, model, pre, optimizer, device, precision, run_dir, meta, history, log, progress):
+class Trainer:
+    """One training run: the loop, its state (what the checkpoint saves) and its listeners.
+
+    Read top to bottom, ``run`` is: per epoch, seed the epoch's random streams (from (seed, epoch), or
+    the checkpoint's mid-epoch state), ``_train_epoch`` (steps; ``on_step_end`` after each), then
+    ``_end_epoch`` (validation, the history row, ``on_epoch_end``). ``finish`` scores the best weights,
+    writes model.json and calls ``on_fit_end``. What listeners may read: ``cfg``, ``ds``, ``model``,
+    ``pre``, ``opt``, ``run_dir``, ``meta``, ``history``, ``epoch``/``epochs``, ``step``/``total_steps``,
+    ``batches_per_epoch``, ``improved`` (this epoch set a new best), ``interrupted``, ``scored``."""
+
+    def __init__(self, cfg, ds, model, pre, optimizer, device, precision, run_dir, meta, history, log, progress,
+                 listeners: list[Listener] | None = None):
         self.cfg, self.ds, self.model, self.pre, self.opt = cfg, ds, model, pre, optimizer
         self.device, self.precision, self.run_dir, self.meta, self.log = device, precision, run_dir, meta, log
         self.history = history
         self.progress = progress
+        self.listeners: list[Listener] = list(listeners or [])
         # the end-of-training report (which draws results.png too) needs a test or validation split
         self.report_follows = any(s is not None and len(s) for s in (ds.test, ds.val))
-        self.tensorboard = None
-        if cfg.tensorboard:
-            from .report.tensorboard import TensorBoardLog
-
-            self.tensorboard = TensorBoardLog(run_dir)
         self.augment = Augment.parse(cfg.augment)
         self.x = ds.train.x.to(device)
         self.y = ds.train.y.to(device)
         n, bs = len(self.y), cfg.batch_size
         if n == 0:
             raise MinivisionError("the training split is empty")
-        self.batches_per_epoch = n // bs + (1 if n % bs >= 2 or n < bs else 0)  # a lone last image is dropped
+        self.batches_per_epoch = self.steps_per_epoch(n, bs)
         if cfg.steps is not None:
             self.total_steps = cfg.steps
             self.epochs = math.ceil(cfg.steps / self.batches_per_epoch)
@@ -412,29 +429,51 @@ class _Loop:
         # epoch sums in exactly the same order as an uninterrupted one
         self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)
         self.epoch_seconds = 0.0
+        self._t0: float | None = None  # perf_counter at the (resumed) start of the current epoch
         self.rng_resume: dict[str, torch.Tensor] | None = None
-        self.planner: Planner | None = None  # budget runs: re-plans total_steps as it trains
         self.replans = 0
-        self._step0 = self.step
-        self._next_plan = 0.5  # also re-plan at these fractions of the planned steps
+        self.improved = False
+        self.interrupted = False
+        self.scored: tuple[str, Split, torch.Tensor] | None = None
+        self._stop_at: str | None = None
+
+    @staticmethod
+    def steps_per_epoch(n: int, batch_size: int) -> int:
+        """Batches in an epoch of ``n`` images: a last partial batch counts, a lone last image is dropped."""
+        return n // batch_size + (1 if n % batch_size >= 2 or n < batch_size else 0)
 
     def restore(self, state: dict[str, Any]) -> None:
         p = state["progress"]
         self.model.load_state_dict(state["model"])
-        opt_state = state["optimizer"]
-        self.opt.load_state_dict(opt_state)
+        self.opt.load_state_dict(state["optimizer"])
         self.epoch, self.step_in_epoch, self.step = p["epoch"], p["step_in_epoch"], p["step"]
         self.best_val = p["best_val"]
         self.sums = torch.tensor(p["sums"], dtype=torch.float64, device=self.device)
         self.epoch_seconds = p["epoch_seconds"]
         if "total_steps" in p and self.cfg.budget is not None and self.cfg.epochs is None:
-            self._set_total(p["total_steps"])  # a budget run resumes with the step count it had planned
+            self.set_total_steps(p["total_steps"])  # a budget run resumes with the step count it had planned
         if self.step_in_epoch:
             self.rng_resume = p["rng"]
 
-    # -- checkpoint
+    # -- what listeners call
 
-    def save(self, finished: bool = False) -> None:
+    def stop(self, at: str = "step") -> None:
+        """Stop cleanly: ``"step"`` after the current step, with a checkpoint (resume it like a Ctrl-C'd run);
+        ``"epoch"`` at the end of the current epoch, finishing the run normally (model, report)."""
+        if at not in ("step", "epoch"):
+            raise ValueError(f"stop(at=...) takes 'step' or 'epoch', not {at!r}")
+        if self._stop_at != "step":
+            self._stop_at = at
+
+    def set_total_steps(self, total: int) -> None:
+        """Re-plan the run's length (the learning-rate schedule follows); never below the steps done."""
+        self.total_steps = max(total, self.step)
+        self.epochs = math.ceil(self.total_steps / self.batches_per_epoch)
+
+    def save_checkpoint(self, finished: bool = False) -> None:
+        """``last.safetensors``: model, optimizer, progress and random states, enough to resume bit for bit."""
+        if self._t0 is not None:
+            self.epoch_seconds = time.perf_counter() - self._t0
         rng = {"torch": torch.get_rng_state(), "augment": self.aug_gen.get_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -444,28 +483,17 @@ class _Loop:
                     "history": self.history, "finished": finished, "preprocess": self.pre.to_dict(), "rng": rng}
         save_checkpoint(self.run_dir / "last.safetensors", self.model, self.opt, progress)
 
-    def _set_total(self, total: int) -> None:
-        self.total_steps = max(total, self.step)
-        self.epochs = math.ceil(self.total_steps / self.batches_per_epoch)
+    def _emit(self, event: str, *args: Any) -> None:
+        for listener in self.listeners:
+            getattr(listener, event)(self, *args)
 
-    def _replan(self, at_epoch_end: bool = False) -> None:
-        total = self.planner.plan(self.step) if self.planner is not None else None
-        if total is None:
-            return
-        if at_epoch_end and total - self.step < 0.1 * self.batches_per_epoch:
-            total = self.step  # a sliver of an epoch is not worth another validation pass: stop here
-        elif not at_epoch_end:
-            total = max(total, self.step + 1)
-        if total != self.total_steps:
-            self._set_total(total)
-            self.replans += 1
-
-    # -- loop
+    # -- the loop
 
     def run(self) -> bool:
-        """Train to the end; return True if stopped by a signal (checkpoint saved)."""
+        """Train to the end; return True if stopped by a signal or a listener's stop("step") (checkpoint saved)."""
         cfg = self.cfg
         self.model.train()
+        self._emit("on_fit_start")
         with _StopFlag() as flag:
             while self.epoch < self.epochs:
                 e = self.epoch
@@ -480,35 +508,31 @@ class _Loop:
                         torch.cuda.set_rng_state(self.rng_resume["cuda"], self.device)
                     self.rng_resume = None
                 if self._train_epoch(perm, flag):
-                    self.save()
+                    self.interrupted = True
                     self.log(f"\ninterrupted at epoch {e + 1}, step {self.step_in_epoch}; checkpoint saved. "
                              f"Resume with: minivision train --resume {self.run_dir}")
+                    self._emit("on_fit_end")  # Checkpoints saves last.safetensors here
                     return True
-                clock = self.planner.clock if self.planner is not None else time.monotonic
-                t = clock()
                 self._end_epoch()
-                if self.planner is not None:
-                    self.planner.epoch_pause(clock() - t)
-                    if self.epoch < self.epochs:
-                        self._replan(at_epoch_end=True)
+                if self._stop_at == "epoch" and self.epoch < self.epochs:
+                    self.log(f"stopped by a listener after epoch {self.epoch}")
+                    self.set_total_steps(self.step)
         return False
 
     def _batches_this_epoch(self) -> int:
         return min(self.batches_per_epoch, self.total_steps - self.epoch * self.batches_per_epoch)
 
     def _train_epoch(self, perm: torch.Tensor, flag: _StopFlag) -> bool:
+        """The steps of one epoch; True when stopped (a signal or stop("step")) before its end."""
         cfg, bs = self.cfg, self.cfg.batch_size
-        n_batches = self._batches_this_epoch()
-        bar = tqdm(total=n_batches, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{self.epochs}",
-                   leave=False, unit="batch", disable=None if self.progress is None else not self.progress,
-                   dynamic_ncols=True)
-        t0 = time.perf_counter() - self.epoch_seconds
-        last_save = time.perf_counter()
+        bar = tqdm(total=self._batches_this_epoch(), initial=self.step_in_epoch,
+                   desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False, unit="batch",
+                   disable=None if self.progress is None else not self.progress, dynamic_ncols=True)
+        self._t0 = time.perf_counter() - self.epoch_seconds
         autocast = self.precision == "bf16"
         try:
-            while self.step_in_epoch < n_batches:
-                if flag.stop:
-                    self.epoch_seconds = time.perf_counter() - t0
+            while self.step_in_epoch < self._batches_this_epoch():
+                if flag.stop or self._stop_at == "step":
                     return True
                 i = self.step_in_epoch
                 idx = perm[i * bs:(i + 1) * bs]
@@ -534,30 +558,21 @@ class _Loop:
                                              torch.tensor(float(len(yb)), device=self.device, dtype=torch.float64)])
                 self.step_in_epoch += 1
                 self.step += 1
-                if self.planner is not None:
-                    done = self.step - self._step0
-                    self.planner.observe(done)
-                    first = done == Planner.WARMUP + Planner.FIRST_PLAN_AT
-                    if first or self.step >= self._next_plan * self.total_steps:
-                        self._next_plan = next((f for f in (0.5, 0.75, 0.9) if self.step < f * self.total_steps), 2.0)
-                        self._replan()
-                        if self._batches_this_epoch() != n_batches:
-                            n_batches = self._batches_this_epoch()
-                            bar.total = n_batches
-                if self.step_in_epoch % 20 == 0 or self.step_in_epoch == n_batches:
+                self._emit("on_step_end")
+                n_batches = self._batches_this_epoch()
+                if self.step_in_epoch % 20 == 0 or self.step_in_epoch >= n_batches:
                     s = self.sums.tolist()
+                    bar.total = n_batches
                     bar.set_postfix_str(f"loss {s[0] / s[2]:.4f} acc {s[1] / s[2]:.2%}", refresh=False)
                     bar.update(self.step_in_epoch - bar.n)
-                    if time.perf_counter() - last_save > CHECKPOINT_EVERY_S:
-                        self.epoch_seconds = time.perf_counter() - t0
-                        self.save()
-                        last_save = time.perf_counter()
         finally:
             bar.close()
-        self.epoch_seconds = time.perf_counter() - t0
+            self.epoch_seconds = time.perf_counter() - self._t0
+            self._t0 = None
         return False
 
     def _end_epoch(self) -> None:
+        """Validation, the history row, the best-epoch rule; then ``on_epoch_end``."""
         cfg = self.cfg
         loss_sum, correct, count = self.sums.tolist()
         val_loss = val_acc = float("nan")
@@ -581,67 +596,44 @@ class _Loop:
         # validation split many epochs tie at the top accuracy; the later, more confident one is kept)
         tied_loss = min((r["val_loss"] for r in self.history[:-1] if r["val_accuracy"] == self.best_val),
                         default=math.inf)
-        improved = not no_val and (val_acc > self.best_val or (val_acc == self.best_val and val_loss < tied_loss))
-        if improved or no_val:  # no validation split: the latest weights are the best we know
-            self.best_val = val_acc if improved else self.best_val
-            save_model(self.run_dir, self.model, {}, weights_name="best")
-        self.save(finished=self.epoch >= self.epochs)
-        from .report.history import write_history
-
-        # results.png takes ~0.5 s to draw: every epoch in long runs, only at the end in short ones, where
-        # the report draws it when one follows
-        last = self.epoch >= self.epochs
-        write_history(self.run_dir, self.history, plot=row["seconds"] >= 30 or (last and not self.report_follows))
-        if self.tensorboard is not None:
-            self.tensorboard.epoch(row)
+        self.improved = not no_val and (val_acc > self.best_val or (val_acc == self.best_val and val_loss < tied_loss))
+        if self.improved:
+            self.best_val = val_acc
+        self._emit("on_epoch_end", row)
         val = f"val loss {val_loss:.4f} acc {val_acc:.2%}" if not no_val else "no validation split"
         self.log(f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} acc "
                  f"{row['train_accuracy']:.2%}  {val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
-                 + ("  *" if improved else ""))
+                 + ("  *" if self.improved else ""))
 
+    # -- the end
 
-def _finish(loop: _Loop, ds: Dataset) -> dict[str, float]:
-    """Keep the best-validation weights as the run's model, score them on the test split, write files."""
-    from .fileio import load_tensors
+    def finish(self) -> dict[str, float]:
+        """Keep the best-validation weights as the run's model, score them on the test split (else the
+        validation split), write model.json, then ``on_fit_end`` (the report, TensorBoard's pictures)."""
+        from .fileio import load_tensors
 
-    best = loop.run_dir / "best.safetensors"
-    if best.is_file():
-        loop.model.load_state_dict(load_tensors(best))
-    test: dict[str, float] = {}
-    scored: tuple[str, Split, torch.Tensor] | None = None
-    if ds.test is not None and len(ds.test):
-        logits = predict_logits(loop.model, loop.pre, ds.test.x, device=loop.device, precision=loop.precision)
-        loss, acc = loss_and_accuracy(logits, ds.test.y)
-        test = {"test_loss": loss, "test_accuracy": acc, "test_n": len(ds.test)}
-        scored = ("test", ds.test, logits)
-    elif ds.val is not None and len(ds.val):
-        scored = ("validation", ds.val, predict_logits(loop.model, loop.pre, ds.val.x, device=loop.device,
-                                                       precision=loop.precision))
-    best_row = max(loop.history, key=lambda r: (-1.0, 0.0) if math.isnan(r["val_accuracy"])
-                   else (r["val_accuracy"], -r["val_loss"]))
-    metrics = {"epochs": len(loop.history), "best_epoch": best_row["epoch"],
-               "val_accuracy": best_row["val_accuracy"], **test,
-               "train_seconds": round(sum(r["seconds"] for r in loop.history), 2)}
-    if "budget" in loop.meta:
-        loop.meta["budget"].update(total_steps=loop.total_steps, replans=loop.replans)
-    loop.meta["metrics"] = metrics
-    loop.meta["created"] = datetime.now(UTC).isoformat(timespec="seconds")
-    save_model(loop.run_dir, loop.model, loop.meta)
-    if scored is not None:
-        _write_report(loop, ds, *scored)
-    elif loop.history:
-        loop.log("no test or validation split: no report")
-    if loop.tensorboard is not None:
-        loop.tensorboard.add_pictures(loop.run_dir, step=len(loop.history))
-        loop.tensorboard.close()
-    return {k: v for k, v in test.items()}
-
-
-def _write_report(loop: _Loop, ds: Dataset, split_name: str, split: Split, logits: torch.Tensor) -> None:
-    from .report.run import dataset_rows, write_run_report
-
-    notes = [f"scored on the {split_name} split with the best-validation weights "
-             f"(epoch {loop.meta['metrics']['best_epoch']} of {len(loop.history)})"]
-    write_run_report(loop.run_dir, classes=ds.classes, split=split, split_name=split_name, logits=logits,
-                     history=loop.history, meta=loop.meta, parameters=sum(p.numel() for p in loop.model.parameters()),
-                     settings=loop.cfg.to_dict(), dataset=dataset_rows(ds), notes=notes, log=loop.log)
+        ds = self.ds
+        best = self.run_dir / "best.safetensors"
+        if best.is_file():
+            self.model.load_state_dict(load_tensors(best))
+        test: dict[str, float] = {}
+        if ds.test is not None and len(ds.test):
+            logits = predict_logits(self.model, self.pre, ds.test.x, device=self.device, precision=self.precision)
+            loss, acc = loss_and_accuracy(logits, ds.test.y)
+            test = {"test_loss": loss, "test_accuracy": acc, "test_n": len(ds.test)}
+            self.scored = ("test", ds.test, logits)
+        elif ds.val is not None and len(ds.val):
+            self.scored = ("validation", ds.val, predict_logits(self.model, self.pre, ds.val.x, device=self.device,
+                                                                precision=self.precision))
+        best_row = max(self.history, key=lambda r: (-1.0, 0.0) if math.isnan(r["val_accuracy"])
+                       else (r["val_accuracy"], -r["val_loss"]))
+        metrics = {"epochs": len(self.history), "best_epoch": best_row["epoch"],
+                   "val_accuracy": best_row["val_accuracy"], **test,
+                   "train_seconds": round(sum(r["seconds"] for r in self.history), 2)}
+        if "budget" in self.meta:
+            self.meta["budget"].update(total_steps=self.total_steps, replans=self.replans)
+        self.meta["metrics"] = metrics
+        self.meta["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+        save_model(self.run_dir, self.model, self.meta)
+        self._emit("on_fit_end")
+        return test
