@@ -3,11 +3,14 @@
     import minivision as mv
     clf = mv.Classifier(model="cnn2", epochs=3).fit("fashion-mnist")
     clf.evaluate()["accuracy"]; clf.predict(["shoe.jpg"]); clf.save("my-model")
+    clf.get_params(); clf.set_params(lr=0.01); sklearn.base.clone(clf)   # an unfitted copy
     clf = mv.load("runs/train")
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,27 +25,107 @@ from .fileio import fsync_path
 from .runfiles import LoadedModel, load_model
 
 
-class Classifier:
-    """An image classifier. Settings are those of ``minivision train`` (see ``TrainConfig``).
+class _InvalidParameter(MinivisionError, ValueError):
+    """``set_params`` with an unknown name: a ValueError as scikit-learn raises, printed on one line."""
 
-    Fitted attributes end in ``_``: ``run_dir_``, ``classes_``, ``history_``, ``test_metrics_``.
+
+class Classifier:
+    """An image classifier, with scikit-learn's estimator conventions.
+
+    The parameters are the settings of ``minivision train`` (``TrainConfig``; ``None``: the model's
+    recipe, then the global default), stored as given: no checks or logic until ``fit``.
+    ``get_params``/``set_params`` and ``sklearn.base.clone`` work without importing scikit-learn here
+    (``sklearn.base.BaseEstimator`` costs ~1.8 s of CPU to import after torch, for every user of the
+    API). The data is ``fit``'s argument, with ``data_dir`` and ``test_data`` beside it.
+
+    Fitted attributes end in ``_``: ``model_`` (the network trained: the ``model`` asked for, or the one
+    the budget or the default chose; ``model`` itself stays as given), ``run_dir_``, ``classes_``,
+    ``preprocess_``, ``history_``, ``test_metrics_``, ``loaded_`` (the ``LoadedModel``, whose ``.model``
+    is the torch module).
     """
 
-    def __init__(self, model: str | None = None, epochs: int | None = None, **settings: Any) -> None:
+    def __init__(self, model: str | None = None, epochs: int | None = None, *, budget: float | str | None = None,
+                 steps: int | None = None, batch_size: int | None = None, optimizer: str | None = None,
+                 lr: float | None = None, momentum: float | None = None, nesterov: bool | None = None,
+                 weight_decay: float | None = None, schedule: str | None = None,
+                 label_smoothing: float | None = None, augment: str | None = None, normalize: str | None = None,
+                 val_split: float | None = None, val_first: int | None = None, seed: int = 0,
+                 device: str = "auto", precision: str = "auto", out: str = "runs", name: str = "train",
+                 tensorboard: bool = False, extra: dict[str, Any] | None = None) -> None:
         self.model = model
         self.epochs = epochs
-        self.settings = settings
+        self.budget = budget
+        self.steps = steps
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.lr = lr
+        self.momentum = momentum
+        self.nesterov = nesterov
+        self.weight_decay = weight_decay
+        self.schedule = schedule
+        self.label_smoothing = label_smoothing
+        self.augment = augment
+        self.normalize = normalize
+        self.val_split = val_split
+        self.val_first = val_first
+        self.seed = seed
+        self.device = device
+        self.precision = precision
+        self.out = out
+        self.name = name
+        self.tensorboard = tensorboard
+        self.extra = extra
+
+    # -- parameters (scikit-learn's protocol)
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return sorted(p.name for p in sig.parameters.values() if p.name != "self")
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The parameters as given to ``__init__`` (or ``set_params``); ``deep`` adds ``name__key`` entries
+        for parameters that have ``get_params`` themselves, as scikit-learn does."""
+        out: dict[str, Any] = {}
+        for key in self._param_names():
+            value = getattr(self, key)
+            if deep and hasattr(value, "get_params") and not isinstance(value, type):
+                out.update((f"{key}__{k}", v) for k, v in value.get_params().items())
+            out[key] = value
+        return out
+
+    def set_params(self, **params: Any) -> Classifier:
+        """Set parameters by name (``name__key`` reaches into a parameter that has ``set_params``);
+        returns ``self``. An unknown name raises a ValueError (a MinivisionError) with a "did you mean"."""
+        valid = self._param_names()
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in params.items():
+            head, sep, sub = key.partition("__")
+            if head not in valid:
+                hint = difflib.get_close_matches(head, valid, n=1)
+                raise _InvalidParameter(f"Classifier has no parameter {head!r}"
+                                        + (f"; did you mean {hint[0]!r}?" if hint else f"; known: {', '.join(valid)}"))
+            if sep:
+                nested.setdefault(head, {})[sub] = value
+            else:
+                setattr(self, head, value)
+        for head, sub_params in nested.items():
+            getattr(self, head).set_params(**sub_params)
+        return self
 
     # -- training
 
-    def fit(self, data: str | Dataset = "fashion-mnist", *, progress: bool | None = None,
-            **overrides: Any) -> Classifier:
-        """Train on a dataset name, CSV file, image folder or a ``Dataset`` from ``load_dataset``."""
+    def fit(self, data: str | Dataset = "fashion-mnist", *, data_dir: str | None = None,
+            test_data: str | None = None, progress: bool | None = None) -> Classifier:
+        """Train on a dataset name, CSV file, image folder or a ``Dataset`` from ``load_dataset``; returns self.
+
+        ``data_dir``: the folder with a named dataset's files; ``test_data``: a second CSV file as the test split."""
         from .train import fit
 
-        settings = {**self.settings, **overrides}
+        settings = self.get_params(deep=False)
+        settings["extra"] = dict(settings["extra"] or {})
         name = data.name if isinstance(data, Dataset) else str(data)
-        cfg = TrainConfig.from_dict({"model": self.model, "epochs": self.epochs, "data": name, **settings})
+        cfg = TrainConfig.from_dict({**settings, "data": name, "data_dir": data_dir, "test_data": test_data})
         result = fit(cfg, dataset=data if isinstance(data, Dataset) else None, progress=progress,
                      log=lambda msg: None if progress is False else print(msg))
         if result.interrupted:
@@ -58,7 +141,7 @@ class Classifier:
         self.run_dir_ = lm.path
         self.classes_ = list(lm.classes)
         self.preprocess_ = lm.preprocess
-        self.model = lm.name
+        self.model_ = lm.name
         if not hasattr(self, "history_") and (lm.path / "results.csv").is_file():
             from .report.history import read_history
 
@@ -165,12 +248,18 @@ class Classifier:
         return dest
 
     def __repr__(self) -> str:
-        fitted = f", run_dir_={str(self.run_dir_)!r}" if hasattr(self, "run_dir_") else ""
-        return f"Classifier(model={self.model!r}, epochs={self.epochs!r}{fitted})"
+        """scikit-learn's style: the parameters that differ from their defaults (and where a fitted
+        model lives)."""
+        defaults = {p.name: p.default for p in inspect.signature(type(self).__init__).parameters.values()}
+        shown = [f"{k}={v!r}" for k, v in self.get_params(deep=False).items() if v != defaults[k]]
+        if hasattr(self, "run_dir_"):
+            shown.append(f"run_dir_={str(self.run_dir_)!r}")
+        return f"Classifier({', '.join(shown)})"
 
 
 def load(path: str | Path) -> Classifier:
-    """A fitted ``Classifier`` from a run folder, model.json or model.safetensors."""
+    """A fitted ``Classifier`` from a run folder, model.json or model.safetensors (``model`` and ``model_``:
+    the network's name)."""
     lm = load_model(path)
     clf = Classifier(model=lm.name)
     clf._set_loaded(lm)
