@@ -3,14 +3,14 @@
 How a budget is spent (``fit`` calls these):
 
 1. ``parse_duration`` turns ``30s``, ``3m``, ``1h30m`` or ``90`` (seconds) into seconds.
-2. ``choose_model`` walks ``LADDER`` from the smallest network up: it times a few training steps of
+2. ``plan_budget`` walks ``LADDER`` from the smallest network up: it times a few training steps of
    each on the real data and keeps the largest one that can still do its ``min_epochs`` in the
    time left. Larger networks reach higher accuracy, but only once they get enough epochs; below
    that a smaller network trained longer wins (measured on Fashion-MNIST, see docs/BENCHMARKS.md).
    It stops probing at the first network that does not fit, so a 30-second run times one extra
    network for a fraction of a second.
-3. ``Planner`` turns the time left into a step count: after a few timed steps of the real loop
-   (augmentation included), at every epoch end (when the validation cost is known) and at half
+3. ``Planner`` (driven by the trainer's ``listeners.BudgetPlanner``) turns the time left into a step
+   count: after a few timed steps of the real loop (augmentation included), at every epoch end (when the validation cost is known) and at half
    way, it re-plans ``total = steps done + time left / seconds per step``, keeping back the
    validation passes still to come and the final test pass and file writes. The one-cycle
    schedule is a function of ``step / total``, so it always ends at its lowest rate on time.
@@ -22,13 +22,25 @@ it had planned.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+import torch
+import torch.nn.functional as F
+
+from .config import TrainConfig, resolve
 from .errors import MinivisionError
+from .models import create_model, model_info
+from .optim import make_optimizer
+from .preprocess import Preprocess
+
+if TYPE_CHECKING:
+    from .data.dataset import Dataset
 
 DEFAULT_BUDGET_S = 30.0  # `minivision train` with no flags
 MAX_BUDGET_S = 7 * 24 * 3600.0
@@ -172,3 +184,94 @@ class Planner:
         # each remaining step also carries its share of the validation passes still to come
         per_step = self.s_per_step + per_epoch / self.steps_per_epoch
         return step + max(1, int(left / per_step))
+
+
+# ----------------------------------------------------------------------------- picking the network and the first plan
+
+def default_budget(cfg: TrainConfig) -> TrainConfig:
+    """No model, epochs, steps or budget: the 30-second recipe. A budget given as text -> seconds."""
+    if cfg.budget is not None:
+        return dataclasses.replace(cfg, budget=parse_duration(cfg.budget))
+    if cfg.model is None and cfg.epochs is None and cfg.steps is None:
+        return dataclasses.replace(cfg, budget=DEFAULT_BUDGET_S)
+    return cfg
+
+
+def probe_step_seconds(cfg: TrainConfig, ds: Dataset, device: torch.device, precision: str,
+                       steps: int = 3) -> float:
+    """Seconds per training step of ``cfg.model`` at its batch size: one untimed step, then ``steps``
+    timed ones on real images (the model is thrown away; the global RNG is left as it was)."""
+    rng = torch.get_rng_state()
+    model = create_model(cfg.model, in_channels=ds.channels, image_size=ds.image_size,
+                         num_classes=ds.num_classes, **cfg.extra).to(device).to(memory_format=torch.channels_last)
+    pre = Preprocess.fit(ds.train.x[:2048], cfg.normalize)
+    opt = make_optimizer(cfg, model)
+    bs = min(cfg.batch_size, len(ds.train.y))
+    xb, yb = pre(ds.train.x[:bs].to(device)), ds.train.y[:bs].to(device)
+    t0 = 0.0
+    for i in range(steps + 1):
+        if i == 1:
+            t0 = _sync_time(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(model(xb).float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    seconds = (_sync_time(device) - t0) / steps
+    torch.set_rng_state(rng)
+    return seconds
+
+
+def _sync_time(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.monotonic()
+
+
+def plan_budget(user_cfg: TrainConfig, cfg: TrainConfig, ds: Dataset, device: torch.device, precision: str,
+                 started: float, log: Callable[[str], None],
+                 clock: Callable[[], float] = time.monotonic) -> tuple[TrainConfig, Plan]:
+    """Pick the network (unless the user named one) and a first step count for ``cfg.budget``."""
+    budget = float(cfg.budget)
+    deadline = started + budget
+    n = len(ds.train.y)
+    # keep back the final test pass and file writes, roughly; the planner refines this as it runs
+    usable = lambda: (deadline - clock()) * 0.9 - Planner.END_RESERVE_S  # noqa: E731
+    probed: dict[str, float] = {}
+    name = user_cfg.model
+    if name is None:
+        for rung in LADDER:
+            if rung.min_epochs == 0:  # always possible: no need to time it
+                probed[rung.model] = 0.0
+                continue
+            c = resolve(dataclasses.replace(user_cfg, model=rung.model), {**model_info(rung.model).defaults,
+                                                                            **SHORT_RUN})
+            spe = probe_step_seconds(c, ds, device, precision) * math.ceil(n / c.batch_size)
+            probed[rung.model] = spe
+            if spe * rung.min_epochs > usable():
+                break
+        name = pick_rung(probed, usable())
+    defaults = dict(model_info(name).defaults)
+    spe = probed.get(name) or 0.0
+    short = spe == 0.0 or spe * AUGMENT_MIN_EPOCHS > usable()
+    if user_cfg.model is None and short:
+        defaults.update(SHORT_RUN)  # user flags still win: resolve() only fills what they left unset
+    final = resolve(dataclasses.replace(user_cfg, model=name), defaults)
+    final = dataclasses.replace(final, **{k: getattr(cfg, k) for k in ("data", "data_dir", "test_data")})
+    plan = Plan(budget_s=budget, model=name, probed_s_per_epoch={k: round(v, 3) for k, v in probed.items() if v})
+    explicit = user_cfg.epochs is not None or user_cfg.steps is not None
+    if explicit:
+        log(f"budget {format_duration(budget)}: {name}; --epochs/--steps given, so they set the length")
+        return final, plan
+    bpe = max(1, math.ceil(n / final.batch_size))
+    first_guess = int(max(usable(), 1.0) / (spe / bpe)) if spe else (final.epochs or 1) * bpe
+    # unmeasured (a named model): run at least until the planner's first plan, or a tiny dataset of one
+    # batch per epoch would stop after its default 3 epochs = 3 steps, whatever the budget
+    if not spe:
+        first_guess = max(first_guess, Planner.WARMUP + Planner.FIRST_PLAN_AT + 1)
+    final = dataclasses.replace(final, steps=max(1, first_guess), epochs=None)
+    plan.total_steps = final.steps
+    why = ", ".join(f"{k} {v:.0f} s/epoch" for k, v in plan.probed_s_per_epoch.items())
+    log(f"budget {format_duration(budget)}: {name}" + (f" (timed: {why})" if why else "")
+        + "; the step count is planned from the measured speed as it trains")
+    return final, plan

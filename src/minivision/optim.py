@@ -18,12 +18,15 @@ Adam's ``step`` stays a CPU float32 tensor (as ``torch.optim`` when not capturab
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .errors import MinivisionError
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 
 class OptimizerStateMismatch(MinivisionError, ValueError):
@@ -239,3 +242,22 @@ def accept_single_group(params_in_saved_order: list[torch.Tensor]) -> StateDictH
                     state[i] = s
         return {"state": state, "param_groups": groups}
     return hook
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module,
+                   lr_scales: dict[str, float] | None = None) -> SGD | Adam:
+    """torch.optim's update rules (see ``minivision.optim`` for why not torch.optim itself), with no
+    weight decay on biases and norm layers (``param_groups_weight_decay``). ``lr_scales``:
+    parameter-name prefix -> learning-rate multiplier (fine-tuning); the schedule multiplies each
+    group's ``lr_scale``. Checkpoints saved with one parameter group still resume, as they started."""
+    params = param_groups_weight_decay(model, cfg.weight_decay, lr_scales)
+    for group in params:
+        group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
+    if cfg.optimizer in ("adam", "adamw"):
+        opt = Adam(params, lr=cfg.lr, decoupled=cfg.optimizer == "adamw")
+    else:
+        momentum = 0.0 if cfg.optimizer == "gd" else cfg.momentum
+        opt = SGD(params, lr=cfg.lr, momentum=momentum, nesterov=bool(cfg.nesterov and momentum > 0))
+    opt.register_load_state_dict_pre_hook(
+        accept_single_group([p for p in model.parameters() if p.requires_grad]))
+    return opt

@@ -23,18 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import optim
-from .budget import (
-    AUGMENT_MIN_EPOCHS,
-    DEFAULT_BUDGET_S,
-    LADDER,
-    SHORT_RUN,
-    Plan,
-    Planner,
-    format_duration,
-    parse_duration,
-    pick_rung,
-)
+from .budget import LADDER, Plan, Planner, default_budget, plan_budget
 from .config import TrainConfig, resolve
 from .data import load_dataset
 from .data.augment import Augment
@@ -45,6 +34,7 @@ from .fileio import new_run_dir, write_text
 from .inference import cpu_supports_bf16, loss_and_accuracy, pick_device, pick_precision, predict_logits
 from .listeners import BudgetPlanner, Checkpoints, Listener, ProgressFile, Report, ResultsFiles, TensorBoard
 from .models import DEFAULT_MODEL, create_model, model_info
+from .optim import make_optimizer
 from .preprocess import Preprocess
 from .runfiles import load_checkpoint, read_args, save_checkpoint, save_model, versions, write_args
 
@@ -64,25 +54,6 @@ def lr_at(step: int, total: int, peak: float, schedule: str) -> float:
     if t < warm:
         return peak * (0.1 + 0.9 * t / warm)
     return peak * (1 - t) / (1 - warm)
-
-
-def make_optimizer(cfg: TrainConfig, model: nn.Module,
-                   lr_scales: dict[str, float] | None = None) -> optim.SGD | optim.Adam:
-    """torch.optim's update rules (see ``minivision.optim`` for why not torch.optim itself), with no
-    weight decay on biases and norm layers (``optim.param_groups_weight_decay``). ``lr_scales``:
-    parameter-name prefix -> learning-rate multiplier (fine-tuning); the schedule multiplies each
-    group's ``lr_scale``. Checkpoints saved with one parameter group still resume, as they started."""
-    params = optim.param_groups_weight_decay(model, cfg.weight_decay, lr_scales)
-    for group in params:
-        group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
-    if cfg.optimizer in ("adam", "adamw"):
-        opt = optim.Adam(params, lr=cfg.lr, decoupled=cfg.optimizer == "adamw")
-    else:
-        momentum = 0.0 if cfg.optimizer == "gd" else cfg.momentum
-        opt = optim.SGD(params, lr=cfg.lr, momentum=momentum, nesterov=bool(cfg.nesterov and momentum > 0))
-    opt.register_load_state_dict_pre_hook(
-        optim.accept_single_group([p for p in model.parameters() if p.requires_grad]))
-    return opt
 
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
@@ -163,7 +134,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     augment_from_user = cfg.augment is not None
     user_cfg = cfg
     if resume is None:
-        user_cfg = cfg = _default_budget(cfg)
+        user_cfg = cfg = default_budget(cfg)
         first = cfg.model or (LADDER[0].model if cfg.budget is not None else DEFAULT_MODEL)
         cfg = resolve(dataclasses.replace(cfg, model=first), model_info(first).defaults)
         cfg = _absolute_paths(cfg)
@@ -184,7 +155,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
 
     plan: Plan | None = None
     if resume is None and cfg.budget is not None:
-        cfg, plan = _plan_budget(user_cfg, cfg, ds, device, precision, started, log, clock)
+        cfg, plan = plan_budget(user_cfg, cfg, ds, device, precision, started, log, clock)
     if resume is None and not augment_from_user and ds.name in MIRROR_SENSITIVE and Augment.parse(cfg.augment).flip:
         cfg = dataclasses.replace(cfg, augment=dataclasses.replace(Augment.parse(cfg.augment), flip=0.0).spec())
         log(f"note: no flip augmentation for {ds.name} (a mirrored digit is another digit); augment={cfg.augment!r}")
@@ -242,97 +213,6 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     if not interrupted:
         result.test = trainer.finish()
     return result
-
-
-# ----------------------------------------------------------------------------- Budget
-
-def _default_budget(cfg: TrainConfig) -> TrainConfig:
-    """No model, epochs, steps or budget: the 30-second recipe. A budget given as text -> seconds."""
-    if cfg.budget is not None:
-        return dataclasses.replace(cfg, budget=parse_duration(cfg.budget))
-    if cfg.model is None and cfg.epochs is None and cfg.steps is None:
-        return dataclasses.replace(cfg, budget=DEFAULT_BUDGET_S)
-    return cfg
-
-
-def _probe_step_seconds(cfg: TrainConfig, ds: Dataset, device: torch.device, precision: str,
-                        steps: int = 3) -> float:
-    """Seconds per training step of ``cfg.model`` at its batch size: one untimed step, then ``steps``
-    timed ones on real images (the model is thrown away; the global RNG is left as it was)."""
-    rng = torch.get_rng_state()
-    model = create_model(cfg.model, in_channels=ds.channels, image_size=ds.image_size,
-                         num_classes=ds.num_classes, **cfg.extra).to(device).to(memory_format=torch.channels_last)
-    pre = Preprocess.fit(ds.train.x[:2048], cfg.normalize)
-    opt = make_optimizer(cfg, model)
-    bs = min(cfg.batch_size, len(ds.train.y))
-    xb, yb = pre(ds.train.x[:bs].to(device)), ds.train.y[:bs].to(device)
-    t0 = 0.0
-    for i in range(steps + 1):
-        if i == 1:
-            t0 = _sync_time(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = F.cross_entropy(model(xb).float(), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    seconds = (_sync_time(device) - t0) / steps
-    torch.set_rng_state(rng)
-    return seconds
-
-
-def _sync_time(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.monotonic()
-
-
-def _plan_budget(user_cfg: TrainConfig, cfg: TrainConfig, ds: Dataset, device: torch.device, precision: str,
-                 started: float, log: Callable[[str], None],
-                 clock: Callable[[], float] = time.monotonic) -> tuple[TrainConfig, Plan]:
-    """Pick the network (unless the user named one) and a first step count for ``cfg.budget``."""
-    budget = float(cfg.budget)
-    deadline = started + budget
-    n = len(ds.train.y)
-    # keep back the final test pass and file writes, roughly; the planner refines this as it runs
-    usable = lambda: (deadline - clock()) * 0.9 - Planner.END_RESERVE_S  # noqa: E731
-    probed: dict[str, float] = {}
-    name = user_cfg.model
-    if name is None:
-        for rung in LADDER:
-            if rung.min_epochs == 0:  # always possible: no need to time it
-                probed[rung.model] = 0.0
-                continue
-            c = resolve(dataclasses.replace(user_cfg, model=rung.model), {**model_info(rung.model).defaults,
-                                                                            **SHORT_RUN})
-            spe = _probe_step_seconds(c, ds, device, precision) * math.ceil(n / c.batch_size)
-            probed[rung.model] = spe
-            if spe * rung.min_epochs > usable():
-                break
-        name = pick_rung(probed, usable())
-    defaults = dict(model_info(name).defaults)
-    spe = probed.get(name) or 0.0
-    short = spe == 0.0 or spe * AUGMENT_MIN_EPOCHS > usable()
-    if user_cfg.model is None and short:
-        defaults.update(SHORT_RUN)  # user flags still win: resolve() only fills what they left unset
-    final = resolve(dataclasses.replace(user_cfg, model=name), defaults)
-    final = dataclasses.replace(final, **{k: getattr(cfg, k) for k in ("data", "data_dir", "test_data")})
-    plan = Plan(budget_s=budget, model=name, probed_s_per_epoch={k: round(v, 3) for k, v in probed.items() if v})
-    explicit = user_cfg.epochs is not None or user_cfg.steps is not None
-    if explicit:
-        log(f"budget {format_duration(budget)}: {name}; --epochs/--steps given, so they set the length")
-        return final, plan
-    bpe = max(1, math.ceil(n / final.batch_size))
-    first_guess = int(max(usable(), 1.0) / (spe / bpe)) if spe else (final.epochs or 1) * bpe
-    # unmeasured (a named model): run at least until the planner's first plan, or a tiny dataset of one
-    # batch per epoch would stop after its default 3 epochs = 3 steps, whatever the budget
-    if not spe:
-        first_guess = max(first_guess, Planner.WARMUP + Planner.FIRST_PLAN_AT + 1)
-    final = dataclasses.replace(final, steps=max(1, first_guess), epochs=None)
-    plan.total_steps = final.steps
-    why = ", ".join(f"{k} {v:.0f} s/epoch" for k, v in plan.probed_s_per_epoch.items())
-    log(f"budget {format_duration(budget)}: {name}" + (f" (timed: {why})" if why else "")
-        + "; the step count is planned from the measured speed as it trains")
-    return final, plan
 
 
 def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
