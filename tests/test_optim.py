@@ -226,3 +226,33 @@ def test_building_an_optimizer_does_not_import_dynamo():
             "print('torch._dynamo' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_run_saved_with_one_group_extends_exactly_as_it_started(tmp_path, monkeypatch):
+    """End to end: a run folder whose checkpoint has one parameter group (as minivision wrote before
+    parameter groups) extends with today's optimizer exactly as with the one-group optimizer."""
+    from minivision import train
+    from minivision.config import TrainConfig
+    from minivision.runfiles import load_checkpoint
+
+    from .conftest import synthetic_dataset
+
+    def one_group(cfg, model, lr_scales=None):  # make_optimizer before parameter groups
+        return SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                   nesterov=bool(cfg.nesterov))
+
+    ds = synthetic_dataset(120, 40)
+    quiet = {"dataset": ds, "progress": False, "log": lambda m: None}
+    cfg = TrainConfig(model="mlp", epochs=1, optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=5e-3,
+                      val_split=0.25, out=str(tmp_path))
+    with monkeypatch.context() as m:
+        m.setattr(train, "make_optimizer", one_group)
+        first = train.fit(cfg, **quiet)
+        old = train.fit(TrainConfig(epochs=2), resume=first.run_dir, **quiet)
+    new = train.fit(TrainConfig(epochs=2), resume=first.run_dir, **quiet)
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in new.history] == \
+           [{k: v for k, v in r.items() if k != "seconds"} for r in old.history]
+    a, b = old.model.state_dict(), new.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    _, opt_state, _ = load_checkpoint(new.run_dir / "last.safetensors")
+    assert [g["weight_decay"] for g in opt_state["param_groups"]] == [5e-3, 5e-3]  # as the run started
