@@ -10,10 +10,11 @@ How a budget is spent (``fit`` calls these):
    It stops probing at the first network that does not fit, so a 30-second run times one extra
    network for a fraction of a second.
 3. ``Planner`` (driven by the trainer's ``listeners.BudgetPlanner``) turns the time left into a step
-   count: after a few timed steps of the real loop (augmentation included), at every epoch end (when the validation cost is known) and at half
-   way, it re-plans ``total = steps done + time left / seconds per step``, keeping back the
-   validation passes still to come and the final test pass and file writes. The one-cycle
-   schedule is a function of ``step / total``, so it always ends at its lowest rate on time.
+   count: after a few timed steps of the real loop (augmentation included), at every epoch end
+   (when the validation cost is known) and at half way, it re-plans ``total = steps done + time
+   left / seconds per step``, keeping back the validation passes still to come and the final test
+   pass and file writes. The one-cycle schedule is a function of ``step / total``, so it always
+   ends at its lowest rate on time.
 
 A budget run is reproducible in its settings (args.yaml) but not to the step: the step count
 depends on the machine's speed at the time. An interrupted budget run resumes with the step count

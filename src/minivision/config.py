@@ -109,6 +109,10 @@ class TrainConfig:
     test_data: str | None = _setting(None, "a second CSV file used as the test split")
     model: str | None = _setting(None, "model name (see `minivision models`); default: the largest that fits "
                                        "the budget")
+    init_from: str | None = _setting(
+        None, "start from the weights of a run (its folder, model.json or model.safetensors) or of a "
+              ".safetensors weights file; a run's network and preprocessing are kept, and its head is "
+              "replaced when the classes differ (fine-tuning)", metavar="RUN_OR_WEIGHTS")
     budget: float | str | None = _setting(
         None, "wall-clock time for the whole run, e.g. 30s, 3m, 1h30m: picks the network and the number of "
               "steps (default 30s when no --model/--epochs/--steps is given)", kind=float, lo=0, lo_open=True,

@@ -105,6 +105,61 @@ def load_model(path: str | Path, weights: str = "model", device: str | torch.dev
     return LoadedModel(model, pre, classes, meta, folder)
 
 
+# ---------------------------------------------------------------- start from another model's weights
+
+@dataclass
+class InitSource:
+    """Weights to start a training from (``--init-from``): a run's model, or a bare weights file."""
+
+    path: Path
+    state: dict[str, torch.Tensor]
+    architecture: dict[str, Any] | None = None  # model.json's entry; None for a bare weights file
+    classes: list[str] | None = None
+    preprocess: Preprocess | None = None
+
+
+def read_init_source(path: str | Path) -> InitSource:
+    """A run folder (or its model.json / model.safetensors): its weights, network, classes and
+    preprocessing; any other ``.safetensors`` file: its tensors only (never a pickle). Raises
+    MinivisionError when the path is neither."""
+    p = Path(path)
+    if p.is_dir() or p.name == "model.json" or (p.suffix == ".safetensors" and (p.parent / "model.json").is_file()):
+        lm = load_model(p, weights=p.stem if p.suffix == ".safetensors" else "model")
+        return InitSource(lm.path, {k: v.contiguous() for k, v in lm.model.state_dict().items()},
+                          dict(lm.meta["architecture"]), list(lm.classes), lm.preprocess)
+    if p.is_file() and p.suffix == ".safetensors":
+        return InitSource(p, load_tensors(p))
+    if not p.exists():
+        raise MinivisionError(f"--init-from {p}: no such run folder or weights file")
+    raise MinivisionError(f"--init-from {p}: expected a run folder, its model.json, or a .safetensors weights file")
+
+
+def load_init_weights(model: nn.Module, source: InitSource, classes: list[str]) -> str:
+    """Copy ``source``'s weights into ``model`` (a registered ``ClassifierNet`` built for ``classes``).
+
+    The head is kept when the source was trained on the same classes in the same order (or, for a bare
+    weights file, when its head has the same shape), else left as the freshly initialised head the
+    model was built with: returns "kept" or "reset". Raises MinivisionError naming the first tensor
+    that does not fit."""
+    head = f"{model.classifier_name}."
+    keep_head = (source.classes == list(classes) if source.classes is not None
+                 else all(source.state.get(k) is not None and source.state[k].shape == v.shape
+                          for k, v in model.state_dict().items() if k.startswith(head)))
+    state = source.state if keep_head else {k: v for k, v in source.state.items() if not k.startswith(head)}
+    own = model.state_dict()
+    for key, value in state.items():
+        if key not in own:
+            raise MinivisionError(f"--init-from {source.path}: weight {key!r} is not in a {type(model).__name__}")
+        if own[key].shape != value.shape:
+            raise MinivisionError(f"--init-from {source.path}: weight {key!r} has shape {tuple(value.shape)}, "
+                                  f"the model's is {tuple(own[key].shape)}")
+    missing = [k for k in own if k not in state and (keep_head or not k.startswith(head))]
+    if missing:
+        raise MinivisionError(f"--init-from {source.path}: no weight for {missing[0]!r} ({len(missing)} missing)")
+    model.load_state_dict(state, strict=False)
+    return "kept" if keep_head else "reset"
+
+
 # ---------------------------------------------------------------- checkpoints (resume)
 
 def save_checkpoint(path: Path, model: nn.Module, optimizer: Any, progress: dict[str, Any]) -> None:

@@ -36,7 +36,17 @@ from .listeners import BudgetPlanner, Checkpoints, Listener, ProgressFile, Repor
 from .models import DEFAULT_MODEL, create_model, model_info
 from .optim import make_optimizer
 from .preprocess import Preprocess
-from .runfiles import load_checkpoint, read_args, save_checkpoint, save_model, versions, write_args
+from .runfiles import (
+    InitSource,
+    load_checkpoint,
+    load_init_weights,
+    read_args,
+    read_init_source,
+    save_checkpoint,
+    save_model,
+    versions,
+    write_args,
+)
 
 MIRROR_SENSITIVE = {"mnist"}  # datasets whose default augmentation must not flip images
 
@@ -133,6 +143,10 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         cfg, run_dir, state, history = _prepare_resume(Path(resume), changes, log)
     augment_from_user = cfg.augment is not None
     user_cfg = cfg
+    source: InitSource | None = None
+    if resume is None and cfg.init_from is not None:
+        source = read_init_source(cfg.init_from)
+        cfg = _network_of(cfg, source)
     if resume is None:
         user_cfg = cfg = default_budget(cfg)
         first = cfg.model or (LADDER[0].model if cfg.budget is not None else DEFAULT_MODEL)
@@ -167,6 +181,11 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     pre = Preprocess.fit(ds.train.x, cfg.normalize)
     if state is not None and "preprocess" in state["progress"]:
         pre = Preprocess.from_dict(state["progress"]["preprocess"], dataset_name=ds.name)
+    init: dict[str, Any] | None = None
+    if source is not None:
+        pre = _check_source_input(source, ds) or pre
+        init = {"from": str(source.path), "head": load_init_weights(model, source, ds.classes)}
+        log(f"starting from the weights of {source.path} ({'head kept' if init['head'] == 'kept' else 'new head'})")
     optimizer = make_optimizer(cfg, model)
 
     if run_dir is None:
@@ -186,6 +205,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
                     "val_split": cfg.val_split, "val_first": cfg.val_first, "seed": cfg.seed},
         "versions": versions(),
     }
+    if init is not None:
+        meta["init_from"] = init
     planner: BudgetPlanner | None = None
     if plan is None and resume is not None and cfg.budget is not None:
         # a resumed budget run keeps the step count it had planned (restored from the checkpoint)
@@ -215,13 +236,37 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     return result
 
 
+def _network_of(cfg: TrainConfig, source: InitSource) -> TrainConfig:
+    """``--init-from`` a run: train its network (and its builder options) unless ``--model`` says the same."""
+    if source.architecture is None:
+        if cfg.model is None:
+            raise MinivisionError(f"--init-from {source.path}: a bare weights file needs --model (which network)")
+        return cfg
+    name = str(source.architecture["name"])
+    if cfg.model is not None and cfg.model != name:
+        raise MinivisionError(f"--init-from {source.path} holds a {name} network; drop --model {cfg.model} "
+                              f"(or use --model {name})")
+    return dataclasses.replace(cfg, model=name, extra=cfg.extra or dict(source.architecture.get("kwargs") or {}))
+
+
+def _check_source_input(source: InitSource, ds: Dataset) -> Preprocess | None:
+    """A run's preprocessing is kept, so its input must be the dataset's: same channels and size."""
+    pre = source.preprocess
+    if pre is None:
+        return None
+    if (pre.channels, tuple(pre.size)) != (ds.channels, tuple(ds.image_size)):
+        raise MinivisionError(f"--init-from {source.path}: that model takes {pre.channels}x{pre.size[0]}x{pre.size[1]} "
+                              f"images, {ds.name}'s are {ds.channels}x{ds.image_size[0]}x{ds.image_size[1]}")
+    return pre
+
+
 def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
     """Record file and folder arguments as absolute paths, so a resume works from any directory."""
     import os
 
     from .data import DATASETS
 
-    fix = {k: os.path.abspath(v) for k in ("data", "data_dir", "test_data")
+    fix = {k: os.path.abspath(v) for k in ("data", "data_dir", "test_data", "init_from")
            if (v := getattr(cfg, k)) and os.path.exists(v) and not (k == "data" and v.lower() in DATASETS)}
     return dataclasses.replace(cfg, **fix)
 
