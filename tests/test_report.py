@@ -152,8 +152,14 @@ def test_calibration_from_probs_perfectly_calibrated_and_counts():
     assert c["ece"] < 1e-9 and len(c["bins"]) == 15
     rng = np.random.default_rng(0)
     p = rng.dirichlet(np.ones(10), size=1000)
-    c = plots.calibration_from_probs(p, rng.integers(0, 10, 1000), bins=15)
-    assert sum(b["count"] for b in c["bins"]) == 1000 and 0 <= c["ece"] <= 1
+    y_random = rng.integers(0, 10, 1000)
+    c = plots.calibration_from_probs(p, y_random, bins=15)
+    assert sum(b["count"] for b in c["bins"]) == 1000
+    conf, right = p.max(1), p.argmax(1) == y_random  # by hand: 15 equal bins of the top probability
+    which = np.minimum((conf * 15).astype(int), 14)
+    ece = sum(abs(right[which == b].mean() - conf[which == b].mean()) * (which == b).mean()
+              for b in range(15) if (which == b).any())
+    assert math.isclose(c["ece"], ece, abs_tol=1e-9)
     assert math.isclose(c["bins"][-1]["hi"], 1.0) and c["bins"][0]["lo"] == 0.0
     with pytest.raises(ValueError):
         plots.calibration_from_probs(p[:, 0], rng.integers(0, 10, 1000))
