@@ -9,11 +9,11 @@ import math
 import pytest
 from safetensors import safe_open
 
-from minivision.budget import LADDER, Planner, Rung, format_duration, parse_duration, pick_rung
+from minivision.budget import LADDER, Planner, Rung, default_budget, format_duration, parse_duration, pick_rung
 from minivision.cli import main
 from minivision.config import TrainConfig
 from minivision.errors import MinivisionError
-from minivision.train import _default_budget, fit
+from minivision.train import fit
 
 from .conftest import synthetic_dataset
 
@@ -109,11 +109,11 @@ def test_planner_always_allows_one_more_step_and_slows_down_when_the_machine_doe
 
 
 def test_no_flags_means_the_default_budget_and_explicit_lengths_do_not():
-    assert _default_budget(TrainConfig()).budget == 30.0
-    assert _default_budget(TrainConfig(budget="3m")).budget == 180.0
-    assert _default_budget(TrainConfig(epochs=2)).budget is None
-    assert _default_budget(TrainConfig(model="cnn2")).budget is None
-    assert _default_budget(TrainConfig(steps=10)).budget is None
+    assert default_budget(TrainConfig()).budget == 30.0
+    assert default_budget(TrainConfig(budget="3m")).budget == 180.0
+    assert default_budget(TrainConfig(epochs=2)).budget is None
+    assert default_budget(TrainConfig(model="cnn2")).budget is None
+    assert default_budget(TrainConfig(steps=10)).budget is None
 
 
 def test_budget_run_picks_a_network_plans_steps_and_records_the_plan(tmp_path):
