@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
 
+import devpaths  # noqa: E402
 from minivision import benchmark  # noqa: E402
 from minivision.errors import MinivisionError  # noqa: E402
 from minivision.fileio import write_json, write_text  # noqa: E402
@@ -45,7 +46,7 @@ DOC = ROOT / "docs" / "BENCHMARKS.md"
 RESULTS = ROOT / "bench" / "results" / "load.json"
 BEGIN, END = "<!-- load:begin -->", "<!-- load:end -->"
 HEADING = "## HTTP service load test"
-BEFORE = "## Speed and accuracy (issue 3)"  # the section goes just above this line
+BEFORE = devpaths.SPEED_HEADING  # the section goes just above this line
 
 
 # ----------------------------------------------------------------------------- Setup
@@ -192,8 +193,8 @@ def render_section(result: dict[str, Any]) -> str:
 
 
 def write_doc(section: str, path: Path = DOC) -> None:
-    write_text(path, benchmark.replace_section(path.read_text(encoding="utf-8"), BEGIN, END, section, HEADING,
-                                               before=BEFORE))
+    write_text(path, devpaths.replace_section(path.read_text(encoding="utf-8"), BEGIN, END, section, HEADING,
+                                              before=BEFORE))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 5's photo benchmark: does a photo of a garment get the label its Fashion-MNIST image gets?
+"""The photo benchmark: does a photo of a garment get the label its Fashion-MNIST image gets?
 
     python3 bench/photos.py --run runs/train            # a trained Fashion-MNIST run; print only
     python3 bench/photos.py --write                      # trains the default model first (~30 s)
@@ -38,9 +38,10 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
 
-from minivision import benchmark, photo  # noqa: E402
+import devpaths  # noqa: E402
+from minivision import photo  # noqa: E402
 from minivision.data.images import open_image  # noqa: E402
 
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -212,8 +213,8 @@ INTRO = ("A photo of a garment must get the label its Fashion-MNIST image gets. 
 
 
 def rewrite_section(text: str, table: str) -> str:
-    return benchmark.replace_section(text, BEGIN, END, f"{INTRO}\n\n{table}", HEADING,
-                                     before="## Speed and accuracy (issue 3)")
+    return devpaths.replace_section(text, BEGIN, END, f"{INTRO}\n\n{table}", HEADING,
+                                    before=devpaths.SPEED_HEADING)
 
 
 def main(argv: list[str] | None = None) -> int:

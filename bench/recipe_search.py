@@ -1,4 +1,4 @@
-"""The exploration loop behind issue 3's recipe (docs/BENCHMARKS.md, "How the 30-second recipe was found").
+"""The exploration loop behind the 30-second recipe (docs/BENCHMARKS.md, "How the 30-second recipe was found").
 
 A plain training loop with a training-time budget, for trying networks and settings quickly
 outside the product's fit loop (no run folder, no checkpoints). ``Net(stem, stem_pool, widths,

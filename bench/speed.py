@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 3's speed and accuracy table: runs the rows and, with --write, records them in docs/BENCHMARKS.md.
+"""The speed and accuracy table: runs the rows and, with --write, records them in docs/BENCHMARKS.md.
 
     python3 bench/speed.py                            # every row except the long ones, 3 seeds, print only
     python3 bench/speed.py --rows default,cnn2 --write
@@ -10,7 +10,8 @@ benchmark.py says how each row is measured). With --write, each finished row is 
 bench/results/speed.json at once (an interrupted session keeps the rows it finished) and the
 table between the speed markers in docs/BENCHMARKS.md is re-rendered from all stored rows, so rows
 not re-run this time keep their earlier figures and dates. `minivision bench` runs the same rows
-on a user's machine without touching these files.
+on a user's machine without touching these files. The development machine's peer and CIFAR-10
+are the defaults here (bench/devpaths.py); `minivision bench` is given them with flags.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
 
+import devpaths  # noqa: E402
 from minivision import benchmark  # noqa: E402
 from minivision.errors import MinivisionError  # noqa: E402
 from minivision.fileio import read_json, write_json, write_text  # noqa: E402
@@ -32,7 +34,7 @@ from minivision.fileio import read_json, write_json, write_text  # noqa: E402
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 RESULTS = ROOT / "bench" / "results" / "speed.json"
 BEGIN, END = "<!-- speed:begin -->", "<!-- speed:end -->"
-HEADING = "## Speed and accuracy (issue 3)"
+HEADING = devpaths.SPEED_HEADING
 INTRO = ("Each row runs the real command in a child process: wall time is the whole command (start-up, data "
          "loading, training, test pass, file writes), peak memory is the child's `ru_maxrss`, speed is a ratio "
          "to the TensorFlow peer measured in the same session. Rows re-run at different times carry their own "
@@ -56,7 +58,7 @@ def save_results(rows: dict[str, dict[str, Any]], path: Path | None = None) -> N
 
 def rewrite_section(text: str, table: str) -> str:
     """``text`` with the speed section replaced (or appended under its heading when the markers are missing)."""
-    return benchmark.replace_section(text, BEGIN, END, f"{INTRO}\n\n{table}", HEADING)
+    return devpaths.replace_section(text, BEGIN, END, f"{INTRO}\n\n{table}", HEADING)
 
 
 def write_doc(table: str, doc: Path | None = None) -> None:
@@ -73,11 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write", action="store_true",
                     help="store rows in bench/results/speed.json and rewrite the table in docs/BENCHMARKS.md")
     ap.add_argument("--out", help="keep the run folders here (default: a temporary folder, deleted)")
-    ap.add_argument("--cifar", help="CIFAR-10 JPEG folder (default: /tmp/cifar10-jpg/cifar10-jpg, else unpack "
-                                    "../shared/datasets/cifar10-jpg.tar.gz into ~/.cache/minivision/bench once)")
-    ap.add_argument("--peer-python", help="python of the TensorFlow venv (default: ../.venv-peer/bin/python, "
-                                          "$MINIVISION_PEER_PYTHON)")
-    ap.add_argument("--peer-script", default=str(benchmark.PEER_SCRIPT), help="keras_peer.py")
+    ap.add_argument("--cifar", help="CIFAR-10 JPEG folder or archive (default: $MINIVISION_CIFAR_JPG, "
+                                    f"{devpaths.CIFAR_UNPACKED}, else unpack ../shared/datasets/cifar10-jpg.tar.gz "
+                                    "into ~/.cache/minivision/bench once)")
+    ap.add_argument("--peer-python", help="python of the TensorFlow venv (default: $MINIVISION_PEER_PYTHON, "
+                                          "else ../.venv-peer/bin/python)")
+    ap.add_argument("--peer-script", default=str(devpaths.PEER_SCRIPT), help="keras_peer.py "
+                                                                           "(default ../shared/peers/keras_peer.py)")
     ap.add_argument("--quiet", action="store_true", help="do not echo the runs' own output")
     a = ap.parse_args(argv)
     try:
@@ -85,8 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         seeds = benchmark.parse_seeds(a.seeds)
         stored = load_results() if a.write else {}
         out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="minivision-speed-"))
-        bench = benchmark.Bench(seeds=seeds, out=out, peer_python=a.peer_python, peer_script=Path(a.peer_script),
-                                cifar=a.cifar, echo=not a.quiet)
+        bench = benchmark.Bench(seeds=seeds, out=out, peer_python=a.peer_python or devpaths.peer_python(),
+                                peer_script=Path(a.peer_script), cifar=a.cifar or devpaths.cifar_source(),
+                                echo=not a.quiet, shown=dict(devpaths.SHOWN))
 
         def record(row: dict[str, Any]) -> None:
             if a.write:

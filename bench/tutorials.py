@@ -24,6 +24,11 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
+
+import devpaths  # noqa: E402
+from minivision import benchmark  # noqa: E402
+
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 BEGIN, END = "<!-- tutorials:begin -->", "<!-- tutorials:end -->"
 
@@ -84,13 +89,14 @@ def count_params(model: str, meta: dict) -> int:
                                          num_classes=a["num_classes"]))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", help="comma list of models to run")
     ap.add_argument("--epochs", default="", help="overrides, e.g. cnn2=15,mlp=10")
-    ap.add_argument("--cifar", help="CIFAR-10 JPEG folder (default: unpack ../shared/datasets/cifar10-jpg.tar.gz)")
+    ap.add_argument("--cifar", help="CIFAR-10 JPEG folder or archive (default: the folder unpacked by hand, else "
+                                    "unpack ../shared/datasets/cifar10-jpg.tar.gz into ~/.cache/minivision/bench once)")
     ap.add_argument("--no-write", action="store_true", help="print the table only")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     overrides = {k: int(v) for k, v in (kv.split("=") for kv in a.epochs.split(",") if kv)}
     only = set(a.only.split(",")) if a.only else None
     results = []
@@ -100,9 +106,9 @@ def main() -> None:
             if only and model not in only and f"{model}@{data}" not in only:
                 continue
             if data == "cifar10-folder":
-                data = a.cifar or _unpack_cifar(tmp)
+                data, why = benchmark.cifar_folder(a.cifar or devpaths.cifar_source())
                 if data is None:
-                    print("skipping CIFAR-10 row: no cifar10-jpg archive found")
+                    print(f"skipping CIFAR-10 row: {why}")
                     continue
             r = run_one(model, data, overrides.get(model if "cifar" not in data else f"{model}@cifar"),
                         tmp / "runs")
@@ -115,14 +121,6 @@ def main() -> None:
     print(table)
     if not a.no_write:
         write_section(table)
-
-
-def _unpack_cifar(tmp: Path) -> str | None:
-    archive = ROOT.parent / "shared" / "datasets" / "cifar10-jpg.tar.gz"
-    if not archive.is_file():
-        return None
-    subprocess.run(["tar", "-xzf", str(archive), "-C", str(tmp)], check=True)
-    return str(tmp / "cifar10-jpg")
 
 
 def render(results: list[dict]) -> str:

@@ -1,6 +1,8 @@
 """The speed benchmark's machinery: arithmetic, wording, row selection, reading runs, the table, the
-BENCHMARKS.md rewrite and the peer-missing path. ``run_child`` is replaced by a fake that writes
-run folders, so no training runs; no test asserts how long anything took."""
+BENCHMARKS.md rewrite, the peer-missing path, CIFAR-10 from a folder or an archive, and the split
+between the package (what `minivision bench` needs) and bench/ (the development machine's paths).
+``run_child`` is replaced by a fake that writes run folders, so no training runs; no test asserts
+how long anything took."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import csv
 import importlib.util
 import io
 import json
+import re
 import sys
 import tarfile
 from pathlib import Path
@@ -30,6 +33,7 @@ def _load_speed():
 
 
 speed = _load_speed()
+devpaths = speed.devpaths  # bench/devpaths.py, imported by bench/speed.py
 
 
 # ----------------------------------------------------------------------------- a fake CLI
@@ -91,6 +95,7 @@ class FakeCLI:
 
 @pytest.fixture
 def fake(monkeypatch, tmp_path):
+    monkeypatch.delenv("MINIVISION_PEER_PYTHON", raising=False)
     cli = FakeCLI()
     monkeypatch.setattr(benchmark, "run_child", cli)
     monkeypatch.setattr(benchmark, "fashion_idx_dir", lambda: tmp_path)
@@ -256,6 +261,30 @@ def test_peer_missing_skips_the_row(fake, tmp_path):
     assert row["mean"]["minivision_s"] == 10.0  # our side is still measured
 
 
+_CHECKOUT_PATHS = (str(ROOT), str(ROOT.parent), "../shared", "shared/peers", ".venv-peer", "/tmp/cifar10-jpg")
+
+
+@pytest.mark.parametrize("python,script", [(False, False), (False, True), (True, False)])
+def test_peer_not_given_says_how_to_install_it_without_naming_this_checkout(fake, tmp_path, python, script):
+    b = _bench(tmp_path, seeds=[0])  # (False, False) is what `minivision bench` with no peer flags builds
+    b.peer_python = b.peer_python if python else None
+    b.peer_script = b.peer_script if script else None
+    row = benchmark.run_rows(b, ["cnn2"])[0]
+    assert row["status"] == "skipped" and row["peer"] == "not installed"
+    assert "tensorflow-cpu==2.21.0" in row["note"] and "--peer-python" in row["note"]
+    assert "--peer-script" in row["note"]
+    assert not any(p in row["note"] for p in _CHECKOUT_PATHS), row["note"]
+    assert not any(a[1].endswith("keras_peer.py") for a in fake.calls)
+
+
+def test_peer_python_from_the_environment(fake, tmp_path, monkeypatch):
+    python = tmp_path / "env-python"
+    python.write_text("")
+    monkeypatch.setenv("MINIVISION_PEER_PYTHON", str(python))
+    row = benchmark.run_rows(_bench(tmp_path, seeds=[0], peer_python=None), ["cnn2"])[0]
+    assert row["status"] == "met" and [a[0] for a in fake.calls if a[1].endswith("keras_peer.py")] == [str(python)]
+
+
 def test_failed_peer_keeps_our_side(fake, tmp_path):
     fake.fail = (str(tmp_path / "keras_peer.py"),)  # the peer exits 2; our cnn2 run succeeds
     row = benchmark.run_rows(_bench(tmp_path, seeds=[0]), ["cnn2"])[0]
@@ -270,12 +299,34 @@ def test_failed_run_fails_its_row_and_the_rows_that_need_it(fake, tmp_path):
     assert len([c for c in fake.calls if c[3:4] == ["train"]]) == 1  # not retried for evaluate
 
 
-def test_cifar_rows_skip_without_data(fake, tmp_path, monkeypatch):
-    monkeypatch.setattr(benchmark, "CIFAR_UNPACKED", tmp_path / "nothing")
-    monkeypatch.setattr(benchmark, "CIFAR_ARCHIVES", tmp_path / "no-archives")
+def test_cifar_rows_skip_without_data(fake, tmp_path):
     rows = benchmark.run_rows(_bench(tmp_path, seeds=[0]), ["cifar-softmax", "cifar15m"])
     assert all(r["status"] == "skipped" and "--cifar" in r["note"] for r in rows)
+    assert not any(p in r["note"] for r in rows for p in _CHECKOUT_PATHS)
     assert not fake.calls
+
+
+@pytest.mark.parametrize("what,why", [("missing", "no such folder or archive"), ("empty-dir", "no train/ and test/"),
+                                      ("text-file", "not a folder or an archive")])
+def test_cifar_given_but_unusable_skips_with_the_reason(fake, tmp_path, what, why):
+    path = tmp_path / what
+    if what == "empty-dir":
+        path.mkdir()
+    elif what == "text-file":
+        path.write_text("x")
+    row = benchmark.run_rows(_bench(tmp_path, seeds=[0], cifar=str(path)), ["cifar-softmax"])[0]
+    assert row["status"] == "skipped" and why in row["note"] and not fake.calls
+
+
+def test_cifar_given_as_an_archive_is_unpacked_once_into_the_cache(fake, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MINIVISION_CACHE", str(cache))
+    archive = tmp_path / "cifar10-jpg.tar.gz"
+    _tar(archive, {"cifar10-jpg/train/cat/1.jpg": b"x", "cifar10-jpg/test/cat/1.jpg": b"y"})
+    row = benchmark.run_rows(_bench(tmp_path, seeds=[0], cifar=str(archive)), ["cifar-softmax"])[0]
+    folder = cache / "bench" / "cifar10-jpg"
+    assert row["status"] == "met" and (folder / "train" / "cat" / "1.jpg").is_file()
+    assert str(folder) in row["commands"][0] and "CIFAR_DIR" in row["command"]
 
 
 def test_cifar30m_is_reported_against_its_stretch(fake, tmp_path):
@@ -287,11 +338,14 @@ def test_cifar30m_is_reported_against_its_stretch(fake, tmp_path):
     assert "CIFAR_DIR" in row["command"] and str(data) in row["commands"][0]
 
 
-def test_bench_command_prints_the_table(fake, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(benchmark, "PEER_SCRIPT", tmp_path / "missing-peer.py")
+def test_bench_command_prints_the_table(fake, tmp_path, capsys):
     assert main(["bench", "--rows", "cnn2", "--seeds", "1", "--peer-python", str(tmp_path / "no-python")]) == 0
     out = capsys.readouterr().out
     assert "| `cnn2`" in out and "skipped" in out and "Machine: Test CPU" in out
+    assert main(["bench", "--rows", "cnn2,cifar-softmax", "--seeds", "1"]) == 0  # no peer, no CIFAR-10: skipped
+    out = capsys.readouterr().out
+    assert out.count("| skipped |") == 2 and "tensorflow-cpu==2.21.0" in out and "--cifar" in out
+    assert not any(p in out for p in _CHECKOUT_PATHS), out
     assert main(["bench", "--rows", "default", "--seeds", "1", "--json", "--out", str(tmp_path / "keep")]) == 0
     got = json.loads(capsys.readouterr().out)
     assert got["rows"][0]["id"] == "default" and (tmp_path / "keep" / "runs").is_dir()
@@ -337,6 +391,43 @@ def test_rewrite_section_adds_heading_and_markers_when_missing():
     assert text.index(speed.BEGIN) < text.index("| t |") < text.index(speed.END)
 
 
+def test_a_new_section_goes_above_the_whole_heading_line():
+    doc = "# B\n\n## Speed and accuracy on a GPU\n\nx\n\n## Speed and accuracy\n\ny\n"
+    text = devpaths.replace_section(doc, "<!-- a -->", "<!-- /a -->", "| a |", "## A", before="## Speed and accuracy")
+    assert text.index("## Speed and accuracy on a GPU") < text.index("## A") < text.index("## Speed and accuracy\n")
+    assert devpaths.replace_section("# B\n", "<a>", "</a>", "b", "## A", before="## Nowhere").endswith(
+        "\n\n## A\n\n<a>\nb\n</a>\n")
+
+
+def test_the_section_headings_the_bench_scripts_look_for_are_in_benchmarks_md():
+    headings = (ROOT / "docs" / "BENCHMARKS.md").read_text().splitlines()
+    assert speed.HEADING == devpaths.SPEED_HEADING and speed.HEADING in headings
+    for name in ("photos", "load"):
+        assert _load_script(name).HEADING in headings
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.lstrip("#").strip().lower()).replace(" ", "-")
+
+
+def test_links_to_benchmarks_md_sections_resolve():
+    doc = (ROOT / "docs" / "BENCHMARKS.md").read_text()
+    anchors = {_slug(line) for line in doc.splitlines() if line.startswith("#")}
+    links = re.findall(r"\]\(#([^)]+)\)", doc)
+    links += re.findall(r"BENCHMARKS\.md#([^)\s]+)", (ROOT / "README.md").read_text())
+    assert links and not [a for a in links if a not in anchors], sorted(anchors)
+    assert _slug("## Speed and accuracy") in links
+
+
+def test_no_issue_numbers_in_the_benchmark_texts():
+    files = [ROOT / "docs" / "BENCHMARKS.md", ROOT / "src" / "minivision" / "benchmark.py",
+             *sorted((ROOT / "bench").glob("*.py"))]
+    found = [f"{f.name}: {m.group(0)}" for f in files
+             for m in re.finditer(r"[Ii]ssues? ?#?[0-9]+|issue-[0-9]", f.read_text())]
+    assert not found
+
+
 def test_speed_write_keeps_rows_not_rerun(fake, tmp_path, monkeypatch):
     results, doc = tmp_path / "results" / "speed.json", tmp_path / "BENCHMARKS.md"
     doc.write_text("# Benchmarks\n")
@@ -353,6 +444,59 @@ def test_speed_write_keeps_rows_not_rerun(fake, tmp_path, monkeypatch):
 def test_speed_unknown_row(capsys):
     assert speed.main(["--rows", "nope"]) == 2
     assert capsys.readouterr().err.startswith("error: --rows: unknown row 'nope'")
+
+
+# ----------------------------------------------------------------------------- the package knows no checkout
+
+def test_the_package_names_no_path_of_this_checkout():
+    """`minivision bench` runs on a user's machine: the development paths live in bench/devpaths.py."""
+    for name in ("REPO_ROOT", "SHARED", "PEER_SCRIPT", "PEER_PYTHON", "CIFAR_UNPACKED", "CIFAR_ARCHIVES",
+                 "find_cifar", "replace_section"):
+        assert not hasattr(benchmark, name), name
+    source = Path(benchmark.__file__).read_text()
+    assert not any(p in source for p in ("../shared", "shared/", ".venv-peer", "/tmp/cifar10-jpg", "parents[2]"))
+
+
+def test_development_defaults(tmp_path, monkeypatch):
+    assert devpaths.PEER_SCRIPT == ROOT.parent / "shared" / "peers" / "keras_peer.py"
+    monkeypatch.delenv("MINIVISION_PEER_PYTHON", raising=False)
+    assert devpaths.peer_python() == str(ROOT.parent / ".venv-peer" / "bin" / "python")
+    monkeypatch.setattr(devpaths, "CIFAR_UNPACKED", tmp_path / "not-unpacked")
+    monkeypatch.setattr(devpaths, "CIFAR_ARCHIVES", tmp_path / "datasets")
+    monkeypatch.delenv("MINIVISION_CIFAR_JPG", raising=False)
+    assert devpaths.cifar_source() is None
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "cifar10-jpg.tar.gz").write_bytes(b"")
+    assert devpaths.cifar_source() == str(tmp_path / "datasets" / "cifar10-jpg.tar.gz")  # the package unpacks it
+    folder = tmp_path / "jpg"
+    (folder / "train").mkdir(parents=True)
+    (folder / "test").mkdir()
+    monkeypatch.setenv("MINIVISION_CIFAR_JPG", str(folder))
+    assert devpaths.cifar_source() == str(folder)
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["speed", "photos", "load", "tutorials"])
+def test_bench_scripts_import_and_print_their_help(name, capsys):
+    module = _load_script(name)
+    with pytest.raises(SystemExit) as e:
+        module.main(["--help"])
+    assert e.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_a_bench_script_runs_as_a_script():
+    """As `python3 bench/NAME.py` (the lightest one; the others import the same way)."""
+    import subprocess
+
+    p = subprocess.run([sys.executable, str(ROOT / "bench" / "tutorials.py"), "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 0 and "usage:" in p.stdout, p.stderr[-1000:]
 
 
 # ----------------------------------------------------------------------------- unpacking CIFAR

@@ -115,9 +115,17 @@ def test_show_embed_and_compare_on_fashion_mnist(default_run, tmp_path):
 
 
 def _cifar_folder() -> Path | None:
-    from minivision.benchmark import CIFAR_UNPACKED
+    """$MINIVISION_CIFAR_JPG, else where the development machine keeps it unpacked (bench/devpaths.py)."""
+    import importlib.util
 
-    folder = Path(os.environ.get("MINIVISION_CIFAR_JPG", CIFAR_UNPACKED))
+    if os.environ.get("MINIVISION_CIFAR_JPG"):
+        folder = Path(os.environ["MINIVISION_CIFAR_JPG"])
+    else:
+        path = Path(__file__).resolve().parents[1] / "bench" / "devpaths.py"
+        spec = importlib.util.spec_from_file_location("bench_devpaths", path)
+        devpaths = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(devpaths)
+        folder = devpaths.CIFAR_UNPACKED
     return folder if (folder / "train").is_dir() and (folder / "test").is_dir() else None
 
 

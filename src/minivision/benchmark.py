@@ -1,4 +1,5 @@
-"""The speed benchmark of issue 3: each row runs the real command line in a child process and measures it.
+"""The speed and accuracy benchmark of ``minivision bench``: each row runs the real command line in a
+child process and measures it.
 
 Why a child process per run: the figures a user cares about are for the whole command (Python
 start-up, imports, data loading, training, the test pass, the file writes), and a peak-memory
@@ -8,12 +9,16 @@ figure is only honest for a process that did nothing else. Each run is timed wit
 what the command printed (``--json``) and from its run folder (results.csv, model.json), so no
 figure is computed by a code path the user does not run.
 
-Speed is compared with a peer (TensorFlow, ``../shared/peers/keras_peer.py``) measured in the same
-session on the same machine, as a ratio; when the peer is not installed the row is skipped with a
-note saying how to install it, never failed. A row that misses its target says by how much.
+Speed is compared with a peer (the Keras tutorial's ``cnn2`` in TensorFlow: a script given with
+``--peer-script``, run by the interpreter given with ``--peer-python``) measured in the same session
+on the same machine, as a ratio; when the peer is not given or not installed, the peer's side is
+skipped with a note saying how to install it, never failed. The CIFAR-10 rows need ``--cifar``: a
+JPEG folder, or an archive of one, unpacked once (checksum, no path escapes) into the cache. A row
+that misses its target says by how much.
 
-Used by ``bench/speed.py`` (which records the rows in docs/BENCHMARKS.md) and by
-``minivision bench`` (which prints them on the user's machine). Tests replace ``run_child``.
+Used by ``minivision bench`` (which prints the rows on the user's machine) and by the development
+scripts in the repository's ``bench/`` folder, which know where the development machine keeps its
+data and peer and record the rows in docs/BENCHMARKS.md. Tests replace ``run_child``.
 """
 
 from __future__ import annotations
@@ -24,7 +29,6 @@ import hashlib
 import json
 import os
 import platform
-import re
 import shlex
 import statistics
 import subprocess
@@ -43,13 +47,12 @@ from .errors import MinivisionError
 
 # ----------------------------------------------------------------------------- Setup
 
-REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout, when run from one
-SHARED = REPO_ROOT.parent / "shared"
-PEER_SCRIPT = SHARED / "peers" / "keras_peer.py"
-PEER_PYTHON = REPO_ROOT.parent / ".venv-peer" / "bin" / "python"  # /work/.venv-peer on the dev machine
-PEER_INSTALL = "python3 -m venv .venv-peer && .venv-peer/bin/pip install tensorflow-cpu==2.21.0"
-CIFAR_UNPACKED = Path("/tmp/cifar10-jpg/cifar10-jpg")  # where the lead unpacks it by hand
-CIFAR_ARCHIVES = SHARED / "datasets"
+# How to get the peer, in the note of a [cnn2] row run without it (VENV: any folder the user picks).
+PEER_INSTALL = ("`python3 -m venv VENV && VENV/bin/pip install tensorflow-cpu==2.21.0`, then pass "
+                "`--peer-python VENV/bin/python --peer-script keras_peer.py` (a Keras script that trains the "
+                "tutorial's cnn2 and prints one JSON line per epoch)")
+PEER_PYTHON_ENV = "MINIVISION_PEER_PYTHON"  # read when --peer-python is not given
+CIFAR_ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 
 # Flags of the [cifar-softmax] row: the softmax model's registered recipe is the tutorial's (plain
 # gradient descent on x/255, 34.6% here); with standardised pixels, SGD + momentum, one-cycle and
@@ -325,10 +328,11 @@ class Bench:
 
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     out: Path = field(default_factory=lambda: Path(tempfile.gettempdir()) / "minivision-bench")
-    peer_python: str | None = None  # None: $MINIVISION_PEER_PYTHON if set, else PEER_PYTHON
-    peer_script: Path = PEER_SCRIPT
-    cifar: str | None = None  # None: CIFAR_UNPACKED, else unpack the archive into the cache
+    peer_python: str | None = None  # None: $MINIVISION_PEER_PYTHON if set, else the peer is skipped
+    peer_script: Path | None = None  # None: the peer is skipped
+    cifar: str | None = None  # a JPEG folder or an archive of one; None: the CIFAR-10 rows are skipped
     echo: bool = False  # stream the children's output to stderr
+    shown: dict[str, str] = field(default_factory=dict)  # path -> how commands show it, e.g. {"/data/peer": "PEER"}
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
     _default: dict[int, dict[str, Any]] = field(default_factory=dict)
     _peer: dict[str, Any] | None = None
@@ -359,7 +363,7 @@ class Bench:
         text = shlex.join(argv).replace(str(self.out), "$TMP")
         if self._cifar_dir and self._cifar_dir[0]:
             text = text.replace(self._cifar_dir[0], "CIFAR_DIR")
-        for path, short in ((str(SHARED), "../shared"), (str(REPO_ROOT.parent / ".venv-peer"), "../.venv-peer")):
+        for path, short in self.shown.items():
             text = text.replace(path, short)
         return text
 
@@ -386,16 +390,14 @@ class Bench:
     # -- the peer
 
     def peer_python_path(self) -> tuple[str | None, str]:
-        """The peer's interpreter, or None and why not."""
-        if self.peer_python:
-            candidates = [self.peer_python]
-        else:
-            candidates = [c for c in (os.environ.get("MINIVISION_PEER_PYTHON"), str(PEER_PYTHON)) if c]
-        for c in candidates:
-            if Path(c).is_file():
-                return c, ""
-        where = ", ".join(candidates) if candidates else f"{PEER_PYTHON} or $MINIVISION_PEER_PYTHON"
-        return None, f"TensorFlow peer not installed ({where} not found): {PEER_INSTALL}"
+        """The peer's interpreter (--peer-python, else $MINIVISION_PEER_PYTHON), or None and why not."""
+        python = self.peer_python or os.environ.get(PEER_PYTHON_ENV)
+        if not python:
+            return None, (f"TensorFlow peer not given (--peer-python or ${PEER_PYTHON_ENV}); "
+                          f"to install it: {PEER_INSTALL}")
+        if not Path(python).is_file():
+            return None, f"TensorFlow peer not installed ({python} not found); to install it: {PEER_INSTALL}"
+        return python, ""
 
     def run_peer(self) -> tuple[dict[str, Any] | None, str]:
         """The TensorFlow run of [cnn2], or None and a note saying why it was skipped."""
@@ -404,6 +406,8 @@ class Bench:
         python, why = self.peer_python_path()
         if python is None:
             return None, why
+        if self.peer_script is None:
+            return None, f"TensorFlow peer script not given (--peer-script); to install the peer: {PEER_INSTALL}"
         if not Path(self.peer_script).is_file():
             return None, f"peer script {self.peer_script} not found (pass --peer-script)"
         data = fashion_idx_dir()
@@ -415,7 +419,7 @@ class Bench:
             child = self._run(argv, env, timeout=1800)
         except RowFailed as e:
             if "No module named" in str(e) and ("tensorflow" in str(e) or "keras" in str(e)):
-                return None, f"TensorFlow peer not installed in {python}: {PEER_INSTALL}"
+                return None, f"TensorFlow peer not installed in {python}; to install it: {PEER_INSTALL}"
             raise
         self._peer = {**parse_peer(child), "argv": argv, "command": "KERAS_BACKEND=tensorflow " + shlex.join(argv)}
         return self._peer, ""
@@ -424,7 +428,7 @@ class Bench:
 
     def cifar_dir(self) -> tuple[str | None, str]:
         if self._cifar_dir is None:
-            self._cifar_dir = find_cifar(self.cifar)
+            self._cifar_dir = cifar_folder(self.cifar)
         return self._cifar_dir
 
 
@@ -443,29 +447,30 @@ def _is_image_folder(path: Path) -> bool:
     return (path / "train").is_dir() and (path / "test").is_dir()
 
 
-def find_cifar(explicit: str | None) -> tuple[str | None, str]:
-    """The CIFAR-10 JPEG folder (train/ and test/), unpacking the shared archive once; or None and why."""
-    if explicit:
-        p = Path(explicit).expanduser()
-        return (str(p), "") if _is_image_folder(p) else (None, f"--cifar {explicit}: no train/ and test/ folders in it")
-    if _is_image_folder(CIFAR_UNPACKED):
-        return str(CIFAR_UNPACKED), ""
-    archives = sorted(p for pattern in ("cifar10*.tar.gz", "cifar10*.tgz", "cifar10*.tar", "cifar10*.zip")
-                      for p in CIFAR_ARCHIVES.glob(pattern)) if CIFAR_ARCHIVES.is_dir() else []
-    if not archives:
-        return None, (f"CIFAR-10 JPEG folder not found (looked at {CIFAR_UNPACKED} and {CIFAR_ARCHIVES}/cifar10*): "
-                      "pass --cifar DIR with train/<class>/ and test/<class>/")
+def cifar_folder(given: str | None) -> tuple[str | None, str]:
+    """The CIFAR-10 JPEG folder (train/<class>/ and test/<class>/) from ``--cifar``: the folder itself, or an
+    archive of one unpacked once into the cache; or None and why (the CIFAR-10 rows are then skipped)."""
+    if not given:
+        return None, ("CIFAR-10 not given: pass --cifar with a JPEG folder (train/<class>/ and test/<class>/) "
+                      f"or an archive of one ({', '.join(CIFAR_ARCHIVE_SUFFIXES)})")
+    p = Path(given).expanduser()
+    if p.is_dir():
+        return (str(p), "") if _is_image_folder(p) else (None, f"--cifar {given}: no train/ and test/ folders in it")
+    if not p.is_file():
+        return None, f"--cifar {given}: no such folder or archive"
+    if not p.name.endswith(CIFAR_ARCHIVE_SUFFIXES):
+        return None, f"--cifar {given}: not a folder or an archive ({', '.join(CIFAR_ARCHIVE_SUFFIXES)})"
     from .data.sources import user_cache_dir
 
     try:
-        return str(unpack_once(archives[0], user_cache_dir() / "bench")), ""
+        return str(unpack_once(p, user_cache_dir() / "bench")), ""
     except (MinivisionError, OSError, tarfile.TarError, zipfile.BadZipFile) as e:
-        return None, f"cannot unpack {archives[0]}: {e}"
+        return None, f"cannot unpack {given}: {e}"
 
 
 def _stem(archive: Path) -> str:
     name = archive.name
-    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
+    for suffix in CIFAR_ARCHIVE_SUFFIXES:
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return name
@@ -775,14 +780,3 @@ def render_table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"- `{r['id']}` ({r.get('date', '?')}): {r['what']}. " + (r.get("note") or ""))
     return "\n".join(lines)
 
-
-def replace_section(text: str, begin: str, end: str, body: str, heading: str, before: str | None = None) -> str:
-    """``text`` (docs/BENCHMARKS.md) with the block between the ``begin``/``end`` markers replaced by
-    ``body``; without the markers, ``heading`` and the block are inserted above the line ``before`` (or
-    appended). Every bench script writes its section of the doc through this."""
-    block = f"{begin}\n{body}\n{end}"
-    if begin in text and end in text:
-        return re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, count=1, flags=re.S)
-    if before and before in text:
-        return text.replace(before, f"{heading}\n\n{block}\n\n{before}", 1)
-    return text.rstrip("\n") + f"\n\n{heading}\n\n{block}\n"

@@ -151,14 +151,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", default="1x28x28", help="CxHxW for a model name (default 1x28x28)")
     s.add_argument("--classes", type=_number(int, 2), default=10)
 
-    b = sub.add_parser("bench", help="the speed and accuracy benchmark (issue 3's rows) on this machine")
+    b = sub.add_parser("bench", help="speed and accuracy on this machine: the default command, evaluate, budget "
+                                     "runs, peak memory, the Keras tutorial CNN against TensorFlow, CIFAR-10")
     b.add_argument("--rows", help="comma list of default, evaluate, budget3m, cnn2, memory, cifar-softmax (the "
                                   "default set), budget30m, cifar15m, cifar30m (15-30 minutes each), or all")
     b.add_argument("--seeds", default="3", help="number of seeds (3 = seeds 0,1,2) or a list like 0,1,2")
     b.add_argument("--out", help="keep the run folders here (default: a temporary folder, deleted)")
-    b.add_argument("--cifar", help="CIFAR-10 JPEG folder with train/<class>/ and test/<class>/")
-    b.add_argument("--peer-python", help="python of a venv with tensorflow-cpu (the speed peer)")
-    b.add_argument("--peer-script", help="keras_peer.py (default ../shared/peers/keras_peer.py)")
+    b.add_argument("--cifar", help="CIFAR-10 as a JPEG folder with train/<class>/ and test/<class>/, or an archive "
+                                   "of one (.tar.gz, .tgz, .tar, .zip; unpacked once into the cache); without it "
+                                   "the CIFAR-10 rows are skipped")
+    b.add_argument("--peer-python", help="python of a venv with tensorflow-cpu, the cnn2 row's speed peer "
+                                         "(default $MINIVISION_PEER_PYTHON; without one the peer is skipped)")
+    b.add_argument("--peer-script", help="the peer's Keras script (keras_peer.py), run by --peer-python")
     b.add_argument("--verbose", action="store_true", help="echo the runs' own output")
     b.add_argument("--json", action="store_true", help="the rows as one JSON object on stdout")
 
@@ -386,7 +390,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
     rows, seeds = benchmark.select_rows(a.rows), benchmark.parse_seeds(a.seeds)
     out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="minivision-bench-"))
     bench = benchmark.Bench(seeds=seeds, out=out, peer_python=a.peer_python, cifar=a.cifar, echo=a.verbose,
-                            peer_script=Path(a.peer_script) if a.peer_script else benchmark.PEER_SCRIPT)
+                            peer_script=Path(a.peer_script) if a.peer_script else None)
     try:
         results = benchmark.run_rows(bench, rows)
     finally:
