@@ -112,7 +112,7 @@ def write_renditions(x: np.ndarray, folder: Path, seed: int, all_formats: bool =
 def conversions(lm: Any, ablations: bool) -> dict[str, Callable[[Image.Image], np.ndarray]]:
     """name -> picture-to-uint8 (H, W) function: the model's own conversion, no conversion, and with
     ``ablations`` each choice of photo.py changed on its own."""
-    size, box = lm.preprocess.size, int(lm.preprocess.photo.get("box", 28))
+    size, box = lm.preprocess.size, lm.preprocess.photo.box or 28
     out = {"converted": lambda img: lm.preprocess.image_to_uint8(img).numpy()[0],
            "plain resize": lambda img: photo.resize_like_folder(img, size, 1)}
     if ablations:
@@ -238,8 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = Path(a.run) if a.run else train_default(tmp)
         lm = load_model(run)
-        if lm.preprocess.photo.get("method") != "zalando":
-            print(f"note: {run} does not use the zalando conversion ({lm.preprocess.photo})", file=sys.stderr)
+        if lm.preprocess.photo.method != "zalando":
+            print(f"note: {run} does not use the zalando conversion ({lm.preprocess.photo.to_dict()})",
+                  file=sys.stderr)
         ds = load_dataset("fashion-mnist", test_only=True)
         pick = np.sort(np.random.default_rng(a.seed).permutation(len(ds.test))[:a.n])
         x, y = ds.test.x[pick, 0].numpy(), ds.test.y[pick].numpy()

@@ -183,3 +183,47 @@ def test_load_dataset_dispatches_to_folder(tmp_path):
     ds = load_dataset(str(tmp_path / "imgs"), test_data=tmp_path / "held")
     assert ds.classes == ["x", "y"] and ds.test.y.tolist() == [1]
     assert np.asarray(ds.test.x)[0, 0, 0, 0] == 7
+
+
+def _old_folder_resize(arr: np.ndarray, size: tuple[int, int], channels: int) -> np.ndarray:
+    """The folder reader's resize before photo.PictureConversion (kept here as the reference): LANCZOS in
+    the picture's own mode, then its first channel or three copies of it."""
+    if arr.shape[:2] != size:
+        arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.Resampling.LANCZOS))
+    if channels == 1:
+        return arr if arr.ndim == 2 else arr[..., 0]
+    return arr if arr.ndim == 3 else np.repeat(arr[..., None], 3, axis=2)
+
+
+@pytest.mark.parametrize("colour", [False, True])
+def test_folder_pixels_are_the_conversion_of_each_file(tmp_path, colour):
+    """Every picture of a folder dataset is ``PictureConversion(size, channels).convert(open_image(file))``,
+    the conversion predict and serve apply to a photo for a resize model; and the same pixels as the
+    folder reader made before it went through that conversion."""
+    from minivision.data.images import open_image
+    from minivision.photo import PictureConversion
+
+    rng = np.random.default_rng(3)
+    for i in range(9):  # most 20 x 24; others larger, smaller, other aspect; grey as L, as RGB, with alpha
+        h, w = [(20, 24), (20, 24), (20, 24), (20, 24), (57, 31), (9, 13), (20, 24), (40, 48), (33, 33)][i]
+        grey = rng.integers(0, 256, (h, w), dtype=np.uint8)
+        if colour and i % 2:
+            img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        elif i % 3 == 1:
+            img = Image.fromarray(np.stack([grey] * 3, 2))  # grey pixels saved as RGB
+        else:
+            img = Image.fromarray(grey)
+        if i >= 7:
+            img = img.convert("LA" if img.mode == "L" else "RGBA")  # opaque alpha: decoded to L / RGB
+        folder_ = tmp_path / ("a" if i % 2 else "b")
+        folder_.mkdir(exist_ok=True)
+        img.save(folder_ / f"{i}.png")
+    ds = read_image_folder(tmp_path, cache=False)
+    conversion = PictureConversion((20, 24), 3 if colour else 1)
+    assert ds.train.x.shape == (9, conversion.channels, 20, 24)
+    files = sorted(tmp_path.glob("a/*.png")) + sorted(tmp_path.glob("b/*.png"))
+    for x, path in zip(ds.train.x.numpy(), files, strict=True):
+        decoded = open_image(path)
+        assert np.array_equal(x, conversion.convert(decoded)), path
+        before = _old_folder_resize(np.asarray(decoded), (20, 24), conversion.channels)
+        assert np.array_equal(x, before.reshape(20, 24, -1).transpose(2, 0, 1)), path

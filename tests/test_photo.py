@@ -32,7 +32,8 @@ from minivision.train import fit
 from .conftest import require_fashion_mnist, synthetic_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-ZALANDO = {"method": "zalando", "background": "auto", "box": 28}
+ZALANDO = photo.PictureConversion((28, 28), 1, "zalando", "auto", 28)
+ZALANDO_JSON = {"method": "zalando", "background": "auto", "box": 28}  # its model.json entry
 
 
 def _canvas(w: int, h: int, bg: int = 255, box: tuple[int, int, int, int] | None = None, value: int = 30,
@@ -134,7 +135,7 @@ def test_transparent_png_is_composited_on_white_then_negated(tmp_path):
     flat = np.full((100, 80, 3), 255, np.uint8)
     flat[20:80, 30:50] = (20, 40, 90)
     Image.fromarray(flat, "RGB").save(tmp_path / "white.png")
-    pre = Preprocess(1, (28, 28), photo=dict(ZALANDO))
+    pre = Preprocess(1, (28, 28), photo=ZALANDO)
     cut = pre.image_to_uint8(open_image(tmp_path / "cutout.png"))[0].numpy()
     assert np.array_equal(cut, pre.image_to_uint8(open_image(tmp_path / "white.png"))[0].numpy())
     assert cut[0, 0] == 0 and cut.max() == 255 and _bounds(cut) == (10, 0, 19, 28)  # 20 x 60 -> 9 x 28
@@ -150,21 +151,24 @@ def test_exif_rotated_jpeg_comes_out_upright(orientation):
                                 3: Image.Transpose.ROTATE_180}[orientation])
     exif = Image.Exif()
     exif[0x0112] = orientation
-    pre = Preprocess(1, (28, 28), photo=dict(ZALANDO))
+    pre = Preprocess(1, (28, 28), photo=ZALANDO)
     want = pre.image_to_uint8(open_image(_jpeg(upright)))[0].numpy().astype(int)
     got = pre.image_to_uint8(open_image(_jpeg(stored, exif=exif)))[0].numpy().astype(int)
     assert np.abs(got - want).mean() < 3
     assert got[26, 20] > 200 and got[2, 20] < 30  # the foot is at the bottom right
 
 
-def test_resize_method_is_what_folder_datasets_do():
-    from minivision.data.folder import _to_hwc
+def test_resize_method_is_what_folder_datasets_do(tmp_path):
+    from minivision.data.folder import read_image_folder
 
     rgb = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
     pre = Preprocess(3, (32, 32))
-    assert pre.photo == {"method": "resize"}
-    got = pre.image_to_uint8(Image.fromarray(rgb)).numpy().transpose(1, 2, 0)
-    assert np.array_equal(got, _to_hwc(rgb, (32, 32), 3))
+    assert pre.photo == photo.PictureConversion((32, 32), 3, "resize")
+    got = pre.image_to_uint8(Image.fromarray(rgb)).numpy()
+    (tmp_path / "c").mkdir()
+    for i, picture in enumerate([rgb[:32, :32], rgb[10:42, 5:37], rgb]):  # 32 x 32 is the dominant size
+        Image.fromarray(picture).save(tmp_path / "c" / f"{i}.png")
+    assert np.array_equal(got, read_image_folder(tmp_path, cache=False).train.x[2].numpy())
     light = _canvas(120, 90, bg=250, box=(30, 20, 60, 70), value=20)
     plain = Preprocess(1, (28, 28)).image_to_uint8(light)[0].numpy()
     assert plain[0, 0] > 200  # resize only: no trim, no negation
@@ -175,33 +179,33 @@ def test_resize_method_is_what_folder_datasets_do():
 def test_fit_chooses_zalando_for_dark_bordered_gray_and_resize_otherwise():
     x = torch.zeros(50, 1, 28, 28, dtype=torch.uint8)
     x[:, :, 4:24, 9:19] = 200  # a 10 x 20 item on black
-    assert Preprocess.fit(x, "unit").photo == {"method": "zalando", "background": "auto", "box": 20}
-    assert Preprocess.fit(255 - x, "standard").photo == {"method": "resize"}  # light borders
-    assert Preprocess.fit(x.repeat(1, 3, 1, 1), "unit").photo == {"method": "resize"}  # colour
+    assert Preprocess.fit(x, "unit").photo == photo.PictureConversion((28, 28), 1, "zalando", "auto", 20)
+    assert Preprocess.fit(255 - x, "standard").photo == photo.PictureConversion((28, 28), 1)  # light borders
+    assert Preprocess.fit(x.repeat(1, 3, 1, 1), "unit").photo == photo.PictureConversion((28, 28), 3)  # colour
     synthetic = synthetic_dataset(40, 8).train.x  # noise 0-60 around bright squares: still dark
-    assert Preprocess.fit(synthetic, "unit").photo["method"] == "zalando"
+    assert Preprocess.fit(synthetic, "unit").photo.method == "zalando"
 
 
 def test_photo_setting_round_trips_and_is_checked():
-    pre = Preprocess(1, (28, 28), [0.3], [0.35], dict(ZALANDO))
+    pre = Preprocess(1, (28, 28), [0.3], [0.35], ZALANDO)
     d = json.loads(json.dumps(pre.to_dict()))
-    assert d["photo"] == ZALANDO and Preprocess.from_dict(d) == pre
+    assert d["photo"] == ZALANDO_JSON and Preprocess.from_dict(d) == pre
     for bad in ({"method": "magic"}, {"method": "zalando", "background": "grey"},
                 {"method": "zalando", "box": 99}, "zalando"):
         with pytest.raises(MinivisionError, match="photo"):
             Preprocess.from_dict({**d, "photo": bad})
     old = {k: v for k, v in d.items() if k != "photo"}
     assert Preprocess.from_dict(old, dataset_name="fashion-mnist").photo == ZALANDO
-    assert Preprocess.from_dict(old, dataset_name="mnist").photo["box"] == 20
-    assert Preprocess.from_dict(old, dataset_name="my-folder").photo == {"method": "resize"}
-    assert Preprocess.from_dict(old).photo == {"method": "resize"}
+    assert Preprocess.from_dict(old, dataset_name="mnist").photo.box == 20
+    assert Preprocess.from_dict(old, dataset_name="my-folder").photo.to_dict() == {"method": "resize"}
+    assert Preprocess.from_dict(old).photo.to_dict() == {"method": "resize"}
 
 
 # ------------------------------------------------------------------------------------- real images
 
 def test_fashion_mnist_test_images_come_through_unchanged(tmp_path):
     x, _ = _fashion_test(30)
-    pre = Preprocess(1, (28, 28), photo=dict(ZALANDO))
+    pre = Preprocess(1, (28, 28), photo=ZALANDO)
     for i, a in enumerate(x):
         Image.fromarray(a).save(tmp_path / f"{i}.png")
         Image.fromarray(255 - a).save(tmp_path / f"{i}-light.png")
@@ -213,7 +217,7 @@ def test_photo_renditions_of_fashion_mnist_convert_back_close():
     x, _ = _fashion_test(12)
     bench = _bench_photos()
     rng = np.random.default_rng(0)
-    pre = Preprocess(1, (28, 28), photo=dict(ZALANDO))
+    pre = Preprocess(1, (28, 28), photo=ZALANDO)
     for fmt in bench.FORMATS:
         diffs = []
         for a in x:
@@ -248,7 +252,7 @@ def _photos(folder: Path) -> list[Path]:
 
 
 def test_predict_cli_csv_show_errors_and_exit_codes(photo_run, tmp_path, capsys):
-    assert load_model(photo_run).preprocess.photo["method"] == "zalando"
+    assert load_model(photo_run).preprocess.photo.method == "zalando"
     paths = _photos(tmp_path / "in")
     (tmp_path / "corrupt.jpg").write_bytes(_jpeg(_canvas(50, 50))[:200])
     (tmp_path / "notes.txt").write_text("not a picture\n")
@@ -304,4 +308,18 @@ def test_old_model_json_without_photo_gets_the_default_of_its_dataset(photo_run,
     assert load_model(run).preprocess.photo == ZALANDO
     meta["dataset"]["name"] = "some-folder"
     write_json(run / "model.json", meta)
-    assert load_model(run).preprocess.photo == {"method": "resize"}
+    assert load_model(run).preprocess.photo.to_dict() == {"method": "resize"}
+
+
+def test_a_run_with_a_malformed_photo_entry_is_a_one_line_error(photo_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "bad"
+    shutil.copytree(photo_run, run)
+    meta = read_json(run / "model.json")
+    meta["preprocess"]["photo"] = {"method": "zalando", "background": "auto", "box": "large"}
+    write_json(run / "model.json", meta)
+    _canvas(64, 48, box=(10, 10, 30, 40)).save(tmp_path / "p.png")
+    assert main(["predict", str(run), str(tmp_path / "p.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: model.json: photo box must be an integer"), err

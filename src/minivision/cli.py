@@ -259,8 +259,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
     from .runfiles import load_model
 
     lm = load_model(a.model)
-    if a.background is not None and lm.preprocess.photo.get("method") != "zalando":
-        print(f"note: --background has no effect: this model resizes photos ({lm.preprocess.photo['method']}), "
+    if a.background is not None and lm.preprocess.photo.method != "zalando":
+        print(f"note: --background has no effect: this model resizes photos ({lm.preprocess.photo.method}), "
               "it does not trim or negate them", file=sys.stderr)
     results = predict_images(lm, expand_paths(a.paths), top_k=a.top_k, device=a.device, tta=a.tta,
                              inputs=a.show is not None, background=a.background)

@@ -7,10 +7,14 @@ colour, resize the longest edge to 28, sharpen, extend the short edge to 28 with
 centred, negate, 8-bit grayscale. ``zalando`` repeats those steps on a photo; ``resize`` does what
 a folder dataset did to its pictures of other sizes (``data/folder.py``: a plain LANCZOS resize
 to the dataset's size), for RGB and folder models. Which one a model uses, and its settings, is a
-small dict in ``Preprocess.photo`` written to model.json:
+``PictureConversion`` (frozen) in ``Preprocess.photo``, written to model.json as
 
     {"method": "zalando", "background": "auto", "box": 28}    # box: longest edge of the item
     {"method": "resize"}
+
+and used unchanged by everyone who turns a picture into model input: the folder reader
+(``data/folder.py``: its pictures of other sizes), predict and the HTTP service
+(``Preprocess.image_to_uint8``), and the training-jobs uploads (``preset(kind)``).
 
 Choices, measured with ``bench/photos.py --ablations`` on photo-style renditions of 2,000
 Fashion-MNIST test images (the default 30-second model: 89.4% on the plain test images, 89.3%
@@ -38,7 +42,11 @@ on their photos converted, 10.4% on the photos merely resized; docs/BENCHMARKS.m
 
 from __future__ import annotations
 
-from typing import Any
+import difflib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -46,6 +54,8 @@ from PIL import Image, ImageFilter
 
 from .errors import MinivisionError
 
+Method = Literal["zalando", "resize"]
+Background = Literal["auto", "light", "dark"]
 METHODS = ("zalando", "resize")
 BACKGROUNDS = ("auto", "light", "dark")
 TRIM_THRESHOLD = 24          # 0-255: a pixel this far from the background colour is part of the item
@@ -56,9 +66,149 @@ WORK_SIZE = 1024             # photos over twice this size are box-reduced first
 _NAMED = {"fashion-mnist": 28, "mnist": 20}  # box of model.json files written before the photo setting
 
 
-# ------------------------------------------------------------------------------------- settings
+# ------------------------------------------------------------------------------------- the conversion
 
-def choose_photo(x: torch.Tensor) -> dict[str, Any]:
+@dataclass(frozen=True)
+class PictureConversion:
+    """A picture -> the model's input, the way its training pictures were made: one object, saved
+    with the model (model.json's ``preprocess.photo``) and used unchanged by the folder reader,
+    predict, the HTTP service and the training-jobs uploads, so no path converts pictures its own way.
+
+    Input (``convert``): a PIL image of any mode and size, upright (``data.images.open_image``
+    applies EXIF orientation; this does not), or its uint8 pixels (H, W) / (H, W, 3). Modes other
+    than L and RGB are flattened by the decoder's rule (``images.to_l_or_rgb``: transparency on
+    white, 16-bit scaled). Output: uint8 numpy (C, H, W), C = ``channels``, (H, W) = ``size``,
+    C-contiguous (``torch.from_numpy`` takes it as it is); ``to_image`` gives the same pixels as a
+    mode L or RGB picture.
+
+    ``method``: ``resize``, a LANCZOS resize to ``size`` (no trim or crop), what the folder reader
+    does to its pictures; ``zalando``, Fashion-MNIST's steps (the module docstring; grayscale only),
+    with ``background`` the photo's polarity (``convert(img, background)`` overrides it for one
+    picture) and ``box`` the item's longest edge. Invalid settings raise a one-line MinivisionError."""
+
+    size: tuple[int, int]        # (height, width) of the model's input
+    channels: int                # 1 grayscale, 3 RGB
+    method: Method = "resize"    # zalando: Fashion-MNIST's steps; resize: the folder reader's plain resize
+    background: Background = "auto"  # zalando: the photo's background; auto = from the corner colour
+    box: int | None = None       # zalando: the item's longest edge, 1..max(size); None = min(size)
+
+    def __post_init__(self) -> None:
+        try:
+            size = (int(self.size[0]), int(self.size[1]))
+            ok = len(self.size) == 2 and size == tuple(self.size) and min(size) >= 1
+        except (TypeError, ValueError, IndexError):
+            ok = False
+        if not ok:
+            raise MinivisionError(f"photo size must be (height, width) of positive integers, got {_short(self.size)}")
+        object.__setattr__(self, "size", size)
+        if self.channels not in (1, 3) or isinstance(self.channels, bool):
+            raise MinivisionError(f"photo channels must be 1 or 3, got {_short(self.channels)}")
+        object.__setattr__(self, "channels", int(self.channels))
+        if self.method not in METHODS:
+            raise MinivisionError(f"photo method must be one of {', '.join(METHODS)}, got {_short(self.method)}")
+        if self.background not in BACKGROUNDS:
+            raise MinivisionError(f"photo background must be one of {', '.join(BACKGROUNDS)}, "
+                                  f"got {_short(self.background)}")
+        if self.method == "resize":
+            if self.box is not None or self.background != "auto":
+                raise MinivisionError("photo box and background are settings of the zalando method, not resize")
+            return
+        if self.channels != 1:
+            raise MinivisionError(f"the zalando photo method makes grayscale pictures; channels is {self.channels}")
+        box = min(size) if self.box is None else self.box
+        if not isinstance(box, int | np.integer) or isinstance(box, bool):
+            raise MinivisionError(f"photo box must be an integer, got {_short(box)}")
+        box = int(box)
+        if not 1 <= box <= max(size):
+            raise MinivisionError(f"photo box {box} is outside 1..{max(size)}")
+        object.__setattr__(self, "box", box)
+
+    def convert(self, img: Image.Image | np.ndarray, background: str | None = None) -> np.ndarray:
+        """``img`` -> uint8 (C, H, W), the model's input. ``background`` (auto, light, dark)
+        overrides the saved polarity of a zalando conversion; a resize has none. ``img`` may also be
+        its pixels, uint8 (H, W) or (H, W, 3) (``Image.fromarray`` of them is the same picture): the
+        folder reader's decoded arrays, which skip the round trip through Pillow (~40 us a picture)
+        when there is nothing to resize."""
+        if background is not None and background not in BACKGROUNDS:
+            raise MinivisionError(f"background must be one of {', '.join(BACKGROUNDS)}, got {_short(background)}")
+        if isinstance(img, np.ndarray):
+            if (self.method == "resize" and img.dtype == np.uint8 and img.shape[:2] == self.size
+                    and img.shape[2:] == ((3,) if self.channels == 3 else ())):
+                return np.array(img[None] if img.ndim == 2 else img.transpose(2, 0, 1), order="C")
+            img = Image.fromarray(img)
+        if img.mode not in ("L", "RGB"):
+            from .data.images import to_l_or_rgb  # here: the data package imports this module
+
+            img = to_l_or_rgb(img)
+        if self.method == "zalando":
+            return zalando(img, self.size, background=background or self.background, box=self.box)[None]
+        a = resize_like_folder(img, self.size, self.channels)
+        return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
+
+    def to_image(self, img: Image.Image, background: str | None = None) -> Image.Image:
+        """``convert``'s pixels as a picture, mode L or RGB (the jobs API stores them as PNG)."""
+        a = self.convert(img, background)
+        return Image.fromarray(a[0] if self.channels == 1 else a.transpose(1, 2, 0))
+
+    def to_dict(self) -> dict[str, Any]:
+        """model.json's ``preprocess.photo`` entry (size and channels are ``preprocess``'s own keys)."""
+        if self.method == "resize":
+            return {"method": "resize"}
+        return {"method": self.method, "background": self.background, "box": self.box}
+
+    @classmethod
+    def from_dict(cls, d: Any, size: tuple[int, int], channels: int) -> PictureConversion:
+        """Read back ``to_dict`` for a model taking (channels, *size) input, every field checked:
+        MinivisionError with a one-line message for a malformed entry. A resize entry's background
+        and box are ignored, as they always were."""
+        if not isinstance(d, dict) or d.get("method") not in METHODS:
+            raise MinivisionError(f"model.json has an unknown photo conversion {_short(d)} (known methods: "
+                                  f"{', '.join(METHODS)}; written by a newer minivision?)")
+        unknown = sorted(str(k) for k in d if k not in _KEYS)
+        if unknown:
+            near = difflib.get_close_matches(unknown[0], _KEYS, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f" (known: {', '.join(_KEYS)})"
+            raise MinivisionError(f"model.json: unknown photo setting {_short(unknown[0])}{hint}")
+        try:
+            if d["method"] == "resize":
+                return cls(size, channels)
+            box = d.get("box")
+            if isinstance(box, float) and box.is_integer():
+                box = int(box)  # 28.0: a JSON number written by another tool
+            return cls(size, channels, "zalando", d.get("background", "auto"), box)
+        except MinivisionError as e:
+            raise MinivisionError(f"model.json: {e}") from None
+
+
+_KEYS = ("method", "background", "box")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------- presets
+
+FASHION = PictureConversion((28, 28), 1, "zalando", box=28)  # 28 x 28 grey, a light item on black: Zalando's steps
+GRAY = PictureConversion((28, 28), 1)                         # 28 x 28 grey, resized
+RGB = PictureConversion((32, 32), 3)                          # 32 x 32 colour, resized (CIFAR-10's size)
+PRESETS: Mapping[str, PictureConversion] = MappingProxyType({"fashion": FASHION, "gray": GRAY, "rgb": RGB})
+
+
+def preset(kind: str) -> PictureConversion:
+    """The named conversion of a dataset kind (the jobs API's ``kind``: fashion, gray, rgb)."""
+    try:
+        return PRESETS[kind]
+    except (KeyError, TypeError):
+        near = difflib.get_close_matches(str(kind), PRESETS, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise MinivisionError(f"unknown picture kind {_short(kind)} (known: {', '.join(PRESETS)}){hint}") from None
+
+
+# ------------------------------------------------------------------------------------- choosing one
+
+def choose_conversion(x: torch.Tensor) -> PictureConversion:
     """The conversion for a model trained on the uint8 images ``x`` (N, C, H, W).
 
     Rule: grayscale data whose image borders are mostly dark (the median of the outer two-pixel
@@ -66,69 +216,41 @@ def choose_photo(x: torch.Tensor) -> dict[str, Any]:
     item on black -> ``zalando``, with ``box`` the median longest edge of the items' bounding
     boxes (28 for Fashion-MNIST, about 20 for MNIST, whose digits sit in a 20 x 20 box). Anything
     else (colour, or light backgrounds) -> ``resize``, as folder datasets resize their pictures."""
-    if x.ndim != 4 or x.shape[1] != 1 or len(x) == 0 or min(x.shape[2:]) < 5:
-        return {"method": "resize"}
+    resize = PictureConversion((int(x.shape[2]), int(x.shape[3])), int(x.shape[1]))
+    if x.shape[1] != 1 or len(x) == 0 or min(x.shape[2:]) < 5:
+        return resize
     idx = torch.linspace(0, len(x) - 1, min(len(x), 2000)).long()
     a = x[idx, 0].numpy()
     ring = np.concatenate([a[:, :2].reshape(len(a), -1), a[:, -2:].reshape(len(a), -1),
                            a[:, 2:-2, :2].reshape(len(a), -1), a[:, 2:-2, -2:].reshape(len(a), -1)], axis=1)
     if float(np.median(ring)) >= DARK_BORDER:
-        return {"method": "resize"}
+        return resize
     mask = a > TRIM_THRESHOLD
     rows, cols = mask.any(2), mask.any(1)
     found = rows.any(1)
     if not found.any():
-        return {"method": "resize"}
+        return resize
     height = a.shape[1] - rows[found].argmax(1) - rows[found][:, ::-1].argmax(1)
     width = a.shape[2] - cols[found].argmax(1) - cols[found][:, ::-1].argmax(1)
     box = int(np.median(np.maximum(height, width)))
-    return {"method": "zalando", "background": "auto", "box": max(1, min(box, *a.shape[1:]))}
+    return PictureConversion(resize.size, 1, "zalando", "auto", max(1, min(box, *a.shape[1:])))
 
 
-def default_photo(dataset_name: str | None, size: tuple[int, int], channels: int) -> dict[str, Any]:
+def default_conversion(dataset_name: str | None, size: tuple[int, int], channels: int) -> PictureConversion:
     """For a model.json written before the photo setting: zalando for Fashion-MNIST and MNIST."""
     box = _NAMED.get(str(dataset_name or "").lower())
     if box is None or channels != 1:
-        return {"method": "resize"}
-    return {"method": "zalando", "background": "auto", "box": min(box, *size)}
+        return PictureConversion(size, channels)
+    return PictureConversion(size, 1, "zalando", "auto", min(box, *size))
 
 
-def check_photo(d: Any, size: tuple[int, int]) -> dict[str, Any]:
-    """A photo setting read from model.json, checked; raises MinivisionError if malformed."""
-    if not isinstance(d, dict) or d.get("method") not in METHODS:
-        raise MinivisionError(f"model.json has an unknown photo conversion {d!r} (known methods: "
-                              f"{', '.join(METHODS)}; written by a newer minivision?)")
-    if d["method"] == "resize":
-        return {"method": "resize"}
-    background = d.get("background", "auto")
-    if background not in BACKGROUNDS:
-        raise MinivisionError(f"model.json: photo background must be one of {', '.join(BACKGROUNDS)}, "
-                              f"got {background!r}")
-    try:
-        box = int(d.get("box", min(size)))
-    except (TypeError, ValueError):
-        raise MinivisionError(f"model.json: photo box must be an integer, got {d.get('box')!r}") from None
-    if not 1 <= box <= max(size):
-        raise MinivisionError(f"model.json: photo box {box} is outside 1..{max(size)}")
-    return {"method": "zalando", "background": background, "box": box}
-
-
-# ------------------------------------------------------------------------------------- conversion
-
-def to_model_input(img: Image.Image, photo: dict[str, Any], size: tuple[int, int], channels: int,
-                   background: str | None = None) -> np.ndarray:
-    """A decoded upright picture (``open_image``: EXIF applied, transparency on white) -> uint8
-    (H, W) or (H, W, 3) as the model's training images were made. ``background`` overrides the
-    saved polarity (auto, light, dark) for the zalando method."""
-    if photo.get("method") == "zalando":
-        return zalando(img, size, background=background or photo.get("background", "auto"),
-                       box=int(photo.get("box", min(size))))
-    return resize_like_folder(img, size, channels)
-
+# ------------------------------------------------------------------------------------- the steps
 
 def resize_like_folder(img: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
-    """What ``data/folder.py`` does to a picture of another size: LANCZOS to (H, W), no trim or crop."""
-    img = img.convert("L" if channels == 1 else "RGB")
+    """The resize method's pixels, uint8 (H, W) or (H, W, 3): LANCZOS to (H, W), no trim or crop."""
+    mode = "L" if channels == 1 else "RGB"
+    if img.mode != mode:
+        img = img.convert(mode)
     h, w = size
     if img.size != (w, h):
         img = img.resize((w, h), Image.Resampling.LANCZOS)

@@ -41,8 +41,9 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
                    background: str | None = None) -> list[dict[str, Any]]:
     """Predict paths, bytes or PIL images. Each result: path, label, index, score, top_k; or path, error.
 
-    Every picture goes through the model's saved photo conversion (``lm.preprocess.image_to_uint8``),
-    the same for the CLI, the HTTP service and the Python API. PIL images are taken as decoded and
+    Every picture goes through the model's saved photo conversion (``lm.preprocess.image_to_uint8``:
+    its ``photo.PictureConversion``), the same for the CLI, the HTTP service, the Python API and, for
+    a model trained on a folder, the folder reader. PIL images are taken as decoded and
     upright (``open_image`` applies EXIF orientation and puts transparency on white).
     ``tta``: scores with flip test-time augmentation, and ``plain`` {label, index, score} without it.
     ``inputs``: each result also holds ``input``, the uint8 (C, H, W) tensor the model saw.

@@ -8,15 +8,14 @@ its training data was (size, channels, scaling, and for a user's photo the conve
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
 from .errors import MinivisionError
-from .photo import check_photo, choose_photo, default_photo, to_model_input
+from .photo import PictureConversion, choose_conversion, default_conversion
 
 
 @dataclass
@@ -25,16 +24,27 @@ class Preprocess:
     size: tuple[int, int]              # (height, width) the model takes
     mean: list[float] = field(default_factory=list)  # per channel, on the 0-1 scale; [] = 0
     std: list[float] = field(default_factory=list)   # per channel; [] = 1
-    # how a photo becomes a model input (photo.py): {"method": "zalando", "background": "auto",
-    # "box": 28} for light-on-black grayscale data such as Fashion-MNIST, else {"method": "resize"}
-    photo: dict[str, Any] = field(default_factory=lambda: {"method": "resize"})
+    # how a picture becomes a model input (photo.PictureConversion at this size and channels): zalando
+    # for light-on-black grayscale data such as Fashion-MNIST, else resize; None = the plain resize
+    photo: PictureConversion = None  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.photo is None:
+            self.photo = PictureConversion(tuple(self.size), self.channels)
+        elif not isinstance(self.photo, PictureConversion):
+            raise TypeError(f"photo must be a photo.PictureConversion, got {type(self.photo).__name__} "
+                            "(PictureConversion.from_dict reads model.json's form)")
+        elif (self.photo.size, self.photo.channels) != (tuple(self.size), self.channels):
+            raise MinivisionError(f"the photo conversion makes {self.photo.channels} x {self.photo.size[0]} x "
+                                  f"{self.photo.size[1]} pictures; the model takes {self.channels} x "
+                                  f"{self.size[0]} x {self.size[1]}")
 
     @classmethod
     def fit(cls, x: torch.Tensor, normalize: str) -> Preprocess:
         """Build from a uint8 training batch (N, C, H, W); ``standard`` measures mean/std on it; the
-        photo conversion is chosen from the batch too (``photo.choose_photo`` states the rule)."""
+        photo conversion is chosen from the batch too (``photo.choose_conversion`` states the rule)."""
         c, h, w = (int(s) for s in x.shape[1:])
-        photo = choose_photo(x)
+        photo = choose_conversion(x)
         if normalize == "unit":
             return cls(c, (h, w), photo=photo)
         total = torch.zeros(c, dtype=torch.float64)
@@ -59,26 +69,31 @@ class Preprocess:
         return out.contiguous(memory_format=torch.channels_last)
 
     def image_to_uint8(self, img: Image.Image, background: str | None = None) -> torch.Tensor:
-        """A decoded upright picture (mode L or RGB, as ``open_image`` returns) -> uint8 (C, H, W)
-        at the model's size and channels, through the model's photo conversion. ``background``
-        (auto, light, dark) overrides the saved polarity of a zalando conversion."""
-        a = to_model_input(img, self.photo, self.size, self.channels, background)
-        a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
-        return torch.from_numpy(np.ascontiguousarray(a))
+        """A decoded upright picture (``open_image``) -> uint8 (C, H, W) at the model's size and
+        channels: ``self.photo.convert``. ``background`` (auto, light, dark) overrides the saved
+        polarity of a zalando conversion."""
+        return torch.from_numpy(self.photo.convert(img, background))
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["size"] = list(self.size)
-        return d
+        """model.json's ``preprocess`` entry: channels, size, mean, std, photo (``PictureConversion.to_dict``)."""
+        return {"channels": self.channels, "size": list(self.size), "mean": list(self.mean), "std": list(self.std),
+                "photo": self.photo.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], dataset_name: str | None = None) -> Preprocess:
         """Read back ``to_dict``. A model.json written before the photo setting has no ``photo``:
-        it gets ``photo.default_photo(dataset_name)`` (zalando for Fashion-MNIST and MNIST)."""
+        it gets ``photo.default_conversion(dataset_name)`` (zalando for Fashion-MNIST and MNIST). A
+        malformed entry raises MinivisionError with a one-line message."""
         try:
             channels, size = int(d["channels"]), (int(d["size"][0]), int(d["size"][1]))
             mean, std = [float(v) for v in d.get("mean", [])], [float(v) for v in d.get("std", [])]
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise MinivisionError(f"model.json has a malformed 'preprocess' entry ({e})") from None
-        photo = check_photo(d["photo"], size) if "photo" in d else default_photo(dataset_name, size, channels)
+        if "photo" in d:
+            photo = PictureConversion.from_dict(d["photo"], size, channels)
+        else:
+            try:
+                photo = default_conversion(dataset_name, size, channels)
+            except MinivisionError as e:
+                raise MinivisionError(f"model.json: {e}") from None
         return cls(channels, size, mean, std, photo)

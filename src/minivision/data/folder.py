@@ -2,7 +2,9 @@
 
 Every picture goes through ``images.open_image`` (the same checks predict and serve use); a file
 that fails is skipped and listed in ``Dataset.skipped``, never silently used. Grey pictures make a
-one-channel dataset, pictures of another size are resized to the most common size.
+one-channel dataset; every picture then goes through ``photo.PictureConversion`` with the resize
+method at the most common size, the conversion predict and serve apply to a photo for a model
+trained on a folder, so a picture predicted is prepared exactly as the training pictures were.
 
 Decoding is the slow part (~0.2 ms per small JPEG, almost all of it per-file Python and Pillow
 overhead, so threads do not help): large folders are decoded by a pool of forked processes, one
@@ -21,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from minivision.data.dataset import Dataset, Split
 from minivision.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, is_grayscale, open_image
 from minivision.data.sources import user_cache_dir
 from minivision.errors import DataError
 from minivision.fileio import save_tensors, write_json
+from minivision.photo import PictureConversion
 
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 _CACHE_VERSION = 1
@@ -146,14 +148,6 @@ def _dominant_size(arrays: list[np.ndarray]) -> tuple[int, int]:
     return max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
 
 
-def _to_hwc(arr: np.ndarray, size: tuple[int, int], channels: int) -> np.ndarray:
-    if arr.shape[:2] != size:
-        arr = np.asarray(Image.fromarray(arr).resize((size[1], size[0]), Image.Resampling.LANCZOS))
-    if channels == 1:
-        return arr if arr.ndim == 2 else arr[..., 0]
-    return arr if arr.ndim == 3 else np.repeat(arr[..., None], 3, axis=2)
-
-
 def _build(root: Path, layout: dict[str, dict[str, FileList]], stray: list[str], max_pixels: int) -> Dataset:
     classes = sorted({c for per_class in layout.values() for c in per_class})
     index = {c: i for i, c in enumerate(classes)}
@@ -177,16 +171,15 @@ def _build(root: Path, layout: dict[str, dict[str, FileList]], stray: list[str],
                 folder = Path(per_class[cls][0][0]).parent
                 raise DataError(f"{folder}: no readable images in class folder "
                                 f"({len(per_class[cls])} skipped)")
-    size = _dominant_size([a for items in good.values() for a, _ in items])
-    channels = 1 if gray else 3
+    conversion = PictureConversion(_dominant_size([a for items in good.values() for a, _ in items]),
+                                   1 if gray else 3)
     splits = {}
     for split, items in good.items():
-        x = np.empty((len(items), *size, channels), dtype=np.uint8)
+        x = np.empty((len(items), conversion.channels, *conversion.size), dtype=np.uint8)
         for i, (arr, _) in enumerate(items):
-            x[i] = _to_hwc(arr, size, channels).reshape(*size, channels)
+            x[i] = conversion.convert(arr)
         y = np.fromiter((label for _, label in items), dtype=np.int64, count=len(items))
-        nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        splits[split] = Split(torch.from_numpy(nchw), torch.from_numpy(y))
+        splits[split] = Split(torch.from_numpy(x), torch.from_numpy(y))
     return Dataset(name=root.name, classes=classes, train=splits["train"], val=splits.get("val"),
                    test=splits.get("test"), skipped=skipped, source=str(root))
 

@@ -85,8 +85,9 @@ def _one_line(exc: BaseException) -> str:
     return text[:200]
 
 
-def _to_l_or_rgb(img: Image.Image) -> Image.Image:
-    """Flatten any decoded mode to "L" or "RGB", compositing transparency on white."""
+def to_l_or_rgb(img: Image.Image) -> Image.Image:
+    """Flatten any decoded mode to "L" or "RGB", compositing transparency on white (also the rule
+    ``photo.PictureConversion`` applies to a picture of another mode handed to it directly)."""
     mode = img.mode
     gray = mode in _GRAY_MODES
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
@@ -153,7 +154,7 @@ def open_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
         try:
             img.load()
             upright = ImageOps.exif_transpose(img)
-            result = _to_l_or_rgb(upright)
+            result = to_l_or_rgb(upright)
         except Exception as exc:  # truncated data, bad Huffman tables, broken EXIF, ...
             raise ImageError(f"{where}: corrupt or truncated image ({_one_line(exc)})", "corrupt") from None
     result.load()

@@ -42,6 +42,7 @@ from starlette.requests import ClientDisconnect
 from .. import __version__
 from ..data.images import DEFAULT_MAX_PIXELS, ImageError, open_image
 from ..errors import MinivisionError
+from ..photo import BACKGROUNDS
 from ..predict import predict_images
 from ..runfiles import LoadedModel, load_model
 from .uploads import BodyLimit, UploadError, error_body, parse_options, read_upload
@@ -168,12 +169,12 @@ _PREDICT_BODY = {"requestBody": {"required": True, "content": {
         "files": {"type": "array", "items": {"type": "string", "format": "binary"},
                   "description": "one or more pictures (field name 'file' or 'files', repeated)"},
         "top_k": {"type": "integer"}, "include_input": {"type": "boolean"},
-        "background": {"type": "string", "enum": ["auto", "light", "dark"]}}}},
+        "background": {"type": "string", "enum": list(BACKGROUNDS)}}}},
     "application/json": {"schema": {"type": "object", "properties": {
         "images": {"type": "array", "items": {"type": "string"},
                    "description": "base64 pictures; a data:image/...;base64, prefix is accepted"},
         "image": {"type": "string"}, "top_k": {"type": "integer"}, "include_input": {"type": "boolean"},
-        "background": {"type": "string", "enum": ["auto", "light", "dark"]}}}},
+        "background": {"type": "string", "enum": list(BACKGROUNDS)}}}},
     "image/*": {"schema": {"type": "string", "format": "binary"}}}}}
 
 

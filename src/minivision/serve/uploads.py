@@ -28,6 +28,8 @@ import anyio.to_thread
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.responses import JSONResponse
 
+from ..photo import BACKGROUNDS
+
 FILE_FIELDS = ("file", "files")
 OPTION_FIELDS = ("top_k", "include_input", "background")
 JSON_KEYS = ("image", "images", *OPTION_FIELDS)
@@ -312,7 +314,7 @@ def parse_options(options: dict[str, Any], query: dict[str, str], n_classes: int
     background = values["background"]
     if background is not None:
         background = str(background).strip().lower()
-        if background not in ("auto", "light", "dark"):
+        if background not in BACKGROUNDS:
             raise UploadError(400, f"background must be auto, light or dark, got {background[:40]!r}")
     return top_k, _flag(values["include_input"]), background
 
