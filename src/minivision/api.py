@@ -44,7 +44,8 @@ class Classifier:
     is the torch module).
     """
 
-    def __init__(self, model: str | None = None, epochs: int | None = None, *, budget: float | str | None = None,
+    def __init__(self, model: str | None = None, epochs: int | None = None, *, init_from: str | None = None,
+                 budget: float | str | None = None,
                  steps: int | None = None, batch_size: int | None = None, optimizer: str | None = None,
                  lr: float | None = None, momentum: float | None = None, nesterov: bool | None = None,
                  weight_decay: float | None = None, schedule: str | None = None,
@@ -54,6 +55,7 @@ class Classifier:
                  tensorboard: bool = False, extra: dict[str, Any] | None = None) -> None:
         self.model = model
         self.epochs = epochs
+        self.init_from = init_from
         self.budget = budget
         self.steps = steps
         self.batch_size = batch_size
