@@ -133,3 +133,12 @@ def test_stop_refuses_an_unknown_boundary(tmp_path):
 
     with pytest.raises(ValueError, match="'step' or 'epoch'"):
         _fit(tmp_path, [Bad()])
+
+
+def test_classifier_fit_passes_listeners(tmp_path):
+    import minivision as mv
+
+    rec = Recorder()
+    mv.Classifier(model="cnn1", epochs=1, batch_size=32, out=str(tmp_path)).fit(
+        synthetic_dataset(240, 80), progress=False, listeners=[rec])
+    assert [e[0] for e in rec.events].count("epoch_end") == 1 and rec.events[-1][0] == "fit_end"

@@ -118,10 +118,12 @@ class Classifier:
     # -- training
 
     def fit(self, data: str | Dataset = "fashion-mnist", *, data_dir: str | None = None,
-            test_data: str | None = None, progress: bool | None = None) -> Classifier:
+            test_data: str | None = None, progress: bool | None = None,
+            listeners: list[Any] | None = None) -> Classifier:
         """Train on a dataset name, CSV file, image folder or a ``Dataset`` from ``load_dataset``; returns self.
 
-        ``data_dir``: the folder with a named dataset's files; ``test_data``: a second CSV file as the test split."""
+        ``data_dir``: the folder with a named dataset's files; ``test_data``: a second CSV file as the test split;
+        ``listeners``: your own ``minivision.listeners.Listener`` objects (the training loop's events)."""
         from .train import fit
 
         settings = self.get_params(deep=False)
@@ -129,7 +131,7 @@ class Classifier:
         name = data.name if isinstance(data, Dataset) else str(data)
         cfg = TrainConfig.from_dict({**settings, "data": name, "data_dir": data_dir, "test_data": test_data})
         result = fit(cfg, dataset=data if isinstance(data, Dataset) else None, progress=progress,
-                     log=lambda msg: None if progress is False else print(msg))
+                     log=lambda msg: None if progress is False else print(msg), listeners=listeners)
         if result.interrupted:
             raise MinivisionError(f"training interrupted; resume with minivision train --resume {result.run_dir}")
         self._set_loaded(load_model(result.run_dir))
