@@ -18,7 +18,7 @@ from .errors import DataError, MinivisionError
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Classifier": "api", "load": "api", "load_dataset": "api",
+    "Classifier": "api", "load": "api", "load_dataset": "api", "Listener": "listeners",
     # pictures: each takes an optional matplotlib Axes and returns the Figure
     "plot_history": "report.history", "plot_confusion": "report.plots", "plot_calibration": "report.plots",
     "plot_class_counts": "report.plots", "image_grid": "report.plots", "plot_embedding": "embed",
