@@ -227,3 +227,19 @@ def test_folder_pixels_are_the_conversion_of_each_file(tmp_path, colour):
         assert np.array_equal(x, conversion.convert(decoded)), path
         before = _old_folder_resize(np.asarray(decoded), (20, 24), conversion.channels)
         assert np.array_equal(x, before.reshape(20, 24, -1).transpose(2, 0, 1)), path
+
+
+def test_classes_json_names_the_class_folders(tmp_path):
+    for k, name in enumerate(("000", "001")):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 40 + 100 * k + i, np.uint8)).save(tmp_path / name / f"{i}.png")
+    assert read_image_folder(tmp_path).classes == ["000", "001"]
+    (tmp_path / "classes.json").write_text(json.dumps({"000": "T-shirt/top", "001": "ankle boot"}))
+    assert read_image_folder(tmp_path).classes == ["T-shirt/top", "ankle boot"]  # also from the cache
+    assert read_image_folder(tmp_path, cache=False).classes == ["T-shirt/top", "ankle boot"]
+    for bad, words in (({"002": "x"}, "no class folder named '002'"), ({"000": "a", "001": "a"}, "same name"),
+                       (["a"], "expected an object")):
+        (tmp_path / "classes.json").write_text(json.dumps(bad))
+        with pytest.raises(DataError, match=words):
+            read_image_folder(tmp_path)

@@ -1,5 +1,8 @@
 """A folder of a user's own pictures: ``root/<class>/*`` or ``root/{train,val,test}/<class>/*``.
 
+Class names are the class folders' names, sorted; a ``classes.json`` in ``root`` may give other names
+(``{"000": "T-shirt/top"}``) for names a folder cannot have.
+
 Every picture goes through ``images.open_image`` (the same checks predict and serve use); a file
 that fails is skipped and listed in ``Dataset.skipped``, never silently used. Grey pictures make a
 one-channel dataset; every picture then goes through ``photo.PictureConversion`` with the resize
@@ -252,8 +255,36 @@ def read_image_folder(root: str | Path, *, cache: bool = True,
     if cache:
         cached = _load_cache(base, key)
         if cached is not None:
-            return cached
+            return _named_classes(root, cached)
     ds = _build(root, layout, stray, max_pixels)
     if cache:
         _save_cache(base, key, ds)
-    return ds
+    return _named_classes(root, ds)
+
+
+CLASS_NAMES_FILE = "classes.json"
+
+
+def _named_classes(root: Path, ds: Dataset) -> Dataset:
+    """Class names other than the folder names: ``root/classes.json`` maps a class folder's name to the
+    class's name (``{"000": "T-shirt/top", "001": "ankle boot"}``), for names that cannot be folder
+    names (a slash, a name a file system refuses). Folders it does not name keep their own name."""
+    import dataclasses
+
+    path = root / CLASS_NAMES_FILE
+    if not path.is_file():
+        return ds
+    try:
+        names = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: not readable JSON ({' '.join(str(e).split())[:120]})") from None
+    if not isinstance(names, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip()
+                                              for k, v in names.items()):
+        raise DataError(f"{path}: expected an object mapping class folder names to class names")
+    unknown = sorted(set(names) - set(ds.classes))
+    if unknown:
+        raise DataError(f"{path}: no class folder named {unknown[0]!r}")
+    classes = [names.get(c, c) for c in ds.classes]
+    if len(set(classes)) != len(classes):
+        raise DataError(f"{path}: two classes get the same name")
+    return dataclasses.replace(ds, classes=classes)
