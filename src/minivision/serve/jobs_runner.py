@@ -10,7 +10,9 @@ Restart rules (``Runner.start``, run by ``resume_jobs`` at server start):
     mistaken for it): keep watching it, start nothing else;
   * ``training``, process gone, model.json written: it finished while the server was down -> trained;
   * ``training``, process gone, ``last.safetensors`` in the run folder: resumed first with
-    ``minivision train --resume <run folder>``;
+    ``minivision train --resume <run folder>``. This counts as an automatic resume, as a kill from
+    outside does: after ``MAX_AUTO_RESUMES`` of them the job fails with the reason, so a training that
+    takes the server down with it (out of memory, say) is not restarted for ever;
   * ``training``, process gone, no checkpoint: failed ("the server stopped before the first
     checkpoint; train again");
   * ``queued``: stays queued.
@@ -34,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from minivision.errors import MinivisionError
 from minivision.fileio import read_json, write_json
 
 from .jobs_images import class_counts, class_folder
@@ -129,9 +132,16 @@ def rewrite_report(run_dir: Path, log_path: Path) -> None:
     """The report written at the end of training names the classes by folder (000, 001, ...): write it
     again, now that model.json has the user's names (scored on the validation split: uploads have no
     test split). A failure leaves the first report and is logged; the model is served either way."""
-    with open(log_path, "ab") as out:
-        subprocess.run([sys.executable, "-m", "minivision", "evaluate", str(run_dir), "--split", "val", "--report"],
-                       stdout=out, stderr=subprocess.STDOUT, timeout=600, check=False)
+    try:
+        with open(log_path, "ab") as out:
+            done = subprocess.run([sys.executable, "-m", "minivision", "evaluate", str(run_dir), "--split", "val",
+                                   "--report"], stdout=out, stderr=subprocess.STDOUT, timeout=600, check=False)
+    except (OSError, subprocess.SubprocessError) as e:  # a timeout, no disk space for the log, ...
+        log.warning("training jobs: %s: the report was not rewritten with the class names (%s)", run_dir, e)
+        return
+    if done.returncode != 0:
+        log.warning("training jobs: %s: the report was not rewritten with the class names (exit code %s; see "
+                    "train.log)", run_dir, done.returncode)
 
 
 def small_data_flags(base_model: str, n_images: int, epochs: int | None) -> list[str]:
@@ -227,7 +237,14 @@ class Runner:
                 self._succeed(job, run)
                 notes.append(f"{jid}: finished while the server was down; trained")
             elif run is not None and (run / "last.safetensors").is_file():
-                self.store.update(jid, state="queued", resume=1, queued_at=0.0, pid=None, pid_start=None)
+                if job["attempts"] >= MAX_AUTO_RESUMES:  # e.g. a training that takes the server down with it
+                    self._fail(jid, f"training was interrupted {job['attempts'] + 1} times before it finished "
+                                    f"(the last time the server stopped while it ran); see GET /models/{jid}/log "
+                                    "and train again")
+                    notes.append(f"{jid}: failed (interrupted {job['attempts'] + 1} times)")
+                    continue
+                self.store.update(jid, state="queued", resume=1, attempts=job["attempts"] + 1, queued_at=0.0,
+                                  pid=None, pid_start=None)
                 notes.append(f"{jid}: resumes from its checkpoint in {run.name}")
             else:
                 self._fail(jid, "the server stopped before the first checkpoint; train again")
@@ -363,7 +380,11 @@ class Runner:
         try:
             meta = apply_class_names(run, job["classes"])
         except Exception as e:  # a damaged model.json: say so rather than serve it
-            self._fail(job["id"], f"training finished but its model.json is unreadable ({e})")
+            # the reason without the server's path (not given away to clients)
+            why = str(e).removeprefix(f"{run / 'model.json'}: ") if isinstance(e, MinivisionError) else \
+                "not a model description"
+            log.error("training jobs: %s: %s/model.json is unreadable: %s", job["id"], run, e)
+            self._fail(job["id"], f"training finished but its model.json is unreadable ({why}); train again")
             return
         rewrite_report(run, self.store.model_dir(job["id"]) / "train.log")
         self.store.update(job["id"], state="trained", model_run=run.name, metrics=meta.get("metrics") or {},
