@@ -597,9 +597,11 @@ def test_train_poll_predict_and_survive_a_restart(trained_job, after_a_crash):
     # the model folder: the user's class names in model.json, the run's files beside the pictures
     model_dir = seen["state_dir"] / "models" / job_id
     meta = json.loads((model_dir / "run" / "model.json").read_text())
-    assert meta["classes"] == CLASSES and meta["class_folders"] == ["000", "001", "002"]
-    with open(model_dir / "run" / "per_class.csv") as f:  # the report, rewritten with the user's names
+    assert meta["classes"] == CLASSES and "class_folders" not in meta  # named at training, from classes.json
+    assert read_json(model_dir / "images" / "classes.json") == dict(zip(["000", "001", "002"], CLASSES, strict=True))
+    with open(model_dir / "run" / "per_class.csv") as f:  # the report training wrote names them too
         assert [line.split(",")[0] for line in f.read().splitlines()[1:4]] == CLASSES
+    assert seen["log"].count("report: ") == 1, seen["log"]  # training's own report; no second pass rewrote it
     assert {"images", "run", "train.log"} <= {p.name for p in model_dir.iterdir()}
 
     # after the crash that ended trained_job's server, the restarted one serves the model as it was (same
@@ -659,10 +661,12 @@ def gone_process() -> tuple[int, str]:
     return proc.pid, identity
 
 
-def as_training_wrote_it(model_json: Path) -> None:
-    """model.json as ``minivision train`` writes it: classes named by folder (the server renames them)."""
+def as_an_older_training_wrote_it(model_json: Path) -> None:
+    """model.json as a training started before the pictures' folder carried classes.json wrote it: classes
+    named by folder (000, 001, ...), which the server renames when it takes the model in."""
     meta = read_json(model_json)
-    meta["classes"] = meta.pop("class_folders")
+    assert meta["classes"] == CLASSES and "class_folders" not in meta  # a training now names them itself
+    meta["classes"] = [jobs_images.class_folder(i) for i in range(len(CLASSES))]
     write_json(model_json, meta)
 
 
@@ -683,7 +687,7 @@ def crashed_job(state_dir: Path, trained: dict, run_files: tuple[str, ...], *, s
         for name in run_files:
             shutil.copy2(src / "run" / name, dst / "run" / name)
         if "model.json" in run_files:
-            as_training_wrote_it(dst / "run" / "model.json")
+            as_an_older_training_wrote_it(dst / "run" / "model.json")
         store.update(job_id, state=state, classes=CLASSES, budget="2m", epochs=None, run_dir="run", pid=pid,
                      pid_start=pid_start, attempts=attempts, resume=resume, queued_at=time.time(),
                      log_offset=(dst / "train.log").stat().st_size,
@@ -810,15 +814,17 @@ def test_a_running_training_is_adopted_not_started_again(trained_job, servers, p
                               pid_start=process_identity(training.pid))
     log_path = run.parent / "train.log"
     with open(log_path, "a") as f:
-        f.write(f"\n{HEADER}2030-01-01 00:00:00: python -m minivision train ...\nepoch 1/30  train loss 1.0\n"
-                "epoch 4/30  train loss 0.5\n")
+        f.write(f"\n{HEADER}2030-01-01 00:00:00: python -m minivision train ...\nepoch 1/30  train loss 1.0\n")
+    # what the training's ProgressFile listener writes as it goes
+    write_json(run / "progress.json", {"state": "training", "epoch": 4, "epochs": 30, "step": 40, "total_steps": 300,
+                                       "fraction": round(40 / 300, 4), "last": None})
     server = servers(state_dir)
     assert f"{job_id}: training process {training.pid} is still running; watching it" in server.output()
     deadline = time.monotonic() + 30
-    while (job := server.client.get(f"/models/{job_id}").json())["progress"]["epoch"] != 4:  # read from train.log
+    while (job := server.client.get(f"/models/{job_id}").json())["progress"]["epoch"] != 4:  # from progress.json
         assert job["state"] == "training" and time.monotonic() < deadline, job
         time.sleep(0.1)
-    assert job["progress"] == {"epoch": 4, "epochs": 30, "fraction": round(4 / 30, 4)}
+    assert job["progress"] == {"epoch": 4, "epochs": 30, "step": 40, "total_steps": 300, "fraction": 0.1333}
     time.sleep(1.5)  # a few of the runner's polls: it must not start a training of its own meanwhile
     assert server.client.get(f"/models/{job_id}").json()["state"] == "training"
     assert training_process(state_dir, job_id) == (training.pid, process_identity(training.pid))

@@ -63,18 +63,13 @@ def printable(text: str, limit: int = 200) -> str:
 # ----------------------------------------------------------------------------- conversion
 
 def _to_training_image(img: Image.Image, kind: str) -> Image.Image:
-    """A decoded picture (mode L or RGB) -> what the job's model is trained on and sees at predict time.
+    """A decoded picture (mode L or RGB) -> what the job's model is trained on and sees at predict time:
+    the ``photo.preset(kind)`` conversion, the one the folder reader, ``minivision predict`` and the
+    main service use (fashion: Zalando's recipe; gray and rgb: the folder reader's plain resize), so a
+    raw photo sent to the trained run by any path is converted the way its training pictures were."""
+    from minivision.photo import preset
 
-    The shared photo conversion (``minivision.photo``): fashion is Zalando's recipe (trim, longest edge
-    to 28, centre, negate a light background, levels), so a raw photo sent to the trained run by any
-    other path (``minivision predict``, the main service) is converted the way its training pictures
-    were; gray and rgb are the folder reader's plain LANCZOS resize."""
-    from minivision.photo import resize_like_folder, zalando
-
-    if kind == "fashion":
-        return Image.fromarray(zalando(img, (28, 28), box=28), "L")
-    size, channels = ((32, 32), 3) if kind == "rgb" else ((28, 28), 1)
-    return Image.fromarray(resize_like_folder(img, size, channels), "RGB" if channels == 3 else "L")
+    return preset(kind).to_image(img)
 
 
 def to_png(img: Image.Image, kind: str) -> bytes:

@@ -2,8 +2,10 @@
 
 A subprocess, not a thread: a crash in training cannot take the server down, and the run folder
 (checkpoints, report) is the CLI's own. Its output goes straight to ``train.log`` (a file, not a
-pipe, so it keeps working if the server dies), and progress is read back from the log's
-``epoch i/n`` lines.
+pipe, so it keeps working if the server dies; its ``error:`` line is a failed job's reason), and
+progress is read from the run folder's ``progress.json``, which the training writes itself
+(``listeners.ProgressFile``). The user's class names go into the pictures' folder as ``classes.json``
+before training, so model.json and the report name them from the start.
 
 Restart rules (``Runner.start``, run by ``resume_jobs`` at server start):
   * ``training`` and its process is still alive (same pid *and* start time, so a reused pid is not
@@ -27,7 +29,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -36,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from minivision.data.folder import CLASS_NAMES_FILE
 from minivision.errors import MinivisionError
 from minivision.fileio import read_json, write_json
 
@@ -47,7 +49,6 @@ log = logging.getLogger("minivision.serve.jobs")
 MAX_AUTO_RESUMES = 3          # a training killed from outside is resumed at most this often
 STOP_WAIT_S = 30.0            # at shutdown, how long the training gets to write its checkpoint
 POLL_S = 0.5
-_EPOCH = re.compile(r"^epoch (\d+)/(\d+)\s", re.M)
 _HEADER = "\n=== minivision jobs: "  # starts each attempt's section of train.log
 
 
@@ -95,11 +96,16 @@ def _log_section(path: Path, offset: int | None) -> str:
         return ""
 
 
-def parse_progress(text: str, started: float | None = None) -> dict[str, Any]:
-    epochs = _EPOCH.findall(text)
-    epoch, total = (int(epochs[-1][0]), int(epochs[-1][1])) if epochs else (0, 0)
-    progress: dict[str, Any] = {"epoch": epoch, "epochs": total or None,
-                                "fraction": round(min(epoch / total, 1.0), 4) if total else 0.0}
+def read_run_progress(run: Path | None, started: float | None = None) -> dict[str, Any]:
+    """What a client sees of a training: epoch/epochs, step/total_steps and fraction (0 to 1), from the
+    run folder's progress.json (``listeners.ProgressFile``, written by the training itself), plus the
+    seconds since this server started it. Before the first write: epoch 0."""
+    from minivision.listeners import read_progress
+
+    p = read_progress(run) if run is not None else None
+    progress: dict[str, Any] = {"epoch": 0, "epochs": None, "fraction": 0.0}
+    if p is not None:
+        progress = {k: p.get(k) for k in ("epoch", "epochs", "step", "total_steps", "fraction")}
     if started:
         progress["seconds"] = round(time.time() - started, 1)
     return progress
@@ -115,17 +121,18 @@ def _error_line(text: str) -> str | None:
     return None
 
 
-def apply_class_names(run_dir: Path, classes: list[str]) -> dict[str, Any]:
-    """model.json names classes by folder (000, 001, ...): replace them by the user's names (once)."""
+def apply_class_names(run_dir: Path, classes: list[str]) -> tuple[dict[str, Any], bool]:
+    """The run's model.json, and whether its classes had to be renamed: a run trained before the image
+    folder carried classes.json names its classes by folder (000, 001, ...); those get the user's names."""
     path = run_dir / "model.json"
     meta = read_json(path)
-    if "class_folders" not in meta:
-        folders = [str(c) for c in meta["classes"]]
-        names = {class_folder(i): name for i, name in enumerate(classes)}
-        meta["classes"] = [names.get(f, f) for f in folders]
-        meta["class_folders"] = folders
-        write_json(path, meta)
-    return meta
+    folders = [str(c) for c in meta["classes"]]
+    if folders != [class_folder(i) for i in range(len(folders))] or folders == list(classes):
+        return meta, False
+    meta["classes"] = list(classes)
+    meta["class_folders"] = folders
+    write_json(path, meta)
+    return meta, True
 
 
 def rewrite_report(run_dir: Path, log_path: Path) -> None:
@@ -271,6 +278,10 @@ class Runner:
                 self._stop.wait(5.0)
 
     def _command(self, job: dict[str, Any], model_dir: Path) -> tuple[list[str], Path]:
+        # the user's class names travel with the pictures (the folder reader's classes.json), so the run's
+        # model.json and report name them from the start
+        write_json(model_dir / "images" / CLASS_NAMES_FILE,
+                   {class_folder(i): name for i, name in enumerate(job["classes"])})
         run = self.store.run_path(job)
         base = [sys.executable, "-m", "minivision", "train"]
         if job["resume"] and run is not None and (run / "last.safetensors").is_file():
@@ -294,7 +305,7 @@ class Runner:
             return
         started = time.time()
         if not self.store.update(jid, only_if=("queued",), state="training", run_dir=run.name, pid=None,
-                                 pid_start=None, progress=parse_progress("", started), error=None):
+                                 pid_start=None, progress=read_run_progress(None, started), error=None):
             return  # no longer queued (taken by another process)
         log_path = model_dir / "train.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "MINIVISION_CACHE": str(self.store.root / "cache")}
@@ -318,7 +329,7 @@ class Runner:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     child.wait(STOP_WAIT_S)
                 break
-            self._progress(jid, log_path, offset, started)
+            self._progress(jid, started)
         self._finish(jid, child.poll(), stopped)
 
     def _watch_adopted(self, jid: str, pid: int, identity: str) -> None:
@@ -326,7 +337,6 @@ class Runner:
         job = self.store.get(jid)
         if job is None:
             return
-        log_path, offset = self.store.model_dir(jid) / "train.log", job["log_offset"]
         stopped = False
         while process_identity(pid) == identity:
             if self._stop.wait(POLL_S):
@@ -337,12 +347,12 @@ class Runner:
                 while process_identity(pid) == identity and time.monotonic() < deadline:
                     time.sleep(0.2)
                 break
-            self._progress(jid, log_path, offset, None)
+            self._progress(jid, None)
         self._finish(jid, None, stopped, still_running=process_identity(pid) == identity)
 
-    def _progress(self, jid: str, log_path: Path, offset: int | None, started: float | None) -> None:
-        progress = parse_progress(_log_section(log_path, offset), started)
+    def _progress(self, jid: str, started: float | None) -> None:
         job = self.store.get(jid)
+        progress = read_run_progress(self.store.run_path(job) if job is not None else None, started)
         if job is not None and progress != job["progress"]:
             self.store.update(jid, only_if=("training",), progress=progress)
 
@@ -378,7 +388,7 @@ class Runner:
 
     def _succeed(self, job: dict[str, Any], run: Path) -> None:
         try:
-            meta = apply_class_names(run, job["classes"])
+            meta, renamed = apply_class_names(run, job["classes"])
         except Exception as e:  # a damaged model.json: say so rather than serve it
             # the reason without the server's path (not given away to clients)
             why = str(e).removeprefix(f"{run / 'model.json'}: ") if isinstance(e, MinivisionError) else \
@@ -386,7 +396,8 @@ class Runner:
             log.error("training jobs: %s: %s/model.json is unreadable: %s", job["id"], run, e)
             self._fail(job["id"], f"training finished but its model.json is unreadable ({why}); train again")
             return
-        rewrite_report(run, self.store.model_dir(job["id"]) / "train.log")
+        if renamed:  # its report names the folders too
+            rewrite_report(run, self.store.model_dir(job["id"]) / "train.log")
         self.store.update(job["id"], state="trained", model_run=run.name, metrics=meta.get("metrics") or {},
                           progress=None, error=None, pid=None, pid_start=None, resume=0, attempts=0)
         self.on_trained(job["id"])

@@ -42,7 +42,7 @@ _SCHEMA = (
         pid INTEGER,                    -- the training process, while one runs
         pid_start TEXT,                 -- its start time (boot id + clock ticks): a reused pid is not ours
         log_offset INTEGER,             -- where this attempt's output starts in train.log
-        progress TEXT,                  -- JSON {epoch, epochs, fraction} while training
+        progress TEXT,                  -- JSON {epoch, epochs, step, total_steps, fraction, seconds} while training
         metrics TEXT,                   -- JSON, from the trained model's model.json
         error TEXT,                     -- one line, when failed
         queued_at REAL,                 -- queue order (resumed jobs go first)
