@@ -243,3 +243,22 @@ def test_classes_json_names_the_class_folders(tmp_path):
         (tmp_path / "classes.json").write_text(json.dumps(bad))
         with pytest.raises(DataError, match=words):
             read_image_folder(tmp_path)
+
+
+def test_evaluate_scores_the_validation_split_of_a_folder_without_test(tmp_path, capsys):
+    """As the run's report did: a folder with no test/ has only its validation split to score."""
+    from minivision.cli import main
+    from minivision.config import TrainConfig
+    from minivision.train import fit
+
+    for k, name in enumerate(("a", "b")):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(np.full((8, 8), 30 + 150 * k + i, np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
+    run = fit(TrainConfig(data=str(tmp_path / "data"), model="cnn1", epochs=1, out=str(tmp_path)), progress=False,
+              log=lambda m: None).run_dir
+    assert main(["evaluate", str(run), "--json"]) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    assert result["split"] == "val" and result["n"] == 4 and "no test split" in out.err  # 20% of 2 x 12
+    assert main(["evaluate", str(run), "--split", "test"]) == 2  # asked for explicitly: still an error

@@ -77,10 +77,27 @@ def test_resume_refuses_what_it_cannot_honour():
                 resume_changes({name: 1})
 
 
-def test_resume_with_a_refused_flag_is_one_line_and_changes_nothing(tmp_path, capsys):
-    assert main(["train", "--resume", str(tmp_path), "--seed", "3"]) == 2
+def test_resume_with_a_refused_flag_is_one_line_and_its_own_value_is_accepted(tmp_path, capsys):
+    from minivision.train import fit
+
+    from .conftest import synthetic_dataset
+
+    run = fit(TrainConfig(model="cnn1", epochs=1, batch_size=32, out=str(tmp_path)), dataset=synthetic_dataset(120, 40),
+              progress=False, log=lambda m: None).run_dir
+    assert main(["train", "--resume", str(run), "--seed", "3"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --resume trains with the run's own settings: --seed") and err.count("\n") == 1
+    # the run's own values (seed 0, its out folder) change nothing: the finished run asks for --epochs
+    assert main(["train", "--resume", str(run), "--seed", "0", "--out", str(tmp_path)]) == 2
+    assert "already finished 1 epoch(s); extend it with" in capsys.readouterr().err
+
+
+def test_momentum_and_nesterov_belong_to_sgd():
+    with pytest.raises(MinivisionError, match="--momentum applies to --optimizer sgd only"):
+        resolve(TrainConfig(model="cnn1", optimizer="adam", momentum=0.5), {})
+    with pytest.raises(MinivisionError, match="--nesterov applies to --optimizer sgd only"):
+        resolve(TrainConfig(model="cnn1", nesterov=True), {"optimizer": "adam"})
+    resolve(TrainConfig(model="mvnet-t", optimizer="adam"), {"optimizer": "sgd", "momentum": 0.9, "nesterov": True})
 
 
 def test_help_states_the_bounds():

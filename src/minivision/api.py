@@ -146,6 +146,8 @@ class Classifier:
         self.classes_ = list(lm.classes)
         self.preprocess_ = lm.preprocess
         self.model_ = lm.name
+        metrics = lm.meta.get("metrics") or {}
+        self.test_metrics_ = {k: v for k, v in metrics.items() if k.startswith("test_")}
         if not hasattr(self, "history_") and (lm.path / "results.csv").is_file():
             from .report.history import read_history
 

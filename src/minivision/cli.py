@@ -69,7 +69,8 @@ def _model_and_split(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset (default: the one the model was trained on)")
     p.add_argument("--data-dir")
     p.add_argument("--test-data")
-    p.add_argument("--split", choices=["test", "val", "train"], default="test")
+    p.add_argument("--split", choices=["test", "val", "train"],
+                   help="default: test, or val for a model whose data had no test split (as its report)")
     p.add_argument("--device", choices=DEVICES, default="auto")
 
 
@@ -200,7 +201,7 @@ def _json(obj) -> str:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    from .config import config_from, given_settings, resume_changes
+    from .config import TrainConfig, config_from, given_settings
     from .train import fit
 
     given = given_settings(a)
@@ -209,7 +210,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
         given["budget"] = parse_duration(given["budget"])
     if a.resume:
-        result = fit(config_from(resume_changes(given)), resume=a.resume, resume_changes=given, started=a.started)
+        result = fit(TrainConfig(), resume=a.resume, resume_changes=given, started=a.started)
     else:
         result = fit(config_from(given), started=a.started)
     if result.interrupted:
@@ -232,6 +233,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from .runfiles import load_model
 
     lm = load_model(a.model)
+    a.split = _default_split(a, lm)
     ds = dataset_for(lm, a.data, a.data_dir, a.test_data, split=a.split)
     split = split_for(ds, a.split)
     logits = split_logits(lm, split, device=a.device)
@@ -292,8 +294,22 @@ def cmd_show(a: argparse.Namespace) -> int:
     return 0
 
 
+def _default_split(a: argparse.Namespace, lm) -> str:
+    """``--split`` as given; else test, or val for a model trained on data without a test split (the split
+    its report scored)."""
+    if a.split is not None:
+        return a.split
+    if a.data is None and "test_accuracy" not in (lm.meta.get("metrics") or {}):
+        print("note: the model's data has no test split; scoring its validation split", file=sys.stderr)
+        return "val"
+    return "test"
+
+
 def cmd_embed(a: argparse.Namespace) -> int:
     from .embed import embed_run
+    from .runfiles import load_model
+
+    a.split = _default_split(a, load_model(a.model))
 
     embed_run(a.model, data=a.data, data_dir=a.data_dir, test_data=a.test_data, split=a.split, method=a.method,
               n=a.n, projector=a.projector, out=a.out, seed=a.seed, device=a.device)

@@ -197,7 +197,8 @@ def check_settings(values: Mapping[str, Any], *, allowed: Mapping[str, Setting] 
         problem = allowed[key].problem(value)
         if problem:
             named = allowed[key].option if as_flags else f"{what} {key}"
-            raise MinivisionError(f"{named} {problem}, got {value!r}")
+            got = "" if repr(value) in problem else f", got {value!r}"
+            raise MinivisionError(f"{named} {problem}{got}")
 
 
 def check_recipe(defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -250,6 +251,9 @@ def resolve(cfg: TrainConfig, model_defaults: Mapping[str, Any]) -> TrainConfig:
         for n in names:
             if chosen and n != chosen[0]:
                 setattr(out, n, None)
+    if out.optimizer != "sgd" and ("momentum" in explicit or cfg.nesterov):
+        raise MinivisionError(f"--{'nesterov' if cfg.nesterov else 'momentum'} applies to --optimizer sgd only "
+                              f"(the optimizer is {out.optimizer})")
     validate(out)
     return out
 

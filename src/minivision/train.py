@@ -278,13 +278,14 @@ def _prepare_resume(path: Path, changes: dict[str, Any], log: Callable[[str], No
     honoured or refused with a one-line error, never ignored."""
     from .config import resume_changes
 
-    changes = resume_changes(changes)
     if not path.is_dir():
         raise MinivisionError(f"--resume {path}: no such run folder")
     ckpt = path / "last.safetensors"
     if not ckpt.is_file():
         raise MinivisionError(f"--resume {path}: no last.safetensors checkpoint in it")
     cfg = read_args(path)
+    # a flag repeating the run's own setting changes nothing; any other must be one a resume can honour
+    changes = resume_changes({k: v for k, v in changes.items() if getattr(cfg, k) != v})
     honoured = {k: v for k, v in changes.items() if k in ("device", "precision", "tensorboard")}
     if honoured:
         cfg = dataclasses.replace(cfg, **honoured)
