@@ -207,7 +207,7 @@ def check_recipe(defaults: Mapping[str, Any]) -> dict[str, Any]:
     Raises MinivisionError (one line) naming the first problem; returns a plain copy."""
     recipe = {n: s for n, s in SETTINGS.items() if s.recipe}
     check_settings(defaults, allowed=recipe, what="training setting", as_flags=False)
-    _check_together(defaults, lambda k: k in defaults)
+    _check_together(defaults)
     if defaults.get("nesterov") and defaults.get("optimizer", "sgd") != "sgd":
         raise MinivisionError("nesterov=True needs optimizer 'sgd'")
     if defaults.get("nesterov") and not defaults.get("momentum"):
@@ -215,11 +215,11 @@ def check_recipe(defaults: Mapping[str, Any]) -> dict[str, Any]:
     return dict(defaults)
 
 
-def _check_together(values: Mapping[str, Any], given: Callable[[str], bool]) -> None:
+def _check_together(values: Mapping[str, Any]) -> None:
     """At most one setting of each group (``--epochs``/``--steps``, ``--val-split``/``--val-first``)."""
     groups: dict[str, list[Setting]] = {}
     for s in SETTINGS.values():
-        if s.group and given(s.name) and values.get(s.name) is not None:
+        if s.group and values.get(s.name) is not None:
             groups.setdefault(s.group, []).append(s)
     for members in groups.values():
         if len(members) > 1:
@@ -307,5 +307,5 @@ def given_settings(namespace: Any) -> dict[str, Any]:
 def config_from(given: Mapping[str, Any]) -> TrainConfig:
     """A TrainConfig from given settings (the rest at their declared defaults), checked."""
     check_settings(given)
-    _check_together(given, lambda k: True)
+    _check_together(given)
     return TrainConfig(**given)

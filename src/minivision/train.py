@@ -207,26 +207,23 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     }
     if init is not None:
         meta["init_from"] = init
-    planner: BudgetPlanner | None = None
     if plan is None and resume is not None and cfg.budget is not None:
         # a resumed budget run keeps the step count it had planned (restored from the checkpoint)
         meta["budget"] = {"budget_s": cfg.budget, "model": cfg.model, "resumed": True}
-    report_follows = any(s is not None and len(s) for s in (ds.test, ds.val))
-    if plan is not None:
-        meta["budget"] = dataclasses.asdict(plan)
-        if cfg.steps is not None and user_cfg.steps is None:
-            bpe = Trainer.steps_per_epoch(len(ds.train), cfg.batch_size)
-            planner = BudgetPlanner(Planner(started + plan.budget_s, bpe, len(ds.val) if ds.val is not None else 0,
-                                            len(ds.test) if ds.test is not None else 0, cfg.batch_size,
-                                            clock=clock, report=report_follows))
     # built-in listeners first (the checkpoint records what they did), the user's, the planner last (it
     # measures what the others cost at an epoch's end)
     built_in: list[Listener] = [Checkpoints(), ResultsFiles(), ProgressFile(), Report()]
     if cfg.tensorboard:
         built_in.append(TensorBoard(run_dir))  # after Report: it logs the report's pictures
     trainer = Trainer(cfg, ds, model, pre, optimizer, device, precision, run_dir, meta, history, log,
-                      progress if progress is not None else None,
-                      listeners=[*built_in, *(listeners or []), *([planner] if planner else [])])
+                      progress if progress is not None else None, listeners=[*built_in, *(listeners or [])])
+    if plan is not None:
+        meta["budget"] = dataclasses.asdict(plan)
+        if cfg.steps is not None and user_cfg.steps is None:
+            trainer.listeners.append(BudgetPlanner(Planner(
+                started + plan.budget_s, trainer.batches_per_epoch, len(ds.val) if ds.val is not None else 0,
+                len(ds.test) if ds.test is not None else 0, cfg.batch_size, clock=clock,
+                report=trainer.report_follows)))
     if state is not None:
         trainer.restore(state)
     interrupted = trainer.run()
@@ -341,7 +338,7 @@ class Trainer:
         n, bs = len(self.y), cfg.batch_size
         if n == 0:
             raise MinivisionError("the training split is empty")
-        self.batches_per_epoch = self.steps_per_epoch(n, bs)
+        self.batches_per_epoch = n // bs + (1 if n % bs >= 2 or n < bs else 0)  # a lone last image is dropped
         if cfg.steps is not None:
             self.total_steps = cfg.steps
             self.epochs = math.ceil(cfg.steps / self.batches_per_epoch)
@@ -362,11 +359,6 @@ class Trainer:
         self.interrupted = False
         self.scored: tuple[str, Split, torch.Tensor] | None = None
         self._stop_at: str | None = None
-
-    @staticmethod
-    def steps_per_epoch(n: int, batch_size: int) -> int:
-        """Batches in an epoch of ``n`` images: a last partial batch counts, a lone last image is dropped."""
-        return n // batch_size + (1 if n % batch_size >= 2 or n < batch_size else 0)
 
     def restore(self, state: dict[str, Any]) -> None:
         p = state["progress"]
