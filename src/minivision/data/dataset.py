@@ -43,6 +43,7 @@ class Dataset:
     val: Split | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
     source: str = ""  # where it was read from, for reports
+    notes: list[str] = field(default_factory=list)  # one-line notes for the user (a class left out, ...)
 
     @property
     def channels(self) -> int:

@@ -29,6 +29,7 @@ import torch
 
 from minivision.data.dataset import Dataset, Split
 from minivision.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, is_grayscale, open_image
+from minivision.data.rules import drop_empty_classes, is_ignored
 from minivision.data.sources import user_cache_dir
 from minivision.errors import DataError
 from minivision.fileio import save_tensors, write_json
@@ -45,7 +46,7 @@ FileList = list[tuple[str, int, int]]  # (absolute path, size, mtime_ns)
 
 
 def _hidden(name: str) -> bool:
-    return name.startswith(".")
+    return is_ignored(name)  # hidden, __MACOSX, Thumbs.db, ...: the rule every path shares (data/rules.py)
 
 
 def _is_image_name(name: str) -> bool:
@@ -104,10 +105,7 @@ def _layout(root: Path) -> tuple[dict[str, dict[str, FileList]], list[str]]:
             raise DataError(f"{top}: no class folders (expected {top}/<class>/<image>)")
         layout[split] = {}
         for class_dir in classes:
-            files = _scan_images(str(class_dir))
-            if not files:
-                raise DataError(f"{class_dir}: class folder has no images")
-            layout[split][class_dir.name] = files
+            layout[split][class_dir.name] = _scan_images(str(class_dir))  # empty: left out by _finish
     return layout, stray
 
 
@@ -159,21 +157,16 @@ def _build(root: Path, layout: dict[str, dict[str, FileList]], stray: list[str],
     decoded = _decode_all([p for _, _, p in jobs], max_pixels)
     skipped = [(p, "not inside a class folder") for p in stray]
     good: dict[str, list[tuple[np.ndarray, int]]] = {split: [] for split in layout}
-    usable: Counter[tuple[str, str]] = Counter()
     gray = True
     for (split, cls, path), (arr, is_gray, reason) in zip(jobs, decoded, strict=True):
         if arr is None:
             skipped.append((path, reason))
             continue
         good[split].append((arr, index[cls]))
-        usable[(split, cls)] += 1
         gray = gray and is_gray
-    for split, per_class in layout.items():
-        for cls in per_class:
-            if not usable[(split, cls)]:
-                folder = Path(per_class[cls][0][0]).parent
-                raise DataError(f"{folder}: no readable images in class folder "
-                                f"({len(per_class[cls])} skipped)")
+    if not any(good.values()):
+        raise DataError(f"{root}: no readable images in the class folders ({len(jobs)} skipped)" if jobs else
+                        f"{root}: no pictures found (each class folder has no images)")
     conversion = PictureConversion(_dominant_size([a for items in good.values() for a, _ in items]),
                                    1 if gray else 3)
     splits = {}
@@ -255,11 +248,19 @@ def read_image_folder(root: str | Path, *, cache: bool = True,
     if cache:
         cached = _load_cache(base, key)
         if cached is not None:
-            return _named_classes(root, cached)
+            return _finish(root, cached)
     ds = _build(root, layout, stray, max_pixels)
     if cache:
         _save_cache(base, key, ds)
-    return _named_classes(root, ds)
+    return _finish(root, ds)
+
+
+def _finish(root: Path, ds: Dataset) -> Dataset:
+    """The user's class names, then classes with no usable pictures left out with a note (data/rules.py)."""
+    import dataclasses
+
+    ds, notes = drop_empty_classes(_named_classes(root, ds))
+    return dataclasses.replace(ds, notes=ds.notes + notes) if notes else ds
 
 
 CLASS_NAMES_FILE = "classes.json"
