@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from .data.images import IMAGE_EXTENSIONS, open_image
+from .data.rules import is_ignored_path
 from .errors import MinivisionError
 from .inference import pick_device, predict_logits
 from .photo import BACKGROUNDS
@@ -16,13 +17,14 @@ from .runfiles import LoadedModel
 
 
 def expand_paths(items: list[str]) -> list[str]:
-    """Files as given, folders walked (sorted, hidden entries skipped), globs expanded."""
+    """Files as given, folders walked (sorted; hidden entries, __MACOSX, Thumbs.db... skipped by
+    ``data.rules.is_ignored``, as the folder reader does), globs expanded."""
     out: list[str] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
             found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                           and not any(part.startswith(".") for part in f.relative_to(p).parts))
+                           and not is_ignored_path(f.relative_to(p).parts))
             if not found:
                 raise MinivisionError(f"{item}: folder has no image files")
             out += found

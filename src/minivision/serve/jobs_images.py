@@ -24,6 +24,7 @@ from typing import IO
 from PIL import Image
 
 from minivision.data.images import ImageError, open_image
+from minivision.data.rules import is_ignored_path
 from minivision.errors import MinivisionError
 from minivision.fileio import atomic_path
 
@@ -132,8 +133,8 @@ def read_zip(fileobj: IO[bytes], kind: str, max_total_bytes: int, batch: Batch) 
         if parts is None:
             batch.skip(info.filename, "unsafe path (absolute or with ..): refused")
             continue
-        if not parts or parts[0] == "__MACOSX" or any(p.startswith(".") for p in parts):
-            continue  # macOS resource forks, .DS_Store, hidden files and folders
+        if not parts or is_ignored_path(parts):
+            continue  # __MACOSX, .DS_Store, Thumbs.db, hidden entries: the folder reader's rule (data/rules.py)
         members.append((info, parts))
     declared = sum(info.file_size for info, _ in members)
     if declared > max_total_bytes:
