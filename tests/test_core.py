@@ -63,8 +63,8 @@ def test_val_first_and_val_split_leave_test_alone():
     assert first.test is ds.test
     split = make_val(ds, val_split=0.25, val_first=None, seed=0)
     assert len(split.val) == 25 and split.test is ds.test
-    with pytest.raises(MinivisionError):
-        make_val(ds, val_split=None, val_first=100, seed=0)
+    small = make_val(ds, val_split=None, val_first=100, seed=0)  # more than half: a stratified 10% instead
+    assert len(small.val) == 10 and len(small.train) == 90 and "stratified 10%" in small.notes[0]
 
 
 def test_augment_parse_and_errors():

@@ -13,6 +13,7 @@ import torch
 
 from .data import load_dataset
 from .data.dataset import Dataset
+from .data.rules import dataset_messages, skipped_listing
 from .errors import MinivisionError
 from .fileio import new_run_dir, write_text
 
@@ -49,7 +50,10 @@ def sample_grid(ds: Dataset, split: str = "train", n: int = 40, seed: int = 0, a
 def show_dataset(data: str = "fashion-mnist", *, data_dir: str | None = None, test_data: str | None = None,
                  split: str = "train", n: int = 40, seed: int = 0, out: str | Path = "runs",
                  log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Write ``samples_<split>.png``, ``class_counts.png`` and ``class_counts.csv`` to a new show folder."""
+    """Write ``samples_<split>.png``, ``class_counts.png`` and ``class_counts.csv`` to a new show folder.
+
+    Files the reader could not use are reported as ``train`` reports them (a line naming the first,
+    all of them in the folder's ``skipped.txt``), with the reader's notes (e.g. an empty class left out)."""
     from .report.plots import plot_class_counts
     from .report.style import save_figure
 
@@ -66,6 +70,10 @@ def show_dataset(data: str = "fashion-mnist", *, data_dir: str | None = None, te
     w.writerow(["class", *counts])
     w.writerows([c, *(counts[s][i] for s in counts)] for i, c in enumerate(ds.classes))
     write_text(folder / "class_counts.csv", buf.getvalue())
+    if ds.skipped:
+        write_text(folder / "skipped.txt", skipped_listing(ds))
+    for line in dataset_messages(ds):  # as train reports them: notes, then the files it could not use
+        log(line)
     log(ds.describe())
     log(format_counts(ds, counts))
     log(f"saved {samples}, {bars}, {folder / 'class_counts.csv'}")

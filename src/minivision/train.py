@@ -28,6 +28,7 @@ from .config import TrainConfig, resolve
 from .data import load_dataset
 from .data.augment import Augment
 from .data.dataset import Dataset, Split
+from .data.rules import dataset_messages, skipped_listing
 from .data.split import make_val
 from .errors import MinivisionError
 from .fileio import new_run_dir, write_text
@@ -157,9 +158,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
 
     ds = dataset if dataset is not None else load_dataset(cfg.data, data_dir=cfg.data_dir, test_data=cfg.test_data)
     ds = make_val(ds, val_split=cfg.val_split, val_first=cfg.val_first, seed=cfg.seed)
-    if ds.skipped:
-        log(f"skipped {len(ds.skipped)} unreadable file(s), listed in skipped.txt; first: "
-            f"{ds.skipped[0][0]} ({ds.skipped[0][1]})")
+    for line in dataset_messages(ds):  # notes (a class left out, a split made smaller) and skipped files
+        log(line)
     log(ds.describe())
 
     device = pick_device(cfg.device)
@@ -192,7 +192,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         run_dir = new_run_dir(cfg.out, cfg.name)
         write_args(run_dir, cfg)
         if ds.skipped:
-            write_text(run_dir / "skipped.txt", "".join(f"{p}\t{r}\n" for p, r in ds.skipped))
+            write_text(run_dir / "skipped.txt", skipped_listing(ds))
     log(f"run folder: {run_dir}  (model {cfg.model}, {sum(p.numel() for p in model.parameters()):,} "
         f"parameters, {device.type} {precision})")
 

@@ -73,3 +73,18 @@ def drop_empty_classes(ds: Dataset) -> tuple[Dataset, list[str]]:
     note = (f"note: {len(empty)} class folder(s) with no usable pictures left out: {shown}; "
             f"{len(kept)} classes remain")
     return dataclasses.replace(ds, classes=[ds.classes[i] for i in kept.tolist()], **new), [note]
+
+
+def dataset_messages(ds: Dataset) -> list[str]:
+    """The lines ``train`` and ``show`` print about a dataset they read: its notes, then the files
+    that could not be used (``skipped.txt`` in the output folder lists them all, see ``skipped_listing``)."""
+    lines = list(ds.notes)
+    if ds.skipped:
+        path, reason = ds.skipped[0]
+        lines.append(f"skipped {len(ds.skipped)} unreadable file(s), listed in skipped.txt; first: {path} ({reason})")
+    return lines
+
+
+def skipped_listing(ds: Dataset) -> str:
+    """``skipped.txt``: one ``path<TAB>reason`` line per file that was not used."""
+    return "".join(f"{p}\t{r}\n" for p, r in ds.skipped)

@@ -1,4 +1,12 @@
-"""Validation splits the three ways the tutorials make them. The test split is never touched."""
+"""Validation splits the three ways the tutorials make them. The test split is never touched.
+
+A dataset too small for the split asked for still loads (the rule is ours: no library decides
+this for a user's folder): a "first N images" split (the MLP recipe's 5,000) that would take more
+than half the training images becomes a stratified fraction (``SMALL_DATA_FRACTION``), decided from
+the data alone so a resumed run makes the same split; a stratified split
+keeps every class's only picture for training; when no class has two pictures there is no
+validation split at all. Each of these adds a one-line note to ``Dataset.notes``.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +14,17 @@ import dataclasses
 
 import torch
 
-from ..errors import MinivisionError
 from .dataset import Dataset
+
+SMALL_DATA_FRACTION = 0.1  # mvnet's recipe fraction, used when a recipe's first-N split does not fit
+MAX_FIRST_SHARE = 0.5      # a first-N split may take at most this share of the training images
 
 
 def stratified_indices(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices (train, val) holding out ``fraction`` of every class, chosen with ``seed``."""
+    """Indices (train, val) holding out ``fraction`` of every class, chosen with ``seed``.
+
+    Every class with two or more images gives at least one to val and keeps at least one; a class
+    with a single image keeps it for training."""
     g = torch.Generator().manual_seed(seed)
     train_parts, val_parts = [], []
     for c in torch.unique(y):
@@ -28,22 +41,34 @@ def stratified_indices(y: torch.Tensor, fraction: float, seed: int) -> tuple[tor
 
 
 def make_val(ds: Dataset, *, val_split: float | None, val_first: int | None, seed: int) -> Dataset:
-    """Return ``ds`` with a validation split.
+    """Return ``ds`` with a validation split (``ds.val`` None when none can be made; see the notes).
 
     A source's own ``val`` (an image folder's ``val/``) wins; otherwise ``val_first`` takes the first
     N training images (the MLP tutorial) or ``val_split`` a stratified, seeded fraction (default).
+    A ``val_first`` over ``MAX_FIRST_SHARE`` of the training images becomes a stratified
+    ``SMALL_DATA_FRACTION``; a fraction that holds out nothing leaves ``val`` None. Both add a note.
     """
     if ds.val is not None and len(ds.val) > 0:
         return ds
     n = len(ds.train)
+    notes: list[str] = []
     if val_first is not None:
-        if val_first >= n:
-            raise MinivisionError(f"--val-first {val_first} leaves no training images (the train split has {n})")
-        idx = torch.arange(n)
-        return dataclasses.replace(ds, train=ds.train.subset(idx[val_first:]), val=ds.train.subset(idx[:val_first]))
+        if val_first <= n * MAX_FIRST_SHARE:
+            idx = torch.arange(n)
+            return dataclasses.replace(ds, train=ds.train.subset(idx[val_first:]),
+                                       val=ds.train.subset(idx[:val_first]))
+        notes.append(f"note: {n:,} training images are too few to hold out the first {val_first:,} for "
+                     f"validation; holding out a stratified {SMALL_DATA_FRACTION:.0%} instead")
+        val_split = SMALL_DATA_FRACTION
     if val_split is None:
         return dataclasses.replace(ds, val=None)
     tr, va = stratified_indices(ds.train.y, val_split, seed)
-    if len(va) == 0 or len(tr) == 0:
-        raise MinivisionError(f"--val-split {val_split} leaves an empty split ({n} training images)")
-    return dataclasses.replace(ds, train=ds.train.subset(tr), val=ds.train.subset(va))
+    if len(va) == 0:
+        notes.append(f"note: no validation split: no class has two training images ({n} in all); "
+                     "the model is trained on all of them and not validated")
+        return dataclasses.replace(ds, val=None, notes=ds.notes + notes)
+    singles = int((torch.bincount(ds.train.y) == 1).sum())
+    if singles:
+        notes.append(f"note: {singles} class(es) with a single training image keep it for training "
+                     "(nothing of them is validated)")
+    return dataclasses.replace(ds, train=ds.train.subset(tr), val=ds.train.subset(va), notes=ds.notes + notes)
