@@ -70,7 +70,8 @@ def _model_and_split(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir")
     p.add_argument("--test-data")
     p.add_argument("--split", choices=["test", "val", "train"],
-                   help="default: test, or val for a model whose data had no test split (as its report)")
+                   help="default: test, or val for a model whose data had no test split (as its report); other "
+                        "data (--data) without split folders is scored whole")
     p.add_argument("--device", choices=DEVICES, default="auto")
 
 
@@ -227,15 +228,15 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .evaluate import dataset_for, format_metrics, split_logits
-    from .inference import split_for
+    from .evaluate import format_metrics, only_present, scoring_data, split_logits
     from .metrics import metrics_from_logits
     from .runfiles import load_model
 
     lm = load_model(a.model)
-    a.split = _default_split(a, lm)
-    ds = dataset_for(lm, a.data, a.data_dir, a.test_data, split=a.split)
-    split = split_for(ds, a.split)
+    sd = scoring_data(lm, a.data, a.data_dir, a.test_data, split=a.split)
+    for note in sd.notes:
+        print(f"note: {note}", file=sys.stderr)
+    ds, split = sd.dataset, sd.split
     logits = split_logits(lm, split, device=a.device)
     metrics = metrics_from_logits(logits, split.y, lm.classes)
     tta_logits = None
@@ -245,14 +246,16 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         tta_logits = split_logits(lm, split, device=a.device, tta=True)
         tta = metrics_from_logits(tta_logits, split.y, lm.classes)
         metrics.update(tta_accuracy=tta["accuracy"], tta_loss=tta["loss"])
+    metrics = only_present(metrics, sd.match, lm.classes)
     if a.report:
         from .report.run import report_for_model
 
-        report_for_model(lm, ds, a.split, split, logits, tta_logits, log=lambda m: print(m, file=sys.stderr))
+        report_for_model(lm, ds, sd.split_name, split, logits, tta_logits, log=lambda m: print(m, file=sys.stderr))
     if a.json:
-        print(_json({**metrics, "split": a.split, "model": str(lm.path)}))
+        print(_json({**metrics, "split": sd.split_name, "model": str(lm.path), "notes": sd.notes}))
     else:
-        print(format_metrics(metrics, lm.classes, f"{lm.path} on {ds.name} {a.split}"))
+        where = "all images" if sd.split_name == "all" else sd.split_name
+        print(format_metrics(metrics, lm.classes, f"{lm.path} on {ds.name} {where}"))
     return 0
 
 

@@ -1,12 +1,23 @@
-"""Scores a saved model on a dataset split: accuracy, loss, per-class accuracy, confusion matrix."""
+"""Scores a saved model on a dataset split: accuracy, loss, per-class accuracy, confusion matrix.
+
+Two kinds of data are scored. The model's own training data (no ``--data``, or the same dataset named
+again) is read as at training, with the same validation split, and its labels keep their positions.
+Any other data is matched to the model's classes by name (``classmatch``: order, case and subsets),
+and nothing of it is held back for validation: a file or a folder without split folders is scored
+whole, a folder with ``train/val/test`` folders on the split asked for (default test).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
-from .data import load_dataset
+from .classmatch import ClassMatch, align_dataset
+from .data import canonical_name, load_dataset
 from .data.dataset import Dataset, Split
 from .data.split import make_val
 from .errors import MinivisionError
@@ -14,17 +25,91 @@ from .inference import pick_device, pick_precision, predict_logits
 from .metrics import macro_average, metrics_from_logits
 from .runfiles import LoadedModel
 
+WHOLE = "all"  # the split name of data scored whole (a file, or a folder without split folders)
+
+
+@dataclass
+class ScoringData:
+    """What ``evaluate`` scores: ``dataset`` (labels as the model's class indices), the split's name
+    (train, val, test, or ``all`` for data scored whole) and images, ``notes`` for the user, and
+    ``match`` (None for the model's own training data, which keeps its positions)."""
+
+    dataset: Dataset
+    split_name: str
+    split: Split
+    notes: list[str]
+    match: ClassMatch | None = None
+
+
+def is_training_data(lm: LoadedModel, data: str | None) -> bool:
+    """``data`` is None or names the dataset the model was trained on (the same name or the same path)."""
+    if data is None:
+        return True
+    trained = (lm.meta.get("dataset") or {}).get("data") or "fashion-mnist"
+    if canonical_name(str(data)) == canonical_name(str(trained)):
+        return True
+    try:
+        return Path(data).expanduser().resolve() == Path(trained).expanduser().resolve() and Path(data).exists()
+    except (OSError, RuntimeError):
+        return False
+
+
+def scoring_data(lm: LoadedModel, data: str | None = None, data_dir: str | None = None,
+                 test_data: str | None = None, split: str | None = None) -> ScoringData:
+    """The images and labels ``evaluate`` scores, and the notes to show beside the figures.
+
+    ``split`` None: the test split; for the model's own data without one its validation split (as its
+    report), for other data without one every image (``split_name`` ``all``). Other data with no split
+    folders is scored whole whatever ``split`` says (a note says so). Raises MinivisionError (one line)
+    for images of another size, classes that do not match, or a split the data does not have."""
+    from .inference import split_for
+
+    notes: list[str] = []
+    if is_training_data(lm, data):
+        if split is None:
+            split = "test"
+            if "test_accuracy" not in (lm.meta.get("metrics") or {}):
+                notes.append("the model's data has no test split; scoring its validation split")
+                split = "val"
+        ds = dataset_for(lm, data, data_dir, test_data, split=split)
+        return ScoringData(ds, split, split_for(ds, split), notes + list(ds.notes))
+    ds = load_dataset(data, data_dir=data_dir, test_data=test_data, test_only=split in (None, "test"))
+    check_compatible(lm, ds, classes=False)
+    ds, match = align_dataset(ds, lm.classes)
+    notes += list(ds.notes) + list(match.notes)
+    own = [name for name in ("val", "test") if getattr(ds, name) is not None and len(getattr(ds, name))]
+    if not own:
+        whole = ds.train
+        notes.append(f"{ds.name} has no train/val/test split folders: scoring all {len(whole):,} of its images "
+                     "(none held back for validation)"
+                     + (f"; --split {split} does not apply" if split not in (None, "train") else ""))
+        return ScoringData(ds, WHOLE, whole, notes, match)
+    if split is None:
+        split = "test" if "test" in own else WHOLE
+    if split == WHOLE:
+        parts = [s for s in (ds.train, ds.val, ds.test) if s is not None and len(s)]
+        whole = Split(torch.cat([s.x for s in parts]), torch.cat([s.y for s in parts]))
+        notes.append(f"{ds.name} has no test split: scoring all {len(whole):,} of its images "
+                     "(none held back for validation)")
+        return ScoringData(ds, WHOLE, whole, notes, match)
+    return ScoringData(ds, split, split_for(ds, split), notes, match)
+
 
 def dataset_for(lm: LoadedModel, data: str | None = None, data_dir: str | None = None,
                 test_data: str | None = None, split: str | None = None) -> Dataset:
     """The dataset a model was trained on (or ``data``), with the validation split it was trained with.
 
-    ``split="test"`` says only the test split is needed (named datasets then skip their training files)."""
+    ``split="test"`` says only the test split is needed (named datasets then skip their training files).
+    Data other than the training data is matched to the model's classes by name and holds nothing back
+    for validation; when it has no test split of its own, its ``test`` is every image."""
     info = lm.meta.get("dataset", {})
+    if not is_training_data(lm, data):
+        sd = scoring_data(lm, data, data_dir, test_data, split=None if split == "test" else split)
+        return sd.dataset if sd.split_name != WHOLE else dataclasses.replace(sd.dataset, test=sd.split)
     if data is None:
         data = info.get("data") or "fashion-mnist"
-        data_dir = data_dir or info.get("data_dir")
-        test_data = test_data or info.get("test_data")
+    data_dir = data_dir or info.get("data_dir")
+    test_data = test_data or info.get("test_data")
     ds = load_dataset(data, data_dir=data_dir, test_data=test_data, test_only=split == "test")
     check_compatible(lm, ds)
     if split == "test":
@@ -32,14 +117,31 @@ def dataset_for(lm: LoadedModel, data: str | None = None, data_dir: str | None =
     return make_val(ds, val_split=info.get("val_split"), val_first=info.get("val_first"), seed=int(info.get("seed", 0)))
 
 
-def check_compatible(lm: LoadedModel, ds: Dataset) -> None:
+def check_compatible(lm: LoadedModel, ds: Dataset, *, classes: bool = True) -> None:
+    """MinivisionError (one line) when ``ds``'s images are not the model's input size and channels, or
+    (``classes``) its number of classes differs from the model's."""
     pre = lm.preprocess
     if (ds.channels, ds.image_size) != (pre.channels, tuple(pre.size)):
         raise MinivisionError(
             f"{ds.name} images are {ds.channels}x{ds.image_size[0]}x{ds.image_size[1]} but the model takes "
             f"{pre.channels}x{pre.size[0]}x{pre.size[1]}")
-    if ds.num_classes != len(lm.classes):
+    if classes and ds.num_classes != len(lm.classes):
         raise MinivisionError(f"{ds.name} has {ds.num_classes} classes but the model was trained on {len(lm.classes)}")
+
+
+def only_present(metrics: dict[str, Any], match: ClassMatch | None, classes: list[str]) -> dict[str, Any]:
+    """``metrics`` with the per-class figures (``classes`` rows, ``per_class``, ``macro_f1``) kept for the
+    classes the data holds, when it holds a subset of the model's; adds ``classes_scored``. Accuracy, loss
+    and the confusion matrix (all the model's classes as columns) are unchanged."""
+    if match is None or not match.is_subset:
+        return metrics
+    names = [classes[i] for i in match.present]
+    rows = [r for r in metrics.get("classes") or [] if r["class"] in names]
+    out = dict(metrics, classes=rows, classes_scored=names,
+               per_class={k: v for k, v in metrics["per_class"].items() if k in names})
+    if rows:
+        out["macro_f1"] = macro_average(rows)["f1"]
+    return out
 
 
 def split_logits(lm: LoadedModel, split: Split, *, device: str = "auto", precision: str = "auto",
@@ -51,17 +153,18 @@ def split_logits(lm: LoadedModel, split: Split, *, device: str = "auto", precisi
 
 
 def evaluate_split(lm: LoadedModel, split: Split, *, device: str = "auto", precision: str = "auto",
-                   batch_size: int = 256, tta: bool = False) -> dict[str, Any]:
+                   batch_size: int = 256, tta: bool = False, match: ClassMatch | None = None) -> dict[str, Any]:
     """Metrics as plain data: accuracy, loss, n, per_class {name: accuracy}, confusion [[int]], classes
     (precision/recall/F1/support per class), most_confused, ece; with ``tta``, also ``tta_accuracy``
-    and ``tta_loss`` (flip test-time augmentation) beside the plain figures."""
+    and ``tta_loss`` (flip test-time augmentation) beside the plain figures. ``match`` (from ``scoring_data``):
+    per-class figures only for the classes present when the data holds a subset of the model's."""
     m = metrics_from_logits(split_logits(lm, split, device=device, precision=precision, batch_size=batch_size),
                             split.y, lm.classes)
     if tta:
         t = metrics_from_logits(split_logits(lm, split, device=device, precision=precision, batch_size=batch_size,
                                              tta=True), split.y, lm.classes)
         m.update(tta_accuracy=t["accuracy"], tta_loss=t["loss"])
-    return m
+    return only_present(m, match, lm.classes)
 
 
 def format_metrics(m: dict[str, Any], classes: list[str], title: str) -> str:
@@ -78,7 +181,10 @@ def format_metrics(m: dict[str, Any], classes: list[str], title: str) -> str:
     lines += ["", "confusion matrix (rows: true, columns: predicted):"]
     cell = max(5, len(str(max(max(r) for r in m["confusion"]))) + 1)
     lines.append(" " * (width + 2) + "".join(f"{i:>{cell}}" for i in range(len(classes))))
+    scored = set(m.get("classes_scored") or classes)  # data holding a subset: rows of its classes only
     for i, (name, row) in enumerate(zip(classes, m["confusion"], strict=False)):
+        if name not in scored:
+            continue
         lines.append(f"  {name:<{width}}" + "".join(f"{v:>{cell}}" for v in row) + f"   {i}")
     if m.get("most_confused"):
         lines += ["", "most confused (true -> predicted: images):"]

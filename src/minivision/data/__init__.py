@@ -8,20 +8,29 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 
 from minivision.data import cifar, idx
-from minivision.data.csvfile import read_pixel_csv
+from minivision.data.csvfile import read_pixel_table
 from minivision.data.dataset import Dataset, Split
 from minivision.data.folder import read_image_folder
 from minivision.data.sources import DATASETS, FASHION_CLASSES, load_named
 from minivision.errors import DataError
 
-__all__ = ["DATASETS", "Dataset", "Split", "load_dataset"]
+__all__ = ["DATASETS", "Dataset", "Split", "canonical_name", "load_dataset"]
 
 _ALIASES = {"fashion_mnist": "fashion-mnist", "fashionmnist": "fashion-mnist", "fmnist": "fashion-mnist",
             "cifar-10": "cifar10", "cifar_10": "cifar10"}
+
+
+def canonical_name(name: str) -> str:
+    """A registered dataset's name as ``load_dataset`` knows it (``FMNIST`` -> ``fashion-mnist``); other
+    text unchanged but for case."""
+    key = str(name).lower()
+    return _ALIASES.get(key, key)
 
 
 def _digit_classes(labels: list[torch.Tensor], hint: str) -> list[str]:
@@ -32,17 +41,50 @@ def _digit_classes(labels: list[torch.Tensor], hint: str) -> list[str]:
     return [str(i) for i in range(top + 1)]
 
 
+def _label_summary(values: list[int]) -> str:
+    if values == list(range(values[0], values[-1] + 1)) and len(values) > 2:
+        return f"{values[0]}-{values[-1]}"
+    return ", ".join(map(str, values[:12])) + (", ..." if len(values) > 12 else "")
+
+
+def classes_from_labels(labels: list[np.ndarray | list[str]], hint: str
+                        ) -> tuple[list[str], list[torch.Tensor], list[str]]:
+    """Class names and int64 label tensors (0..K-1) for the label columns of a CSV file and its test file.
+
+    The classes are the labels found, not 0 to the largest label: numbers 0..K-1 keep their meaning
+    (Fashion-MNIST's names when ``hint``, the file name, says fashion); other numbers (``1..10``, ``0, 2, 5``)
+    become classes named by the number, in numeric order, with a note saying what was found; names
+    (``Ankle boot``) become the class names, sorted as a folder's are. Returns (classes, labels, notes)."""
+    if all(isinstance(y, np.ndarray) for y in labels):
+        values = sorted({int(v) for y in labels for v in np.unique(y)})
+        fashion = "fashion" in hint.lower() and values[-1] <= 9
+        if values == list(range(len(values))):
+            classes = [FASHION_CLASSES[v] if fashion else str(v) for v in values]
+            return classes, [torch.from_numpy(np.asarray(y, dtype=np.int64)) for y in labels], []
+        lookup = np.full(values[-1] + 1, -1, dtype=np.int64)
+        lookup[values] = np.arange(len(values))
+        classes = [FASHION_CLASSES[v] if fashion else str(v) for v in values]
+        note = (f"{hint}: labels {_label_summary(values)} found: {len(values)} classes"
+                + (f" ({', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''})" if fashion else
+                   ", named by their label") + (" (no class 0)" if values[0] > 0 else ""))
+        return classes, [torch.from_numpy(lookup[np.asarray(y, dtype=np.int64)]) for y in labels], [note]
+    texts = [[str(v) for v in y.tolist()] if isinstance(y, np.ndarray) else y for y in labels]
+    classes = sorted({t for y in texts for t in y})
+    index = {c: i for i, c in enumerate(classes)}
+    return classes, [torch.tensor([index[t] for t in y], dtype=torch.int64) for y in texts], []
+
+
 def _read_csv(path: Path, test_data: Path | None) -> Dataset:
-    x, y = read_pixel_csv(path)
-    test = None
-    if test_data is not None:
-        tx, ty = read_pixel_csv(test_data)
-        if tx.shape[1:] != x.shape[1:]:
-            raise DataError(f"{test_data}: images are {tuple(tx.shape[2:])}, "
-                            f"but {path} has {tuple(x.shape[2:])}")
-        test = Split(tx, ty)
-    classes = _digit_classes([y] + ([test.y] if test else []), path.name)
-    return Dataset(name=path.stem, classes=classes, train=Split(x, y), test=test, source=str(path))
+    table = read_pixel_table(path)
+    test = read_pixel_table(test_data) if test_data is not None else None
+    if test is not None and test.x.shape[1:] != table.x.shape[1:]:
+        raise DataError(f"{test_data}: images are {tuple(test.x.shape[2:])}, "
+                        f"but {path} has {tuple(table.x.shape[2:])}")
+    tables = [table] + ([test] if test is not None else [])
+    classes, ys, notes = classes_from_labels([t.labels for t in tables], path.name)
+    return Dataset(name=path.stem, classes=classes, train=Split(table.x, ys[0]),
+                   test=Split(test.x, ys[1]) if test is not None else None, source=str(path),
+                   notes=[n for t in tables for n in t.notes] + notes)
 
 
 def _read_idx_folder(folder: Path) -> Dataset:
@@ -82,12 +124,14 @@ def _attach_test(ds: Dataset, test_ds: Dataset, test_data: str | Path) -> Datase
 
 
 def load_dataset(name_or_path: str | Path = "fashion-mnist", data_dir: str | Path | None = None,
-                 test_data: str | Path | None = None, test_only: bool = False) -> Dataset:
+                 test_data: str | Path | None = None, test_only: bool = False, *, imgsz: int | None = None,
+                 fit: str | None = None, conversion: Any = None) -> Dataset:
     """Load a named dataset or read a CSV file, IDX folder, CIFAR-10 archive/batches or image folder.
 
     ``data_dir`` is where named datasets are looked for and downloaded to; ``test_data`` is a
     second file or folder of the same kind whose images become the test split. ``test_only`` is a
     hint: named IDX datasets then skip their training files (the train split comes back empty).
+    ``imgsz``, ``fit``, ``conversion``: an image folder's working size (``folder.read_image_folder``).
     """
     name_or_path = str(name_or_path)
     key = _ALIASES.get(name_or_path.lower(), name_or_path.lower())
@@ -122,7 +166,7 @@ def load_dataset(name_or_path: str | Path = "fashion-mnist", data_dir: str | Pat
             or (path / "cifar-10-python.tar.gz").is_file():
         ds = cifar.read_cifar(path)
     else:
-        ds = read_image_folder(path)
+        ds = read_image_folder(path, imgsz=imgsz, fit=fit, conversion=conversion)
     if test_path is not None:
-        ds = _attach_test(ds, load_dataset(str(test_path)), test_path)
+        ds = _attach_test(ds, load_dataset(str(test_path), conversion=ds.conversion), test_path)
     return ds
