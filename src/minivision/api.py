@@ -183,42 +183,57 @@ class Classifier:
         lm = self._check_fitted()
         return [lm.classes[i] for i in self.predict_proba(X).argmax(1)]
 
-    def _dataset(self, data: str | Dataset | None, split: str) -> Dataset:
-        from .evaluate import check_compatible, dataset_for
-
-        lm = self._check_fitted()
-        if isinstance(data, Dataset):
-            check_compatible(lm, data)
-            return data
-        if data is None and getattr(self, "_dataset_", None) is not None:
-            return self._dataset_
-        return dataset_for(lm, data, split=split)
-
-    def evaluate(self, data: str | Dataset | None = None, split: str = "test", tta: bool = False) -> dict[str, Any]:
-        """accuracy, loss, n, per_class, confusion, classes (precision/recall/F1), most_confused, ece,
-        calibration on a split (default: the training dataset's test); ``tta`` adds tta_accuracy/tta_loss."""
-        from .evaluate import evaluate_split
+    def _scoring(self, data: str | Dataset | None, split: str | None) -> Any:
+        """``evaluate.ScoringData`` of ``data``: the training data (None, the ``Dataset`` given to ``fit``, or
+        its name) as at training; any other data matched to ``classes_`` by name and scored whole when it
+        has no split of its own."""
+        from .evaluate import ScoringData, check_compatible, other_data, scoring_data
         from .inference import split_for
 
-        return evaluate_split(self._check_fitted(), split_for(self._dataset(data, split), split), tta=tta)
+        lm = self._check_fitted()
+        trained = getattr(self, "_dataset_", None)
+        if isinstance(data, Dataset) and data is not trained:
+            return other_data(lm, data, split)
+        if data is None and trained is not None:
+            data = trained
+        if isinstance(data, Dataset):
+            check_compatible(lm, data)
+            split = split or "test"
+            return ScoringData(data, split, split_for(data, split), list(data.notes))
+        return scoring_data(lm, data, split=split)
 
-    def confusion_matrix(self, data: str | Dataset | None = None, split: str = "test") -> np.ndarray:
+    def evaluate(self, data: str | Dataset | None = None, split: str | None = None,
+                 tta: bool = False) -> dict[str, Any]:
+        """accuracy, loss, n, per_class, confusion, classes (precision/recall/F1), most_confused, ece,
+        calibration, split, notes; ``tta`` adds tta_accuracy/tta_loss.
+
+        ``data``: None (the training data), a dataset name, file or folder, or a ``Dataset``. ``split``: None is
+        the test split (the validation split for training data without one; for other data without a test
+        split, every image: ``split`` is then ``all``). Data other than the training data is matched to
+        ``classes_`` by name (order and case; a subset is scored on its classes, named in ``classes_scored``);
+        ``notes`` says what was matched or assumed. Raises MinivisionError (one line) for classes that do not
+        match, with both lists."""
+        from .evaluate import evaluate_split
+
+        sd = self._scoring(data, split)
+        m = evaluate_split(self._check_fitted(), sd.split, tta=tta, match=sd.match)
+        return {**m, "split": sd.split_name, "notes": list(sd.notes)}
+
+    def confusion_matrix(self, data: str | Dataset | None = None, split: str | None = None) -> np.ndarray:
         """(K, K) counts, rows true class, columns predicted (``classes_`` order)."""
         return np.array(self.evaluate(data, split)["confusion"], dtype=np.int64)
 
-    def report(self, data: str | Dataset | None = None, split: str = "test", tta: bool = False,
+    def report(self, data: str | Dataset | None = None, split: str | None = None, tta: bool = False,
                log: Any = None) -> dict[str, Any]:
         """Write the run folder's report (as ``minivision evaluate --report``); returns metrics, tta_metrics,
         calibration and the paths of the files."""
         from .evaluate import split_logits
-        from .inference import split_for
         from .report.run import report_for_model
 
         lm = self._check_fitted()
-        ds = self._dataset(data, split)
-        s = split_for(ds, split)
-        tta_logits = split_logits(lm, s, tta=True) if tta else None
-        return report_for_model(lm, ds, split, s, split_logits(lm, s), tta_logits,
+        sd = self._scoring(data, split)
+        tta_logits = split_logits(lm, sd.split, tta=True) if tta else None
+        return report_for_model(lm, sd.dataset, sd.split_name, sd.split, split_logits(lm, sd.split), tta_logits,
                                 log=log or (lambda m: None))
 
     def features(self, X: Any) -> np.ndarray:

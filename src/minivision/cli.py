@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="one JSON object on stdout")
 
     pr = sub.add_parser("predict", help="classify image files, folders or globs (photos are converted the way "
-                                        "the training images were made)")
+                                        "the training images were made), or every row of a pixel CSV file")
     pr.add_argument("model", metavar="RUN_OR_MODEL")
     pr.add_argument("paths", nargs="+", metavar="PATH")
     pr.add_argument("--top-k", type=_number(int, 1), default=3)
@@ -260,15 +260,27 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from .predict import expand_paths, predict_images, save_shows, write_csv
+    from .predict import expand_paths, is_pixel_csv, predict_images, predict_pixel_csv, save_shows, write_csv
     from .runfiles import load_model
 
     lm = load_model(a.model)
     if a.background is not None and lm.preprocess.photo.method != "zalando":
         print(f"note: --background has no effect: this model resizes photos ({lm.preprocess.photo.method}), "
               "it does not trim or negate them", file=sys.stderr)
-    results = predict_images(lm, expand_paths(a.paths), top_k=a.top_k, device=a.device, tta=a.tta,
-                             inputs=a.show is not None, background=a.background)
+    results: list[dict] = []
+    pictures: list[str] = []
+    for item in [*a.paths, None]:  # in the order given: pictures in runs, each pixel CSV row by row
+        if item is not None and not is_pixel_csv(item):
+            pictures.append(item)
+            continue
+        if pictures:
+            results += predict_images(lm, expand_paths(pictures), top_k=a.top_k, device=a.device, tta=a.tta,
+                                      inputs=a.show is not None, background=a.background)
+            pictures = []
+        if item is not None:
+            rows = predict_pixel_csv(lm, item, top_k=a.top_k, device=a.device, tta=a.tta)
+            print(f"note: {item}: {len(rows):,} pictures, one per row, predicted in file order", file=sys.stderr)
+            results += rows
     shown = save_shows(results, a.show) if a.show is not None else []
     for r in results:
         r.pop("input", None)

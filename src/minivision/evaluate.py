@@ -74,9 +74,18 @@ def scoring_data(lm: LoadedModel, data: str | None = None, data_dir: str | None 
         ds = dataset_for(lm, data, data_dir, test_data, split=split)
         return ScoringData(ds, split, split_for(ds, split), notes + list(ds.notes))
     ds = load_dataset(data, data_dir=data_dir, test_data=test_data, test_only=split in (None, "test"))
+    return other_data(lm, ds, split)
+
+
+def other_data(lm: LoadedModel, ds: Dataset, split: str | None = None) -> ScoringData:
+    """``scoring_data`` for a dataset other than the model's training data, already read: checked for the
+    model's input size, matched to its classes by name, nothing held back for validation (see
+    ``scoring_data`` for ``split``)."""
+    from .inference import split_for
+
     check_compatible(lm, ds, classes=False)
     ds, match = align_dataset(ds, lm.classes)
-    notes += list(ds.notes) + list(match.notes)
+    notes = list(ds.notes) + list(match.notes)
     own = [name for name in ("val", "test") if getattr(ds, name) is not None and len(getattr(ds, name))]
     if not own:
         whole = ds.train

@@ -70,22 +70,64 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
         except OSError as e:
             results.append({"path": name, "error": f"cannot read: {e.strerror or e}"})
     if tensors:
-        dev = pick_device(device)
-        lm.model.to(dev)
         batch = torch.stack(tensors)
-        probs = torch.softmax(predict_logits(lm.model, lm.preprocess, batch, device=dev, tta=tta), 1)
-        plain = torch.softmax(predict_logits(lm.model, lm.preprocess, batch, device=dev), 1) if tta else None
-        scores, idx = probs.topk(k, dim=1)
-        for j, r in enumerate(where):
+        for j, (r, scored) in enumerate(zip(where, _top_k(lm, batch, k, device, tta), strict=True)):
             if inputs:
                 results[r]["input"] = tensors[j]
-            top = [{"label": lm.classes[int(c)], "index": int(c), "score": round(float(s), 6)}
-                   for s, c in zip(scores[j], idx[j], strict=False)]
-            results[r].update({"label": top[0]["label"], "index": top[0]["index"], "score": top[0]["score"],
-                               "top_k": top})
-            if plain is not None:
-                score, c = plain[j].max(0)
-                results[r]["plain"] = {"label": lm.classes[int(c)], "index": int(c), "score": round(float(score), 6)}
+            results[r].update(scored)
+    return results
+
+
+def _top_k(lm: LoadedModel, batch: torch.Tensor, k: int, device: str, tta: bool) -> list[dict[str, Any]]:
+    """Per image of uint8 ``batch`` (N, C, H, W) at the model's size: label, index, score, top_k (and
+    ``plain``, the prediction without flip TTA, when ``tta``)."""
+    dev = pick_device(device)
+    lm.model.to(dev)
+    probs = torch.softmax(predict_logits(lm.model, lm.preprocess, batch, device=dev, tta=tta), 1)
+    plain = torch.softmax(predict_logits(lm.model, lm.preprocess, batch, device=dev), 1) if tta else None
+    scores, idx = probs.topk(k, dim=1)
+    out = []
+    for j in range(len(batch)):
+        top = [{"label": lm.classes[int(c)], "index": int(c), "score": round(float(s), 6)}
+               for s, c in zip(scores[j], idx[j], strict=False)]
+        row = {"label": top[0]["label"], "index": top[0]["index"], "score": top[0]["score"], "top_k": top}
+        if plain is not None:
+            score, c = plain[j].max(0)
+            row["plain"] = {"label": lm.classes[int(c)], "index": int(c), "score": round(float(score), 6)}
+        out.append(row)
+    return out
+
+
+def is_pixel_csv(item: str | Path) -> bool:
+    """A ``.csv`` or ``.csv.gz`` file: pixel rows (a Kaggle-style ``test.csv``), not a picture."""
+    return str(item).lower().endswith((".csv", ".csv.gz")) and Path(item).is_file()
+
+
+def predict_pixel_csv(lm: LoadedModel, path: str | Path, *, top_k: int = 5, device: str = "auto",
+                      tta: bool = False) -> list[dict[str, Any]]:
+    """Predict every row of a pixel CSV (``label`` optional, e.g. a Kaggle ``test.csv`` of ``pixel1..pixelN``
+    columns or ``id,pixel...``), one result per row in file order: path (``FILE#ROW``, rows counted from 1),
+    row, id (when the file has an id column), label, index, score, top_k.
+
+    The rows are taken as the dataset's own pixels (already 8-bit grey at the model's size, as the
+    Kaggle files are), not as photos: no photo conversion. Raises MinivisionError (one line) when the
+    file is malformed or its pictures are not the model's size or channels."""
+    from .data.csvfile import read_pixel_table
+
+    if top_k < 1:
+        raise MinivisionError(f"--top-k must be >= 1, got {top_k}")
+    table = read_pixel_table(path, need_labels=False)
+    want = (lm.preprocess.channels, *lm.preprocess.size)
+    if tuple(table.x.shape[1:]) != want:
+        side = table.x.shape[-1]
+        raise MinivisionError(f"{path}: its pictures are {side}x{side} grey (1x{side}x{side}), the model takes "
+                              f"{want[0]}x{want[1]}x{want[2]}")
+    results = []
+    for i, scored in enumerate(_top_k(lm, table.x, min(top_k, len(lm.classes)), device, tta)):
+        row: dict[str, Any] = {"path": f"{path}#{i + 1}", "row": i + 1}
+        if table.ids is not None:
+            row["id"] = table.ids[i]
+        results.append({**row, **scored})
     return results
 
 
@@ -106,24 +148,27 @@ def proba_for_tensor(lm: LoadedModel, x: torch.Tensor, device: str = "auto") -> 
 # ----------------------------------------------------------------------------- outputs of `predict`
 
 def write_csv(results: list[dict[str, Any]], path: str | Path) -> Path:
-    """path, label, score, then label_i/score_i for each of the top k, then error; one row per picture
-    (failed ones with only path and error), written atomically."""
+    """path (and id, for the rows of a pixel CSV with an id column), label, score, then label_i/score_i for
+    each of the top k, then error; one row per picture (failed ones with only path and error), written
+    atomically."""
     import csv
     import io
 
     from .fileio import write_text
 
     k = max((len(r["top_k"]) for r in results if "top_k" in r), default=0)
+    ids = any("id" in r for r in results)  # rows of a pixel CSV with an id column: the id beside the path
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "label", "score", *[f"{f}_{i}" for i in range(1, k + 1) for f in ("label", "score")],
-                "error"])
+    w.writerow(["path", *(["id"] if ids else []), "label", "score",
+                *[f"{f}_{i}" for i in range(1, k + 1) for f in ("label", "score")], "error"])
     for r in results:
+        head = [r["path"], *([r.get("id", "")] if ids else [])]
         if "error" in r:
-            w.writerow([r["path"], "", "", *[""] * (2 * k), r["error"]])
+            w.writerow([*head, "", "", *[""] * (2 * k), r["error"]])
             continue
         top = [v for t in r["top_k"] for v in (t["label"], t["score"])]
-        w.writerow([r["path"], r["label"], r["score"], *top, *[""] * (2 * k - len(top)), ""])
+        w.writerow([*head, r["label"], r["score"], *top, *[""] * (2 * k - len(top)), ""])
     write_text(path, buf.getvalue())
     return Path(path)
 

@@ -7,6 +7,7 @@ never stopped (same seed, same machine, CPU).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import signal
@@ -23,17 +24,26 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .budget import LADDER, Plan, Planner, default_budget, plan_budget
+from .budget import LADDER, Plan, Planner, default_budget, format_duration, plan_budget
 from .config import TrainConfig, resolve
 from .data import load_dataset
 from .data.augment import Augment
 from .data.dataset import Dataset, Split
 from .data.rules import dataset_messages, skipped_listing
 from .data.split import make_val
-from .errors import MinivisionError
+from .errors import MinivisionError, TrainingFailed
 from .fileio import new_run_dir, write_text
 from .inference import cpu_supports_bf16, loss_and_accuracy, pick_device, pick_precision, predict_logits
-from .listeners import BudgetPlanner, Checkpoints, Listener, ProgressFile, Report, ResultsFiles, TensorBoard
+from .listeners import (
+    BudgetPlanner,
+    Checkpoints,
+    Listener,
+    ProgressFile,
+    Report,
+    ResultsFiles,
+    TensorBoard,
+    mark_failed,
+)
 from .models import DEFAULT_MODEL, create_model, model_info
 from .optim import make_optimizer
 from .preprocess import Preprocess
@@ -50,6 +60,19 @@ from .runfiles import (
 )
 
 MIRROR_SENSITIVE = {"mnist"}  # datasets whose default augmentation must not flip images
+
+# A run whose loss explodes without becoming NaN is stopped. A classifier that outputs the same
+# probabilities for every class has the loss ln(K) (K classes), and every network here starts near
+# it (tests/test_train.py checks that each registered one starts below 3 ln K). A step loss above
+# EXPLODED_LOSS x ln(K) means logits in the tens or hundreds: updates that overshoot. When that
+# holds for EXPLODED_STEPS steps in a row (or every step of a shorter epoch) and those steps are no
+# better than chance (accuracy below EXPLODED_ACC / K), the run is not learning and will not: the
+# learning rate is too high. Measured on Fashion-MNIST with --lr 50, one epoch: mvnet-t's training
+# loss 1.8e9 at 11.2% accuracy, cnn2's 3.1e13 at 9.7% (chance: 10%); softmax's 147 at 72% (learning,
+# so not stopped).
+EXPLODED_LOSS = 10.0
+EXPLODED_STEPS = 20
+EXPLODED_ACC = 1.5
 
 
 # ----------------------------------------------------------------------------- Setup
@@ -161,6 +184,10 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     for line in dataset_messages(ds):  # notes (a class left out, a split made smaller) and skipped files
         log(line)
     log(ds.describe())
+    if ds.num_classes < 2:
+        found = f" ({ds.classes[0]!r})" if ds.classes else ""
+        raise MinivisionError(f"{ds.name} has {ds.num_classes} class{found}: a classifier needs pictures of at least "
+                              f"2 classes (one folder or label per class)")
 
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
@@ -193,44 +220,65 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         write_args(run_dir, cfg)
         if ds.skipped:
             write_text(run_dir / "skipped.txt", skipped_listing(ds))
-    log(f"run folder: {run_dir}  (model {cfg.model}, {sum(p.numel() for p in model.parameters()):,} "
-        f"parameters, {device.type} {precision})")
+    with _failure_recorded(run_dir):
+        log(f"run folder: {run_dir}  (model {cfg.model}, {sum(p.numel() for p in model.parameters()):,} "
+            f"parameters, {device.type} {precision})")
 
-    meta = {
-        "architecture": {"name": cfg.model, "in_channels": ds.channels, "image_size": list(ds.image_size),
-                         "num_classes": ds.num_classes, "kwargs": cfg.extra},
-        "classes": ds.classes,
-        "preprocess": pre.to_dict(),
-        "dataset": {"data": cfg.data, "data_dir": cfg.data_dir, "test_data": cfg.test_data, "name": ds.name,
-                    "val_split": cfg.val_split, "val_first": cfg.val_first, "seed": cfg.seed},
-        "versions": versions(),
-    }
-    if init is not None:
-        meta["init_from"] = init
-    if plan is None and resume is not None and cfg.budget is not None:
-        # a resumed budget run keeps the step count it had planned (restored from the checkpoint)
-        meta["budget"] = {"budget_s": cfg.budget, "model": cfg.model, "resumed": True}
-    # built-in listeners first (the checkpoint records what they did), the user's, the planner last (it
-    # measures what the others cost at an epoch's end)
-    built_in: list[Listener] = [Checkpoints(), ResultsFiles(), ProgressFile(), Report()]
-    if cfg.tensorboard:
-        built_in.append(TensorBoard(run_dir))  # after Report: it logs the report's pictures
-    trainer = Trainer(cfg, ds, model, pre, optimizer, device, precision, run_dir, meta, history, log,
-                      progress if progress is not None else None, listeners=[*built_in, *(listeners or [])])
-    if plan is not None:
-        meta["budget"] = dataclasses.asdict(plan)
-        if cfg.steps is not None and user_cfg.steps is None:
-            trainer.listeners.append(BudgetPlanner(Planner(
-                started + plan.budget_s, trainer.batches_per_epoch, len(ds.val) if ds.val is not None else 0,
-                len(ds.test) if ds.test is not None else 0, cfg.batch_size, clock=clock,
-                report=trainer.report_follows)))
-    if state is not None:
-        trainer.restore(state)
-    interrupted = trainer.run()
-    result = RunResult(run_dir, cfg, trainer.history, model, pre, ds.classes, interrupted=interrupted)
-    if not interrupted:
-        result.test = trainer.finish()
-    return result
+        meta = {
+            "architecture": {"name": cfg.model, "in_channels": ds.channels, "image_size": list(ds.image_size),
+                             "num_classes": ds.num_classes, "kwargs": cfg.extra},
+            "classes": ds.classes,
+            "preprocess": pre.to_dict(),
+            "dataset": {"data": cfg.data, "data_dir": cfg.data_dir, "test_data": cfg.test_data, "name": ds.name,
+                        "val_split": cfg.val_split, "val_first": cfg.val_first, "seed": cfg.seed},
+            "versions": versions(),
+        }
+        if init is not None:
+            meta["init_from"] = init
+        if plan is None and resume is not None and cfg.budget is not None:
+            # a resumed budget run keeps the step count it had planned (restored from the checkpoint)
+            meta["budget"] = {"budget_s": cfg.budget, "model": cfg.model, "resumed": True}
+        # built-in listeners first (the checkpoint records what they did), the user's, the planner last (it
+        # measures what the others cost at an epoch's end)
+        built_in: list[Listener] = [Checkpoints(), ResultsFiles(), ProgressFile(), Report()]
+        if cfg.tensorboard:
+            built_in.append(TensorBoard(run_dir))  # after Report: it logs the report's pictures
+        trainer = Trainer(cfg, ds, model, pre, optimizer, device, precision, run_dir, meta, history, log,
+                          progress if progress is not None else None, listeners=[*built_in, *(listeners or [])])
+        if plan is not None:
+            meta["budget"] = dataclasses.asdict(plan)
+            if cfg.steps is not None and user_cfg.steps is None:
+                trainer.listeners.append(BudgetPlanner(Planner(
+                    started + plan.budget_s, trainer.batches_per_epoch, len(ds.val) if ds.val is not None else 0,
+                    len(ds.test) if ds.test is not None else 0, cfg.batch_size, clock=clock,
+                    report=trainer.report_follows)))
+                trainer.budget_end = (started + plan.budget_s, clock)  # the plan moves: epoch lines say time left
+        if state is not None:
+            trainer.restore(state)
+        interrupted = trainer.run()
+        result = RunResult(run_dir, cfg, trainer.history, model, pre, ds.classes, interrupted=interrupted)
+        if not interrupted:
+            result.test = trainer.finish()
+        return result
+
+
+@contextlib.contextmanager
+def _failure_recorded(run_dir: Path):
+    """Mark ``run_dir`` failed (``progress.json``: state ``failed`` and the reason) when training raises,
+    so the folder does not sit there holding only ``args.yaml``; the exception goes on to the caller."""
+    try:
+        yield
+    except KeyboardInterrupt:  # a second Ctrl-C: resumable only when a checkpoint was saved
+        if not (run_dir / "last.safetensors").is_file():
+            mark_failed(run_dir, "interrupted before its first checkpoint")
+        raise
+    except MinivisionError as e:
+        mark_failed(run_dir, str(e))
+        raise
+    except Exception as e:  # a bug, or the machine (out of memory): the folder still says what happened
+        first = str(e).splitlines()[0] if str(e) else "no message"
+        mark_failed(run_dir, f"{type(e).__name__}: {first}")
+        raise
 
 
 def _network_of(cfg: TrainConfig, source: InitSource) -> TrainConfig:
@@ -279,7 +327,9 @@ def _prepare_resume(path: Path, changes: dict[str, Any], log: Callable[[str], No
         raise MinivisionError(f"--resume {path}: no such run folder")
     ckpt = path / "last.safetensors"
     if not ckpt.is_file():
-        raise MinivisionError(f"--resume {path}: no last.safetensors checkpoint in it")
+        from .listeners import run_state
+
+        raise MinivisionError(run_state(path) or f"--resume {path}: no last.safetensors checkpoint in it")
     cfg = read_args(path)
     # a flag repeating the run's own setting changes nothing; any other must be one a resume can honour
     changes = resume_changes({k: v for k, v in changes.items() if getattr(cfg, k) != v})
@@ -359,6 +409,10 @@ class Trainer:
         self.interrupted = False
         self.scored: tuple[str, Split, torch.Tensor] | None = None
         self._stop_at: str | None = None
+        # (when the budget ends, the clock it is read on): set for a budget run whose planner re-plans, so its
+        # epoch lines say the time left instead of a planned total that moves (epoch 7/13, then 8/10)
+        self.budget_end: tuple[float, Callable[[], float]] | None = None
+        self.exploding = [0, 0, 0]  # steps in a row with an exploded loss, their correct and images (see EXPLODED_LOSS)
 
     def restore(self, state: dict[str, Any]) -> None:
         p = state["progress"]
@@ -368,6 +422,7 @@ class Trainer:
         self.best_val = p["best_val"]
         self.sums = torch.tensor(p["sums"], dtype=torch.float64, device=self.device)
         self.epoch_seconds = p["epoch_seconds"]
+        self.exploding = list(p.get("exploding", [0, 0, 0]))
         if "total_steps" in p and self.cfg.budget is not None and self.cfg.epochs is None:
             self.set_total_steps(p["total_steps"])  # a budget run resumes with the step count it had planned
         if self.step_in_epoch:
@@ -397,7 +452,7 @@ class Trainer:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         progress = {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "step": self.step,
                     "best_val": self.best_val, "sums": self.sums.tolist(), "epoch_seconds": self.epoch_seconds,
-                    "total_steps": self.total_steps,
+                    "total_steps": self.total_steps, "exploding": self.exploding,
                     "history": self.history, "finished": finished, "preprocess": self.pre.to_dict(), "rng": rng}
         save_checkpoint(self.run_dir / "last.safetensors", self.model, self.opt, progress)
 
@@ -444,7 +499,7 @@ class Trainer:
         """The steps of one epoch; True when stopped (a signal or stop("step")) before its end."""
         cfg, bs = self.cfg, self.cfg.batch_size
         bar = tqdm(total=self._batches_this_epoch(), initial=self.step_in_epoch,
-                   desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False, unit="batch",
+                   desc=self.epoch_label(self.epoch + 1), leave=False, unit="batch",
                    disable=None if self.progress is None else not self.progress, dynamic_ncols=True)
         self._t0 = time.perf_counter() - self.epoch_seconds
         autocast = self.precision == "bf16"
@@ -463,19 +518,20 @@ class Trainer:
                     logits = self.model(xb)
                 loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
                 if not torch.isfinite(loss):
-                    raise MinivisionError(f"training diverged at epoch {self.epoch + 1} (loss {loss.item()}); "
-                                          f"try a smaller --lr than {cfg.lr}")
+                    raise TrainingFailed(f"training failed at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}: "
+                                         f"the loss became {loss.item()}: {self._lr_hint()}")
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
                 self.opt.step()
                 with torch.no_grad():
                     # history records the plain cross-entropy, comparable with the validation loss
                     plain = loss.detach() if not cfg.label_smoothing else F.cross_entropy(logits.detach().float(), yb)
-                    self.sums += torch.stack([plain.double() * len(yb),
-                                             (logits.argmax(1) == yb).sum().double(),
+                    right = (logits.argmax(1) == yb).sum()
+                    self.sums += torch.stack([plain.double() * len(yb), right.double(),
                                              torch.tensor(float(len(yb)), device=self.device, dtype=torch.float64)])
                 self.step_in_epoch += 1
                 self.step += 1
+                self._check_explosion(plain.item(), int(right), len(yb))
                 self._emit("on_step_end")
                 n_batches = self._batches_this_epoch()
                 if self.step_in_epoch % 20 == 0 or self.step_in_epoch >= n_batches:
@@ -488,6 +544,36 @@ class Trainer:
             self.epoch_seconds = time.perf_counter() - self._t0
             self._t0 = None
         return False
+
+    def _check_explosion(self, loss: float, correct: int, n: int) -> None:
+        """Stop with TrainingFailed when the loss has exploded at chance accuracy (the rule beside
+        EXPLODED_LOSS): ``loss``, ``correct`` and ``n`` are this step's mean loss, right answers and images."""
+        k = max(self.ds.num_classes, 2)
+        if loss <= EXPLODED_LOSS * math.log(k):
+            self.exploding = [0, 0, 0]
+            return
+        self.exploding = [self.exploding[0] + 1, self.exploding[1] + correct, self.exploding[2] + n]
+        steps, right, seen = self.exploding
+        if steps >= min(EXPLODED_STEPS, self.batches_per_epoch) and right / seen < EXPLODED_ACC / k:
+            raise TrainingFailed(f"training failed at epoch {self.epoch + 1}, step {self.step_in_epoch}: the loss "
+                                 f"grew to {loss:.3g} (from about {math.log(k):.2f} at the start) at chance accuracy "
+                                 f"({right / seen:.0%} over the last {steps} steps): {self._lr_hint()}")
+
+    def _lr_hint(self) -> str:
+        """What to change after the loss blew up: the model's recipe learning rate when the run's is above it,
+        else a tenth of the run's."""
+        lr = self.cfg.lr
+        recipe = model_info(self.cfg.model).defaults.get("lr") if self.cfg.model else None
+        better = recipe if isinstance(recipe, (int, float)) and recipe < lr else lr / 10
+        return f"the learning rate {lr:g} is too high; try --lr {better:g}"
+
+    def epoch_label(self, n: int) -> str:
+        """``epoch n/N``; in a budget run whose plan still moves, ``epoch n · 1m12s left`` (the time until the
+        budget ends) until the last epoch, which reads ``epoch N/N``."""
+        if self.budget_end is None or (n >= self.epochs and n == self.epoch):
+            return f"epoch {n}/{self.epochs}"
+        end, clock = self.budget_end
+        return f"epoch {n} · {format_duration(max(end - clock(), 0.0))} left"
 
     def _end_epoch(self) -> None:
         """Validation, the history row, the best-epoch rule; then ``on_epoch_end``."""
@@ -519,7 +605,7 @@ class Trainer:
             self.best_val = val_acc
         self._emit("on_epoch_end", row)
         val = f"val loss {val_loss:.4f} acc {val_acc:.2%}" if not no_val else "no validation split"
-        self.log(f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} acc "
+        self.log(f"{self.epoch_label(row['epoch'])}  train loss {row['train_loss']:.4f} acc "
                  f"{row['train_accuracy']:.2%}  {val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
                  + ("  *" if self.improved else ""))
 

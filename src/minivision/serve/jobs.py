@@ -296,7 +296,7 @@ def jobs_router(state_dir: Path, *, max_upload_mb: int = 200, max_files: int = 1
         images_dir = jobs.store.model_dir(job["id"]) / "images"
         with jobs.write_lock:
             if batch.items:  # refused (409) if a training was queued meanwhile
-                classes = jobs.store.add_classes(job["id"], [label for label, _ in batch.items], MAX_CLASSES)
+                classes = jobs.store.add_classes(job["id"], batch.labels(), MAX_CLASSES)
             added, duplicates = store_images(images_dir, classes, batch.items)
             if added:
                 jobs.store.update(job["id"], only_if=("created",), state="uploading")

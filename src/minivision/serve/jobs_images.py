@@ -4,14 +4,17 @@ A name from a request (zip member, file name, label) never becomes a path: a mem
 gives its class (the first path component), each accepted picture is decoded by ``open_image``,
 converted to the job's format and re-encoded as PNG under ``images/<class number>/<sha256>.png``.
 Class folders are numbered (``000``, ``001``, ...: zero-padded, so the folder reader's sorted order
-is the class number); the user's class names live in the database and are written into the
-trained model's ``model.json`` afterwards.
+is the class number); the user's class names live in the database and reach the training as the
+pictures' ``classes.json``. An upload's new classes are numbered in the order the folder reader gives
+a folder's classes (sorted by class folder name), after the job's earlier classes; a ``classes.json``
+in a zip names its class folders as it does for the folder reader.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import unicodedata
 import zipfile
@@ -23,6 +26,7 @@ from typing import IO
 
 from PIL import Image
 
+from minivision.data.folder import CLASS_NAMES_FILE
 from minivision.data.images import ImageError, open_image
 from minivision.data.rules import is_ignored_path
 from minivision.errors import MinivisionError
@@ -88,6 +92,12 @@ class Batch:
     items: list[tuple[str, bytes]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     n_skipped: int = 0
+    folders: dict[str, str] = field(default_factory=dict)  # class name -> the zip's class folder name
+
+    def labels(self) -> list[str]:
+        """The classes of the accepted pictures in the order the folder reader numbers a folder's classes:
+        by class folder name (a zip's), else by class name. New classes are added to a job in this order."""
+        return sorted(dict.fromkeys(label for label, _ in self.items), key=lambda c: self.folders.get(c, c))
 
     def skip(self, name: str, reason: str) -> None:
         self.n_skipped += 1
@@ -140,19 +150,27 @@ def read_zip(fileobj: IO[bytes], kind: str, max_total_bytes: int, batch: Batch) 
     if declared > max_total_bytes:
         raise JobError(400, f"zip would inflate to {declared / 1e6:.0f} MB; at most {max_total_bytes / 1e6:g} MB "
                             "(zip bomb?)")
+    # the folder reader's classes.json (class folder name -> class name), at the top or in the one folder
+    names_files = [(info, p) for info, p in members if len(p) <= 2 and p[-1] == CLASS_NAMES_FILE]
+    members = [(info, p) for info, p in members if not (len(p) <= 2 and p[-1] == CLASS_NAMES_FILE)]
     # a zip of one folder holding the class folders (what zipping a dataset folder makes): drop that level
+    wrapper: list[str] = []
     if members and all(len(p) >= 3 for _, p in members) and len({p[0] for _, p in members}) == 1:
+        wrapper = members[0][1][:1]
         members = [(info, p[1:]) for info, p in members]
+    names = _class_names(archive, next((info for info, p in names_files if p == [*wrapper, CLASS_NAMES_FILE]), None),
+                         {p[0] for _, p in members if len(p) >= 2})
     total = 0
     for info, parts in members:
         if len(parts) < 2:
             batch.skip(info.filename, "not inside a class folder (expected <class>/<picture>)")
             continue
         try:
-            label = check_name(parts[0])
+            label = check_name(names.get(parts[0], parts[0]))
         except JobError as e:
             batch.skip(info.filename, e.message)
             continue
+        batch.folders.setdefault(label, parts[0])
         if info.flag_bits & 0x1:
             batch.skip(info.filename, "encrypted zip entry")
             continue
@@ -165,6 +183,25 @@ def read_zip(fileobj: IO[bytes], kind: str, max_total_bytes: int, batch: Batch) 
             continue
         total += len(data)
         batch.add(info.filename, label, data, kind)
+
+
+def _class_names(archive: zipfile.ZipFile, info: zipfile.ZipInfo | None, folders: set[str]) -> dict[str, str]:
+    """A zip's ``classes.json`` read as the folder reader reads it (``{"000": "T-shirt/top"}``); {} without one.
+    JobError(400) when it is not such an object or names a class folder the zip does not have."""
+    if info is None:
+        return {}
+    data = _read_member(archive, info, 1 << 20)
+    try:
+        names = json.loads(data.decode("utf-8")) if data is not None else None
+    except (UnicodeDecodeError, ValueError):
+        names = None
+    if not isinstance(names, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in names.items()):
+        raise JobError(400, f"{CLASS_NAMES_FILE} in the zip: expected a JSON object mapping class folder names "
+                            "to class names")
+    unknown = sorted(set(names) - folders)
+    if unknown:
+        raise JobError(400, f"{CLASS_NAMES_FILE} in the zip: no class folder named {printable(unknown[0], 64)!r}")
+    return {k: check_name(v) for k, v in names.items()}
 
 
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int) -> bytes | None:
