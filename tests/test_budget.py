@@ -9,7 +9,17 @@ import math
 import pytest
 from safetensors import safe_open
 
-from minivision.budget import LADDER, Planner, Rung, default_budget, format_duration, parse_duration, pick_rung
+from minivision.budget import (
+    LADDER,
+    Planner,
+    Rung,
+    default_budget,
+    format_duration,
+    parse_duration,
+    pick_rung,
+    small_data_batch,
+    small_data_scale,
+)
 from minivision.cli import main
 from minivision.config import TrainConfig
 from minivision.errors import MinivisionError
@@ -174,3 +184,40 @@ def test_a_named_model_on_a_tiny_dataset_trains_until_the_budget_is_planned(tmp_
             progress=False, log=lambda m: None)
     meta = json.loads((r.run_dir / "model.json").read_text())
     assert meta["budget"]["total_steps"] > Planner.WARMUP + Planner.FIRST_PLAN_AT
+
+
+# ----------------------------------------------------------------------------- small datasets (CLI and jobs API alike)
+
+def test_small_data_scale_and_batch():
+    assert small_data_scale(54_000) == 1.0 and small_data_scale(500_000) == 1.0  # measured size and up: as measured
+    assert small_data_scale(900) == pytest.approx(60.0)
+    assert small_data_batch(54_000, 256) == 256
+    assert small_data_batch(900, 256) == 225  # 4 steps an epoch, not 4 of 256 (the last one 132)
+    assert small_data_batch(60, 128) == 15
+    assert small_data_batch(20, 128) == 8  # batch norm needs a few images
+
+
+def test_a_small_dataset_needs_as_many_images_seen_for_a_larger_network():
+    spe = {"mvnet-t": 0.0, "mvnet-s": 0.5, "mvnet": 1.5, "mvnet-l": 3.0}  # seconds per epoch of 900 images
+    assert pick_rung(spe, 108, LADDER) == "mvnet-l"  # counted in epochs: 30 epochs of mvnet-l fit in 108 s
+    # counted in images seen: mvnet-s's 6 Fashion-MNIST epochs are 360 epochs of 900 images = 180 s
+    assert pick_rung(spe, 108, LADDER, small_data_scale(900)) == "mvnet-t"
+    assert pick_rung(spe, 180, LADDER, small_data_scale(900)) == "mvnet-s"
+
+
+def test_the_cli_and_the_jobs_api_plan_a_small_dataset_the_same_way(tmp_path):
+    """``minivision train --budget`` picks the network; the jobs API names mvnet-t: both get the small
+    network, batches of a quarter of the images, and the step count from the planner."""
+    ds = synthetic_dataset(200, 40)  # 150 training images after the 25% validation split
+    runs = {name: fit(TrainConfig(budget=4.0, model=model, out=str(tmp_path), name=name, val_split=0.25, augment=""),
+                      dataset=ds, progress=False, log=lambda m: None)
+            for name, model in (("cli", None), ("jobs", "mvnet-t"))}
+    for r in runs.values():
+        meta = json.loads((r.run_dir / "model.json").read_text())
+        assert meta["architecture"]["name"] == "mvnet-t"
+        assert r.config.batch_size == small_data_batch(150, 128) == 37
+        assert meta["budget"]["model"] == "mvnet-t" and meta["budget"]["total_steps"] >= 1
+    # a batch size the user gives is kept
+    r = fit(TrainConfig(budget=3.0, batch_size=64, out=str(tmp_path), val_split=0.25, augment=""), dataset=ds,
+            progress=False, log=lambda m: None)
+    assert r.config.batch_size == 64

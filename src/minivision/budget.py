@@ -8,7 +8,11 @@ How a budget is spent (``fit`` calls these):
    time left. Larger networks reach higher accuracy, but only once they get enough epochs; below
    that a smaller network trained longer wins (measured on Fashion-MNIST, see docs/BENCHMARKS.md).
    It stops probing at the first network that does not fit, so a 30-second run times one extra
-   network for a fraction of a second.
+   network for a fraction of a second. The ladder's epochs are Fashion-MNIST epochs: a dataset
+   smaller than its training split needs as many images seen, so ``small_data_scale`` multiplies
+   them (``plan_small_data``: one rule for ``minivision train`` and the training-jobs API, whose
+   uploads are small: 1,000 pictures get the smallest network, trained for many epochs, not the
+   largest for a few). A small dataset also gets batches of at most a quarter of its images.
 3. ``Planner`` (driven by the trainer's ``listeners.BudgetPlanner``) turns the time left into a step
    count: after a few timed steps of the real loop (augmentation included), at every epoch end
    (when the validation cost is known) and at half way, it re-plans ``total = steps done + time
@@ -106,16 +110,40 @@ LADDER: tuple[Rung, ...] = (
 AUGMENT_MIN_EPOCHS = 15.0
 SHORT_RUN = {"augment": "", "batch_size": 128}
 
+# The ladder's thresholds above are epochs of Fashion-MNIST's training split as the recipes make it
+# (60,000 images less mvnet's 10% for validation). A network needs about as many images seen, not
+# epochs, to reach what it can: on fewer images its thresholds grow in proportion.
+LADDER_TRAIN_IMAGES = 54_000
+MIN_STEPS_PER_EPOCH = 4  # a small dataset's batches hold at most a quarter of its images ...
+MIN_SMALL_BATCH = 8      # ... and at least this many (batch-norm statistics need a few)
 
-def pick_rung(seconds_per_epoch: dict[str, float], usable_s: float, ladder: tuple[Rung, ...] = LADDER) -> str:
-    """The largest network whose ``min_epochs`` fit in ``usable_s`` (pure: tested without timing).
+
+def small_data_scale(n_train: int) -> float:
+    """How many epochs of a ``n_train``-image dataset make one of the ladder's (>= 1: a larger dataset
+    keeps the thresholds as measured)."""
+    return max(1.0, LADDER_TRAIN_IMAGES / max(1, n_train))
+
+
+def small_data_batch(n_train: int, batch_size: int) -> int:
+    """The batch size for ``n_train`` training images: ``batch_size`` unless that leaves fewer than
+    ``MIN_STEPS_PER_EPOCH`` steps an epoch (a recipe's 256 on 900 images is 4 steps, 60 pictures 1
+    step: too few updates, and the planner re-plans only after ~15 steps)."""
+    if n_train >= MIN_STEPS_PER_EPOCH * batch_size:
+        return batch_size
+    return max(MIN_SMALL_BATCH, min(batch_size, n_train // MIN_STEPS_PER_EPOCH))
+
+
+def pick_rung(seconds_per_epoch: dict[str, float], usable_s: float, ladder: tuple[Rung, ...] = LADDER,
+              epoch_scale: float = 1.0) -> str:
+    """The largest network whose ``min_epochs`` (times ``epoch_scale``: ``small_data_scale``) fit in
+    ``usable_s`` (pure: tested without timing).
 
     ``seconds_per_epoch`` holds the networks probed so far; a network missing from it ends the
     search (it was not probed because a smaller one already did not fit)."""
     chosen = ladder[0].model
     for rung in ladder:
         spe = seconds_per_epoch.get(rung.model)
-        if spe is None or spe * rung.min_epochs > usable_s:
+        if spe is None or spe * rung.min_epochs * epoch_scale > usable_s:
             break
         chosen = rung.model
     return chosen
@@ -232,10 +260,14 @@ def _sync_time(device: torch.device) -> float:
 def plan_budget(user_cfg: TrainConfig, cfg: TrainConfig, ds: Dataset, device: torch.device, precision: str,
                  started: float, log: Callable[[str], None],
                  clock: Callable[[], float] = time.monotonic) -> tuple[TrainConfig, Plan]:
-    """Pick the network (unless the user named one) and a first step count for ``cfg.budget``."""
+    """Pick the network (unless the user named one) and a first step count for ``cfg.budget``.
+
+    ``plan_small_data`` (the ladder scaled to the dataset's size, batches of at most a quarter of it)
+    applies to every budget run: the CLI's and the training-jobs API's, which names its network."""
     budget = float(cfg.budget)
     deadline = started + budget
     n = len(ds.train.y)
+    scale = small_data_scale(n)
     # keep back the final test pass and file writes, roughly; the planner refines this as it runs
     usable = lambda: (deadline - clock()) * 0.9 - Planner.END_RESERVE_S  # noqa: E731
     probed: dict[str, float] = {}
@@ -245,19 +277,19 @@ def plan_budget(user_cfg: TrainConfig, cfg: TrainConfig, ds: Dataset, device: to
             if rung.min_epochs == 0:  # always possible: no need to time it
                 probed[rung.model] = 0.0
                 continue
-            c = resolve(dataclasses.replace(user_cfg, model=rung.model), {**model_info(rung.model).defaults,
-                                                                            **SHORT_RUN})
+            c = plan_small_data(user_cfg, resolve(dataclasses.replace(user_cfg, model=rung.model),
+                                                  {**model_info(rung.model).defaults, **SHORT_RUN}), n)
             spe = probe_step_seconds(c, ds, device, precision) * math.ceil(n / c.batch_size)
             probed[rung.model] = spe
-            if spe * rung.min_epochs > usable():
+            if spe * rung.min_epochs * scale > usable():
                 break
-        name = pick_rung(probed, usable())
+        name = pick_rung(probed, usable(), epoch_scale=scale)
     defaults = dict(model_info(name).defaults)
     spe = probed.get(name) or 0.0
-    short = spe == 0.0 or spe * AUGMENT_MIN_EPOCHS > usable()
+    short = spe == 0.0 or spe * AUGMENT_MIN_EPOCHS * scale > usable()
     if user_cfg.model is None and short:
         defaults.update(SHORT_RUN)  # user flags still win: resolve() only fills what they left unset
-    final = resolve(dataclasses.replace(user_cfg, model=name), defaults)
+    final = plan_small_data(user_cfg, resolve(dataclasses.replace(user_cfg, model=name), defaults), n)
     final = dataclasses.replace(final, **{k: getattr(cfg, k) for k in ("data", "data_dir", "test_data")})
     plan = Plan(budget_s=budget, model=name, probed_s_per_epoch={k: round(v, 3) for k, v in probed.items() if v})
     explicit = user_cfg.epochs is not None or user_cfg.steps is not None
@@ -273,6 +305,14 @@ def plan_budget(user_cfg: TrainConfig, cfg: TrainConfig, ds: Dataset, device: to
     final = dataclasses.replace(final, steps=max(1, first_guess), epochs=None)
     plan.total_steps = final.steps
     why = ", ".join(f"{k} {v:.0f} s/epoch" for k, v in plan.probed_s_per_epoch.items())
-    log(f"budget {format_duration(budget)}: {name}" + (f" (timed: {why})" if why else "")
+    small = f"; {n:,} training images: batches of {final.batch_size}" if scale > 1 else ""
+    log(f"budget {format_duration(budget)}: {name}" + (f" (timed: {why})" if why else "") + small
         + "; the step count is planned from the measured speed as it trains")
     return final, plan
+
+
+def plan_small_data(user_cfg: TrainConfig, cfg: TrainConfig, n_train: int) -> TrainConfig:
+    """``cfg`` with the batch size ``small_data_batch`` gives ``n_train`` images, unless the user set one."""
+    if user_cfg.batch_size is not None or cfg.batch_size is None:
+        return cfg
+    return dataclasses.replace(cfg, batch_size=small_data_batch(n_train, cfg.batch_size))

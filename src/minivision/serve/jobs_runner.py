@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import signal
 import subprocess
@@ -152,24 +151,10 @@ def rewrite_report(run_dir: Path, log_path: Path) -> None:
 
 
 def small_data_flags(base_model: str, n_images: int, epochs: int | None) -> list[str]:
-    """Extra ``train`` flags for a small upload. A budget run is re-planned only after ~15 steps, so with
-    a model's defaults (batch 128, 3 epochs) 60 pictures get 3 steps and learn nothing: use batches of
-    about a quarter of the training pictures and ~100 steps (seconds on such a set) instead."""
-    from minivision.models import model_info
-
-    defaults = model_info(base_model).defaults
-    if "steps" in defaults:
-        return [] if epochs is None else ["--epochs", str(epochs)]
-    n_train = max(1, round(n_images * (1 - (defaults.get("val_split") or 0.2))))
-    batch = int(defaults.get("batch_size", 128))
-    default_epochs = int(defaults.get("epochs", 3))
-    flags = []
-    if n_train < 4 * batch:
-        batch = max(8, min(batch, n_train // 4))
-        flags += ["--batch-size", str(batch)]
-    if epochs is None and math.ceil(n_train / batch) * default_epochs < 16:  # the budget planner has no room
-        epochs = min(100, max(default_epochs, math.ceil(100 / math.ceil(n_train / batch))))
-    return flags + ([] if epochs is None else ["--epochs", str(epochs)])
+    """Extra ``train`` flags for a job: only the user's epochs. A small upload is planned by the budget
+    planner's small-data rule (``budget.plan_small_data``: batches of at most a quarter of the pictures,
+    the step count from the measured speed), the one ``minivision train --budget`` uses on a folder."""
+    return [] if epochs is None else ["--epochs", str(epochs)]
 
 
 # ----------------------------------------------------------------------------- the runner
