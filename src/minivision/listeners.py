@@ -119,7 +119,8 @@ class TensorBoard(Listener):
 
 class ProgressFile(Listener):
     """``progress.json`` in the run folder, for programs that watch a training (the training-jobs API):
-    ``state`` (training | finished | interrupted), ``epoch``/``epochs`` done and planned, ``step``/
+    ``state`` (training | finished | interrupted | failed, with ``error`` the reason: see ``mark_failed``),
+    ``epoch``/``epochs`` done and planned, ``step``/
     ``total_steps``, ``fraction`` (step / total_steps, 0 to 1), the last history row, and at the end the
     test metrics. Written atomically at the start, at most every ``PROGRESS_EVERY_S`` seconds while
     training, at every epoch end and at the end."""
@@ -155,6 +156,37 @@ class ProgressFile(Listener):
 
 def _finite(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+
+def mark_failed(run_dir: Path, reason: str) -> None:
+    """Record in ``run_dir/progress.json`` that the run failed: ``state`` ``failed``, ``error`` the one-line
+    reason, the rest of what it last said (epoch, step, ...) kept, so readers of the folder (``evaluate``,
+    ``predict``, the training-jobs API) can say what happened. Written atomically; never raises (it runs
+    while another error is on its way to the user)."""
+    old = read_progress(run_dir) or {"epoch": 0, "epochs": None, "step": 0, "total_steps": None, "fraction": 0.0,
+                                     "last": None}
+    try:
+        write_json(Path(run_dir) / PROGRESS_FILE, {**old, "state": "failed", "error": " ".join(reason.split())})
+    except OSError:
+        pass
+
+
+def run_state(run_dir: Path) -> str | None:
+    """Why ``run_dir`` (a run folder without model.json) has no model, in one line for the user; None when
+    it does not look like a run folder. Reads ``progress.json`` and ``last.safetensors``."""
+    run_dir = Path(run_dir)
+    p = read_progress(run_dir) or {}
+    has_checkpoint = (run_dir / "last.safetensors").is_file()
+    if p.get("state") == "failed":
+        where = "" if has_checkpoint else " before its first checkpoint"
+        return f"run {run_dir} failed{where}: {p.get('error') or 'no reason recorded'}; train again"
+    if has_checkpoint:
+        return (f"{run_dir} has no finished model yet (training was interrupted): resume it with "
+                f"`minivision train --resume {run_dir}`")
+    if p or (run_dir / "args.yaml").is_file():
+        return (f"run {run_dir} has no model: it is still training, or it stopped before its first checkpoint "
+                f"(no last.safetensors); train again")
+    return None
 
 
 def read_progress(run_dir: Path) -> dict[str, Any] | None:

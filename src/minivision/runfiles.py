@@ -58,14 +58,13 @@ def save_model(folder: Path, model: nn.Module, meta: dict[str, Any], weights_nam
 
 def resolve_model_path(path: str | Path) -> Path:
     """A run folder, its model.json or its model.safetensors -> the folder."""
+    from .listeners import run_state
+
     p = Path(path)
     if p.is_dir():
         if (p / "model.json").is_file():
             return p
-        if (p / "last.safetensors").is_file():
-            raise MinivisionError(f"{p} has no finished model yet (training was interrupted): "
-                                  f"resume it with `minivision train --resume {p}`")
-        raise MinivisionError(f"{p} is not a run folder (no model.json in it)")
+        raise MinivisionError(run_state(p) or f"{p} is not a run folder (no model.json in it)")
     if p.is_file() and p.suffix in (".json", ".safetensors"):
         if (p.parent / "model.json").is_file():
             return p.parent

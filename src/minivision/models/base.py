@@ -25,7 +25,10 @@ __all__ = ["ClassifierNet", "check_num_classes"]
 def check_num_classes(num_classes: Any) -> None:
     """A classifier needs two classes at least: cross-entropy over one logit learns nothing."""
     if not (isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 2):
-        raise MinivisionError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+        what = "a classifier needs at least 2 classes"
+        if isinstance(num_classes, int) and not isinstance(num_classes, bool):
+            raise MinivisionError(f"{what}; this one was asked for {num_classes}")
+        raise MinivisionError(f"{what}, given as a whole number (num_classes=10), not {num_classes!r}")
 
 
 class ClassifierNet(nn.Module):
