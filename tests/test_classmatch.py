@@ -233,3 +233,36 @@ def test_fashion_mnist_test_pictures_in_named_folders_score_as_the_test_split(tm
     write_pixel_csv(csv, x, y)
     m, _ = evaluate_json(capsys, run, "--data", csv)
     assert m["accuracy"] == pytest.approx(float((pred == y).mean())) and m["n"] == n
+
+
+# ----------------------------------------------------------------------------- predict on a pixel CSV
+
+def test_predict_an_unlabelled_kaggle_csv_one_row_per_image_in_file_order(model, tmp_path, capsys):
+    x, pred = model["x"], model["pred"]
+    test = tmp_path / "test.csv"
+    test.write_text("id," + ",".join(f"pixel{i + 1}" for i in range(784)) + "\n"
+                    + "\n".join(f"{1000 + i}," + ",".join(map(str, img.ravel())) for i, img in enumerate(x)) + "\n")
+    out = tmp_path / "out.csv"
+    assert main(["predict", str(model["run"]), str(test), "--csv", str(out), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "80 pictures, one per row" in captured.err
+    lines = out.read_text().splitlines()
+    assert lines[0].startswith("path,id,label,score") and len(lines) == 1 + len(x)
+    rows = [line.split(",") for line in lines[1:]]
+    assert [r[0] for r in rows] == [f"{test}#{i + 1}" for i in range(len(x))]
+    assert [r[1] for r in rows] == [str(1000 + i) for i in range(len(x))]
+    assert [r[2] for r in rows] == [MODEL_CLASSES[k] for k in pred]  # the model's own predictions, in order
+    bare = tmp_path / "bare.csv"  # no header, no id: pixels only
+    bare.write_text("\n".join(",".join(map(str, img.ravel())) for img in x[:5]) + "\n")
+    assert main(["predict", str(model["run"]), str(bare), "--json", "--device", "cpu"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert [r["row"] for r in got] == [1, 2, 3, 4, 5]
+    assert [r["label"] for r in got] == [MODEL_CLASSES[k] for k in pred[:5]]
+
+
+def test_predict_a_csv_of_another_size_is_one_line(model, tmp_path):
+    small = tmp_path / "small.csv"
+    small.write_text("pixel1,pixel2,pixel3,pixel4\n1,2,3,4\n")
+    p = subprocess.run([sys.executable, "-m", "minivision", "predict", str(model["run"]), str(small)],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "2x2" in p.stderr and "1x28x28" in p.stderr

@@ -409,3 +409,90 @@ def test_is_grayscale():
     assert is_grayscale(gradient("L").convert("RGB"))
     assert not is_grayscale(gradient("RGB"))
     assert is_grayscale(np.zeros((3, 3), np.uint8))
+
+
+# ------------------------------------------------------------------------------------------------
+# CSV: classes from the labels found, names as labels, pandas index and id columns, no label
+# ------------------------------------------------------------------------------------------------
+
+def pixel_rows(n: int, npix: int = 4, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [",".join(map(str, rng.integers(0, 256, npix))) for _ in range(n)]
+
+
+def test_csv_classes_are_the_labels_found_not_zero_to_the_largest(tmp_path):
+    from minivision.data import load_dataset
+
+    path = tmp_path / "one-to-ten.csv"
+    labels = [1 + i % 10 for i in range(30)]
+    path.write_text("label,p1,p2,p3,p4\n" + "\n".join(f"{k},{r}" for k, r in zip(labels, pixel_rows(30),
+                                                                                  strict=True)) + "\n")
+    ds = load_dataset(path)
+    assert ds.classes == [str(k) for k in range(1, 11)]  # no empty class "0"
+    assert ds.train.y.tolist() == [k - 1 for k in labels]
+    assert any("labels 1-10 found: 10 classes" in n and "no class 0" in n for n in ds.notes), ds.notes
+    gaps = tmp_path / "gaps.csv"
+    gaps.write_text("label,p1,p2,p3,p4\n" + "\n".join(f"{k},{r}" for k, r in zip([5, 0, 2, 5], pixel_rows(4),
+                                                                                  strict=True)) + "\n")
+    ds = load_dataset(gaps)
+    assert ds.classes == ["0", "2", "5"] and ds.train.y.tolist() == [2, 0, 1, 2]
+    plain = tmp_path / "plain.csv"
+    plain.write_text("label,p1,p2,p3,p4\n" + "\n".join(f"{i % 3},{r}" for i, r in enumerate(pixel_rows(6))) + "\n")
+    ds = load_dataset(plain)
+    assert ds.classes == ["0", "1", "2"] and ds.notes == []  # labels 0..K-1: nothing to say
+
+
+def test_csv_labels_written_as_names_become_the_classes(tmp_path):
+    from minivision.data import load_dataset
+
+    path = tmp_path / "named.csv"
+    names = ["Ankle boot", "T-shirt/top", '"Coat, long"', "Ankle boot"]
+    rows = pixel_rows(4)
+    path.write_text("label,p1,p2,p3,p4\n" + "\n".join(f"{n},{r}" for n, r in zip(names, rows, strict=True)) + "\n")
+    ds = load_dataset(path)
+    assert ds.classes == ["Ankle boot", "Coat, long", "T-shirt/top"]  # sorted, as a folder's classes
+    assert ds.train.y.tolist() == [0, 2, 1, 0]
+    assert ds.train.x.flatten().tolist() == [int(v) for r in rows for v in r.split(",")]
+    last = tmp_path / "last.csv"  # the label column anywhere, found past the fast parser's first chunks
+    body = [f"{r},{k % 10}" for k, r in enumerate(pixel_rows(1100))] + [f"{pixel_rows(1)[0]},Bag"]
+    last.write_text("p1,p2,p3,p4,label\n" + "\n".join(body) + "\n")
+    ds = load_dataset(last)
+    assert ds.classes[-1] == "Bag" and len(ds.train) == 1101 and ds.train.y[-1] == len(ds.classes) - 1
+    with pytest.raises(DataError) as e:
+        read_pixel_csv(last)
+    one_line_naming(e, last)
+
+
+@pytest.mark.parametrize("index_header", ["", "Unnamed: 0", '""'])
+def test_csv_index_column_written_by_pandas_is_dropped(tmp_path, index_header):
+    from minivision.data import load_dataset
+
+    path = tmp_path / "pandas.csv"
+    rows = pixel_rows(3)
+    path.write_text(f"{index_header},label,p1,p2,p3,p4\n" + "\n".join(f"{i},{i % 2},{r}" for i, r in enumerate(rows))
+                    + "\n")
+    ds = load_dataset(path)
+    assert ds.image_size == (2, 2) and ds.train.y.tolist() == [0, 1, 0]
+    assert ds.train.x.flatten().tolist() == [int(v) for r in rows for v in r.split(",")]
+    assert any("index column" in n for n in ds.notes)
+
+
+def test_csv_without_labels_reads_for_prediction_only(tmp_path):
+    from minivision.data.csvfile import read_pixel_table
+
+    rows = pixel_rows(3)
+    kaggle = tmp_path / "test.csv"
+    kaggle.write_text("pixel1,pixel2,pixel3,pixel4\n" + "\n".join(rows) + "\n")
+    t = read_pixel_table(kaggle, need_labels=False)
+    assert t.labels is None and t.ids is None and t.x.shape == (3, 1, 2, 2)
+    with pytest.raises(DataError) as e:
+        read_pixel_table(kaggle)
+    assert "no 'label' column" in one_line_naming(e, kaggle) and "minivision predict" in str(e.value)
+    ids = tmp_path / "ids.csv"
+    ids.write_text("ImageId,pixel1,pixel2,pixel3,pixel4\n" + "\n".join(f"img{i},{r}" for i, r in enumerate(rows))
+                   + "\n")
+    t = read_pixel_table(ids, need_labels=False)
+    assert t.ids == ["img0", "img1", "img2"] and t.x.flatten().tolist() == [int(v) for r in rows for v in r.split(",")]
+    bare = tmp_path / "bare.csv"  # no header: 4 columns are 2x2 pixels; 5 would be a label and 4 pixels
+    bare.write_text("\n".join(rows) + "\n")
+    assert read_pixel_table(bare, need_labels=False).x.shape == (3, 1, 2, 2)
