@@ -94,13 +94,19 @@ def test_gray_detection(tmp_path):
     assert ds.train.x[2, :, 0, 0].tolist() == [200, 10, 10]
 
 
-def test_mixed_sizes_resized_to_dominant(tmp_path):
+def test_mixed_shapes_make_a_square_frame_and_keep_their_aspect(tmp_path):
+    """Three 12 x 10 pictures and one 40 x 40 (75% share a shape, under 90%): a 12 x 12 frame (the median
+    longer side), the 12 x 10 ones letterboxed (a grey row above and below), the square one shrunk whole."""
     for i in range(3):
         put(tmp_path / "a" / f"{i}.png", size=(12, 10))
     put(tmp_path / "b" / "big.png", 200, size=(40, 40))
     ds = read_image_folder(tmp_path)
-    assert ds.image_size == (10, 12)
+    assert ds.image_size == (12, 12) and ds.conversion.fit == "letterbox"
+    assert ds.train.x[0, 0, 0].tolist() == [114] * 12 and ds.train.x[0, 0, -1].tolist() == [114] * 12
+    assert ds.train.x[0, 0, 1:-1].unique().tolist() == [128]
     assert ds.train.x[3].float().mean().item() == pytest.approx(200, abs=1)
+    squashed = read_image_folder(tmp_path, fit="squash")  # another setting: another cache entry
+    assert squashed.image_size == (12, 12) and squashed.train.x[0].unique().tolist() == [128]
 
 
 @pytest.mark.parametrize("make, expect", [
@@ -196,9 +202,10 @@ def _old_folder_resize(arr: np.ndarray, size: tuple[int, int], channels: int) ->
 
 
 @pytest.mark.parametrize("colour", [False, True])
-def test_folder_pixels_are_the_conversion_of_each_file(tmp_path, colour):
-    """Every picture of a folder dataset is ``PictureConversion(size, channels).convert(open_image(file))``,
-    the conversion predict and serve apply to a photo for a resize model; and the same pixels as the
+@pytest.mark.parametrize("fit", ["squash", "letterbox", "crop"])
+def test_folder_pixels_are_the_conversion_of_each_file(tmp_path, colour, fit):
+    """Every picture of a folder dataset is ``PictureConversion(size, channels, fit=fit).convert(open_image(file))``,
+    the conversion predict and serve apply to a photo for a resize model; squashed, the same pixels as the
     folder reader made before it went through that conversion."""
     from minivision.data.images import open_image
     from minivision.photo import PictureConversion
@@ -218,15 +225,16 @@ def test_folder_pixels_are_the_conversion_of_each_file(tmp_path, colour):
         folder_ = tmp_path / ("a" if i % 2 else "b")
         folder_.mkdir(exist_ok=True)
         img.save(folder_ / f"{i}.png")
-    ds = read_image_folder(tmp_path, cache=False)
-    conversion = PictureConversion((20, 24), 3 if colour else 1)
-    assert ds.train.x.shape == (9, conversion.channels, 20, 24)
+    ds = read_image_folder(tmp_path, cache=False, fit=fit)
+    conversion = PictureConversion((24, 24), 3 if colour else 1, fit=fit)  # 6 of 9 share a shape: square
+    assert ds.conversion == conversion and ds.train.x.shape == (9, conversion.channels, 24, 24)
     files = sorted(tmp_path.glob("a/*.png")) + sorted(tmp_path.glob("b/*.png"))
     for x, path in zip(ds.train.x.numpy(), files, strict=True):
         decoded = open_image(path)
         assert np.array_equal(x, conversion.convert(decoded)), path
-        before = _old_folder_resize(np.asarray(decoded), (20, 24), conversion.channels)
-        assert np.array_equal(x, before.reshape(20, 24, -1).transpose(2, 0, 1)), path
+        if fit == "squash":
+            before = _old_folder_resize(np.asarray(decoded), (24, 24), conversion.channels)
+            assert np.array_equal(x, before.reshape(24, 24, -1).transpose(2, 0, 1)), path
 
 
 def test_classes_json_names_the_class_folders(tmp_path):

@@ -376,8 +376,8 @@ def test_pixel_limit_counts_the_whole_request(synthetic_run):
         small = encode(clean_picture(0, scale=3))  # 84 x 84 = 7,056 pixels
         assert client.post("/predict", files=[("file", ("a.png", small))]).status_code == 200
         r = client.post("/predict", files=[("file", ("a.png", small)), ("file", ("b.png", small))])
-        assert r.status_code == 400 and r.json()["error"].startswith("b.png: image is 84x84"), r.text
-        assert "7,056 before this one" in r.json()["error"]
+        assert r.status_code == 400 and r.json()["error"].startswith("b.png: the pictures of this request"), r.text
+        assert "14,112 pixels together, over the limit of 10,000" in r.json()["error"]
         r = client.post("/predict", files=[("file", ("big.png", encode(clean_picture(0, scale=4))))])
         assert r.status_code == 400 and "decompression bomb" in r.json()["error"]
 

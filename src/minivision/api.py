@@ -52,7 +52,8 @@ class Classifier:
                  label_smoothing: float | None = None, augment: str | None = None, normalize: str | None = None,
                  val_split: float | None = None, val_first: int | None = None, seed: int = 0,
                  device: str = "auto", precision: str = "auto", out: str = "runs", name: str = "train",
-                 tensorboard: bool = False, extra: dict[str, Any] | None = None) -> None:
+                 tensorboard: bool = False, imgsz: int | None = None, resize_mode: str = "letterbox",
+                 extra: dict[str, Any] | None = None) -> None:
         self.model = model
         self.epochs = epochs
         self.init_from = init_from
@@ -76,6 +77,8 @@ class Classifier:
         self.out = out
         self.name = name
         self.tensorboard = tensorboard
+        self.imgsz = imgsz
+        self.resize_mode = resize_mode
         self.extra = extra
 
     # -- parameters (scikit-learn's protocol)

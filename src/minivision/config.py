@@ -107,6 +107,11 @@ class TrainConfig:
     data: str = _setting("fashion-mnist", "fashion-mnist (default), mnist, cifar10, a CSV file or an image folder")
     data_dir: str | None = _setting(None, "folder with the dataset files (else $MINIVISION_DATA, cache, ...)")
     test_data: str | None = _setting(None, "a second CSV file used as the test split")
+    imgsz: int | None = _setting(None, "image folders: the working size's longer side in pixels (default: the "
+                                       "pictures' median longer side, at most 64)", kind=int, lo=1, hi=1024)
+    resize_mode: str = _setting("letterbox", "image folders: how pictures of another shape meet the working "
+                                             "size: letterbox (scaled whole, padded grey), crop (the centre) or "
+                                             "squash (stretched)", choices=("letterbox", "crop", "squash"))
     model: str | None = _setting(None, "model name (see `minivision models`); default: the largest that fits "
                                        "the budget")
     init_from: str | None = _setting(

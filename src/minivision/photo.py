@@ -5,12 +5,13 @@ picture the way the training data was prepared. Fashion-MNIST was made by Zaland
 photos (a garment on a light background; arXiv:1708.07747): trim the edges that match the corner
 colour, resize the longest edge to 28, sharpen, extend the short edge to 28 with the item
 centred, negate, 8-bit grayscale. ``zalando`` repeats those steps on a photo; ``resize`` does what
-a folder dataset did to its pictures of other sizes (``data/folder.py``: a plain LANCZOS resize
-to the dataset's size), for RGB and folder models. Which one a model uses, and its settings, is a
-``PictureConversion`` (frozen) in ``Preprocess.photo``, written to model.json as
+a folder dataset does to its pictures (``data/folder.py``: a LANCZOS resize to the working size,
+the aspect ratio kept by ``fit``), for RGB and folder models. Which one a model uses, and its
+settings, is a ``PictureConversion`` (frozen) in ``Preprocess.photo``, written to model.json as
 
     {"method": "zalando", "background": "auto", "box": 28}    # box: longest edge of the item
-    {"method": "resize"}
+    {"method": "resize", "fit": "letterbox"}                  # fit: letterbox, crop or squash
+    {"method": "resize"}                                      # squash (as before fit existed)
 
 and used unchanged by everyone who turns a picture into model input: the folder reader
 (``data/folder.py``: its pictures of other sizes), predict and the HTTP service
@@ -50,14 +51,22 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, ImageOps
 
 from .errors import MinivisionError
 
 Method = Literal["zalando", "resize"]
 Background = Literal["auto", "light", "dark"]
+Fit = Literal["letterbox", "crop", "squash"]
 METHODS = ("zalando", "resize")
 BACKGROUNDS = ("auto", "light", "dark")
+# How a resize meets a picture of another aspect ratio: ``letterbox`` scales the whole picture into
+# the frame and pads the rest with PAD_VALUE (Ultralytics' LetterBox, fastai's ResizeMethod.Pad);
+# ``crop`` scales it to cover the frame and cuts the centre (torchvision's Resize + CenterCrop,
+# fastai's ResizeMethod.Crop at validation); ``squash`` stretches it (fastai's ResizeMethod.Squash;
+# what a resize did before ``fit`` existed, and what a model.json without ``fit`` gets).
+FITS = ("letterbox", "crop", "squash")
+PAD_VALUE = 114              # 0-255 grey of letterbox padding: Ultralytics' LetterBox value (114, 114, 114)
 TRIM_THRESHOLD = 24          # 0-255: a pixel this far from the background colour is part of the item
 DARK_BORDER = 64             # 0-255: training images whose border median is below this have a dark background
 SHARPEN = False              # the paper's sharpen step; measured to hurt, kept off (see the docstring)
@@ -81,8 +90,10 @@ class PictureConversion:
     C-contiguous (``torch.from_numpy`` takes it as it is); ``to_image`` gives the same pixels as a
     mode L or RGB picture.
 
-    ``method``: ``resize``, a LANCZOS resize to ``size`` (no trim or crop), what the folder reader
-    does to its pictures; ``zalando``, Fashion-MNIST's steps (the module docstring; grayscale only),
+    ``method``: ``resize``, a LANCZOS resize to ``size``, what the folder reader does to its pictures,
+    with ``fit`` saying how a picture of another aspect ratio meets the frame (``FITS``: letterbox
+    pads with grey ``PAD_VALUE``, crop keeps the centre, squash stretches); ``zalando``,
+    Fashion-MNIST's steps (the module docstring; grayscale only),
     with ``background`` the photo's polarity (``convert(img, background)`` overrides it for one
     picture) and ``box`` the item's longest edge. Invalid settings raise a one-line MinivisionError."""
 
@@ -91,6 +102,7 @@ class PictureConversion:
     method: Method = "resize"    # zalando: Fashion-MNIST's steps; resize: the folder reader's plain resize
     background: Background = "auto"  # zalando: the photo's background; auto = from the corner colour
     box: int | None = None       # zalando: the item's longest edge, 1..max(size); None = min(size)
+    fit: Fit = "squash"          # resize: letterbox | crop | squash (the folder reader's default: letterbox)
 
     def __post_init__(self) -> None:
         try:
@@ -109,10 +121,14 @@ class PictureConversion:
         if self.background not in BACKGROUNDS:
             raise MinivisionError(f"photo background must be one of {', '.join(BACKGROUNDS)}, "
                                   f"got {_short(self.background)}")
+        if self.fit not in FITS:
+            raise MinivisionError(f"photo fit must be one of {', '.join(FITS)}, got {_short(self.fit)}")
         if self.method == "resize":
             if self.box is not None or self.background != "auto":
                 raise MinivisionError("photo box and background are settings of the zalando method, not resize")
             return
+        if self.fit != "squash":
+            raise MinivisionError("photo fit is a setting of the resize method, not zalando (which frames the item)")
         if self.channels != 1:
             raise MinivisionError(f"the zalando photo method makes grayscale pictures; channels is {self.channels}")
         box = min(size) if self.box is None else self.box
@@ -142,8 +158,16 @@ class PictureConversion:
             img = to_l_or_rgb(img)
         if self.method == "zalando":
             return zalando(img, self.size, background=background or self.background, box=self.box)[None]
-        a = resize_like_folder(img, self.size, self.channels)
+        a = resize_like_folder(img, self.size, self.channels, self.fit)
         return a[None] if a.ndim == 2 else np.ascontiguousarray(a.transpose(2, 0, 1))
+
+    @property
+    def decode_side(self) -> int:
+        """Pixels a picture's shorter side must keep when it is decoded at reduced size for this
+        conversion (``data.images.open_image(min_side=...)``): a resize needs its frame's longer side
+        (no fit needs more of either side), zalando its working size ``WORK_SIZE``. The folder reader,
+        predict and the service all decode with it, so a picture gets the same pixels on every path."""
+        return max(self.size) if self.method == "resize" else WORK_SIZE
 
     def to_image(self, img: Image.Image, background: str | None = None) -> Image.Image:
         """``convert``'s pixels as a picture, mode L or RGB (the jobs API stores them as PNG)."""
@@ -152,15 +176,16 @@ class PictureConversion:
 
     def to_dict(self) -> dict[str, Any]:
         """model.json's ``preprocess.photo`` entry (size and channels are ``preprocess``'s own keys)."""
-        if self.method == "resize":
-            return {"method": "resize"}
+        if self.method == "resize":  # squash as {"method": "resize"}, byte for byte what it was before fit
+            return {"method": "resize"} if self.fit == "squash" else {"method": "resize", "fit": self.fit}
         return {"method": self.method, "background": self.background, "box": self.box}
 
     @classmethod
     def from_dict(cls, d: Any, size: tuple[int, int], channels: int) -> PictureConversion:
         """Read back ``to_dict`` for a model taking (channels, *size) input, every field checked:
         MinivisionError with a one-line message for a malformed entry. A resize entry's background
-        and box are ignored, as they always were."""
+        and box are ignored, as they always were; one without ``fit`` (written before it existed)
+        squashes, as it always did."""
         if not isinstance(d, dict) or d.get("method") not in METHODS:
             raise MinivisionError(f"model.json has an unknown photo conversion {_short(d)} (known methods: "
                                   f"{', '.join(METHODS)}; written by a newer minivision?)")
@@ -171,7 +196,7 @@ class PictureConversion:
             raise MinivisionError(f"model.json: unknown photo setting {_short(unknown[0])}{hint}")
         try:
             if d["method"] == "resize":
-                return cls(size, channels)
+                return cls(size, channels, fit=d.get("fit", "squash"))
             box = d.get("box")
             if isinstance(box, float) and box.is_integer():
                 box = int(box)  # 28.0: a JSON number written by another tool
@@ -180,7 +205,7 @@ class PictureConversion:
             raise MinivisionError(f"model.json: {e}") from None
 
 
-_KEYS = ("method", "background", "box")
+_KEYS = ("method", "background", "box", "fit")
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -208,8 +233,10 @@ def preset(kind: str) -> PictureConversion:
 
 # ------------------------------------------------------------------------------------- choosing one
 
-def choose_conversion(x: torch.Tensor) -> PictureConversion:
-    """The conversion for a model trained on the uint8 images ``x`` (N, C, H, W).
+def choose_conversion(x: torch.Tensor, source: PictureConversion | None = None) -> PictureConversion:
+    """The conversion for a model trained on the uint8 images ``x`` (N, C, H, W); ``source``: the
+    resize its pictures were made with (an image folder's ``Dataset.conversion``: its fit), kept
+    when the rule below says resize.
 
     Rule: grayscale data whose image borders are mostly dark (the median of the outer two-pixel
     ring, over up to 2,000 images, below ``DARK_BORDER``) was made the Fashion-MNIST way, a light
@@ -217,6 +244,9 @@ def choose_conversion(x: torch.Tensor) -> PictureConversion:
     boxes (28 for Fashion-MNIST, about 20 for MNIST, whose digits sit in a 20 x 20 box). Anything
     else (colour, or light backgrounds) -> ``resize``, as folder datasets resize their pictures."""
     resize = PictureConversion((int(x.shape[2]), int(x.shape[3])), int(x.shape[1]))
+    if (source is not None and source.method == "resize"
+            and (source.size, source.channels) == (resize.size, resize.channels)):
+        resize = source
     if x.shape[1] != 1 or len(x) == 0 or min(x.shape[2:]) < 5:
         return resize
     idx = torch.linspace(0, len(x) - 1, min(len(x), 2000)).long()
@@ -246,14 +276,22 @@ def default_conversion(dataset_name: str | None, size: tuple[int, int], channels
 
 # ------------------------------------------------------------------------------------- the steps
 
-def resize_like_folder(img: Image.Image, size: tuple[int, int], channels: int) -> np.ndarray:
-    """The resize method's pixels, uint8 (H, W) or (H, W, 3): LANCZOS to (H, W), no trim or crop."""
+def resize_like_folder(img: Image.Image, size: tuple[int, int], channels: int, fit: str = "squash") -> np.ndarray:
+    """The resize method's pixels, uint8 (H, W) or (H, W, 3): LANCZOS to (H, W), a picture of another
+    aspect ratio letterboxed (Pillow's ``ImageOps.pad``, centred, ``PAD_VALUE`` grey), centre-cropped
+    (``ImageOps.fit``) or squashed, by ``fit`` (``FITS``)."""
     mode = "L" if channels == 1 else "RGB"
     if img.mode != mode:
         img = img.convert(mode)
     h, w = size
     if img.size != (w, h):
-        img = img.resize((w, h), Image.Resampling.LANCZOS)
+        if fit == "letterbox":
+            pad = PAD_VALUE if mode == "L" else (PAD_VALUE,) * 3
+            img = ImageOps.pad(img, (w, h), Image.Resampling.LANCZOS, color=pad)
+        elif fit == "crop":
+            img = ImageOps.fit(img, (w, h), Image.Resampling.LANCZOS)
+        else:
+            img = img.resize((w, h), Image.Resampling.LANCZOS)
     return np.array(img, dtype=np.uint8)  # a copy: torch.from_numpy wants a writable array
 
 

@@ -60,7 +60,7 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
     for i, item in enumerate(images):
         name = names[i] if names else (str(item) if isinstance(item, (str, Path)) else f"image {i}")
         try:
-            img = item if hasattr(item, "convert") else open_image(item)
+            img = item if hasattr(item, "convert") else open_image(item, min_side=lm.preprocess.photo.decode_side)
             tensors.append(lm.preprocess.image_to_uint8(img, background))
             where.append(len(results))
             results.append({"path": name})

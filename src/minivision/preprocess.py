@@ -40,11 +40,12 @@ class Preprocess:
                                   f"{self.size[0]} x {self.size[1]}")
 
     @classmethod
-    def fit(cls, x: torch.Tensor, normalize: str) -> Preprocess:
+    def fit(cls, x: torch.Tensor, normalize: str, conversion: PictureConversion | None = None) -> Preprocess:
         """Build from a uint8 training batch (N, C, H, W); ``standard`` measures mean/std on it; the
-        photo conversion is chosen from the batch too (``photo.choose_conversion`` states the rule)."""
+        photo conversion is chosen from the batch too (``photo.choose_conversion`` states the rule),
+        ``conversion`` being the one the source made its pictures with (an image folder's fit)."""
         c, h, w = (int(s) for s in x.shape[1:])
-        photo = choose_conversion(x)
+        photo = choose_conversion(x, conversion)
         if normalize == "unit":
             return cls(c, (h, w), photo=photo)
         total = torch.zeros(c, dtype=torch.float64)

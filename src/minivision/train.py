@@ -179,7 +179,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         user_cfg = dataclasses.replace(user_cfg, **{k: getattr(cfg, k) for k in ("data", "data_dir", "test_data")})
     Augment.parse(cfg.augment)  # fail on a bad spec before loading anything
 
-    ds = dataset if dataset is not None else load_dataset(cfg.data, data_dir=cfg.data_dir, test_data=cfg.test_data)
+    ds = dataset if dataset is not None else load_dataset(cfg.data, data_dir=cfg.data_dir, test_data=cfg.test_data,
+                                                          imgsz=cfg.imgsz, fit=cfg.resize_mode)
     ds = make_val(ds, val_split=cfg.val_split, val_first=cfg.val_first, seed=cfg.seed)
     for line in dataset_messages(ds):  # notes (a class left out, a split made smaller) and skipped files
         log(line)
@@ -205,7 +206,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     model = create_model(cfg.model, in_channels=ds.channels, image_size=ds.image_size,
                          num_classes=ds.num_classes, **cfg.extra)
     model = model.to(device).to(memory_format=torch.channels_last)
-    pre = Preprocess.fit(ds.train.x, cfg.normalize)
+    pre = Preprocess.fit(ds.train.x, cfg.normalize, ds.conversion)
     if state is not None and "preprocess" in state["progress"]:
         pre = Preprocess.from_dict(state["progress"]["preprocess"], dataset_name=ds.name)
     init: dict[str, Any] | None = None

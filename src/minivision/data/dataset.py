@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -44,6 +45,9 @@ class Dataset:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     source: str = ""  # where it was read from, for reports
     notes: list[str] = field(default_factory=list)  # one-line notes for the user (a class left out, ...)
+    # how an image folder's pictures were converted (photo.PictureConversion: working size, fit), kept
+    # as the model's photo conversion so predict converts a photo the same way; None for other sources
+    conversion: Any = None
 
     @property
     def channels(self) -> int:

@@ -6,13 +6,27 @@ Class names are the class folders' names, sorted; a ``classes.json`` in ``root``
 Every picture goes through ``images.open_image`` (the same checks predict and serve use); a file
 that fails is skipped and listed in ``Dataset.skipped``, never silently used. Grey pictures make a
 one-channel dataset; every picture then goes through ``photo.PictureConversion`` with the resize
-method at the most common size, the conversion predict and serve apply to a photo for a model
-trained on a folder, so a picture predicted is prepared exactly as the training pictures were.
+method at the working size, the conversion predict and serve apply to a photo for a model trained
+on a folder (``Dataset.conversion`` -> ``Preprocess.photo``), so a picture predicted is prepared
+exactly as the training pictures were.
+
+The working size (``working_size``), the policy of Ultralytics' ``imgsz`` and fastai's item
+transforms: ``imgsz`` is the frame's longer side, by default the median of the pictures' longer
+sides capped at ``IMGSZ_CAP`` (64; never enlarged: a folder of 28 x 28 pictures stays 28 x 28). The
+frame takes the pictures' shape when at least ``SHAPE_SHARE`` (90%) of them share one aspect ratio
+(1600 x 1200 photos -> 64 x 48), else it is square (portrait and landscape mixed -> 64 x 64). A
+picture of another shape meets the frame by ``fit``: ``letterbox`` (default; scaled whole, padded
+grey), ``crop`` (scaled to cover, centre kept) or ``squash`` (stretched). The cap keeps a budget run
+on a 2-core CPU training many epochs (a 64 x 64 colour picture is 4 CIFAR-10 pictures of work);
+``--imgsz`` asks for more. Sizes come from the headers first (EXIF rotation counted), then each
+picture is decoded at a reduced size (JPEG draft mode, ``open_image(min_side=...)``) and converted
+at once, so 1,000 12-megapixel photos are never in memory together.
 
 Decoding is the slow part (~0.2 ms per small JPEG, almost all of it per-file Python and Pillow
 overhead, so threads do not help): large folders are decoded by a pool of forked processes, one
-per core, and the decoded arrays are cached in the user cache (safetensors + JSON) keyed by every
-file's path, size and modification time, so the second read of an unchanged folder is a file load.
+per core, and the converted arrays are cached in the user cache (safetensors + JSON) keyed by every
+file's path, size and modification time and the working-size settings, so the second read of an
+unchanged folder is a file load.
 """
 
 from __future__ import annotations
@@ -28,19 +42,24 @@ import numpy as np
 import torch
 
 from minivision.data.dataset import Dataset, Split
-from minivision.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, is_grayscale, open_image
+from minivision.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, is_grayscale, open_image, picture_size
 from minivision.data.rules import drop_empty_classes, is_ignored
 from minivision.data.sources import user_cache_dir
 from minivision.errors import DataError
 from minivision.fileio import save_tensors, write_json
-from minivision.photo import PictureConversion
+from minivision.photo import FITS, PictureConversion
 
 SPLIT_DIRS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2
 _POOL_MIN_FILES = 2000  # below this, starting processes costs more than it saves
+_POOL_MIN_BYTES = 64 << 20  # ... unless the files are big (phone photos: ~15 ms each to decode reduced)
 _CHUNK = 500
+IMGSZ_CAP = 64       # default working size: the median longer side, at most this (module docstring)
+SHAPE_SHARE = 0.9    # the frame takes the pictures' aspect ratio when this share of them have it
+_SAME_SHAPE = 0.02   # aspect ratios within 2% count as one (4032 x 3024 and 4000 x 3000)
+DEFAULT_FIT = "letterbox"
 
-# one picture: (pixels HxW or HxWx3, grey?) or (None, False) with the reason in the third slot
+# one picture: (converted pixels C x H x W, grey?) or (None, False) with the reason in the third slot
 Decoded = tuple[np.ndarray | None, bool, str]
 FileList = list[tuple[str, int, int]]  # (absolute path, size, mtime_ns)
 
@@ -109,17 +128,41 @@ def _layout(root: Path) -> tuple[dict[str, dict[str, FileList]], list[str]]:
     return layout, stray
 
 
-def _decode(path: str, max_pixels: int) -> Decoded:
+def working_size(sizes: list[tuple[int, int]], imgsz: int | None = None) -> tuple[int, int]:
+    """The frame (height, width) a folder's pictures are converted to, from their upright sizes
+    ``sizes`` [(width, height), ...] (the module docstring states the rule). ``imgsz``: the frame's
+    longer side in pixels (None: the median longer side, at most IMGSZ_CAP). Raises DataError for
+    an ``imgsz`` below 1."""
+    if imgsz is not None and (not isinstance(imgsz, int) or isinstance(imgsz, bool) or imgsz < 1):
+        raise DataError(f"imgsz must be a positive integer (pixels), got {imgsz!r}")
+    if not sizes:
+        side = imgsz or IMGSZ_CAP
+        return side, side
+    longer = sorted(max(w, h) for w, h in sizes)
+    side = imgsz or min(IMGSZ_CAP, longer[(len(longer) - 1) // 2])
+    (w0, h0), _ = max(Counter(sizes).items(), key=lambda kv: (kv[1], kv[0]))
+    ratio = w0 / h0
+    same = sum(abs(w / h - ratio) <= _SAME_SHAPE * ratio for w, h in sizes)
+    if same < SHAPE_SHARE * len(sizes):
+        return side, side
+    if w0 >= h0:
+        return max(1, round(side * h0 / w0)), side
+    return side, max(1, round(side * w0 / h0))
+
+
+def _decode(path: str, conversion: PictureConversion, max_pixels: int) -> Decoded:
+    """One picture decoded at the reduced size its frame needs and converted at once."""
     try:
-        img = open_image(path, max_pixels=max_pixels)
+        img = open_image(path, max_pixels=max_pixels, min_side=conversion.decode_side)
+        arr = np.asarray(img)
+        gray = is_grayscale(arr)
+        return conversion.convert(arr), gray, ""
     except DataError as exc:
         return None, False, str(exc).removeprefix(f"{path}: ")
-    arr = np.asarray(img)
-    return arr, is_grayscale(arr), ""
 
 
-def _decode_chunk(paths: list[str], max_pixels: int) -> list[Decoded]:
-    return [_decode(p, max_pixels) for p in paths]
+def _decode_chunk(paths: list[str], conversion: PictureConversion, max_pixels: int) -> list[Decoded]:
+    return [_decode(p, conversion, max_pixels) for p in paths]
 
 
 def _workers() -> int:
@@ -129,36 +172,44 @@ def _workers() -> int:
         return os.cpu_count() or 1
 
 
-def _decode_all(paths: list[str], max_pixels: int) -> list[Decoded]:
-    """Decode in forked worker processes when it pays (Linux, several cores, many files)."""
+def _decode_all(paths: list[str], conversion: PictureConversion, max_pixels: int, total_bytes: int) -> list[Decoded]:
+    """Decode in forked worker processes when it pays (Linux, several cores, many or big files)."""
     import multiprocessing
 
     workers = min(_workers(), 8)
-    if len(paths) < _POOL_MIN_FILES or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return _decode_chunk(paths, max_pixels)
-    chunks = [paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
+    many = len(paths) >= _POOL_MIN_FILES or (total_bytes >= _POOL_MIN_BYTES and len(paths) >= 2 * workers)
+    if not many or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return _decode_chunk(paths, conversion, max_pixels)
+    size = min(_CHUNK, -(-len(paths) // workers))
+    chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
     # fork, not spawn: spawn re-imports the user's __main__ (a script without a main guard would
     # run again) and pays the torch import per worker; workers touch only Pillow and numpy.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        parts = pool.map(_decode_chunk, chunks, [max_pixels] * len(chunks))
+        parts = pool.map(_decode_chunk, chunks, [conversion] * len(chunks), [max_pixels] * len(chunks))
         return [d for part in parts for d in part]
 
 
-def _dominant_size(arrays: list[np.ndarray]) -> tuple[int, int]:
-    counts = Counter(a.shape[:2] for a in arrays)
-    return max(counts.items(), key=lambda kv: (kv[1], kv[0]))[0]
+def _frame(paths: list[str], imgsz: int | None, fit: str, conversion: PictureConversion | None) -> PictureConversion:
+    """The conversion every picture goes through, three channels until the pictures say grey."""
+    if conversion is not None:
+        return conversion
+    sizes = [s for s in map(picture_size, paths) if s is not None]
+    return PictureConversion(working_size(sizes, imgsz), 3, fit=fit)
 
 
-def _build(root: Path, layout: dict[str, dict[str, FileList]], stray: list[str], max_pixels: int) -> Dataset:
+def _build(root: Path, layout: dict[str, dict[str, FileList]], stray: list[str], max_pixels: int,
+           imgsz: int | None, fit: str, conversion: PictureConversion | None) -> Dataset:
     classes = sorted({c for per_class in layout.values() for c in per_class})
     index = {c: i for i, c in enumerate(classes)}
-    jobs = [(split, cls, path) for split, per_class in layout.items()
-            for cls, files in per_class.items() for path, _, _ in files]
-    decoded = _decode_all([p for _, _, p in jobs], max_pixels)
+    jobs = [(split, cls, path, size) for split, per_class in layout.items()
+            for cls, files in per_class.items() for path, size, _ in files]
+    paths = [p for _, _, p, _ in jobs]
+    frame = _frame(paths, imgsz, fit, conversion)
+    decoded = _decode_all(paths, frame, max_pixels, sum(size for *_, size in jobs))
     skipped = [(p, "not inside a class folder") for p in stray]
     good: dict[str, list[tuple[np.ndarray, int]]] = {split: [] for split in layout}
     gray = True
-    for (split, cls, path), (arr, is_gray, reason) in zip(jobs, decoded, strict=True):
+    for (split, cls, path, _), (arr, is_gray, reason) in zip(jobs, decoded, strict=True):
         if arr is None:
             skipped.append((path, reason))
             continue
@@ -167,17 +218,20 @@ def _build(root: Path, layout: dict[str, dict[str, FileList]], stray: list[str],
     if not any(good.values()):
         raise DataError(f"{root}: no readable images in the class folders ({len(jobs)} skipped)" if jobs else
                         f"{root}: no pictures found (each class folder has no images)")
-    conversion = PictureConversion(_dominant_size([a for items in good.values() for a, _ in items]),
-                                   1 if gray else 3)
+    keep = slice(None)
+    if conversion is None and gray:  # every picture grey: one channel (the converted channels are equal)
+        import dataclasses
+
+        frame, keep = dataclasses.replace(frame, channels=1), slice(0, 1)
     splits = {}
     for split, items in good.items():
-        x = np.empty((len(items), conversion.channels, *conversion.size), dtype=np.uint8)
+        x = np.empty((len(items), frame.channels, *frame.size), dtype=np.uint8)
         for i, (arr, _) in enumerate(items):
-            x[i] = conversion.convert(arr)
+            x[i] = arr[keep]
         y = np.fromiter((label for _, label in items), dtype=np.int64, count=len(items))
         splits[split] = Split(torch.from_numpy(x), torch.from_numpy(y))
     return Dataset(name=root.name, classes=classes, train=splits["train"], val=splits.get("val"),
-                   test=splits.get("test"), skipped=skipped, source=str(root))
+                   test=splits.get("test"), skipped=skipped, source=str(root), conversion=frame)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,12 +239,12 @@ def _build(root: Path, layout: dict[str, dict[str, FileList]], stray: list[str],
 # ---------------------------------------------------------------------------------------------
 
 def _cache_paths(root: Path, layout: dict[str, dict[str, FileList]], stray: list[str],
-                 max_pixels: int) -> tuple[Path, str]:
+                 max_pixels: int, settings: list) -> tuple[Path, str]:
     listing = [[split, cls, os.path.relpath(p, root), size, mtime]
                for split, per_class in sorted(layout.items())
                for cls, files in sorted(per_class.items()) for p, size, mtime in files]
     strays = [os.path.relpath(p, root) for p in stray]
-    blob = json.dumps([_CACHE_VERSION, str(root), max_pixels, listing, strays])
+    blob = json.dumps([_CACHE_VERSION, str(root), max_pixels, settings, listing, strays])
     key = hashlib.sha256(blob.encode()).hexdigest()
     prefix = hashlib.sha256(str(root).encode()).hexdigest()[:16]
     return user_cache_dir() / "folders" / f"{prefix}-{key[:32]}", key
@@ -201,7 +255,8 @@ def _save_cache(base: Path, key: str, ds: Dataset) -> None:
     tensors = {f"{name}_{part}": getattr(split, part)
                for name, split in named if split is not None for part in ("x", "y")}
     meta = {"version": _CACHE_VERSION, "key": key, "name": ds.name, "classes": ds.classes,
-            "skipped": ds.skipped, "source": ds.source}
+            "skipped": ds.skipped, "source": ds.source,
+            "conversion": [ds.conversion.channels, list(ds.conversion.size), ds.conversion.to_dict()]}
     try:
         base.parent.mkdir(parents=True, exist_ok=True)
         for old in base.parent.glob(base.name.split("-")[0] + "-*"):
@@ -230,26 +285,43 @@ def _load_cache(base: Path, key: str) -> Dataset | None:
                 tensors[name] = f.get_tensor(name)
         splits = {s: Split(tensors[f"{s}_x"], tensors[f"{s}_y"]) for s in ("train", "val", "test")
                   if f"{s}_x" in tensors}
+        channels, size, photo = meta["conversion"]
+        conversion = PictureConversion.from_dict(photo, tuple(size), channels)
         return Dataset(name=meta["name"], classes=list(meta["classes"]), train=splits["train"],
                        val=splits.get("val"), test=splits.get("test"),
-                       skipped=[(str(p), str(r)) for p, r in meta["skipped"]], source=meta["source"])
+                       skipped=[(str(p), str(r)) for p, r in meta["skipped"]], source=meta["source"],
+                       conversion=conversion)
     except Exception:  # any damage (truncated file, bad JSON, wrong dtype): rebuild from the pictures
         return None
 
 
-def read_image_folder(root: str | Path, *, cache: bool = True,
-                      max_pixels: int = DEFAULT_MAX_PIXELS) -> Dataset:
-    """Read a folder of class sub-folders (optionally under train/val/test) into a Dataset."""
+def read_image_folder(root: str | Path, *, cache: bool = True, max_pixels: int = MAX_PIXELS,
+                      imgsz: int | None = None, fit: str | None = None,
+                      conversion: PictureConversion | None = None) -> Dataset:
+    """Read a folder of class sub-folders (optionally under train/val/test) into a Dataset of uint8
+    (N, C, H, W) pictures at the working size, ``Dataset.conversion`` saying how they were made.
+
+    ``imgsz``: the frame's longer side in pixels (None: from the pictures, at most IMGSZ_CAP);
+    ``fit``: letterbox (None: the default), crop or squash (module docstring). ``conversion``: a
+    trained model's (``Preprocess.photo``), which fixes size, channels and fit instead (scoring a
+    folder with a model converts its pictures as predict does). ``max_pixels``: the bomb limit
+    (``images.MAX_PIXELS``). Raises DataError for an unusable folder or setting."""
+    fit = DEFAULT_FIT if fit is None else fit
+    if fit not in FITS:
+        raise DataError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+    working_size([], imgsz)  # checks imgsz
     root = Path(root).expanduser().absolute()
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
     layout, stray = _layout(root)
-    base, key = _cache_paths(root, layout, stray, max_pixels)
+    wanted = [imgsz, fit] if conversion is None else [conversion.channels, list(conversion.size),
+                                                      conversion.to_dict()]
+    base, key = _cache_paths(root, layout, stray, max_pixels, wanted)
     if cache:
         cached = _load_cache(base, key)
         if cached is not None:
             return _finish(root, cached)
-    ds = _build(root, layout, stray, max_pixels)
+    ds = _build(root, layout, stray, max_pixels, imgsz, fit, conversion)
     if cache:
         _save_cache(base, key, ds)
     return _finish(root, ds)

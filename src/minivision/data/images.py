@@ -2,16 +2,42 @@
 
 Pictures come from users (a folder they point at, an upload to the HTTP service), so this module
 treats every file as untrusted: only a short allowlist of raster formats is even parsed (no
-EPS/PostScript, which Pillow hands to Ghostscript, no SVG, no PDF), the pixel count is checked
-from the header *before* decoding (decompression bombs), the whole file is decoded so a truncated
-file fails here instead of becoming a half-grey training image, EXIF orientation is applied, and
-the result is always mode "L" or "RGB" with transparency flattened on white.
+EPS/PostScript, which Pillow hands to Ghostscript, no SVG, no PDF), the cost of decoding is checked
+from the header *before* decoding (decompression bombs, below), the whole file is decoded so a
+truncated file fails here instead of becoming a half-grey training image, EXIF orientation is
+applied, and the result is always mode "L" or "RGB" with transparency flattened on white.
+
+Reduced-size decoding. Every reader of a picture here makes a small model input (28 to a few
+hundred pixels), so a JPEG is decoded at the largest reduction its decoder offers (1/2, 1/4 or 1/8,
+Pillow's ``Image.draft``, done inside libjpeg's inverse DCT) that keeps both sides at least
+``min_side``: a 12-megapixel phone photo asked for 64 pixels is decoded at 500 x 375 (0.19 MP), in
+a fraction of the time and memory of the full picture. ``open_image``'s default ``min_side``
+(``DECODE_SIDE``, 1024) leaves enough for any conversion in ``photo.py``; the folder reader asks
+for its working size.
+
+The one limit (decompression bombs). A picture is refused when what it would cost to decode is too
+much, measured on the pixels actually decoded (after the reduction above), not on the header's size:
+
+- more than ``MAX_PIXELS`` (89,478,485, Pillow's own default, about 89 megapixels: 268 MB as RGB)
+  decoded pixels; or
+- more than ``EXPANSION_FLOOR`` (16,777,216, 4096 x 4096) decoded pixels that are over
+  ``MAX_EXPANSION`` (200) times the file's size in bytes (a 9000 x 9000 PNG of one colour is 258 kB
+  and would decode to 243 MB, 941 times its size; photos decode to 5-30 times theirs).
+
+So a 108-megapixel, 3 MB JPEG from a phone is decoded at 1/8 scale (1.7 MP) and let through; a
+20000 x 20000 PNG is refused whatever its file size; a 108-megapixel PNG too. The same rule and the
+same words (``bomb_message``) serve predict, the HTTP service, folder datasets and the jobs
+uploads. Pillow's own check (at twice its limit, on the header size) is raised for the moment of
+opening only, so a large JPEG reaches our rule, and its DecompressionBombWarning is silenced: our
+rule, stricter where it matters, decides.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,8 +55,16 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset({
     ".ppm", ".pgm", ".pbm", ".pnm", ".ico",
 })
 
-# Pillow's own default bomb limit (~89.5 MP): a large phone photo fits, a 20k x 20k PNG does not.
-DEFAULT_MAX_PIXELS: int = 89_478_485
+# The one decompression-bomb limit (module docstring): decoded pixels per picture, after reduced-size
+# decoding. Pillow's own default figure (~89.5 MP, 268 MB as RGB).
+MAX_PIXELS: int = 89_478_485
+DEFAULT_MAX_PIXELS: int = MAX_PIXELS  # the older name, kept for callers
+# Decoded bytes per byte of file above which a large picture (over EXPANSION_FLOOR pixels) is refused.
+MAX_EXPANSION: int = 200
+EXPANSION_FLOOR: int = 4096 * 4096
+# JPEG decoding is reduced (1/2, 1/4, 1/8) as long as both sides stay at least this many pixels.
+DECODE_SIDE: int = 1024
+_MAX_REDUCTION = 8  # libjpeg's largest DCT scaling, Pillow's draft()
 # No legitimate picture for this tool is this big on disk; refuse before reading it into memory.
 MAX_FILE_BYTES: int = 256 * 1024 * 1024
 
@@ -48,6 +82,11 @@ _GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I
 # Truncated files must fail, never be padded with grey. Re-asserted here in case another library
 # in the process flipped Pillow's global switch.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+# Our limit decides (module docstring); Pillow's warning about a header over its own figure would only
+# repeat it in a library's words, so it is silenced here. Pillow's error stays on as a backstop.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+_OPEN_LOCK = threading.Lock()  # Pillow's limit is a module global: raised only while we open a header
 
 
 class ImageError(DataError):
@@ -85,6 +124,33 @@ def _one_line(exc: BaseException) -> str:
     return text[:200]
 
 
+def bomb_message(where: str, width: int, height: int, *, file_bytes: int | None = None,
+                 max_pixels: int = MAX_PIXELS) -> str | None:
+    """Why a picture decoding to ``width`` x ``height`` pixels (after any reduced-size decoding) from a
+    file of ``file_bytes`` bytes is refused as a possible decompression bomb, or None when it is not:
+    the one rule and its wording for every path (module docstring; limits MAX_PIXELS, MAX_EXPANSION
+    above EXPANSION_FLOOR pixels). ``max_pixels`` defaults to MAX_PIXELS."""
+    pixels = width * height
+    if pixels > max_pixels:
+        return (f"{where}: refused as a possible decompression bomb: it decodes to {width}x{height} = "
+                f"{pixels:,} pixels, over the limit of {max_pixels:,} pixels a picture "
+                f"(large JPEGs count at the reduced size they are decoded at)")
+    if file_bytes and pixels > EXPANSION_FLOOR and pixels * 3 > MAX_EXPANSION * file_bytes:
+        return (f"{where}: refused as a possible decompression bomb: {width}x{height} = {pixels:,} pixels "
+                f"from a file of {file_bytes:,} bytes, over {MAX_EXPANSION} times its size "
+                f"(the limit for pictures over {EXPANSION_FLOOR:,} pixels)")
+    return None
+
+
+def reduction(width: int, height: int, min_side: int | None) -> int:
+    """The JPEG reduction (1, 2, 4 or 8) that keeps both sides of a ``width`` x ``height`` picture at
+    least ``min_side`` pixels (Pillow's ``Image.draft`` rule); 1 when ``min_side`` is None."""
+    if not min_side:
+        return 1
+    scale = min(width // min_side, height // min_side)
+    return next((s for s in (8, 4, 2) if scale >= s), 1)
+
+
 def to_l_or_rgb(img: Image.Image) -> Image.Image:
     """Flatten any decoded mode to "L" or "RGB", compositing transparency on white (also the rule
     ``photo.PictureConversion`` applies to a picture of another mode handed to it directly)."""
@@ -111,13 +177,7 @@ def to_l_or_rgb(img: Image.Image) -> Image.Image:
     return img.convert("L" if gray else "RGB")
 
 
-def open_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Decode one untrusted picture fully into a mode "L" or "RGB" image (first frame only).
-
-    Raises DataError with a one-line reason naming the file for anything unusable: unreadable,
-    not an allowed format, too many pixels, truncated or corrupt.
-    """
-    where = _describe(source)
+def _read(source: str | Path | bytes, where: str) -> bytes:
     try:
         if isinstance(source, bytes | bytearray):
             data = bytes(source)
@@ -134,23 +194,86 @@ def open_image(source: str | Path | bytes, *, max_pixels: int = DEFAULT_MAX_PIXE
     if refused:
         raise ImageError(f"{where}: {refused} files are not accepted; use PNG, JPEG, BMP, GIF, TIFF or WEBP",
                          "unsupported")
+    return data
+
+
+def _open_header(data: bytes | io.BufferedReader, where: str) -> Image.Image:
+    """Pillow's lazy open (the header only) of an allowed format, its errors in our words. Pillow's
+    own bomb check is raised for this moment to what reduced-size decoding can bring under our limit
+    (``_MAX_REDUCTION`` squared times ``MAX_PIXELS``); our rule follows once the decoded size is known."""
+    fp = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        img = Image.open(io.BytesIO(data), formats=_allowed_formats())
-    except Image.DecompressionBombError as exc:
-        raise ImageError(f"{where}: image too large, refused as a possible decompression bomb "
-                         f"({_one_line(exc)})", "bomb") from None
+        with _OPEN_LOCK:
+            saved = Image.MAX_IMAGE_PIXELS
+            if saved is not None:
+                Image.MAX_IMAGE_PIXELS = max(saved, MAX_PIXELS * _MAX_REDUCTION ** 2 // 2)
+            try:
+                return Image.open(fp, formats=_allowed_formats())
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved
+    except Image.DecompressionBombError:
+        raise ImageError(f"{where}: refused as a possible decompression bomb: its header declares over "
+                         f"{MAX_PIXELS * _MAX_REDUCTION ** 2:,} pixels, more than can be decoded within the limit "
+                         f"of {MAX_PIXELS:,} pixels a picture", "bomb") from None
     except Image.UnidentifiedImageError:
         raise ImageError(f"{where}: not a supported image (allowed: {', '.join(ALLOWED_FORMATS)})",
                          "unsupported") from None
     except Exception as exc:  # Pillow raises many types for malformed headers
         raise ImageError(f"{where}: corrupt image header ({_one_line(exc)})", "corrupt") from None
+
+
+def _draft(img: Image.Image, min_side: int | None) -> None:
+    """Ask a JPEG's decoder for the reduced size (``reduction``); other formats decode at full size."""
+    if min_side and img.format in ("JPEG", "MPO") and reduction(*img.size, min_side) > 1:
+        img.draft(None, (min_side, min_side))
+
+
+def picture_size(path: str | Path) -> tuple[int, int] | None:
+    """(width, height) of a picture file as ``open_image`` will return it before ``min_side`` reduction:
+    the header's size, sides swapped when its EXIF orientation turns it by 90 degrees; None when the
+    header cannot be read (``open_image`` then says why). Reads the header only (~0.1 ms a JPEG)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1024)
+            if not head or _refused_kind(head):
+                return None
+            handle.seek(0)
+            with _open_header(handle, str(path)) as img:  # type: ignore[arg-type]
+                width, height = img.size
+                try:
+                    turned = img.getexif().get(0x0112) in (5, 6, 7, 8)  # EXIF Orientation: transposed or 90/270
+                except Exception:
+                    turned = False
+    except (OSError, ImageError):
+        return None
+    return (height, width) if turned else (width, height)
+
+
+def open_image(source: str | Path | bytes, *, max_pixels: int = MAX_PIXELS,
+               min_side: int | None = DECODE_SIDE) -> Image.Image:
+    """Decode one untrusted picture fully into a mode "L" or "RGB" image (first frame only), upright.
+
+    ``min_side``: a JPEG is decoded at the largest reduction (1/2, 1/4, 1/8) that keeps both sides at
+    least this many pixels (None: full size); other formats decode at full size. The decoded size is
+    checked against the one bomb limit (``bomb_message``: ``max_pixels``, default MAX_PIXELS, and
+    MAX_EXPANSION) before any pixel is decoded.
+
+    Raises ImageError (a DataError) with a one-line reason naming the file for anything unusable:
+    unreadable, not an allowed format, a possible decompression bomb, truncated or corrupt.
+    """
+    where = _describe(source)
+    data = _read(source, where)
+    img = _open_header(data, where)
     with img:
-        width, height = img.size
-        if width * height > max_pixels:
-            raise ImageError(f"{where}: image is {width}x{height} = {width * height:,} pixels, over the "
-                             f"{max_pixels:,} limit (possible decompression bomb)", "bomb")
-        if width == 0 or height == 0:
+        if img.width == 0 or img.height == 0:
             raise ImageError(f"{where}: image has zero size", "corrupt")
+        try:
+            _draft(img, min_side)
+        except Exception as exc:
+            raise ImageError(f"{where}: corrupt image header ({_one_line(exc)})", "corrupt") from None
+        refused = bomb_message(where, img.width, img.height, file_bytes=len(data), max_pixels=max_pixels)
+        if refused:
+            raise ImageError(refused, "bomb")
         try:
             img.load()
             upright = ImageOps.exif_transpose(img)

@@ -40,7 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
-from ..data.images import DEFAULT_MAX_PIXELS, ImageError, open_image
+from ..data.images import MAX_PIXELS, ImageError, open_image
 from ..errors import MinivisionError
 from ..photo import BACKGROUNDS
 from ..predict import predict_images
@@ -65,7 +65,7 @@ class ServedModel:
         self.lm, self.device, self.max_pixels = lm, device, max_pixels
         self.lock = threading.Lock()  # the model: one inference at a time
         # requests decoding or predicting at once: with ``max_pixels`` per request, this bounds the
-        # memory that decoded pictures can take (2 x 89.5 MP x 3 bytes ~ 0.5 GB at worst)
+        # memory that decoded pictures can take (2 x 89.5 MP x 3 bytes ~ 0.5 GB at worst, images.MAX_PIXELS)
         self.slots = threading.BoundedSemaphore(busy_requests)
         digest = hashlib.sha256((lm.path / "model.safetensors").read_bytes()).hexdigest()
         self.version = f"{__version__}+{digest[:12]}"
@@ -84,19 +84,21 @@ class ServedModel:
                 background: str | None = None) -> list[dict[str, Any]]:
         """Decode and predict, in a worker thread. Raises UploadError naming the first bad picture.
 
-        Pixels are counted over the whole request, against the same limit as one picture: 16
-        pictures of 80 megapixels each would otherwise hold 4 GB of decoded pixels at once."""
+        Each picture is held to the one bomb limit (``images.bomb_message``, ``max_pixels`` a picture,
+        counted as decoded: a large JPEG at its reduced size), and the decoded pixels of the whole
+        request to the same figure: 16 pictures of 80 megapixels each would otherwise hold 4 GB."""
         with self.slots:
             decoded, pixels = [], 0
             for name, data in images:
                 try:
-                    img = open_image(data, max_pixels=self.max_pixels - pixels)
+                    img = open_image(data, max_pixels=self.max_pixels, min_side=self.lm.preprocess.photo.decode_side)
                 except ImageError as exc:
                     reason = str(exc).removeprefix("<uploaded bytes>: ")
-                    if pixels and exc.kind == "bomb":
-                        reason += f" (the limit counts all the pictures of a request: {pixels:,} before this one)"
                     raise UploadError(IMAGE_STATUS.get(exc.kind, 400), f"{name}: {reason}") from None
                 pixels += img.width * img.height
+                if pixels > self.max_pixels:
+                    raise UploadError(400, f"{name}: the pictures of this request decode to {pixels:,} pixels "
+                                           f"together, over the limit of {self.max_pixels:,} pixels a request")
                 decoded.append(img)
             with self.lock, torch.inference_mode():
                 results = predict_images(self.lm, decoded, top_k=top_k, names=[n for n, _ in images],
@@ -181,7 +183,7 @@ _PREDICT_BODY = {"requestBody": {"required": True, "content": {
 # ----------------------------------------------------------------------------- the app
 
 def create_app(run: str | Path, *, max_body_mb: float = 10, max_files: int = 16, top_k: int = 3,
-               device: str = "auto", threads: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+               device: str = "auto", threads: int | None = None, max_pixels: int = MAX_PIXELS,
                jobs_dir: Path | None = None, jobs_max_upload_mb: int = 200) -> FastAPI:
     """The FastAPI app serving the model in ``run``; loads it now (MinivisionError for a bad run).
 
