@@ -164,7 +164,8 @@ def test_multipart_one_and_several_files(server):
     r = _post_files(server, [("a.png", encode(clean_picture(2)))])
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"predictions", "model", "version", "files"}
+    assert set(body) == {"predictions", "model", "version", "files", "notes"}
+    assert body["notes"] == [None]  # a picture with something in it: no note
     assert len(body["predictions"]) == 1 and len(body["predictions"][0]) == 3  # default top_k 3
     top = body["predictions"][0][0]
     assert top["label"] == "class2" and top["index"] == 2 and 0 < top["score"] <= 1

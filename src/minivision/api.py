@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import TrainConfig
+from .config import SETTINGS, TrainConfig, check_settings
 from .data.dataset import Dataset
 from .errors import MinivisionError
 from .fileio import fsync_path
@@ -120,18 +120,26 @@ class Classifier:
 
     # -- training
 
-    def fit(self, data: str | Dataset = "fashion-mnist", *, data_dir: str | None = None,
+    def fit(self, data: Any = "fashion-mnist", y: Any = None, *, data_dir: str | None = None,
             test_data: str | None = None, progress: bool | None = None,
             listeners: list[Any] | None = None) -> Classifier:
-        """Train on a dataset name, CSV file, image folder or a ``Dataset`` from ``load_dataset``; returns self.
+        """Train on a dataset name, CSV file, image folder, a ``Dataset`` from ``load_dataset``, or pictures and
+        labels as arrays, ``fit(x_train, y_train)`` as in Keras; returns self.
 
-        ``data_dir``: the folder with a named dataset's files; ``test_data``: a second CSV file as the test split;
-        ``listeners``: your own ``minivision.listeners.Listener`` objects (the training loop's events)."""
+        Arrays (``minivision.arrays``): pictures N x H x W, N x H x W x C or N x C x H x W, uint8 0-255 or
+        float 0-1; labels ``y`` integers 0..K-1, class names or one-hot rows; a ``Note`` warning says what was
+        assumed. ``data_dir``: the folder with a named dataset's files; ``test_data``: a second CSV file as the
+        test split; ``listeners``: your own ``minivision.listeners.Listener`` objects (the training loop's
+        events). Raises MinivisionError (one line) for data or settings it cannot take."""
         from .train import fit
 
+        data = _training_data(data, y)
         settings = self.get_params(deep=False)
         settings["extra"] = dict(settings["extra"] or {})
         name = data.name if isinstance(data, Dataset) else str(data)
+        # the settings' own rules, named as parameters ("parameter epochs must be an integer, got '3'")
+        check_settings({k: v for k, v in settings.items() if v is not None and k in SETTINGS},
+                       what="parameter", as_flags=False)
         cfg = TrainConfig.from_dict({**settings, "data": name, "data_dir": data_dir, "test_data": test_data})
         result = fit(cfg, dataset=data if isinstance(data, Dataset) else None, progress=progress,
                      log=lambda msg: None if progress is False else print(msg), listeners=listeners)
@@ -139,6 +147,11 @@ class Classifier:
             raise MinivisionError(f"training interrupted; resume with minivision train --resume {result.run_dir}")
         self._set_loaded(load_model(result.run_dir))
         self._dataset_ = data if isinstance(data, Dataset) else None
+        if isinstance(data, Dataset) and data.name == "arrays" and data.val is None:
+            from .data.split import make_val
+
+            c = result.config  # the validation split training made (seeded): evaluate() scores it
+            self._dataset_ = make_val(data, val_split=c.val_split, val_first=c.val_first, seed=c.seed)
         self.history_ = result.history
         self.test_metrics_ = result.test
         return self
@@ -163,18 +176,41 @@ class Classifier:
 
     # -- inference
 
+    def _images(self, X: Any) -> torch.Tensor:
+        """uint8 (N, C, H, W) at the model's input from an array in any layout ``minivision.arrays`` takes;
+        a ``Note`` says what was assumed and which pictures are empty."""
+        from .arrays import images_from_array, note
+        from .inference import blank_pictures
+
+        lm = self._check_fitted()
+        x, said = images_from_array(X, lm.preprocess.channels, tuple(lm.preprocess.size))
+        if said:
+            note(said)
+        _note_empty([i for i, b in enumerate(blank_pictures(x).tolist()) if b])
+        return x
+
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities (N, K) for uint8 arrays (N, H, W) / (N, C, H, W), paths or PIL images."""
+        """Class probabilities, float32 (N, K) in ``classes_`` order, for pictures: an array (N x H x W,
+        N x H x W x C, N x C x H x W or one picture; uint8 0-255 or float 0-1: see ``minivision.arrays``),
+        a path, a PIL image, or a list of paths or PIL images. Paths and PIL images go through the model's
+        photo conversion, as ``minivision predict``; arrays are taken as the model's input. A ``Note``
+        warning says what was assumed and which pictures are empty. Raises MinivisionError (one line)."""
+        from .arrays import is_array
         from .predict import predict_images, proba_for_tensor
 
         lm = self._check_fitted()
-        if isinstance(X, (np.ndarray, torch.Tensor)):
-            return proba_for_tensor(lm, torch.as_tensor(X)).numpy()
+        if is_array(X):
+            return proba_for_tensor(lm, self._images(X)).numpy()
         items = list(X) if isinstance(X, (list, tuple)) else [X]
+        odd = [v for v in items if not isinstance(v, (str, Path, bytes)) and not hasattr(v, "convert")]
+        if odd or not items:
+            raise MinivisionError("predict takes pictures as an array (N x H x W, ...), file paths or PIL images; "
+                                  f"got {type(odd[0]).__name__ if odd else 'an empty list'}")
         results = predict_images(lm, items, top_k=len(lm.classes))
         bad = [r for r in results if "error" in r]
         if bad:
             raise MinivisionError(f"{bad[0]['path']}: {bad[0]['error']}")
+        _note_empty([i for i, r in enumerate(results) if r.get("empty")])
         out = np.zeros((len(results), len(lm.classes)), dtype=np.float32)
         for i, r in enumerate(results):
             for t in r["top_k"]:
@@ -182,9 +218,22 @@ class Classifier:
         return out
 
     def predict(self, X: Any) -> list[str]:
-        """Class names, one per image."""
+        """Class names, one per picture (the pictures as ``predict_proba`` takes them)."""
         lm = self._check_fitted()
         return [lm.classes[i] for i in self.predict_proba(X).argmax(1)]
+
+    def score(self, X: Any, y: Any = None) -> float:
+        """Top-1 accuracy in [0, 1], scikit-learn's ``score``: of pictures ``X`` (as ``predict`` takes them)
+        against labels ``y`` (indices into ``classes_`` or class names), or, without ``y``, of the data
+        ``X`` names (a dataset, file or folder, as ``evaluate``). Raises MinivisionError (one line)."""
+        if y is None:
+            if isinstance(X, (np.ndarray, torch.Tensor, list, tuple)):
+                raise MinivisionError("score(X, y): give the labels y of the pictures X")
+            return float(self.evaluate(X)["accuracy"])
+        lm = self._check_fitted()
+        pred = self.predict_proba(X).argmax(1)
+        want = _label_indices(y, len(pred), lm.classes)
+        return float((pred == want).mean()) if len(pred) else float("nan")
 
     def _scoring(self, data: str | Dataset | None, split: str | None) -> Any:
         """``evaluate.ScoringData`` of ``data``: the training data (None, the ``Dataset`` given to ``fit``, or
@@ -240,11 +289,11 @@ class Classifier:
                                 log=log or (lambda m: None))
 
     def features(self, X: Any) -> np.ndarray:
-        """Penultimate-layer features (N, D) of uint8 images (N, C, H, W) / (N, H, W)."""
+        """Penultimate-layer features, float32 (N, D), of pictures as an array (the layouts and scales
+        ``predict_proba`` takes)."""
         from .embed import penultimate_features
 
-        x = torch.as_tensor(X)
-        return penultimate_features(self._check_fitted(), x.unsqueeze(1) if x.ndim == 3 else x)
+        return penultimate_features(self._check_fitted(), self._images(X))
 
     def embed(self, data: str | None = None, split: str = "test", method: str = "pca", n: int = 2000,
               projector: str | Path | None = None, **kw: Any) -> dict[str, Any]:
@@ -279,6 +328,55 @@ class Classifier:
         if hasattr(self, "run_dir_"):
             shown.append(f"run_dir_={str(self.run_dir_)!r}")
         return f"Classifier({', '.join(shown)})"
+
+
+def _training_data(data: Any, y: Any) -> Any:
+    """``fit``'s data: a name or path as given, a ``Dataset``, or a ``Dataset`` made of arrays and labels."""
+    from .arrays import images_from_array, is_array, labels_from_array, note
+    from .data.dataset import Split
+
+    if is_array(data):
+        if y is None:
+            raise MinivisionError("fit(X, y): give the labels y of the pictures X")
+        x, said = images_from_array(data)
+        labels, classes, said_y = labels_from_array(y, len(x))
+        if said or said_y:
+            note("; ".join(s for s in (said, said_y) if s))
+        return Dataset("arrays", classes, Split(x, labels), source="arrays given to fit")
+    if y is not None:
+        raise MinivisionError("fit(data, y): labels go with pictures given as an array; a dataset name, file or "
+                              "folder has its own")
+    if not isinstance(data, (str, Path, Dataset)):
+        raise MinivisionError("fit takes a dataset name, a CSV file or image folder, a Dataset, or pictures and "
+                              f"labels as arrays (fit(X, y)); got {type(data).__name__}")
+    return data
+
+
+def _label_indices(y: Any, n: int, classes: list[str]) -> np.ndarray:
+    """``y`` (indices into ``classes`` or class names, N) as indices; MinivisionError for an unknown name."""
+    a = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if a.ndim != 1 or len(a) != n:
+        raise MinivisionError(f"expected {n} labels, one per picture; got labels of shape {tuple(a.shape)}")
+    if a.dtype.kind in "USO":
+        index = {c: i for i, c in enumerate(classes)}
+        unknown = sorted({str(v) for v in a} - set(index))
+        if unknown:
+            raise MinivisionError(f"labels {', '.join(map(repr, unknown[:5]))} are not among the model's classes "
+                                  f"({', '.join(classes)})")
+        return np.array([index[str(v)] for v in a])
+    if a.dtype.kind not in "iu" or (n and (a.min() < 0 or a.max() >= len(classes))):
+        raise MinivisionError(f"labels must be class indices 0-{len(classes) - 1} or class names")
+    return a.astype(np.int64)
+
+
+def _note_empty(empty: list[int]) -> None:
+    """One ``Note`` naming the empty pictures (by position, from 0), as ``inference.blank_pictures`` finds them."""
+    from .arrays import note
+
+    if empty:
+        which = ", ".join(str(i) for i in empty[:10]) + (", ..." if len(empty) > 10 else "")
+        note(f"picture {which} is empty (one colour, or almost): its label is a guess" if len(empty) == 1 else
+             f"pictures {which} are empty (one colour, or almost): their labels are guesses")
 
 
 def load(path: str | Path) -> Classifier:

@@ -13,11 +13,13 @@ import math
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import __version__
 from .config import DEVICES, add_train_arguments
 from .errors import MinivisionError
+from .errors import Note as MinivisionNote
 
 
 class _Parser(argparse.ArgumentParser):
@@ -294,7 +296,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
         else:
             rest = ", ".join(f"{t['label']} {t['score']:.1%}" for t in r["top_k"][1:])
             plain = f"  [flip TTA; plain: {r['plain']['label']} {r['plain']['score']:.1%}]" if "plain" in r else ""
-            print(f"{r['path']}: {r['label']} {r['score']:.1%}" + (f"  ({rest})" if rest else "") + plain)
+            note = f"  [note: {r['note']}]" if "note" in r else ""
+            print(f"{r['path']}: {r['label']} {r['score']:.1%}" + (f"  ({rest})" if rest else "") + plain + note)
     if a.csv:
         print(f"saved {write_csv(results, a.csv)}", file=sys.stderr)
     if shown:
@@ -446,6 +449,25 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict
             "bench": cmd_bench, "serve": cmd_serve}
 
 
+_SHOWN: set[str] = set()
+
+
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning that reaches the command (ours: ``errors.Note``; a library's: Pillow's decompression-bomb
+    warning, torch's, matplotlib's) becomes one ``note:`` line on stderr, each text once: no file name,
+    line number or source line, which speak to developers, not users."""
+    text = " ".join(str(message).split())
+    if category.__name__ == "DecompressionBombWarning":
+        m = re.search(r"\((\d+) pixels\)", text)
+        text = (f"a picture is very large ({int(m.group(1)):,} pixels)" if m else "a picture is very large")
+        text += ": decoding it takes long and much memory"
+    elif not issubclass(category, MinivisionNote):
+        text = re.split(r"(?<=[.!?]) ", text)[0].rstrip(".")  # a library's first sentence is the point
+    if text not in _SHOWN:
+        _SHOWN.add(text)
+        print(f"note: {text}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()  # a --budget counts from here (torch & co. are imported later)
     parser = build_parser()
@@ -455,7 +477,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line
+            return COMMANDS[args.command](args)
     except MinivisionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -81,6 +81,44 @@ def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, flo
     return loss, acc
 
 
+# A picture is empty when the central 98% of its grey levels (1st to 99th percentile) span fewer than
+# BLANK_SPREAD of 256: one colour, or so little contrast that nothing in it can be told apart. Why 10:
+# sensor and JPEG noise on a plain backdrop spans a few levels once the picture is reduced to at most
+# THUMB_PX a side, as ``predict`` does before the check (measured: one grey plus Gaussian noise of
+# sd 2-3, 400 x 400, JPEG quality 75 or 95: 1-3 levels reduced, 5-15 at full size); a garment or a
+# digit spans a hundred or more. Leaving out the outer 1% on each side keeps a speck or a dead pixel
+# from making an empty picture look full.
+BLANK_SPREAD = 10.0
+THUMB_PX = 64
+EMPTY_NOTE = "the picture is empty (one colour, or almost): the label is a guess"
+
+
+def blank_pictures(x: torch.Tensor) -> torch.Tensor:
+    """bool (N,): which of the uint8 pictures ``x`` (N, C, H, W), any size and channels, are empty by the
+    ``BLANK_SPREAD`` rule (grey level = the mean of the channels)."""
+    import numpy as np
+
+    if x.ndim != 4 or len(x) == 0:
+        return torch.zeros(len(x) if x.ndim else 0, dtype=torch.bool)
+    out = []
+    for i in range(0, len(x), 1024):  # a bounded copy in float at a time
+        grey = x[i:i + 1024].float().mean(1).flatten(1).numpy()
+        lo, hi = np.percentile(grey, [1, 99], axis=1)
+        out.append(torch.from_numpy((hi - lo) < BLANK_SPREAD))
+    return torch.cat(out)
+
+
+def empty_picture(img) -> bool:
+    """A PIL image (any mode and size) is empty by the ``BLANK_SPREAD`` rule, checked on a copy reduced to
+    at most ``THUMB_PX`` a side (which averages sensor and JPEG noise away)."""
+    import numpy as np
+
+    small = img.convert("L")
+    small = small.copy() if small is img else small
+    small.thumbnail((THUMB_PX, THUMB_PX))
+    return bool(blank_pictures(torch.from_numpy(np.array(small, dtype=np.uint8))[None, None])[0])
+
+
 def split_for(ds: Dataset, name: str) -> Split:
     """The split ``name`` (train, val or test) of ``ds``; MinivisionError when it is missing or empty."""
     split = getattr(ds, name, None)

@@ -35,7 +35,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from PIL import Image
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -154,6 +154,8 @@ class PredictResponse(BaseModel):
     model: str
     version: str
     files: list[str]
+    notes: list[str | None] = Field(description="per picture: a note such as an empty picture's (one colour, "
+                                                "or almost: its label is a guess), else null")
     inputs: list[str] | None = None
 
 
@@ -270,7 +272,8 @@ def create_app(run: str | Path, *, max_body_mb: float = 10, max_files: int = 16,
                                                   default_top_k)
         results = await anyio.to_thread.run_sync(served.predict, upload.images, k, want_input, background)
         out: dict[str, Any] = {"predictions": [r["top_k"] for r in results], "model": served.name,
-                               "version": served.version, "files": [name for name, _ in upload.images]}
+                               "version": served.version, "files": [name for name, _ in upload.images],
+                               "notes": [r.get("note") for r in results]}
         if want_input:
             out["inputs"] = [r["input_png"] for r in results]
         return out
