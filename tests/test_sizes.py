@@ -214,6 +214,14 @@ def test_predict_prepares_a_big_photo_as_the_folder_did(tmp_path):
     for r, x in zip(results, ds.train.x, strict=True):
         assert np.array_equal(r["input"].numpy(), x.numpy()), r["path"]
 
+    from minivision.cli import main
+
+    assert main(["evaluate", str(run), "--json"]) == 0  # its own folder, read again at 30 x 40 with crop
+    for i in range(2):  # other data: square pictures of another size, converted as predict converts them
+        write_jpeg(tmp_path / "other" / "a" / f"{i}.jpg", 90, 90, colour=(250, 0, 0))
+        write_jpeg(tmp_path / "other" / "b" / f"{i}.jpg", 90, 90, colour=(0, 0, 250))
+    assert main(["evaluate", str(run), "--data", str(tmp_path / "other"), "--json"]) == 0
+
 
 # ----------------------------------------------------------------------------- the one bomb limit
 

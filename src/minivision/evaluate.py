@@ -73,7 +73,8 @@ def scoring_data(lm: LoadedModel, data: str | None = None, data_dir: str | None 
                 split = "val"
         ds = dataset_for(lm, data, data_dir, test_data, split=split)
         return ScoringData(ds, split, split_for(ds, split), notes + list(ds.notes))
-    ds = load_dataset(data, data_dir=data_dir, test_data=test_data, test_only=split in (None, "test"))
+    ds = load_dataset(data, data_dir=data_dir, test_data=test_data, test_only=split in (None, "test"),
+                      conversion=lm.preprocess.photo)  # a folder's pictures converted as predict converts them
     return other_data(lm, ds, split)
 
 
@@ -119,7 +120,9 @@ def dataset_for(lm: LoadedModel, data: str | None = None, data_dir: str | None =
         data = info.get("data") or "fashion-mnist"
     data_dir = data_dir or info.get("data_dir")
     test_data = test_data or info.get("test_data")
-    ds = load_dataset(data, data_dir=data_dir, test_data=test_data, test_only=split == "test")
+    photo = lm.preprocess.photo  # a folder read again at the model's working size and fit
+    ds = load_dataset(data, data_dir=data_dir, test_data=test_data, test_only=split == "test",
+                      **({"conversion": photo} if photo.method == "resize" else {"imgsz": max(photo.size)}))
     check_compatible(lm, ds)
     if split == "test":
         return ds
