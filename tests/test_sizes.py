@@ -21,6 +21,8 @@ from minivision.data.images import ImageError, bomb_message, open_image, picture
 from minivision.errors import DataError, MinivisionError
 from minivision.photo import FITS, PAD_VALUE, PictureConversion
 
+from .conftest import needs_fashion_mnist
+
 # ----------------------------------------------------------------------------- the working size
 
 
@@ -151,6 +153,27 @@ def test_a_models_conversion_reads_another_folder_the_same_way(tmp_path):
     assert ds.image_size == (40, 40) and tuple(ds.test.x.shape[1:]) == (3, 40, 40)
     grey = read_image_folder(tmp_path / "held", conversion=PictureConversion((20, 30), 1, fit="crop"))
     assert tuple(grey.train.x.shape[1:]) == (1, 20, 30) and grey.conversion.fit == "crop"
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_pictures_in_a_folder_stay_28_by_28_and_unchanged(tmp_path):
+    """Real data: 500 Fashion-MNIST test pictures written as PNG class folders come back as a one-channel
+    28 x 28 dataset with exactly their pixels (grey data like Fashion-MNIST is never enlarged), and the
+    model's conversion chosen from them is still Zalando's."""
+    from minivision.data import load_dataset
+    from minivision.preprocess import Preprocess
+
+    fm = load_dataset("fashion-mnist", test_only=True)
+    x, y = fm.test.x[:500].numpy(), fm.test.y[:500].numpy()
+    for i, (img, label) in enumerate(zip(x, y, strict=True)):
+        path = tmp_path / f"{label:02d}" / f"{i:04d}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(img[0]).save(path)
+    ds = read_image_folder(tmp_path)
+    assert ds.image_size == (28, 28) and ds.channels == 1
+    order = np.lexsort((np.arange(len(y)), y))  # class folder, then file name
+    assert np.array_equal(ds.train.x.numpy(), x[order]) and np.array_equal(ds.train.y.numpy(), y[order])
+    assert Preprocess.fit(ds.train.x, "unit", ds.conversion).photo.method == "zalando"
 
 
 # ----------------------------------------------------------------------------- reduced-size decoding
