@@ -7,16 +7,21 @@ import dataclasses
 import inspect
 import subprocess
 import sys
+import warnings
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 from sklearn.base import clone
 from sklearn.utils import estimator_checks
 
 import minivision as mv
 from minivision.config import TrainConfig
+from minivision.errors import Note
 from minivision.models import DEFAULT_MODEL
 
-from .conftest import synthetic_dataset
+from .conftest import synthetic_dataset, synthetic_images
 
 FIT_ARGUMENTS = {"data", "data_dir", "test_data"}  # the data, given to fit; every other setting is a parameter
 
@@ -103,3 +108,127 @@ def test_neither_import_minivision_nor_the_classifier_imports_sklearn():
             "print('sklearn' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- arrays as Keras tutorials give them
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A softmax model fitted on arrays as ``keras.datasets`` gives them: uint8 N x 28 x 28 and integer labels."""
+    x, y = synthetic_images(200, classes=4)
+    clf = mv.Classifier(model="softmax", epochs=2, augment="", out=str(tmp_path_factory.mktemp("api")))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the plain layout needs no note
+        clf.fit(x[:160, 0], y[:160], progress=False)
+    return clf, x[160:, 0], y[160:]
+
+
+def _notes(fn):
+    """(result, notes) of ``fn()``; any other warning (torch's, numpy's) fails the test."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn()
+    others = [w for w in caught if not issubclass(w.category, Note)]
+    assert not others, [str(w.message) for w in others]
+    return result, [str(w.message) for w in caught]
+
+
+def test_fit_on_arrays_names_classes_by_label_and_scores_its_validation_split(fitted):
+    clf, x, y = fitted
+    assert clf.classes_ == ["0", "1", "2", "3"]
+    scored = clf.evaluate()  # no test split: the validation split training held out, as in its history
+    assert scored["split"] == "val" and 0 < scored["n"] < 160
+    assert scored["accuracy"] == pytest.approx(max(r["val_accuracy"] for r in clf.history_))  # the best epoch
+
+
+def test_every_tutorial_layout_and_scale_gives_the_same_probabilities_with_a_note(fitted):
+    clf, x, _ = fitted
+    plain, notes = _notes(lambda: clf.predict_proba(x))
+    assert notes == [] and plain.shape == (40, 4)
+    read_only = x.copy()
+    read_only.flags.writeable = False
+    cases = {
+        "N x 28 x 28 x 1": (x[..., None], "channels last"),
+        "N x 1 x 28 x 28": (x[:, None], None),
+        "float 0-1": (x / 255.0, "values 0-1, scaled to 0-255"),
+        "float 0-255": (x.astype(np.float32), "float32 values 0-255"),
+        "torch": (torch.from_numpy(x.copy()), None),
+        "list of pictures": (list(x), None),
+        "read-only": (read_only, None),
+    }
+    for name, (arr, said) in cases.items():
+        got, notes = _notes(lambda arr=arr: clf.predict_proba(arr))
+        np.testing.assert_allclose(got, plain, atol=1e-6, err_msg=name)
+        assert (said is None and notes == []) or (len(notes) == 1 and said in notes[0]), (name, notes)
+    one, notes = _notes(lambda: clf.predict(x[3]))
+    assert one == [clf.classes_[plain[3].argmax()]] and notes == ["took the array as one 28 x 28 picture"]
+    feats, _ = _notes(lambda: clf.features(x[3]))
+    assert feats.shape[0] == 1
+
+
+def test_score_on_arrays_is_top1_accuracy_by_index_or_name(fitted):
+    clf, x, y = fitted
+    pred = clf.predict_proba(x).argmax(1)
+    assert clf.score(x, y) == pytest.approx((pred == y).mean())
+    assert clf.score(x, [clf.classes_[i] for i in y]) == pytest.approx((pred == y).mean())
+    wrong = (y + 1) % 4
+    assert clf.score(x, wrong) == pytest.approx((pred == wrong).mean())  # a score that can be low
+    with pytest.raises(mv.MinivisionError, match="not among the model's classes"):
+        clf.score(x[:2], ["0", "cat"])
+    with pytest.raises(mv.MinivisionError, match="labels y"):
+        clf.score(x)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((2, 32, 32), np.uint8), r"grey pictures of 28 x 28 .*shape \(2, 32, 32\)"),
+    (np.zeros((2, 28, 28, 3), np.uint8), r"grey pictures of 28 x 28"),
+    (np.full((2, 28, 28), -0.5), r"0-1 or 0-255; these run from -0.5 .*normalis"),
+    (np.full((2, 28, 28), np.nan), r"NaN"),
+    ([np.zeros((28, 28)), np.zeros((27, 28))], r"different sizes"),
+    (None, r"got NoneType"),
+    (5, r"got int"),
+    (np.zeros((2, 28, 28), dtype=bool), r"must be numbers"),
+])
+def test_arrays_the_model_cannot_take_are_one_line_errors(fitted, bad, message):
+    clf, _, _ = fitted
+    with pytest.raises(mv.MinivisionError, match=message) as e:
+        clf.predict(bad)
+    assert "\n" not in str(e.value)
+
+
+def test_fit_on_arrays_takes_channels_last_one_hot_and_names_and_says_so(tmp_path):
+    x, y = synthetic_images(80, classes=2)
+    clf = mv.Classifier(model="softmax", epochs=1, out=str(tmp_path))
+    _, notes = _notes(lambda: clf.fit(x[:, 0, :, :, None] / 255.0, np.eye(2)[y], progress=False))
+    assert len(notes) == 1 and "channels last" in notes[0] and "0-1" in notes[0] and "one-hot" in notes[0]
+    assert clf.classes_ == ["0", "1"]
+    clf2 = mv.Classifier(model="softmax", epochs=1, out=str(tmp_path)).fit(x[:, 0], np.array(["cat", "dog"])[y],
+                                                                            progress=False)
+    assert clf2.classes_ == ["cat", "dog"]
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda c, x, y: c.fit(x), r"give the labels y"),
+    (lambda c, x, y: c.fit(x, y[:3]), r"expected 20 labels, one per picture; got labels of shape \(3,\)"),
+    (lambda c, x, y: c.fit(x, y + 0.5), r"whole numbers"),
+    (lambda c, x, y: c.fit(None), r"fit takes a dataset name.*got NoneType"),
+    (lambda c, x, y: c.fit("fashion-mnist", y), r"labels go with pictures given as an array"),
+    (lambda c, x, y: c.set_params(epochs="3").fit(x, y), r"^parameter epochs must be an integer, got '3'$"),
+])
+def test_wrong_types_to_fit_are_one_line_errors_in_the_api_s_words(tmp_path, call, message):
+    x, y = synthetic_images(20, classes=2)
+    clf = mv.Classifier(model="softmax", epochs=1, out=str(tmp_path))
+    with pytest.raises(mv.MinivisionError, match=message):
+        call(clf, x[:, 0], y)
+    assert not list(tmp_path.iterdir())  # refused before a run folder was made
+
+
+def test_an_empty_picture_is_predicted_with_a_note(fitted, tmp_path):
+    clf, x, _ = fitted
+    pictures = np.concatenate([x[:2], np.full((1, 28, 28), 90, np.uint8)])
+    labels, notes = _notes(lambda: clf.predict(pictures))
+    assert len(labels) == 3 and notes == ["picture 2 is empty (one colour, or almost): its label is a guess"]
+    Image.new("L", (200, 120), 240).save(tmp_path / "blank.png")
+    Image.fromarray(np.kron(x[0], np.ones((4, 4), np.uint8))).save(tmp_path / "full.png")
+    _, notes = _notes(lambda: clf.predict([str(tmp_path / "full.png"), str(tmp_path / "blank.png")]))
+    assert notes == ["picture 1 is empty (one colour, or almost): its label is a guess"]

@@ -250,7 +250,7 @@ class Classifier:
             data = trained
         if isinstance(data, Dataset):
             check_compatible(lm, data)
-            split = split or "test"
+            split = split or ("test" if data.test is not None and len(data.test) else "val")  # as the docstring says
             return ScoringData(data, split, split_for(data, split), list(data.notes))
         return scoring_data(lm, data, split=split)
 
