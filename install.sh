@@ -33,6 +33,21 @@ if [ -n "$extras" ] && ! command -v chromium >/dev/null 2>&1; then
     sudo_ apt-get install -y -qq chromium >/dev/null; } || die "could not install Debian's chromium (apt-get failed)"
 fi
 
+# Fonts with wide coverage (Debian's Noto), so class names in any script (Chinese, Japanese, Arabic,
+# accented Latin...) are drawn in the report's pictures, report.html and the web page, not as boxes.
+# Not an error without them: pictures then show boxes for those names, with a one-line note.
+fonts_note="class names in scripts DejaVu Sans lacks (Chinese, Japanese, ...) will be drawn as boxes"
+if ! dpkg -s fonts-noto-core fonts-noto-cjk >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null && command -v dpkg >/dev/null; then
+    echo "installing fonts-noto-core and fonts-noto-cjk (Debian packages, for class names in every script)..."
+    sudo_ apt-get install -y -qq fonts-noto-core fonts-noto-cjk >/dev/null 2>&1 || { sudo_ apt-get update -qq || true; \
+      sudo_ apt-get install -y -qq fonts-noto-core fonts-noto-cjk >/dev/null; } || \
+      echo "install.sh: note: could not install fonts-noto-core and fonts-noto-cjk (apt-get failed): $fonts_note" >&2
+  else
+    echo "install.sh: note: no apt-get here: install Noto Sans and Noto Sans CJK yourself, or $fonts_note" >&2
+  fi
+fi
+
 PY=${PYTHON:-python3}
 # Pin the CPU build of PyTorch first: an unpinned torch pulls gigabytes of CUDA packages.
 if ! "$PY" -c 'import torch' >/dev/null 2>&1; then

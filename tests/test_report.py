@@ -4,8 +4,11 @@ self-contained and leaves out what it was not given."""
 
 from __future__ import annotations
 
+import functools
+import io
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -310,3 +313,83 @@ def test_write_report_is_atomic(tmp_path):
     assert out == tmp_path / "sub" / "report.html"
     assert out.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
     assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # no temporary file left behind
+
+
+# ---------------------------------------------------------------------------------------------- every script
+
+WORLD = ["T恤", "ズボン", "حقيبة", "Écharpe", "외투", "Сумка"]  # Chinese, Japanese, Arabic, accents, Korean, Cyrillic
+
+
+def _draw_every_picture(names: list[str]) -> list[Figure]:
+    k = len(names)
+    x = np.random.default_rng(0).integers(0, 256, (k, 1, 8, 8), dtype=np.uint8)
+    confusion = torch.arange(k * k).view(k, k)
+    return [plots.image_grid(x, [f"{n} 93%\n({n})" for n in names]), plots.plot_confusion(confusion, names),
+            plots.plot_confusion(confusion, names, normalize=True),
+            plots.plot_class_counts({"train": list(range(1, k + 1))}, names)]
+
+
+def test_class_names_in_every_script_are_drawn_without_missing_glyphs():
+    from minivision.report import fonts
+
+    assert fonts.uncovered(WORLD) == ""  # the installed fonts have every glyph ...
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for fig in _draw_every_picture(WORLD):
+            fig.savefig(io.BytesIO(), format="png")  # matplotlib's own savefig: nothing of ours filters here
+    # ... and matplotlib uses them: it warns "Glyph ... missing from font(s)" for any it cannot draw
+    assert not [str(w.message) for w in caught if "missing from" in str(w.message)]
+    assert fonts.font_note(WORLD) is None
+
+
+def test_the_picture_shows_the_glyph_not_a_box():
+    """The CJK name is drawn by the CJK font: its ink differs from the box DejaVu Sans draws alone."""
+    import matplotlib
+
+    from minivision.report import fonts
+
+    def ink(families: list[str]) -> np.ndarray:
+        with matplotlib.rc_context({"font.family": families}), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fig = Figure(figsize=(1, 0.5))
+            fig.text(0.1, 0.2, "恤", fontsize=20)
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=60)
+        return np.asarray(Image.open(buf).convert("L"))
+
+    assert not np.array_equal(ink(fonts.use_fonts()), ink(["DejaVu Sans"]))
+
+
+def test_without_the_fonts_a_note_and_no_warning(monkeypatch, tmp_path):
+    from minivision.report import fonts
+
+    dejavu = [(f, p) for f, p in fonts.installed_fonts() if f == "DejaVu Sans"]
+    monkeypatch.setattr(fonts, "installed_fonts", lambda: tuple(dejavu))
+    monkeypatch.setattr(fonts, "_covered", functools.lru_cache(maxsize=1)(fonts._covered.__wrapped__))
+    note = fonts.font_note(WORLD)
+    assert note is not None and note.count("\n") == 0 and "恤" in note and "fonts-noto-cjk" in note
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # our drawing puts its filter back in front of this
+            for i, fig in enumerate(_draw_every_picture(WORLD)):
+                style.save_figure(fig, tmp_path / f"{i}.png")
+                style.png_bytes(fig)
+        assert not [str(w.message) for w in caught if "missing from" in str(w.message)]
+        assert fonts.use_fonts() == ["DejaVu Sans"]
+    finally:
+        monkeypatch.undo()
+        fonts.use_fonts()  # the full list again for the tests after this one
+
+
+def test_a_report_logs_the_font_note_once(monkeypatch, tmp_path):
+    from minivision.report import fonts, run
+
+    monkeypatch.setattr(fonts, "font_note", lambda texts: "note: no installed font draws X" if "X" in texts else None)
+    k = 2
+    split = type("S", (), {})()
+    split.x = torch.zeros(6, 1, 8, 8, dtype=torch.uint8)
+    split.y = torch.tensor([0, 1, 0, 1, 0, 1])
+    lines: list[str] = []
+    run.write_run_report(tmp_path, classes=["X", "Y"], split=split, split_name="test", logits=torch.randn(6, k),
+                         history=None, meta={}, parameters=1, settings={}, dataset=[], log=lines.append)
+    assert lines.count("note: no installed font draws X") == 1

@@ -169,3 +169,103 @@ def test_report_renders_in_chromium(tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "page.png").size[0] == 1280
+
+
+# ---------------------------------------------------------------------------------------------- every script
+
+WORLD = ["T恤", "ズボン", "حقيبة", "Écharpe", "외투", "Сумка"]
+
+_MARK = """names => {
+  // the innermost element whose whole text is the name gets data-name-index, and the first one only
+  const found = [];
+  names.forEach((name, i) => {
+    const el = [...document.querySelectorAll('body *')].find(e => e.children.length === 0
+                                                               && e.textContent.trim() === name);
+    if (el) { el.setAttribute('data-name-index', String(i)); found.push(i); }
+  });
+  void document.body.offsetHeight;  // lay the page out again now, before the fonts are asked for
+  return found;
+}"""
+
+
+def _charmap(family: str) -> set[int]:
+    """The code points of the font file fontconfig (Chromium's font source on Linux) uses for ``family``."""
+    import subprocess
+
+    from matplotlib.ft2font import FT2Font
+
+    path = subprocess.run(["fc-match", "-f", "%{file}", family], capture_output=True, text=True, check=True).stdout
+    return set(FT2Font(path).get_charmap())
+
+
+def fonts_in_use(url: str, names: list[str], setup: str | None = None) -> dict[str, list[str]]:
+    """{name: families Chromium drew it with} for each of ``names`` found as an element's whole text on
+    the page at ``url`` (``setup``: JavaScript run first, with ``names`` as its argument). Uses the
+    DevTools call ``CSS.getPlatformFontsForNode``: the fonts that actually rendered the node's glyphs."""
+    from playwright.sync_api import sync_playwright
+
+    browser_path = require_browser()
+    out: dict[str, list[str]] = {}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"], headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(url, wait_until="load")
+            if setup:
+                page.evaluate(setup, names)
+            found = page.evaluate(_MARK, names)
+            # two animation frames: the page is laid out and painted, so the fonts are known
+            page.evaluate("() => document.fonts.ready.then(() => new Promise(r => "
+                          "requestAnimationFrame(() => requestAnimationFrame(r))))")
+            cdp = page.context.new_cdp_session(page)
+            cdp.send("DOM.enable")
+            cdp.send("CSS.enable")
+            root = cdp.send("DOM.getDocument", {"depth": -1})["root"]["nodeId"]  # the whole tree, laid out
+            for i in found:
+                node = cdp.send("DOM.querySelector", {"nodeId": root, "selector": f'[data-name-index="{i}"]'})
+                fonts = cdp.send("CSS.getPlatformFontsForNode", {"nodeId": node["nodeId"]})["fonts"]
+                out[names[i]] = [f["familyName"] for f in fonts]
+        finally:
+            browser.close()
+    return out
+
+
+def _assert_drawn(used: dict[str, list[str]], names: list[str]) -> None:
+    assert sorted(used) == sorted(names), f"names not shown as text: {set(names) - set(used)}"
+    for name, families in used.items():
+        covered = set().union(*(_charmap(f) for f in families))
+        missing = [ch for ch in name if ord(ch) not in covered]
+        assert not missing, f"{name!r} drawn with {families}, which lack {missing} (empty boxes)"
+
+
+def test_class_names_in_every_script_render_in_the_report(tmp_path):
+    require_browser()
+    used = fonts_in_use(_synthetic_report(tmp_path, WORLD).resolve().as_uri(), WORLD)
+    _assert_drawn(used, WORLD)
+    assert any("CJK" in f for f in used["T恤"])  # a font with the glyph, not DejaVu Sans's box
+
+
+def test_class_names_in_every_script_render_on_the_web_page(tmp_path):
+    """The service's page, its font stack as shipped; the bars a prediction fills are made by the page's
+    own script, here given the names directly."""
+    require_browser()
+    from minivision.serve import app
+
+    page_html = tmp_path / "page.html"
+    page_html.write_text((Path(app.__file__).parent / "page.html").read_text(encoding="utf-8"), encoding="utf-8")
+    setup = """names => { const ol = document.getElementById('bars');
+      for (const n of names) { const li = document.createElement('li'); const s = document.createElement('span');
+        s.className = 'name'; s.textContent = n; li.appendChild(s); ol.appendChild(li); }
+      document.getElementById('answer').hidden = false; }"""
+    used = fonts_in_use(page_html.resolve().as_uri(), WORLD, setup)
+    _assert_drawn(used, WORLD)
+
+
+def test_the_font_check_can_fail(tmp_path):
+    """A private-use character no font has: the check must see the box."""
+    require_browser()
+    page = tmp_path / "box.html"
+    page.write_text("<p>\U000F0041</p><p>T恤</p>", encoding="utf-8")
+    used = fonts_in_use(page.resolve().as_uri(), ["\U000F0041", "T恤"])
+    with pytest.raises(AssertionError, match="empty boxes"):
+        _assert_drawn(used, ["\U000F0041", "T恤"])

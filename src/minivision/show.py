@@ -54,6 +54,7 @@ def show_dataset(data: str = "fashion-mnist", *, data_dir: str | None = None, te
 
     Files the reader could not use are reported as ``train`` reports them (a line naming the first,
     all of them in the folder's ``skipped.txt``), with the reader's notes (e.g. an empty class left out)."""
+    from .report.fonts import font_note
     from .report.plots import plot_class_counts
     from .report.style import save_figure
 
@@ -74,6 +75,8 @@ def show_dataset(data: str = "fashion-mnist", *, data_dir: str | None = None, te
         write_text(folder / "skipped.txt", skipped_listing(ds))
     for line in dataset_messages(ds):  # as train reports them: notes, then the files it could not use
         log(line)
+    if (missing := font_note(ds.classes)) is not None:  # class names no installed font draws
+        log(missing)
     log(ds.describe())
     log(format_counts(ds, counts))
     log(f"saved {samples}, {bars}, {folder / 'class_counts.csv'}")

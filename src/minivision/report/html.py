@@ -2,7 +2,10 @@
 
 Every picture is embedded as a ``data:`` URL and the styling is inline, so the page can be mailed,
 archived or opened offline and shows the same: no script, no font, no URL of any kind. Every
-piece of text goes through ``html.escape`` (class names come from folder names).
+piece of text goes through ``html.escape`` (class names come from folder names). Class names may be
+in any script: the font stack names the system fonts of each platform, then the Noto families
+(``install.sh`` installs Debian's fonts-noto-core and fonts-noto-cjk), so a browser finds a font
+with the glyphs (the same families the pictures use, report/fonts.py).
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ _FIGURES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
 _CSS = """
 :root { color-scheme: light; }
 * { box-sizing: border-box; }
-body { margin: 0; font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+body { margin: 0; font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, "Noto Sans",
+       "Noto Sans CJK JP", "Hiragino Sans", "PingFang SC", "Microsoft YaHei", "Noto Sans Arabic", "Noto Sans Hebrew",
+       "Noto Sans Devanagari", "Noto Sans Thai", sans-serif;
        color: #1f2328; background: #f6f8fa; line-height: 1.5; }
 header { background: #24292f; color: #fff; padding: 14px 20px 0; }
 header h1 { margin: 0 0 8px; font-size: 1.35rem; font-weight: 600; overflow-wrap: anywhere; }

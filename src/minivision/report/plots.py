@@ -4,7 +4,7 @@ Each function takes an optional matplotlib ``ax`` and returns the Figure (see ``
 an ``ax`` it sizes its own figure from what it draws (grid shape, length of the class names), with
 fixed margins computed up front instead of ``constrained_layout``, which costs ~0.3 s a drawing.
 Text from users (class names come from folder names) is drawn literally: a ``$`` never starts
-mathtext.
+mathtext; in any script: ``fonts.py`` gives matplotlib a fallback list of installed Noto fonts.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 
 from ..metrics import calibration as _calibration
 from ..metrics import most_confused, per_class_metrics
-from . import style
+from . import fonts, style
 
 __all__ = ["image_grid", "plot_confusion", "plot_calibration", "plot_class_counts", "calibration_from_probs",
            "per_class_metrics", "most_confused"]
@@ -42,12 +42,10 @@ def _plain(s: Any) -> str:
 
 
 def _text_width(s: str, fontsize: float) -> float:
-    """Width in inches of ``s`` (longest line) in the default font: FreeType's advance widths, as
-    the Agg renderer measures text (a TextPath per line took 25 ms; this takes microseconds)."""
-    from matplotlib.font_manager import FontProperties, findfont, get_font
-
-    font = get_font(findfont(FontProperties(size=fontsize)))
-    font.set_size(fontsize, 72)
+    """Width in inches of ``s`` (longest line) in the pictures' fonts (``fonts.py``: DejaVu Sans with
+    per-glyph fallback, so a CJK name is measured in the font that draws it): FreeType's advance
+    widths, as the Agg renderer measures text (a TextPath per line took 25 ms; this takes microseconds)."""
+    font = fonts.text_fonts(fontsize)
     widest = 0.0
     for line in s.split("\n"):
         if line.strip():

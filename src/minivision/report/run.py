@@ -60,12 +60,15 @@ def write_run_report(run_dir: Path, *, classes: list[str], split: Split, split_n
     """Write every report file into ``run_dir``; returns the metrics, calibration and file paths.
 
     ``tta_logits`` (flip test-time augmentation) adds its accuracy beside the plain one."""
+    from .fonts import font_note
     from .history import plot_history
     from .html import write_report
     from .plots import image_grid, plot_calibration, plot_confusion
     from .style import RIGHT, WRONG, figure_of, save_figure
 
     run_dir = Path(run_dir)
+    if (missing := font_note(classes)) is not None:  # one line instead of matplotlib's glyph warnings
+        log(missing)
     y = split.y
     probs = torch.softmax(logits, 1)
     metrics = metrics_from_logits(logits, y, classes)

@@ -35,11 +35,17 @@ def class_colors(n: int) -> list[str]:
 def new_figure(width: float, height: float) -> Any:
     from matplotlib.figure import Figure
 
+    from .fonts import use_fonts
+
+    use_fonts()  # class names in any script: per-glyph fallback over the installed Noto fonts (fonts.py)
     return Figure(figsize=(width, height))
 
 
 def figure_of(ax: Any, width: float, height: float) -> tuple[Any, Any]:
     """``(figure, ax)``: the given Axes and its figure, or a new figure with one Axes."""
+    from .fonts import use_fonts
+
+    use_fonts()  # before any text is made: fonts for every script, and no glyph warnings from our drawing
     if ax is not None:
         return ax.figure, ax
     fig = new_figure(width, height)

@@ -1,0 +1,144 @@
+"""Fonts for class names in every script: matplotlib's per-glyph font fallback over Noto.
+
+Class names come from users (folder names, the jobs API): ``T恤``, ``ズボン``, ``حقيبة``, ``Écharpe``.
+Matplotlib's default font (DejaVu Sans) has no CJK glyphs, so such a name was drawn as empty boxes
+with a "Glyph ... missing from font(s)" warning. Matplotlib >= 3.6 falls back glyph by glyph along
+``rcParams["font.family"]`` when it is a list of families; ``use_fonts`` sets that list to DejaVu
+Sans (the look of every picture so far) followed by the Noto families installed here (Debian's
+``fonts-noto-core`` and ``fonts-noto-cjk``, which ``install.sh`` installs). Only installed families
+are listed: matplotlib logs "findfont: Font family ... not found" for each missing one.
+
+Where a name still has characters no installed font covers, ``font_note`` gives the one line to
+print (the picture shows boxes for them); matplotlib's own missing-glyph warning never comes out
+of minivision's drawing (``use_fonts``).
+
+Ours, not a library's, because it is product policy: which families, in what order, and the note.
+Matplotlib (3.11 here) shapes the text itself: Arabic letters are joined and read right to left.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable
+from pathlib import Path
+
+# DejaVu Sans first: matplotlib's default, so Latin text looks as before. Then Noto: Latin/Greek/
+# Cyrillic extras, CJK (the JP face covers Chinese and Korean ideographs and kana/hangul too), the
+# right-to-left scripts, and the large Indic/South-East Asian ones in fonts-noto-core.
+FAMILIES = ("DejaVu Sans", "Noto Sans", "Noto Sans CJK JP", "Noto Sans Arabic", "Noto Sans Hebrew",
+            "Noto Sans Devanagari", "Noto Sans Bengali", "Noto Sans Tamil", "Noto Sans Thai",
+            "Noto Sans Armenian", "Noto Sans Georgian", "Noto Sans Ethiopic", "Noto Sans Symbols",
+            "Noto Sans Symbols2")
+INSTALL_HINT = "install Debian's fonts-noto-core and fonts-noto-cjk (./install.sh does)"
+
+
+# where Debian's fonts-noto-core and fonts-noto-cjk put the files (read when matplotlib's font cache,
+# written before they were installed, does not list them)
+DEBIAN_NOTO_DIRS = ("/usr/share/fonts/truetype/noto", "/usr/share/fonts/opentype/noto")
+
+
+def _find(family: str):
+    from matplotlib import font_manager
+
+    try:
+        return font_manager.findfont(font_manager.FontProperties(family=family), fallback_to_default=False)
+    except ValueError:  # not installed, or not in matplotlib's font cache
+        return None
+
+
+def _file_names(family: str) -> tuple[str, ...]:
+    if family == "Noto Sans CJK JP":
+        return ("NotoSansCJK-Regular.ttc", "NotoSansCJKjp-Regular.otf")
+    return (family.replace(" ", "") + "-Regular.ttf",)
+
+
+@functools.lru_cache(maxsize=1)
+def installed_fonts() -> tuple[tuple[str, object], ...]:
+    """(family, font file) for each of ``FAMILIES`` installed here, in ``FAMILIES`` order.
+
+    Matplotlib lists the system's fonts once, in a cache kept across versions' runs; fonts installed
+    after that (``install.sh`` run after a first plot) are added from ``DEBIAN_NOTO_DIRS`` here."""
+    from matplotlib import font_manager
+
+    found = []
+    for family in FAMILIES:
+        path = _find(family)
+        if path is None:
+            for folder in DEBIAN_NOTO_DIRS:
+                for name in _file_names(family):
+                    candidate = Path(folder) / name
+                    if candidate.is_file():
+                        try:
+                            font_manager.fontManager.addfont(str(candidate))
+                        except (OSError, RuntimeError, ValueError):
+                            continue
+            path = _find(family)
+        if path is not None:
+            found.append((family, path))
+    return tuple(found)
+
+
+def use_fonts() -> list[str]:
+    """Set matplotlib's ``font.family`` to the installed fallback list; returns it (idempotent).
+
+    Also keeps matplotlib's "Glyph ... missing from font(s)" warning out of minivision's own drawing
+    (the filter matches warnings attributed to ``minivision`` modules only, so a user's own plots
+    keep theirs; it is put back in front at every call, as ``warnings.filterwarnings`` does): where
+    no installed font draws a class name, ``font_note`` gives the one line the caller prints."""
+    import warnings
+
+    import matplotlib
+
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning,
+                            module=r"minivision\.")
+    families = [family for family, _ in installed_fonts()] or ["sans-serif"]
+    if list(matplotlib.rcParams["font.family"]) != families:
+        matplotlib.rcParams["font.family"] = families
+    return families
+
+
+@functools.lru_cache(maxsize=1)
+def _covered() -> frozenset[int]:
+    from matplotlib.ft2font import FT2Font
+
+    codes: set[int] = set()
+    for _, path in installed_fonts():
+        try:
+            codes.update(FT2Font(path).get_charmap())
+        except (OSError, RuntimeError, ValueError):
+            continue
+    return frozenset(codes)
+
+
+def uncovered(texts: Iterable[str]) -> str:
+    """The characters of ``texts`` no installed font has a glyph for (spaces and controls aside), in
+    order of first appearance."""
+    covered = _covered()
+    seen: dict[str, None] = {}
+    for text in texts:
+        for ch in str(text):
+            if ch.isprintable() and not ch.isspace() and ord(ch) not in covered:
+                seen.setdefault(ch)
+    return "".join(seen)
+
+
+def font_note(texts: Iterable[str]) -> str | None:
+    """One line for the user when some characters of ``texts`` (class names) cannot be drawn in the
+    pictures, else None."""
+    missing = uncovered(texts)
+    if not missing:
+        return None
+    shown = " ".join(missing[:8]) + (" ..." if len(missing) > 8 else "")
+    return f"note: no installed font draws {shown} in the pictures (shown as boxes); {INSTALL_HINT}"
+
+
+def text_fonts(size: float):
+    """A FreeType font with the fallback chain, sized ``size`` points at 72 dpi, for measuring text as
+    the Agg renderer draws it (``matplotlib.font_manager.get_font`` with a list of files)."""
+    from matplotlib.font_manager import FontProperties, findfont, get_font
+
+    use_fonts()  # the warning filter, before set_text can warn about a missing glyph
+    paths = [path for _, path in installed_fonts()] or [findfont(FontProperties())]
+    font = get_font(paths)
+    font.set_size(size, 72)
+    return font
