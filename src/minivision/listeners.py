@@ -178,8 +178,11 @@ def run_state(run_dir: Path) -> str | None:
     p = read_progress(run_dir) or {}
     has_checkpoint = (run_dir / "last.safetensors").is_file()
     if p.get("state") == "failed":
-        where = "" if has_checkpoint else " before its first checkpoint"
-        return f"run {run_dir} failed{where}: {p.get('error') or 'no reason recorded'}; train again"
+        reason = p.get("error") or "no reason recorded"
+        if has_checkpoint:
+            return (f"run {run_dir} failed: {reason}; train again, or resume it from its last checkpoint with "
+                    f"`minivision train --resume {run_dir}`")
+        return f"run {run_dir} failed before its first checkpoint: {reason}; train again"
     if has_checkpoint:
         return (f"{run_dir} has no finished model yet (training was interrupted): resume it with "
                 f"`minivision train --resume {run_dir}`")
