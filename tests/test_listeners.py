@@ -142,3 +142,54 @@ def test_classifier_fit_passes_listeners(tmp_path):
     mv.Classifier(model="cnn1", epochs=1, batch_size=32, out=str(tmp_path)).fit(
         synthetic_dataset(240, 80), progress=False, listeners=[rec])
     assert [e[0] for e in rec.events].count("epoch_end") == 1 and rec.events[-1][0] == "fit_end"
+
+
+# ----------------------------------------------------------------------------- epoch lines users can follow
+
+class _FakeClock(Listener):
+    """Each training step takes 0.05 s of fake time and nothing else takes any (as in test_invariants)."""
+
+    def __init__(self) -> None:
+        self.steps = 0
+
+    def __call__(self) -> float:
+        return self.steps * 0.05
+
+    def on_step_end(self, trainer) -> None:
+        self.steps += 1
+        assert self.steps < 400, "a budget run that does not end"
+
+
+def _epoch_lines(log: list[str]) -> list[str]:
+    return [line.split("  train loss")[0] for line in log if line.startswith("epoch ")]
+
+
+def test_a_budget_run_s_epoch_lines_say_the_time_left_and_the_last_reads_n_of_n(tmp_path, monkeypatch):
+    """The plan changes as the planner learns the speed (the first guess, then a re-plan at every epoch
+    end), so a denominator would jump; the lines give the time left, and the last one the total."""
+    import re
+
+    from minivision.listeners import Report
+
+    monkeypatch.setattr(Report, "on_fit_end", lambda self, trainer: None)
+    clock, log = _FakeClock(), []
+    cfg = TrainConfig(budget=7.0, model="softmax", batch_size=16, val_split=0.25, augment="", out=str(tmp_path))
+    r = fit(cfg, dataset=synthetic_dataset(240, 40), progress=False, log=log.append, clock=clock, listeners=[clock])
+    lines = _epoch_lines(log)
+    n = len(r.history)
+    assert n >= 4 and len(lines) == n
+    assert lines[-1] == f"epoch {n}/{n}"
+    left = []
+    for i, line in enumerate(lines[:-1], start=1):
+        m = re.fullmatch(rf"epoch {i} · (\d+)s left", line)
+        assert m, line
+        left.append(int(m.group(1)))
+    assert left == sorted(left, reverse=True) and left[0] <= 7  # counts down from the budget
+    assert json.loads((r.run_dir / "model.json").read_text())["budget"]["replans"] >= 1  # the plan did move
+
+
+def test_a_fixed_length_run_keeps_its_epoch_n_of_n_lines(tmp_path):
+    log: list[str] = []
+    fit(TrainConfig(model="softmax", epochs=3, augment="", out=str(tmp_path)), dataset=synthetic_dataset(40, 8),
+        progress=False, log=log.append)
+    assert _epoch_lines(log) == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
