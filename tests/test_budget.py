@@ -195,6 +195,7 @@ def test_small_data_scale_and_batch():
     assert small_data_batch(900, 256) == 225  # 4 steps an epoch, not 4 of 256 (the last one 132)
     assert small_data_batch(60, 128) == 15
     assert small_data_batch(20, 128) == 8  # batch norm needs a few images
+    assert small_data_batch(5, 128) == 5 and small_data_batch(1, 128) == 1  # never more than there are
 
 
 def test_a_small_dataset_needs_as_many_images_seen_for_a_larger_network():

@@ -127,10 +127,10 @@ def small_data_scale(n_train: int) -> float:
 def small_data_batch(n_train: int, batch_size: int) -> int:
     """The batch size for ``n_train`` training images: ``batch_size`` unless that leaves fewer than
     ``MIN_STEPS_PER_EPOCH`` steps an epoch (a recipe's 256 on 900 images is 4 steps, 60 pictures 1
-    step: too few updates, and the planner re-plans only after ~15 steps)."""
+    step: too few updates, and the planner re-plans only after ~15 steps), and never more than the images."""
     if n_train >= MIN_STEPS_PER_EPOCH * batch_size:
         return batch_size
-    return max(MIN_SMALL_BATCH, min(batch_size, n_train // MIN_STEPS_PER_EPOCH))
+    return max(1, min(n_train, max(MIN_SMALL_BATCH, min(batch_size, n_train // MIN_STEPS_PER_EPOCH))))
 
 
 def pick_rung(seconds_per_epoch: dict[str, float], usable_s: float, ladder: tuple[Rung, ...] = LADDER,
