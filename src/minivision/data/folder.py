@@ -35,14 +35,23 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from minivision.data.dataset import Dataset, Split
-from minivision.data.images import IMAGE_EXTENSIONS, MAX_PIXELS, is_grayscale, open_image, picture_size
+from minivision.data.images import (
+    IMAGE_EXTENSIONS,
+    MAX_PIXELS,
+    is_grayscale,
+    open_image,
+    picture_size,
+    reduction,
+)
 from minivision.data.rules import drop_empty_classes, is_ignored
 from minivision.data.sources import user_cache_dir
 from minivision.errors import DataError
@@ -54,6 +63,7 @@ _CACHE_VERSION = 2
 _POOL_MIN_FILES = 2000  # below this, starting processes costs more than it saves
 _POOL_MIN_BYTES = 64 << 20  # ... unless the files are big (phone photos: ~15 ms each to decode reduced)
 _CHUNK = 500
+_KEEP_BYTES = 64 << 10  # files this small may be small pictures: decoded in the first pass (see _probe)
 IMGSZ_CAP = 64       # default working size: the median longer side, at most this (module docstring)
 SHAPE_SHARE = 0.9    # the frame takes the pictures' aspect ratio when this share of them have it
 _SAME_SHAPE = 0.02   # aspect ratios within 2% count as one (4032 x 3024 and 4000 x 3000)
@@ -165,6 +175,28 @@ def _decode_chunk(paths: list[str], conversion: PictureConversion, max_pixels: i
     return [_decode(p, conversion, max_pixels) for p in paths]
 
 
+# first pass, one picture: (upright size or None, its pixels when small enough to keep, why it failed)
+Probed = tuple[tuple[int, int] | None, np.ndarray | None, str]
+
+
+def _probe(path: str, max_pixels: int) -> Probed:
+    """A picture's upright size from its header; a small picture (a CIFAR-10 JPEG, a Fashion-MNIST PNG:
+    at most IMGSZ_CAP squared pixels) is decoded at once instead and kept, since a second opening would
+    cost as much as its decoding. A failure is kept with its reason, so the picture is not tried again."""
+    if os.path.getsize(path) > _KEEP_BYTES:
+        return picture_size(path), None, ""
+    try:
+        arr = np.asarray(open_image(path, max_pixels=max_pixels, min_side=None))
+    except DataError as exc:
+        return None, None, str(exc).removeprefix(f"{path}: ")
+    size = (int(arr.shape[1]), int(arr.shape[0]))
+    return size, (arr if size[0] * size[1] <= IMGSZ_CAP ** 2 else None), ""
+
+
+def _probe_chunk(paths: list[str], max_pixels: int) -> list[Probed]:
+    return [_probe(p, max_pixels) for p in paths]
+
+
 def _workers() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -172,29 +204,54 @@ def _workers() -> int:
         return os.cpu_count() or 1
 
 
-def _decode_all(paths: list[str], conversion: PictureConversion, max_pixels: int, total_bytes: int) -> list[Decoded]:
-    """Decode in forked worker processes when it pays (Linux, several cores, many or big files)."""
-    import multiprocessing
+class _Runner:
+    """Runs a per-file function over chunks of paths: in forked worker processes when it pays (Linux,
+    several cores, many or big files), else here. One pool serves both passes (sizes, then pictures)."""
 
-    workers = min(_workers(), 8)
-    many = len(paths) >= _POOL_MIN_FILES or (total_bytes >= _POOL_MIN_BYTES and len(paths) >= 2 * workers)
-    if not many or workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return _decode_chunk(paths, conversion, max_pixels)
-    size = min(_CHUNK, -(-len(paths) // workers))
-    chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
-    # fork, not spawn: spawn re-imports the user's __main__ (a script without a main guard would
-    # run again) and pays the torch import per worker; workers touch only Pillow and numpy.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        parts = pool.map(_decode_chunk, chunks, [conversion] * len(chunks), [max_pixels] * len(chunks))
+    def __init__(self, n_paths: int, total_bytes: int) -> None:
+        import multiprocessing
+
+        workers = min(_workers(), 8)
+        many = n_paths >= _POOL_MIN_FILES or (total_bytes >= _POOL_MIN_BYTES and n_paths >= 2 * workers)
+        self.pool = None
+        if many and workers >= 2 and "fork" in multiprocessing.get_all_start_methods():
+            # fork, not spawn: spawn re-imports the user's __main__ (a script without a main guard would
+            # run again) and pays the torch import per worker; workers touch only Pillow and numpy.
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"))
+        self.workers = workers
+
+    def map(self, fn: Callable[..., list], paths: list[str], *args: Any) -> list:
+        """``fn(chunk, *args)`` over chunks of ``paths``, its lists joined in the order of the paths."""
+        size = max(1, min(_CHUNK, -(-len(paths) // self.workers)))
+        chunks = [paths[i:i + size] for i in range(0, len(paths), size)]
+        if self.pool is None:
+            return [d for chunk in chunks for d in fn(chunk, *args)]
+        parts = self.pool.map(fn, chunks, *([a] * len(chunks) for a in args))
         return [d for part in parts for d in part]
 
+    def __enter__(self) -> _Runner:
+        return self
 
-def _frame(paths: list[str], imgsz: int | None, fit: str, conversion: PictureConversion | None) -> PictureConversion:
-    """The conversion every picture goes through, three channels until the pictures say grey."""
-    if conversion is not None:
-        return conversion
-    sizes = [s for s in map(picture_size, paths) if s is not None]
-    return PictureConversion(working_size(sizes, imgsz), 3, fit=fit)
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def _decode_all(paths: list[str], total_bytes: int, imgsz: int | None, fit: str,
+                conversion: PictureConversion | None, max_pixels: int) -> tuple[PictureConversion, list[Decoded]]:
+    """Both passes: sizes (and small pictures) first, the frame from them, then every picture converted
+    (those kept from the first pass here, unless their frame would decode them reduced)."""
+    with _Runner(len(paths), total_bytes) as runner:
+        probed = runner.map(_probe_chunk, paths, max_pixels)
+        frame = conversion or PictureConversion(working_size([s for s, _, _ in probed if s], imgsz), 3, fit=fit)
+        again = [i for i, (size, arr, reason) in enumerate(probed)
+                 if not reason and (arr is None or reduction(*size, frame.decode_side) > 1)]
+        decoded = dict(zip(again, runner.map(_decode_chunk, [paths[i] for i in again], frame, max_pixels),
+                           strict=True))
+    for i, (_, arr, reason) in enumerate(probed):
+        if i not in decoded:
+            decoded[i] = (None, False, reason) if reason else (frame.convert(arr), is_grayscale(arr), "")
+    return frame, [decoded[i] for i in range(len(paths))]
 
 
 def _build(root: Path, layout: dict[str, dict[str, FileList]], stray: list[str], max_pixels: int,
@@ -204,8 +261,7 @@ def _build(root: Path, layout: dict[str, dict[str, FileList]], stray: list[str],
     jobs = [(split, cls, path, size) for split, per_class in layout.items()
             for cls, files in per_class.items() for path, size, _ in files]
     paths = [p for _, _, p, _ in jobs]
-    frame = _frame(paths, imgsz, fit, conversion)
-    decoded = _decode_all(paths, frame, max_pixels, sum(size for *_, size in jobs))
+    frame, decoded = _decode_all(paths, sum(size for *_, size in jobs), imgsz, fit, conversion, max_pixels)
     skipped = [(p, "not inside a class folder") for p in stray]
     good: dict[str, list[tuple[np.ndarray, int]]] = {split: [] for split in layout}
     gray = True
