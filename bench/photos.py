@@ -11,12 +11,16 @@ is dark, tinted a random dark colour, scaled up 5-12x with antialiasing, placed 
 4:3, 3:4, 16:9 or 1:1 canvas with a white or light-grey, slightly noisy background, and saved as
 ``jpeg`` (quality 85-90), ``png``, ``png-alpha`` (a cut-out: background alpha 0 over black RGB, so
 a reader that drops alpha sees black) and ``jpeg-exif`` (pixels stored rotated a quarter turn with
-the EXIF Orientation tag, 6 or 8, that makes them upright). Every file is read back through
-``open_image`` and the model's saved conversion (``Preprocess.image_to_uint8``, what ``minivision
-predict`` and the HTTP service call), and its accuracy is reported beside the accuracy of the
-plain 28 x 28 test images, and beside the same renditions with no conversion (a plain resize to
-28 x 28 grayscale). ``--write`` stores the figures in bench/results/photos.json and the table
-between the photos markers in docs/BENCHMARKS.md.
+the EXIF Orientation tag, 6 or 8, that makes them upright). Each image is also rendered once more as
+a JPEG in uneven light, one of five round-robin (``lit``): a brightness ramp of 30-70 grey levels
+across the frame in a random direction, a soft shadow, a vignette, a paper/cloth texture, or sensor
+noise. Every file is read back through ``open_image`` and the model's saved conversion
+(``Preprocess.image_to_uint8``, what ``minivision predict`` and the HTTP service call), and its
+accuracy is reported beside the accuracy of the plain 28 x 28 test images, beside the conversion
+before the light correction (``photo.zalando(even_light=False)``: trim by the corner colour), and
+beside the same renditions with no conversion (a plain resize to 28 x 28 grayscale). ``--write``
+stores the figures in bench/results/photos.json and the table between the photos markers in
+docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -51,12 +55,15 @@ HEADING = "## Photos"
 FORMATS = ("jpeg", "png", "png-alpha", "jpeg-exif")
 EXTENSIONS = {"jpeg": ".jpg", "png": ".png", "png-alpha": ".png", "jpeg-exif": ".jpg"}
 ASPECTS = ((4, 3), (3, 4), (16, 9), (1, 1))
+LIGHTS = ("ramp", "shadow", "vignette", "texture", "noise")  # uneven light (``lit``), as JPEGs
+RENDITIONS = FORMATS + LIGHTS
 
 
 # ------------------------------------------------------------------------------------- renditions
 
-def render(x28: np.ndarray, fmt: str, rng: np.random.Generator) -> bytes:
-    """One 28 x 28 Fashion-MNIST image (light garment on black) -> the bytes of a photo-like file."""
+def render(x28: np.ndarray, fmt: str, rng: np.random.Generator, light: str = "even") -> bytes:
+    """One 28 x 28 Fashion-MNIST image (light garment on black) -> the bytes of a photo-like file,
+    lit as ``light`` says (``LIGHTS``; ``lit``)."""
     scale = rng.uniform(5, 12)
     side = int(round(28 * scale))
     garment = Image.fromarray(x28.astype(np.float32) / 255, "F")  # 1 where the garment is, 0 off it
@@ -71,6 +78,8 @@ def render(x28: np.ndarray, fmt: str, rng: np.random.Generator) -> bytes:
     color = rng.uniform(0, 110, size=3)  # a dark garment colour
     base = background + 3 * rng.standard_normal((h, w, 1), dtype=np.float32)  # a slightly noisy background
     rgb = base * (1 - a[..., None]) + color.astype(np.float32) * a[..., None]
+    if light != "even":
+        rgb = lit(rgb, a, background, side, light, rng)
     img = Image.fromarray(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB")
     buf = io.BytesIO()
     if fmt == "jpeg":
@@ -94,8 +103,56 @@ def render(x28: np.ndarray, fmt: str, rng: np.random.Generator) -> bytes:
     return buf.getvalue()
 
 
-def write_renditions(x: np.ndarray, folder: Path, seed: int, all_formats: bool = False) -> list[tuple[int, str, Path]]:
-    """Image i in format i mod 4 (or, with ``all_formats``, in all four); (image index, format, path) per file."""
+def lit(rgb: np.ndarray, a: np.ndarray, background: float, side: int, light: str,
+        rng: np.random.Generator) -> np.ndarray:
+    """A rendition (float (H, W, 3), garment coverage ``a`` (H, W) in 0..1, the garment ``side`` px)
+    in uneven light (``LIGHTS``):
+
+    - ramp: a gain falling linearly across the frame in a random direction, so the backdrop goes
+      from ``background`` to 30-70 grey levels darker (light from a window on one side);
+    - shadow: the garment's silhouette, shifted 3-8% of its size in a random direction and blurred
+      (sd 3-6% of its size), darkens the backdrop behind it by 15-35%;
+    - vignette: a radial gain, 1 at the centre, 30-70 levels darker on the backdrop in the corners;
+    - texture: paper or cloth: blurred noise (sd 4-8 levels, grain 1-3 px) plus a weave (a sine grid
+      of period 4-10 px, amplitude 2-5 levels) on the backdrop;
+    - noise: sensor noise, sd 6-12 levels on every pixel and channel.
+    Gains multiply the whole picture (light falls on the garment too); shadow and texture are on the
+    backdrop, under the garment."""
+    from skimage.filters import gaussian
+
+    h, w = a.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    back = (1 - a)[..., None]
+    if light == "ramp":
+        theta = rng.uniform(0, 2 * np.pi)
+        t = np.cos(theta) * xx + np.sin(theta) * yy
+        t = (t - t.min()) / max(1e-6, float(t.max() - t.min()))  # 0..1 across the frame
+        return rgb * (1 - rng.uniform(30, 70) / background * t)[..., None]
+    if light == "shadow":
+        theta, shift = rng.uniform(0, 2 * np.pi), rng.uniform(0.03, 0.08) * side
+        dy, dx = int(round(shift * np.sin(theta))), int(round(shift * np.cos(theta)))
+        moved = np.roll(a, (dy, dx), axis=(0, 1))
+        soft = gaussian(moved, sigma=rng.uniform(0.03, 0.06) * side)
+        shade = 1 - rng.uniform(0.15, 0.35) * np.clip(soft, 0, 1)
+        return rgb * (back * shade[..., None] + (1 - back))
+    if light == "vignette":
+        r2 = ((xx - (w - 1) / 2) ** 2 + (yy - (h - 1) / 2) ** 2) / (((w - 1) / 2) ** 2 + ((h - 1) / 2) ** 2)
+        return rgb * (1 - rng.uniform(30, 70) / background * r2)[..., None]
+    if light == "texture":
+        grain = gaussian(rng.standard_normal((h, w)), sigma=rng.uniform(1, 3))
+        grain *= rng.uniform(4, 8) / max(1e-6, float(grain.std()))
+        period = rng.uniform(4, 10)
+        weave = rng.uniform(2, 5) * np.sin(2 * np.pi * xx / period) * np.sin(2 * np.pi * yy / period)
+        return rgb + (back * (grain + weave)[..., None]).astype(np.float32)
+    if light == "noise":
+        return rgb + rng.uniform(6, 12) * rng.standard_normal(rgb.shape, dtype=np.float32)
+    raise ValueError(f"unknown light {light!r}")
+
+
+def write_renditions(x: np.ndarray, folder: Path, seed: int, all_formats: bool = False,
+                     uneven: bool = True) -> list[tuple[int, str, Path]]:
+    """Image i in format i mod 4 (or, with ``all_formats``, in all four), evenly lit; with ``uneven``
+    also image i as a JPEG in light i mod 5 (``LIGHTS``). (image index, rendition, path) per file."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     files = []
@@ -104,6 +161,13 @@ def write_renditions(x: np.ndarray, folder: Path, seed: int, all_formats: bool =
             path = folder / f"{i:05d}-{fmt}{EXTENSIONS[fmt]}"
             path.write_bytes(render(x[i], fmt, rng))
             files.append((i, fmt, path))
+    if uneven:
+        light_rng = np.random.default_rng([seed, 1])  # its own stream: the even files stay as they were
+        for i in range(len(x)):
+            light = LIGHTS[i % len(LIGHTS)]
+            path = folder / f"{i:05d}-{light}.jpg"
+            path.write_bytes(render(x[i], "jpeg", light_rng, light))
+            files.append((i, light, path))
     return files
 
 
@@ -114,6 +178,7 @@ def conversions(lm: Any, ablations: bool) -> dict[str, Callable[[Image.Image], n
     ``ablations`` each choice of photo.py changed on its own."""
     size, box = lm.preprocess.size, lm.preprocess.photo.box or 28
     out = {"converted": lambda img: lm.preprocess.image_to_uint8(img).numpy()[0],
+           "corner-colour trim": lambda img: photo.zalando(img, size, box=box, even_light=False),
            "plain resize": lambda img: photo.resize_like_folder(img, size, 1)}
     if ablations:
         def variant(**kw: Any) -> Callable[[Image.Image], np.ndarray]:
@@ -148,23 +213,32 @@ def measure(lm: Any, files: list[tuple[int, str, Path]], x: np.ndarray, y: np.nd
             seen[name][j] = fn(img)
             seconds[name] += time.perf_counter() - t0
     index = np.array([i for i, _, _ in files])
-    formats = np.array([f for _, f, _ in files])
+    kinds = np.array([f for _, f, _ in files])
+    present = [r for r in RENDITIONS if (kinds == r).any()]
     plain_right = plain[index] == y[index]
     out: dict[str, Any] = {"n_images": len(x), "n_files": len(files),
                            "plain_accuracy": round(float((plain == y).mean()), 4),
-                           "formats": {f: {"files": int((formats == f).sum()),
-                                           "plain_accuracy": round(float(plain_right[formats == f].mean()), 4)}
-                                       for f in FORMATS},
+                           "renditions": {r: {"files": int((kinds == r).sum()),
+                                              "plain_accuracy": round(float(plain_right[kinds == r].mean()), 4)}
+                                          for r in present},
                            "conversions": {}}
+    groups = {"even": np.isin(kinds, FORMATS), "uneven": np.isin(kinds, LIGHTS)}
+    for g, sel in groups.items():
+        if sel.any():
+            out[f"plain_accuracy_{g}"] = round(float(plain_right[sel].mean()), 4)
     for name, arr in seen.items():
         pred = proba_for_tensor(lm, torch.from_numpy(arr[:, None])).argmax(1).numpy()
         right = pred == y[index]
         mad = np.abs(arr.astype(np.int16) - x[index].astype(np.int16)).mean((1, 2))
-        per = {f: {"accuracy": round(float(right[formats == f].mean()), 4),
-                   "mean_abs_diff": round(float(mad[formats == f].mean()), 2)} for f in FORMATS}
+        per = {r: {"accuracy": round(float(right[kinds == r].mean()), 4),
+                   "mean_abs_diff": round(float(mad[kinds == r].mean()), 2)} for r in present}
         out["conversions"][name] = {"accuracy": round(float(right.mean()), 4),
                                     "mean_abs_diff": round(float(mad.mean()), 2),
-                                    "ms_per_photo": round(1000 * seconds[name] / len(files), 2), "formats": per}
+                                    "ms_per_photo": round(1000 * seconds[name] / len(files), 2), "renditions": per,
+                                    **{f"accuracy_{g}": round(float(right[sel].mean()), 4)
+                                       for g, sel in groups.items() if sel.any()},
+                                    **{f"mean_abs_diff_{g}": round(float(mad[sel].mean()), 2)
+                                       for g, sel in groups.items() if sel.any()}}
     return out
 
 
@@ -179,37 +253,61 @@ def train_default(folder: Path) -> Path:
 # ------------------------------------------------------------------------------------- report
 
 def render_table(r: dict[str, Any]) -> str:
-    conv, raw = r["conversions"]["converted"], r["conversions"]["plain resize"]
+    conv, before = r["conversions"]["converted"], r["conversions"]["corner-colour trim"]
+    raw = r["conversions"]["plain resize"]
     m = r["machine"]
     lines = [f"Measured {m['date'][:10]} on {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']}, Python "
              f"{m['python']}. Command: `{r['command']}`. Model: `{r['model']}` ({r['trained']}). "
              "Accuracy is the share of files whose top label is the image's true class.", "",
-             "| rendition | files | the same images, plain 28 x 28 | photo, converted "
-             "| photo, plain resize (no conversion) | mean abs diff to the original, converted (0-255) |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for f in FORMATS:
-        fr = r["formats"][f]
-        lines.append(f"| {f} | {fr['files']:,} | {fr['plain_accuracy']:.2%} | {conv['formats'][f]['accuracy']:.2%} "
-                     f"| {raw['formats'][f]['accuracy']:.2%} | {conv['formats'][f]['mean_abs_diff']:.1f} |")
-    lines.append(f"| **all** | {r['n_files']:,} | **{r['plain_accuracy']:.2%}** | **{conv['accuracy']:.2%}** "
-                 f"| {raw['accuracy']:.2%} | {conv['mean_abs_diff']:.1f} |")
-    others = {k: v for k, v in r["conversions"].items() if k not in ("converted", "plain resize")}
+             "| rendition | light | files | the same images, plain 28 x 28 | photo, converted "
+             "| photo, corner-colour trim (before) | photo, plain resize (no conversion) "
+             "| mean abs diff to the original, converted (0-255) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+
+    def row(name: str, light: str, files: int, plain: float, key: str | None, group: str | None = None) -> str:
+        def acc(c: dict[str, Any]) -> str:
+            return f"{(c['renditions'][key]['accuracy'] if key else c[f'accuracy_{group}']):.2%}"
+
+        mad = conv["renditions"][key]["mean_abs_diff"] if key else conv[f"mean_abs_diff_{group}"]
+        bold = "**" if key is None else ""
+        return (f"| {bold}{name}{bold} | {light} | {files:,} | {plain:.2%} | {bold}{acc(conv)}{bold} | {acc(before)} "
+                f"| {acc(raw)} | {mad:.1f} |")
+
+    for group, kinds, light in (("even", FORMATS, "even"), ("uneven", LIGHTS, None)):
+        present = [k for k in kinds if k in r["renditions"]]
+        for k in present:
+            lines.append(row("jpeg" if light is None else k, light or k, r["renditions"][k]["files"],
+                             r["renditions"][k]["plain_accuracy"], k))
+        if present:
+            files = sum(r["renditions"][k]["files"] for k in present)
+            lines.append(row(f"all {group}", "even" if light else "uneven", files, r[f"plain_accuracy_{group}"],
+                             None, group))
+    others = {k: v for k, v in r["conversions"].items() if k not in ("converted", "plain resize", "corner-colour trim")}
     if others:
         lines += ["", "Each choice of `photo.py` changed on its own (same files; `--ablations`):", "",
-                  "| conversion | accuracy | mean abs diff | ms per photo |", "|---|---:|---:|---:|"]
-        for name, v in {"converted (as shipped)": conv, **others}.items():
-            lines.append(f"| {name} | {v['accuracy']:.2%} | {v['mean_abs_diff']:.1f} | {v['ms_per_photo']:.1f} |")
+                  "| conversion | accuracy, even light | accuracy, uneven light | mean abs diff | ms per photo |",
+                  "|---|---:|---:|---:|---:|"]
+        for name, v in {"converted (as shipped)": conv, "corner-colour trim (before)": before, **others}.items():
+            lines.append(f"| {name} | {v.get('accuracy_even', float('nan')):.2%} "
+                         f"| {v.get('accuracy_uneven', float('nan')):.2%} | {v['mean_abs_diff']:.1f} "
+                         f"| {v['ms_per_photo']:.1f} |")
     return "\n".join(lines)
 
 
 INTRO = ("A photo of a garment must get the label its Fashion-MNIST image gets. `bench/photos.py` renders "
          "Fashion-MNIST test images as photos (a dark, coloured garment scaled up 5-12x, off-centre on a white or "
          "light-grey, slightly noisy canvas of another aspect ratio), each in one of four formats, round-robin: JPEG, "
-         "PNG, a transparent cut-out PNG, and a JPEG stored rotated with an EXIF Orientation tag. Every file goes "
-         "through `open_image` and the model's saved conversion, as in `minivision predict`, which converts each the "
-         "way Zalando made the dataset (`src/minivision/photo.py`: trim the corner colour, longest edge to 28, "
-         "centre, negate, levels). Target: within 2 points of the plain test images. Raw figures: "
-         "`bench/results/photos.json`.")
+         "PNG, a transparent cut-out PNG, and a JPEG stored rotated with an EXIF Orientation tag; and each once more "
+         "as a JPEG in uneven light, one of five round-robin: a brightness ramp of 30-70 grey levels across the "
+         "frame in a random direction, a soft shadow (the garment's silhouette shifted, blurred, 15-35% dark), a "
+         "vignette (corners 30-70 levels darker), a paper/cloth texture (grain sd 4-8 levels and a weave), or sensor "
+         "noise (sd 6-12 levels). Every file goes through `open_image` and the model's saved conversion, as in "
+         "`minivision predict`, which converts each the way Zalando made the dataset after evening out the light "
+         "(`src/minivision/photo.py`, `photo_light.py`: fit the backdrop's light and divide it out, find the item "
+         "by a threshold above the backdrop's noise and its largest connected components, longest edge to 28, "
+         "centre, negate, levels). The corner-colour trim column is the conversion without the light correction "
+         "(trim by the corner colour, measure against one border level). Target: within 2 points of the plain "
+         "test images. Raw figures: `bench/results/photos.json`.")
 
 
 def rewrite_section(text: str, table: str) -> str:

@@ -53,6 +53,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter, ImageOps
 
+from . import photo_light
 from .errors import MinivisionError
 
 Method = Literal["zalando", "resize"]
@@ -329,14 +330,19 @@ def trim_box(g: np.ndarray, bg: float, threshold: float = TRIM_THRESHOLD) -> tup
 
 def zalando(img: Image.Image, size: tuple[int, int], *, background: str = "auto", box: int | None = None,
             threshold: float = TRIM_THRESHOLD, resample: Image.Resampling = RESAMPLE, sharpen: bool = SHARPEN,
-            levels: bool = True) -> np.ndarray:
+            levels: bool = True, even_light: bool = True) -> np.ndarray:
     """Fashion-MNIST's steps on one picture -> uint8 (H, W), a light item on black.
 
-    grayscale; trim the border that matches the corner colour; resize the longest edge to ``box``
-    (antialiased); centre on an (H, W) canvas of background; light background -> negate; levels
-    (background 0, item's extreme 255). A picture already at (H, W) is already framed like the
-    training images: it is only negated if its background is light (a Fashion-MNIST test PNG comes
-    through unchanged). The other keyword arguments exist for ``bench/photos.py``'s comparisons."""
+    grayscale; even out the backdrop's light and find the item on it (``photo_light``: a smooth
+    backdrop surface fitted and divided out, a threshold above the backdrop's noise, the largest
+    connected components, their bounding box); resize the item's longest edge to ``box``
+    (antialiased); centre on an (H, W) canvas of background; the item's distance from the backdrop,
+    so a light background is negated; levels (background 0, item's extreme 255). A picture already
+    at (H, W) is already framed like the training images: it is only negated if its background is
+    light (a Fashion-MNIST test PNG comes through unchanged). ``even_light=False`` trims by the corner
+    colour and measures against one border level instead (the conversion before ``photo_light``);
+    it and the other keyword arguments exist for ``bench/photos.py``'s comparisons. Raises
+    MinivisionError for an unknown ``background``."""
     if background not in BACKGROUNDS:
         raise MinivisionError(f"background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
     h, w = size
@@ -352,17 +358,23 @@ def zalando(img: Image.Image, size: tuple[int, int], *, background: str = "auto"
         bg = border_background(g, light)
     if gray.size == (w, h):
         return (255 - g) if light else g.copy()
-    left, top, right, bottom = trim_box(g, bg, threshold)
-    item = gray.crop((left, top, right, bottom))
+    if even_light:
+        s = g if light else 255 - g  # the backdrop light, the item dark
+        small = np.asarray(photo_light.reduced(gray), dtype=np.uint8)
+        (left, top, right, bottom), backdrop = photo_light.find_item(s, small if light else 255 - small, threshold)
+        dark = backdrop.flatten(s, (left, top, right, bottom))
+    else:
+        left, top, right, bottom = trim_box(g, bg, threshold)
+        crop = g[top:bottom, left:right].astype(np.float32)
+        dark = (bg - crop) if light else (crop - bg)  # the item's distance from the background, on the light side
+    item = Image.fromarray(np.ascontiguousarray(dark, dtype=np.float32), "F")
     scale = min(box / max(item.size), w / item.size[0], h / item.size[1])
     new = (max(1, min(w, round(item.size[0] * scale))), max(1, min(h, round(item.size[1] * scale))))
     if item.size != new:
         item = item.resize(new, resample)
     if sharpen:
         item = item.filter(ImageFilter.SHARPEN)
-    v = np.asarray(item, dtype=np.float32)
-    v = (bg - v) if light else (v - bg)  # the item's distance from the background, on the light side
-    v = np.clip(v, 0, None)
+    v = np.clip(np.asarray(item, dtype=np.float32), 0, None)
     if levels:
         top_value = float(v.max(initial=0.0))
         v = v * (255.0 / top_value) if top_value >= 8 else v  # a near-blank picture is not amplified
