@@ -393,3 +393,14 @@ def test_a_report_logs_the_font_note_once(monkeypatch, tmp_path):
     run.write_run_report(tmp_path, classes=["X", "Y"], split=split, split_name="test", logits=torch.randn(6, k),
                          history=None, meta={}, parameters=1, settings={}, dataset=[], log=lines.append)
     assert lines.count("note: no installed font draws X") == 1
+
+
+def test_a_users_own_font_choice_is_kept():
+    import matplotlib
+
+    from minivision.report import fonts
+
+    with matplotlib.rc_context({"font.family": ["serif"]}):
+        assert fonts.use_fonts() == ["serif"] and list(matplotlib.rcParams["font.family"]) == ["serif"]
+    with matplotlib.rc_context({"font.family": ["sans-serif"]}):  # matplotlib's default: ours replaces it
+        assert "Noto Sans CJK JP" in fonts.use_fonts()

@@ -79,7 +79,8 @@ def installed_fonts() -> tuple[tuple[str, object], ...]:
 
 
 def use_fonts() -> list[str]:
-    """Set matplotlib's ``font.family`` to the installed fallback list; returns it (idempotent).
+    """Set matplotlib's ``font.family`` to the installed fallback list, unless a user of the Python API
+    set their own; returns the list in force (idempotent).
 
     Also keeps matplotlib's "Glyph ... missing from font(s)" warning out of minivision's own drawing
     (the filter matches warnings attributed to ``minivision`` modules only, so a user's own plots
@@ -92,9 +93,14 @@ def use_fonts() -> list[str]:
     warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning,
                             module=r"minivision\.")
     families = [family for family, _ in installed_fonts()] or ["sans-serif"]
-    if list(matplotlib.rcParams["font.family"]) != families:
-        matplotlib.rcParams["font.family"] = families
-    return families
+    current = list(matplotlib.rcParams["font.family"])
+    if current != families and current in (["sans-serif"], list(_SET)):  # matplotlib's default or ours:
+        matplotlib.rcParams["font.family"] = families                  # a user's own choice is kept
+        _SET[:] = families
+    return list(matplotlib.rcParams["font.family"])
+
+
+_SET: list[str] = []  # the list use_fonts last set
 
 
 @functools.lru_cache(maxsize=1)
