@@ -496,3 +496,15 @@ def test_csv_without_labels_reads_for_prediction_only(tmp_path):
     bare = tmp_path / "bare.csv"  # no header: 4 columns are 2x2 pixels; 5 would be a label and 4 pixels
     bare.write_text("\n".join(rows) + "\n")
     assert read_pixel_table(bare, need_labels=False).x.shape == (3, 1, 2, 2)
+
+
+def test_csv_ids_and_index_past_999_and_quoted_names_keep_their_rows(tmp_path):
+    from minivision.data.csvfile import read_pixel_table
+
+    rows = pixel_rows(3)
+    path = tmp_path / "mixed.csv"
+    path.write_text("Unnamed: 0,id,label,p1,p2,p3,p4\n" + "\n".join(
+        f'{5000 + i},{12345 + i},"Coat, {i}",{r}' for i, r in enumerate(rows)) + "\n")
+    t = read_pixel_table(path)
+    assert t.ids == ["12345", "12346", "12347"] and t.labels == ["Coat, 0", "Coat, 1", "Coat, 2"]
+    assert t.x.flatten().tolist() == [int(v) for r in rows for v in r.split(",")]

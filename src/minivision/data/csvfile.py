@@ -139,24 +139,35 @@ def _parse_numbers(path: Path, body_bytes: bytes, first_line: int, ncols: int,
 def _take_text(path: Path, body_bytes: bytes, first_line: int, ncols: int, cols: list[int]
                ) -> tuple[bytes, dict[int, list[str]]]:
     """Pull the text columns ``cols`` out of every row: the body with ``0`` in their place (so line and
-    column numbers stay those of the file) and each column's texts, one per non-blank row."""
+    column numbers stay those of the file) and each column's texts, one per non-blank row. Only the
+    fields up to the last text column are split off a row (the pixels after it stay one bytes object),
+    so ids or labels in the first columns cost little; quoted fields are read by ``csv``."""
     texts: dict[int, list[str]] = {c: [] for c in cols}
+    last = max(cols)
     out = []
     for offset, line in enumerate(body_bytes[:-1].split(b"\n")):
         if not line.strip():
             out.append(line)
             continue
-        fields = next(csv.reader([line.decode("utf-8", "replace")])) if b'"' in line else \
-            [f.decode("utf-8", "replace") for f in line.split(b",")]
-        if len(fields) != ncols:
+        if b'"' in line:  # csv reads the row up to its last quote; the numbers after it are split as above
+            q = line.rindex(b'"')
+            fields = [f.encode() for f in next(csv.reader([line[:q + 1].decode("utf-8", "replace")]))]
+            rest = line[q + 1:]
+            if rest and not rest.startswith(b","):
+                fields = [f.encode() for f in next(csv.reader([line.decode("utf-8", "replace")]))]
+            elif rest:
+                fields += rest[1:].split(b",", max(0, last + 1 - len(fields)))
+        else:
+            fields = line.split(b",", last + 1)
+        if len(fields) <= last:
             raise DataError(f"{path}: line {first_line + offset} has {len(fields)} columns, expected {ncols}")
         for c in cols:
-            text = unicodedata.normalize("NFC", fields[c].strip().strip("\"'").strip())
+            text = unicodedata.normalize("NFC", fields[c].decode("utf-8", "replace").strip().strip("\"'").strip())
             if not text:
                 raise DataError(f"{path}: line {first_line + offset}, column {c + 1} is empty")
             texts[c].append(text)
-            fields[c] = "0"
-        out.append(",".join(fields).encode())
+            fields[c] = b"0"
+        out.append(b",".join(fields))
     return b"\n".join(out) + b"\n", texts
 
 
@@ -224,10 +235,14 @@ def read_pixel_table(path: str | Path, *, need_labels: bool = True) -> PixelTabl
     if body_bytes == b"\n":
         raise DataError(f"{path}: no data rows")
     first_line = 2 if has_header else 1
-    may_be_text = frozenset(c for c in others if c is not None)
-    text_cols: list[int] = []  # the columns found to hold text, read as text from the original rows
+    may_be_text = frozenset(others)
+    # ids and index columns are read as text from the start (ids past 999 would leave the fast parser);
+    # a label column only once a row shows it holds names
+    text_cols = [c for c in others if c != label_col]
     texts: dict[int, list[str]] = {}
     numeric_body = body_bytes
+    if text_cols:
+        numeric_body, texts = _take_text(path, body_bytes, first_line, ncols, text_cols)
     while True:
         try:
             values, linenos = _parse_numbers(path, numeric_body, first_line, ncols, may_be_text - set(text_cols))
