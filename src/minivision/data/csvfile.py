@@ -239,6 +239,8 @@ def read_pixel_table(path: str | Path, *, need_labels: bool = True) -> PixelTabl
     # ids and index columns are read as text from the start (ids past 999 would leave the fast parser);
     # a label column only once a row shows it holds names
     text_cols = [c for c in others if c != label_col]
+    if label_col is not None and b'"' in body_bytes:
+        text_cols.append(label_col)  # quoted labels ("Coat, long"): the numeric parsers split at every comma
     texts: dict[int, list[str]] = {}
     numeric_body = body_bytes
     if text_cols:
@@ -262,8 +264,10 @@ def read_pixel_table(path: str | Path, *, need_labels: bool = True) -> PixelTabl
         raise DataError(f"{path}: line {int(linenos[row])}, column {col + 1}: pixel value "
                         f"{int(values[row, col])} is outside 0-255")
     labels: np.ndarray | list[str] | None = None
-    if label_col is not None and label_col in texts:
+    if label_col is not None and label_col in texts and not all(t.isdecimal() for t in texts[label_col]):
         labels = texts[label_col]
+    elif label_col is not None and label_col in texts:
+        labels = np.array([int(t) for t in texts[label_col]], dtype=np.int64)
     elif label_col is not None:
         labels = values[:, label_col].astype(np.int64)
         if (labels < 0).any():
