@@ -123,7 +123,14 @@ def dataset_for(lm: LoadedModel, data: str | None = None, data_dir: str | None =
     photo = lm.preprocess.photo  # a folder read again at the model's working size and fit
     ds = load_dataset(data, data_dir=data_dir, test_data=test_data, test_only=split == "test",
                       **({"conversion": photo} if photo.method == "resize" else {"imgsz": max(photo.size)}))
-    check_compatible(lm, ds)
+    check_compatible(lm, ds, classes=False)
+    if ds.classes != list(lm.classes):
+        # read again, the training data may name its classes otherwise: a CSV trained when its classes were 0 to
+        # the largest label (now the labels found), a jobs folder named by number before classes.json
+        try:
+            ds = align_dataset(ds, lm.classes)[0]
+        except MinivisionError:
+            check_compatible(lm, ds)  # the same number of classes keeps its positions, as at training
     if split == "test":
         return ds
     return make_val(ds, val_split=info.get("val_split"), val_first=info.get("val_first"), seed=int(info.get("seed", 0)))
