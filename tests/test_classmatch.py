@@ -266,3 +266,23 @@ def test_predict_a_csv_of_another_size_is_one_line(model, tmp_path):
     p = subprocess.run([sys.executable, "-m", "minivision", "predict", str(model["run"]), str(small)],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "2x2" in p.stderr and "1x28x28" in p.stderr
+
+
+def test_a_csv_run_trained_when_classes_ran_to_the_largest_label_still_scores_its_own_data(tmp_path, capsys):
+    """A run whose classes are 0..4 for labels 1..4 (the reader once made a class of every number up to the
+    largest label): its own CSV, now read as classes 1..4, is matched by name, not shifted by one."""
+    x, y = synthetic_images(300, classes=4, seed=5)
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    write_pixel_csv(train, x[:240, 0], y[:240] + 1)
+    write_pixel_csv(test, x[240:, 0], y[240:] + 1)
+    as_read_once = Dataset("train", ["0", "1", "2", "3", "4"],
+                           Split(torch.from_numpy(x[:240]), torch.from_numpy(y[:240] + 1)),
+                           test=Split(torch.from_numpy(x[240:]), torch.from_numpy(y[240:] + 1)))
+    run = fit(TrainConfig(model="cnn1", epochs=2, batch_size=32, out=str(tmp_path), data=str(train),
+                          test_data=str(test)), dataset=as_read_once, log=lambda m: None, progress=False).run_dir
+    lm = load_model(run)
+    pred = predict_logits(lm.model, lm.preprocess, as_read_once.test.x, device=torch.device("cpu")).argmax(1)
+    m, _ = evaluate_json(capsys, run)
+    assert m["split"] == "test" and m["n"] == 60
+    assert m["accuracy"] == pytest.approx(float((pred.numpy() == y[240:] + 1).mean()))
+    assert m["accuracy"] > 0.9  # shifted by one it would be near 0
