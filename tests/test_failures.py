@@ -243,21 +243,36 @@ def test_the_service_gives_each_picture_a_note_field(csv_model, tmp_path):
 
 def test_library_warnings_reach_the_cli_user_as_one_note_line(csv_model, tmp_path, capsys, monkeypatch):
     import minivision.predict as predict
+    from minivision.errors import Note
 
     real = predict.predict_images
 
     def warns(*a, **kw):
-        warnings.warn(Image.DecompressionBombWarning("Image size (100000000 pixels) exceeds limit of 89478485 "
-                                                     "pixels, could be decompression bomb DOS attack."), stacklevel=2)
         for _ in range(2):  # the same text twice: one line
             warnings.warn("The given NumPy array is not writable, and PyTorch does not support non-writable "
                           "tensors. This means writing to this tensor will result in undefined behavior.",
                           UserWarning, stacklevel=2)
+        warnings.warn("An input array is constant; the result is not defined. See the docs.", RuntimeWarning,
+                      stacklevel=2)
+        warnings.warn(Note("one of ours. Two sentences, kept whole"), stacklevel=2)
         return real(*a, **kw)
 
     monkeypatch.setattr(predict, "predict_images", warns)
     Image.new("L", (40, 40), 0).save(tmp_path / "p.png")
-    assert main(["predict", str(csv_model), str(tmp_path / "p.png")]) == 0
-    err = capsys.readouterr().err.splitlines()
-    assert err == ["note: a picture is very large (100,000,000 pixels): decoding it takes long and much memory",
-                   "note: The given NumPy array is not writable, and PyTorch does not support non-writable tensors"]
+    for _ in range(2):  # and again in a second command of the same process
+        assert main(["predict", str(csv_model), str(tmp_path / "p.png")]) == 0
+        err = capsys.readouterr().err.splitlines()
+        assert err == ["note: The given NumPy array is not writable, and PyTorch does not support non-writable tensors",
+                       "note: An input array is constant; the result is not defined",
+                       "note: one of ours. Two sentences, kept whole"]
+
+
+def test_pillow_s_decompression_bomb_warning_becomes_our_words(capsys):
+    from minivision.cli import _SHOWN, _warning_line
+
+    _SHOWN.clear()
+    message = Image.DecompressionBombWarning("Image size (100000000 pixels) exceeds limit of 89478485 pixels, "
+                                             "could be decompression bomb DOS attack.")
+    _warning_line(message, Image.DecompressionBombWarning, "PIL/Image.py", 3000)
+    assert capsys.readouterr().err == ("note: a picture is very large (100,000,000 pixels): decoding it takes long "
+                                       "and much memory\n")

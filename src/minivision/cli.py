@@ -478,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with warnings.catch_warnings():
+            _SHOWN.clear()  # each command says each note once
             warnings.showwarning = _warning_line
             return COMMANDS[args.command](args)
     except MinivisionError as e:
