@@ -68,7 +68,8 @@ def _number(kind, lo=None, hi=None, lo_open=False, hi_open=False):
 def _model_and_split(p: argparse.ArgumentParser) -> None:
     """A saved model and the data split it is run on (evaluate, embed)."""
     p.add_argument("model", metavar="RUN_OR_MODEL")
-    p.add_argument("--data", help="dataset (default: the one the model was trained on)")
+    p.add_argument("--data", help="dataset (default: the one the model was trained on); other data is matched to "
+                                  "the model's classes by name")
     p.add_argument("--data-dir")
     p.add_argument("--test-data")
     p.add_argument("--split", choices=["test", "val", "train"],
