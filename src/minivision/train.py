@@ -63,7 +63,7 @@ MIRROR_SENSITIVE = {"mnist"}  # datasets whose default augmentation must not fli
 
 # A run whose loss explodes without becoming NaN is stopped. A classifier that outputs the same
 # probabilities for every class has the loss ln(K) (K classes), and every network here starts near
-# it (tests/test_train.py checks that each registered one starts below 3 ln K). A step loss above
+# it (tests/test_failures.py checks that each registered one starts below 3 ln K). A step loss above
 # EXPLODED_LOSS x ln(K) means logits in the tens or hundreds: updates that overshoot. When that
 # holds for EXPLODED_STEPS steps in a row (or every step of a shorter epoch) and those steps are no
 # better than chance (accuracy below EXPLODED_ACC / K), the run is not learning and will not: the
