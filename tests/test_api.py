@@ -21,7 +21,7 @@ from minivision.config import TrainConfig
 from minivision.errors import Note
 from minivision.models import DEFAULT_MODEL
 
-from .conftest import synthetic_dataset, synthetic_images
+from .conftest import needs_fashion_mnist, synthetic_dataset, synthetic_images
 
 FIT_ARGUMENTS = {"data", "data_dir", "test_data"}  # the data, given to fit; every other setting is a parameter
 
@@ -232,3 +232,17 @@ def test_an_empty_picture_is_predicted_with_a_note(fitted, tmp_path):
     Image.fromarray(np.kron(x[0], np.ones((4, 4), np.uint8))).save(tmp_path / "full.png")
     _, notes = _notes(lambda: clf.predict([str(tmp_path / "full.png"), str(tmp_path / "blank.png")]))
     assert notes == ["picture 1 is empty (one colour, or almost): its label is a guess"]
+
+
+@needs_fashion_mnist
+def test_real_fashion_mnist_as_keras_gives_it_scores_the_same_in_every_layout(tmp_path):
+    ds = mv.load_dataset("fashion-mnist")
+    x_train, y_train = ds.train.x[:3000, 0].numpy(), ds.train.y[:3000].numpy()
+    x_test, y_test = ds.test.x[:1000, 0].numpy(), ds.test.y[:1000].numpy()
+    clf = mv.Classifier(model="softmax", epochs=2, out=str(tmp_path))
+    _notes(lambda: clf.fit(x_train / 255.0, y_train, progress=False))  # the tutorials' scaling
+    plain, notes = _notes(lambda: clf.score(x_test, y_test))
+    assert plain > 0.3 and notes == []  # well above chance (0.1): the layouts below must agree with it
+    for arr in (x_test / 255.0, x_test[..., None], x_test.astype(np.float32)):
+        assert _notes(lambda arr=arr: clf.score(arr, y_test))[0] == pytest.approx(plain)
+    assert not _notes(lambda: clf.predict(x_test))[1]  # no picture of the test set is empty
