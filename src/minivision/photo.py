@@ -4,7 +4,9 @@ A model that scores 95% on its test set fails on real photos when prediction doe
 picture the way the training data was prepared. Fashion-MNIST was made by Zalando from product
 photos (a garment on a light background; arXiv:1708.07747): trim the edges that match the corner
 colour, resize the longest edge to 28, sharpen, extend the short edge to 28 with the item
-centred, negate, 8-bit grayscale. ``zalando`` repeats those steps on a photo; ``resize`` does what
+centred, negate, 8-bit grayscale. ``zalando`` repeats those steps on a photo, after evening out
+the light on its backdrop and finding the item on it (``photo_light``: a photo taken in ordinary
+light has no one backdrop colour to trim); ``resize`` does what
 a folder dataset does to its pictures (``data/folder.py``: a LANCZOS resize to the working size,
 the aspect ratio kept by ``fit``), for RGB and folder models. Which one a model uses, and its
 settings, is a ``PictureConversion`` (frozen) in ``Preprocess.photo``, written to model.json as
