@@ -255,9 +255,11 @@ def train_default(folder: Path) -> Path:
 def render_table(r: dict[str, Any]) -> str:
     conv, before = r["conversions"]["converted"], r["conversions"]["corner-colour trim"]
     raw = r["conversions"]["plain resize"]
+    from minivision.benchmark import describe_machine
+
     m = r["machine"]
-    lines = [f"Measured {m['date'][:10]} on {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']}, Python "
-             f"{m['python']}. Command: `{r['command']}`. Model: `{r['model']}` ({r['trained']}). "
+    lines = [f"Measured {m['date'][:10]} on {describe_machine(m)}. Command: `{r['command']}`. "
+             f"Model: `{r['model']}` ({r['trained']}). "
              "Accuracy is the share of files whose top label is the image's true class.", "",
              "| rendition | light | files | the same images, plain 28 x 28 | photo, converted "
              "| photo, corner-colour trim (before) | photo, plain resize (no conversion) "
@@ -324,6 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", metavar="DIR", help="write the renditions here and keep them (default: a temp folder)")
     ap.add_argument("--ablations", action="store_true", help="also measure each choice of photo.py switched")
     ap.add_argument("--write", action="store_true", help="store bench/results/photos.json and the docs table")
+    ap.add_argument("--trained-by", metavar="TEXT", help="how the --run model was trained, for the table")
     a = ap.parse_args(argv)
 
     from minivision.benchmark import machine_info
@@ -350,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     command = "python3 bench/photos.py" + "".join(f" {s}" for s in (argv if argv is not None else sys.argv[1:]))
-    trained = "the run given with --run" if a.run else "trained for this measurement by `python3 -m minivision train`"
+    trained = (a.trained_by or "the run given with --run") if a.run else \
+        "trained for this measurement by `python3 -m minivision train`"
     result = {"command": command, "machine": machine_info(), "model": lm.name, "run": str(run), "trained": trained,
               "seed": a.seed, "render_s": round(render_s, 1), "total_s": round(time.monotonic() - started, 1),
               **result}
