@@ -26,7 +26,8 @@ on their photos converted, 10.4% on the photos merely resized; docs/BENCHMARKS.m
 - background: the median of the four corner patches (robust to one corner covered by the item
   and to JPEG noise); pixels more than ``TRIM_THRESHOLD`` (24) from it are the item, and only
   2 x 2 blocks of them count, so a lone noisy pixel does not widen the box (a 3 x 3 median filter
-  did the same in 12 ms a photo; the whole conversion now takes about 1 ms). Thresholds 16, 24
+  did the same in 12 ms a photo; the corner-colour trim took 1.8 ms a photo, the conversion with
+  ``photo_light`` takes 20 ms on this busy 2-core machine: ``bench/photos.py``). Thresholds 16, 24
   and 32 are within 0.4 points of each other; 64 loses 1.7 points; no trim at all leaves 24%.
   24 keeps a margin for shadows and sensor noise, which the renditions (noise sd 3) lack.
 - resampling: LANCZOS (89.3%, mean absolute difference to the original image 10.6 of 255)
