@@ -162,13 +162,15 @@ def test_resize_method_is_what_folder_datasets_do(tmp_path):
     from minivision.data.folder import read_image_folder
 
     rgb = np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8)
-    pre = Preprocess(3, (32, 32))
-    assert pre.photo == photo.PictureConversion((32, 32), 3, "resize")
-    got = pre.image_to_uint8(Image.fromarray(rgb)).numpy()
+    assert Preprocess(3, (32, 32)).photo == photo.PictureConversion((32, 32), 3, "resize")
     (tmp_path / "c").mkdir()
-    for i, picture in enumerate([rgb[:32, :32], rgb[10:42, 5:37], rgb]):  # 32 x 32 is the dominant size
+    for i, picture in enumerate([rgb[:32, :32], rgb[10:42, 5:37], rgb]):  # 32 x 32 is the common shape
         Image.fromarray(picture).save(tmp_path / "c" / f"{i}.png")
-    assert np.array_equal(got, read_image_folder(tmp_path, cache=False).train.x[2].numpy())
+    ds = read_image_folder(tmp_path, cache=False)
+    assert ds.conversion.size == (32, 32) and ds.conversion.fit == "letterbox"
+    got = Preprocess(3, (32, 32), photo=ds.conversion).image_to_uint8(Image.fromarray(rgb)).numpy()
+    assert np.array_equal(got, ds.train.x[2].numpy())  # the 70 x 50 picture: letterboxed, not squashed
+    assert not np.array_equal(got, Preprocess(3, (32, 32)).image_to_uint8(Image.fromarray(rgb)).numpy())
     light = _canvas(120, 90, bg=250, box=(30, 20, 60, 70), value=20)
     plain = Preprocess(1, (28, 28)).image_to_uint8(light)[0].numpy()
     assert plain[0, 0] > 200  # resize only: no trim, no negation
