@@ -62,13 +62,38 @@ def test_an_exploding_loss_stops_the_run_with_the_learning_rate_to_try(tmp_path,
         assert err.endswith("the learning rate 50 is too high; try --lr 0.2; train again\n")
 
 
-def test_a_run_that_failed_after_a_checkpoint_says_it_can_be_resumed(tmp_path, capsys):
+def test_a_run_that_diverged_after_a_checkpoint_says_train_again_not_resume(tmp_path, capsys):
+    class DivergesInEpoch2(Listener):  # what the trainer raises when the loss explodes (tested above)
+        def on_step_end(self, trainer) -> None:
+            if trainer.epoch == 1:
+                raise TrainingFailed("training failed at epoch 2, step 1: the loss grew to 1e+09")
+
+    cfg = TrainConfig(model="mvnet-t", epochs=3, batch_size=16, augment="", out=str(tmp_path))
     with pytest.raises(TrainingFailed, match="training failed at epoch 2"):
-        _fit(tmp_path, lr=50.0)  # batches of 16: the first epoch ends (checkpoint) before the loss has stayed high
+        fit(cfg, dataset=synthetic_dataset(240, 40), progress=False, log=lambda m: None,
+            listeners=[DivergesInEpoch2()])
     run = tmp_path / "train"
     assert (run / "last.safetensors").is_file() and read_progress(run)["state"] == "failed"
+    assert read_progress(run)["resumable"] is False  # resuming would replay the same diverging steps
+    for argv in (["evaluate", str(run)], ["train", "--resume", str(run)]):
+        err = _one_line_error(capsys, argv)
+        assert f"run {run} failed: training failed at epoch 2" in err and "train --resume" not in err
+        assert err.endswith("train again with that change (resuming would repeat it)\n")
+
+
+def test_a_run_that_failed_after_a_checkpoint_for_another_reason_says_it_can_be_resumed(tmp_path, capsys):
+    class BreaksInEpoch2(Listener):
+        def on_step_end(self, trainer) -> None:
+            if trainer.epoch == 1:
+                raise MinivisionError("the disk went away")
+
+    cfg = TrainConfig(model="mvnet-t", epochs=3, batch_size=16, augment="", out=str(tmp_path))
+    with pytest.raises(MinivisionError, match="the disk went away"):
+        fit(cfg, dataset=synthetic_dataset(240, 40), progress=False, log=lambda m: None, listeners=[BreaksInEpoch2()])
+    run = tmp_path / "train"
+    assert (run / "last.safetensors").is_file() and read_progress(run)["resumable"] is True
     err = _one_line_error(capsys, ["evaluate", str(run)])
-    assert err.startswith(f"error: run {run} failed: training failed at epoch 2")
+    assert err.startswith(f"error: run {run} failed: the disk went away")
     assert err.endswith(f"train again, or resume it from its last checkpoint with `minivision train --resume {run}`\n")
 
 
@@ -149,7 +174,8 @@ def test_a_run_folder_left_without_status_or_checkpoint_says_it_has_no_model(tmp
 def test_mark_failed_keeps_what_the_progress_file_said(tmp_path):
     (tmp_path / "progress.json").write_text(json.dumps({"state": "training", "epoch": 2, "step": 30}))
     listeners.mark_failed(tmp_path, "a reason\nover two lines")
-    assert read_progress(tmp_path) == {"state": "failed", "epoch": 2, "step": 30, "error": "a reason over two lines"}
+    assert read_progress(tmp_path) == {"state": "failed", "epoch": 2, "step": 30, "error": "a reason over two lines",
+                                      "resumable": True}
 
 
 # ----------------------------------------------------------------------------- the user's terms

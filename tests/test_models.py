@@ -257,7 +257,7 @@ def test_reset_head_keeps_device_and_dtype(name: str) -> None:
 def test_reset_head_refuses_fewer_than_two_classes() -> None:
     model = build("mvnet-t", SHAPES[0])
     for bad in (1, 0, 2.0, True):
-        with pytest.raises(MinivisionError, match="num_classes"):
+        with pytest.raises(MinivisionError, match="at least 2 classes"):
             model.reset_head(bad)
     assert model.num_classes == 10
 

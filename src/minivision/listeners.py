@@ -158,15 +158,17 @@ def _finite(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
-def mark_failed(run_dir: Path, reason: str) -> None:
+def mark_failed(run_dir: Path, reason: str, *, resumable: bool = True) -> None:
     """Record in ``run_dir/progress.json`` that the run failed: ``state`` ``failed``, ``error`` the one-line
     reason, the rest of what it last said (epoch, step, ...) kept, so readers of the folder (``evaluate``,
-    ``predict``, the training-jobs API) can say what happened. Written atomically; never raises (it runs
-    while another error is on its way to the user)."""
+    ``predict``, the training-jobs API) can say what happened. ``resumable=False`` (a training that diverged:
+    resuming it repeats the same steps) records ``resumable: false`` so readers suggest training again rather
+    than ``--resume``. Written atomically; never raises (it runs while another error is on its way to the user)."""
     old = read_progress(run_dir) or {"epoch": 0, "epochs": None, "step": 0, "total_steps": None, "fraction": 0.0,
                                      "last": None}
     try:
-        write_json(Path(run_dir) / PROGRESS_FILE, {**old, "state": "failed", "error": " ".join(reason.split())})
+        write_json(Path(run_dir) / PROGRESS_FILE, {**old, "state": "failed", "error": " ".join(reason.split()),
+                                                        "resumable": resumable})
     except OSError:
         pass
 
@@ -179,9 +181,11 @@ def run_state(run_dir: Path) -> str | None:
     has_checkpoint = (run_dir / "last.safetensors").is_file()
     if p.get("state") == "failed":
         reason = p.get("error") or "no reason recorded"
-        if has_checkpoint:
+        if has_checkpoint and p.get("resumable", True):
             return (f"run {run_dir} failed: {reason}; train again, or resume it from its last checkpoint with "
                     f"`minivision train --resume {run_dir}`")
+        if has_checkpoint:
+            return f"run {run_dir} failed: {reason}; train again with that change (resuming would repeat it)"
         return f"run {run_dir} failed before its first checkpoint: {reason}; train again"
     if has_checkpoint:
         return (f"{run_dir} has no finished model yet (training was interrupted): resume it with "

@@ -64,10 +64,12 @@ MIRROR_SENSITIVE = {"mnist"}  # datasets whose default augmentation must not fli
 # A run whose loss explodes without becoming NaN is stopped. A classifier that outputs the same
 # probabilities for every class has the loss ln(K) (K classes), and every network here starts near
 # it (tests/test_failures.py checks that each registered one starts below 3 ln K). A step loss above
-# EXPLODED_LOSS x ln(K) means logits in the tens or hundreds: updates that overshoot. When that
-# holds for EXPLODED_STEPS steps in a row (or every step of a shorter epoch) and those steps are no
-# better than chance (accuracy below EXPLODED_ACC / K), the run is not learning and will not: the
-# learning rate is too high. Measured on Fashion-MNIST with --lr 50, one epoch: mvnet-t's training
+# EXPLODED_LOSS x ln(K) means logits in the tens or hundreds: updates that overshoot. When at least
+# half of the last EXPLODED_STEPS steps (or of a shorter epoch's steps) exploded and those steps are
+# no better than chance (accuracy below EXPLODED_ACC / K), the run is not learning and will not: the
+# learning rate is too high. Half, not all: a network that blows up often dies a dozen steps later
+# (every logit equal, the loss back at ln K, chance accuracy for good), which steps in a row miss.
+# Measured on Fashion-MNIST with --lr 50, one epoch: mvnet-t's training
 # loss 1.8e9 at 11.2% accuracy, cnn2's 3.1e13 at 9.7% (chance: 10%); softmax's 147 at 72% (learning,
 # so not stopped).
 EXPLODED_LOSS = 10.0
@@ -273,6 +275,9 @@ def _failure_recorded(run_dir: Path):
         if not (run_dir / "last.safetensors").is_file():
             mark_failed(run_dir, "interrupted before its first checkpoint")
         raise
+    except TrainingFailed as e:  # diverged: a resume would replay the same steps
+        mark_failed(run_dir, str(e), resumable=False)
+        raise
     except MinivisionError as e:
         mark_failed(run_dir, str(e))
         raise
@@ -326,11 +331,13 @@ def _prepare_resume(path: Path, changes: dict[str, Any], log: Callable[[str], No
 
     if not path.is_dir():
         raise MinivisionError(f"--resume {path}: no such run folder")
+    from .listeners import read_progress, run_state
+
     ckpt = path / "last.safetensors"
     if not ckpt.is_file():
-        from .listeners import run_state
-
         raise MinivisionError(run_state(path) or f"--resume {path}: no last.safetensors checkpoint in it")
+    if (read_progress(path) or {}).get("resumable") is False:  # it diverged: resuming replays the same steps
+        raise MinivisionError(run_state(path) or f"--resume {path}: this run cannot be resumed")
     cfg = read_args(path)
     # a flag repeating the run's own setting changes nothing; any other must be one a resume can honour
     changes = resume_changes({k: v for k, v in changes.items() if getattr(cfg, k) != v})
@@ -413,7 +420,8 @@ class Trainer:
         # (when the budget ends, the clock it is read on): set for a budget run whose planner re-plans, so its
         # epoch lines say the time left instead of a planned total that moves (epoch 7/13, then 8/10)
         self.budget_end: tuple[float, Callable[[], float]] | None = None
-        self.exploding = [0, 0, 0]  # steps in a row with an exploded loss, their correct and images (see EXPLODED_LOSS)
+        # the last EXPLODED_STEPS steps as [exploded 0/1, correct, images, loss] (see EXPLODED_LOSS)
+        self.exploding: list[list[float]] = []
 
     def restore(self, state: dict[str, Any]) -> None:
         p = state["progress"]
@@ -423,7 +431,8 @@ class Trainer:
         self.best_val = p["best_val"]
         self.sums = torch.tensor(p["sums"], dtype=torch.float64, device=self.device)
         self.epoch_seconds = p["epoch_seconds"]
-        self.exploding = list(p.get("exploding", [0, 0, 0]))
+        window = p.get("exploding", [])
+        self.exploding = [list(w) for w in window if isinstance(w, list) and len(w) == 4]  # older files: counters
         if "total_steps" in p and self.cfg.budget is not None and self.cfg.epochs is None:
             self.set_total_steps(p["total_steps"])  # a budget run resumes with the step count it had planned
         if self.step_in_epoch:
@@ -550,15 +559,18 @@ class Trainer:
         """Stop with TrainingFailed when the loss has exploded at chance accuracy (the rule beside
         EXPLODED_LOSS): ``loss``, ``correct`` and ``n`` are this step's mean loss, right answers and images."""
         k = max(self.ds.num_classes, 2)
-        if loss <= EXPLODED_LOSS * math.log(k):
-            self.exploding = [0, 0, 0]
+        window = max(1, min(EXPLODED_STEPS, self.batches_per_epoch))
+        self.exploding = (self.exploding + [[int(loss > EXPLODED_LOSS * math.log(k)), correct, n, loss]])[-window:]
+        exploded = [w for w in self.exploding if w[0]]
+        if not exploded or 2 * len(exploded) < window:
             return
-        self.exploding = [self.exploding[0] + 1, self.exploding[1] + correct, self.exploding[2] + n]
-        steps, right, seen = self.exploding
-        if steps >= min(EXPLODED_STEPS, self.batches_per_epoch) and right / seen < EXPLODED_ACC / k:
+        right, seen = sum(w[1] for w in exploded), sum(w[2] for w in exploded)
+        if right / seen < EXPLODED_ACC / k:
+            biggest = max(w[3] for w in exploded)
             raise TrainingFailed(f"training failed at epoch {self.epoch + 1}, step {self.step_in_epoch}: the loss "
-                                 f"grew to {loss:.3g} (from about {math.log(k):.2f} at the start) at chance accuracy "
-                                 f"({right / seen:.0%} over the last {steps} steps): {self._lr_hint()}")
+                                 f"grew to {biggest:.3g} (from about {math.log(k):.2f} at the start) at chance "
+                                 f"accuracy ({right / seen:.0%}) in {len(exploded)} of the last {len(self.exploding)} "
+                                 f"steps: {self._lr_hint()}")
 
     def _lr_hint(self) -> str:
         """What to change after the loss blew up: the model's recipe learning rate when the run's is above it,
