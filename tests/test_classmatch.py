@@ -49,6 +49,32 @@ def test_names_differing_in_case_or_spacing_match_with_a_note():
     assert len(m.notes) == 1 and "Bag -> bag" in m.notes[0] and "SNEAKER -> sneaker" in m.notes[0]
 
 
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+@pytest.mark.parametrize("folder", ["T-shirt-top", "T-shirt_top", "t shirt top", "T-Shirt__Top", "T-shirt\u2215top",
+                                    "ｔ-shirt top"])
+def test_separators_and_punctuation_count_as_one_separator(folder):
+    # a folder name cannot hold "/": "T-shirt/top" must be reachable from what people write instead
+    m = match_classes(FASHION, [folder, "Ankle_boot", "bag"], data_name="eval")
+    assert m.index == (0, 9, 8)
+    assert f"{folder} -> T-shirt/top" in m.notes[0] and "Ankle_boot -> Ankle boot" in m.notes[0]
+
+
+def test_names_equal_after_separators_are_still_refused_when_two_become_one():
+    with pytest.raises(MinivisionError, match="two classes would both be the model's 'Ankle boot'"):
+        match_classes(FASHION, ["Ankle_boot", "ankle-boot"])
+    with pytest.raises(MinivisionError, match="a_b"):  # two model classes share the key: not guessed
+        match_classes(["a-b", "a b", "c"], ["a_b"])
+
+
+def test_name_key_is_unicode_normalised_and_keeps_letters_of_any_script():
+    from minivision.classmatch import name_key
+    assert name_key("Cafe\u0301") == name_key("Café") == "café"
+    assert name_key("猫_ねこ") == "猫 ねこ" and name_key("Ärmel-Hemd") == "ärmel hemd"
+    assert name_key("---") != name_key("___")  # a name of separators only is never the empty key
+
+
 def test_a_subset_is_scored_on_its_classes():
     m = match_classes(MODEL_CLASSES, ["Trouser", "bag"])
     assert m.index == (3, 0) and m.present == (0, 3) and m.is_subset
@@ -229,6 +255,12 @@ def test_fashion_mnist_test_pictures_in_named_folders_score_as_the_test_split(tm
     m, err = evaluate_json(capsys, run, "--data", folder)
     assert m["accuracy"] == pytest.approx(float((pred == y).mean())) and m["n"] == n
     assert abs(m["accuracy"] - plain["accuracy"]) < 0.05 and m["accuracy"] > 0.5  # by position: ~10%
+    # without a classes.json: folders spelled as people do ("T-shirt-top", "Ankle_boot") match by name
+    folder = tmp_path / "fm-spelled"
+    write_folder(folder, x, y, {k: c.replace("/", "-").replace(" ", "_") for k, c in enumerate(fm.classes)})
+    m, err = evaluate_json(capsys, run, "--data", folder)
+    assert m["accuracy"] == pytest.approx(float((pred == y).mean())) and m["n"] == n
+    assert "T-shirt-top -> T-shirt/top" in err and "Ankle_boot -> Ankle boot" in err
     csv = tmp_path / "fashion-mnist_test.csv"
     write_pixel_csv(csv, x, y)
     m, _ = evaluate_json(capsys, run, "--data", csv)

@@ -7,7 +7,10 @@ them in another case or hold only some of them; matching by position would then 
 classes without a word. One rule, used by every path that scores data other than the training data:
 
 * the same names score the same, whatever their order;
-* names that differ only in case (or Unicode form, or spaces around them) are matched, with a note;
+* names that differ only in case, Unicode form or separators are matched, with a note: runs of
+  spaces, ``_``, ``-``, ``/`` and other punctuation count as one separator, so a folder
+  ``T-shirt_top`` (a folder name cannot hold ``/``) is Fashion-MNIST's ``T-shirt/top`` and
+  ``ankle_boot`` is ``Ankle boot``; two data names that would become one model class are refused;
 * data holding a subset of the model's classes is scored on those classes (its labels become the
   model's indices) and the metrics name the classes present, with a note;
 * data without class names (labels that are numbers, from a CSV or IDX file) keeps positional
@@ -54,8 +57,22 @@ class ClassMatch:
         return len(self.present) < self.num_model_classes
 
 
-def _key(name: str) -> str:
-    return unicodedata.normalize("NFC", name).strip().casefold()
+def name_key(name: str) -> str:
+    """The form in which two class names are compared: Unicode NFKC, case-folded, every run of
+    characters that are not letters, digits or combining marks (spaces, ``_ - / . , : ( ) & +``: Unicode
+    categories Z*, P*, S*, C*) replaced by one space, and trimmed. ``"T-shirt/top"``, ``"t-shirt_top"`` and
+    ``"T shirt top"`` share the key ``"t shirt top"``. A name made only of separators keeps its own
+    NFKC case-folded form so that it is never equal to the empty key of another."""
+    norm = unicodedata.normalize("NFKC", str(name)).casefold()
+    key = " ".join("".join(ch if _is_word_char(ch) else " " for ch in norm).split())
+    return key or norm.strip()
+
+
+def _is_word_char(ch: str) -> bool:
+    return unicodedata.category(ch)[0] in "LNM"  # letters, numbers, combining marks
+
+
+_key = name_key
 
 
 def _listing(names: list[str]) -> str:
@@ -106,7 +123,8 @@ def match_classes(model_classes: list[str], data_classes: list[str], *, data_nam
                 f"{'are' if len(unmatched) > 1 else 'is'} not among the model's classes "
                 f"(the model's: {_listing(model_classes)}; the data's: {_listing(data_classes)})")
         if by_case:
-            notes.append(f"{data_name}: matched class names that differ in case or spacing ({_listing(by_case)})")
+            notes.append(f"{data_name}: matched class names that differ in case, spacing or punctuation "
+                         f"({_listing(by_case)})")
     if len(set(index)) != len(index):
         twice = sorted({model_classes[i] for i in index if index.count(i) > 1})
         raise MinivisionError(f"{data_name}: two classes would both be the model's {twice[0]!r} "
