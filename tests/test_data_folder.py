@@ -53,6 +53,28 @@ def test_split_layout_with_union_of_classes(tmp_path):
     ds = read_image_folder(tmp_path)
     assert ds.classes == ["a", "b", "c"]
     assert ds.train.y.tolist() == [1, 2] and ds.val.y.tolist() == [2] and ds.test.y.tolist() == [0]
+    assert any("test/ has class folder a with no counterpart in train/" in n for n in ds.notes), ds.notes
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_split_class_folders_spelled_another_way_are_trains_classes(tmp_path, cache):
+    # train/Bag + test/bag must not make a class with no training pictures
+    put(tmp_path / "train" / "Bag" / "1.png", 10)
+    put(tmp_path / "train" / "Ankle boot" / "1.png", 20)
+    put(tmp_path / "train" / "T-shirt top" / "1.png", 30)
+    put(tmp_path / "test" / "bag" / "1.png", 40)
+    put(tmp_path / "test" / "Bag" / "2.png", 45)
+    put(tmp_path / "test" / "ankle_boot" / "1.png", 50)
+    put(tmp_path / "val" / "t-shirt_top" / "1.png", 60)
+    for _ in range(2 if cache else 1):  # the second read comes from the cache: same classes, same notes
+        ds = read_image_folder(tmp_path, cache=cache)
+        assert ds.classes == ["Ankle boot", "Bag", "T-shirt top"]
+        pairs = zip(ds.test.y.tolist(), ds.test.x[:, 0, 0, 0].tolist(), strict=True)
+        assert sorted(pairs) == [(0, 50), (1, 40), (1, 45)]
+        assert ds.val.y.tolist() == [2]
+        assert any("test/bag -> train/Bag" in n and "test/ankle_boot -> train/Ankle boot" in n for n in ds.notes)
+        assert any("val/t-shirt_top -> train/T-shirt top" in n for n in ds.notes), ds.notes
+        assert not any("no counterpart" in n for n in ds.notes)
 
 
 def test_hidden_and_non_image_entries_are_ignored(tmp_path):

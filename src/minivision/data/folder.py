@@ -1,7 +1,11 @@
 """A folder of a user's own pictures: ``root/<class>/*`` or ``root/{train,val,test}/<class>/*``.
 
 Class names are the class folders' names, sorted; a ``classes.json`` in ``root`` may give other names
-(``{"000": "T-shirt/top"}``) for names a folder cannot have.
+(``{"000": "T-shirt/top"}``) for names a folder cannot have. The classes are train/'s: a val/ or test/
+class folder whose name differs from a train/ one only in case, spacing or punctuation (``test/bag``
+beside ``train/Bag``; the rule of ``classmatch.name_key``) is that class, with a note. One with no
+train/ counterpart stays a class of its own (a folder scored by a trained model may hold classes its
+train/ lacks) with a note that it has no training pictures, as Keras warns rather than refuses.
 
 Every picture goes through ``images.open_image`` (the same checks predict and serve use); a file
 that fails is skipped and listed in ``Dataset.skipped``, never silently used. Grey pictures make a
@@ -108,8 +112,9 @@ def _stray_images(folder: Path) -> list[str]:
     return sorted(str(p) for p in folder.iterdir() if p.is_file() and _is_image_name(p.name))
 
 
-def _layout(root: Path) -> tuple[dict[str, dict[str, FileList]], list[str]]:
-    """Map split -> class -> files, plus images lying outside any class folder."""
+def _layout(root: Path) -> tuple[dict[str, dict[str, FileList]], list[str], list[str]]:
+    """Map split -> class -> files, plus images lying outside any class folder and notes for the user
+    (val/test class folders renamed to train's, ``_match_split_classes``)."""
     dirs = _subdirs(root)
     split_dirs = [d for d in dirs if d.name.lower() in SPLIT_DIRS]
     has_train = any(SPLIT_DIRS[d.name.lower()] == "train" for d in split_dirs)
@@ -135,7 +140,48 @@ def _layout(root: Path) -> tuple[dict[str, dict[str, FileList]], list[str]]:
         layout[split] = {}
         for class_dir in classes:
             layout[split][class_dir.name] = _scan_images(str(class_dir))  # empty: left out by _finish
-    return layout, stray
+    return layout, stray, _match_split_classes(root, layout)
+
+
+def _match_split_classes(root: Path, layout: dict[str, dict[str, FileList]]) -> list[str]:
+    """Rename, in place, the val/test class folders that are train's classes spelled another way (case,
+    spacing, punctuation: ``classmatch.name_key``) to train's names; return notes saying so, and naming
+    val/test classes with no train counterpart (kept as classes of their own). A spelling that fits two
+    train classes is not guessed: it stays a class of its own."""
+    from minivision.classmatch import name_key  # here: classmatch imports minivision.data
+
+    train = sorted(layout["train"])
+    by_key: dict[str, list[str]] = {}
+    for c in train:
+        by_key.setdefault(name_key(c), []).append(c)
+    notes = []
+
+    def listing(names: list[str]) -> str:
+        return ", ".join(names[:12]) + (f", ... ({len(names) - 12} more)" if len(names) > 12 else "")
+
+    for split in [s for s in ("val", "test") if s in layout]:
+        renamed: dict[str, FileList] = {}
+        changed, missing = [], []
+        for c, files in layout[split].items():
+            hits = [c] if c in layout["train"] else by_key.get(name_key(c), [])
+            target = hits[0] if len(hits) == 1 else c
+            renamed.setdefault(target, []).extend(files)
+            if target != c:
+                changed.append(f"{split}/{c} -> train/{target}")
+            elif c not in layout["train"]:
+                missing.append(c)
+        for files in renamed.values():
+            files.sort()
+        layout[split] = renamed
+        if changed:
+            notes.append(f"{root.name}: {split}/ class folders matched to train/ by name (they differ in case, "
+                         f"spacing or punctuation): {listing(changed)}")
+        if missing:
+            notes.append(f"{root.name}: {split}/ has class folder{'s' if len(missing) > 1 else ''} "
+                         f"{listing(missing)} with no counterpart in train/ (train/ has: {listing(train)}); "
+                         f"a model trained on this folder has no pictures to learn "
+                         f"{'them' if len(missing) > 1 else 'it'} from")
+    return notes
 
 
 def working_size(sizes: list[tuple[int, int]], imgsz: int | None = None) -> tuple[int, int]:
@@ -369,25 +415,26 @@ def read_image_folder(root: str | Path, *, cache: bool = True, max_pixels: int =
     root = Path(root).expanduser().absolute()
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
-    layout, stray = _layout(root)
+    layout, stray, layout_notes = _layout(root)
     wanted = [imgsz, fit] if conversion is None else [conversion.channels, list(conversion.size),
                                                       conversion.to_dict()]
     base, key = _cache_paths(root, layout, stray, max_pixels, wanted)
     if cache:
         cached = _load_cache(base, key)
         if cached is not None:
-            return _finish(root, cached)
+            return _finish(root, cached, layout_notes)
     ds = _build(root, layout, stray, max_pixels, imgsz, fit, conversion)
     if cache:
         _save_cache(base, key, ds)
-    return _finish(root, ds)
+    return _finish(root, ds, layout_notes)
 
 
-def _finish(root: Path, ds: Dataset) -> Dataset:
+def _finish(root: Path, ds: Dataset, layout_notes: list[str] | tuple[str, ...] = ()) -> Dataset:
     """The user's class names, then classes with no usable pictures left out with a note (data/rules.py)."""
     import dataclasses
 
     ds, notes = drop_empty_classes(_named_classes(root, ds))
+    notes = [*layout_notes, *notes]
     return dataclasses.replace(ds, notes=ds.notes + notes) if notes else ds
 
 
