@@ -179,6 +179,60 @@ def test_score_on_arrays_is_top1_accuracy_by_index_or_name(fitted):
         clf.score(x)
 
 
+def test_evaluate_takes_pictures_and_labels_as_a_tuple_like_keras_validation_data(fitted):
+    clf, x, y = fitted
+    pred = clf.predict_proba(x).argmax(1)
+    m, notes = _notes(lambda: clf.evaluate((x, y)))
+    assert m["accuracy"] == pytest.approx((pred == y).mean()) and m["n"] == len(y) and m["split"] == "all"
+    assert notes == [] and np.array_equal(clf.confusion_matrix((x, y)).sum(1), np.bincount(y, minlength=4))
+    with pytest.raises(mv.MinivisionError, match="split='val' does not apply"):
+        clf.evaluate((x, y), split="val")
+    with pytest.raises(mv.MinivisionError, match=r"^evaluate takes a dataset name.*got int$"):
+        clf.evaluate(5)
+
+
+def test_score_parses_labels_as_fit_does(fitted):
+    clf, x, y = fitted
+    plain = clf.score(x, y)
+    assert clf.score(x, y.astype(float)) == plain and clf.score(x, y.tolist()) == plain
+    assert clf.score(x, torch.from_numpy(y)) == plain
+    got, notes = _notes(lambda: clf.score(x, np.eye(4)[y]))  # Keras' to_categorical
+    assert got == plain and notes == ["labels given one-hot (4 columns)"]
+    with pytest.raises(mv.MinivisionError, match="whole numbers"):
+        clf.score(x, y + 0.5)
+    with pytest.raises(mv.MinivisionError, match="class indices 0-3 or class names; got 7"):
+        clf.score(x, np.full(len(y), 7))
+
+
+def test_an_array_of_no_pictures_is_refused_in_one_line(fitted):
+    clf, _, _ = fitted
+    for call in (clf.predict, clf.predict_proba, clf.features, lambda a: clf.score(a, [])):
+        with pytest.raises(mv.MinivisionError, match=r"^no pictures: the array holds 0 pictures"):
+            call(np.zeros((0, 28, 28), np.uint8))
+
+
+def test_nested_lists_of_numbers_are_pictures(fitted, tmp_path):
+    clf, x, y = fitted
+    np.testing.assert_allclose(_notes(lambda: clf.predict_proba(x[:5].tolist()))[0], clf.predict_proba(x[:5]),
+                               atol=1e-6)
+    c2 = mv.Classifier(model="softmax", epochs=1, out=str(tmp_path))
+    _notes(lambda: c2.fit(x.tolist(), y.tolist(), progress=False))
+    assert c2.classes_ == ["0", "1", "2", "3"]
+    with pytest.raises(mv.MinivisionError, match="different sizes"):
+        clf.predict([[[0] * 28] * 28, [[0] * 28] * 27])
+
+
+def test_evaluate_on_a_folder_gives_its_notes_as_warnings(fitted, tmp_path):
+    clf, x, y = fitted
+    for i, (img, k) in enumerate(zip(x, y, strict=True)):
+        if k < 2:
+            (tmp_path / str(k)).mkdir(exist_ok=True)
+            Image.fromarray(img).save(tmp_path / str(k) / f"{i}.png")
+    m, notes = _notes(lambda: clf.evaluate(str(tmp_path)))
+    assert m["notes"] and notes == m["notes"]
+    assert any("2 of the model's 4 classes" in n for n in notes) and any("scoring all" in n for n in notes)
+
+
 @pytest.mark.parametrize("bad, message", [
     (np.zeros((2, 32, 32), np.uint8), r"grey pictures of 28 x 28 .*shape \(2, 32, 32\)"),
     (np.zeros((2, 28, 28, 3), np.uint8), r"grey pictures of 28 x 28"),

@@ -184,6 +184,8 @@ class Classifier:
 
         lm = self._check_fitted()
         x, said = images_from_array(X, lm.preprocess.channels, tuple(lm.preprocess.size))
+        if len(x) == 0:
+            raise MinivisionError(f"no pictures: the array holds 0 pictures (shape {tuple(np.shape(X))})")
         if said:
             note(said)
         _note_empty([i for i, b in enumerate(blank_pictures(x).tolist()) if b])
@@ -233,7 +235,7 @@ class Classifier:
         lm = self._check_fitted()
         pred = self.predict_proba(X).argmax(1)
         want = _label_indices(y, len(pred), lm.classes)
-        return float((pred == want).mean()) if len(pred) else float("nan")
+        return float((pred == want).mean())
 
     def _scoring(self, data: str | Dataset | None, split: str | None) -> Any:
         """``evaluate.ScoringData`` of ``data``: the training data (None, the ``Dataset`` given to ``fit``, or
@@ -244,6 +246,11 @@ class Classifier:
 
         lm = self._check_fitted()
         trained = getattr(self, "_dataset_", None)
+        if isinstance(data, tuple) and len(data) == 2 and not isinstance(data[0], (str, Path)):
+            return self._scoring_arrays(*data, split)
+        if data is not None and not isinstance(data, (str, Path, Dataset)):
+            raise MinivisionError("evaluate takes a dataset name, a CSV file or image folder, a Dataset, or "
+                                  f"pictures and labels as a tuple (x, y); got {type(data).__name__}")
         if isinstance(data, Dataset) and data is not trained:
             return other_data(lm, data, split)
         if data is None and trained is not None:
@@ -254,20 +261,39 @@ class Classifier:
             return ScoringData(data, split, split_for(data, split), list(data.notes))
         return scoring_data(lm, data, split=split)
 
+    def _scoring_arrays(self, X: Any, y: Any, split: str | None) -> Any:
+        """``evaluate.ScoringData`` of pictures ``X`` and labels ``y`` given as arrays (Keras'
+        ``validation_data=(x, y)``): every picture scored, labels parsed as ``score`` does."""
+        from .data.dataset import Split
+        from .evaluate import WHOLE, ScoringData
+
+        if split not in (None, WHOLE, "test"):
+            raise MinivisionError(f"split={split!r} does not apply to pictures given as (x, y): all of them are "
+                                  "scored")
+        lm = self._check_fitted()
+        x = self._images(X)
+        labels = torch.from_numpy(_label_indices(y, len(x), lm.classes))
+        ds = Dataset("arrays", list(lm.classes), Split(x, labels), source="arrays given to evaluate")
+        return ScoringData(ds, WHOLE, ds.train, [])
+
     def evaluate(self, data: str | Dataset | None = None, split: str | None = None,
                  tta: bool = False) -> dict[str, Any]:
         """accuracy, loss, n, per_class, confusion, classes (precision/recall/F1), most_confused, ece,
         calibration, split, notes; ``tta`` adds tta_accuracy/tta_loss.
 
-        ``data``: None (the training data), a dataset name, file or folder, or a ``Dataset``. ``split``: None is
+        ``data``: None (the training data), a dataset name, file or folder, a ``Dataset``, or pictures and labels
+        as a tuple ``(x, y)`` (arrays as ``score`` takes them, all scored: ``split`` is ``all``). ``split``: None is
         the test split (the validation split for training data without one; for other data without a test
         split, every image: ``split`` is then ``all``). Data other than the training data is matched to
         ``classes_`` by name (order and case; a subset is scored on its classes, named in ``classes_scored``);
-        ``notes`` says what was matched or assumed. Raises MinivisionError (one line) for classes that do not
-        match, with both lists."""
+        ``notes`` says what was matched or assumed, each also given as a ``minivision.errors.Note`` warning.
+        Raises MinivisionError (one line) for classes that do not match, with both lists."""
+        from .arrays import note
         from .evaluate import evaluate_split
 
         sd = self._scoring(data, split)
+        for said in sd.notes:
+            note(said)
         m = evaluate_split(self._check_fitted(), sd.split, tta=tta, match=sd.match)
         return {**m, "split": sd.split_name, "notes": list(sd.notes)}
 
@@ -353,20 +379,35 @@ def _training_data(data: Any, y: Any) -> Any:
 
 
 def _label_indices(y: Any, n: int, classes: list[str]) -> np.ndarray:
-    """``y`` (indices into ``classes`` or class names, N) as indices; MinivisionError for an unknown name."""
-    a = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-    if a.ndim != 1 or len(a) != n:
-        raise MinivisionError(f"expected {n} labels, one per picture; got labels of shape {tuple(a.shape)}")
-    if a.dtype.kind in "USO":
+    """``y`` as int64 indices into ``classes`` (N,): labels as ``fit`` takes them (``arrays.label_values``:
+    integers, whole floats, one-hot rows, class names); names that differ from a class only in case,
+    spacing or punctuation (``classmatch.name_key``) are matched with a note. Raises MinivisionError (one
+    line) for an index out of range or a name that is not among ``classes``."""
+    from .arrays import label_values, note
+    from .classmatch import name_key
+
+    a, said = label_values(y, n)
+    if a.dtype == object:
         index = {c: i for i, c in enumerate(classes)}
-        unknown = sorted({str(v) for v in a} - set(index))
+        by_key: dict[str, list[int]] = {}
+        for i, c in enumerate(classes):
+            by_key.setdefault(name_key(c), []).append(i)
+        loose = {v: by_key.get(name_key(v), []) for v in set(a.tolist()) - set(index)}
+        unknown = sorted(v for v, hits in loose.items() if len(hits) != 1)
         if unknown:
             raise MinivisionError(f"labels {', '.join(map(repr, unknown[:5]))} are not among the model's classes "
                                   f"({', '.join(classes)})")
-        return np.array([index[str(v)] for v in a])
-    if a.dtype.kind not in "iu" or (n and (a.min() < 0 or a.max() >= len(classes))):
-        raise MinivisionError(f"labels must be class indices 0-{len(classes) - 1} or class names")
-    return a.astype(np.int64)
+        index.update({v: hits[0] for v, hits in loose.items()})
+        if loose:
+            said = "; ".join(s for s in (said, "matched labels that differ from the class names in case, spacing "
+                                         "or punctuation (" + ", ".join(f"{v} -> {classes[loose[v][0]]}"
+                                                                        for v in sorted(loose)[:5]) + ")") if s)
+        a = np.array([index[v] for v in a], dtype=np.int64)
+    elif n and a.max() >= len(classes):
+        raise MinivisionError(f"labels must be class indices 0-{len(classes) - 1} or class names; got {int(a.max())}")
+    if said:
+        note(said)
+    return a
 
 
 def _note_empty(empty: list[int]) -> None:

@@ -34,15 +34,26 @@ def note(message: str) -> None:
 
 
 def is_array(x: Any) -> bool:
-    """An array of pictures (numpy, torch) or a non-empty list of arrays, not paths or PIL images."""
+    """An array of pictures (numpy, torch), a non-empty list of arrays, or nested lists of numbers
+    (``x.tolist()``); not paths or PIL images."""
     if isinstance(x, (np.ndarray, torch.Tensor)):
         return True
-    return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(v, (np.ndarray, torch.Tensor)) for v in x)
+    if not isinstance(x, (list, tuple)) or not x:
+        return False
+    if all(isinstance(v, (np.ndarray, torch.Tensor)) for v in x):
+        return True
+    return all(isinstance(v, (list, tuple)) for v in x)  # nested lists: x.tolist()
 
 
 def _numpy(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
+    if isinstance(x, (list, tuple)) and not all(isinstance(v, (np.ndarray, torch.Tensor)) for v in x):
+        try:  # nested lists of numbers (x.tolist()): one conversion, not one per row
+            return np.asarray(x)
+        except ValueError:  # ragged (numpy refuses to make an array of unequal rows)
+            raise MinivisionError("the pictures in the list have different sizes; give them all at the "
+                                  "model's size") from None
     if isinstance(x, (list, tuple)):
         shapes = {tuple(np.shape(v)) for v in x}
         if len(shapes) > 1:
@@ -122,10 +133,11 @@ def images_from_array(x: Any, channels: int | None = None, size: tuple[int, int]
     return torch.from_numpy(np.ascontiguousarray(a)), (f"took the array as {what}" if what else "")
 
 
-def labels_from_array(y: Any, n: int) -> tuple[torch.Tensor, list[str], str]:
-    """int64 labels (N,), the class names and a note, from ``y``: integers 0..K-1 (names "0".."K-1"),
-    class names (strings, sorted), or one-hot rows (N, K) as Keras' ``to_categorical`` gives.
-    Raises MinivisionError for another length or non-integer labels."""
+def label_values(y: Any, n: int) -> tuple[np.ndarray, str]:
+    """``y`` as a 1-D array of N labels, int64 or strings, and a note ('' when nothing was assumed): integer
+    labels, float labels that are whole numbers (``y.astype(float)``), class names, or one-hot rows (N, K)
+    as Keras' ``to_categorical`` gives (taken as their column index). The one label parsing of ``fit`` and
+    ``score``. Raises MinivisionError (one line) for another length or labels that are not whole numbers."""
     a = _numpy(y) if not isinstance(y, (list, tuple)) or is_array(y) else np.asarray(y)
     said = ""
     if a.ndim == 2 and a.shape[0] == n and a.shape[1] >= 2 and np.isin(a, (0, 1)).all() and (a.sum(1) == 1).all():
@@ -133,9 +145,7 @@ def labels_from_array(y: Any, n: int) -> tuple[torch.Tensor, list[str], str]:
     if a.ndim != 1 or len(a) != n:
         raise MinivisionError(f"expected {n} labels, one per picture; got labels of shape {tuple(a.shape)}")
     if a.dtype.kind in "US" or a.dtype == object:
-        names = sorted({str(v) for v in a})
-        index = {c: i for i, c in enumerate(names)}
-        return torch.tensor([index[str(v)] for v in a], dtype=torch.int64), names, said
+        return np.array([str(v) for v in a], dtype=object), said
     if a.dtype.kind == "f":
         if not np.isfinite(a).all() or (a != np.rint(a)).any():
             raise MinivisionError("labels must be whole numbers (0, 1, 2, ...) or class names")
@@ -144,5 +154,17 @@ def labels_from_array(y: Any, n: int) -> tuple[torch.Tensor, list[str], str]:
         raise MinivisionError(f"labels must be whole numbers (0, 1, 2, ...) or class names, got {a.dtype}")
     if n and a.min() < 0:
         raise MinivisionError(f"labels must be 0 or more, got {int(a.min())}")
+    return np.array(a, dtype=np.int64), said
+
+
+def labels_from_array(y: Any, n: int) -> tuple[torch.Tensor, list[str], str]:
+    """int64 labels (N,), the class names and a note, from ``y`` as ``label_values`` takes it: integers
+    0..K-1 (names "0".."K-1"), class names (strings, sorted), or one-hot rows (N, K).
+    Raises MinivisionError for another length or non-integer labels."""
+    a, said = label_values(y, n)
+    if a.dtype == object:
+        names = sorted(set(a.tolist()))
+        index = {c: i for i, c in enumerate(names)}
+        return torch.tensor([index[v] for v in a], dtype=torch.int64), names, said
     k = int(a.max()) + 1 if n else 0
-    return torch.from_numpy(np.array(a, dtype=np.int64)), [str(i) for i in range(k)], said
+    return torch.from_numpy(a), [str(i) for i in range(k)], said
