@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import torch
@@ -138,3 +139,24 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 def test_run_dirs_never_reused(tmp_path):
     dirs = [new_run_dir(tmp_path, "train") for _ in range(3)]
     assert [d.name for d in dirs] == ["train", "train2", "train3"]
+
+
+@pytest.mark.parametrize("k", [3, 12])
+def test_confusion_matrix_printout_has_one_column_per_class_under_its_number(k):
+    from minivision.evaluate import format_metrics
+
+    classes = ["T-shirt/top", "Ankle boot", "Bag"] + [f"c{i}" for i in range(3, k)]
+    confusion = [[(100 * i + j) if i != j else 12345 for j in range(k)] for i in range(k)]
+    text = format_metrics({"accuracy": 0.5, "loss": 1.0, "n": 10, "confusion": confusion}, classes, "run")
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("confusion matrix"))
+    header, rows = lines[at + 1], lines[at + 2:at + 2 + k]
+    assert header.split() == [str(j) for j in range(k)]
+    for i, (name, line) in enumerate(zip(classes, rows, strict=True)):
+        label = f"{i} {name}"
+        assert line.split()[:len(label.split())] == label.split()
+        cells = line.split()[len(label.split()):]
+        assert cells == [str(v) for v in confusion[i]], line  # no trailing extra column
+        assert len(line) == len(header)  # each number right-aligned under its column's number
+        ends = [m.end() for m in re.finditer(r"\d+", header)]
+        assert [line[e - 1] for e in ends] == [str(v)[-1] for v in confusion[i]]

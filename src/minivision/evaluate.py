@@ -197,14 +197,16 @@ def format_metrics(m: dict[str, Any], classes: list[str], title: str) -> str:
     for r in rows + ([macro_average(rows)] if rows else []):
         lines.append(f"  {r['class']:<{width}}  {r['precision']:>9.2%}  {r['recall']:>6.2%}  {r['f1']:>6.2%}"
                      f"  {r['support']:>7,}")
-    lines += ["", "confusion matrix (rows: true, columns: predicted):"]
-    cell = max(5, len(str(max(max(r) for r in m["confusion"]))) + 1)
-    lines.append(" " * (width + 2) + "".join(f"{i:>{cell}}" for i in range(len(classes))))
+    # one column per predicted class, headed by its number; each row starts with its number and name
+    lines += ["", "confusion matrix (rows: true class, columns: predicted class by number):"]
+    cell = max(5, len(str(max(max(r) for r in m["confusion"]))) + 1, len(str(len(classes) - 1)) + 1)
+    num = len(str(len(classes) - 1))
+    lines.append(" " * (2 + num + 1 + width) + "".join(f"{i:>{cell}}" for i in range(len(classes))))
     scored = set(m.get("classes_scored") or classes)  # data holding a subset: rows of its classes only
     for i, (name, row) in enumerate(zip(classes, m["confusion"], strict=False)):
         if name not in scored:
             continue
-        lines.append(f"  {name:<{width}}" + "".join(f"{v:>{cell}}" for v in row) + f"   {i}")
+        lines.append(f"  {i:>{num}} {name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
     if m.get("most_confused"):
         lines += ["", "most confused (true -> predicted: images):"]
         lines += [f"  {p['true']} -> {p['predicted']}: {p['count']:,} ({p['fraction_of_true']:.1%} of {p['true']})"
