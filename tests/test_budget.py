@@ -11,10 +11,12 @@ from safetensors import safe_open
 
 from minivision.budget import (
     LADDER,
+    EpochLines,
     Planner,
     Rung,
     default_budget,
     format_duration,
+    format_epoch_seconds,
     parse_duration,
     pick_rung,
     small_data_batch,
@@ -222,3 +224,66 @@ def test_the_cli_and_the_jobs_api_plan_a_small_dataset_the_same_way(tmp_path):
     r = fit(TrainConfig(budget=3.0, batch_size=64, out=str(tmp_path), val_split=0.25, augment=""), dataset=ds,
             progress=False, log=lambda m: None)
     assert r.config.batch_size == 64
+
+
+def test_fixed_length_runs_get_the_small_data_batch_too(tmp_path):
+    """A recipe's batch of 128 on 108 pictures is one step an epoch (a useless model after 10 epochs):
+    fixed --epochs/--steps runs get the budget's small-data rule, with a note; a batch the user set is kept,
+    and a dataset of Fashion-MNIST's size keeps the recipe's."""
+    ds = synthetic_dataset(120, 20)  # 108 training images after the 10% validation split
+    said: list[str] = []
+    r = fit(TrainConfig(model="mvnet-t", epochs=1, augment="", out=str(tmp_path)), dataset=ds,
+            progress=False, log=said.append)
+    assert r.config.batch_size == small_data_batch(108, 128) == 27
+    assert any(line.startswith("note: 108 training images: batches of 27 instead of the recipe's 128") for line in said)
+    r = fit(TrainConfig(model="mvnet-t", steps=2, augment="", out=str(tmp_path)), dataset=ds,
+            progress=False, log=lambda m: None)
+    assert r.config.batch_size == 27
+    said.clear()
+    r = fit(TrainConfig(model="mvnet-t", epochs=1, batch_size=128, augment="", out=str(tmp_path)), dataset=ds,
+            progress=False, log=said.append)
+    assert r.config.batch_size == 128 and not any("instead of the recipe's" in line for line in said)
+    assert small_data_batch(54_000, 128) == 128 and small_data_batch(512, 128) == 128  # 4+ steps: unchanged
+
+
+def test_sub_second_epochs_are_not_printed_as_0_s():
+    assert format_epoch_seconds(0.004) == "4 ms" and format_epoch_seconds(0.35) == "350 ms"
+    assert format_epoch_seconds(0.0001) == "1 ms"  # never "0"
+    assert format_epoch_seconds(4.2) == "4 s" and format_epoch_seconds(1.0) == "1 s"
+
+
+def test_short_epochs_print_a_line_every_two_seconds_the_first_the_last_and_new_bests():
+    now = [0.0]
+    lines = EpochLines(clock=lambda: now[0])
+    shown = []
+    for epoch in range(1, 201):  # 200 epochs of 50 ms: 10 s
+        now[0] += 0.05
+        acc = 0.5 if epoch < 150 else 0.75  # a new best accuracy at epoch 150
+        if lines.show(acc, first=epoch == 1, last=epoch == 200):
+            shown.append(epoch)
+    assert shown[:EpochLines.FIRST] == list(range(1, EpochLines.FIRST + 1))
+    assert shown[-1] == 200 and 150 in shown
+    later = [e for e in shown[EpochLines.FIRST:] if e not in (150, 200)]
+    assert all(b - a >= 40 for a, b in zip(later, later[1:], strict=False))  # 2 s apart = 40 epochs of 50 ms
+    assert 5 <= len(shown) - EpochLines.FIRST <= 8  # ~9.5 s of lines every 2 s, plus the best and the last
+    # epochs of 2 s or more: every line
+    slow = EpochLines(clock=lambda: now[0])
+    shown = []
+    for _ in range(30):
+        now[0] += 2.5
+        shown.append(slow.show(0.5, first=False, last=False))
+    assert all(shown)
+
+
+def test_a_run_of_short_epochs_prints_few_lines_but_keeps_every_epoch(tmp_path, monkeypatch):
+    monkeypatch.setattr(EpochLines, "EVERY_S", 1e9)  # no time-based line: only first epochs, bests, last
+    monkeypatch.setattr(EpochLines, "FIRST", 2)
+    said: list[str] = []
+    r = fit(TrainConfig(model="softmax", epochs=30, augment="", out=str(tmp_path)), dataset=synthetic_dataset(40, 8),
+            progress=False, log=said.append)
+    epoch_lines = [line for line in said if line.startswith("epoch ")]
+    assert len(r.history) == 30 and len(epoch_lines) < 30
+    assert epoch_lines[0].startswith("epoch 1/30") and epoch_lines[-1].startswith("epoch 30/30")
+    assert sum("epochs are short" in line for line in said) == 1
+    with open(r.run_dir / "results.csv") as f:
+        assert len(f.read().splitlines()) == 31  # header + every epoch

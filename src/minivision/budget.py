@@ -304,7 +304,7 @@ def plan_budget(user_cfg: TrainConfig, cfg: TrainConfig, ds: Dataset, device: to
         first_guess = max(first_guess, Planner.WARMUP + Planner.FIRST_PLAN_AT + 1)
     final = dataclasses.replace(final, steps=max(1, first_guess), epochs=None)
     plan.total_steps = final.steps
-    why = ", ".join(f"{k} {v:.0f} s/epoch" for k, v in plan.probed_s_per_epoch.items())
+    why = ", ".join(f"{k} {format_epoch_seconds(v)}/epoch" for k, v in plan.probed_s_per_epoch.items())
     small = f"; {n:,} training images: batches of {final.batch_size}" if scale > 1 else ""
     log(f"budget {format_duration(budget)}: {name}" + (f" (timed: {why})" if why else "") + small
         + "; the step count is planned from the measured speed as it trains")
@@ -316,3 +316,69 @@ def plan_small_data(user_cfg: TrainConfig, cfg: TrainConfig, n_train: int) -> Tr
     if user_cfg.batch_size is not None or cfg.batch_size is None:
         return cfg
     return dataclasses.replace(cfg, batch_size=small_data_batch(n_train, cfg.batch_size))
+
+
+def small_data_batches(user_cfg: TrainConfig, cfg: TrainConfig, n_train: int,
+                       log: Callable[[str], None]) -> TrainConfig:
+    """``plan_small_data`` for a run of fixed length (``--epochs``/``--steps``, or none given): the same
+    rule as a budget run's, with a note when it changes the recipe's batch size.
+
+    Why every run: a recipe's batch of 128 on 108 pictures is one step an epoch; 10 epochs are 10
+    updates and batch-norm running statistics averaged over a handful of batches, and the kept model
+    answers every picture with the same scores. A batch the user set (``--batch-size``) is kept."""
+    small = plan_small_data(user_cfg, cfg, n_train)
+    if small.batch_size != cfg.batch_size:
+        log(f"note: {n_train:,} training images: batches of {small.batch_size} instead of the recipe's "
+            f"{cfg.batch_size}, so an epoch has at least {MIN_STEPS_PER_EPOCH} steps (--batch-size sets it)")
+    return small
+
+
+def format_epoch_seconds(seconds: float) -> str:
+    """An epoch's time for the budget header: ``350 ms`` under a second, ``4 s`` above (never ``0 s``)."""
+    if seconds < 1.0:
+        return f"{max(1, round(seconds * 1000))} ms"
+    return f"{seconds:.0f} s"
+
+
+class EpochLines:
+    """Which epoch lines to print when epochs are short: a run of tiny epochs (a budget run on a few
+    pictures does hundreds a second) would fill the terminal with lines nobody can read.
+
+    A line is shown for each of the first ``FIRST`` epochs, the last, an epoch whose validation
+    accuracy is higher than any before (a new best by accuracy, not by a loss tie-break, which happens
+    nearly every epoch), and otherwise at most one every ``EVERY_S`` seconds of wall time. Every epoch is still in the
+    history (results.csv, progress.json). ``clock``: seconds, monotonic (a test seam)."""
+
+    EVERY_S = 2.0
+    FIRST = 10
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.last_shown: float | None = None
+        self.best_acc = -math.inf
+        self.hidden = 0  # epochs not shown
+        self.seen = 0
+
+    def show(self, val_accuracy: float, *, first: bool, last: bool) -> bool:
+        """True when this epoch's line is printed (call once per epoch, in order)."""
+        now = self.clock()
+        self.seen += 1
+        first = first or self.seen <= self.FIRST
+        better = not math.isnan(val_accuracy) and val_accuracy > self.best_acc
+        if better:
+            self.best_acc = val_accuracy
+        if first or last or better or self.last_shown is None or now - self.last_shown >= self.EVERY_S:
+            self.last_shown = now
+            return True
+        self.hidden += 1
+        return False
+
+    def lines(self, text: str, val_accuracy: float, *, first: bool, last: bool) -> list[str]:
+        """The lines to print for this epoch: ``[text]``, nothing, or (at the first epoch left out) a note
+        saying which lines are shown."""
+        if self.show(val_accuracy, first=first, last=last):
+            return [text]
+        if self.hidden == 1:
+            return [f"(epochs are short: a line every {self.EVERY_S:.0f} s, at a new best and at the end; "
+                    f"every epoch is in results.csv)"]
+        return []

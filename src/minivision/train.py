@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .budget import LADDER, Plan, Planner, default_budget, format_duration, plan_budget
+from .budget import LADDER, EpochLines, Plan, Planner, default_budget, format_duration, plan_budget, small_data_batches
 from .config import TrainConfig, resolve
 from .data import load_dataset
 from .data.augment import Augment
@@ -200,6 +200,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     plan: Plan | None = None
     if resume is None and cfg.budget is not None:
         cfg, plan = plan_budget(user_cfg, cfg, ds, device, precision, started, log, clock)
+    elif resume is None:  # fixed epochs/steps: the budget's small-data batch rule too (a batch the user set is kept)
+        cfg = small_data_batches(user_cfg, cfg, len(ds.train.y), log)
     if resume is None and not augment_from_user and ds.name in MIRROR_SENSITIVE and Augment.parse(cfg.augment).flip:
         cfg = dataclasses.replace(cfg, augment=dataclasses.replace(Augment.parse(cfg.augment), flip=0.0).spec())
         log(f"note: no flip augmentation for {ds.name} (a mirrored digit is another digit); augment={cfg.augment!r}")
@@ -420,6 +422,7 @@ class Trainer:
         # (when the budget ends, the clock it is read on): set for a budget run whose planner re-plans, so its
         # epoch lines say the time left instead of a planned total that moves (epoch 7/13, then 8/10)
         self.budget_end: tuple[float, Callable[[], float]] | None = None
+        self.epoch_lines = EpochLines()  # short epochs: a line every few seconds, not hundreds a second
         # the last EXPLODED_STEPS steps as [exploded 0/1, correct, images, loss] (see EXPLODED_LOSS)
         self.exploding: list[list[float]] = []
 
@@ -618,9 +621,11 @@ class Trainer:
             self.best_val = val_acc
         self._emit("on_epoch_end", row)
         val = f"val loss {val_loss:.4f} acc {val_acc:.2%}" if not no_val else "no validation split"
-        self.log(f"{self.epoch_label(row['epoch'])}  train loss {row['train_loss']:.4f} acc "
-                 f"{row['train_accuracy']:.2%}  {val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
-                 + ("  *" if self.improved else ""))
+        text = (f"{self.epoch_label(row['epoch'])}  train loss {row['train_loss']:.4f} acc "
+                f"{row['train_accuracy']:.2%}  {val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
+                + ("  *" if self.improved else ""))
+        for line in self.epoch_lines.lines(text, val_acc, first=len(self.history) == 1, last=self.epoch >= self.epochs):
+            self.log(line)
 
     # -- the end
 
