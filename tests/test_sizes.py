@@ -328,3 +328,35 @@ def test_a_108_megapixel_phone_photo_is_predicted_and_served(tmp_path):
         assert r.status_code == 200, r.text
         r = client.post("/predict", files=[("file", ("huge.png", png_header(12000, 9000)))])
         assert r.status_code == 400 and "refused as a possible decompression bomb" in r.json()["error"]
+
+
+def test_a_progressive_jpeg_counts_at_full_size(tmp_path):
+    """libjpeg keeps a progressive JPEG's coefficients for the whole picture whatever draft mode reduces the
+    output to, so its cost is its full size: refused over the limit in the same words; the same picture
+    saved as a baseline JPEG keeps the reduced-size rule."""
+    g = Image.linear_gradient("L").resize((2400, 1800))
+    baseline, progressive = tmp_path / "baseline.jpg", tmp_path / "progressive.jpg"
+    Image.merge("RGB", (g, g, g)).save(baseline, "JPEG", quality=85)
+    Image.merge("RGB", (g, g, g)).save(progressive, "JPEG", quality=85, progressive=True)
+    with Image.open(progressive) as img:
+        assert images.is_progressive_jpeg(img)
+    with Image.open(baseline) as img:
+        assert not images.is_progressive_jpeg(img)
+    assert open_image(baseline, max_pixels=100_000, min_side=64).size == (300, 225)  # 1/8 scale: 67,500 pixels
+    with pytest.raises(ImageError) as e:
+        open_image(progressive, max_pixels=100_000, min_side=64)
+    assert e.value.kind == "bomb"
+    assert str(e.value) == bomb_message(str(progressive), 2400, 1800, max_pixels=100_000)
+    assert "progressive ones at full size" in str(e.value)
+    # under the limit a progressive JPEG is still decoded at the reduced size
+    assert open_image(progressive, max_pixels=5_000_000, min_side=64).size == (300, 225)
+
+
+def test_a_progressive_jpeg_over_the_limit_is_skipped_by_the_folder_reader(tmp_path):
+    for k in ("a", "b"):
+        (tmp_path / k).mkdir()
+        for i in range(3):
+            write_jpeg(tmp_path / k / f"{i}.jpg", 64, 64, colour=(200, 60 * i, 30) if k == "a" else (20, 60 * i, 230))
+    Image.new("RGB", (2400, 1800), (90, 90, 90)).save(tmp_path / "a" / "big.jpg", "JPEG", progressive=True)
+    ds = read_image_folder(tmp_path, cache=False, max_pixels=100_000)
+    assert any("big.jpg" in str(s) and "decompression bomb" in str(s) for s in ds.skipped), ds.skipped

@@ -24,7 +24,11 @@ much, measured on the pixels actually decoded (after the reduction above), not o
   ``MAX_EXPANSION`` (200) times the file's size in bytes (a 9000 x 9000 PNG of one colour is 258 kB
   and would decode to 243 MB, 941 times its size; photos decode to 5-30 times theirs).
 
-So a 108-megapixel, 3 MB JPEG from a phone is decoded at 1/8 scale (1.7 MP) and let through; a
+A progressive JPEG counts at its full size: libjpeg keeps all of its DCT coefficients (about 2 bytes
+x full pixels x components) however much draft mode reduces the output, so a 28000 x 28000
+progressive JPEG of 4 MB would take ~1.8 GB to decode at any reduction; it is refused.
+
+So a 108-megapixel, 3 MB (baseline) JPEG from a phone is decoded at 1/8 scale (1.7 MP) and let through; a
 20000 x 20000 PNG is refused whatever its file size; a 108-megapixel PNG too. The same rule and the
 same words (``bomb_message``) serve predict, the HTTP service, folder datasets and the jobs
 uploads. Pillow's own check (at twice its limit, on the header size) is raised for the moment of
@@ -134,7 +138,8 @@ def bomb_message(where: str, width: int, height: int, *, file_bytes: int | None 
     if pixels > max_pixels:
         return (f"{where}: refused as a possible decompression bomb: it decodes to {width}x{height} = "
                 f"{pixels:,} pixels, over the limit of {max_pixels:,} pixels a picture "
-                f"(large JPEGs count at the reduced size they are decoded at)")
+                f"(large baseline JPEGs count at the reduced size they are decoded at, progressive ones at "
+                f"full size)")
     if file_bytes and pixels > EXPANSION_FLOOR and pixels * 3 > MAX_EXPANSION * file_bytes:
         return (f"{where}: refused as a possible decompression bomb: {width}x{height} = {pixels:,} pixels "
                 f"from a file of {file_bytes:,} bytes, over {MAX_EXPANSION} times its size "
@@ -228,6 +233,19 @@ def _draft(img: Image.Image, min_side: int | None) -> None:
         img.draft(None, (min_side, min_side))
 
 
+def is_progressive_jpeg(img: Image.Image) -> bool:
+    """True for a progressive (or multi-scan) JPEG, from the header Pillow has read (``info``)."""
+    return img.format in ("JPEG", "MPO") and bool(img.info.get("progressive") or img.info.get("progression"))
+
+
+def decode_cost_size(img: Image.Image, header_size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) that decoding ``img`` costs, for the bomb rule: its size after ``_draft`` for a
+    baseline JPEG and other formats; ``header_size`` (the size before ``_draft``) for a progressive
+    JPEG, whose decoder (libjpeg) holds every DCT coefficient of the whole picture, about 2 bytes x
+    full pixels x components, whatever the draft reduction."""
+    return header_size if is_progressive_jpeg(img) else img.size
+
+
 def picture_size(path: str | Path) -> tuple[int, int] | None:
     """(width, height) of a picture file as ``open_image`` will return it before ``min_side`` reduction:
     the header's size, sides swapped when its EXIF orientation turns it by 90 degrees; None when the
@@ -267,11 +285,13 @@ def open_image(source: str | Path | bytes, *, max_pixels: int = MAX_PIXELS,
     with img:
         if img.width == 0 or img.height == 0:
             raise ImageError(f"{where}: image has zero size", "corrupt")
+        header_size = img.size
         try:
             _draft(img, min_side)
         except Exception as exc:
             raise ImageError(f"{where}: corrupt image header ({_one_line(exc)})", "corrupt") from None
-        refused = bomb_message(where, img.width, img.height, file_bytes=len(data), max_pixels=max_pixels)
+        width, height = decode_cost_size(img, header_size)
+        refused = bomb_message(where, width, height, file_bytes=len(data), max_pixels=max_pixels)
         if refused:
             raise ImageError(refused, "bomb")
         try:
