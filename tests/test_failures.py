@@ -302,3 +302,33 @@ def test_pillow_s_decompression_bomb_warning_becomes_our_words(capsys):
     _warning_line(message, Image.DecompressionBombWarning, "PIL/Image.py", 3000)
     assert capsys.readouterr().err == ("note: a picture is very large (100,000,000 pixels): decoding it takes long "
                                        "and much memory\n")
+
+
+def backdrop_ramp(width: int = 400, height: int = 300) -> Image.Image:
+    """A photo of a backdrop alone in uneven light: grey 180 to 240 from left to right, nothing on it."""
+    return Image.fromarray(np.tile(np.linspace(180, 240, width), (height, 1)).astype(np.uint8)).convert("RGB")
+
+
+def test_a_backdrop_in_uneven_light_is_empty_as_the_model_sees_it(csv_model, tmp_path, capsys):
+    """The ramp spans 60 grey levels, so the photo alone is not empty; the conversion evens the light out
+    and the model sees one colour: the same note, on the CLI, in the Python API and in the service."""
+    from fastapi.testclient import TestClient
+
+    from minivision.api import load
+    from minivision.runfiles import load_model
+    from minivision.serve.app import create_app
+
+    ramp = backdrop_ramp()
+    assert not empty_picture(ramp)  # the photo itself spans 60 levels
+    model_input = load_model(csv_model).preprocess.image_to_uint8(ramp)
+    assert blank_pictures(model_input[None]).tolist() == [True]
+    assert empty_picture(ramp, model_input)
+    ramp.save(tmp_path / "ramp.png")
+    assert main(["predict", str(csv_model), str(tmp_path / "ramp.png"), "--json"]) == 0
+    (r,) = json.loads(capsys.readouterr().out)
+    assert r["empty"] is True and r["note"].startswith("the picture is empty")
+    with TestClient(create_app(str(csv_model), jobs_dir=None)) as client:
+        got = client.post("/predict", files=[("file", ("ramp.png", (tmp_path / "ramp.png").read_bytes(), "image/png"))])
+    assert got.status_code == 200 and got.json()["notes"][0].startswith("the picture is empty"), got.text
+    with pytest.warns(UserWarning, match="picture 0 is empty"):
+        load(csv_model).predict([str(tmp_path / "ramp.png")])

@@ -49,8 +49,8 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
     upright (``open_image`` applies EXIF orientation and puts transparency on white).
     ``tta``: scores with flip test-time augmentation, and ``plain`` {label, index, score} without it.
     ``inputs``: each result also holds ``input``, the uint8 (C, H, W) tensor the model saw.
-    An empty picture (``inference.empty_picture``: one colour, or almost) is still predicted, and its
-    result has ``empty`` True and ``note`` saying so.
+    An empty picture (``inference.empty_picture``: one colour, or almost, as given or as the model sees
+    it after the conversion) is still predicted, and its result has ``empty`` True and ``note`` saying so.
     ``background``: auto, light or dark overrides the polarity the model's conversion detects."""
     if top_k < 1:
         raise MinivisionError(f"--top-k must be >= 1, got {top_k}")
@@ -63,9 +63,10 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
         name = names[i] if names else (str(item) if isinstance(item, (str, Path)) else f"image {i}")
         try:
             img = item if hasattr(item, "convert") else open_image(item, min_side=lm.preprocess.photo.decode_side)
-            tensors.append(lm.preprocess.image_to_uint8(img, background))
+            x = lm.preprocess.image_to_uint8(img, background)
+            tensors.append(x)
             where.append(len(results))
-            results.append({"path": name, **({"empty": True, "note": EMPTY_NOTE} if empty_picture(img) else {})})
+            results.append({"path": name, **({"empty": True, "note": EMPTY_NOTE} if empty_picture(img, x) else {})})
         except MinivisionError as e:
             reason = str(e).removeprefix(f"{name}: ")  # the path is already in the result
             results.append({"path": name, "error": reason})

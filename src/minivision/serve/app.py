@@ -155,7 +155,8 @@ class PredictResponse(BaseModel):
     version: str
     files: list[str]
     notes: list[str | None] = Field(description="per picture: a note such as an empty picture's (one colour, "
-                                                "or almost: its label is a guess), else null")
+                                                "or almost, as sent or as the model sees it after the "
+                                                "conversion: its label is a guess), else null")
     inputs: list[str] | None = None
 
 
