@@ -510,6 +510,33 @@ def test_zip_bombs_and_non_zips_are_refused(svc):
     assert job["state"] == "created" and job["images"] == 0  # nothing from a refused upload was kept
 
 
+def test_uploaded_files_are_closed_after_the_request(served_run, tmp_path, monkeypatch):
+    """Each upload's spooled temporary files are closed by the service, so Python never prints
+    'Unclosed file ...' in the server's output. The server shows ResourceWarnings here (Python hides
+    them by default), and one picture is over the 1 MB at which Starlette spools an upload to disk."""
+    monkeypatch.setenv("PYTHONWARNINGS", "always::ResourceWarning")
+    server = Server(served_run, tmp_path / "state")
+    try:
+        job_id = new_model(server, kind="rgb")
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (700, 700, 3), dtype=np.uint8)).save(buf, "PNG")
+        big = buf.getvalue()
+        assert len(big) > 1 << 20
+        files = [("files", ("big.png", big, "image/png")), ("files", ("small.png", picture(0, 80), "image/png"))]
+        r = server.client.post(f"/models/{job_id}/images", files=files, data={"label": "bag"})
+        assert r.status_code == 200, r.text
+        zipped = zip_of({"coat/0.png": big})
+        assert server.client.post(f"/models/{job_id}/images", files={"zip": ("d.zip", zipped)}).status_code == 200
+        r = server.client.post(f"/models/{job_id}/images", files=files, data={"labels": ["bag"]})
+        assert r.status_code == 400  # a refused upload closes its files too
+        for _ in range(3):  # later requests: the earlier requests' objects are gone by then
+            assert server.client.get(f"/models/{job_id}").status_code == 200
+        server.stop()
+        assert "nclosed file" not in server.output(), server.output()[-2000:]
+    finally:
+        server.kill()
+
+
 def test_pictures_with_labels(svc):
     job_id = new_model(svc, kind="rgb")
     files = [("files", (f"{i}.png", picture(0, 50 + i), "image/png")) for i in range(3)]

@@ -249,7 +249,10 @@ def jobs_router(state_dir: Path, *, max_upload_mb: int = 200, max_files: int = 1
                 await run_in_threadpool(read_zip, spool, job["kind"], inflate_limit, batch)
         elif kind == "multipart/form-data":
             form = await read_form(request, max_bytes, MAX_UPLOAD_FILES)
-            await _read_upload_form(form, job["kind"], inflate_limit, batch)
+            try:
+                await _read_upload_form(form, job["kind"], inflate_limit, batch)
+            finally:  # the uploads' spooled temporary files: closed now, not left to the garbage collector
+                await form.close()
         else:
             raise JobError(415, "send a zip (application/zip, or a multipart 'zip' field) or multipart picture "
                                 "files with a 'label' field")
