@@ -111,13 +111,16 @@ def blank_pictures(x: torch.Tensor) -> torch.Tensor:
 def empty_picture(img, model_input: torch.Tensor | None = None) -> bool:
     """A PIL image (any mode and size) is empty by the ``BLANK_SPREAD`` rule, checked on a copy reduced to
     at most ``THUMB_PX`` a side (which averages sensor and JPEG noise away); or ``model_input``, the uint8
-    (C, H, W) picture its conversion made for the model, is empty by the same rule. The second check
-    catches a photo of a backdrop alone: a ramp of light spans 60 grey levels, but the conversion evens
-    the light out and the model sees one colour (all black), and its label is as much a guess."""
+    (C, H, W) picture its conversion made for the model, is empty by the same rule and dark (its 99th
+    percentile below ``2 x BLANK_SPREAD``: nothing of the photo was kept on the black canvas). The second
+    check catches a photo of a backdrop alone: a ramp of light spans 60 grey levels, but the conversion
+    evens the light out and the model sees black, and its label is as much a guess. A model input of one
+    light colour is an item that fills the frame, not an empty picture."""
     import numpy as np
 
     if model_input is not None and bool(blank_pictures(model_input[None])[0]):
-        return True
+        if float(np.percentile(model_input.float().mean(0).numpy(), 99)) < 2 * BLANK_SPREAD:
+            return True
     small = img.convert("L")
     small = small.copy() if small is img else small
     small.thumbnail((THUMB_PX, THUMB_PX))
