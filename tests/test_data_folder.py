@@ -292,3 +292,19 @@ def test_evaluate_scores_the_validation_split_of_a_folder_without_test(tmp_path,
     result = json.loads(out.out)
     assert result["split"] == "val" and result["n"] == 4 and "no test split" in out.err  # 20% of 2 x 12
     assert main(["evaluate", str(run), "--split", "test"]) == 2  # asked for explicitly: still an error
+
+
+def test_train_on_a_folder_without_test_prints_its_validation_accuracy(tmp_path, capsys):
+    from minivision.cli import main
+
+    for k, name in enumerate(("a", "b")):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(np.full((8, 8), 30 + 150 * k + i, np.uint8)).save(tmp_path / "data" / name / f"{i}.png")
+    assert main(["train", "--data", str(tmp_path / "data"), "--model", "cnn1", "--epochs", "2",
+                 "--out", str(tmp_path / "runs")]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    rows = (tmp_path / "runs" / "train" / "results.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    accs = [float(r.split(",")[header.index("val_accuracy")]) for r in rows[1:]]
+    assert last.startswith(f"validation accuracy {max(accs):.2%} (best epoch ") and "no test split" in last, last

@@ -226,7 +226,13 @@ def cmd_train(a: argparse.Namespace) -> int:
         print(f"test accuracy {result.test['test_accuracy']:.2%} (loss {result.test['test_loss']:.4f}, "
               f"{result.test['test_n']:,} images) · run saved to {result.run_dir}")
     else:
-        print(f"no test split; run saved to {result.run_dir}")
+        import math
+
+        scored = [r for r in result.history if not math.isnan(r.get("val_accuracy", math.nan))]
+        best = max(scored, key=lambda r: (r["val_accuracy"], -r["val_loss"])) if scored else None
+        val = (f"validation accuracy {best['val_accuracy']:.2%} (best epoch {best['epoch']}); " if best
+               else "no validation split; ")
+        print(f"{val}no test split · run saved to {result.run_dir}")
     return 0
 
 
