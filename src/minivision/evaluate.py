@@ -90,7 +90,7 @@ def other_data(lm: LoadedModel, ds: Dataset, split: str | None = None) -> Scorin
     own = [name for name in ("val", "test") if getattr(ds, name) is not None and len(getattr(ds, name))]
     if not own:
         whole = ds.train
-        notes.append(f"{ds.name} has no train/val/test split folders: scoring all {len(whole):,} of its images "
+        notes.append(f"{ds.name} is not split into train/val/test: scoring all {len(whole):,} of its images "
                      "(none held back for validation)"
                      + (f"; --split {split} does not apply" if split not in (None, "train") else ""))
         return ScoringData(ds, WHOLE, whole, notes, match)
