@@ -78,12 +78,8 @@ Decoded = tuple[np.ndarray | None, bool, str]
 FileList = list[tuple[str, int, int]]  # (absolute path, size, mtime_ns)
 
 
-def _hidden(name: str) -> bool:
-    return is_ignored(name)  # hidden, __MACOSX, Thumbs.db, ...: the rule every path shares (data/rules.py)
-
-
 def _is_image_name(name: str) -> bool:
-    return not _hidden(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    return not is_ignored(name) and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
 def _scan_images(folder: str) -> FileList:
@@ -94,7 +90,7 @@ def _scan_images(folder: str) -> FileList:
     except OSError as exc:
         raise DataError(f"{folder}: cannot list folder ({exc.strerror or exc})") from None
     for entry in entries:
-        if _hidden(entry.name):
+        if is_ignored(entry.name):
             continue
         if entry.is_dir(follow_symlinks=False):  # no symlinked sub-folders: they can loop
             found += _scan_images(entry.path)
@@ -105,7 +101,7 @@ def _scan_images(folder: str) -> FileList:
 
 
 def _subdirs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not _hidden(p.name))
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not is_ignored(p.name))
 
 
 def _stray_images(folder: Path) -> list[str]:
