@@ -33,6 +33,17 @@ if [ -n "$extras" ] && ! command -v chromium >/dev/null 2>&1; then
     sudo_ apt-get install -y -qq chromium >/dev/null; } || die "could not install Debian's chromium (apt-get failed)"
 fi
 
+# axe-core (from the npm registry), injected by the browser tests to check the page, /docs and
+# report.html for accessibility; kept in .tools/ beside the checkout (not committed).
+AXE_VERSION=4.14.1
+if [ -n "$extras" ] && [ ! -f .tools/node_modules/axe-core/axe.min.js ]; then
+  command -v npm >/dev/null || die "no npm here: install Debian's npm (apt-get install npm) for the accessibility tests"
+  echo "installing axe-core $AXE_VERSION (npm, for the accessibility tests)..."
+  mkdir -p .tools
+  npm install --prefix .tools --no-audit --no-fund --silent "axe-core@$AXE_VERSION" >/dev/null || \
+    die "could not install axe-core $AXE_VERSION from the npm registry (npm failed; see its output above)"
+fi
+
 # Fonts with wide coverage (Debian's Noto), so class names in any script (Chinese, Japanese, Arabic,
 # accented Latin...) are drawn in the report's pictures, report.html and the web page, not as boxes.
 # Not an error without them: pictures then show boxes for those names, with a one-line note.

@@ -33,6 +33,32 @@ def versions() -> dict[str, str]:
             "python": platform.python_version()}
 
 
+# the CPU features that decide convolution speed here: AVX2 (fp32), AVX-512, and bf16 / AMX (bf16 autocast)
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def hardware(device: torch.device | None = None) -> dict[str, Any]:
+    """What the run ran on: ``cpu`` (model name from /proc/cpuinfo, else platform.processor()),
+    ``cpu_flags`` (those of CPU_FLAGS the CPU has, Linux only), ``cores`` (os.cpu_count()),
+    ``threads`` (torch intra-op threads), ``os``, and ``gpu`` (the CUDA device's name) when ``device`` is CUDA."""
+    import os
+
+    cpu, flags = platform.processor() or platform.machine(), []
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+        have = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+        cpu = names[0] if names else cpu
+        flags = [f for f in CPU_FLAGS if f in have]
+    except OSError:
+        pass
+    out: dict[str, Any] = {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(),
+                           "threads": torch.get_num_threads(), "os": platform.platform(terse=True)}
+    if device is not None and device.type == "cuda":
+        out["gpu"] = torch.cuda.get_device_name(device)
+    return out
+
+
 @dataclass
 class LoadedModel:
     """A model ready for inference, with everything needed to feed it."""

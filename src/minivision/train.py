@@ -32,6 +32,7 @@ from .data.dataset import Dataset, Split
 from .data.rules import dataset_messages, skipped_listing
 from .data.split import make_val
 from .errors import MinivisionError, TrainingFailed
+from .examples import save_examples
 from .fileio import new_run_dir, write_text
 from .inference import cpu_supports_bf16, loss_and_accuracy, pick_device, pick_precision, predict_logits
 from .listeners import (
@@ -49,6 +50,7 @@ from .optim import make_optimizer
 from .preprocess import Preprocess
 from .runfiles import (
     InitSource,
+    hardware,
     load_checkpoint,
     load_init_weights,
     read_args,
@@ -237,6 +239,10 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
             "dataset": {"data": cfg.data, "data_dir": cfg.data_dir, "test_data": cfg.test_data, "name": ds.name,
                         "val_split": cfg.val_split, "val_first": cfg.val_first, "seed": cfg.seed},
             "versions": versions(),
+            # the settings as used, beside args.yaml's as given (device auto -> cpu, precision auto -> fp32)
+            "used": {"device": device.type, "precision": precision, "batch_size": cfg.batch_size,
+                     "epochs_planned": cfg.epochs, "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                     "hardware": hardware(device)},
         }
         if init is not None:
             meta["init_from"] = init
@@ -656,6 +662,9 @@ class Trainer:
             self.meta["budget"].update(total_steps=self.total_steps, replans=self.replans)
         self.meta["metrics"] = metrics
         self.meta["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+        scored = ds.test if ds.test is not None and len(ds.test) else ds.val
+        if save_examples(self.run_dir, scored, ds.num_classes) is not None:
+            self.meta["examples"] = {"file": "examples.safetensors", "split": self.scored[0] if self.scored else None}
         save_model(self.run_dir, self.model, self.meta)
         self._emit("on_fit_end")
         return test
