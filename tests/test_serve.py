@@ -39,17 +39,13 @@ STARTUP_S = 60
 # ----------------------------------------------------------------------------- a served run
 
 class Server:
-    """``minivision serve RUN --port 0 ARGS`` in a child process; ``url`` once it is listening.
+    """``minivision serve RUN --port 0 ARGS`` in a child process (in ``cwd``, else the test's working
+    folder); ``url`` once it is listening. The training-jobs API is off unless ARGS give ``--jobs DIR``."""
 
-    The jobs API's state folder is a fresh one beside ``log`` unless ARGS name one: never the default
-    ``runs/jobs``, whose trainings a test server would otherwise resume."""
-
-    def __init__(self, run: Path, *args: str, log: Path) -> None:
+    def __init__(self, run: Path, *args: str, log: Path, cwd: Path | None = None) -> None:
         self.log = log
-        if "--jobs" not in args:
-            args = (*args, "--jobs", str(log.with_name(f"{log.stem}-jobs")))
         self.proc = subprocess.Popen([sys.executable, "-m", "minivision", "serve", str(run), "--port", "0", *args],
-                                     stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True)
+                                     stdout=subprocess.PIPE, stderr=open(log, "wb"), text=True, cwd=cwd)
         lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=lambda: [lines.put(ln) for ln in self.proc.stdout], daemon=True).start()
         self.lines = lines
@@ -164,8 +160,11 @@ def test_multipart_one_and_several_files(server):
     r = _post_files(server, [("a.png", encode(clean_picture(2)))])
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"predictions", "model", "version", "files", "notes"}
+    assert set(body) == {"predictions", "model", "version", "files", "notes", "unsure", "reasons"}
     assert body["notes"] == [None]  # a picture with something in it: no note
+    # one flag and one reason per picture (a reason exactly when unsure; the trust rules are tested elsewhere)
+    assert len(body["unsure"]) == len(body["reasons"]) == 1 and isinstance(body["unsure"][0], bool)
+    assert (body["reasons"][0] is not None) == body["unsure"][0]
     assert len(body["predictions"]) == 1 and len(body["predictions"][0]) == 3  # default top_k 3
     top = body["predictions"][0][0]
     assert top["label"] == "class2" and top["index"] == 2 and 0 < top["score"] <= 1
@@ -431,7 +430,10 @@ def test_declared_oversize_body_is_refused_unread(server):
     response, sent = _raw_request(server.port, head)  # not one byte of the body is sent
     status, body = _status_and_json(response)
     # answered with only the head sent: a server waiting for the body would never have answered
-    assert sent == 0 and status == 413 and body == {"error": "request body is over the 10 MB limit", "status": 413}
+    assert sent == 0 and status == 413 and body["status"] == 413
+    # one line that says the limit and what to send instead
+    assert body["error"].startswith("request body is over the 10 MB limit: ") and "\n" not in body["error"]
+    assert "28 x 28" in body["error"] and "web page shrinks pictures" in body["error"]
     # the same through an ordinary client, which sends its whole 50 MB body
     rss = server.rss_mb()
     try:
@@ -456,6 +458,7 @@ def test_chunked_oversize_body_is_cut_off_while_streaming(server, content_type):
     response, sent = _raw_request(server.port, head, chunks)
     status, body = _status_and_json(response)
     assert status == 413 and body["status"] == 413, response[:300]
+    assert body["error"].startswith("request body is over the 10 MB limit: "), body  # ours, not a bare 413
     assert sent < 30_000_000, sent  # answered after ~10 MB (+ socket buffers), long before the client finished
     assert server.rss_mb() - rss < 25, (rss, server.rss_mb())
     server.alive()
@@ -499,6 +502,111 @@ def test_body_limit_per_path_prefix():
     assert r.status_code == 413 and r.json() == {"error": "request body is over the 0.005 MB limit", "status": 413}
 
 
+# ----------------------------------------------------------------------------- what the run shows
+
+def test_models_lists_what_the_page_needs(server):
+    from minivision.data.images import ACCEPTED
+
+    m = server.client.get("/models").json()["models"][0]
+    assert m["dataset"] == "synthetic" and m["test_accuracy"] == m["metrics"]["test_accuracy"]
+    assert 0 <= m["test_accuracy"] <= 1 and m["max_upload_mb"] == 10 and m["report"] == "/report"
+    # the one list of formats: data/images.py's, AVIF included where Pillow reads it
+    assert m["accepted_formats"] == list(ACCEPTED.extensions) and ".png" in m["accepted_formats"]
+    assert m["content_types"] == list(ACCEPTED.content_types) and "image/jpeg" in m["content_types"]
+    from PIL import features
+
+    assert (".avif" in m["accepted_formats"]) == features.check("avif")
+    assert m["examples"] == len(server.client.get("/examples").json()["examples"]) == 4 * 3
+
+
+def test_examples_are_the_runs_test_pictures(server, synthetic_run):
+    from minivision.examples import load_examples
+
+    examples = server.client.get("/examples").json()["examples"]
+    kept = load_examples(synthetic_run)
+    assert [(e["index"], e["label"]) for e in examples] == [(c, f"class{c}") for c, _ in kept]
+    for e, (_, img) in zip(examples, kept, strict=True):
+        pic = Image.open(io.BytesIO(base64.b64decode(e["png"])))
+        assert pic.format == "PNG" and np.array_equal(np.asarray(pic).transpose(2, 0, 1), img.numpy())
+
+
+@pytest.fixture(scope="module")
+def report_run(synthetic_run, tmp_path_factory) -> Path:
+    """A copy of the run whose report.html references pictures by file name, and pictures that a
+    request must not reach: a link to a file outside, a file the report does not reference."""
+    import shutil
+
+    run = tmp_path_factory.mktemp("report-run") / "run"
+    shutil.copytree(synthetic_run, run)
+    secret = run.parent / "secret.png"
+    secret.write_bytes(b"not yours")
+    os.symlink(secret, run / "link.png")
+    (run / "unlisted.png").write_bytes(encode(clean_picture(1)))
+    (run / "fig.png").write_bytes(encode(clean_picture(0)))
+    (run / "report.html").write_text(
+        '<!doctype html><html lang="en"><head><title>r</title></head><body><a href="#top">top</a>'
+        '<a href="fig.png"><img src="fig.png" alt="f"></a><img src="link.png" alt="l"><img src="../secret.png" alt="s">'
+        f'<img src="{secret}" alt="a"><img src="missing.png" alt="m"></body></html>', encoding="utf-8")
+    return run
+
+
+def _client(run: Path):
+    from fastapi.testclient import TestClient
+
+    from minivision.serve.app import create_app
+
+    return TestClient(create_app(run, device="cpu"))
+
+
+def test_report_and_only_its_own_pictures(report_run):
+    c = _client(report_run)
+    r = c.get("/report")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "default-src 'none'" in r.headers["content-security-policy"]
+    # picture references point under /report/, the page's own anchors stay as they are
+    assert 'src="/report/fig.png"' in r.text and 'href="/report/fig.png"' in r.text and 'href="#top"' in r.text
+    fig = c.get("/report/fig.png")
+    assert fig.status_code == 200 and fig.headers["content-type"] == "image/png"
+    assert fig.content == (report_run / "fig.png").read_bytes()
+    for bad in ("link.png", "unlisted.png", "missing.png", "model.safetensors", "report.html", "..%2Fsecret.png",
+                "../secret.png", "%2E%2E/secret.png", "%2Fetc%2Fpasswd", str(report_run.parent / "secret.png"),
+                "fig.png%00.txt", "FIG.PNG"):
+        r = c.get("/report/" + bad)
+        assert r.status_code == 404 and set(r.json()) == {"error", "status"}, (bad, r.text)
+        assert b"not yours" not in r.content and "Traceback" not in r.text
+
+
+def test_run_without_report_or_examples(report_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "bare"
+    shutil.copytree(report_run, run, symlinks=True)
+    (run / "report.html").unlink()
+    (run / "examples.safetensors").unlink()
+    c = _client(run)
+    m = c.get("/models").json()["models"][0]
+    assert m["report"] is None and m["examples"] == 0
+    assert c.get("/examples").json() == {"examples": []}
+    r = c.get("/report")
+    assert r.status_code == 404 and r.json()["status"] == 404 and "no report" in r.json()["error"]
+    assert c.get("/report/fig.png").status_code == 404
+
+
+def test_avif_upload(server):
+    from PIL import features
+
+    if not features.check("avif"):
+        pytest.skip("this Pillow does not read AVIF")
+    data = encode(clean_picture(3, scale=2).convert("RGB"), "AVIF")
+    r = _post_files(server, [("x.avif", data)])
+    assert r.status_code == 200 and r.json()["predictions"][0][0]["label"] == "class3", r.text
+    r = server.client.post("/predict", content=data, headers={"Content-Type": "image/avif"})
+    assert r.status_code == 200 and r.json()["predictions"][0][0]["label"] == "class3", r.text
+    # a Content-Type outside the list gets the list, not a guess
+    r = server.client.post("/predict", content=data, headers={"Content-Type": "image/svg+xml"})
+    assert r.status_code == 415 and "AVIF" in r.json()["error"] and "PNG" in r.json()["error"]
+
+
 # ----------------------------------------------------------------------------- the command
 
 def test_cli_errors_before_starting(synthetic_run, tmp_path):
@@ -525,6 +633,29 @@ def test_ctrl_c_stops_cleanly(synthetic_run, tmp_path):
     assert s.stop() == 0
     assert s.lines.get(timeout=5).strip() == "stopped"
     assert "Traceback" not in s.log.read_text()
+
+
+def test_plain_serve_writes_nothing_and_jobs_are_opt_in(synthetic_run, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    s = Server(synthetic_run, log=tmp_path / "server.log", cwd=work)
+    try:
+        assert _post_files(s, [("a.png", encode(clean_picture(1)))]).status_code == 200
+        r = s.client.post("/models", json={"name": "x", "kind": "gray"})
+        assert r.status_code in (404, 405) and set(r.json()) == {"error", "status"}  # no jobs API
+    finally:
+        assert s.stop() == 0
+    assert list(work.iterdir()) == []  # no runs/jobs/ or anything else in the working folder
+    state = tmp_path / "state"
+    s = Server(synthetic_run, "--jobs", str(state), log=tmp_path / "server2.log", cwd=work)
+    try:
+        said = s.lines.get(timeout=10)
+        assert said.startswith("training-jobs API on: its state is written to ") and said.strip().endswith(
+            str(state)), said
+        assert s.client.post("/models", json={"name": "x", "kind": "gray"}).status_code == 201
+    finally:
+        assert s.stop() == 0
+    assert state.is_dir() and list(work.iterdir()) == []
 
 
 # ----------------------------------------------------------------------------- still alive

@@ -183,9 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--threads", type=_number(int, 1, 256), help="torch threads (default: half the cores, 1 to 4)")
     sv.add_argument("--device", choices=DEVICES, default="auto")
     sv.add_argument("--access-log", action="store_true", help="log every request")
-    sv.add_argument("--jobs", metavar="DIR", default="runs/jobs",
-                    help="state folder of the training-jobs API (POST /models ...; default runs/jobs); "
-                         "'none' turns that API off")
+    sv.add_argument("--jobs", metavar="DIR", default=None,
+                    help="also serve the training-jobs API (POST /models ...), keeping its state (a database, "
+                         "the uploaded pictures, the trained models) in DIR; off by default, and then serve "
+                         "writes nothing")
     return p
 
 
@@ -444,7 +445,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def cmd_serve(a: argparse.Namespace) -> int:
     from .serve.app import serve
 
-    jobs = None if a.jobs.lower() == "none" else Path(a.jobs)
+    jobs = None if a.jobs is None or a.jobs.lower() == "none" else Path(a.jobs)
     serve(a.model, a.host, a.port, max_body_mb=a.max_body_mb, max_files=a.max_files, top_k=a.top_k,
           threads=a.threads, device=a.device, access_log=a.access_log, jobs_dir=jobs,
           log=lambda m: print(m, flush=True))

@@ -42,6 +42,7 @@ import io
 import os
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,15 +50,59 @@ from PIL import Image, ImageFile, ImageOps
 
 from minivision.errors import DataError
 
-# Raster formats we accept. Pillow's format ids; "PPM" covers PBM/PGM/PPM, "MPO" is how some
-# Pillow versions label multi-picture JPEGs from phones.
-ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "GIF", "BMP", "TIFF", "WEBP", "PPM", "ICO")
+# Raster formats we accept: Pillow's format id -> (file name extensions, MIME types), the first of
+# each the usual one. "PPM" covers PBM/PGM/PPM; "MPO" is how Pillow labels multi-picture JPEGs from
+# phones (sent as image/jpeg). AVIF only where the installed Pillow decodes it (``features.check``).
+# This table is the one list: folder scans, predict, the service's Content-Types, /models and the
+# web page's file picker all read it through ``ACCEPTED``.
+FORMATS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "PNG": ((".png",), ("image/png",)),
+    "JPEG": ((".jpg", ".jpeg", ".jpe", ".jfif"), ("image/jpeg", "image/pjpeg")),
+    "MPO": ((".mpo",), ()),
+    "GIF": ((".gif",), ("image/gif",)),
+    "BMP": ((".bmp", ".dib"), ("image/bmp", "image/x-ms-bmp")),
+    "TIFF": ((".tif", ".tiff"), ("image/tiff",)),
+    "WEBP": ((".webp",), ("image/webp",)),
+    "PPM": ((".ppm", ".pgm", ".pbm", ".pnm"), ("image/x-portable-anymap", "image/x-portable-pixmap",
+                                              "image/x-portable-graymap", "image/x-portable-bitmap")),
+    "ICO": ((".ico",), ("image/x-icon", "image/vnd.microsoft.icon")),
+    "AVIF": ((".avif",), ("image/avif",)),
+}
+
+
+def _readable(fmt: str) -> bool:
+    if fmt == "AVIF":
+        from PIL import features
+
+        return bool(features.check("avif"))
+    Image.init()
+    return fmt in Image.OPEN
+
+
+# The formats this installation reads, in the table's order (Pillow ids).
+ALLOWED_FORMATS: tuple[str, ...] = tuple(f for f in FORMATS if _readable(f))
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What this installation accepts, for anyone who must say it: ``formats`` (Pillow ids, e.g.
+    ``"PNG"``), ``extensions`` (lower case with the dot, e.g. ``".png"``), ``content_types`` (MIME
+    types, e.g. ``"image/png"``) and ``names`` (the short list for messages: "PNG, JPEG, ...")."""
+
+    formats: tuple[str, ...]
+    extensions: tuple[str, ...]
+    content_types: tuple[str, ...]
+
+    @property
+    def names(self) -> str:
+        return ", ".join(f for f in self.formats if f != "MPO")
+
+
+ACCEPTED = Accepted(ALLOWED_FORMATS, tuple(e for f in ALLOWED_FORMATS for e in FORMATS[f][0]),
+                    tuple(t for f in ALLOWED_FORMATS for t in FORMATS[f][1]))
 
 # File name extensions of those formats, for folder scans (the content decides, not the name).
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({
-    ".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".gif", ".bmp", ".dib", ".tif", ".tiff", ".webp",
-    ".ppm", ".pgm", ".pbm", ".pnm", ".ico",
-})
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(ACCEPTED.extensions)
 
 # The one decompression-bomb limit (module docstring): decoded pixels per picture, after reduced-size
 # decoding. Pillow's own default figure (~89.5 MP, 268 MB as RGB).
@@ -105,8 +150,7 @@ class ImageError(DataError):
 
 
 def _allowed_formats() -> list[str]:
-    Image.init()
-    return [f for f in ALLOWED_FORMATS if f in Image.OPEN]
+    return list(ALLOWED_FORMATS)
 
 
 def _describe(source: str | Path | bytes) -> str:
@@ -197,7 +241,7 @@ def _read(source: str | Path | bytes, where: str) -> bytes:
         raise ImageError(f"{where}: empty file", "corrupt")
     refused = _refused_kind(data[:1024])
     if refused:
-        raise ImageError(f"{where}: {refused} files are not accepted; use PNG, JPEG, BMP, GIF, TIFF or WEBP",
+        raise ImageError(f"{where}: {refused} files are not accepted; use {ACCEPTED.names}",
                          "unsupported")
     return data
 
@@ -221,7 +265,7 @@ def _open_header(data: bytes | io.BufferedReader, where: str) -> Image.Image:
                          f"{MAX_PIXELS * _MAX_REDUCTION ** 2:,} pixels, more than can be decoded within the limit "
                          f"of {MAX_PIXELS:,} pixels a picture", "bomb") from None
     except Image.UnidentifiedImageError:
-        raise ImageError(f"{where}: not a supported image (allowed: {', '.join(ALLOWED_FORMATS)})",
+        raise ImageError(f"{where}: not a supported image (accepted: {ACCEPTED.names})",
                          "unsupported") from None
     except Exception as exc:  # Pillow raises many types for malformed headers
         raise ImageError(f"{where}: corrupt image header ({_one_line(exc)})", "corrupt") from None

@@ -3,8 +3,9 @@
     app = create_app("runs/train")          # FastAPI app; the model is loaded once, here
     serve("runs/train", "127.0.0.1", 8000)  # the same on uvicorn, until Ctrl-C
 
-Endpoints: ``GET /`` the page, ``POST /predict``, ``GET /health``, ``GET /models``, ``/docs`` and
-``/openapi.json``. Every error is ``{"error": "<one line>", "status": N}``. The request body is
+Endpoints: ``GET /`` the page, ``POST /predict``, ``GET /health``, ``GET /models``, ``GET /examples``,
+``GET /report`` (run_files.py), ``/docs``, ``/redoc`` and ``/openapi.json`` (docs.py: served offline).
+Every error is ``{"error": "<one line>", "status": N}``. The request body is
 limited while it streams in (uploads.py); pictures are decoded by ``open_image`` (allowlisted
 formats, bomb limit on, truncated files refused) and predicted by ``predict_images``, the same
 code as ``minivision predict``, in a worker thread so the event loop keeps serving, one inference
@@ -31,20 +32,21 @@ from typing import Any
 
 import anyio.to_thread
 import torch
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
-from ..data.images import MAX_PIXELS, ImageError, open_image
+from ..data.images import ACCEPTED, MAX_PIXELS, ImageError, open_image
 from ..errors import MinivisionError
-from ..photo import BACKGROUNDS
 from ..predict import predict_images
 from ..runfiles import LoadedModel, load_model
+from .docs import clean_openapi, errors, mount_docs, predict_openapi
+from .run_files import REPORT, REPORT_CSP, examples_json, read_report, read_report_picture
 from .uploads import BodyLimit, UploadError, error_body, parse_options, read_upload
 
 # ImageError.kind -> HTTP status
@@ -61,7 +63,8 @@ PAGE_CSP = ("default-src 'none'; img-src 'self' data: blob:; style-src 'unsafe-i
 class ServedModel:
     """The loaded model, what /models says about it, and the lock that runs one inference at a time."""
 
-    def __init__(self, lm: LoadedModel, device: str, max_pixels: int, busy_requests: int = 2) -> None:
+    def __init__(self, lm: LoadedModel, device: str, max_pixels: int, busy_requests: int = 2,
+                 max_body_mb: float = 10) -> None:
         self.lm, self.device, self.max_pixels = lm, device, max_pixels
         self.lock = threading.Lock()  # the model: one inference at a time
         # requests decoding or predicting at once: with ``max_pixels`` per request, this bounds the
@@ -71,6 +74,9 @@ class ServedModel:
         self.version = f"{__version__}+{digest[:12]}"
         self.name = f"{lm.path.name}/{lm.name}"
         c, (h, w) = lm.preprocess.channels, lm.preprocess.size
+        metrics = lm.meta.get("metrics") or {}
+        test_accuracy = metrics.get("test_accuracy")
+        self.examples = examples_json(lm.path, lm.classes, png_base64)  # a few KB each; read once
         self.info = {
             "name": self.name, "run": lm.path.name, "architecture": lm.name, "version": self.version,
             "classes": lm.classes, "num_classes": len(lm.classes),
@@ -78,7 +84,16 @@ class ServedModel:
             "parameters": sum(p.numel() for p in lm.model.parameters()),
             "metrics": lm.meta.get("metrics", {}), "created": lm.meta.get("created"),
             "dataset": (lm.meta.get("dataset") or {}).get("name"), "weights_sha256": digest,
+            "test_accuracy": float(test_accuracy) if isinstance(test_accuracy, int | float)
+            and 0 <= test_accuracy <= 1 else None,
+            # the one list of accepted pictures (data/images.py), for clients and the page's file picker
+            "accepted_formats": list(ACCEPTED.extensions), "content_types": list(ACCEPTED.content_types),
+            "max_upload_mb": max_body_mb, "examples": len(self.examples),
         }
+
+    def describe(self) -> dict[str, Any]:
+        """``/models``' entry: ``info`` plus ``report`` ("/report" while the run has a report.html, else None)."""
+        return {**self.info, "report": "/report" if (self.lm.path / REPORT).is_file() else None}
 
     def predict(self, images: list[tuple[str, bytes]], top_k: int, include_input: bool,
                 background: str | None = None) -> list[dict[str, Any]]:
@@ -146,41 +161,32 @@ def _page() -> str:
 class Prediction(BaseModel):
     label: str
     index: int
-    score: float
+    score: float = Field(description="the class's probability, 0 to 1 (calibrated when the run has a "
+                                     "temperature)")
 
 
 class PredictResponse(BaseModel):
-    predictions: list[list[Prediction]]
+    predictions: list[list[Prediction]] = Field(description="per picture: the top_k classes, best first")
     model: str
     version: str
     files: list[str]
     notes: list[str | None] = Field(description="per picture: a note such as an empty picture's (one colour, "
                                                 "or almost, as sent or as the model sees it after the "
                                                 "conversion: its label is a guess), else null")
-    inputs: list[str] | None = None
+    unsure: list[bool] = Field(description="per picture: true when the answer should not be trusted (low "
+                                           "confidence, or a picture unlike the ones the model knows)")
+    reasons: list[str | None] = Field(description="per picture: why it is unsure, in one sentence, else null")
+    inputs: list[str] | None = Field(None, description="what the model saw, base64 PNGs (include_input=true)")
 
 
-class ErrorResponse(BaseModel):
-    error: str
-    status: int
+class Example(BaseModel):
+    label: str
+    index: int
+    png: str = Field(description="the picture as the model takes it, base64 PNG")
 
 
-_ERRORS = {s: {"model": ErrorResponse, "description": d} for s, d in (
-    (400, "bad request: corrupt or truncated image, decompression bomb, too many files, malformed JSON/base64"),
-    (413, "request body over the size limit"), (415, "not an accepted image format or Content-Type"))}
-
-_PREDICT_BODY = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "properties": {
-        "files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                  "description": "one or more pictures (field name 'file' or 'files', repeated)"},
-        "top_k": {"type": "integer"}, "include_input": {"type": "boolean"},
-        "background": {"type": "string", "enum": list(BACKGROUNDS)}}}},
-    "application/json": {"schema": {"type": "object", "properties": {
-        "images": {"type": "array", "items": {"type": "string"},
-                   "description": "base64 pictures; a data:image/...;base64, prefix is accepted"},
-        "image": {"type": "string"}, "top_k": {"type": "integer"}, "include_input": {"type": "boolean"},
-        "background": {"type": "string", "enum": list(BACKGROUNDS)}}}},
-    "image/*": {"schema": {"type": "string", "format": "binary"}}}}}
+class ExamplesResponse(BaseModel):
+    examples: list[Example]
 
 
 # ----------------------------------------------------------------------------- the app
@@ -197,7 +203,7 @@ def create_app(run: str | Path, *, max_body_mb: float = 10, max_files: int = 16,
         raise MinivisionError("max_body_mb must be > 0, max_files and top_k >= 1")
     if threads is not None:
         torch.set_num_threads(threads)
-    served = ServedModel(load_model(run), device, max_pixels)
+    served = ServedModel(load_model(run), device, max_pixels, max_body_mb=max_body_mb)
     with torch.inference_mode():  # warm-up: the first real request should not pay for lazy init
         c, (h, w) = served.lm.preprocess.channels, served.lm.preprocess.size
         blank = Image.new("L" if c == 1 else "RGB", (w, h))
@@ -207,12 +213,18 @@ def create_app(run: str | Path, *, max_body_mb: float = 10, max_files: int = 16,
     default_top_k = top_k  # the endpoint's own ``top_k`` parameter shadows this name
     page = _page()
 
-    app = FastAPI(title="minivision", version=__version__,
+    app = FastAPI(title="minivision", version=__version__, docs_url=None, redoc_url=None,
                   description=f"Image classification with the model `{served.name}` "
-                              f"({len(served.lm.classes)} classes). Errors: `{{\"error\": ..., \"status\": N}}`.")
+                              f"({len(served.lm.classes)} classes). Errors: `{{\"error\": ..., \"status\": N}}`, "
+                              f"status 400 for a request that cannot be used.")
     app.state.served = served
+    mount_docs(app, "minivision")
+    clean_openapi(app)
     overrides = {"/models/": jobs_max_upload_mb * 1_000_000} if jobs_dir is not None else {}
-    app.add_middleware(BodyLimit, max_bytes=max_bytes, overrides=overrides)
+    (h, w) = served.lm.preprocess.size
+    hint = (f"the model sees {w} x {h} pixels, so a picture a few hundred pixels wide is plenty "
+            f"(the web page shrinks pictures before sending them)")
+    app.add_middleware(BodyLimit, max_bytes=max_bytes, overrides=overrides, hint=hint)
     app.add_middleware(NoSniff)
 
     def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -252,21 +264,38 @@ def create_app(run: str | Path, *, max_body_mb: float = 10, max_files: int = 16,
     @app.get("/models", summary="The served model (classes, input size, parameters, metrics) and the models "
                                 "of the training-jobs API")
     async def models() -> dict[str, Any]:
-        out: dict[str, Any] = {"models": [served.info]}
+        out: dict[str, Any] = {"models": [served.describe()]}
         if jobs_dir is not None:
             from .jobs import list_models_json
 
             out["jobs"] = await anyio.to_thread.run_sync(list_models_json, jobs_dir)
         return out
 
+    @app.get("/examples", summary="A few test pictures of each class, as the model takes them",
+             response_model=ExamplesResponse)
+    async def examples() -> dict[str, Any]:
+        return {"examples": served.examples}
+
+    @app.get("/report", summary="The run's training report (HTML)", response_class=HTMLResponse,
+             responses=errors(404))
+    async def report() -> Response:
+        text = await anyio.to_thread.run_sync(read_report, served.lm.path)
+        if text is None:
+            raise UploadError(404, "this run has no report (report.html)")
+        return HTMLResponse(text, headers={"Content-Security-Policy": REPORT_CSP, "Cache-Control": "no-cache"})
+
+    @app.get("/report/{name}", summary="A picture of the report", response_class=Response,
+             responses={200: {"content": {"image/png": {}}}, **errors(404)})
+    async def report_picture(name: str) -> Response:
+        data = await anyio.to_thread.run_sync(read_report_picture, served.lm.path, name)
+        return Response(data, media_type="image/png", headers={"Cache-Control": "no-cache"})
+
+    # POST /predict reads its options itself (parse_options), so a bad one gets the service's own
+    # one-line 400; the OpenAPI description states them with their defaults and bounds
     @app.post("/predict", summary="Classify one or more pictures", response_model=None,
-              responses={200: {"model": PredictResponse}, **_ERRORS}, openapi_extra=_PREDICT_BODY)
-    async def predict(request: Request,
-                      top_k: int | None = Query(None, description=f"classes per picture (default {default_top_k})"),
-                      include_input: bool | None = Query(None, description="also return what the model saw, "
-                                                                          "as base64 PNGs"),
-                      background: str | None = Query(None, description="the photos' background: auto (detected), "
-                                                     "light or dark")) -> dict[str, Any]:
+              responses={200: {"model": PredictResponse}, **errors(400, 413, 415, 503)},
+              openapi_extra=predict_openapi(len(served.lm.classes), default_top_k, ACCEPTED.names))
+    async def predict(request: Request) -> dict[str, Any]:
         upload = await read_upload(request.headers.get("content-type"), request.stream(), max_files)
         n_classes = len(served.lm.classes)
         k, want_input, background = parse_options(upload.options, dict(request.query_params), n_classes,
@@ -274,7 +303,9 @@ def create_app(run: str | Path, *, max_body_mb: float = 10, max_files: int = 16,
         results = await anyio.to_thread.run_sync(served.predict, upload.images, k, want_input, background)
         out: dict[str, Any] = {"predictions": [r["top_k"] for r in results], "model": served.name,
                                "version": served.version, "files": [name for name, _ in upload.images],
-                               "notes": [r.get("note") for r in results]}
+                               "notes": [r.get("note") for r in results],
+                               "unsure": [bool(r.get("unsure", False)) for r in results],
+                               "reasons": [r.get("reason") for r in results]}
         if want_input:
             out["inputs"] = [r["input_png"] for r in results]
         return out
@@ -334,6 +365,9 @@ def serve(run: str | Path, host: str = "127.0.0.1", port: int = 8000, *, log: Ca
     served: ServedModel = app.state.served
     url = url_of(sock)
     log(f"serving {served.name} ({served.version}) at {url}  (page: {url}/  API docs: {url}/docs)  Ctrl-C stops")
+    jobs_dir = options.get("jobs_dir")
+    if jobs_dir is not None:
+        log(f"training-jobs API on: its state is written to {Path(jobs_dir).absolute()}")
     config = uvicorn.Config(app, log_level="info" if access_log else "warning", access_log=access_log,
                             timeout_keep_alive=15, limit_concurrency=256)
     server = uvicorn.Server(config)

@@ -33,6 +33,7 @@ from minivision import __version__
 from minivision.budget import format_duration, parse_duration
 from minivision.errors import MinivisionError
 
+from .docs import errors, jobs_create_openapi, jobs_images_openapi, jobs_train_openapi, predict_openapi
 from .jobs_http import (
     JobsRoute,
     check_keys,
@@ -202,7 +203,9 @@ def jobs_router(state_dir: Path, *, max_upload_mb: int = 200, max_files: int = 1
         yield
         await run_in_threadpool(stop_jobs, state_dir)
 
-    router = APIRouter(route_class=JobsRoute, lifespan=lifespan)
+    router = APIRouter(route_class=JobsRoute, lifespan=lifespan, tags=["training jobs"])
+    from minivision.data.images import ACCEPTED
+    from minivision.models import list_models as _models
 
     def job_or_404(job_id: str) -> dict[str, Any]:
         job = _jobs(state_dir).store.get(job_id)
@@ -210,7 +213,8 @@ def jobs_router(state_dir: Path, *, max_upload_mb: int = 200, max_files: int = 1
             raise JobError(404, f"no model with id {printable(job_id, 40)!r}")
         return job
 
-    @router.post("/models", status_code=201)
+    @router.post("/models", status_code=201, summary="Create a model to train", responses=errors(400),
+                 openapi_extra=jobs_create_openapi(KINDS, _models()))
     async def create_model(request: Request) -> JSONResponse:
         from minivision.models import list_models
 
@@ -224,16 +228,18 @@ def jobs_router(state_dir: Path, *, max_upload_mb: int = 200, max_files: int = 1
         job = await run_in_threadpool(jobs.store.create, name, kind, base)
         return JSONResponse(jobs.job_json(job), status_code=201)
 
-    @router.get("/models/{job_id}")
+    @router.get("/models/{job_id}", summary="A model's state, progress, metrics, error and class counts",
+                responses=errors(404))
     async def get_model(job_id: str) -> dict[str, Any]:
         return await run_in_threadpool(lambda: _jobs(state_dir).job_json(job_or_404(job_id)))
 
-    @router.get("/models/{job_id}/log")
+    @router.get("/models/{job_id}/log", summary="The training output (text)", responses=errors(404))
     async def get_log(job_id: str) -> PlainTextResponse:
         job = job_or_404(job_id)
         return PlainTextResponse(_log_section(_jobs(state_dir).store.model_dir(job["id"]) / "train.log", 0))
 
-    @router.post("/models/{job_id}/images")
+    @router.post("/models/{job_id}/images", summary="Upload labelled pictures",
+                 responses=errors(400, 404, 409, 413, 415), openapi_extra=jobs_images_openapi(ACCEPTED.names))
     async def upload_images(job_id: str, request: Request) -> dict[str, Any]:
         job = job_or_404(job_id)
         if job["state"] in ("queued", "training"):
@@ -308,7 +314,10 @@ def jobs_router(state_dir: Path, *, max_upload_mb: int = 200, max_files: int = 1
                 "skipped": batch.skipped, "skipped_count": batch.n_skipped,
                 "classes": class_counts(images_dir, job["classes"])}
 
-    @router.post("/models/{job_id}/train", status_code=202)
+    @router.post("/models/{job_id}/train", status_code=202, summary="Queue a training",
+                 responses=errors(400, 404, 409),
+                 openapi_extra=jobs_train_openapi(default_budget, format_duration(MIN_BUDGET_S),
+                                                  format_duration(MAX_BUDGET_S), MAX_EPOCHS))
     async def train(job_id: str, request: Request) -> JSONResponse:
         job = job_or_404(job_id)
         data = await json_body(request, ("budget", "epochs"), optional=True)
@@ -349,7 +358,9 @@ def jobs_router(state_dir: Path, *, max_upload_mb: int = 200, max_files: int = 1
                                      progress=None):
                 raise JobError(409, f"model {job['id']} is already queued or training")
 
-    @router.post("/models/{job_id}/predict")
+    @router.post("/models/{job_id}/predict", summary="Classify pictures with a trained model",
+                 responses=errors(400, 404, 409, 413, 415, 500),
+                 openapi_extra=predict_openapi(None, top_k, ACCEPTED.names))
     async def predict(job_id: str, request: Request) -> dict[str, Any]:
         from minivision.predict import predict_images
 
@@ -377,6 +388,7 @@ def jobs_router(state_dir: Path, *, max_upload_mb: int = 200, max_files: int = 1
         if bad is not None:
             raise JobError(400, f"{bad['path']}: {bad['error']}")
         return {"predictions": [r["top_k"] for r in results], "model": job["id"], "name": job["name"],
-                "version": version}
+                "version": version, "unsure": [bool(r.get("unsure", False)) for r in results],
+                "reasons": [r.get("reason") for r in results]}
 
     return router

@@ -28,6 +28,7 @@ import anyio.to_thread
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.responses import JSONResponse
 
+from ..data.images import ACCEPTED
 from ..photo import BACKGROUNDS
 
 FILE_FIELDS = ("file", "files")
@@ -35,7 +36,9 @@ OPTION_FIELDS = ("top_k", "include_input", "background")
 JSON_KEYS = ("image", "images", *OPTION_FIELDS)
 MAX_FIELDS = 32          # text fields in a multipart form; a form with more is not one of ours
 MAX_NAME_CHARS = 120     # an uploaded file name is echoed back, shortened to this
-RAW_TYPES = ("application/octet-stream",)  # plus any image/* type: the body is one picture
+RAW_TYPES = ("application/octet-stream",)  # plus the accepted image/* types: the body is one picture
+# Content-Types some clients send for accepted formats, besides data/images.py's list
+RAW_ALIASES = ("image/jpg", "image/x-png", "image/x-bmp", "image/x-citrix-jpeg", "image/x-citrix-png")
 
 
 class UploadError(Exception):
@@ -48,8 +51,10 @@ class UploadError(Exception):
 
 
 class BodyTooLarge(UploadError):
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body is over the {_mb(limit)} limit")
+    """413 with the limit, and ``hint`` (what to send instead) when given."""
+
+    def __init__(self, limit: int, hint: str = "") -> None:
+        super().__init__(413, f"request body is over the {_mb(limit)} limit" + (f": {hint}" if hint else ""))
 
 
 def _mb(n: int) -> str:
@@ -67,11 +72,13 @@ class BodyLimit:
     """ASGI middleware: at most ``max_bytes`` of request body, enforced while it streams in.
 
     ``overrides``: {path prefix: limit} for routes that take bigger bodies and enforce their own
-    limit (the training-jobs uploads); the longest matching prefix wins."""
+    limit (the training-jobs uploads); the longest matching prefix wins. ``hint``: added to the 413
+    message of the default limit (what to send instead)."""
 
-    def __init__(self, app: Any, max_bytes: int, overrides: dict[str, int] | None = None) -> None:
+    def __init__(self, app: Any, max_bytes: int, overrides: dict[str, int] | None = None, hint: str = "") -> None:
         self.app = app
         self.default = int(max_bytes)
+        self.hint = hint
         self.overrides = sorted((overrides or {}).items(), key=lambda kv: -len(kv[0]))
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
@@ -80,6 +87,7 @@ class BodyLimit:
             return
         path = scope.get("path", "")
         limit = next((n for prefix, n in self.overrides if path.startswith(prefix)), self.default)
+        hint = self.hint if limit == self.default else ""
         length = None
         for key, value in scope.get("headers", ()):
             if key == b"content-length":
@@ -91,7 +99,7 @@ class BodyLimit:
                 await _reply(scope, receive, send, 400, "malformed Content-Length header")
                 return
             if declared > limit:  # refused before a single body byte is read
-                await _reply(scope, receive, send, 413, BodyTooLarge(limit).message)
+                await _reply(scope, receive, send, 413, BodyTooLarge(limit, hint).message)
                 return
         received = 0
         started = False
@@ -102,7 +110,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge(limit)
+                    raise BodyTooLarge(limit, hint)
             return message
 
         async def watched_send(message: dict) -> None:
@@ -150,8 +158,11 @@ async def read_upload(content_type: str | None, stream: AsyncIterator[bytes], ma
         upload = await _read_multipart(content_type or "", stream, max_files)
     elif kind == "application/json" or kind.endswith("+json"):
         upload = await anyio.to_thread.run_sync(_parse_json, await _read_all(stream))  # 10 MB: not on the loop
-    elif kind.startswith("image/") or kind in RAW_TYPES:
+    elif kind in ACCEPTED.content_types or kind in RAW_ALIASES or kind in RAW_TYPES:
         upload = Upload([("body", await _read_all(stream))])
+    elif kind.startswith("image/"):
+        raise UploadError(415, f"Content-Type {kind[:60]!r} is not an accepted picture type: send "
+                               f"{ACCEPTED.names} (GET /models lists their Content-Types)")
     else:
         shown = kind or "none"
         raise UploadError(415, f"Content-Type {shown!r} is not accepted: send multipart/form-data with file "

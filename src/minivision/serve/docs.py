@@ -1,0 +1,207 @@
+"""The API's own documentation, offline: Swagger UI at ``/docs`` and ReDoc at ``/redoc``, and the
+OpenAPI descriptions they read (request bodies, defaults and bounds, the error codes really returned).
+
+FastAPI's default pages load Swagger UI and ReDoc from a CDN, so they are blank without internet.
+Here their scripts and stylesheet come from the installed ``fastapi-offline`` package (it bundles
+Swagger UI's and ReDoc's release files; we use its files, not its app factory, so that our pages
+carry their own Content-Security-Policy and a ``lang`` attribute), served under ``/docs-assets/``.
+The HTML around them is FastAPI's own (``get_swagger_ui_html``, ``get_redoc_html``).
+
+The server answers a request it cannot use with 400 (never FastAPI's 422: every validation error
+goes through the app's one error handler), so ``clean_openapi`` removes the 422 responses FastAPI
+adds on its own and the validation-error schemas they point at.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
+
+from ..photo import BACKGROUNDS
+
+ASSETS_URL = "/docs-assets"
+# The docs pages run Swagger UI's / ReDoc's own scripts from this server, plus FastAPI's inline start-up
+# script; ReDoc starts its search index in a worker made from a blob: URL. Nothing else is loaded.
+DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+            "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
+            "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+# A few rules over Swagger UI's stylesheet so its text passes WCAG AA contrast (axe-core's
+# color-contrast rule): its default greys and green on white are below 4.5:1.
+_DOCS_STYLE = """<style>
+.swagger-ui .opblock .opblock-summary-description, .swagger-ui .parameter__in, .swagger-ui .prop-format,
+.swagger-ui .parameter__type, .swagger-ui .response-col_links, .swagger-ui .opblock-description-wrapper p,
+.swagger-ui .renderedMarkdown p, .swagger-ui table thead tr td, .swagger-ui table thead tr th,
+.swagger-ui .model-title, .swagger-ui .info .title small pre, .swagger-ui .tab li { color: #3b4151; }
+.swagger-ui .info .title small.version-stamp { background-color: #1e6b22; }
+.swagger-ui .info .title small { background-color: #545b64; }
+.swagger-ui .btn.execute, .swagger-ui .opblock.opblock-post .opblock-summary-method { background-color: #1f7a4d; }
+.swagger-ui .opblock.opblock-get .opblock-summary-method { background-color: #1a5fa8; }
+.swagger-ui .response-control-media-type__accept-message { color: #1e6b22; }
+.swagger-ui .btn.cancel { color: #b3261e; border-color: #b3261e; }
+.swagger-ui a.nostyle, .swagger-ui .info a { color: #1a5fa8; }
+.swagger-ui :focus-visible { outline: 3px solid #1a5fa8; outline-offset: 2px; }
+</style>"""
+
+
+def assets_dir() -> Path:
+    """The folder of Swagger UI's and ReDoc's files in the installed ``fastapi-offline`` package."""
+    import fastapi_offline
+
+    return Path(fastapi_offline.__file__).parent / "static"
+
+
+def mount_docs(app: FastAPI, title: str) -> None:
+    """Serve ``/docs`` (Swagger UI) and ``/redoc`` (ReDoc) from the installed assets, each with
+    ``DOCS_CSP``. The app must be created with ``docs_url=None, redoc_url=None``."""
+    app.mount(ASSETS_URL, StaticFiles(directory=assets_dir()), name="docs-assets")
+    headers = {"Content-Security-Policy": DOCS_CSP, "Cache-Control": "no-cache"}
+
+    def page(html: str) -> HTMLResponse:
+        html = html.replace("<html>", '<html lang="en">', 1)
+        return HTMLResponse(html, headers=headers)
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> HTMLResponse:
+        html = get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json", title=f"{title} - API docs",
+            swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js", swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
+            swagger_favicon_url=f"{ASSETS_URL}/favicon.png",
+            # no validator badge: it would send the spec to validator.swagger.io
+            swagger_ui_parameters={"validatorUrl": None, "tryItOutEnabled": False,
+                                   "defaultModelsExpandDepth": 0}).body.decode()
+        return page(html.replace("</head>", _DOCS_STYLE + "\n</head>", 1))
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        html = get_redoc_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{title} - API reference",
+                              redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
+                              redoc_favicon_url=f"{ASSETS_URL}/favicon.png", with_google_fonts=False).body.decode()
+        return page(html)
+
+
+def clean_openapi(app: FastAPI) -> None:
+    """Replace ``app.openapi`` by one that drops FastAPI's automatic 422 responses (this server answers
+    400) and the validation-error schemas only they used."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            for path in spec.get("paths", {}).values():
+                for operation in path.values():
+                    if isinstance(operation, dict):
+                        operation.get("responses", {}).pop("422", None)
+            schemas = spec.get("components", {}).get("schemas", {})
+            for name in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(name, None)
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+# ----------------------------------------------------------------------------- shared descriptions
+
+class ErrorResponse(BaseModel):
+    """Every error the service returns: ``{"error": "<one line>", "status": N}``."""
+
+    error: str
+    status: int
+
+
+ERROR_TEXT = {
+    400: "bad request: a corrupt or truncated picture, a decompression bomb, too many files, an unknown field, "
+         "a value out of range, malformed JSON or base64",
+    404: "no such model, or the run has no report",
+    409: "the model is queued or training, or not trained yet",
+    413: "request body over the size limit (refused from its Content-Length, or cut off as it streams in)",
+    415: "not an accepted picture format or Content-Type",
+    500: "the trained model's files are missing or cannot be loaded",
+    503: "the server has too many open connections; try again (answered by the HTTP server, as plain text)",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for these error codes, each with the error body's schema."""
+    return {code: {"model": ErrorResponse, "description": ERROR_TEXT[code]} for code in codes}
+
+
+def _options(n_classes: int | None, top_k: int) -> dict[str, dict[str, Any]]:
+    top = {"type": "integer", "minimum": 1, "default": top_k,
+           "description": "classes per picture, best first (1 to the number of classes)"}
+    if n_classes is not None:
+        top["maximum"] = n_classes
+        top["description"] = f"classes per picture, best first (1 to {n_classes}, the number of classes)"
+    return {
+        "top_k": top,
+        "include_input": {"type": "boolean", "default": False,
+                          "description": "also return what the model saw, as base64 PNGs"},
+        "background": {"type": "string", "enum": list(BACKGROUNDS), "default": "auto",
+                       "description": "the photos' background: auto (detected), light or dark"},
+    }
+
+
+def predict_openapi(n_classes: int | None, top_k: int, formats: str) -> dict[str, Any]:
+    """``openapi_extra`` for a predict endpoint: the query parameters (the endpoint reads them itself,
+    so that a bad value gets the service's own 400) and the three body kinds it takes. ``n_classes``
+    None: not known in advance (a training job's model), no maximum given."""
+    options = _options(n_classes, top_k if n_classes is None else min(top_k, n_classes))
+    files = {"type": "array", "items": {"type": "string", "format": "binary"},
+             "description": f"one or more pictures ({formats}); the field may be named 'file' or 'files', "
+                            "repeated"}
+    return {
+        "parameters": [{"name": k, "in": "query", "required": False, "schema": v, "description": v["description"]}
+                       for k, v in options.items()],
+        "requestBody": {"required": True, "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object", "required": ["files"], "properties": {"files": files},
+                "description": "top_k, include_input and background may also be sent as form fields"}},
+            "application/json": {"schema": {"type": "object", "properties": {
+                "images": {"type": "array", "items": {"type": "string"},
+                           "description": "base64 pictures; a data:image/...;base64, prefix is accepted"},
+                "image": {"type": "string", "description": "one base64 picture"}, **options}}},
+            "image/*": {"schema": {"type": "string", "format": "binary"},
+                        "description": "one picture as the whole body"}}},
+    }
+
+
+def jobs_create_openapi(kinds: dict[str, str], models: list[str]) -> dict[str, Any]:
+    """``openapi_extra`` for ``POST /models``."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "required": ["name", "kind"], "additionalProperties": False, "properties": {
+            "name": {"type": "string", "maxLength": 64, "description": "a name for the model", "example": "shoes"},
+            "kind": {"type": "string", "enum": list(kinds), "default": "fashion",
+                     "description": "; ".join(f"{k}: {v}" for k, v in kinds.items())},
+            "base_model": {"type": "string", "enum": models, "default": "mvnet-t",
+                           "description": "the network to train"}}}}}}}
+
+
+def jobs_images_openapi(formats: str) -> dict[str, Any]:
+    """``openapi_extra`` for ``POST /models/{id}/images``."""
+    picture = {"type": "string", "format": "binary"}
+    return {"requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "zip": {"type": "array", "items": picture, "description": "zips of <class>/<picture> folders"},
+            "files": {"type": "array", "items": picture,
+                      "description": f"pictures ({formats}) with 'label' or 'labels'; without a label, zips"},
+            "label": {"type": "string", "description": "one class name for every picture"},
+            "labels": {"type": "array", "items": {"type": "string"}, "description": "one class name per picture"},
+        }}},
+        "application/zip": {"schema": picture, "description": "a zip of <class>/<picture> folders"}}}}
+
+
+def jobs_train_openapi(default_budget: str, min_budget: str, max_budget: str, max_epochs: int) -> dict[str, Any]:
+    """``openapi_extra`` for ``POST /models/{id}/train`` (the body is optional)."""
+    return {"requestBody": {"required": False, "content": {"application/json": {"schema": {
+        "type": "object", "additionalProperties": False, "properties": {
+            "budget": {"type": "string", "default": default_budget,
+                       "description": f"the training's wall-clock time, from {min_budget} to {max_budget} "
+                                      "(30s, 2m, 1h, or seconds)"},
+            "epochs": {"type": "integer", "minimum": 1, "maximum": max_epochs,
+                       "description": "a fixed number of epochs (else the budget plans them)"}}}}}}}
