@@ -108,11 +108,13 @@ def test_plot_confusion_counts_and_normalized(tmp_path, k):
 
     fig = plots.plot_confusion(torch.from_numpy(cm), classes, normalize=True)
     ax = fig.axes[0]
-    assert "normalized by true class" in ax.get_title()
+    assert "% of each true class" in ax.get_title()
     values = np.asarray(ax.images[0].get_array())
     assert values[1].sum() == 0 and np.allclose(values[[0] + list(range(2, k))].sum(1), 1)
-    if k <= 25:
-        assert ax.texts[0].get_text() == f"{cm[0, 0] / cm[0].sum():.2f}"
+    if k <= 25:  # percentages like every other share in the report, never fractions such as 0.93
+        assert ax.texts[0].get_text() == f"{round(100 * cm[0, 0] / cm[0].sum())}%"
+        assert all(re.fullmatch(r"0|<1%|\d{1,3}%", t.get_text()) for t in ax.texts), [t.get_text() for t in ax.texts]
+    assert all(t.get_text().endswith("%") for t in fig.axes[1].get_yticklabels() if t.get_text())  # the colour bar
     _png(fig, tmp_path / "cmn.png")
 
 
@@ -177,16 +179,53 @@ def test_plot_calibration(tmp_path):
     fig = plots.plot_calibration(c)
     ax = fig.axes[0]
     assert "ECE 1.23%" in ax.get_title()
-    assert ax.get_xlabel() == "confidence" and ax.get_ylabel() == "accuracy"
+    assert ax.get_xlabel() == "confidence (top score)" and ax.get_ylabel() == "accuracy"
     assert ax.get_xlim() == (0, 1) and ax.get_ylim() == (0, 1)
     assert ax.child_axes  # the histogram of counts, inside this Axes
     w, h = _png(fig, tmp_path / "cal.png")
     assert w >= 400 and h >= 400
+    # both axes in percent, as the ECE in the title and every share on the page
+    ticks = [t.get_text() for t in ax.get_xticklabels() + ax.get_yticklabels() if t.get_text()]
+    assert ticks and all(t.endswith("%") for t in ticks), ticks
     host = Figure()
     axes = host.subplots(2, 3)
     assert plots.plot_calibration(c, ax=axes[1, 1]) is host
     assert plots.plot_calibration({"ece": math.nan, "bins": []}, ax=axes[0, 0]) is host  # nothing scored
     _png(host, tmp_path / "host.png")
+
+
+def test_plot_calibration_before_and_after_temperature_scaling(tmp_path):
+    rng = np.random.default_rng(0)
+    logits = torch.from_numpy(rng.normal(size=(3000, 5)) * 0.6)
+    y = torch.from_numpy(rng.integers(0, 5, 3000))
+    logits[torch.arange(2000), y[:2000]] += 2.5  # right two thirds of the time, with modest scores
+    before = plots.calibration_from_probs(logits.softmax(1), y)
+    after = plots.calibration_from_probs((logits / 0.5).softmax(1), y)
+    fig = plots.plot_calibration(before, after=after, temperature=0.5)
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0] == f"before: ECE {100 * before['ece']:.2f}%"
+    assert labels[1] == f"after temperature scaling (T = 0.50): ECE {100 * after['ece']:.2f}%"
+    curves = [line for line in ax.get_lines() if len(line.get_xdata()) > 2]
+    assert len(curves) == 2  # before and after, beside the diagonal
+    # a curve point is a bin's (mean confidence, accuracy); bins of a handful of images are left out
+    kept = [b for b in before["bins"] if b["count"] >= 10]
+    assert list(curves[0].get_xdata()) == [b["confidence"] for b in kept]
+    assert "before and after" in ax.get_title()
+    _png(fig, tmp_path / "cal2.png")
+
+
+def test_plot_history_accuracy_in_percent():
+    from minivision.report.history import plot_history
+
+    hist = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.8 + e / 100, "val_loss": 1.1 / e,
+             "val_accuracy": 0.78 + e / 100, "lr": 0.1 / e, "seconds": 1.0} for e in (1, 2, 3)]
+    fig = plot_history(hist)
+    acc, loss = fig.axes[0], fig.axes[1]
+    from matplotlib.ticker import PercentFormatter
+
+    assert isinstance(acc.yaxis.get_major_formatter(), PercentFormatter)
+    assert not isinstance(loss.yaxis.get_major_formatter(), PercentFormatter)  # a loss is not a share
 
 
 # ---------------------------------------------------------------------------------------------- class counts
@@ -288,6 +327,64 @@ def test_render_report_sections_in_order_and_self_contained():
     assert "1.23%" in _section(page, "calibration")
     settings = _section(page, "settings")
     assert "optimizer.lr" in settings and "0.1" in settings
+    assert "<h2>Training settings</h2>" in settings  # no settings as used given: as given, under that name
+
+
+def test_every_figure_opens_full_size_without_a_script():
+    page = _report()
+    figures = re.findall(r'<figure class="zoomable" id="(fig-[^"]+)">(.*?)</figure>', page, re.S)
+    assert len(figures) == 8
+    for fid, body in figures:
+        # the picture is a link to its own figure (CSS :target shows it alone, full size) ...
+        assert re.search(f'<a class="zoom" href="#{fid}"><img [^>]*alt="[^"]+">', body), fid
+        # ... and the full-size view has a way back to its section
+        sid = re.search(r'<a class="close" href="#([^"]+)">Close</a>', body).group(1)
+        assert f'<section id="{sid}">' in page and fid in _section(page, sid)
+    assert "figure.zoomable:target" in page and "figure.zoomable:target img { max-width: none; }" in page
+    assert "<script" not in page.lower()
+
+
+def test_wide_tables_scroll_in_a_labelled_focusable_box_with_a_cue():
+    page = _report()
+    boxes = re.findall(r'<div class="table-wrap" tabindex="0" role="region" aria-label="([^"]+)">', page)
+    assert boxes == ["Per-class metrics table", "Most confused pairs table"]
+    css = re.search(r"\.table-wrap \{(.*?)\}", page, re.S).group(1)
+    assert "overflow-x: auto" in css and css.count("radial-gradient") == 2 and css.count(" local") == 2
+    assert ".table-wrap:focus-visible" in page and "a:focus-visible" in page  # a visible focus ring
+
+
+def test_alt_texts_say_what_each_picture_shows():
+    page = _report(alts={"confusion": "Confusion matrix of 20 test images: <12> right"})
+    assert 'alt="Confusion matrix of 20 test images: &lt;12&gt; right"' in _section(page, "confusion")
+    assert 'alt="Counts: rows are the true class' not in _section(page, "confusion")  # not the caption
+
+
+def test_calibration_section_names_the_direction_and_before_after():
+    before = {"n": 10_000, "ece": 0.0857, "confidence": 0.842, "accuracy": 0.928, "direction": "under-confident"}
+    after = {"n": 10_000, "ece": 0.0123, "confidence": 0.921, "accuracy": 0.928, "direction": "calibrated"}
+    details = {"split": "test", "before": before, "after": after, "temperature": 0.6812, "fitted_on": "validation",
+               "fitted_n": 6000}
+    cal = _section(_report(calibration=details, calibration_ece=0.0857), "calibration")
+    assert ("Under-confident: on the 10,000 test images the mean top score is 84.2% and the model is right 92.8% "
+            "of the time: its scores claim 8.6 points less than it achieves.") in cal
+    assert "T = 0.681" in cal and "fitted on 6,000 validation images" in cal
+    assert cal.count("<tr") == 3 and "8.57%" in cal and "1.23%" in cal and "calibrated" in cal
+    # no temperature: the direction, and a plain statement that the scores are the model's own
+    over = dict(before, confidence=0.97, direction="over-confident")
+    cal = _section(_report(calibration={**details, "before": over, "after": None, "temperature": None}), "calibration")
+    assert "Over-confident" in cal and "4.2 points more than it achieves" in cal and "No temperature" in cal
+
+
+def test_settings_as_used_and_use_this_model_sections():
+    page = _report(used=[("device", "given: auto -> used: cpu"), ("CPU", "<cpu>")], run_path="runs/my run")
+    settings = _section(page, "settings")
+    assert "<h2>Settings as used</h2>" in settings and "given: auto -&gt; used: cpu" in settings
+    assert "&lt;cpu&gt;" in settings and "Every training setting" in settings
+    use = _section(page, "use")
+    assert "minivision predict &#x27;runs/my run&#x27; photo.jpg" in use  # quoted for the shell
+    assert "clf = load(&quot;runs/my run&quot;)" in use
+    ids = re.findall(r'<section id="([^"]+)">', page)
+    assert ids[-3:] == ["use", "dataset", "settings"]
 
 
 def test_render_report_leaves_out_what_it_was_not_given(tmp_path):
@@ -404,3 +501,177 @@ def test_a_users_own_font_choice_is_kept():
         assert fonts.use_fonts() == ["serif"] and list(matplotlib.rcParams["font.family"]) == ["serif"]
     with matplotlib.rc_context({"font.family": ["sans-serif"]}):  # matplotlib's default: ours replaces it
         assert "Noto Sans CJK JP" in fonts.use_fonts()
+
+
+# ---------------------------------------------------------------------------------------------- report/run.py
+
+def test_confidence_direction_and_temperature_of():
+    from minivision.report.run import confidence_direction, temperature_of
+
+    assert confidence_direction(0.842, 0.928) == "under-confident"
+    assert confidence_direction(0.97, 0.928) == "over-confident"
+    assert confidence_direction(0.93, 0.928) == "calibrated"  # within a point
+    assert temperature_of({"calibration": {"method": "temperature", "temperature": 1.4}}) == 1.4
+    for bad in ({}, {"calibration": None}, {"calibration": {"temperature": 0}}, {"calibration": {"temperature": -1}},
+                {"calibration": {"temperature": float("nan")}}, {"calibration": {"temperature": "1.4"}},
+                {"calibration": {"temperature": True}}, {"calibration": [1.4]}):
+        assert temperature_of(bad) is None, bad  # older runs and malformed entries: scores uncalibrated
+
+
+def test_calibration_details_before_and_after_by_hand():
+    from minivision.report.run import calibration_details
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 3.0]])
+    y = torch.tensor([0, 1, 1, 1])  # three right
+    d = calibration_details(logits, y, "test", {})
+    b = d["before"]
+    conf = torch.softmax(logits, 1).max(1).values
+    assert b["n"] == 4 and b["accuracy"] == 0.75 and math.isclose(b["confidence"], float(conf.mean()), rel_tol=1e-6)
+    assert d["after"] is None and d["temperature"] is None and d["split"] == "test"
+    meta = {"calibration": {"method": "temperature", "temperature": 0.5, "fitted_on": "validation", "n": 600}}
+    d = calibration_details(logits, y, "test", meta)
+    sharp = torch.softmax(logits / 0.5, 1).max(1).values
+    assert math.isclose(d["after"]["confidence"], float(sharp.mean()), rel_tol=1e-6)
+    assert d["after"]["accuracy"] == 0.75  # T never changes the top class
+    assert d["temperature"] == 0.5 and d["fitted_n"] == 600 and d["fitted_on"] == "validation"
+    assert calibration_details(logits[:0], y[:0], "test", meta) is None
+
+
+def _meta(**over):
+    meta = {"architecture": {"name": "mvnet-t"}, "dataset": {"name": "synthetic"},
+            "created": "2026-11-29T23:47:01+00:00",
+            "versions": {"minivision": "0.1.0", "torch": "2.13.0"},
+            "metrics": {"epochs": 3, "best_epoch": 3, "val_accuracy": 0.9, "train_seconds": 4.2},
+            "used": {"device": "cpu", "precision": "fp32", "batch_size": 64, "epochs_planned": 3,
+                     "started": "2026-11-29T23:46:33+00:00",
+                     "hardware": {"cpu": "AMD EPYC", "cpu_flags": ["avx2"], "cores": 2, "threads": 1, "os": "Linux"}}}
+    meta.update(over)
+    return meta
+
+
+def test_used_rows_say_given_and_used_where_they_differ():
+    from minivision.report.run import settings_as_used, used_rows
+
+    settings = {"device": "auto", "precision": "fp32", "batch_size": 64, "model": "mvnet-t"}
+    rows = dict(used_rows(_meta(), settings))
+    assert rows["device"] == "given: auto -> used: cpu"
+    assert rows["precision"] == "fp32" and rows["batch size"] == "64"  # the same: said once
+    assert rows["date"] == "2026-11-29 23:47 UTC" and rows["epochs"] == "3 trained"
+    assert rows["CPU"] == "AMD EPYC" and rows["CPU features"].startswith("avx2 (of avx2, avx512f")
+    assert rows["cores, threads"] == "2 cores, 1 PyTorch threads"
+    assert rows["versions"] == "minivision 0.1.0, torch 2.13.0" and "GPU" not in rows and "time budget" not in rows
+    assert settings_as_used(settings, _meta()) == {"model": "mvnet-t"}  # shown above, as used
+    gpu = _meta()
+    gpu["used"]["hardware"]["gpu"] = "NVIDIA H200"
+    assert dict(used_rows(gpu, settings))["GPU"] == "NVIDIA H200"
+    # a run from before model.json recorded them: what was given, and that the rest is unknown
+    old = {k: v for k, v in _meta().items() if k != "used"}
+    rows = dict(used_rows(old, settings))
+    assert rows["device"] == "given: auto (the value used is not recorded for this run)"
+    assert "CPU" not in rows and settings_as_used(settings, old) == settings
+
+
+def test_budget_plan_in_words():
+    from minivision.report.run import budget_text, used_rows
+
+    plan = {"budget_s": 30.0, "model": "mvnet-t", "probed_s_per_epoch": {"mvnet-t": 2.4, "cnn1": 0.35},
+            "total_steps": 1266, "replans": 4}
+    assert budget_text(plan) == ("30s: network mvnet-t picked by timing mvnet-t at 2 s/epoch, cnn1 at 350 ms/epoch; "
+                                 "1,266 steps planned from the measured speed, re-planned 4 times while training")
+    assert budget_text({"budget_s": 90, "model": "cnn1", "resumed": True}) == (
+        "1m30s: network cnn1; resumed with the step count planned before")
+    meta = _meta(budget=plan)
+    meta["used"]["epochs_planned"] = None
+    rows = dict(used_rows(meta, {}))
+    assert rows["epochs"] == "3 trained (1,266 steps)" and rows["time budget"] == budget_text(plan)
+
+
+def test_dataset_rows_equal_counts_read_as_one_figure():
+    from types import SimpleNamespace
+
+    from minivision.data.dataset import Split
+    from minivision.report.run import dataset_rows
+
+    def split(counts):
+        y = torch.cat([torch.full((n,), k, dtype=torch.int64) for k, n in enumerate(counts)])
+        return Split(torch.zeros(len(y), 1, 2, 2, dtype=torch.uint8), y)
+
+    ds = SimpleNamespace(name="d", classes=["a", "b", "c"], channels=1, image_size=(2, 2), source=None, skipped=[],
+                         train=split([5, 5, 5]), val=split([1, 2, 3]), test=None)
+    rows = dict(dataset_rows(ds))
+    assert rows["train"] == "15 images; 5 per class"  # not "per class 5-5"
+    assert rows["val"] == "6 images; 1-3 per class"
+
+
+def test_use_this_model_commands_exist():
+    """Every command the report offers parses with today's CLI, and the Python lines name the real API."""
+    import shlex
+
+    import minivision
+    from minivision.cli import build_parser
+    from minivision.report.html import use_commands
+
+    shell, python = use_commands("runs/my run")
+    assert [c.split()[1] for c in shell] == ["predict", "evaluate", "serve"]
+    parser = build_parser()
+    for cmd in shell:
+        args = shlex.split(cmd)
+        assert args[0] == "minivision"
+        ns = parser.parse_args(args[1:])
+        assert getattr(ns, "model", None) == "runs/my run", cmd
+    code = "\n".join(python)
+    assert "from minivision import load" in code and callable(minivision.load)
+    tree = compile(code, "<use>", "exec")  # valid Python
+    assert {"predict", "predict_proba", "load"} <= set(tree.co_names)
+    assert all(hasattr(minivision.Classifier, name) for name in ("predict", "predict_proba"))
+
+
+def test_run_path_for_is_relative_inside_the_working_folder(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from minivision.report.run import run_path_for
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "train2").mkdir(parents=True)
+    assert run_path_for(tmp_path / "runs" / "train2") == "runs/train2"
+    assert run_path_for(Path("runs/train2")) == "runs/train2"
+    elsewhere = tmp_path.parent / "other-runs" / "train"
+    assert run_path_for(elsewhere) == str(elsewhere)
+
+
+def test_write_run_report_shows_calibrated_scores(tmp_path, monkeypatch):
+    """With a temperature in model.json the pictures' scores are softmax(logits / T), the section
+    compares before and after, and the page has every new section."""
+    from minivision.data.dataset import Split
+    from minivision.report import run
+
+    from .conftest import synthetic_images
+
+    x, y = synthetic_images(40, classes=4)
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 4, generator=g) + 1.5 * torch.nn.functional.one_hot(torch.from_numpy(y), 4)
+    titles: list[list[str]] = []
+    real_grid = plots.image_grid
+
+    def grid(images, t=None, **kw):
+        titles.append(list(t or []))
+        return real_grid(images, t, **kw)
+
+    monkeypatch.setattr(plots, "image_grid", grid)
+    meta = _meta(calibration={"method": "temperature", "temperature": 2.0, "fitted_on": "validation", "n": 100,
+                              "ece_before": 0.1, "ece_after": 0.02, "before": "over-confident", "after": "calibrated"})
+    split = Split(torch.from_numpy(x), torch.from_numpy(y))
+    out = run.write_run_report(tmp_path, classes=["a", "b", "c", "d"], split=split, split_name="test",
+                               logits=logits, history=None, meta=meta, parameters=10,
+                               settings={"device": "auto", "model": "mvnet-t"}, dataset=[("name", "synthetic")],
+                               log=lambda m: None)
+    calibrated = torch.softmax(logits / 2.0, 1)
+    pick = run.sample_indices(40, 40)
+    expected = [f"{['a', 'b', 'c', 'd'][int(calibrated[i].argmax())]} {run._pct(float(calibrated[i].max()))}"
+                for i in pick]
+    assert [t.split("\n")[0] for t in titles[-1]] == expected  # the predictions grid: calibrated scores
+    assert out["calibrated"]["ece"] != out["calibration"]["ece"]
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "T = 2" in _section(page, "calibration") and "given: auto -&gt; used: cpu" in page
+    assert re.findall(r'<section id="([^"]+)">', page)[-3:] == ["use", "dataset", "settings"]
+    assert "alt=\"Reliability diagram: accuracy against confidence in 15 bins" in page

@@ -201,7 +201,7 @@ def plot_confusion(confusion: Any, classes: Sequence[str], *, normalize: bool = 
     ax.tick_params(length=2)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    what = "Confusion matrix, normalized by true class" if normalize else "Confusion matrix"
+    what = "Confusion matrix, % of each true class" if normalize else "Confusion matrix"
     ax.set_title(f"{what} ({n:,} images)", fontsize=11)
 
     if k <= 25:
@@ -219,11 +219,13 @@ def plot_confusion(confusion: Any, classes: Sequence[str], *, normalize: bool = 
 
 
 def _cell_text(v: float, normalize: bool) -> str:
+    """A cell's label: a count, or (``normalize``) a share of the row in whole percent, as every other
+    share in the report is written ("93%", "<1%" for a share under half a percent, "0" for none)."""
     if v == 0:
         return "0"
     if not normalize:
         return str(int(round(v)))
-    return "<.01" if v < 0.005 else f"{v:.2f}"
+    return "<1%" if v < 0.005 else f"{v:.0%}"
 
 
 def _percent_formatter() -> Any:
@@ -255,49 +257,82 @@ def _finite(v: Any) -> bool:
     return v is not None and math.isfinite(float(v))
 
 
-def plot_calibration(calibration: dict[str, Any], *, ax: Any = None) -> Any:
-    """Reliability diagram: accuracy per confidence bin against the diagonal of perfect calibration,
-    the gap hatched in red, ECE in the title, and the images per bin in a small inset histogram.
+def plot_calibration(calibration: dict[str, Any], *, after: dict[str, Any] | None = None,
+                     temperature: float | None = None, ax: Any = None) -> Any:
+    """Reliability diagram (Guo et al. 2017, "On Calibration of Modern Neural Networks"): accuracy per
+    confidence bin against the diagonal of perfect calibration, both axes in percent, ECE in the title,
+    and the images per bin in a small inset histogram.
 
-    Empty bins (count 0, confidence/accuracy None or NaN) are skipped."""
+    ``calibration`` (and ``after``) are ``calibration_from_probs`` dicts. Alone, the bins are bars with
+    the gap to confidence hatched in red. With ``after`` (the same images scored by softmax(logits / T),
+    ``temperature`` = T), both are drawn as curves through (mean confidence, accuracy) of each bin,
+    before in grey and after in blue, and the inset counts the images of ``after``. Empty bins (count 0,
+    confidence/accuracy None or NaN) are skipped."""
     fig, ax = style.figure_of(ax, 5.4, 5.4)
     small = min(1.0, min(_ax_inches(ax)) / 4.0)  # fonts shrink with a caller's small Axes
     bins = calibration.get("bins", [])
-    full = [b for b in bins if b["count"] and _finite(b["confidence"]) and _finite(b["accuracy"])]
+    full = _full_bins(bins)
     blue = style.class_colors(1)[0]
-    if full:
-        centers = [(b["lo"] + b["hi"]) / 2 for b in full]
-        widths = [b["hi"] - b["lo"] for b in full]
-        acc = np.array([b["accuracy"] for b in full], dtype=float)
-        conf = np.array([b["confidence"] for b in full], dtype=float)
-        ax.bar(centers, acc, width=widths, color=blue, edgecolor="white", linewidth=0.8, label="accuracy", zorder=2)
-        ax.bar(centers, conf - acc, bottom=acc, width=widths, color=(*_rgb(style.WRONG), 0.18), hatch="///",
-               edgecolor=style.WRONG, linewidth=0.8, label="gap to confidence", zorder=3)
-    ax.plot([0, 1], [0, 1], "--", color="#444444", linewidth=1, label="perfectly calibrated", zorder=4)
+    ece = calibration.get("ece")
+    n = sum(int(b["count"]) for b in bins)
+    if after is None:
+        if full:
+            centers = [(b["lo"] + b["hi"]) / 2 for b in full]
+            widths = [b["hi"] - b["lo"] for b in full]
+            acc = np.array([b["accuracy"] for b in full], dtype=float)
+            conf = np.array([b["confidence"] for b in full], dtype=float)
+            ax.bar(centers, acc, width=widths, color=blue, edgecolor="white", linewidth=0.8, label="accuracy",
+                   zorder=2)
+            ax.bar(centers, conf - acc, bottom=acc, width=widths, color=(*_rgb(style.WRONG), 0.18), hatch="///",
+                   edgecolor=style.WRONG, linewidth=0.8, label="gap to confidence", zorder=3)
+        title = f"Reliability diagram ({_ece_text(ece)}, {n:,} images)"
+        counted, shown = bins, full
+    else:
+        t = f" (T = {temperature:.2f})" if temperature is not None and math.isfinite(temperature) else ""
+        full_after = _full_bins(after.get("bins", []))
+        for data, color, label, style_ in ((full, "#8c959f", f"before: {_ece_text(ece)}", "s--"),
+                                            (full_after, blue, f"after temperature scaling{t}: "
+                                                               f"{_ece_text(after.get('ece'))}", "o-")):
+            # a curve through bins of a handful of images zigzags over the diagonal and says nothing
+            few = max(10, sum(int(b["count"]) for b in data) // 1000)
+            data = [b for b in data if b["count"] >= few] or data
+            if data:
+                ax.plot([b["confidence"] for b in data], [b["accuracy"] for b in data], style_, color=color,
+                        linewidth=1.8, markersize=4.5, label=label, zorder=3)
+        title = f"Reliability diagram, before and after ({n:,} images)"
+        counted, shown = after.get("bins", []), full + full_after
+    ax.plot([0, 1], [0, 1], ":", color="#444444", linewidth=1, label="perfectly calibrated", zorder=4)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence")
+    ax.xaxis.set_major_formatter(_percent_formatter())
+    ax.yaxis.set_major_formatter(_percent_formatter())
+    ax.set_xlabel("confidence (top score)")
     ax.set_ylabel("accuracy")
     ax.grid(alpha=0.3, zorder=0)
     ax.set_axisbelow(True)
-    ece = calibration.get("ece")
-    n = sum(int(b["count"]) for b in bins)
-    ece_text = f"ECE {100 * ece:.2f}%" if _finite(ece) else "ECE n/a"
-    ax.set_title(f"Reliability diagram ({ece_text}, {n:,} images)", fontsize=11)
+    ax.set_title(title, fontsize=11)
     ax.legend(loc="lower right", fontsize=8 * small, framealpha=0.9)
 
-    if bins:  # images per bin: an inset, so the diagram stays one Axes however the caller lays it out
-        ins = ax.inset_axes(_inset_place(full), zorder=5)
-        ins.bar([(b["lo"] + b["hi"]) / 2 for b in bins], [b["count"] for b in bins],
-                width=[b["hi"] - b["lo"] for b in bins], color="#9a9a9a", edgecolor="white", linewidth=0.5)
+    if counted:  # images per bin: an inset, so the diagram stays one Axes however the caller lays it out
+        ins = ax.inset_axes(_inset_place(shown), zorder=5)
+        ins.bar([(b["lo"] + b["hi"]) / 2 for b in counted], [b["count"] for b in counted],
+                width=[b["hi"] - b["lo"] for b in counted], color="#9a9a9a", edgecolor="white", linewidth=0.5)
         ins.set_xlim(0, 1)
         ins.set_title("images per confidence bin", fontsize=7.5 * small, pad=2)
         ins.tick_params(labelsize=6.5 * small, length=2, pad=1)
-        ins.set_xticks([0, 0.5, 1], ["0", "0.5", "1"])
+        ins.set_xticks([0, 0.5, 1], ["0%", "50%", "100%"])
         ins.yaxis.set_major_locator(_few_ticks())
         ins.yaxis.set_major_formatter(_thousands())
         ins.patch.set_alpha(0.85)
     return fig
+
+
+def _full_bins(bins: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [b for b in bins if b["count"] and _finite(b["confidence"]) and _finite(b["accuracy"])]
+
+
+def _ece_text(ece: Any) -> str:
+    return f"ECE {100 * ece:.2f}%" if _finite(ece) else "ECE n/a"
 
 
 def _inset_place(full: list[dict[str, Any]]) -> tuple[float, float, float, float]:

@@ -59,7 +59,10 @@ def write_run_report(run_dir: Path, *, classes: list[str], split: Split, split_n
                      tta_logits: torch.Tensor | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write every report file into ``run_dir``; returns the metrics, calibration and file paths.
 
-    ``tta_logits`` (flip test-time augmentation) adds its accuracy beside the plain one."""
+    ``tta_logits`` (flip test-time augmentation) adds its accuracy beside the plain one. When
+    ``meta["calibration"]`` holds a temperature T, the scores drawn (predictions, mistakes) are
+    softmax(logits / T) and the calibration section compares T = 1 with T on this split; the returned
+    ``calibration`` is the uncalibrated one, ``calibrated`` the one with T (or None)."""
     from .fonts import font_note
     from .history import plot_history
     from .html import write_report
@@ -70,11 +73,14 @@ def write_run_report(run_dir: Path, *, classes: list[str], split: Split, split_n
     if (missing := font_note(classes)) is not None:  # one line instead of matplotlib's glyph warnings
         log(missing)
     y = split.y
-    probs = torch.softmax(logits, 1)
+    temperature = temperature_of(meta)
+    probs = torch.softmax(logits / (temperature or 1.0), 1)  # the scores a user is shown
     metrics = metrics_from_logits(logits, y, classes)
     tta = metrics_from_logits(tta_logits, y, classes) if tta_logits is not None else None
-    headline = headline_for(meta, metrics, split_name, parameters, tta)
-    calib = calibration(probs, y)
+    details = calibration_details(logits, y, split_name, meta)
+    headline = headline_for(meta, metrics, split_name, parameters, tta, details)
+    calib = calibration(torch.softmax(logits, 1), y)
+    calib_after = calibration(probs, y) if temperature else None
     files: dict[str, Path] = {}
 
     if history:
@@ -107,34 +113,248 @@ def write_run_report(run_dir: Path, *, classes: list[str], split: Split, split_n
                      title=f"Predictions on {len(pick)} random {split_name} images: predicted (true), "
                            f"{right} right, {len(pick) - right} wrong")
     files["predictions"] = save_figure(fig, run_dir / "predictions.png")
-    files["calibration"] = save_figure(plot_calibration(calib), run_dir / "calibration.png")
+    files["calibration"] = save_figure(plot_calibration(calib, after=calib_after, temperature=temperature),
+                                       run_dir / "calibration.png")
 
     images = {k: v for k, v in files.items() if k != "per_class"}
+    alts = figure_alts(classes, split_name, metrics, history, probs, y, worst, len(pick), right, details)
     write_report(run_dir / "report.html", title=f"minivision report: {run_dir.name}", headline=headline,
-                 settings=settings, dataset=dataset, images=images, per_class=metrics["classes"],
-                 confused=metrics["most_confused"], calibration_ece=calib["ece"], notes=list(notes))
+                 settings=settings_as_used(settings, meta), dataset=dataset, images=images,
+                 per_class=metrics["classes"], confused=metrics["most_confused"], calibration_ece=calib["ece"],
+                 notes=list(notes), calibration=details, used=used_rows(meta, settings),
+                 run_path=run_path_for(run_dir), alts=alts)
     files["report"] = run_dir / "report.html"
     if metrics["most_confused"]:
         top = "; ".join(f"{p['true']} -> {p['predicted']} {p['count']}" for p in metrics["most_confused"][:3])
         log(f"most confused ({split_name}): {top}")
+    shown = (f"ECE {calib['ece']:.2%} -> {calib_after['ece']:.2%} with temperature {temperature:.3g}"
+             if calib_after is not None else f"ECE {calib['ece']:.2%}")
     log(f"report: {run_dir / 'report.html'} (confusion matrices, per-class table, mistakes, predictions, "
-        f"calibration ECE {calib['ece']:.2%})")
-    return {"metrics": metrics, "tta_metrics": tta, "calibration": calib, "files": files}
+        f"calibration {shown})")
+    return {"metrics": metrics, "tta_metrics": tta, "calibration": calib, "calibrated": calib_after, "files": files}
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+
+CALIBRATED_WITHIN = 0.01  # mean top score within 1 point of the accuracy: "calibrated"
+
+
+def confidence_direction(mean_confidence: float, accuracy: float, within: float = CALIBRATED_WITHIN) -> str:
+    """``"over-confident"`` when the mean top score exceeds the accuracy by more than ``within``
+    (fractions 0-1), ``"under-confident"`` when it falls short by more, else ``"calibrated"``: the
+    sign of mean confidence minus accuracy, the words of model.json's ``calibration`` entry."""
+    gap = mean_confidence - accuracy
+    if gap > within:
+        return "over-confident"
+    if gap < -within:
+        return "under-confident"
+    return "calibrated"
+
+
+def temperature_of(meta: dict[str, Any]) -> float | None:
+    """The temperature T of ``meta["calibration"]`` (a finite number > 0), else None (scores uncalibrated:
+    runs from before temperature scaling, or a malformed entry)."""
+    entry = meta.get("calibration")
+    t = entry.get("temperature") if isinstance(entry, dict) else None
+    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
+        return None
+    return float(t)
+
+
+def _scores_summary(probs: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    conf, pred = probs.max(1)
+    mean_conf, acc = float(conf.double().mean()), float((pred == y).double().mean())
+    return {"n": len(y), "ece": calibration(probs, y)["ece"], "confidence": mean_conf, "accuracy": acc,
+            "direction": confidence_direction(mean_conf, acc)}
+
+
+def calibration_details(logits: torch.Tensor, y: torch.Tensor, split_name: str,
+                        meta: dict[str, Any]) -> dict[str, Any] | None:
+    """What the report says about calibration on the scored split (``html.render_report``'s
+    ``calibration``): ``before`` (softmax of the logits) and, when model.json records a temperature T,
+    ``after`` (softmax(logits / T)); each with ECE, mean top score, accuracy and direction. None for an
+    empty split."""
+    if len(y) == 0:
+        return None
+    t = temperature_of(meta)
+    entry = meta.get("calibration") if t else None
+    return {"split": split_name, "before": _scores_summary(torch.softmax(logits, 1), y),
+            "after": _scores_summary(torch.softmax(logits / t, 1), y) if t else None, "temperature": t,
+            "fitted_on": entry.get("fitted_on") if entry else None, "fitted_n": entry.get("n") if entry else None}
+
+
+# ---------------------------------------------------------------------------------------------- words
+
+def figure_alts(classes: list[str], split_name: str, metrics: dict[str, Any],
+                history: list[dict[str, float]] | None, probs: torch.Tensor, y: torch.Tensor,
+                worst: torch.Tensor, n_shown: int, n_right: int,
+                details: dict[str, Any] | None) -> dict[str, str]:
+    """Alt texts that say what each picture shows (its figures in words, for a screen reader)."""
+    n = len(y)
+    alts: dict[str, str] = {}
+    if history:
+        val = [r["val_accuracy"] for r in history if not math.isnan(r["val_accuracy"])]
+        best = max(history, key=lambda r: -1.0 if math.isnan(r["val_accuracy"]) else r["val_accuracy"])
+        if val:
+            trend = (f"validation accuracy from {val[0]:.1%} to {val[-1]:.1%}, best {best['val_accuracy']:.1%} "
+                     f"at epoch {best['epoch']}")
+        else:
+            trend = f"train accuracy {history[-1]['train_accuracy']:.1%} at the end"
+        alts["results"] = (f"Learning curves over {len(history)} epoch{'s' if len(history) != 1 else ''}: {trend}; "
+                           f"train loss from {history[0]['train_loss']:.3f} to {history[-1]['train_loss']:.3f}.")
+    cm = metrics["confusion"]
+    correct = sum(cm[i][i] for i in range(len(classes)))
+    pair = metrics["most_confused"][0] if metrics["most_confused"] else None
+    alts["confusion"] = (f"Confusion matrix of {n:,} {split_name} images over {len(classes)} classes, true class "
+                         f"in rows, predicted in columns: {correct:,} on the diagonal (right)"
+                         + (f"; the largest mistake: {pair['count']:,} {pair['true']} predicted as {pair['predicted']}."
+                            if pair else "; no mistakes."))
+    recall = [(r["recall"], r["class"]) for r in metrics["classes"] if r["support"]]
+    if recall:
+        lo, hi = min(recall), max(recall)
+        alts["confusion_normalized"] = (f"Confusion matrix in percent of each true class: recall from {lo[0]:.0%} "
+                                        f"({lo[1]}) to {hi[0]:.0%} ({hi[1]}).")
+    if len(worst):
+        i = int(worst[0])
+        alts["mistakes"] = (f"The {len(worst)} {split_name} images the model got most wrong, each titled with its "
+                            f"true class and the predicted class with its score; the worst: a {classes[int(y[i])]} "
+                            f"predicted as {classes[int(probs[i].argmax())]} at {float(probs[i].max()):.0%}.")
+    else:
+        alts["mistakes"] = f"No mistakes on the {n:,} {split_name} images."
+    alts["predictions"] = (f"{n_shown} random {split_name} images, each titled with the predicted class, its score "
+                           f"and the true class: {n_right} right (green), {n_shown - n_right} wrong (red).")
+    if details:
+        b, a = details["before"], details["after"]
+        text = (f"Reliability diagram: accuracy against confidence in 15 bins; mean top score {b['confidence']:.1%} "
+                f"at {b['accuracy']:.1%} accuracy, {b['direction']}, ECE {b['ece']:.2%}")
+        if a:
+            text += (f"; after temperature scaling (T = {details['temperature']:.3g}) mean top score "
+                     f"{a['confidence']:.1%}, {a['direction']}, ECE {a['ece']:.2%}")
+        alts["calibration"] = text + "."
+    return alts
+
+
+def run_path_for(run_dir: Path) -> str:
+    """The run folder as a user types it: relative to the working folder when inside it (``runs/train``,
+    as the CLI names runs), else absolute."""
+    import os
+
+    path = Path(run_dir).absolute()
+    try:
+        return path.relative_to(Path(os.getcwd()).absolute()).as_posix() or "."
+    except ValueError:
+        return str(path)
+
+
+def used_rows(meta: dict[str, Any], settings: dict[str, Any]) -> list[tuple[str, str]]:
+    """The settings as used (model.json's ``used``, ``budget``, ``created``, ``versions``) as (name, text)
+    rows for the report; a value given differently in ``settings`` (args.yaml: ``device: auto``) reads
+    ``given: auto -> used: cpu``. A run without ``used`` (older) shows what args.yaml gave and says so."""
+    used = meta.get("used") if isinstance(meta.get("used"), dict) else {}
+    rows: list[tuple[str, str]] = []
+    when = meta.get("created") or used.get("started")
+    if when:
+        rows.append(("date", _date_text(str(when))))
+    for key, name in (("device", "device"), ("precision", "precision"), ("batch_size", "batch size")):
+        given, value = settings.get(key), used.get(key)
+        if value is None:
+            if given is not None:
+                rows.append((name, f"given: {given} (the value used is not recorded for this run)"))
+        elif given is not None and str(given) != str(value):
+            rows.append((name, f"given: {given} -> used: {value}"))
+        else:
+            rows.append((name, str(value)))
+    m = meta.get("metrics", {})
+    budget = meta.get("budget") if isinstance(meta.get("budget"), dict) else None
+    if m.get("epochs") is not None:
+        planned = used.get("epochs_planned")
+        text = f"{m['epochs']:,} trained"
+        if planned is not None and planned != m["epochs"]:
+            text += f" of {planned:,} planned"
+        if budget and budget.get("total_steps"):
+            text += f" ({budget['total_steps']:,} steps)"
+        rows.append(("epochs", text))
+    if budget:
+        rows.append(("time budget", budget_text(budget)))
+    if isinstance(meta.get("init_from"), dict) and meta["init_from"].get("from"):
+        rows.append(("started from", f"the weights of {meta['init_from']['from']}"))
+    hw = used.get("hardware") if isinstance(used.get("hardware"), dict) else {}
+    if hw.get("gpu"):
+        rows.append(("GPU", str(hw["gpu"])))
+    if hw.get("cpu"):
+        rows.append(("CPU", str(hw["cpu"])))
+    if "cpu_flags" in hw:
+        from ..runfiles import CPU_FLAGS
+
+        flags = ", ".join(hw["cpu_flags"]) or "none"
+        rows.append(("CPU features", f"{flags} (of {', '.join(CPU_FLAGS)})"))
+    if hw.get("cores") or hw.get("threads"):
+        rows.append(("cores, threads", f"{hw.get('cores', '?')} cores, {hw.get('threads', '?')} PyTorch threads"))
+    if hw.get("os"):
+        rows.append(("system", str(hw["os"])))
+    versions = meta.get("versions")
+    if isinstance(versions, dict) and versions:
+        rows.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items())))
+    return rows
+
+
+def budget_text(budget: dict[str, Any]) -> str:
+    """model.json's ``budget`` (``budget.Plan``) in words."""
+    from ..budget import format_duration, format_epoch_seconds
+
+    try:
+        text = f"{format_duration(float(budget['budget_s']))}: "
+    except (KeyError, TypeError, ValueError):
+        text = ""
+    text += f"network {budget.get('model', '?')}"
+    probed = budget.get("probed_s_per_epoch") or {}
+    if probed:
+        text += " picked by timing " + ", ".join(f"{k} at {format_epoch_seconds(v)}/epoch" for k, v in probed.items())
+    if budget.get("resumed"):
+        text += "; resumed with the step count planned before"
+    elif budget.get("total_steps"):
+        text += f"; {int(budget['total_steps']):,} steps planned from the measured speed"
+        replans = int(budget.get("replans") or 0)
+        if replans:
+            text += f", re-planned {replans} time{'s' if replans != 1 else ''} while training"
+    return text
+
+
+def _date_text(iso: str) -> str:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M %Z").strip()
+    except ValueError:
+        return iso
+
+
+def settings_as_used(settings: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` (args.yaml) less what ``used_rows`` shows as used (device, precision, batch size),
+    when model.json records it."""
+    used = meta.get("used") if isinstance(meta.get("used"), dict) else {}
+    return {k: v for k, v in settings.items() if not (k in ("device", "precision", "batch_size") and k in used)}
 
 
 def headline_for(meta: dict[str, Any], metrics: dict[str, Any], split_name: str, parameters: int,
-                 tta: dict[str, Any] | None = None) -> list[tuple[str, str]]:
-    """The big numbers at the top of report.html."""
+                 tta: dict[str, Any] | None = None, calibration: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    """The big numbers at the top of report.html. ``calibration`` (``calibration_details``) names the
+    direction of the calibration error, and its ECE after temperature scaling when there is one."""
     rows = [(f"{split_name} accuracy", f"{metrics['accuracy']:.2%}")]
     if tta:
         rows.append((f"{split_name} accuracy, flip TTA", f"{tta['accuracy']:.2%}"))
-    rows += [(f"{split_name} loss", f"{metrics['loss']:.4f}"), ("macro F1", f"{metrics['macro_f1']:.2%}"),
-             ("calibration error (ECE)", f"{metrics['ece']:.2%}"),
+    ece = ("calibration error (ECE)", f"{metrics['ece']:.2%}")
+    if calibration and calibration.get("after"):
+        ece = ("calibration error (ECE) after temperature scaling", f"{calibration['after']['ece']:.2%}")
+    elif calibration:
+        ece = (f"calibration error (ECE), {calibration['before']['direction']}", ece[1])
+    rows += [(f"{split_name} loss", f"{metrics['loss']:.4f}"), ("macro F1", f"{metrics['macro_f1']:.2%}"), ece,
              ("model", str(meta.get("architecture", {}).get("name", "?"))), ("parameters", f"{parameters:,}"),
              ("dataset", str(meta.get("dataset", {}).get("name", "?")))]
     m = meta.get("metrics", {})
     if m.get("train_seconds") is not None:
-        rows.append((f"train time ({m.get('epochs', '?')} epochs)", f"{m['train_seconds']:.1f} s"))
+        epochs = m.get("epochs", "?")
+        rows.append((f"train time ({epochs} epoch{'' if epochs == 1 else 's'})", f"{m['train_seconds']:.1f} s"))
     if m.get("val_accuracy") is not None and not math.isnan(m["val_accuracy"]):
         rows.append((f"best val accuracy (epoch {m.get('best_epoch', '?')})", f"{m['val_accuracy']:.2%}"))
     return rows
@@ -147,7 +367,9 @@ def dataset_rows(ds: Any, source: str | None = None) -> list[tuple[str, str]]:
         s = getattr(ds, name)
         if s is not None and len(s):
             counts = torch.bincount(s.y, minlength=len(ds.classes)).tolist()
-            rows.append((name, f"{len(s):,} images; per class {min(counts):,}-{max(counts):,}"))
+            lo, hi = min(counts), max(counts)
+            per = f"{lo:,} per class" if lo == hi else f"{lo:,}-{hi:,} per class"
+            rows.append((name, f"{len(s):,} images; {per}"))
     if source or ds.source:
         rows.append(("source", str(source or ds.source)))
     if ds.skipped:
