@@ -64,8 +64,11 @@ def require_browser() -> str:
     return path
 
 
+PHONE = {"width": 390, "height": 844}  # an iPhone 12-15's viewport in CSS pixels
+
+
 def inspect_report(path: str | Path, screenshot: str | Path | None = None, *, width: int = 1280,
-                   narrow: int = 420) -> dict[str, Any]:
+                   narrow: int = PHONE["width"], axe: bool = False) -> dict[str, Any]:
     """Open ``path`` in headless Chromium and return what a person would see.
 
     Keys: title, sections (ids in page order), h2 (texts), nav (hrefs), images ((naturalWidth,
@@ -73,9 +76,13 @@ def inspect_report(path: str | Path, screenshot: str | Path | None = None, *, wi
     image_sections, tables ({section id: rows of its tables}), text (the page's visible text),
     console_errors (console errors and uncaught exceptions), requests (URLs fetched other than the
     page itself and ``data:`` URLs: should be none), narrow_overflow (True when, ``narrow`` pixels
-    wide, the page scrolls sideways). ``screenshot`` saves a full-page PNG at ``width``.
+    wide, the page scrolls sideways). ``screenshot`` saves a full-page PNG at ``width``. ``axe``
+    adds axe_desk and axe_phone: axe-core's serious and critical violations at ``width`` and at a
+    phone's 390 x 844 (tests/axe.py).
     """
     from playwright.sync_api import sync_playwright
+
+    from .axe import axe_violations
 
     browser_path = require_browser()
     url = Path(path).resolve().as_uri()
@@ -84,7 +91,8 @@ def inspect_report(path: str | Path, screenshot: str | Path | None = None, *, wi
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path, args=["--no-sandbox"], headless=True)
         try:
-            page = browser.new_page(viewport={"width": width, "height": 900})
+            context = browser.new_context(viewport={"width": width, "height": 900}, bypass_csp=True)
+            page = context.new_page()
             page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
             page.on("pageerror", lambda e: errors.append(f"exception: {e}"))
             page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url[:120]}"))
@@ -96,9 +104,13 @@ def inspect_report(path: str | Path, screenshot: str | Path | None = None, *, wi
             if screenshot is not None:
                 Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
                 page.screenshot(path=str(screenshot), full_page=True)
-            page.set_viewport_size({"width": narrow, "height": 900})
+            if axe:
+                info["axe_desk"] = axe_violations(page)
+            page.set_viewport_size({"width": narrow, "height": PHONE["height"]})
             info["narrow_overflow"] = page.evaluate(
                 "() => document.documentElement.scrollWidth > document.documentElement.clientWidth + 1")
+            if axe:
+                info["axe_phone"] = axe_violations(page)
         finally:
             browser.close()
     info["console_errors"] = errors
@@ -144,7 +156,9 @@ def _synthetic_report(tmp_path: Path, classes: list[str]) -> Path:
                                                                                 ("model", "mvnet-t")],
         settings={"model": "mvnet-t", "epochs": 3, "optimizer": {"name": "sgd", "lr": 0.1}, "augment": ["flip"]},
         dataset=[("name", "synthetic"), ("classes", ", ".join(classes))], images=images, per_class=per_class,
-        confused=plots.most_confused(confusion, classes), calibration_ece=0.0123, notes=["a <note> & more"])
+        confused=plots.most_confused(confusion, classes), calibration_ece=0.0123, notes=["a <note> & more"],
+        used=[("device", "given: auto -> used: cpu"), ("CPU", "AMD EPYC"), ("versions", "minivision 0.1.0")],
+        run_path="runs/train", alts={"confusion": f"Confusion matrix of 60 images over {k} classes"})
 
 
 def test_report_renders_in_chromium(tmp_path):
@@ -152,14 +166,14 @@ def test_report_renders_in_chromium(tmp_path):
     classes = ["T-shirt/top", "<script>alert(1)</script>", "a&b", "Ankle boot"]
     page = inspect_report(_synthetic_report(tmp_path, classes), screenshot=tmp_path / "page.png")
     assert page["sections"] == ["summary", "curves", "confusion", "per-class", "confused", "mistakes", "predictions",
-                                "calibration", "samples", "dataset", "settings"]
+                                "calibration", "samples", "use", "dataset", "settings"]
     assert page["nav"] == [f"#{s}" for s in page["sections"]]
     assert len(page["h2"]) == len(page["sections"]) and "Per-class metrics" in page["h2"]
     # every picture decoded: results, 2 confusion matrices, mistakes, predictions, calibration, samples
     assert len(page["images"]) == 7 and all(w > 0 and h > 0 for w, h in page["images"]), page["images"]
     assert all(page["image_alts"])
     assert page["tables"]["per-class"] == 1 + len(classes) + 1  # header, one row a class, macro average
-    assert page["tables"]["settings"] == 5  # model, epochs, optimizer.name, optimizer.lr, augment
+    assert page["tables"]["settings"] == 3 + 5  # as used; model, epochs, optimizer.name, optimizer.lr, augment
     assert page["tables"]["dataset"] == 2
     # the class names are shown as text, never run as markup
     assert "<script>alert(1)</script>" in page["text"] and "a&b" in page["text"] and "<note>" in page["text"]
@@ -169,6 +183,121 @@ def test_report_renders_in_chromium(tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "page.png").size[0] == 1280
+
+
+# ---------------------------------------------------------------------------------------------- on a phone
+
+LONG = "Aclassnamemuchlongerthanaphonescreeniswide" * 2  # no space or hyphen to wrap at
+
+
+def _phone_page(p, url: str):
+    browser = p.chromium.launch(executable_path=require_browser(), args=["--no-sandbox"], headless=True)
+    context = browser.new_context(viewport=PHONE, bypass_csp=True)
+    page = context.new_page()
+    page.goto(url, wait_until="load")
+    return browser, page
+
+
+def test_on_a_phone_tables_scroll_in_their_box_with_a_cue_and_the_page_never_sideways(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url = _synthetic_report(tmp_path, ["T-shirt/top", LONG, "Bag"]).resolve().as_uri()
+    with sync_playwright() as p:
+        browser, page = _phone_page(p, url)
+        try:
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+            boxes = page.evaluate("""() => [...document.querySelectorAll('.table-wrap')].map(e => ({
+                section: e.closest('section').id, scroll: e.scrollWidth, width: e.clientWidth,
+                overflow: getComputedStyle(e).overflowX, layers: getComputedStyle(e).backgroundAttachment,
+                image: getComputedStyle(e).backgroundImage, focusable: e.tabIndex === 0,
+                name: e.getAttribute('aria-label')}))""")
+            wide = {b["section"]: b for b in boxes}
+            assert wide["per-class"]["scroll"] > wide["per-class"]["width"]  # the long name: this box scrolls...
+            for b in boxes:  # ... inside a box with shadows at its edges, reachable by keyboard, named
+                assert b["overflow"] == "auto" and b["width"] <= PHONE["width"]
+                assert b["layers"] == "local, local, scroll, scroll" and b["image"].count("radial-gradient") == 2
+                assert b["focusable"] and b["name"]
+            # the shadow is seen: the right edge of the scrolling box is darker than its left edge
+            shot = page.locator("#per-class .table-wrap").screenshot()
+            from io import BytesIO
+
+            import numpy as np
+            from PIL import Image
+
+            grey = np.asarray(Image.open(BytesIO(shot)).convert("L"), dtype=float)
+            assert grey[:, -5:].mean() < grey[:, :5].mean() - 8, (grey[:, -5:].mean(), grey[:, :5].mean())
+            page.locator("#per-class .table-wrap").evaluate("e => { e.scrollLeft = e.scrollWidth; }")
+            grey = np.asarray(Image.open(BytesIO(page.locator("#per-class .table-wrap").screenshot())).convert("L"),
+                              dtype=float)
+            assert grey[:, :5].mean() < grey[:, -5:].mean() - 8  # scrolled to the end: the shadow moves left
+        finally:
+            browser.close()
+
+
+def test_each_figure_opens_full_size_by_keyboard_and_closes(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url = _synthetic_report(tmp_path, CLASSES4).resolve().as_uri()
+    with sync_playwright() as p:
+        browser, page = _phone_page(p, url)
+        try:
+            n = page.evaluate("() => document.querySelectorAll('figure.zoomable').length")
+            assert n == 7
+            shown = page.evaluate("() => document.querySelector('#fig-predictions img').getBoundingClientRect().width")
+            assert shown < PHONE["width"]  # on the page: shrunk to the screen
+            # keyboard only: Tab to the picture's link (the focus ring shows), Enter opens it
+            for _ in range(80):
+                page.keyboard.press("Tab")
+                if page.evaluate("() => document.activeElement.matches('#fig-predictions a.zoom')"):
+                    break
+            else:
+                raise AssertionError("the figure's link is not reachable with Tab")
+            ring = page.evaluate("() => { const s = getComputedStyle(document.activeElement); "
+                                 "return [s.outlineStyle, parseFloat(s.outlineWidth)]; }")
+            assert ring[0] == "solid" and ring[1] >= 2, ring
+            page.keyboard.press("Enter")
+            page.wait_for_function("() => location.hash === '#fig-predictions'")
+            view = page.evaluate("""() => { const f = document.querySelector('figure:target');
+                const r = f.getBoundingClientRect(), i = f.querySelector('img');
+                return {id: f.id, position: getComputedStyle(f).position, x: r.x, y: r.y, w: r.width, h: r.height,
+                        img: i.clientWidth, natural: i.naturalWidth,
+                        close: getComputedStyle(f.querySelector('a.close')).display}; }""")
+            assert view["id"] == "fig-predictions" and view["position"] == "fixed"
+            assert (view["x"], view["y"], view["w"], view["h"]) == (0, 0, PHONE["width"], PHONE["height"])
+            assert view["img"] == view["natural"] > PHONE["width"]  # full size, scrolls inside the view
+            assert view["close"] != "none"
+            assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+            page.keyboard.press("Tab")  # the view is where Tab starts now: its Close link comes first
+            assert page.evaluate("() => document.activeElement.textContent") == "Close"
+            page.keyboard.press("Enter")
+            page.wait_for_function("() => location.hash === '#predictions'")
+            assert page.evaluate("() => document.querySelector('figure:target')") is None
+        finally:
+            browser.close()
+
+
+CLASSES4 = ["T-shirt/top", "Trouser", "Pullover", "Ankle boot"]
+
+
+def test_axe_finds_no_serious_violation_at_desk_and_phone_sizes(tmp_path):
+    from .axe import format_violations
+
+    page = inspect_report(_synthetic_report(tmp_path, CLASSES4 + [LONG]), axe=True)
+    assert not page["axe_desk"], format_violations(page["axe_desk"])
+    assert not page["axe_phone"], format_violations(page["axe_phone"])
+    assert not page["narrow_overflow"]
+
+
+def test_axe_check_can_fail(tmp_path):
+    """A picture without alt text and a scrolling box out of keyboard reach: axe must see both."""
+    bad = tmp_path / "bad.html"
+    bad.write_text('<!DOCTYPE html><html lang="en"><head><title>t</title></head><body><main>'
+                   '<img src="data:image/png;base64,iVBORw0KGgo=">'
+                   '<div style="overflow-x:auto;width:100px"><p style="width:900px">wide text here</p></div>'
+                   "</main></body></html>", encoding="utf-8")
+    page = inspect_report(bad, axe=True)
+    ids = {v["id"] for v in page["axe_phone"]}
+    assert "image-alt" in ids, ids
 
 
 # ---------------------------------------------------------------------------------------------- every script
