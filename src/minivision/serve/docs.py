@@ -32,20 +32,24 @@ ASSETS_URL = "/docs-assets"
 DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
             "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
             "base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-# A few rules over Swagger UI's stylesheet so its text passes WCAG AA contrast (axe-core's
-# color-contrast rule): its default greys and green on white are below 4.5:1.
+# A few rules over Swagger UI's stylesheet (5.x) for axe-core's serious rules that CSS can meet: its
+# greys, green and badges on white are below WCAG AA's 4.5:1 contrast (color-contrast), and its code
+# blocks scroll without being focusable (scrollable-region-focusable): here they grow instead.
 _DOCS_STYLE = """<style>
 .swagger-ui .opblock .opblock-summary-description, .swagger-ui .parameter__in, .swagger-ui .prop-format,
-.swagger-ui .parameter__type, .swagger-ui .response-col_links, .swagger-ui .opblock-description-wrapper p,
-.swagger-ui .renderedMarkdown p, .swagger-ui table thead tr td, .swagger-ui table thead tr th,
-.swagger-ui .model-title, .swagger-ui .info .title small pre, .swagger-ui .tab li { color: #3b4151; }
-.swagger-ui .info .title small.version-stamp { background-color: #1e6b22; }
+.swagger-ui .parameter__type, .swagger-ui .parameter__extension, .swagger-ui .parameter__deprecated,
+.swagger-ui .response-col_links, .swagger-ui .opblock-description-wrapper p, .swagger-ui .renderedMarkdown p,
+.swagger-ui table thead tr td, .swagger-ui table thead tr th, .swagger-ui .model-title,
+.swagger-ui .tab li { color: #3b4151; }
 .swagger-ui .info .title small { background-color: #545b64; }
+.swagger-ui .info .title small.version-stamp { background-color: #1e6b22; }
+.swagger-ui .download-contents { background-color: #545b64; color: #fff; }
 .swagger-ui .btn.execute, .swagger-ui .opblock.opblock-post .opblock-summary-method { background-color: #1f7a4d; }
 .swagger-ui .opblock.opblock-get .opblock-summary-method { background-color: #1a5fa8; }
 .swagger-ui .response-control-media-type__accept-message { color: #1e6b22; }
 .swagger-ui .btn.cancel { color: #b3261e; border-color: #b3261e; }
 .swagger-ui a.nostyle, .swagger-ui .info a { color: #1a5fa8; }
+.swagger-ui .highlight-code > .microlight, .swagger-ui .microlight { max-height: none; overflow: visible; }
 .swagger-ui :focus-visible { outline: 3px solid #1a5fa8; outline-offset: 2px; }
 </style>"""
 
@@ -73,8 +77,9 @@ def mount_docs(app: FastAPI, title: str) -> None:
             openapi_url=app.openapi_url or "/openapi.json", title=f"{title} - API docs",
             swagger_js_url=f"{ASSETS_URL}/swagger-ui-bundle.js", swagger_css_url=f"{ASSETS_URL}/swagger-ui.css",
             swagger_favicon_url=f"{ASSETS_URL}/favicon.png",
-            # no validator badge: it would send the spec to validator.swagger.io
-            swagger_ui_parameters={"validatorUrl": None, "tryItOutEnabled": False,
+            # no validator badge: it would send the spec to validator.swagger.io; no deep links: their
+            # anchors sit inside each operation's toggle button (axe-core: nested-interactive)
+            swagger_ui_parameters={"validatorUrl": None, "deepLinking": False,
                                    "defaultModelsExpandDepth": 0}).body.decode()
         return page(html.replace("</head>", _DOCS_STYLE + "\n</head>", 1))
 
@@ -83,7 +88,9 @@ def mount_docs(app: FastAPI, title: str) -> None:
         html = get_redoc_html(openapi_url=app.openapi_url or "/openapi.json", title=f"{title} - API reference",
                               redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
                               redoc_favicon_url=f"{ASSETS_URL}/favicon.png", with_google_fonts=False).body.decode()
-        return page(html)
+        # ReDoc's sidebar shows Redocly's logo from cdn.redoc.ly, which DOCS_CSP refuses: hide the empty picture
+        return page(html.replace("</head>", '<style>img[src^="https://cdn.redoc.ly"] { display: none; }</style>\n'
+                                            "</head>", 1))
 
 
 def clean_openapi(app: FastAPI) -> None:
@@ -152,15 +159,14 @@ def predict_openapi(n_classes: int | None, top_k: int, formats: str) -> dict[str
     so that a bad value gets the service's own 400) and the three body kinds it takes. ``n_classes``
     None: not known in advance (a training job's model), no maximum given."""
     options = _options(n_classes, top_k if n_classes is None else min(top_k, n_classes))
-    files = {"type": "array", "items": {"type": "string", "format": "binary"},
-             "description": f"one or more pictures ({formats}); the field may be named 'file' or 'files', "
-                            "repeated"}
+    file = {"type": "string", "format": "binary",
+            "description": f"a picture ({formats}); repeat the field (named 'file' or 'files') to send several"}
     return {
         "parameters": [{"name": k, "in": "query", "required": False, "schema": v, "description": v["description"]}
                        for k, v in options.items()],
         "requestBody": {"required": True, "content": {
             "multipart/form-data": {"schema": {
-                "type": "object", "required": ["files"], "properties": {"files": files},
+                "type": "object", "required": ["file"], "properties": {"file": file},
                 "description": "top_k, include_input and background may also be sent as form fields"}},
             "application/json": {"schema": {"type": "object", "properties": {
                 "images": {"type": "array", "items": {"type": "string"},
