@@ -81,12 +81,15 @@ def test_report_html_renders_in_chromium(default_run, tmp_path):
     from .test_report_browser import inspect_report, require_browser
 
     require_browser()
-    page = inspect_report(Path(default_run["run"]) / "report.html", screenshot=tmp_path / "report.png")
+    page = inspect_report(Path(default_run["run"]) / "report.html", screenshot=tmp_path / "report.png", axe=True)
     for section in ("summary", "curves", "confusion", "per-class", "confused", "mistakes", "predictions",
-                    "calibration", "dataset", "settings"):
+                    "calibration", "use", "dataset", "settings"):
         assert section in page["sections"], section
     assert len(page["images"]) == 6 and all(w > 0 and h > 0 for w, h in page["images"])
-    assert not page["console_errors"]
+    assert not page["console_errors"] and not page["narrow_overflow"]  # a phone's 390 px: no sideways scroll
+    from .axe import format_violations
+
+    assert not page["axe_phone"], format_violations(page["axe_phone"])
     assert "T-shirt/top" in page["text"] and "Ankle boot" in page["text"]
 
 
