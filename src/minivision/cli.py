@@ -1,4 +1,4 @@
-"""The ``minivision`` command: train, evaluate, predict, show, embed, compare, models, summary, bench, serve.
+"""The ``minivision`` command: train, evaluate, predict, calibrate, show, embed, compare, models, summary, bench, serve.
 
 Every argument is checked for type and range; unknown flags and names get a "did you mean";
 problems a user can fix print one ``error:`` line and exit 2, never a traceback.
@@ -112,6 +112,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--background", choices=["auto", "light", "dark"],
                     help="the photo's background, for Fashion-MNIST-style models (default: the model's setting, "
                          "auto: detected from the corners; a light background is negated)")
+
+    ca = sub.add_parser("calibrate", help="fit the temperature of a run's scores and its unsure-answer thresholds "
+                                          "on its validation split (for runs trained without them)")
+    ca.add_argument("model", metavar="RUN_OR_MODEL")
+    ca.add_argument("--data", help="the dataset the model was trained on (default: as recorded in the run)")
+    ca.add_argument("--data-dir")
+    ca.add_argument("--test-data")
+    ca.add_argument("--device", choices=DEVICES, default="auto")
+    ca.add_argument("--json", action="store_true", help="the calibration and unsure entries as one JSON object")
 
     sh = sub.add_parser("show", help="a grid of sample images with their class names, and the class counts")
     sh.add_argument("data", metavar="DATA", nargs="?", default="fashion-mnist",
@@ -238,7 +247,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .evaluate import format_metrics, only_present, scoring_data, split_logits
+    from .evaluate import format_metrics, only_present, scoring_data, split_logits, trust_metrics
     from .metrics import metrics_from_logits
     from .runfiles import load_model
 
@@ -249,6 +258,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     ds, split = sd.dataset, sd.split
     logits = split_logits(lm, split, device=a.device)
     metrics = metrics_from_logits(logits, split.y, lm.classes)
+    metrics.update(trust_metrics(lm, split, logits, device=a.device))
     tta_logits = None
     if a.tta:
         if ds.name == "mnist":
@@ -304,13 +314,28 @@ def cmd_predict(a: argparse.Namespace) -> int:
         else:
             rest = ", ".join(f"{t['label']} {t['score']:.1%}" for t in r["top_k"][1:])
             plain = f"  [flip TTA; plain: {r['plain']['label']} {r['plain']['score']:.1%}]" if "plain" in r else ""
-            note = f"  [note: {r['note']}]" if "note" in r else ""
-            print(f"{r['path']}: {r['label']} {r['score']:.1%}" + (f"  ({rest})" if rest else "") + plain + note)
+            note = f"  [note: {r['note']}]" if "note" in r and r["note"] != r.get("reason") else ""
+            unsure = f"  [not sure: {r['reason']}]" if r.get("unsure") else ""
+            print(f"{r['path']}: {r['label']} {r['score']:.1%}" + (f"  ({rest})" if rest else "") + plain + note
+                  + unsure)
     if a.csv:
         print(f"saved {write_csv(results, a.csv)}", file=sys.stderr)
     if shown:
         print(f"saved {len(shown)} picture(s) to {a.show}", file=sys.stderr)
     return 0 if ok else 1
+
+
+def cmd_calibrate(a: argparse.Namespace) -> int:
+    from .trust import calibrate_run, describe
+
+    run, cal, unsure = calibrate_run(a.model, a.data, a.data_dir, a.test_data, device=a.device)
+    if a.json:
+        print(_json({"run": str(run), "calibration": cal, "unsure": unsure}))
+        return 0
+    print(f"{run}: {describe(cal)} on {cal['n']:,} validation images; {cal['after']} after")
+    print(f"unsure when the top score is below {unsure['confidence_threshold']:.0%}, or farther from the training "
+          f"pictures than {unsure['ood_keep']:.0%} of the validation images are; saved to model.json")
+    return 0
 
 
 def cmd_show(a: argparse.Namespace) -> int:
@@ -453,8 +478,8 @@ def cmd_serve(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
-            "embed": cmd_embed, "compare": cmd_compare, "models": cmd_models, "summary": cmd_summary,
-            "bench": cmd_bench, "serve": cmd_serve}
+            "calibrate": cmd_calibrate, "embed": cmd_embed, "compare": cmd_compare, "models": cmd_models,
+            "summary": cmd_summary, "bench": cmd_bench, "serve": cmd_serve}
 
 
 _SHOWN: set[str] = set()

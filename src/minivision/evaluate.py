@@ -171,14 +171,53 @@ def split_logits(lm: LoadedModel, split: Split, *, device: str = "auto", precisi
                           batch_size=batch_size, tta=tta)
 
 
+def trust_metrics(lm: LoadedModel, split: Split, logits: torch.Tensor, *, device: str = "auto",
+                  precision: str = "auto", batch_size: int = 256) -> dict[str, Any]:
+    """Calibration and unsure answers on a scored split (trust.py), to merge into the metrics: ``ece`` and
+    ``calibration`` (reliability bins) of the calibrated scores softmax(logits / T), ``ece_before`` of the
+    plain softmax, ``temperature`` (1.0 for a model without calibration), ``calibrated`` (bool),
+    ``confidence`` {"before", "after"}: over-confident, under-confident or calibrated; and ``unsure``
+    {share, n, accuracy_confident, accuracy_unsure} (fractions 0-1; None where no picture falls there).
+    ``logits`` float (N, K) of ``split``'s pictures, uncalibrated."""
+    from .inference import EMPTY_NOTE, blank_pictures, predict_features
+    from .metrics import calibration
+    from .trust import direction, judge
+
+    t = lm.temperature
+    y = split.y
+    out: dict[str, Any] = {"temperature": t, "calibrated": isinstance(lm.meta.get("calibration"), dict)}
+    if len(y) == 0:
+        return out
+    before, after = torch.softmax(logits.double(), 1), torch.softmax(logits.double() / t, 1)
+    cal = calibration(after, y)
+    out.update(ece=cal["ece"], calibration=cal, ece_before=calibration(before, y)["ece"],
+               confidence={"before": direction(before, y), "after": direction(after, y)})
+    ood = None
+    if lm.trust is not None:
+        dev = pick_device(device)
+        lm.model.to(dev)
+        features, _ = predict_features(lm.model, lm.preprocess, split.x, device=dev,
+                                       precision=pick_precision(precision, dev), batch_size=batch_size)
+        ood = lm.trust.score(features)
+    unsure = torch.tensor([u for u, _ in judge(after.max(1).values, ood, blank_pictures(split.x), lm.meta,
+                                                EMPTY_NOTE)])
+    right = logits.argmax(1) == y
+    out["unsure"] = {"share": float(unsure.float().mean()), "n": int(unsure.sum()),
+                     "accuracy_confident": float(right[~unsure].float().mean()) if bool((~unsure).any()) else None,
+                     "accuracy_unsure": float(right[unsure].float().mean()) if bool(unsure.any()) else None}
+    return out
+
+
 def evaluate_split(lm: LoadedModel, split: Split, *, device: str = "auto", precision: str = "auto",
                    batch_size: int = 256, tta: bool = False, match: ClassMatch | None = None) -> dict[str, Any]:
     """Metrics as plain data: accuracy, loss, n, per_class {name: accuracy}, confusion [[int]], classes
-    (precision/recall/F1/support per class), most_confused, ece; with ``tta``, also ``tta_accuracy``
+    (precision/recall/F1/support per class), most_confused, and ``trust_metrics``' calibration (``ece`` of the
+    calibrated scores, ``ece_before``, ``temperature``, ...) and unsure share; with ``tta``, also ``tta_accuracy``
     and ``tta_loss`` (flip test-time augmentation) beside the plain figures. ``match`` (from ``scoring_data``):
     per-class figures only for the classes present when the data holds a subset of the model's."""
-    m = metrics_from_logits(split_logits(lm, split, device=device, precision=precision, batch_size=batch_size),
-                            split.y, lm.classes)
+    logits = split_logits(lm, split, device=device, precision=precision, batch_size=batch_size)
+    m = metrics_from_logits(logits, split.y, lm.classes)
+    m.update(trust_metrics(lm, split, logits, device=device, precision=precision, batch_size=batch_size))
     if tta:
         t = metrics_from_logits(split_logits(lm, split, device=device, precision=precision, batch_size=batch_size,
                                              tta=True), split.y, lm.classes)
@@ -207,8 +246,36 @@ def format_metrics(m: dict[str, Any], classes: list[str], title: str) -> str:
         if name not in scored:
             continue
         lines.append(f"  {i:>{num}} {name:<{width}}" + "".join(f"{v:>{cell}}" for v in row))
+    trust_line = format_trust(m)
+    if trust_line:
+        lines += ["", trust_line]
     if m.get("most_confused"):
         lines += ["", "most confused (true -> predicted: images):"]
         lines += [f"  {p['true']} -> {p['predicted']}: {p['count']:,} ({p['fraction_of_true']:.1%} of {p['true']})"
                   for p in m["most_confused"][:5]]
     return "\n".join(lines)
+
+
+def format_trust(m: dict[str, Any]) -> str:
+    """The calibration and unsure lines of ``trust_metrics``' figures ("" when absent), e.g.
+    "ECE 1.2% after temperature scaling (T = 0.71; 8.6% before, under-confident)"."""
+    if "ece_before" not in m:
+        return ""
+    import math
+
+    if not math.isfinite(m["ece"]):
+        return ""
+    conf = m.get("confidence") or {}
+    if m.get("calibrated"):
+        line = (f"ECE {m['ece']:.1%} after temperature scaling (T = {m['temperature']:.2f}; {m['ece_before']:.1%} "
+                f"before, {conf.get('before')})")
+    else:
+        line = (f"ECE {m['ece']:.1%} ({conf.get('before')}; the scores are not calibrated: "
+                "`minivision calibrate RUN` fits a temperature)")
+    u = m.get("unsure")
+    if u:
+        def pct(v):
+            return "n/a" if v is None else f"{v:.1%}"
+        line += (f"\nunsure: {u['share']:.1%} of the pictures ({u['n']:,}); top-1 accuracy "
+                 f"{pct(u['accuracy_confident'])} among the confident, {pct(u['accuracy_unsure'])} among the unsure")
+    return line

@@ -47,7 +47,8 @@ def pick_precision(name: str, device: torch.device) -> str:
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, pre: Preprocess, x: torch.Tensor, *, device: torch.device,
-                   precision: str = "fp32", batch_size: int = 256, tta: bool = False) -> torch.Tensor:
+                   precision: str = "fp32", batch_size: int = 256, tta: bool = False,
+                   temperature: float = 1.0) -> torch.Tensor:
     """Logits, float32 (N, K) on the CPU, for uint8 images ``x`` (N, C, H, W) at the model's size.
 
     ``pre`` (the model's saved preprocessing) turns pixels into the network's input; batches of
@@ -55,20 +56,43 @@ def predict_logits(model: nn.Module, pre: Preprocess, x: torch.Tensor, *, device
     ``tta``: flip test-time augmentation. The result is the log of the mean of the softmax
     probabilities of each image and its horizontal mirror, log((softmax(f(x)) + softmax(f(flip x))) / 2)
     (fastai's choice: averaged probabilities, not logits), so softmax and cross-entropy apply to it
-    unchanged. The model's training/eval mode is restored afterwards."""
+    unchanged. ``temperature`` (model.json's ``calibration``, see trust.py) divides each view's logits
+    before anything else, so softmax of the result is the calibrated score. The model's training/eval
+    mode is restored afterwards."""
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, len(x), batch_size):
         xb = pre(x[i:i + batch_size].to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(xb).float()
+            logits = model(xb).float() / temperature
             if tta:
-                mirrored = model(xb.flip(3)).float()
+                mirrored = model(xb.flip(3)).float() / temperature
                 logits = (logits.log_softmax(1).exp() + mirrored.log_softmax(1).exp()).mul_(0.5).log_()
             out.append(logits.cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.inference_mode()
+def predict_features(model: nn.Module, pre: Preprocess, x: torch.Tensor, *, device: torch.device,
+                     precision: str = "fp32", batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features float32 (N, D), logits float32 (N, K)), both on the CPU, for uint8 images ``x`` (N, C, H, W):
+    the penultimate features (``forward_features``) and the logits the final layer makes of them, in one
+    pass, no TTA, no temperature; otherwise as ``predict_logits``."""
+    was_training = model.training
+    model.eval()
+    feats, logits = [], []
+    for i in range(0, len(x), batch_size):
+        xb = pre(x[i:i + batch_size].to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            f = model.forward_features(xb)
+            logits.append(model.forward_head(f).float().cpu())
+            feats.append(f.float().flatten(1).cpu())
+    model.train(was_training)
+    if not feats:
+        return torch.empty(0), torch.empty(0)
+    return torch.cat(feats), torch.cat(logits)
 
 
 def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:

@@ -11,7 +11,7 @@ import torch
 from .data.images import IMAGE_EXTENSIONS, open_image
 from .data.rules import is_ignored_path
 from .errors import MinivisionError
-from .inference import EMPTY_NOTE, empty_picture, pick_device, predict_logits
+from .inference import EMPTY_NOTE, blank_pictures, empty_picture, pick_device, predict_features, predict_logits
 from .photo import BACKGROUNDS
 from .runfiles import LoadedModel
 
@@ -41,7 +41,13 @@ def expand_paths(items: list[str]) -> list[str]:
 def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device: str = "auto",
                    names: list[str] | None = None, tta: bool = False, inputs: bool = False,
                    background: str | None = None) -> list[dict[str, Any]]:
-    """Predict paths, bytes or PIL images. Each result: path, label, index, score, top_k; or path, error.
+    """Predict paths, bytes or PIL images. Each result: path, label, index, score, top_k, unsure, reason; or
+    path, error.
+
+    Scores are calibrated: softmax(logits / T), T from the model's ``calibration`` (trust.py; 1 for a
+    model without one). ``unsure`` (bool) and ``reason`` (one sentence, or None when sure) follow
+    ``trust.judge``: an empty picture, a picture unlike the training data (out of distribution), or a low
+    top score.
 
     Every picture goes through the model's saved photo conversion (``lm.preprocess.image_to_uint8``:
     its ``photo.PictureConversion``), the same for the CLI, the HTTP service, the Python API and, for
@@ -74,27 +80,39 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
             results.append({"path": name, "error": f"cannot read: {e.strerror or e}"})
     if tensors:
         batch = torch.stack(tensors)
-        for j, (r, scored) in enumerate(zip(where, _top_k(lm, batch, k, device, tta), strict=True)):
+        empty = torch.tensor([bool(results[r].get("empty")) for r in where])
+        for j, (r, scored) in enumerate(zip(where, _top_k(lm, batch, k, device, tta, empty), strict=True)):
             if inputs:
                 results[r]["input"] = tensors[j]
             results[r].update(scored)
     return results
 
 
-def _top_k(lm: LoadedModel, batch: torch.Tensor, k: int, device: str, tta: bool) -> list[dict[str, Any]]:
-    """Per image of uint8 ``batch`` (N, C, H, W) at the model's size: label, index, score, top_k (and
-    ``plain``, the prediction without flip TTA, when ``tta``)."""
+def _top_k(lm: LoadedModel, batch: torch.Tensor, k: int, device: str, tta: bool,
+           empty: torch.Tensor | None = None) -> list[dict[str, Any]]:
+    """Per image of uint8 ``batch`` (N, C, H, W) at the model's size: label, index, score, top_k (calibrated
+    scores), unsure, reason (and ``plain``, the prediction without flip TTA, when ``tta``). ``empty``: bool
+    (N,), which pictures are empty (default: ``blank_pictures`` of the batch)."""
+    from .trust import judge
+
     dev = pick_device(device)
     lm.model.to(dev)
-    probs = torch.softmax(predict_logits(lm.model, lm.preprocess, batch, device=dev, tta=tta), 1)
-    plain = torch.softmax(predict_logits(lm.model, lm.preprocess, batch, device=dev), 1) if tta else None
+    t = lm.temperature
+    features, logits = predict_features(lm.model, lm.preprocess, batch, device=dev)
+    plain = torch.softmax(logits / t, 1)
+    probs = (torch.softmax(predict_logits(lm.model, lm.preprocess, batch, device=dev, tta=True, temperature=t), 1)
+             if tta else plain)
+    ood = lm.trust.score(features) if lm.trust is not None else None
+    verdicts = judge(probs.max(1).values, ood, blank_pictures(batch) if empty is None else empty, lm.meta,
+                     EMPTY_NOTE)
     scores, idx = probs.topk(k, dim=1)
     out = []
     for j in range(len(batch)):
         top = [{"label": lm.classes[int(c)], "index": int(c), "score": round(float(s), 6)}
                for s, c in zip(scores[j], idx[j], strict=False)]
-        row = {"label": top[0]["label"], "index": top[0]["index"], "score": top[0]["score"], "top_k": top}
-        if plain is not None:
+        row = {"label": top[0]["label"], "index": top[0]["index"], "score": top[0]["score"], "top_k": top,
+               "unsure": verdicts[j][0], "reason": verdicts[j][1]}
+        if tta:
             score, c = plain[j].max(0)
             row["plain"] = {"label": lm.classes[int(c)], "index": int(c), "score": round(float(score), 6)}
         out.append(row)
@@ -113,7 +131,8 @@ def predict_pixel_csv(lm: LoadedModel, path: str | Path, *, top_k: int = 5, devi
     row, id (when the file has an id column), label, index, score, top_k.
 
     The rows are taken as the dataset's own pixels (already 8-bit grey at the model's size, as the
-    Kaggle files are), not as photos: no photo conversion. Raises MinivisionError (one line) when the
+    Kaggle files are), not as photos: no photo conversion. Scores, unsure and reason as ``predict_images``
+    (a row is empty by ``inference.blank_pictures``). Raises MinivisionError (one line) when the
     file is malformed or its pictures are not the model's size or channels."""
     from .data.csvfile import read_pixel_table
 
@@ -135,7 +154,8 @@ def predict_pixel_csv(lm: LoadedModel, path: str | Path, *, top_k: int = 5, devi
 
 
 def proba_for_tensor(lm: LoadedModel, x: torch.Tensor, device: str = "auto") -> torch.Tensor:
-    """Class probabilities for uint8 images (N, C, H, W) or (N, H, W)."""
+    """Calibrated class probabilities, float32 (N, K): softmax(logits / T) (T from the model's ``calibration``,
+    1 without one) for uint8 images (N, C, H, W) or (N, H, W)."""
     if x.ndim == 3:
         x = x.unsqueeze(1)
     if x.dtype != torch.uint8:
@@ -145,7 +165,7 @@ def proba_for_tensor(lm: LoadedModel, x: torch.Tensor, device: str = "auto") -> 
                               f"{(lm.preprocess.channels, *lm.preprocess.size)}")
     dev = pick_device(device)
     lm.model.to(dev)
-    return torch.softmax(predict_logits(lm.model, lm.preprocess, x, device=dev), 1)
+    return torch.softmax(predict_logits(lm.model, lm.preprocess, x, device=dev, temperature=lm.temperature), 1)
 
 
 # ----------------------------------------------------------------------------- outputs of `predict`

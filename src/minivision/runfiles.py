@@ -68,10 +68,18 @@ class LoadedModel:
     classes: list[str]
     meta: dict[str, Any]
     path: Path  # the folder holding model.json
+    trust: Any = None  # trust.Mahalanobis from trust.safetensors, None for a model without one
 
     @property
     def name(self) -> str:
         return str(self.meta["architecture"]["name"])
+
+    @property
+    def temperature(self) -> float:
+        """T of model.json's ``calibration`` (trust.py): scores are softmax(logits / T); 1.0 when absent."""
+        from .trust import temperature_of
+
+        return temperature_of(self.meta)
 
 
 def save_model(folder: Path, model: nn.Module, meta: dict[str, Any], weights_name: str = "model") -> None:
@@ -127,7 +135,9 @@ def load_model(path: str | Path, weights: str = "model", device: str | torch.dev
     model.to(device).to(memory_format=torch.channels_last).eval()  # as trained: 2x faster than NCHW on CPU
     dataset = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
     pre = Preprocess.from_dict(meta["preprocess"], dataset_name=dataset.get("name"))  # older files: no photo
-    return LoadedModel(model, pre, classes, meta, folder)
+    from .trust import load_trust
+
+    return LoadedModel(model, pre, classes, meta, folder, load_trust(folder, meta))
 
 
 # ---------------------------------------------------------------- start from another model's weights

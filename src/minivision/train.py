@@ -662,9 +662,24 @@ class Trainer:
             self.meta["budget"].update(total_steps=self.total_steps, replans=self.replans)
         self.meta["metrics"] = metrics
         self.meta["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+        self._fit_trust()
         scored = ds.test if ds.test is not None and len(ds.test) else ds.val
         if save_examples(self.run_dir, scored, ds.num_classes) is not None:
             self.meta["examples"] = {"file": "examples.safetensors", "split": self.scored[0] if self.scored else None}
         save_model(self.run_dir, self.model, self.meta)
         self._emit("on_fit_end")
         return test
+
+    def _fit_trust(self) -> None:
+        """Temperature scaling and the unsure-answer statistics on the validation split (trust.py), into
+        ``meta`` and trust.safetensors; a run without a validation split keeps T = 1 (a note says so)."""
+        from . import trust
+
+        if self.ds.val is None or not len(self.ds.val):
+            self.log("note: no validation split: scores are not calibrated and only empty or low-confidence "
+                     "pictures are marked unsure")
+            return
+        cal, unsure, stats = trust.fit_for_model(self.model, self.pre, self.ds.train, self.ds.val,
+                                                 self.ds.num_classes, device=self.device, precision=self.precision)
+        trust.apply(self.meta, self.run_dir, cal, unsure, stats)
+        self.log(f"calibration (validation split): {trust.describe(cal)}")

@@ -1,0 +1,331 @@
+"""How far to trust an answer: calibrated scores (temperature scaling) and unsure answers (low confidence,
+or a picture unlike the training data), both fitted on the validation split and saved with the model.
+
+Why our own code: both are a few lines of arithmetic on logits and features the product already computes
+(scikit-learn's ``CalibratedClassifierCV`` and ``EmpiricalCovariance`` would bring a dependency for a
+1-D search and a mean/covariance), and the fitted values must live in the run folder beside the model.
+
+Calibration (Guo et al. 2017, "On Calibration of Modern Neural Networks", section 4.2): one temperature
+T > 0 divides the logits, ``softmax(logits / T)``; T minimises the negative log-likelihood of the
+validation split. The top-1 label never changes. T < 1 sharpens the scores (an under-confident model:
+label smoothing trains one), T > 1 softens them (over-confident). The search is a golden-section search
+over log T in [log 0.05, log 20] in float64: the NLL of logits / T is convex in 1/T, so it has one
+minimum there, and the search is deterministic. The expected calibration error (ECE) is metrics.py's:
+15 equal-width bins of the top-1 score (Guo et al.). A model is called over-confident when its mean top-1
+score exceeds its accuracy by more than ``CALIBRATED_WITHIN`` (one percentage point), under-confident when
+it falls short by more, else calibrated.
+
+Unsure answers. An answer is unsure when (in this order):
+  1. the picture is empty (``inference.empty_picture``: one colour, or almost); the reason is its note;
+  2. it is out of distribution: its Mahalanobis distance to the nearest class mean of the penultimate
+     features (``forward_features``), with one covariance shared by the classes (Lee et al. 2018, "A Simple
+     Unified Framework for Detecting Out-of-Distribution Samples and Adversarial Attacks", eq. 2, without
+     input preprocessing or layer ensembles), is above ``ood_threshold``;
+  3. its calibrated top-1 score is below ``confidence_threshold``.
+The class means and the shared covariance are fitted on (up to ``STATS_PICTURES`` of) the training split's
+pictures, un-augmented, as Lee et al. do; the thresholds on the validation split, which the statistics
+have not seen. ``ood_threshold`` is the 95th percentile of the validation split's distances: 95% of
+in-distribution pictures pass, the operating point the out-of-distribution literature reports (the
+"TNR at 95% TPR" of Lee et al. 2018 and Liang et al. 2018, ODIN). ``confidence_threshold`` is the largest
+calibrated top-1 score t such that the validation pictures scoring below t are right less than half the
+time (at least 1% of the split below t), bounded to [0.3, 0.9]; i.e. below it the answers are, as a
+group, more often wrong than right.
+
+Why Mahalanobis and not the energy score (Liu et al. 2020, -logsumexp of the logits): measured with
+bench/unsure.py (docs/BENCHMARKS.md, "Unsure answers and calibration"), on the default Fashion-MNIST run
+Mahalanobis separates CIFAR-10 pictures made grey, noise and drawings from the test pictures far better
+than the energy score, which gives uniform noise a score like a confident garment's. Both scores are
+computed by the benchmark.
+
+A model without these entries (trained before they existed) gets T = 1, no out-of-distribution check and
+``LOW_CONFIDENCE_DEFAULT`` as its confidence threshold; ``minivision calibrate RUN`` fits both for it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import MinivisionError
+
+TEMPERATURE_BOUNDS = (0.05, 20.0)  # the search interval for T (Guo et al. report T between 1 and 4.5)
+CALIBRATED_WITHIN = 0.01  # |mean top-1 score - accuracy| below this: "calibrated"
+OOD_KEEP = 0.95  # the share of validation pictures the out-of-distribution threshold keeps
+STATS_PICTURES = 20_000  # at most this many training pictures for the class means and the covariance
+CONFIDENCE_BOUNDS = (0.3, 0.9)
+LOW_CONFIDENCE_DEFAULT = 0.5  # a model without a fitted threshold: unsure below a 50% top-1 score
+TRUST_FILE = "trust.safetensors"
+OOD_SCORE = "mahalanobis"
+
+LOW_CONFIDENCE_REASON = "low confidence: the top score is {score:.0%}"
+OOD_REASON = "this does not look like the pictures this model knows (out of distribution)"
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+
+def nll(logits: torch.Tensor, y: torch.Tensor, temperature: float) -> float:
+    """Mean negative log-likelihood (nats) of float logits (N, K) / ``temperature`` against int64 labels (N,)."""
+    return float(torch.nn.functional.cross_entropy(logits.double() / temperature, y))
+
+
+def fit_temperature(logits: torch.Tensor, y: torch.Tensor, *, iterations: int = 80) -> float:
+    """The temperature T minimising the NLL of ``softmax(logits / T)`` (Guo et al. 2017): float logits
+    (N, K), int64 labels (N,). Golden-section search over log T within ``TEMPERATURE_BOUNDS``, float64;
+    deterministic. Raises MinivisionError for no pictures or mismatched shapes."""
+    if logits.ndim != 2 or len(logits) != len(y) or len(y) == 0:
+        raise MinivisionError(f"temperature scaling needs logits (N, K) and N labels, got {tuple(logits.shape)} "
+                              f"and {tuple(y.shape)}")
+    z, y = logits.double(), y.long()
+    lo, hi = math.log(TEMPERATURE_BOUNDS[0]), math.log(TEMPERATURE_BOUNDS[1])
+    g = (math.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = nll(z, y, math.exp(a)), nll(z, y, math.exp(b))
+    for _ in range(iterations):  # 80 steps shrink the interval by 0.618^80: far below float precision
+        if fa <= fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = nll(z, y, math.exp(a))
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = nll(z, y, math.exp(b))
+    return float(math.exp((lo + hi) / 2))
+
+
+def direction(probs: torch.Tensor, y: torch.Tensor) -> str:
+    """"over-confident", "under-confident" or "calibrated": the sign of mean top-1 score - accuracy of
+    probabilities (N, K) against labels (N,), "calibrated" within ``CALIBRATED_WITHIN``."""
+    conf, pred = probs.max(1)
+    gap = float(conf.double().mean()) - float((pred == y).double().mean())
+    if abs(gap) < CALIBRATED_WITHIN:
+        return "calibrated"
+    return "over-confident" if gap > 0 else "under-confident"
+
+
+def ece(probs: torch.Tensor, y: torch.Tensor) -> float:
+    """Expected calibration error, a fraction 0-1 (metrics.calibration: 15 equal-width bins)."""
+    from .metrics import calibration
+
+    return float(calibration(probs, y)["ece"])
+
+
+def calibration_entry(logits: torch.Tensor, y: torch.Tensor, split: str = "validation") -> dict[str, Any]:
+    """model.json's ``calibration``: T fitted on ``logits`` (N, K) / labels (N,), ECE and direction before and
+    after (fractions 0-1 on that split)."""
+    t = fit_temperature(logits, y)
+    before, after = torch.softmax(logits.double(), 1), torch.softmax(logits.double() / t, 1)
+    return {"method": "temperature", "temperature": round(t, 6), "fitted_on": split, "n": int(len(y)),
+            "ece_before": ece(before, y), "ece_after": ece(after, y),
+            "before": direction(before, y), "after": direction(after, y)}
+
+
+def temperature_of(meta: dict[str, Any]) -> float:
+    """The temperature in a model.json (``calibration.temperature``), 1.0 when absent or malformed."""
+    entry = meta.get("calibration") if isinstance(meta, dict) else None
+    try:
+        t = float(entry["temperature"]) if isinstance(entry, dict) else 1.0
+    except (KeyError, TypeError, ValueError):
+        return 1.0
+    return t if math.isfinite(t) and t > 0 else 1.0
+
+
+def describe(entry: dict[str, Any]) -> str:
+    """One line: "ECE 1.2% after temperature scaling (T = 0.71; 8.6% before, under-confident)"."""
+    return (f"ECE {entry['ece_after']:.1%} after temperature scaling (T = {entry['temperature']:.2f}; "
+            f"{entry['ece_before']:.1%} before, {entry['before']})")
+
+
+# ---------------------------------------------------------------------------------------------- unsure
+
+@dataclass
+class Mahalanobis:
+    """Class means (K, D) and the shared precision matrix (D, D), float32 (Lee et al. 2018)."""
+
+    means: torch.Tensor
+    precision: torch.Tensor
+
+    @classmethod
+    def fit(cls, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Mahalanobis:
+        """From penultimate features (N, D) and labels (N,): each class's mean, the covariance of the
+        features about their class's mean (shared), inverted with a ridge of 1e-6 x its mean variance
+        (so a feature that never varies does not make it singular). Classes with no pictures get the
+        mean of all features (never nearest in practice, never NaN)."""
+        f = features.double()
+        means = torch.zeros(num_classes, f.shape[1], dtype=torch.float64)
+        for k in range(num_classes):
+            sel = labels == k
+            means[k] = f[sel].mean(0) if bool(sel.any()) else f.mean(0)
+        centred = f - means[labels]
+        cov = centred.T @ centred / max(len(f), 1)
+        ridge = 1e-6 * float(cov.diagonal().mean().clamp_min(1e-12))
+        precision = torch.linalg.pinv(cov + ridge * torch.eye(len(cov), dtype=torch.float64), hermitian=True)
+        return cls(means.float(), precision.float())
+
+    def score(self, features: torch.Tensor, batch: int = 2048) -> torch.Tensor:
+        """float32 (N,): the squared Mahalanobis distance of each feature row (N, D) to the nearest class mean."""
+        out = []
+        p, m = self.precision.double(), self.means.double()
+        for i in range(0, len(features), batch):
+            d = features[i:i + batch].double()[:, None, :] - m[None]  # (n, K, D)
+            out.append(torch.einsum("nkd,de,nke->nk", d, p, d).min(1).values.float())
+        return torch.cat(out) if out else torch.empty(0)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"means": self.means.contiguous(), "precision": self.precision.contiguous()}
+
+
+def energy(logits: torch.Tensor) -> torch.Tensor:
+    """The energy score of Liu et al. 2020 ("Energy-based Out-of-distribution Detection"), -logsumexp(logits),
+    float (N,); higher is more out of distribution."""
+    return -torch.logsumexp(logits.float(), 1)
+
+
+def confidence_threshold(probs: torch.Tensor, y: torch.Tensor) -> float:
+    """The largest calibrated top-1 score t such that the pictures scoring below t (at least 1% of them)
+    are right less than half the time, bounded to ``CONFIDENCE_BOUNDS`` (see the module docstring)."""
+    conf, pred = probs.max(1)
+    order = conf.argsort()
+    conf, right = conf[order].double(), (pred[order] == y[order]).double()
+    n = len(conf)
+    cum = right.cumsum(0) / torch.arange(1, n + 1, dtype=torch.float64)
+    first = max(int(0.01 * n), 1) - 1
+    below = torch.nonzero(cum[first:] < 0.5).flatten()
+    if len(below) == 0:
+        return CONFIDENCE_BOUNDS[0]
+    t = float(conf[min(first + int(below[-1]) + 1, n - 1)])
+    return float(min(max(t, CONFIDENCE_BOUNDS[0]), CONFIDENCE_BOUNDS[1]))
+
+
+def fit_trust(features_train: torch.Tensor, y_train: torch.Tensor, features_val: torch.Tensor,
+              logits_val: torch.Tensor, y_val: torch.Tensor, num_classes: int) -> tuple[dict, dict, Mahalanobis]:
+    """Fit everything on a run's splits: (model.json ``calibration``, model.json ``unsure``, the statistics).
+    ``features_*`` (N, D) from ``forward_features``, ``logits_val`` (N, K), labels int64."""
+    if len(y_val) == 0:
+        raise MinivisionError("calibration needs a validation split, and this dataset has none")
+    cal = calibration_entry(logits_val, y_val)
+    stats = Mahalanobis.fit(features_train, y_train, num_classes)
+    val_scores = stats.score(features_val)
+    probs = torch.softmax(logits_val.double() / cal["temperature"], 1)
+    unsure = {"score": OOD_SCORE, "ood_threshold": float(torch.quantile(val_scores.double(), OOD_KEEP)),
+              "ood_keep": OOD_KEEP, "confidence_threshold": confidence_threshold(probs, y_val),
+              "file": TRUST_FILE, "fitted_on": "validation", "n": int(len(y_val)),
+              "statistics_from": "train", "statistics_n": int(len(y_train))}
+    return cal, unsure, stats
+
+
+def stats_subset(n: int) -> torch.Tensor:
+    """Indices of at most ``STATS_PICTURES`` of ``n`` training pictures, evenly spaced (deterministic)."""
+    if n <= STATS_PICTURES:
+        return torch.arange(n)
+    return torch.linspace(0, n - 1, STATS_PICTURES).round().long().unique()
+
+
+def save_trust(folder: Path, stats: Mahalanobis) -> None:
+    from .fileio import save_tensors
+
+    save_tensors(folder / TRUST_FILE, stats.tensors(), metadata={"score": OOD_SCORE})
+
+
+def load_trust(folder: Path, meta: dict[str, Any]) -> Mahalanobis | None:
+    """The statistics named by model.json's ``unsure`` entry, None when the entry or the file is absent
+    (the model then gets only the empty and low-confidence rules). Raises MinivisionError when the file
+    is there but malformed."""
+    from .fileio import load_tensors
+
+    entry = meta.get("unsure")
+    if not isinstance(entry, dict) or entry.get("score") != OOD_SCORE:
+        return None
+    path = folder / str(entry.get("file") or TRUST_FILE)
+    if path.name != path.as_posix().split("/")[-1] or not path.is_file():
+        return None
+    t = load_tensors(path)
+    try:
+        stats = Mahalanobis(t["means"].float(), t["precision"].float())
+    except KeyError as e:
+        raise MinivisionError(f"{path}: no {e.args[0]!r} tensor in it") from None
+    if stats.means.ndim != 2 or stats.precision.shape != (stats.means.shape[1],) * 2:
+        raise MinivisionError(f"{path}: class means {tuple(stats.means.shape)} and precision "
+                              f"{tuple(stats.precision.shape)} do not fit together")
+    return stats
+
+
+def judge(top1: torch.Tensor, ood: torch.Tensor | None, empty: torch.Tensor, meta: dict[str, Any],
+          empty_note: str) -> list[tuple[bool, str | None]]:
+    """(unsure, reason) per picture from its calibrated top-1 score (N,), its out-of-distribution score (N,)
+    or None, and whether it is empty (bool (N,)); thresholds from model.json's ``unsure`` (defaults when
+    absent). The rules and their order are in the module docstring."""
+    entry = meta.get("unsure") if isinstance(meta.get("unsure"), dict) else {}
+    conf_t = float(entry.get("confidence_threshold", LOW_CONFIDENCE_DEFAULT))
+    ood_t = entry.get("ood_threshold")
+    out: list[tuple[bool, str | None]] = []
+    for i in range(len(top1)):
+        if bool(empty[i]):
+            out.append((True, empty_note))
+        elif ood is not None and ood_t is not None and float(ood[i]) > float(ood_t):
+            out.append((True, OOD_REASON))
+        elif float(top1[i]) < conf_t:
+            out.append((True, LOW_CONFIDENCE_REASON.format(score=float(top1[i]))))
+        else:
+            out.append((False, None))
+    return out
+
+
+def fit_for_model(model: Any, pre: Any, train: Any, val: Any, num_classes: int, *, device: torch.device,
+                  precision: str = "fp32") -> tuple[dict, dict, Mahalanobis]:
+    """``fit_trust`` for a network and its preprocessing on a dataset's ``train`` and ``val`` splits (uint8
+    pictures, int64 labels): one pass over the validation split and up to ``STATS_PICTURES`` training pictures.
+    Raises MinivisionError when there is no validation split."""
+    from .inference import predict_features
+
+    if val is None or len(val) == 0:
+        raise MinivisionError("calibration needs a validation split, and this dataset has none")
+    f_val, logits_val = predict_features(model, pre, val.x, device=device, precision=precision)
+    if train is not None and len(train):
+        idx = stats_subset(len(train))
+        f_train, _ = predict_features(model, pre, train.x[idx], device=device, precision=precision)
+        y_train = train.y[idx]
+    else:  # no training pictures at hand: the statistics from the validation split itself
+        f_train, y_train = f_val, val.y
+    cal, unsure, stats = fit_trust(f_train, y_train, f_val, logits_val, val.y, num_classes)
+    if train is None or not len(train):
+        unsure["statistics_from"] = "validation"
+    return cal, unsure, stats
+
+
+def apply(meta: dict[str, Any], folder: Path, cal: dict, unsure: dict, stats: Mahalanobis) -> None:
+    """Save the statistics beside the model and put both entries into ``meta`` (model.json's content)."""
+    save_trust(folder, stats)
+    meta["calibration"] = cal
+    meta["unsure"] = unsure
+
+
+def calibrate_run(path: str | Path, data: str | None = None, data_dir: str | None = None,
+                  test_data: str | None = None, device: str = "auto") -> tuple[Path, dict, dict]:
+    """``minivision calibrate``: fit the temperature and the unsure statistics of a saved run on its own
+    validation split (its data read again as ``evaluate`` reads it, with the split recorded in model.json),
+    write trust.safetensors and rewrite model.json atomically with ``calibration`` and ``unsure`` (every
+    other entry kept). Returns (run folder, calibration, unsure). Raises MinivisionError for data other
+    than the model's own, or data without a validation split."""
+    from .evaluate import dataset_for, is_training_data
+    from .fileio import read_json, write_json
+    from .inference import pick_device
+    from .runfiles import load_model
+
+    lm = load_model(path)
+    if not is_training_data(lm, data):
+        trained = (lm.meta.get("dataset") or {}).get("data") or "fashion-mnist"
+        raise MinivisionError(f"calibrate fits on the validation split of the data the model was trained on "
+                              f"({trained}); --data {data} is other data")
+    ds = dataset_for(lm, data, data_dir, test_data)
+    dev = pick_device(device)
+    lm.model.to(dev)
+    cal, unsure, stats = fit_for_model(lm.model, lm.preprocess, ds.train, ds.val, len(lm.classes), device=dev)
+    meta = read_json(lm.path / "model.json")  # as on disk now: nothing else of it changes
+    save_trust(lm.path, stats)
+    meta["calibration"], meta["unsure"] = cal, unsure
+    write_json(lm.path / "model.json", meta)
+    return lm.path, cal, unsure

@@ -1,0 +1,234 @@
+"""Calibrated scores and unsure answers (trust.py): temperature scaling recovers a known temperature, the
+out-of-distribution score and thresholds, and a trained run that saves them and shows them in predict and
+evaluate; an older run without them keeps working and ``minivision calibrate`` fits them."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from minivision import trust
+from minivision.inference import EMPTY_NOTE
+from minivision.metrics import calibration
+
+from .conftest import synthetic_images, write_pixel_csv
+
+
+def _labels_at_temperature(n: int, k: int, t: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (n, k) and labels drawn from softmax(logits / t): the temperature that calibrates them is t."""
+    g = torch.Generator().manual_seed(seed)
+    logits = 3 * torch.randn(n, k, generator=g)
+    y = torch.multinomial(torch.softmax(logits / t, 1), 1, generator=g).squeeze(1)
+    return logits, y
+
+
+@pytest.mark.parametrize("t_true", [0.5, 2.0])
+def test_fit_temperature_recovers_a_known_temperature(t_true):
+    logits, y = _labels_at_temperature(20_000, 10, t_true)
+    t = trust.fit_temperature(logits, y)
+    assert t == pytest.approx(t_true, rel=0.06)
+    assert trust.fit_temperature(logits, y) == t  # deterministic
+    before = calibration(torch.softmax(logits, 1), y)["ece"]
+    after = calibration(torch.softmax(logits / t, 1), y)["ece"]
+    assert after <= before and after < 0.02
+    entry = trust.calibration_entry(logits, y)
+    # T < 1: the plain scores were too low (under-confident); T > 1: too high
+    assert entry["before"] == ("under-confident" if t_true < 1 else "over-confident")
+    assert entry["ece_after"] <= entry["ece_before"] and entry["n"] == 20_000
+    assert set(entry) == {"method", "temperature", "fitted_on", "n", "ece_before", "ece_after", "before", "after"}
+
+
+def test_fit_temperature_refuses_mismatched_input():
+    with pytest.raises(trust.MinivisionError, match="temperature scaling needs"):
+        trust.fit_temperature(torch.zeros(3, 4), torch.zeros(2, dtype=torch.long))
+    with pytest.raises(trust.MinivisionError):
+        trust.fit_temperature(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
+
+
+def test_describe_names_the_direction():
+    text = trust.describe({"temperature": 0.71, "ece_before": 0.086, "ece_after": 0.012, "before": "under-confident"})
+    assert text == "ECE 1.2% after temperature scaling (T = 0.71; 8.6% before, under-confident)"
+
+
+def test_temperature_of_old_or_malformed_model_json_is_one():
+    assert trust.temperature_of({}) == 1.0
+    assert trust.temperature_of({"calibration": {"temperature": "x"}}) == 1.0
+    assert trust.temperature_of({"calibration": {"temperature": -2}}) == 1.0
+    assert trust.temperature_of({"calibration": {"temperature": 0.7}}) == 0.7
+
+
+def test_mahalanobis_scores_far_points_higher_and_energy_agrees_on_flat_logits():
+    g = torch.Generator().manual_seed(0)
+    means = torch.tensor([[0.0, 0.0, 0.0], [6.0, 0.0, 0.0]])
+    y = torch.arange(400) % 2
+    f = means[y] + torch.randn(400, 3, generator=g) * torch.tensor([1.0, 0.2, 0.2])  # an elongated shared shape
+    m = trust.Mahalanobis.fit(f, y, 2)
+    assert torch.allclose(m.means, means, atol=0.2)
+    near, along, across = m.score(torch.tensor([[6.0, 0, 0], [3.0, 0, 0], [0.0, 2.0, 0]]))
+    # 2 units across the thin direction (sd 0.2) is farther than 3 units along the wide one (sd 1)
+    assert near < along < across
+    assert trust.energy(torch.tensor([[10.0, 0, 0]])) < trust.energy(torch.tensor([[0.0, 0, 0]]))
+
+
+def test_confidence_threshold_is_where_the_answers_below_are_mostly_wrong():
+    # 1,000 pictures, top scores 0.35..0.99 (of 3 classes), wrong up to 0.6 and right above: the pictures below
+    # t are right less than half the time up to t = 0.6 + (0.6 - 0.35) = 0.85, where right and wrong even out
+    conf = torch.linspace(0.35, 0.99, 1000)
+    probs = torch.stack([conf, (1 - conf) / 2, (1 - conf) / 2], 1)
+    right = conf > 0.6
+    y = torch.where(right, 0, 1)
+    t = trust.confidence_threshold(probs, y)
+    assert t == pytest.approx(0.85, abs=0.01)
+    assert right[conf < t].float().mean() < 0.5 <= right[conf < t + 0.02].float().mean()
+    # a model right everywhere: the lower bound; wrong everywhere: the upper bound
+    assert trust.confidence_threshold(probs, torch.zeros(1000, dtype=torch.long)) == trust.CONFIDENCE_BOUNDS[0]
+    assert trust.confidence_threshold(probs, torch.ones(1000, dtype=torch.long)) == trust.CONFIDENCE_BOUNDS[1]
+
+
+def test_judge_rules_and_their_order():
+    meta = {"unsure": {"score": "mahalanobis", "ood_threshold": 10.0, "confidence_threshold": 0.6}}
+    top1 = torch.tensor([0.95, 0.95, 0.4, 0.95, 0.3])
+    ood = torch.tensor([1.0, 50.0, 1.0, 1.0, 50.0])
+    empty = torch.tensor([False, False, False, True, False])
+    out = trust.judge(top1, ood, empty, meta, EMPTY_NOTE)
+    assert out[0] == (False, None)
+    assert out[1] == (True, trust.OOD_REASON)
+    assert out[2] == (True, "low confidence: the top score is 40%")
+    assert out[3] == (True, EMPTY_NOTE)
+    assert out[4] == (True, trust.OOD_REASON)  # out of distribution says more than a low score
+    # an older model: no out-of-distribution score, the default confidence threshold
+    old = trust.judge(torch.tensor([0.45, 0.55]), None, torch.tensor([False, False]), {}, EMPTY_NOTE)
+    assert old == [(True, "low confidence: the top score is 45%"), (False, None)]
+
+
+# ---------------------------------------------------------------------------------------------- a trained run
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory):
+    """A tiny cnn1 trained through the CLI on a pixel CSV (so ``calibrate`` can read its data again)."""
+    d = tmp_path_factory.mktemp("trust")
+    x, y = synthetic_images(600, classes=4)
+    write_pixel_csv(d / "train.csv", x[:480, 0], y[:480])
+    write_pixel_csv(d / "test.csv", x[480:, 0], y[480:])
+    _cli("train", "--data", str(d / "train.csv"), "--test-data", str(d / "test.csv"), "--model", "cnn1",
+         "--epochs", "3", "--batch-size", "32", "--out", str(d / "runs"))
+    return d, d / "runs" / "train"
+
+
+def _cli(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "minivision", *args], capture_output=True, text=True, timeout=600)
+    if ok:
+        assert p.returncode == 0, (args, p.stderr[-2000:])
+    return p
+
+
+def test_a_trained_run_saves_calibration_and_unsure(csv_run):
+    _, run = csv_run
+    meta = json.loads((run / "model.json").read_text())
+    cal, unsure = meta["calibration"], meta["unsure"]
+    assert cal["method"] == "temperature" and cal["fitted_on"] == "validation" and cal["n"] > 0
+    assert cal["temperature"] > 0 and 0 <= cal["ece_after"] <= 1 and 0 <= cal["ece_before"] <= 1
+    assert cal["before"] in ("over-confident", "under-confident", "calibrated")
+    assert unsure["score"] == "mahalanobis" and unsure["file"] == "trust.safetensors"
+    assert math.isfinite(unsure["ood_threshold"]) and 0.3 <= unsure["confidence_threshold"] <= 0.9
+    assert (run / "trust.safetensors").is_file()
+    from minivision.runfiles import load_model
+
+    lm = load_model(run)
+    assert lm.trust is not None and lm.temperature == cal["temperature"]
+
+
+def test_predict_json_and_text_carry_unsure_and_reason(csv_run, tmp_path):
+    _, run = csv_run
+    x, _ = synthetic_images(4, classes=4, seed=5)
+    Image.fromarray(x[0, 0]).save(tmp_path / "clean.png")
+    Image.new("L", (40, 40), 128).save(tmp_path / "blank.png")
+    out = json.loads(_cli("predict", str(run), str(tmp_path / "clean.png"), str(tmp_path / "blank.png"),
+                          "--json").stdout)
+    assert all(isinstance(r["unsure"], bool) and "reason" in r for r in out)
+    blank = next(r for r in out if r["path"].endswith("blank.png"))
+    assert blank["unsure"] is True and blank["reason"] == EMPTY_NOTE
+    text = _cli("predict", str(run), str(tmp_path / "blank.png")).stdout
+    assert f"[not sure: {EMPTY_NOTE}]" in text and text.count(EMPTY_NOTE) == 1
+
+
+def test_scores_are_calibrated_in_predict_and_the_api(csv_run):
+    _, run = csv_run
+    import minivision as mv
+    from minivision.inference import pick_device, predict_logits
+    from minivision.runfiles import load_model
+
+    lm = load_model(run)
+    x = torch.from_numpy(synthetic_images(8, classes=4, seed=9)[0])
+    logits = predict_logits(lm.model, lm.preprocess, x, device=pick_device("cpu"))
+    want = torch.softmax(logits / lm.temperature, 1).numpy()
+    got = mv.load(run).predict_proba(x.numpy())
+    assert np.allclose(got, want, atol=1e-5)
+    assert lm.temperature != 1.0  # so the check above tells calibrated from plain scores
+
+
+def test_evaluate_prints_ece_before_and_after(csv_run):
+    _, run = csv_run
+    text = _cli("evaluate", str(run)).stdout
+    assert "after temperature scaling (T = " in text and "before, " in text and "unsure: " in text
+    m = json.loads(_cli("evaluate", str(run), "--json").stdout)
+    assert m["calibrated"] is True and m["temperature"] > 0 and 0 <= m["ece"] <= 1 and 0 <= m["ece_before"] <= 1
+    assert 0 <= m["unsure"]["share"] <= 1
+
+
+def test_old_run_without_trust_loads_and_calibrate_fits_it(csv_run, tmp_path):
+    import shutil
+
+    _, run = csv_run
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    meta = json.loads((old / "model.json").read_text())
+    del meta["calibration"], meta["unsure"]
+    (old / "model.json").write_text(json.dumps(meta))
+    (old / "trust.safetensors").unlink()
+    x, _ = synthetic_images(2, classes=4, seed=3)
+    Image.fromarray(x[0, 0]).save(tmp_path / "p.png")
+    r = json.loads(_cli("predict", str(old), str(tmp_path / "p.png"), "--json").stdout)[0]
+    assert isinstance(r["unsure"], bool)  # only the empty and low-confidence rules (T = 1)
+    text = _cli("evaluate", str(old)).stdout
+    assert "the scores are not calibrated" in text
+    p = _cli("calibrate", str(old))
+    assert "after temperature scaling (T = " in p.stdout
+    again = json.loads((old / "model.json").read_text())
+    assert {k: v for k, v in again.items() if k not in ("calibration", "unsure")} == meta  # the rest kept
+    assert again["calibration"]["temperature"] > 0 and (old / "trust.safetensors").is_file()
+
+
+def test_calibrate_refuses_other_data_in_one_line(csv_run, tmp_path):
+    d, run = csv_run
+    x, y = synthetic_images(40, classes=4, seed=1)
+    write_pixel_csv(tmp_path / "other.csv", x[:, 0], y)
+    p = _cli("calibrate", str(run), "--data", str(tmp_path / "other.csv"), ok=False)
+    assert p.returncode != 0 and p.stderr.startswith("error: calibrate fits on")
+    assert len(p.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in p.stderr
+
+
+def smiley(size: int = 200) -> Image.Image:
+    """A black smiley drawn on white paper, as a user would photograph it."""
+    img = Image.new("L", (size, size), 255)
+    d = ImageDraw.Draw(img)
+    d.ellipse([20, 20, size - 20, size - 20], outline=0, width=6)
+    d.ellipse([65, 70, 80, 85], fill=0)
+    d.ellipse([120, 70, 135, 85], fill=0)
+    d.arc([60, 80, 140, 150], 20, 160, fill=0, width=6)
+    return img
+
+
+def noise_pictures(size: int = 64) -> dict[str, Image.Image]:
+    rng = np.random.default_rng(0)
+    return {"uniform": Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)),
+            "gaussian": Image.fromarray(np.clip(rng.normal(128, 50, (size, size)), 0, 255).astype(np.uint8)),
+            "blank": Image.new("L", (size, size), 200), "smiley": smiley()}
