@@ -336,7 +336,8 @@ def test_every_figure_opens_full_size_without_a_script():
     assert len(figures) == 8
     for fid, body in figures:
         # the picture is a link to its own figure (CSS :target shows it alone, full size) ...
-        assert re.search(f'<a class="zoom" href="#{fid}"><img [^>]*alt="[^"]+">', body), fid
+        assert re.search(f'<a class="zoom" href="#{fid}" tabindex="-1"><img [^>]*alt="[^"]+">', body), fid
+        assert f'<a class="open" href="#{fid}">Open full size</a>' in body  # the keyboard's way in
         # ... and the full-size view has a way back to its section
         sid = re.search(r'<a class="close" href="#([^"]+)">Close</a>', body).group(1)
         assert f'<section id="{sid}">' in page and fid in _section(page, sid)

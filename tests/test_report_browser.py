@@ -248,7 +248,7 @@ def test_each_figure_opens_full_size_by_keyboard_and_closes(tmp_path):
             # keyboard only: Tab to the picture's link (the focus ring shows), Enter opens it
             for _ in range(80):
                 page.keyboard.press("Tab")
-                if page.evaluate("() => document.activeElement.matches('#fig-predictions a.zoom')"):
+                if page.evaluate("() => document.activeElement.matches('#fig-predictions a.open')"):
                     break
             else:
                 raise AssertionError("the figure's link is not reachable with Tab")
@@ -272,6 +272,10 @@ def test_each_figure_opens_full_size_by_keyboard_and_closes(tmp_path):
             page.keyboard.press("Enter")
             page.wait_for_function("() => location.hash === '#predictions'")
             assert page.evaluate("() => document.querySelector('figure:target')") is None
+            # a tap on the picture opens it too
+            page.locator("#fig-confusion a.zoom").click()
+            page.wait_for_function("() => location.hash === '#fig-confusion'")
+            assert page.evaluate("() => getComputedStyle(document.querySelector('#fig-confusion')).position") == "fixed"
         finally:
             browser.close()
 

@@ -76,15 +76,14 @@ figure { margin: 0 0 14px; }
 .figs figure { flex: 1 1 520px; min-width: 0; }
 figure img { display: block; max-width: 100%; height: auto; border: 1px solid #eaeef2; }
 figcaption { color: #57606a; font-size: .88rem; margin-top: 4px; }
-a.zoom { display: block; position: relative; width: fit-content; max-width: 100%; }
-a.zoom .hint { position: absolute; top: 4px; right: 4px; background: rgba(36, 41, 47, .85); color: #fff;
-               font-size: .78rem; padding: 1px 7px; border-radius: 10px; }
+a.zoom { display: block; width: fit-content; max-width: 100%; cursor: zoom-in; }
+a.open { white-space: nowrap; }
 .zoom-bar { display: none; }
 figure.zoomable:target { position: fixed; inset: 0; z-index: 100; margin: 0; padding: 0 10px 10px; background: #fff;
                          overflow: auto; overscroll-behavior: contain; }
 figure.zoomable:target img { max-width: none; }
 figure.zoomable:target a.zoom { max-width: none; cursor: default; }
-figure.zoomable:target .hint { display: none; }
+figure.zoomable:target a.open { display: none; }
 figure.zoomable:target .zoom-bar { display: flex; gap: 12px; align-items: baseline; position: sticky; top: 0; left: 0;
                                    z-index: 1; background: #fff; padding: 8px 0; border-bottom: 1px solid #d0d7de;
                                    margin-bottom: 8px; }
@@ -123,14 +122,14 @@ def _data_url(image: bytes | str | Path) -> str:
 
 
 def _figure(image: bytes | str | Path, caption: str, alt: str | None, fid: str, back: str) -> str:
-    """A figure that opens full size: its picture links to the figure itself (``#fid``), which CSS's
+    """A figure that opens full size: its picture (for a tap or a click) and the caption's "Open full
+    size" (for the keyboard: one stop per figure) link to the figure itself (``#fid``), which CSS's
     ``:target`` then shows alone at its own pixel size; the bar above it links back to ``#back``."""
     fid, back = escape(fid), escape(back)
     return (f'<figure class="zoomable" id="{fid}">'
             f'<div class="zoom-bar"><a class="close" href="#{back}">Close</a><span>{escape(caption)}</span></div>'
-            f'<a class="zoom" href="#{fid}"><img src="{_data_url(image)}" alt="{escape(alt or caption)}">'
-            f'<span class="hint">open full size</span></a>'
-            f"<figcaption>{escape(caption)}</figcaption></figure>")
+            f'<a class="zoom" href="#{fid}" tabindex="-1"><img src="{_data_url(image)}" alt="{escape(alt or caption)}">'
+            f'</a><figcaption>{escape(caption)} <a class="open" href="#{fid}">Open full size</a></figcaption></figure>')
 
 
 Section = tuple[str, str, str]  # (id, heading, body HTML)
