@@ -310,10 +310,10 @@ def test_render_report_escapes_every_text():
 
 
 def test_render_report_sections_in_order_and_self_contained():
-    page = _report()
+    page = _report(run_path="runs/train")
     ids = re.findall(r'<section id="([^"]+)">', page)
     assert ids == ["summary", "curves", "confusion", "per-class", "confused", "mistakes", "predictions", "calibration",
-                   "samples", "embedding", "dataset", "settings"]
+                   "samples", "embedding", "use", "dataset", "settings"]
     assert re.findall(r'<a href="#([^"]+)">', page) == ids  # the nav bar links every section
     assert "http://" not in page and "https://" not in page and "src=\"http" not in page
     assert page.count("data:image/png;base64,") == 8

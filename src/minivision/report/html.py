@@ -320,7 +320,7 @@ def _use(run_path: str) -> Section:
             f'<pre class="commands"><code>{escape(chr(10).join(shell))}</code></pre>'
             '<p class="muted">predict: a picture, a folder or a glob (photos are converted as the training images '
             "were made; --json for one JSON list); evaluate: accuracy, per-class table and confusion matrix on "
-            "the test split; serve: a web page and HTTP API at http://127.0.0.1:8000 (POST /predict).</p>"
+            "the test split; serve: a web page and HTTP API on this machine, port 8000 (POST /predict).</p>"
             "<h3>In Python</h3>"
             f'<pre class="commands"><code>{escape(chr(10).join(python))}</code></pre>')
     return _section("use", "Use this model", body)
