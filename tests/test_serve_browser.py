@@ -282,7 +282,13 @@ def test_unsure_answers_are_not_headlines(served_page, browser, tmp_path):
     assert all(color != GREEN for *_, color in a["bars"]), a["bars"]
     assert axe_violations(page) == []
 
-    # low confidence, without a reason given: a default sentence, still not a headline
+    # low confidence, in the server's words but without a second colon
+    answers.append(_unsure_body(classes, "low confidence: the top score is 41%"))
+    page.set_input_files("#file", str(photo))
+    a = _answer(page)
+    assert a["headline"] == "Not sure: low confidence (the top score is 41%)" and a["label"] is None, a
+
+    # unsure without a reason given: a default sentence, still not a headline
     answers.append(_unsure_body(classes, None))
     page.set_input_files("#file", str(photo))
     a = _answer(page)
@@ -433,7 +439,8 @@ def test_examples_classes_formats_and_redraw(served_page, browser):
     page.keyboard.press("Enter")
     a = _answer(page)
     truth = title.removeprefix("example: ")
-    assert a["truth"] == f"true class: {truth}" and a["state"] == "done", a
+    assert a["truth"].startswith(f"true class: {truth} \u00b7 the ") and a["state"] == "done", a
+    assert a["truth"].endswith("right" if a["bars"][0][0] == truth else "wrong"), a
 
     # "Classes shown" redraws at once, without a request
     n = len(watch.predicts)
