@@ -184,6 +184,8 @@ def test_openapi_says_what_the_server_does(server):
         assert js.status_code == 200 and len(js.content) > 100_000 and "javascript" in js.headers["content-type"]
     assert server.client.get("/docs-assets/swagger-ui.css").status_code == 200
     assert server.client.get("/docs-assets/../model.json").status_code == 404
+    assert server.client.head("/health").status_code == 200  # GET and HEAD, one operation in the docs
+    assert "Duplicate Operation ID" not in server.log.read_text()
 
 
 def test_jobs_endpoints_are_described(synthetic_run, tmp_path):
