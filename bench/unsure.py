@@ -1,13 +1,13 @@
 """Unsure answers and calibration of a trained Fashion-MNIST run, measured.
 
-For a run folder: the out-of-distribution scores (Mahalanobis distance on the penultimate features, the
-one the model uses, and the energy score of Liu et al. 2020 for comparison) on the Fashion-MNIST test
-split (in distribution) against CIFAR-10 test pictures made grey 28 x 28, blank pictures, uniform and
-Gaussian noise, and simple drawings (lines, circles, rectangles, smileys, white on black as Fashion-MNIST
-draws its items); AUROC of each (in distribution = negative, out of distribution = positive); the share
-of each set the model marks unsure (trust.judge, with the empty-picture rule); on the test split, the
-share marked unsure and top-1 accuracy among the confident and the unsure pictures; ECE before and after
-temperature scaling on the test split.
+For a run folder: three out-of-distribution scores (the Mahalanobis distance on unit-length penultimate
+features, the one the model uses; Lee et al.'s plain Mahalanobis distance; the energy score of Liu et al.
+2020), on the Fashion-MNIST test split (in distribution) against CIFAR-10 test pictures made grey 28 x 28,
+blank pictures, uniform and Gaussian noise, and simple drawings (lines, circles, rectangles, smileys, white
+on black as Fashion-MNIST draws its items): AUROC of each (in distribution = negative, out of distribution
+= positive); the share of each set the model marks unsure (trust.judge, all its rules); on the test split,
+the share marked unsure and top-1 accuracy among the confident and the unsure pictures; ECE before and
+after temperature scaling on the test split.
 
     OMP_NUM_THREADS=1 python3 bench/unsure.py RUN [RUN ...] [--cifar N_PER_CLASS] [--json FILE]
 
@@ -32,7 +32,7 @@ from PIL import Image, ImageDraw
 from minivision import trust
 from minivision.data import load_dataset
 from minivision.evaluate import dataset_for
-from minivision.inference import EMPTY_NOTE, blank_pictures, pick_device, predict_features
+from minivision.inference import EMPTY_NOTE, blank_pictures, noise_pictures, pick_device, predict_features
 from minivision.runfiles import load_model
 
 HERE = Path(__file__).resolve().parent
@@ -124,18 +124,32 @@ def measure(run: str, sets: dict[str, torch.Tensor]) -> dict:
     lm = load_model(run)
     dev = pick_device("cpu")
     test = dataset_for(lm, split="test").test
+    ds = dataset_for(lm)
     if lm.trust is None:  # an older run: fit in memory on its validation split
-        ds = dataset_for(lm)
         cal, unsure, stats = trust.fit_for_model(lm.model, lm.preprocess, ds.train, ds.val, len(lm.classes), device=dev)
         lm.meta.update(calibration=cal, unsure=unsure)
         lm.trust = stats
     t = lm.temperature
+    # for comparison: Lee et al.'s Mahalanobis distance on the features as they are (not scaled to unit length)
+    idx = trust.stats_subset(len(ds.train))
+    f_train, _ = predict_features(lm.model, lm.preprocess, ds.train.x[idx], device=dev)
+    f_train = f_train.double()
+    means = torch.stack([f_train[ds.train.y[idx] == k].mean(0) for k in range(len(lm.classes))])
+    centred = f_train - means[ds.train.y[idx]]
+    cov = centred.T @ centred / len(centred)
+    precision = torch.linalg.pinv(cov + 1e-6 * float(cov.diagonal().mean()) * torch.eye(len(cov), dtype=torch.float64),
+                                  hermitian=True)
+
+    def plain_score(f: torch.Tensor) -> torch.Tensor:
+        d = f.double()[:, None, :] - means[None]
+        return torch.einsum("nkd,de,nke->nk", d, precision, d).min(1).values
 
     def scores(x: torch.Tensor) -> dict:
         f, logits = predict_features(lm.model, lm.preprocess, x, device=dev)
         probs = torch.softmax(logits / t, 1)
-        verdicts = trust.judge(probs.max(1).values, lm.trust.score(f), blank_pictures(x), lm.meta, EMPTY_NOTE)
-        return {"maha": lm.trust.score(f), "energy": trust.energy(logits), "logits": logits,
+        verdicts = trust.judge(probs.max(1).values, lm.trust.score(f), blank_pictures(x), lm.meta, EMPTY_NOTE,
+                               noise_pictures(x))
+        return {"maha": lm.trust.score(f), "plain": plain_score(f), "energy": trust.energy(logits), "logits": logits,
                 "unsure": torch.tensor([u for u, _ in verdicts])}
 
     ind = scores(test.x)
@@ -154,21 +168,22 @@ def measure(run: str, sets: dict[str, torch.Tensor]) -> dict:
     for name, x in sets.items():
         o = scores(x)
         out["ood"][name] = {"n": len(x), "auroc_mahalanobis": auroc(ind["maha"], o["maha"]),
+                            "auroc_mahalanobis_plain": auroc(ind["plain"], o["plain"]),
                             "auroc_energy": auroc(ind["energy"], o["energy"]),
                             "unsure_share": float(o["unsure"].float().mean())}
     return out
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| run (model, test top-1) | set | n | AUROC Mahalanobis | AUROC energy | marked unsure |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = ["| run (model, test top-1) | set | n | AUROC Mahalanobis, unit-length features (used) "
+             "| AUROC Mahalanobis, plain | AUROC energy | marked unsure |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
         head = f"{Path(r['run']).name} ({r['model']}, {r['test_accuracy']:.2%})"
         te = r["test"]
-        lines.append(f"| {head} | Fashion-MNIST test | {te['n']:,} | - | - | {te['unsure_share']:.1%} |")
+        lines.append(f"| {head} | Fashion-MNIST test | {te['n']:,} | - | - | - | {te['unsure_share']:.1%} |")
         for name, o in r["ood"].items():
-            lines.append(f"| {head} | {name} | {o['n']:,} | {o['auroc_mahalanobis']:.4f} | {o['auroc_energy']:.4f} "
-                         f"| {o['unsure_share']:.1%} |")
+            lines.append(f"| {head} | {name} | {o['n']:,} | {o['auroc_mahalanobis']:.4f} "
+                         f"| {o['auroc_mahalanobis_plain']:.4f} | {o['auroc_energy']:.4f} | {o['unsure_share']:.1%} |")
     lines += ["", "| run | T | ECE test before | ECE test after | top-1 confident | top-1 unsure |",
               "|---|---:|---:|---:|---:|---:|"]
     for r in results:

@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ from minivision import trust
 from minivision.inference import EMPTY_NOTE
 from minivision.metrics import calibration
 
-from .conftest import synthetic_images, write_pixel_csv
+from .conftest import needs_fashion_mnist, synthetic_images, write_pixel_csv
+from .test_real_data import default_run  # noqa: F401  (the README's 30-second run, a fixture)
 
 
 def _labels_at_temperature(n: int, k: int, t: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,17 +66,32 @@ def test_temperature_of_old_or_malformed_model_json_is_one():
     assert trust.temperature_of({"calibration": {"temperature": 0.7}}) == 0.7
 
 
-def test_mahalanobis_scores_far_points_higher_and_energy_agrees_on_flat_logits():
+def test_mahalanobis_on_unit_length_features_scores_far_directions_higher():
     g = torch.Generator().manual_seed(0)
-    means = torch.tensor([[0.0, 0.0, 0.0], [6.0, 0.0, 0.0]])
     y = torch.arange(400) % 2
-    f = means[y] + torch.randn(400, 3, generator=g) * torch.tensor([1.0, 0.2, 0.2])  # an elongated shared shape
+    directions = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    f = (directions[y] + 0.05 * torch.randn(400, 3, generator=g)) * (1 + 3 * torch.rand(400, 1, generator=g))
     m = trust.Mahalanobis.fit(f, y, 2)
-    assert torch.allclose(m.means, means, atol=0.2)
-    near, along, across = m.score(torch.tensor([[6.0, 0, 0], [3.0, 0, 0], [0.0, 2.0, 0]]))
-    # 2 units across the thin direction (sd 0.2) is farther than 3 units along the wide one (sd 1)
-    assert near < along < across
+    near, between, away = m.score(torch.tensor([[5.0, 0.1, 0], [1.0, 1.0, 0], [0.0, 0.0, 1.0]]))
+    assert near < between and near < away and away > 100 * near
+    # the length of a feature vector does not count, only its direction
+    assert torch.allclose(m.score(f[:10]), m.score(7 * f[:10]), rtol=1e-4)
     assert trust.energy(torch.tensor([[10.0, 0, 0]])) < trust.energy(torch.tensor([[0.0, 0, 0]]))
+
+
+def test_noise_rule_tells_noise_from_pictures():
+    from minivision.inference import noise_picture, noise_pictures
+
+    g = torch.Generator().manual_seed(0)
+    uniform = torch.randint(0, 256, (20, 1, 28, 28), generator=g, dtype=torch.uint8)
+    gaussian = (128 + 64 * torch.randn(20, 3, 28, 28, generator=g)).clamp(0, 255).to(torch.uint8)
+    assert noise_pictures(uniform).all() and noise_pictures(gaussian).all()
+    x = torch.from_numpy(synthetic_images(20, classes=4)[0])  # squares on a noisy backdrop
+    blank = torch.full((1, 1, 28, 28), 90, dtype=torch.uint8)
+    assert not noise_pictures(x).any() and not noise_pictures(blank).any()
+    pics = noise_pictures_pil()
+    assert noise_picture(pics["uniform"]) and noise_picture(pics["gaussian"])
+    assert not noise_picture(pics["smiley"]) and not noise_picture(pics["blank"])
 
 
 def test_confidence_threshold_is_where_the_answers_below_are_mostly_wrong():
@@ -93,15 +110,19 @@ def test_confidence_threshold_is_where_the_answers_below_are_mostly_wrong():
 
 
 def test_judge_rules_and_their_order():
-    meta = {"unsure": {"score": "mahalanobis", "ood_threshold": 10.0, "confidence_threshold": 0.6}}
-    top1 = torch.tensor([0.95, 0.95, 0.4, 0.95, 0.3])
-    ood = torch.tensor([1.0, 50.0, 1.0, 1.0, 50.0])
-    empty = torch.tensor([False, False, False, True, False])
-    out = trust.judge(top1, ood, empty, meta, EMPTY_NOTE)
+    from minivision.inference import NOISE_NOTE
+
+    meta = {"unsure": {"score": trust.OOD_SCORE, "ood_threshold": 10.0, "confidence_threshold": 0.6}}
+    top1 = torch.tensor([0.95, 0.95, 0.4, 0.95, 0.3, 0.95])
+    ood = torch.tensor([1.0, 50.0, 1.0, 1.0, 50.0, 1.0])
+    empty = torch.tensor([False, False, False, True, False, False])
+    noise = torch.tensor([False, False, False, True, False, True])
+    out = trust.judge(top1, ood, empty, meta, EMPTY_NOTE, noise)
+    assert out[5] == (True, NOISE_NOTE)
     assert out[0] == (False, None)
     assert out[1] == (True, trust.OOD_REASON)
     assert out[2] == (True, "low confidence: the top score is 40%")
-    assert out[3] == (True, EMPTY_NOTE)
+    assert out[3] == (True, EMPTY_NOTE)  # empty comes first
     assert out[4] == (True, trust.OOD_REASON)  # out of distribution says more than a low score
     # an older model: no out-of-distribution score, the default confidence threshold
     old = trust.judge(torch.tensor([0.45, 0.55]), None, torch.tensor([False, False]), {}, EMPTY_NOTE)
@@ -136,7 +157,7 @@ def test_a_trained_run_saves_calibration_and_unsure(csv_run):
     assert cal["method"] == "temperature" and cal["fitted_on"] == "validation" and cal["n"] > 0
     assert cal["temperature"] > 0 and 0 <= cal["ece_after"] <= 1 and 0 <= cal["ece_before"] <= 1
     assert cal["before"] in ("over-confident", "under-confident", "calibrated")
-    assert unsure["score"] == "mahalanobis" and unsure["file"] == "trust.safetensors"
+    assert unsure["score"] == trust.OOD_SCORE and unsure["file"] == "trust.safetensors"
     assert math.isfinite(unsure["ood_threshold"]) and 0.3 <= unsure["confidence_threshold"] <= 0.9
     assert (run / "trust.safetensors").is_file()
     from minivision.runfiles import load_model
@@ -227,8 +248,38 @@ def smiley(size: int = 200) -> Image.Image:
     return img
 
 
-def noise_pictures(size: int = 64) -> dict[str, Image.Image]:
+def noise_pictures_pil(size: int = 64) -> dict[str, Image.Image]:
+    """Uniform and Gaussian noise, a blank and a smiley drawing, as PIL pictures a user could send."""
     rng = np.random.default_rng(0)
     return {"uniform": Image.fromarray(rng.integers(0, 256, (size, size), dtype=np.uint8)),
             "gaussian": Image.fromarray(np.clip(rng.normal(128, 50, (size, size)), 0, 255).astype(np.uint8)),
             "blank": Image.new("L", (size, size), 200), "smiley": smiley()}
+
+
+# ---------------------------------------------------------------------------------------------- real data
+
+@needs_fashion_mnist
+def test_real_fashion_mnist_test_pictures_are_neither_noise_nor_empty():
+    from minivision.data import load_dataset
+    from minivision.inference import blank_pictures, noise_pictures
+
+    test = load_dataset("fashion-mnist", test_only=True).test
+    assert int(noise_pictures(test.x).sum()) == 0 and int(blank_pictures(test.x).sum()) == 0
+
+
+@needs_fashion_mnist
+@pytest.mark.slow
+def test_default_run_is_calibrated_and_marks_noise_blank_and_drawings_unsure(default_run):  # noqa: F811
+    from minivision.predict import predict_images
+    from minivision.runfiles import load_model
+
+    run = default_run["run"]
+    meta = json.loads((Path(run) / "model.json").read_text())
+    assert meta["calibration"]["temperature"] > 0 and meta["unsure"]["score"] == trust.OOD_SCORE
+    m = json.loads(_cli("evaluate", run, "--json").stdout)
+    assert m["ece"] <= 0.03 and m["ece"] <= m["ece_before"], (m["ece"], m["ece_before"])
+    assert m["unsure"]["share"] < 0.25  # most real test pictures are answered
+    assert m["unsure"]["accuracy_confident"] > m["accuracy"]
+    pics = noise_pictures_pil()
+    for r in predict_images(load_model(run), list(pics.values()), names=list(pics), device="cpu"):
+        assert r["unsure"] is True, r

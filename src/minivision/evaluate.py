@@ -179,7 +179,7 @@ def trust_metrics(lm: LoadedModel, split: Split, logits: torch.Tensor, *, device
     ``confidence`` {"before", "after"}: over-confident, under-confident or calibrated; and ``unsure``
     {share, n, accuracy_confident, accuracy_unsure} (fractions 0-1; None where no picture falls there).
     ``logits`` float (N, K) of ``split``'s pictures, uncalibrated."""
-    from .inference import EMPTY_NOTE, blank_pictures, predict_features
+    from .inference import EMPTY_NOTE, blank_pictures, noise_pictures, predict_features
     from .metrics import calibration
     from .trust import direction, judge
 
@@ -200,7 +200,7 @@ def trust_metrics(lm: LoadedModel, split: Split, logits: torch.Tensor, *, device
                                        precision=pick_precision(precision, dev), batch_size=batch_size)
         ood = lm.trust.score(features)
     unsure = torch.tensor([u for u, _ in judge(after.max(1).values, ood, blank_pictures(split.x), lm.meta,
-                                                EMPTY_NOTE)])
+                                                EMPTY_NOTE, noise_pictures(split.x))])
     right = logits.argmax(1) == y
     out["unsure"] = {"share": float(unsure.float().mean()), "n": int(unsure.sum()),
                      "accuracy_confident": float(right[~unsure].float().mean()) if bool((~unsure).any()) else None,

@@ -151,6 +151,42 @@ def empty_picture(img, model_input: torch.Tensor | None = None) -> bool:
     return bool(blank_pictures(torch.from_numpy(np.array(small, dtype=np.uint8))[None, None])[0])
 
 
+# A picture is noise when neighbouring pixels hardly correlate: the Pearson correlation of each grey level with
+# its right and lower neighbours below NOISE_CORRELATION. Why 0.15: measured (bench/unsure.py's pictures, 28 x 28),
+# uniform and Gaussian noise give -0.07 to 0.09 (the spread of a correlation over ~1,500 pixel pairs is about
+# 0.03), the 10,000 Fashion-MNIST test pictures 0.24 at the least (0.58 at the 1st percentile), CIFAR-10 made grey
+# 0.55 at the least. A thin line drawing can fall below it too; it is not a picture the model knows either.
+NOISE_CORRELATION = 0.15
+NOISE_NOTE = "the picture looks like noise (no shapes in it): the label is a guess"
+
+
+def noise_pictures(x: torch.Tensor) -> torch.Tensor:
+    """bool (N,): which of the uint8 pictures ``x`` (N, C, H, W) are noise by the ``NOISE_CORRELATION`` rule
+    (grey level = the mean of the channels); an empty picture (no variation) is not noise."""
+    if x.ndim != 4 or len(x) == 0 or min(x.shape[-2:]) < 2:
+        return torch.zeros(len(x) if x.ndim else 0, dtype=torch.bool)
+    out = []
+    for i in range(0, len(x), 1024):
+        g = x[i:i + 1024].float().mean(1)
+        a = torch.cat([g[:, :, :-1].flatten(1), g[:, :-1, :].flatten(1)], 1)
+        b = torch.cat([g[:, :, 1:].flatten(1), g[:, 1:, :].flatten(1)], 1)
+        a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+        denom = a.norm(dim=1) * b.norm(dim=1)
+        out.append((denom > 0) & ((a * b).sum(1) < NOISE_CORRELATION * denom))
+    return torch.cat(out)
+
+
+def noise_picture(img) -> bool:
+    """A PIL image (any mode and size) is noise by the ``NOISE_CORRELATION`` rule, checked on a grey copy reduced
+    to at most ``THUMB_PX`` a side (as ``empty_picture``)."""
+    import numpy as np
+
+    small = img.convert("L")
+    small = small.copy() if small is img else small
+    small.thumbnail((THUMB_PX, THUMB_PX))
+    return bool(noise_pictures(torch.from_numpy(np.array(small, dtype=np.uint8))[None, None])[0])
+
+
 def split_for(ds: Dataset, name: str) -> Split:
     """The split ``name`` (train, val or test) of ``ds``; MinivisionError when it is missing or empty."""
     split = getattr(ds, name, None)

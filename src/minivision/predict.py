@@ -11,7 +11,16 @@ import torch
 from .data.images import IMAGE_EXTENSIONS, open_image
 from .data.rules import is_ignored_path
 from .errors import MinivisionError
-from .inference import EMPTY_NOTE, blank_pictures, empty_picture, pick_device, predict_features, predict_logits
+from .inference import (
+    EMPTY_NOTE,
+    blank_pictures,
+    empty_picture,
+    noise_picture,
+    noise_pictures,
+    pick_device,
+    predict_features,
+    predict_logits,
+)
 from .photo import BACKGROUNDS
 from .runfiles import LoadedModel
 
@@ -64,7 +73,7 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
         raise MinivisionError(f"background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
     k = min(top_k, len(lm.classes))
     results: list[dict[str, Any]] = []
-    tensors, where = [], []
+    tensors, where, noisy = [], [], []
     for i, item in enumerate(images):
         name = names[i] if names else (str(item) if isinstance(item, (str, Path)) else f"image {i}")
         try:
@@ -73,6 +82,7 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
             tensors.append(x)
             where.append(len(results))
             results.append({"path": name, **({"empty": True, "note": EMPTY_NOTE} if empty_picture(img, x) else {})})
+            noisy.append(noise_picture(img))
         except MinivisionError as e:
             reason = str(e).removeprefix(f"{name}: ")  # the path is already in the result
             results.append({"path": name, "error": reason})
@@ -81,7 +91,8 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
     if tensors:
         batch = torch.stack(tensors)
         empty = torch.tensor([bool(results[r].get("empty")) for r in where])
-        for j, (r, scored) in enumerate(zip(where, _top_k(lm, batch, k, device, tta, empty), strict=True)):
+        scored_rows = _top_k(lm, batch, k, device, tta, empty, torch.tensor(noisy, dtype=torch.bool))
+        for j, (r, scored) in enumerate(zip(where, scored_rows, strict=True)):
             if inputs:
                 results[r]["input"] = tensors[j]
             results[r].update(scored)
@@ -89,10 +100,10 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
 
 
 def _top_k(lm: LoadedModel, batch: torch.Tensor, k: int, device: str, tta: bool,
-           empty: torch.Tensor | None = None) -> list[dict[str, Any]]:
+           empty: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """Per image of uint8 ``batch`` (N, C, H, W) at the model's size: label, index, score, top_k (calibrated
-    scores), unsure, reason (and ``plain``, the prediction without flip TTA, when ``tta``). ``empty``: bool
-    (N,), which pictures are empty (default: ``blank_pictures`` of the batch)."""
+    scores), unsure, reason (and ``plain``, the prediction without flip TTA, when ``tta``). ``empty``, ``noise``:
+    bool (N,), which pictures are empty or noise (default: ``blank_pictures``, ``noise_pictures`` of the batch)."""
     from .trust import judge
 
     dev = pick_device(device)
@@ -104,7 +115,7 @@ def _top_k(lm: LoadedModel, batch: torch.Tensor, k: int, device: str, tta: bool,
              if tta else plain)
     ood = lm.trust.score(features) if lm.trust is not None else None
     verdicts = judge(probs.max(1).values, ood, blank_pictures(batch) if empty is None else empty, lm.meta,
-                     EMPTY_NOTE)
+                     EMPTY_NOTE, noise_pictures(batch) if noise is None else noise)
     scores, idx = probs.topk(k, dim=1)
     out = []
     for j in range(len(batch)):

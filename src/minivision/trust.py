@@ -17,11 +17,14 @@ it falls short by more, else calibrated.
 
 Unsure answers. An answer is unsure when (in this order):
   1. the picture is empty (``inference.empty_picture``: one colour, or almost); the reason is its note;
-  2. it is out of distribution: its Mahalanobis distance to the nearest class mean of the penultimate
-     features (``forward_features``), with one covariance shared by the classes (Lee et al. 2018, "A Simple
-     Unified Framework for Detecting Out-of-Distribution Samples and Adversarial Attacks", eq. 2, without
-     input preprocessing or layer ensembles), is above ``ood_threshold``;
-  3. its calibrated top-1 score is below ``confidence_threshold``.
+  2. the picture is noise (``inference.noise_picture``: neighbouring pixels do not correlate);
+  3. it is out of distribution: the Mahalanobis distance of its penultimate features (``forward_features``),
+     each scaled to unit length, to the nearest class mean, with one covariance shared by the classes, is
+     above ``ood_threshold`` (Lee et al. 2018, "A Simple Unified Framework for Detecting Out-of-Distribution
+     Samples and Adversarial Attacks", eq. 2, without input preprocessing or layer ensembles; the features
+     scaled to unit length first as in Mueller & Hein 2025, "Mahalanobis++: Improving OOD Detection via
+     Feature Normalization");
+  4. its calibrated top-1 score is below ``confidence_threshold``.
 The class means and the shared covariance are fitted on (up to ``STATS_PICTURES`` of) the training split's
 pictures, un-augmented, as Lee et al. do; the thresholds on the validation split, which the statistics
 have not seen. ``ood_threshold`` is the 95th percentile of the validation split's distances: 95% of
@@ -31,11 +34,12 @@ calibrated top-1 score t such that the validation pictures scoring below t are r
 time (at least 1% of the split below t), bounded to [0.3, 0.9]; i.e. below it the answers are, as a
 group, more often wrong than right.
 
-Why Mahalanobis and not the energy score (Liu et al. 2020, -logsumexp of the logits): measured with
-bench/unsure.py (docs/BENCHMARKS.md, "Unsure answers and calibration"), on the default Fashion-MNIST run
-Mahalanobis separates CIFAR-10 pictures made grey, noise and drawings from the test pictures far better
-than the energy score, which gives uniform noise a score like a confident garment's. Both scores are
-computed by the benchmark.
+Why this score: measured with bench/unsure.py (docs/BENCHMARKS.md, "Unsure answers and calibration"),
+Fashion-MNIST test against CIFAR-10 made grey, noise and drawings, on mvnet-t and cnn3: the plain
+Mahalanobis distance (unscaled features) fell to AUROC 0.44-0.64 on noise and CIFAR-10 with cnn3, and the
+energy score (Liu et al. 2020, -logsumexp of the logits) to 0.65 on drawings with cnn3; the distance on
+unit-length features stayed at 0.97-0.99 on every set with both. Rule 2 makes noise unsure whatever a
+network's features do with it (no feature score flagged all of it at the 95% operating point).
 
 A model without these entries (trained before they existed) gets T = 1, no out-of-distribution check and
 ``LOW_CONFIDENCE_DEFAULT`` as its confidence threshold; ``minivision calibrate RUN`` fits both for it.
@@ -59,7 +63,7 @@ STATS_PICTURES = 20_000  # at most this many training pictures for the class mea
 CONFIDENCE_BOUNDS = (0.3, 0.9)
 LOW_CONFIDENCE_DEFAULT = 0.5  # a model without a fitted threshold: unsure below a 50% top-1 score
 TRUST_FILE = "trust.safetensors"
-OOD_SCORE = "mahalanobis"
+OOD_SCORE = "mahalanobis-normalised"
 
 LOW_CONFIDENCE_REASON = "low confidence: the top score is {score:.0%}"
 OOD_REASON = "this does not look like the pictures this model knows (out of distribution)"
@@ -141,6 +145,12 @@ def describe(entry: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------------------------- unsure
 
+def normalise(features: torch.Tensor) -> torch.Tensor:
+    """Each row of features (N, D) divided by its Euclidean length (a zero row stays zero)."""
+    f = features.float()
+    return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+
+
 @dataclass
 class Mahalanobis:
     """Class means (K, D) and the shared precision matrix (D, D), float32 (Lee et al. 2018)."""
@@ -150,11 +160,11 @@ class Mahalanobis:
 
     @classmethod
     def fit(cls, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Mahalanobis:
-        """From penultimate features (N, D) and labels (N,): each class's mean, the covariance of the
-        features about their class's mean (shared), inverted with a ridge of 1e-6 x its mean variance
-        (so a feature that never varies does not make it singular). Classes with no pictures get the
-        mean of all features (never nearest in practice, never NaN)."""
-        f = features.double()
+        """From penultimate features (N, D) and labels (N,), each row scaled to unit length first
+        (``normalise``): each class's mean, the covariance of the features about their class's mean
+        (shared), inverted with a ridge of 1e-6 x its mean variance (so a feature that never varies does
+        not make it singular). Classes with no pictures get the mean of all features (never NaN)."""
+        f = normalise(features).double()
         means = torch.zeros(num_classes, f.shape[1], dtype=torch.float64)
         for k in range(num_classes):
             sel = labels == k
@@ -166,11 +176,12 @@ class Mahalanobis:
         return cls(means.float(), precision.float())
 
     def score(self, features: torch.Tensor, batch: int = 2048) -> torch.Tensor:
-        """float32 (N,): the squared Mahalanobis distance of each feature row (N, D) to the nearest class mean."""
+        """float32 (N,): the squared Mahalanobis distance of each feature row (N, D), scaled to unit length,
+        to the nearest class mean."""
         out = []
         p, m = self.precision.double(), self.means.double()
         for i in range(0, len(features), batch):
-            d = features[i:i + batch].double()[:, None, :] - m[None]  # (n, K, D)
+            d = normalise(features[i:i + batch]).double()[:, None, :] - m[None]  # (n, K, D)
             out.append(torch.einsum("nkd,de,nke->nk", d, p, d).min(1).values.float())
         return torch.cat(out) if out else torch.empty(0)
 
@@ -254,10 +265,13 @@ def load_trust(folder: Path, meta: dict[str, Any]) -> Mahalanobis | None:
 
 
 def judge(top1: torch.Tensor, ood: torch.Tensor | None, empty: torch.Tensor, meta: dict[str, Any],
-          empty_note: str) -> list[tuple[bool, str | None]]:
+          empty_note: str, noise: torch.Tensor | None = None) -> list[tuple[bool, str | None]]:
     """(unsure, reason) per picture from its calibrated top-1 score (N,), its out-of-distribution score (N,)
-    or None, and whether it is empty (bool (N,)); thresholds from model.json's ``unsure`` (defaults when
-    absent). The rules and their order are in the module docstring."""
+    or None, whether it is empty (bool (N,)) and whether it is noise (bool (N,) or None);
+    thresholds from model.json's ``unsure`` (defaults when absent). The rules and their order are in the
+    module docstring."""
+    from .inference import NOISE_NOTE
+
     entry = meta.get("unsure") if isinstance(meta.get("unsure"), dict) else {}
     conf_t = float(entry.get("confidence_threshold", LOW_CONFIDENCE_DEFAULT))
     ood_t = entry.get("ood_threshold")
@@ -265,6 +279,8 @@ def judge(top1: torch.Tensor, ood: torch.Tensor | None, empty: torch.Tensor, met
     for i in range(len(top1)):
         if bool(empty[i]):
             out.append((True, empty_note))
+        elif noise is not None and bool(noise[i]):
+            out.append((True, NOISE_NOTE))
         elif ood is not None and ood_t is not None and float(ood[i]) > float(ood_t):
             out.append((True, OOD_REASON))
         elif float(top1[i]) < conf_t:
