@@ -370,6 +370,8 @@ def test_calibration_section_names_the_direction_and_before_after():
             "of the time: its scores claim 8.6 points less than it achieves.") in cal
     assert "T = 0.681" in cal and "fitted on 6,000 validation images" in cal
     assert cal.count("<tr") == 3 and "8.57%" in cal and "1.23%" in cal and "calibrated" in cal
+    cal = _section(_report(calibration=details, calibration_ece=0.0123), "calibration")
+    assert "Expected calibration error (ECE): <strong>1.23%</strong> after temperature scaling (8.57% before)" in cal
     # no temperature: the direction, and a plain statement that the scores are the model's own
     over = dict(before, confidence=0.97, direction="over-confident")
     cal = _section(_report(calibration={**details, "before": over, "after": None, "temperature": None}), "calibration")
@@ -506,17 +508,13 @@ def test_a_users_own_font_choice_is_kept():
 
 # ---------------------------------------------------------------------------------------------- report/run.py
 
-def test_confidence_direction_and_temperature_of():
-    from minivision.report.run import confidence_direction, temperature_of
+def test_temperature_of_only_with_a_calibration_entry():
+    from minivision.report.run import temperature_of
 
-    assert confidence_direction(0.842, 0.928) == "under-confident"
-    assert confidence_direction(0.97, 0.928) == "over-confident"
-    assert confidence_direction(0.93, 0.928) == "calibrated"  # within a point
     assert temperature_of({"calibration": {"method": "temperature", "temperature": 1.4}}) == 1.4
-    for bad in ({}, {"calibration": None}, {"calibration": {"temperature": 0}}, {"calibration": {"temperature": -1}},
-                {"calibration": {"temperature": float("nan")}}, {"calibration": {"temperature": "1.4"}},
-                {"calibration": {"temperature": True}}, {"calibration": [1.4]}):
-        assert temperature_of(bad) is None, bad  # older runs and malformed entries: scores uncalibrated
+    assert temperature_of({}) is None and temperature_of({"calibration": None}) is None  # older runs: uncalibrated
+    for bad in ({"temperature": 0}, {"temperature": -1}, {"temperature": float("nan")}, {}):
+        assert temperature_of({"calibration": bad}) == 1.0, bad  # malformed: T = 1, as trust.py reads it
 
 
 def test_calibration_details_before_and_after_by_hand():
@@ -528,6 +526,7 @@ def test_calibration_details_before_and_after_by_hand():
     b = d["before"]
     conf = torch.softmax(logits, 1).max(1).values
     assert b["n"] == 4 and b["accuracy"] == 0.75 and math.isclose(b["confidence"], float(conf.mean()), rel_tol=1e-6)
+    assert b["direction"] == "over-confident"  # mean top score 0.82 against 75% right
     assert d["after"] is None and d["temperature"] is None and d["split"] == "test"
     meta = {"calibration": {"method": "temperature", "temperature": 0.5, "fitted_on": "validation", "n": 600}}
     d = calibration_details(logits, y, "test", meta)

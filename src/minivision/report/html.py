@@ -252,9 +252,10 @@ def _direction_sentence(c: Mapping[str, Any], split: str) -> str:
 
 def _calibration(image: bytes | str | Path | None, ece: float | None, details: Mapping[str, Any] | None,
                  alt: str | None) -> Section:
-    """ECE, the direction of the error (mean top score minus accuracy), and with a temperature T the
-    same before and after softmax(logits / T) (Guo et al. 2017, "On Calibration of Modern Neural
-    Networks": ECE over 15 equal confidence bins; temperature scaling)."""
+    """ECE (of the scores shown: after temperature scaling when there is a T), the direction of the error
+    (mean top score minus accuracy), and with a T the same before and after softmax(logits / T) (Guo et
+    al. 2017, "On Calibration of Modern Neural Networks": ECE over 15 equal confidence bins; temperature
+    scaling)."""
     body = ""
     split = str(details.get("split", "scored")) if details else "scored"
     if details and details.get("after"):
@@ -277,9 +278,9 @@ def _calibration(image: bytes | str | Path | None, ece: float | None, details: M
                  "own softmax probabilities.</p>")
     if ece is not None:
         text = f"{100 * ece:.2f}%" if math.isfinite(ece) else "n/a"
-        shown = "" if details and details.get("after") else \
-            f"Expected calibration error (ECE): <strong>{escape(text)}</strong>. "
-        body += (f"<p>{shown}"
+        after = details.get("after") if details else None
+        when = f" after temperature scaling ({100 * details['before']['ece']:.2f}% before)" if after else ""
+        body += (f"<p>Expected calibration error (ECE): <strong>{escape(text)}</strong>{escape(when)}. "
                  '<span class="muted">ECE: the average gap between how sure the model is (its top score) and how '
                  "often it is right, weighted by the images in each of 15 confidence bins; 0% is perfectly "
                  "calibrated. Over-confident: the scores are higher than the accuracy; under-confident: lower."
@@ -351,6 +352,7 @@ def render_report(*, title: str, headline: Sequence[tuple[str, str]], settings: 
     keys to alt texts that say what each picture shows (default: its caption). A missing key leaves its
     section out, as do an empty ``per_class``, ``dataset`` or ``settings``.
 
+    ``calibration_ece``: the ECE of the scores shown (after temperature scaling when there is a T).
     ``calibration``: ``{"split", "before", "after" (or None), "temperature", "fitted_on", "fitted_n"}``,
     ``before``/``after`` each ``{"n", "ece", "confidence" (mean top score), "accuracy", "direction"}``
     (fractions 0-1; ``report.run.calibration_details`` makes it). ``used``: the settings as used, as

@@ -120,7 +120,8 @@ def write_run_report(run_dir: Path, *, classes: list[str], split: Split, split_n
     alts = figure_alts(classes, split_name, metrics, history, probs, y, worst, len(pick), right, details)
     write_report(run_dir / "report.html", title=f"minivision report: {run_dir.name}", headline=headline,
                  settings=settings_as_used(settings, meta), dataset=dataset, images=images,
-                 per_class=metrics["classes"], confused=metrics["most_confused"], calibration_ece=calib["ece"],
+                 per_class=metrics["classes"], confused=metrics["most_confused"],
+                 calibration_ece=(calib_after or calib)["ece"],
                  notes=list(notes), calibration=details, used=used_rows(meta, settings),
                  run_path=run_path_for(run_dir), alts=alts)
     files["report"] = run_dir / "report.html"
@@ -136,36 +137,20 @@ def write_run_report(run_dir: Path, *, classes: list[str], split: Split, split_n
 
 # ---------------------------------------------------------------------------------------------- calibration
 
-CALIBRATED_WITHIN = 0.01  # mean top score within 1 point of the accuracy: "calibrated"
-
-
-def confidence_direction(mean_confidence: float, accuracy: float, within: float = CALIBRATED_WITHIN) -> str:
-    """``"over-confident"`` when the mean top score exceeds the accuracy by more than ``within``
-    (fractions 0-1), ``"under-confident"`` when it falls short by more, else ``"calibrated"``: the
-    sign of mean confidence minus accuracy, the words of model.json's ``calibration`` entry."""
-    gap = mean_confidence - accuracy
-    if gap > within:
-        return "over-confident"
-    if gap < -within:
-        return "under-confident"
-    return "calibrated"
-
-
 def temperature_of(meta: dict[str, Any]) -> float | None:
-    """The temperature T of ``meta["calibration"]`` (a finite number > 0), else None (scores uncalibrated:
-    runs from before temperature scaling, or a malformed entry)."""
-    entry = meta.get("calibration")
-    t = entry.get("temperature") if isinstance(entry, dict) else None
-    if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) or t <= 0:
-        return None
-    return float(t)
+    """The temperature T of model.json's ``calibration`` entry (trust.py), or None when the run has none
+    (runs from before temperature scaling: scores shown uncalibrated, T = 1)."""
+    from ..trust import temperature_of as trust_temperature
+
+    return trust_temperature(meta) if isinstance(meta.get("calibration"), dict) else None
 
 
 def _scores_summary(probs: torch.Tensor, y: torch.Tensor) -> dict[str, Any]:
+    from ..trust import direction
+
     conf, pred = probs.max(1)
-    mean_conf, acc = float(conf.double().mean()), float((pred == y).double().mean())
-    return {"n": len(y), "ece": calibration(probs, y)["ece"], "confidence": mean_conf, "accuracy": acc,
-            "direction": confidence_direction(mean_conf, acc)}
+    return {"n": len(y), "ece": calibration(probs, y)["ece"], "confidence": float(conf.double().mean()),
+            "accuracy": float((pred == y).double().mean()), "direction": direction(probs, y)}
 
 
 def calibration_details(logits: torch.Tensor, y: torch.Tensor, split_name: str,
@@ -338,16 +323,13 @@ def settings_as_used(settings: dict[str, Any], meta: dict[str, Any]) -> dict[str
 
 def headline_for(meta: dict[str, Any], metrics: dict[str, Any], split_name: str, parameters: int,
                  tta: dict[str, Any] | None = None, calibration: dict[str, Any] | None = None) -> list[tuple[str, str]]:
-    """The big numbers at the top of report.html. ``calibration`` (``calibration_details``) names the
-    direction of the calibration error, and its ECE after temperature scaling when there is one."""
+    """The big numbers at the top of report.html. The ECE is that of the scores shown: after temperature
+    scaling when ``calibration`` (``calibration_details``) has it, as ``evaluate`` prints it."""
     rows = [(f"{split_name} accuracy", f"{metrics['accuracy']:.2%}")]
     if tta:
         rows.append((f"{split_name} accuracy, flip TTA", f"{tta['accuracy']:.2%}"))
-    ece = ("calibration error (ECE)", f"{metrics['ece']:.2%}")
-    if calibration and calibration.get("after"):
-        ece = ("calibration error (ECE) after temperature scaling", f"{calibration['after']['ece']:.2%}")
-    elif calibration:
-        ece = (f"calibration error (ECE), {calibration['before']['direction']}", ece[1])
+    shown = calibration["after"] if calibration and calibration.get("after") else None
+    ece = ("calibration error (ECE)", f"{shown['ece'] if shown else metrics['ece']:.2%}")  # of the scores shown
     rows += [(f"{split_name} loss", f"{metrics['loss']:.4f}"), ("macro F1", f"{metrics['macro_f1']:.2%}"), ece,
              ("model", str(meta.get("architecture", {}).get("name", "?"))), ("parameters", f"{parameters:,}"),
              ("dataset", str(meta.get("dataset", {}).get("name", "?")))]
