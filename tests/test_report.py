@@ -576,10 +576,10 @@ def test_budget_plan_in_words():
 
     plan = {"budget_s": 30.0, "model": "mvnet-t", "probed_s_per_epoch": {"mvnet-t": 2.4, "cnn1": 0.35},
             "total_steps": 1266, "replans": 4}
-    assert budget_text(plan) == ("30s: network mvnet-t picked by timing mvnet-t at 2 s/epoch, cnn1 at 350 ms/epoch; "
+    assert budget_text(plan) == ("a 30s budget: network mvnet-t (timed: mvnet-t 2 s/epoch, cnn1 350 ms/epoch); "
                                  "1,266 steps planned from the measured speed, re-planned 4 times while training")
     assert budget_text({"budget_s": 90, "model": "cnn1", "resumed": True}) == (
-        "1m30s: network cnn1; resumed with the step count planned before")
+        "a 1m30s budget: network cnn1; resumed with the step count planned before")
     meta = _meta(budget=plan)
     meta["used"]["epochs_planned"] = None
     rows = dict(used_rows(meta, {}))

@@ -288,13 +288,13 @@ def budget_text(budget: dict[str, Any]) -> str:
     from ..budget import format_duration, format_epoch_seconds
 
     try:
-        text = f"{format_duration(float(budget['budget_s']))}: "
+        text = f"a {format_duration(float(budget['budget_s']))} budget: "
     except (KeyError, TypeError, ValueError):
         text = ""
     text += f"network {budget.get('model', '?')}"
     probed = budget.get("probed_s_per_epoch") or {}
     if probed:
-        text += " picked by timing " + ", ".join(f"{k} at {format_epoch_seconds(v)}/epoch" for k, v in probed.items())
+        text += " (timed: " + ", ".join(f"{k} {format_epoch_seconds(v)}/epoch" for k, v in probed.items()) + ")"
     if budget.get("resumed"):
         text += "; resumed with the step count planned before"
     elif budget.get("total_steps"):
