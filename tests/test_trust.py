@@ -45,6 +45,14 @@ def test_fit_temperature_recovers_a_known_temperature(t_true):
     assert entry["before"] == ("under-confident" if t_true < 1 else "over-confident")
     assert entry["ece_after"] <= entry["ece_before"] and entry["n"] == 20_000
     assert set(entry) == {"method", "temperature", "fitted_on", "n", "ece_before", "ece_after", "before", "after"}
+    assert entry["ece_after"] <= entry["ece_before"]
+
+
+def test_a_temperature_that_worsens_the_ece_is_not_kept(monkeypatch):
+    logits, y = _labels_at_temperature(2000, 10, 1.0)
+    monkeypatch.setattr(trust, "fit_temperature", lambda *a, **k: 0.05)  # as a near-chance run got
+    entry = trust.calibration_entry(logits, y)
+    assert entry["temperature"] == 1.0 and entry["ece_after"] == entry["ece_before"] and "note" in entry
 
 
 def test_fit_temperature_refuses_mismatched_input():

@@ -122,9 +122,15 @@ def calibration_entry(logits: torch.Tensor, y: torch.Tensor, split: str = "valid
     after (fractions 0-1 on that split)."""
     t = fit_temperature(logits, y)
     before, after = torch.softmax(logits.double(), 1), torch.softmax(logits.double() / t, 1)
-    return {"method": "temperature", "temperature": round(t, 6), "fitted_on": split, "n": int(len(y)),
-            "ece_before": ece(before, y), "ece_after": ece(after, y),
-            "before": direction(before, y), "after": direction(after, y)}
+    entry = {"method": "temperature", "temperature": round(t, 6), "fitted_on": split, "n": int(len(y)),
+             "ece_before": ece(before, y), "ece_after": ece(after, y),
+             "before": direction(before, y), "after": direction(after, y)}
+    if entry["ece_after"] > entry["ece_before"]:
+        # the NLL's optimum need not lower the ECE: a model barely trained (near chance) got T at the search's
+        # bound and a worse ECE; then the scores are left as they are
+        entry.update(temperature=1.0, ece_after=entry["ece_before"], after=entry["before"],
+                     note=f"T = {t:.3g} lowered the loss but not the calibration error: T = 1 kept")
+    return entry
 
 
 def temperature_of(meta: dict[str, Any]) -> float:
