@@ -56,14 +56,15 @@ def csv_run(tmp_path_factory):
     return r.run_dir, torch.from_numpy(x[320:]), torch.from_numpy(y_test)
 
 
-def _hand_scores(lm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _hand_scores(lm, x: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """(plain, TTA) probabilities by hand: the model on the images and on their mirror images
-    (flipped left-right), TTA = the mean of the two softmaxes; at the precision ``evaluate`` uses."""
+    (flipped left-right), TTA = the mean of the two softmaxes (of logits / ``temperature``); at the
+    precision ``evaluate`` uses."""
     bf16 = pick_precision("auto", CPU) == "bf16"
     model = lm.model.to(CPU).eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        p = torch.softmax(model(lm.preprocess(x)).float(), 1)
-        p_mirror = torch.softmax(model(lm.preprocess(x.flip(3))).float(), 1)
+        p = torch.softmax(model(lm.preprocess(x)).float() / temperature, 1)
+        p_mirror = torch.softmax(model(lm.preprocess(x.flip(3))).float() / temperature, 1)
     return p, (p + p_mirror) / 2
 
 
@@ -115,12 +116,13 @@ def test_tta_scores_of_predict_and_predict_logits_are_the_mean_of_the_softmaxes(
     assert main(["predict", str(run), *map(str, paths), "--tta", "--top-k", "4", "--json"]) == 0
     results = json.loads(capsys.readouterr().out)
     tol = _tolerance() + 1e-6  # scores are printed to 6 decimals
+    plain_shown, tta_shown = _hand_scores(lm, seen, lm.temperature)  # predict shows calibrated scores
     for j, r in enumerate(results):
         scores = torch.zeros(4)
         for t in r["top_k"]:
             scores[t["index"]] = t["score"]
-        assert torch.allclose(scores, tta[j], atol=tol), (r, tta[j])
-        assert r["plain"]["score"] == pytest.approx(float(plain[j].max()), abs=tol)
+        assert torch.allclose(scores, tta_shown[j], atol=tol), (r, tta_shown[j])
+        assert r["plain"]["score"] == pytest.approx(float(plain_shown[j].max()), abs=tol)
 
     # the Python function: softmax of its TTA logits is the same mean
     got = torch.softmax(predict_logits(lm.model, lm.preprocess, seen, device=CPU, tta=True), 1)
