@@ -186,6 +186,11 @@ def test_predict_json_and_text_carry_unsure_and_reason(csv_run, tmp_path):
     assert blank["unsure"] is True and blank["reason"] == EMPTY_NOTE
     text = _cli("predict", str(run), str(tmp_path / "blank.png")).stdout
     assert f"[not sure: {EMPTY_NOTE}]" in text and text.count(EMPTY_NOTE) == 1
+    import csv
+
+    _cli("predict", str(run), str(tmp_path / "blank.png"), "--csv", str(tmp_path / "out.csv"))
+    row = next(csv.DictReader((tmp_path / "out.csv").open()))
+    assert row["unsure"] == "true" and row["reason"] == EMPTY_NOTE and row["error"] == ""
 
 
 def test_scores_are_calibrated_in_predict_and_the_api(csv_run):

@@ -183,8 +183,8 @@ def proba_for_tensor(lm: LoadedModel, x: torch.Tensor, device: str = "auto") -> 
 
 def write_csv(results: list[dict[str, Any]], path: str | Path) -> Path:
     """path (and id, for the rows of a pixel CSV with an id column), label, score, then label_i/score_i for
-    each of the top k, then error; one row per picture (failed ones with only path and error), written
-    atomically."""
+    each of the top k, then unsure (true/false), reason and error; one row per picture (failed ones with only
+    path and error), written atomically."""
     import csv
     import io
 
@@ -195,14 +195,15 @@ def write_csv(results: list[dict[str, Any]], path: str | Path) -> Path:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["path", *(["id"] if ids else []), "label", "score",
-                *[f"{f}_{i}" for i in range(1, k + 1) for f in ("label", "score")], "error"])
+                *[f"{f}_{i}" for i in range(1, k + 1) for f in ("label", "score")], "unsure", "reason", "error"])
     for r in results:
         head = [r["path"], *([r.get("id", "")] if ids else [])]
         if "error" in r:
-            w.writerow([*head, "", "", *[""] * (2 * k), r["error"]])
+            w.writerow([*head, "", "", *[""] * (2 * k), "", "", r["error"]])
             continue
         top = [v for t in r["top_k"] for v in (t["label"], t["score"])]
-        w.writerow([*head, r["label"], r["score"], *top, *[""] * (2 * k - len(top)), ""])
+        unsure = "true" if r.get("unsure") else "false"
+        w.writerow([*head, r["label"], r["score"], *top, *[""] * (2 * k - len(top)), unsure, r.get("reason") or "", ""])
     write_text(path, buf.getvalue())
     return Path(path)
 
