@@ -113,9 +113,17 @@ def test_plot_confusion_counts_and_normalized(tmp_path, k):
     assert values[1].sum() == 0 and np.allclose(values[[0] + list(range(2, k))].sum(1), 1)
     if k <= 25:  # percentages like every other share in the report, never fractions such as 0.93
         assert ax.texts[0].get_text() == f"{round(100 * cm[0, 0] / cm[0].sum())}%"
-        assert all(re.fullmatch(r"0|<1%|\d{1,3}%", t.get_text()) for t in ax.texts), [t.get_text() for t in ax.texts]
+        cells = [t.get_text() for t in ax.texts]
+        assert all(re.fullmatch(r"0|<1%|>99%|\d{1,3}%", c) for c in cells), cells
     assert all(t.get_text().endswith("%") for t in fig.axes[1].get_yticklabels() if t.get_text())  # the colour bar
     _png(fig, tmp_path / "cmn.png")
+
+
+def test_normalized_cells_never_round_a_share_to_0_or_100_percent():
+    cm = [[995, 5, 0], [1, 998, 1], [0, 10, 990]]  # 0.5% would print "0%", 99.8% "100%"
+    ax = plots.plot_confusion(cm, ["a", "b", "c"], normalize=True).axes[0]
+    assert [t.get_text() for t in ax.texts] == [">99%", "<1%", "0", "<1%", ">99%", "<1%",
+                                                "0", "1%", "99%"]
 
 
 def test_plot_confusion_into_a_given_axes_and_text_colour(tmp_path):
@@ -225,6 +233,10 @@ def test_plot_history_accuracy_in_percent():
     from matplotlib.ticker import PercentFormatter
 
     assert isinstance(acc.yaxis.get_major_formatter(), PercentFormatter)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig).draw()
+    assert all(float(t.get_text().replace("\u2212", "-")).is_integer() for t in acc.get_xticklabels() if t.get_text())
     assert not isinstance(loss.yaxis.get_major_formatter(), PercentFormatter)  # a loss is not a share
 
 

@@ -61,6 +61,10 @@ def plot_history(history: list[dict[str, float]], path: Path | None = None, axes
 
             ax.yaxis.set_major_formatter(PercentFormatter(xmax=1.0))
     axes[2].plot(epochs, [r["lr"] for r in history], "o-", color="tab:green", markersize=3)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes[:3]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole: no "1.25"
     axes[2].set_title("Learning rate (end of epoch)")
     axes[2].set_xlabel("epoch")
     axes[2].grid(alpha=0.3)

@@ -220,12 +220,17 @@ def plot_confusion(confusion: Any, classes: Sequence[str], *, normalize: bool = 
 
 def _cell_text(v: float, normalize: bool) -> str:
     """A cell's label: a count, or (``normalize``) a share of the row in whole percent, as every other
-    share in the report is written ("93%", "<1%" for a share under half a percent, "0" for none)."""
+    share in the report is written: "93%", "<1%" and ">99%" for shares that would round to 0% or 100%
+    without being either, "0" for none."""
     if v == 0:
         return "0"
     if not normalize:
         return str(int(round(v)))
-    return "<1%" if v < 0.005 else f"{v:.0%}"
+    if v < 0.01:
+        return "<1%"
+    if 0.99 < v < 1:
+        return ">99%"
+    return f"{math.floor(100 * v + 0.5)}%"
 
 
 def _percent_formatter() -> Any:
