@@ -238,7 +238,7 @@ def test_predict_gives_an_empty_picture_its_label_and_a_note(csv_model, tmp_path
     assert main(["predict", str(csv_model), str(tmp_path / "blank.png"), str(tmp_path / "shape.png")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"{tmp_path / 'blank.png'}: class") and lines[0].endswith(
-        "[note: the picture is empty (one colour, or almost): the label is a guess]")
+        "[not sure: the picture is empty (one colour, or almost): the label is a guess]")  # the answer is unsure
     assert "note" not in lines[1]
     assert main(["predict", str(csv_model), str(tmp_path / "blank.png"), "--json"]) == 0
     (r,) = json.loads(capsys.readouterr().out)
