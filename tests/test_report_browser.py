@@ -158,7 +158,8 @@ def _synthetic_report(tmp_path: Path, classes: list[str]) -> Path:
         dataset=[("name", "synthetic"), ("classes", ", ".join(classes))], images=images, per_class=per_class,
         confused=plots.most_confused(confusion, classes), calibration_ece=0.0123, notes=["a <note> & more"],
         used=[("device", "given: auto -> used: cpu"), ("CPU", "AMD EPYC"), ("versions", "minivision 0.1.0")],
-        run_path="runs/train", alts={"confusion": f"Confusion matrix of 60 images over {k} classes"})
+        run_path=str(tmp_path / "a-folder-name-long-enough-to-need-two-lines-on-a-phone" / "runs" / "train"),
+        alts={"confusion": f"Confusion matrix of 60 images over {k} classes"})
 
 
 def test_report_renders_in_chromium(tmp_path):

@@ -104,8 +104,8 @@ tr.total td { font-weight: 600; border-top: 2px solid #d0d7de; }
 table.kv td:first-child { color: #57606a; }
 table.kv td:last-child { font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: .85rem;
                          overflow-wrap: anywhere; }
-code { white-space: nowrap; }
-pre.commands code { white-space: inherit; }
+code { overflow-wrap: anywhere; }
+code.flag { white-space: nowrap; }
 pre.commands { background: #f6f8fa; border: 1px solid #d0d7de; border-radius: 6px; padding: 8px 12px; margin: 6px 0;
                font-size: .85rem; white-space: pre-wrap; overflow-wrap: anywhere; }
 .big { font-size: 1.1rem; }
@@ -322,8 +322,9 @@ def _use(run_path: str) -> Section:
             "<h3>On the command line</h3>"
             f'<pre class="commands"><code>{escape(chr(10).join(shell))}</code></pre>'
             '<p class="muted">predict: a picture, a folder or a glob (photos are converted as the training images '
-            "were made; <code>--json</code> for one JSON list); evaluate: accuracy, per-class table and confusion "
-            "matrix on the test split; serve: a web page and HTTP API on this machine, port 8000 (POST /predict).</p>"
+            "were made; <code class=flag>--json</code> for one JSON list); evaluate: accuracy, per-class table "
+            "and confusion matrix on the test split; serve: a web page and HTTP API on this machine, port 8000 "
+            "(POST /predict).</p>"
             "<h3>In Python</h3>"
             f'<pre class="commands"><code>{escape(chr(10).join(python))}</code></pre>')
     return _section("use", "Use this model", body)
