@@ -5,7 +5,10 @@ FastAPI's default pages load Swagger UI and ReDoc from a CDN, so they are blank 
 Here their scripts and stylesheet come from the installed ``fastapi-offline`` package (it bundles
 Swagger UI's and ReDoc's release files; we use its files, not its app factory, so that our pages
 carry their own Content-Security-Policy and a ``lang`` attribute), served under ``/docs-assets/``.
-The HTML around them is FastAPI's own (``get_swagger_ui_html``, ``get_redoc_html``).
+The HTML around them is FastAPI's own (``get_swagger_ui_html``, ``get_redoc_html``). Swagger UI leaves
+some controls without an accessible name (a parameter's <select>, a request body's file input, the
+"copy to clipboard" buttons); our small script ``static/docs-a11y.js``, served at ``/docs-a11y.js``
+(same origin, so within the page's ``script-src 'self'``), names them as Swagger UI draws them.
 
 The server answers a request it cannot use with 400 (never FastAPI's 422: every validation error
 goes through the app's one error handler), so ``clean_openapi`` removes the 422 responses FastAPI
@@ -20,13 +23,15 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 
 from ..photo import BACKGROUNDS
 
 ASSETS_URL = "/docs-assets"
+A11Y_URL = "/docs-a11y.js"
+A11Y_JS = Path(__file__).parent / "static" / "docs-a11y.js"
 # The docs pages run Swagger UI's / ReDoc's own scripts from this server, plus FastAPI's inline start-up
 # script; ReDoc starts its search index in a worker made from a blob: URL. Nothing else is loaded.
 DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
@@ -53,6 +58,16 @@ _DOCS_STYLE = """<style>
 .swagger-ui :focus-visible { outline: 3px solid #1a5fa8; outline-offset: 2px; }
 </style>"""
 
+# ReDoc (2.x): its logo from cdn.redoc.ly, which DOCS_CSP refuses, is hidden; its half-transparent
+# headings, red inline code and the red error-status tabs on its dark panel are below WCAG AA's 4.5:1
+# contrast (color-contrast). Its class names are generated, hence element selectors with !important.
+_REDOC_STYLE = """<style>
+img[src^="https://cdn.redoc.ly"] { display: none; }
+redoc h5 { color: #545b64 !important; }
+redoc code:not(.redoc-json code) { color: #b3261e !important; }
+redoc li.tab-error:not(.react-tabs__tab--selected) { color: #ff8a80 !important; }
+</style>"""
+
 
 def assets_dir() -> Path:
     """The folder of Swagger UI's and ReDoc's files in the installed ``fastapi-offline`` package."""
@@ -66,6 +81,11 @@ def mount_docs(app: FastAPI, title: str) -> None:
     ``DOCS_CSP``. The app must be created with ``docs_url=None, redoc_url=None``."""
     app.mount(ASSETS_URL, StaticFiles(directory=assets_dir()), name="docs-assets")
     headers = {"Content-Security-Policy": DOCS_CSP, "Cache-Control": "no-cache"}
+
+    @app.get(A11Y_URL, include_in_schema=False)
+    async def docs_a11y() -> FileResponse:
+        return FileResponse(A11Y_JS, media_type="text/javascript",
+                            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
     def page(html: str) -> HTMLResponse:
         html = html.replace("<html>", '<html lang="en">', 1)
@@ -81,7 +101,7 @@ def mount_docs(app: FastAPI, title: str) -> None:
             # anchors sit inside each operation's toggle button (axe-core: nested-interactive)
             swagger_ui_parameters={"validatorUrl": None, "deepLinking": False,
                                    "defaultModelsExpandDepth": 0}).body.decode()
-        return page(html.replace("</head>", _DOCS_STYLE + "\n</head>", 1))
+        return page(html.replace("</head>", f'{_DOCS_STYLE}\n<script src="{A11Y_URL}" defer></script>\n</head>', 1))
 
     @app.get("/redoc", include_in_schema=False)
     async def redoc() -> HTMLResponse:
@@ -89,8 +109,7 @@ def mount_docs(app: FastAPI, title: str) -> None:
                               redoc_js_url=f"{ASSETS_URL}/redoc.standalone.js",
                               redoc_favicon_url=f"{ASSETS_URL}/favicon.png", with_google_fonts=False).body.decode()
         # ReDoc's sidebar shows Redocly's logo from cdn.redoc.ly, which DOCS_CSP refuses: hide the empty picture
-        return page(html.replace("</head>", '<style>img[src^="https://cdn.redoc.ly"] { display: none; }</style>\n'
-                                            "</head>", 1))
+        return page(html.replace("</head>", f'{_REDOC_STYLE}\n<script src="{A11Y_URL}" defer></script>\n</head>', 1))
 
 
 def clean_openapi(app: FastAPI) -> None:
