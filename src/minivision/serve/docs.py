@@ -8,7 +8,8 @@ carry their own Content-Security-Policy and a ``lang`` attribute), served under 
 The HTML around them is FastAPI's own (``get_swagger_ui_html``, ``get_redoc_html``). Swagger UI leaves
 some controls without an accessible name (a parameter's <select>, a request body's file input, the
 "copy to clipboard" buttons); our small script ``static/docs-a11y.js``, served at ``/docs-a11y.js``
-(same origin, so within the page's ``script-src 'self'``), names them as Swagger UI draws them.
+(same origin, so within the page's ``script-src 'self'``), names them as Swagger UI draws them, and
+does the same for ReDoc's content-type <select>s and sidebar entries on ``/redoc``.
 
 The server answers a request it cannot use with 400 (never FastAPI's 422: every validation error
 goes through the app's one error handler), so ``clean_openapi`` removes the 422 responses FastAPI
