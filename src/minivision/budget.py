@@ -173,8 +173,12 @@ class Planner:
     FORWARD_COST = 0.5  # an evaluation pass per image / a training step per image (measured ~0.45)
 
     def __init__(self, deadline: float, steps_per_epoch: int, n_val: int, n_test: int, batch_size: int,
-                 clock: Callable[[], float] = time.monotonic, report: bool = True) -> None:
+                 clock: Callable[[], float] = time.monotonic, report: bool = True, n_end: int = 0) -> None:
+        """``n_end``: pictures the end of training passes through the network besides the test split (the
+        calibration and unsure statistics: the validation split and up to trust.STATS_PICTURES training
+        pictures), counted at the evaluation rate like the test pass."""
         self.deadline = deadline
+        self.n_end = n_end
         self.reserve_s = self.END_RESERVE_S + (self.REPORT_S if report else 0.0)
         self.steps_per_epoch = steps_per_epoch
         self.n_val, self.n_test, self.batch_size = n_val, n_test, batch_size
@@ -208,7 +212,7 @@ class Planner:
         """Total steps that end on time given the rate so far (None until the rate is known)."""
         if self.s_per_step is None or self.s_per_step <= 0:
             return None
-        left = self.deadline - self.clock() - self.reserve_s - self.eval_seconds(self.n_test)
+        left = self.deadline - self.clock() - self.reserve_s - self.eval_seconds(self.n_test + self.n_end)
         per_epoch = self.val_s if self.val_s is not None else self.eval_seconds(self.n_val) + 0.1
         # each remaining step also carries its share of the validation passes still to come
         per_step = self.s_per_step + per_epoch / self.steps_per_epoch

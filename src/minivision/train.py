@@ -262,7 +262,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
                 trainer.listeners.append(BudgetPlanner(Planner(
                     started + plan.budget_s, trainer.batches_per_epoch, len(ds.val) if ds.val is not None else 0,
                     len(ds.test) if ds.test is not None else 0, cfg.batch_size, clock=clock,
-                    report=trainer.report_follows)))
+                    report=trainer.report_follows, n_end=trust_pictures(ds))))
                 trainer.budget_end = (started + plan.budget_s, clock)  # the plan moves: epoch lines say time left
         if state is not None:
             trainer.restore(state)
@@ -271,6 +271,17 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         if not interrupted:
             result.test = trainer.finish()
         return result
+
+
+def trust_pictures(ds: Dataset) -> int:
+    """Pictures the calibration and unsure statistics pass through the network at the end of training
+    (Trainer._fit_trust): the validation split and up to trust.STATS_PICTURES training pictures; 0
+    without a validation split (nothing is fitted then)."""
+    from .trust import STATS_PICTURES
+
+    if ds.val is None or not len(ds.val):
+        return 0
+    return len(ds.val) + min(len(ds.train), STATS_PICTURES)
 
 
 @contextlib.contextmanager
