@@ -247,7 +247,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .evaluate import format_metrics, only_present, scoring_data, split_logits, trust_metrics
+    from .evaluate import format_metrics, only_present, scoring_data, split_logits, split_outputs, trust_metrics
     from .metrics import metrics_from_logits
     from .runfiles import load_model
 
@@ -256,9 +256,9 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     for note in sd.notes:
         print(f"note: {note}", file=sys.stderr)
     ds, split = sd.dataset, sd.split
-    logits = split_logits(lm, split, device=a.device)
+    logits, features = split_outputs(lm, split, device=a.device)
     metrics = metrics_from_logits(logits, split.y, lm.classes)
-    metrics.update(trust_metrics(lm, split, logits, device=a.device))
+    metrics.update(trust_metrics(lm, split, logits, device=a.device, features=features))
     tta_logits = None
     if a.tta:
         if ds.name == "mnist":

@@ -21,7 +21,7 @@ from .data import canonical_name, load_dataset
 from .data.dataset import Dataset, Split
 from .data.split import make_val
 from .errors import MinivisionError
-from .inference import pick_device, pick_precision, predict_logits
+from .inference import pick_device, pick_precision, predict_features, predict_logits
 from .metrics import macro_average, metrics_from_logits
 from .runfiles import LoadedModel
 
@@ -171,14 +171,30 @@ def split_logits(lm: LoadedModel, split: Split, *, device: str = "auto", precisi
                           batch_size=batch_size, tta=tta)
 
 
+def split_outputs(lm: LoadedModel, split: Split, *, device: str = "auto", precision: str = "auto",
+                  batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(logits float32 (N, K), features float32 (N, D) or None) of ``split``'s pictures, uncalibrated, no TTA,
+    in one pass: the penultimate features are kept only for a model with unsure statistics (trust.py),
+    which ``trust_metrics`` scores."""
+    if lm.trust is None:
+        return split_logits(lm, split, device=device, precision=precision, batch_size=batch_size), None
+    dev = pick_device(device)
+    lm.model.to(dev)
+    features, logits = predict_features(lm.model, lm.preprocess, split.x, device=dev,
+                                        precision=pick_precision(precision, dev), batch_size=batch_size)
+    return logits, features
+
+
 def trust_metrics(lm: LoadedModel, split: Split, logits: torch.Tensor, *, device: str = "auto",
-                  precision: str = "auto", batch_size: int = 256) -> dict[str, Any]:
+                  precision: str = "auto", batch_size: int = 256,
+                  features: torch.Tensor | None = None) -> dict[str, Any]:
     """Calibration and unsure answers on a scored split (trust.py), to merge into the metrics: ``ece`` and
     ``calibration`` (reliability bins) of the calibrated scores softmax(logits / T), ``ece_before`` of the
     plain softmax, ``temperature`` (1.0 for a model without calibration), ``calibrated`` (bool),
     ``confidence`` {"before", "after"}: over-confident, under-confident or calibrated; and ``unsure``
     {share, n, accuracy_confident, accuracy_unsure} (fractions 0-1; None where no picture falls there).
-    ``logits`` float (N, K) of ``split``'s pictures, uncalibrated."""
+    ``logits`` float (N, K) of ``split``'s pictures, uncalibrated; ``features`` float (N, D), their
+    penultimate features when the caller has them (else computed here, a second pass)."""
     from .inference import EMPTY_NOTE, blank_pictures, noise_pictures, predict_features
     from .metrics import calibration
     from .trust import direction, judge
@@ -193,7 +209,9 @@ def trust_metrics(lm: LoadedModel, split: Split, logits: torch.Tensor, *, device
     out.update(ece=cal["ece"], calibration=cal, ece_before=calibration(before, y)["ece"],
                confidence={"before": direction(before, y), "after": direction(after, y)})
     ood = None
-    if lm.trust is not None:
+    if lm.trust is not None and features is not None:
+        ood = lm.trust.score(features)
+    elif lm.trust is not None:
         dev = pick_device(device)
         lm.model.to(dev)
         features, _ = predict_features(lm.model, lm.preprocess, split.x, device=dev,
@@ -215,9 +233,10 @@ def evaluate_split(lm: LoadedModel, split: Split, *, device: str = "auto", preci
     calibrated scores, ``ece_before``, ``temperature``, ...) and unsure share; with ``tta``, also ``tta_accuracy``
     and ``tta_loss`` (flip test-time augmentation) beside the plain figures. ``match`` (from ``scoring_data``):
     per-class figures only for the classes present when the data holds a subset of the model's."""
-    logits = split_logits(lm, split, device=device, precision=precision, batch_size=batch_size)
+    logits, features = split_outputs(lm, split, device=device, precision=precision, batch_size=batch_size)
     m = metrics_from_logits(logits, split.y, lm.classes)
-    m.update(trust_metrics(lm, split, logits, device=device, precision=precision, batch_size=batch_size))
+    m.update(trust_metrics(lm, split, logits, device=device, precision=precision, batch_size=batch_size,
+                           features=features))
     if tta:
         t = metrics_from_logits(split_logits(lm, split, device=device, precision=precision, batch_size=batch_size,
                                              tta=True), split.y, lm.classes)
