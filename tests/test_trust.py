@@ -208,6 +208,27 @@ def test_scores_are_calibrated_in_predict_and_the_api(csv_run):
     assert lm.temperature != 1.0  # so the check above tells calibrated from plain scores
 
 
+def test_api_predict_details_say_when_unsure(csv_run, tmp_path):
+    _, run = csv_run
+    import minivision as mv
+
+    clf = mv.load(run)
+    x = synthetic_images(6, classes=4, seed=3)[0]
+    blank = np.zeros((1, *x.shape[1:]), dtype=np.uint8)
+    got = clf.predict_details(np.concatenate([x, blank]), top_k=2)
+    assert len(got) == 7 and all(len(d["top_k"]) == 2 for d in got)
+    probs = clf.predict_proba(np.concatenate([x, blank]))
+    assert [d["index"] for d in got] == probs.argmax(1).tolist()
+    assert np.allclose([d["score"] for d in got], probs.max(1), atol=1e-5)
+    assert got[-1]["unsure"] is True and "empty" in got[-1]["reason"]
+    assert all(d["reason"] is None for d in got if not d["unsure"])
+    Image.new("L", (60, 60), 200).save(tmp_path / "grey.png")  # a path: the photo conversion, same keys
+    one = clf.predict_details(str(tmp_path / "grey.png"))[0]
+    assert one["unsure"] is True and one["path"].endswith("grey.png")
+    with pytest.raises(mv.MinivisionError):
+        clf.predict_details(x, top_k=0)
+
+
 def test_evaluate_prints_ece_before_and_after(csv_run):
     _, run = csv_run
     text = _cli("evaluate", str(run)).stdout

@@ -219,6 +219,32 @@ class Classifier:
                 out[i, t["index"]] = t["score"]
         return out
 
+    def predict_details(self, X: Any, top_k: int = 3) -> list[dict[str, Any]]:
+        """One dict per picture (the pictures as ``predict_proba`` takes them), as ``minivision predict
+        --json`` writes it: ``label``, ``index``, ``score`` (calibrated top-1 probability, 0-1), ``top_k``
+        (``top_k`` dicts of label, index, score), ``unsure`` (bool) and ``reason`` (one sentence, or None when
+        sure: an empty or noise picture, one unlike the training pictures, or a low top score; the rules
+        are in ``minivision.trust``); ``path`` and ``note`` for paths and PIL images. Raises MinivisionError
+        (one line) for a picture that cannot be read or a ``top_k`` below 1."""
+        from .arrays import is_array
+        from .predict import _top_k, predict_images
+
+        lm = self._check_fitted()
+        if top_k < 1:
+            raise MinivisionError(f"top_k must be >= 1, got {top_k}")
+        k = min(top_k, len(lm.classes))
+        if is_array(X):
+            return _top_k(lm, self._images(X), k, "auto", False)
+        items = list(X) if isinstance(X, (list, tuple)) else [X]
+        if not items:
+            raise MinivisionError("predict_details takes pictures as an array, file paths or PIL images; "
+                                  "got an empty list")
+        results = predict_images(lm, items, top_k=k)
+        bad = [r for r in results if "error" in r]
+        if bad:
+            raise MinivisionError(f"{bad[0]['path']}: {bad[0]['error']}")
+        return results
+
     def predict(self, X: Any) -> list[str]:
         """Class names, one per picture (the pictures as ``predict_proba`` takes them)."""
         lm = self._check_fitted()
