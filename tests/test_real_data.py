@@ -156,3 +156,22 @@ def test_report_show_and_embed_on_the_cifar_jpeg_folder(tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "proj" / "sprite.png").size == (20 * 32, 20 * 32)  # 400 tiles, 20 x 20
+
+
+def test_default_run_is_calibrated_and_marks_noise_blank_and_drawings_unsure(default_run):
+    from minivision import trust
+    from minivision.predict import predict_images
+    from minivision.runfiles import load_model
+
+    from .test_trust import _cli, noise_pictures_pil
+
+    run = default_run["run"]
+    meta = json.loads((Path(run) / "model.json").read_text())
+    assert meta["calibration"]["temperature"] > 0 and meta["unsure"]["score"] == trust.OOD_SCORE
+    m = json.loads(_cli("evaluate", run, "--json").stdout)
+    assert m["ece"] <= 0.03 and m["ece"] <= m["ece_before"], (m["ece"], m["ece_before"])
+    assert m["unsure"]["share"] < 0.25  # most real test pictures are answered
+    assert m["unsure"]["accuracy_confident"] > m["accuracy"]
+    pics = noise_pictures_pil()
+    for r in predict_images(load_model(run), list(pics.values()), names=list(pics), device="cpu"):
+        assert r["unsure"] is True, r

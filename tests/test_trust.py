@@ -8,7 +8,6 @@ import json
 import math
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +19,6 @@ from minivision.inference import EMPTY_NOTE
 from minivision.metrics import calibration
 
 from .conftest import needs_fashion_mnist, synthetic_images, write_pixel_csv
-from .test_real_data import default_run  # noqa: F401  (the README's 30-second run, a fixture)
 
 
 def _labels_at_temperature(n: int, k: int, t: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -299,21 +297,3 @@ def test_real_fashion_mnist_test_pictures_are_neither_noise_nor_empty():
 
     test = load_dataset("fashion-mnist", test_only=True).test
     assert int(noise_pictures(test.x).sum()) == 0 and int(blank_pictures(test.x).sum()) == 0
-
-
-@needs_fashion_mnist
-@pytest.mark.slow
-def test_default_run_is_calibrated_and_marks_noise_blank_and_drawings_unsure(default_run):  # noqa: F811
-    from minivision.predict import predict_images
-    from minivision.runfiles import load_model
-
-    run = default_run["run"]
-    meta = json.loads((Path(run) / "model.json").read_text())
-    assert meta["calibration"]["temperature"] > 0 and meta["unsure"]["score"] == trust.OOD_SCORE
-    m = json.loads(_cli("evaluate", run, "--json").stdout)
-    assert m["ece"] <= 0.03 and m["ece"] <= m["ece_before"], (m["ece"], m["ece_before"])
-    assert m["unsure"]["share"] < 0.25  # most real test pictures are answered
-    assert m["unsure"]["accuracy_confident"] > m["accuracy"]
-    pics = noise_pictures_pil()
-    for r in predict_images(load_model(run), list(pics.values()), names=list(pics), device="cpu"):
-        assert r["unsure"] is True, r
