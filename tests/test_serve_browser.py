@@ -431,12 +431,36 @@ def test_examples_classes_formats_and_redraw(served_page, browser):
     assert ".avif" in accept and "image/avif" in accept and ".png" in accept, accept
     assert "AVIF" in page.inner_text("#drop") and "TIFF" in page.inner_text("#drop")
 
-    # keyboard only: Tab from the drop zone reaches the first example; Enter classifies it
+    # keyboard only: the strip is one Tab stop (a roving tabindex); the arrows, Home and End move inside it,
+    # and Enter classifies the focused example
+    page.wait_for_selector("#examples button")
+    focused = "() => [...document.querySelectorAll('#examples button')].indexOf(document.activeElement)"
     page.focus("#drop")
     for _ in range(10):
         page.keyboard.press("Tab")
         if page.evaluate("() => !!document.activeElement.closest('#examples')"):
             break
+    assert page.evaluate(focused) == 0
+    n_examples = page.eval_on_selector_all("#examples button", "bs => bs.length")
+    assert n_examples > 3
+    assert page.eval_on_selector_all("#examples button", "bs => bs.filter(b => b.tabIndex === 0).length") == 1
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowRight")
+    assert page.evaluate(focused) == 2
+    page.keyboard.press("ArrowLeft")
+    assert page.evaluate(focused) == 1
+    page.keyboard.press("End")
+    assert page.evaluate(focused) == n_examples - 1
+    page.keyboard.press("ArrowRight")  # wraps round
+    assert page.evaluate(focused) == 0
+    page.keyboard.press("Home")
+    page.keyboard.press("ArrowDown")
+    assert page.evaluate(focused) == 1
+    # one Tab leaves the strip, Shift+Tab comes back to the example last focused
+    page.keyboard.press("Tab")
+    assert not page.evaluate("() => !!document.activeElement.closest('#examples')")
+    page.keyboard.press("Shift+Tab")
+    assert page.evaluate(focused) == 1
     title = page.evaluate("() => document.activeElement.title")
     assert title.startswith("example: class"), title
     page.keyboard.press("Enter")
@@ -470,7 +494,7 @@ def test_background_control_is_sent(served_page, browser, tmp_path):
 
 def test_keyboard_paths_and_focus_rings(served_page, browser):
     page, watch = open_page(browser, served_page)
-    page.wait_for_selector("#examples li")
+    page.wait_for_selector("#examples button")
     # Enter and Space on the drop zone open the file picker (the file input's click; recorded here, and
     # stopped, rather than waiting for Chromium's file chooser, which does not always open in a test browser
     # that has opened many pages)
@@ -496,9 +520,19 @@ def test_keyboard_paths_and_focus_rings(served_page, browser):
     assert ids[0] == "drop" and "file" not in ids, ids
     for want in ("background", "canvas", "classify-drawing", "clear", "polarity", "pen", "topk"):
         assert want in ids, (want, ids)
-    assert any(i.startswith("example: ") for i in ids), ids
+    assert sum(i.startswith("example: ") for i in ids) == 1, ids  # the strip is one stop
+    # from the top: drop zone, background, examples, canvas (the drawing controls follow)
+    assert ids.index("canvas") <= 3, ids
     bad = [s for s in seen if s["style"] == "none" or s["width"] < 2]
     assert not bad, bad
+    # Space on the focused example classifies it, as Enter does
+    n = len(watch.predicts)
+    page.focus("#examples button[tabindex='0']")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press(" ")
+    assert _answer(page)["state"] == "done" and len(watch.predicts) == n + 1
+    assert page.get_attribute("#examples button:nth-child(2)", "aria-pressed") == "true"
+    _reset(page)
 
     # draw with the keyboard: the arrows draw in the bottom-right cell, Enter classifies
     page.focus("#canvas")
@@ -528,7 +562,7 @@ def test_no_serious_accessibility_violations(served_page, browser, tmp_path, vie
     photo = tmp_path / "p.png"
     photo.write_bytes(encode(clean_picture(1, scale=4)))
     page, watch = open_page(browser, served_page, viewport=viewport)
-    page.wait_for_selector("#examples li")
+    page.wait_for_selector("#examples button")
     violations = axe_violations(page)
     assert not violations, "empty page: " + format_violations(violations)
     answers = [None, _unsure_body(["class0", "class1", "class2", "class3"], None, unsure=False),
@@ -600,7 +634,7 @@ def test_real_fashion_mnist_page(browser, tmp_path):
     server = Server(Path(clf.run_dir_), log=tmp_path / "server.log")
     try:
         page, watch = open_page(browser, server, viewport=PHONE, classes=tuple(ds.classes))
-        page.wait_for_selector("#examples li")
+        page.wait_for_selector("#examples button")
         titles = page.eval_on_selector_all("#examples button", "bs => bs.map(b => b.title)")
         assert len(titles) == 30 and {t.removeprefix("example: ") for t in titles} == set(ds.classes), titles
         assert "fashion-mnist" in page.inner_text("#about")
