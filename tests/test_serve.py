@@ -170,6 +170,14 @@ def test_openapi_says_what_the_server_does(server):
         assert post["responses"][code]["content"]["application/json"]["schema"] == {
             "$ref": "#/components/schemas/ErrorResponse"}
     assert {"unsure", "reasons"} <= set(spec["components"]["schemas"]["PredictResponse"]["properties"])
+    assert set(post["responses"]["503"]["content"]) == {"text/plain"}  # uvicorn's answer, not ours
+    # GET /health, /models, /examples: a response schema naming every key the server really returns
+    schemas = spec["components"]["schemas"]
+    for path, name in (("/health", "HealthResponse"), ("/models", "ModelsResponse"), ("/examples", "ExamplesResponse")):
+        ok = spec["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert ok == {"$ref": f"#/components/schemas/{name}"}, (path, ok)
+    assert set(server.client.get("/health").json()) == set(schemas["HealthResponse"]["properties"])
+    assert set(server.client.get("/models").json()["models"][0]) == set(schemas["ServedModelInfo"]["properties"])
     # the defaults really work, and a value out of the documented range is a 400 (never 422)
     png = encode(clean_picture(1))
     assert _post_files(server, [("a.png", png)], top_k=3, include_input="false", background="auto").status_code == 200

@@ -186,7 +186,49 @@ class Example(BaseModel):
 
 
 class ExamplesResponse(BaseModel):
-    examples: list[Example]
+    examples: list[Example] = Field(description="3 per class in a new run; empty for a run without examples")
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(description='"ok" while the service answers')
+    model_loaded: bool
+    model: str = Field(description="<run folder>/<architecture>")
+    version: str = Field(description="<minivision version>+<first 12 hex digits of model.safetensors' SHA-256>")
+    uptime_s: float = Field(description="seconds since the model was loaded")
+    torch_threads: int = Field(description="torch intra-op threads")
+
+
+class InputSize(BaseModel):
+    channels: int
+    height: int = Field(description="pixels")
+    width: int = Field(description="pixels")
+
+
+class ServedModelInfo(BaseModel):
+    name: str
+    run: str = Field(description="the run folder's name")
+    architecture: str
+    version: str
+    classes: list[str]
+    num_classes: int
+    input: InputSize = Field(description="what the model takes; pictures are converted to it")
+    parameters: int
+    metrics: dict[str, Any] = Field(description="the run's metrics from training (test_accuracy, ...)")
+    created: str | None = None
+    dataset: str | None = Field(None, description="the training data set's name")
+    weights_sha256: str
+    test_accuracy: float | None = Field(None, description="top-1 accuracy on the test split, 0 to 1")
+    accepted_formats: list[str] = Field(description='the file extensions POST /predict accepts (".png", ...)')
+    content_types: list[str] = Field(description="the MIME types POST /predict accepts")
+    max_upload_mb: float = Field(description="the largest request body, in MB (10^6 bytes)")
+    examples: int = Field(description="how many pictures GET /examples returns")
+    report: str | None = Field(None, description='"/report" when the run has a training report, else null')
+
+
+class ModelsResponse(BaseModel):
+    models: list[ServedModelInfo] = Field(description="the served model (one)")
+    jobs: list[dict[str, Any]] | None = Field(None, description="the training jobs' models, when the server "
+                                                                "runs with --jobs (as GET /models/{job_id})")
 
 
 # ----------------------------------------------------------------------------- the app
@@ -256,14 +298,16 @@ def create_app(run: str | Path, *, max_body_mb: float = 10, max_files: int = 16,
     async def index() -> HTMLResponse:
         return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
 
-    @app.get("/health", summary="Is the service up")
+    @app.get("/health", summary="Is the service up", response_model=None,
+             responses={200: {"model": HealthResponse}})
     @app.head("/health", include_in_schema=False)  # one operation in the docs (no duplicate operation id)
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model_loaded": True, "model": served.name, "version": served.version,
                 "uptime_s": round(time.monotonic() - started, 3), "torch_threads": torch.get_num_threads()}
 
     @app.get("/models", summary="The served model (classes, input size, parameters, metrics) and the models "
-                                "of the training-jobs API")
+                                "of the training-jobs API", response_model=None,
+             responses={200: {"model": ModelsResponse}})
     async def models() -> dict[str, Any]:
         out: dict[str, Any] = {"models": [served.describe()]}
         if jobs_dir is not None:

@@ -155,8 +155,10 @@ ERROR_TEXT = {
 
 
 def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for these error codes, each with the error body's schema."""
-    return {code: {"model": ErrorResponse, "description": ERROR_TEXT[code]} for code in codes}
+    """OpenAPI ``responses`` entries for these error codes, each with the error body's schema; 503 is
+    answered by the HTTP server (uvicorn's connection limit) before the app runs, as plain text."""
+    return {code: {"description": ERROR_TEXT[code], "content": {"text/plain": {"schema": {"type": "string"}}}}
+            if code == 503 else {"model": ErrorResponse, "description": ERROR_TEXT[code]} for code in codes}
 
 
 def _options(n_classes: int | None, top_k: int) -> dict[str, dict[str, Any]]:
