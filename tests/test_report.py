@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import io
+import json
 import math
 import re
 import warnings
@@ -348,7 +349,11 @@ def test_every_figure_opens_full_size_without_a_script():
     assert len(figures) == 8
     for fid, body in figures:
         # the picture is a link to its own figure (CSS :target shows it alone, full size) ...
-        assert re.search(f'<a class="zoom" href="#{fid}" tabindex="-1"><img [^>]*alt="[^"]+">', body), fid
+        assert re.search(f'<a class="zoom" href="#{fid}" tabindex="-1">(<span [^>]*aria-hidden="true"></span>)*'
+                         '<img [^>]*alt="[^"]+">', body), fid
+        # opened, a shadow at each side while the picture goes on that way (checked in a browser in
+        # test_report_browser.py), hidden from screen readers
+        assert body.count('class="edge ') == 2 and body.count('class="cover ') == 2
         assert f'<a class="open" href="#{fid}">Open full size</a>' in body  # the keyboard's way in
         # ... and the full-size view has a way back to its section
         sid = re.search(r'<a class="close" href="#([^"]+)">Close</a>', body).group(1)
@@ -394,7 +399,7 @@ def test_settings_as_used_and_use_this_model_sections():
     page = _report(used=[("device", "given: auto -> used: cpu"), ("CPU", "<cpu>")], run_path="runs/my run")
     settings = _section(page, "settings")
     assert "<h2>Settings as used</h2>" in settings and "given: auto -&gt; used: cpu" in settings
-    assert "&lt;cpu&gt;" in settings and "Every training setting" in settings
+    assert "&lt;cpu&gt;" in settings and "Training settings as given (args.yaml)" in settings
     use = _section(page, "use")
     assert "minivision predict &#x27;runs/my run&#x27; photo.jpg" in use  # quoted for the shell
     assert "clf = load(&quot;runs/my run&quot;)" in use
@@ -638,17 +643,36 @@ def test_use_this_model_commands_exist():
     assert all(hasattr(minivision.Classifier, name) for name in ("predict", "predict_proba"))
 
 
-def test_run_path_for_is_relative_inside_the_working_folder(tmp_path, monkeypatch):
+def test_run_path_for_is_absolute_so_the_commands_work_from_any_folder(tmp_path, monkeypatch):
     from pathlib import Path
 
     from minivision.report.run import run_path_for
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "train2").mkdir(parents=True)
-    assert run_path_for(tmp_path / "runs" / "train2") == "runs/train2"
-    assert run_path_for(Path("runs/train2")) == "runs/train2"
+    expected = str((tmp_path / "runs" / "train2").resolve())
+    assert run_path_for(tmp_path / "runs" / "train2") == expected
+    assert run_path_for(Path("runs/train2")) == expected  # relative as the CLI names it: made absolute
     elsewhere = tmp_path.parent / "other-runs" / "train"
-    assert run_path_for(elsewhere) == str(elsewhere)
+    assert run_path_for(elsewhere) == str(elsewhere.resolve())
+
+
+def test_settings_as_given_are_labelled_and_empty_ones_named_not_shown():
+    settings = {"model": "mvnet-t", "budget": None, "imgsz": None, "data_dir": None, "optimizer": {"lr": 0.1},
+                "note": "null"}  # a string that reads null is a value, not an empty setting
+    page = _report(used=[("device", "cpu")], settings=settings)
+    sec = _section(page, "settings")
+    assert sec.index("<h2>Settings as used</h2>") < sec.index("<h3>Training settings as given (args.yaml)</h3>")
+    rows = dict(re.findall(r"<tr><td>([^<]*)</td><td>([^<]*)</td></tr>", sec))
+    assert rows["model"] == "mvnet-t" and rows["optimizer.lr"] == "0.1" and rows["note"] == "null"
+    assert not {"budget", "imgsz", "data_dir"} & set(rows)  # no row reads null...
+    assert ("Not given (left empty in args.yaml, so the run chose): <code>budget</code>, <code>imgsz</code>, "
+            "<code>data_dir</code>.") in sec  # ...they are named once, as not given
+    # an older run (nothing recorded as used): the table is labelled as what was given
+    old = _section(_report(settings=settings), "settings")
+    assert "<h2>Training settings</h2>" in old and "As given (args.yaml); what the run used is not recorded." in old
+    # all given: no note
+    assert "Not given" not in _section(_report(used=[("device", "cpu")], settings={"model": "x"}), "settings")
 
 
 def test_write_run_report_shows_calibrated_scores(tmp_path, monkeypatch):
@@ -687,3 +711,46 @@ def test_write_run_report_shows_calibrated_scores(tmp_path, monkeypatch):
     assert "T = 2" in _section(page, "calibration") and "given: auto -&gt; used: cpu" in page
     assert re.findall(r'<section id="([^"]+)">', page)[-3:] == ["use", "dataset", "settings"]
     assert "alt=\"Reliability diagram: accuracy against confidence in 15 bins" in page
+
+
+def test_report_commands_name_the_run_folder_by_absolute_path_and_the_log_names_the_split(tmp_path, monkeypatch):
+    """Every command of "Use this model" names an existing absolute path (so it works when pasted in
+    any folder), and the log's report line says which split its ECE is on."""
+    import shlex
+    from html import unescape
+    from pathlib import Path
+
+    from minivision.cli import build_parser
+    from minivision.data.dataset import Split
+    from minivision.report import run
+
+    from .conftest import synthetic_images
+
+    x, y = synthetic_images(24, classes=3)
+    logits = torch.randn(24, 3, generator=torch.Generator().manual_seed(1))
+    work = tmp_path / "work"
+    (work / "runs" / "train").mkdir(parents=True)
+    monkeypatch.chdir(work)
+    logs: list[str] = []
+    meta = _meta(calibration={"method": "temperature", "temperature": 1.5, "fitted_on": "validation", "n": 50,
+                              "ece_before": 0.1, "ece_after": 0.02, "before": "over-confident", "after": "calibrated"})
+    run.write_run_report(Path("runs/train"), classes=["a", "b", "c"], split=Split(torch.from_numpy(x),
+                         torch.from_numpy(y)), split_name="test", logits=logits, history=None, meta=meta,
+                         parameters=10, settings={"model": "mvnet-t"}, dataset=[("name", "synthetic")],
+                         log=logs.append)
+    page = (work / "runs" / "train" / "report.html").read_text(encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # pasted from another folder
+    use = _section(page, "use")
+    assert "work from any folder" in use
+    blocks = [unescape(b) for b in re.findall(r'<pre class="commands"><code>(.*?)</code></pre>', use, re.S)]
+    shell = blocks[0].splitlines()
+    assert len(shell) == 3
+    parser = build_parser()
+    for cmd in shell:
+        model = parser.parse_args(shlex.split(cmd)[1:]).model
+        assert Path(model).is_absolute() and Path(model).is_dir(), cmd
+        assert (Path(model) / "report.html").is_file()
+    loads = re.findall(r'load\(("[^"]*")\)', blocks[1])
+    assert len(loads) == 1 and Path(json.loads(loads[0])) == (work / "runs" / "train").resolve()
+    line = next(m for m in logs if m.startswith("report: "))
+    assert re.search(r"calibration test ECE \d+\.\d\d% -> \d+\.\d\d% with temperature 1\.5\)$", line), line

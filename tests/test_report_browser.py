@@ -268,6 +268,7 @@ def test_each_figure_opens_full_size_by_keyboard_and_closes(tmp_path):
             assert view["img"] == view["natural"] > PHONE["width"]  # full size, scrolls inside the view
             assert view["close"] != "none"
             assert page.evaluate("() => document.documentElement.scrollWidth") <= PHONE["width"]
+            _check_open_view_scroll_cue(page, "#fig-predictions")
             page.keyboard.press("Tab")  # the view is where Tab starts now: its Close link comes first
             assert page.evaluate("() => document.activeElement.textContent") == "Close"
             page.keyboard.press("Enter")
@@ -279,6 +280,40 @@ def test_each_figure_opens_full_size_by_keyboard_and_closes(tmp_path):
             assert page.evaluate("() => getComputedStyle(document.querySelector('#fig-confusion')).position") == "fixed"
         finally:
             browser.close()
+
+
+def _check_open_view_scroll_cue(page, fig: str) -> None:
+    """The opened picture, wider than the phone, shows a shadow at the side it goes on beyond: at
+    the right edge at first, at the left edge once scrolled to the end, and none where it ends. The
+    shadow is seen: the screen's edge columns are darker with the cue than with it hidden."""
+    from io import BytesIO
+
+    import numpy as np
+    from PIL import Image
+
+    def edges() -> tuple[float, float]:
+        grey = np.asarray(Image.open(BytesIO(page.screenshot())).convert("L"), dtype=float)
+        r = page.evaluate(f"() => {{ const r = document.querySelector('{fig} img').getBoundingClientRect(); "
+                          "return [r.top, r.bottom]; }")
+        band = grey[max(int(r[0]) + 2, 0):int(r[1]) - 2, :]  # the picture's rows
+        return band[:, :5].mean(), band[:, -5:].mean()
+
+    def without_cue() -> tuple[float, float]:
+        page.evaluate(f"() => document.querySelectorAll('{fig} .edge').forEach(e => e.style.visibility = 'hidden')")
+        out = edges()
+        page.evaluate(f"() => document.querySelectorAll('{fig} .edge').forEach(e => e.style.visibility = '')")
+        return out
+
+    view = page.locator(fig)
+    assert view.evaluate("e => e.scrollWidth > e.clientWidth")  # the picture is wider than the phone
+    (left, right), (left0, right0) = edges(), without_cue()
+    assert right < right0 - 8, (right, right0)  # more to the right: the right edge is shaded
+    assert abs(left - left0) < 1, (left, left0)  # nothing to the left yet: no shadow there
+    view.evaluate("e => { e.scrollLeft = e.scrollWidth; }")
+    (left, right), (left0, right0) = edges(), without_cue()
+    assert left < left0 - 8, (left, left0)  # scrolled to the end: the shadow moves to the left
+    assert abs(right - right0) < 1, (right, right0)
+    view.evaluate("e => { e.scrollLeft = 0; }")
 
 
 CLASSES4 = ["T-shirt/top", "Trouser", "Pullover", "Ankle boot"]

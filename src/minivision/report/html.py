@@ -8,7 +8,8 @@ in any script: the font stack names the system fonts of each platform, then the 
 with the glyphs (the same families the pictures use, report/fonts.py).
 
 On a phone: each figure opens full size without a script (its link targets the figure, and CSS's
-``:target`` shows it alone, at its own pixel size, in a scrollable view with a Close link); a table
+``:target`` shows it alone, at its own pixel size, in a scrollable view with a Close link, and a
+shadow at each side while the picture goes on beyond it, the same cue the tables give); a table
 wider than the screen scrolls inside its box, whose edges cast a shadow while there is more to see
 (Lea Verou's "scrolling shadows": backgrounds that scroll with the content cover shadows that do
 not), and the box takes keyboard focus so it can be scrolled with the arrow keys (WCAG 2.1.1). Our
@@ -79,13 +80,21 @@ figcaption { color: #57606a; font-size: .88rem; margin-top: 4px; }
 a.zoom { display: block; width: fit-content; max-width: 100%; cursor: zoom-in; }
 a.open { white-space: nowrap; }
 .zoom-bar { display: none; }
-figure.zoomable:target { position: fixed; inset: 0; z-index: 100; margin: 0; padding: 0 10px 10px; background: #fff;
+figure.zoomable:target { position: fixed; inset: 0; z-index: 100; margin: 0; padding: 0 0 10px; background: #fff;
                          overflow: auto; overscroll-behavior: contain; }
 figure.zoomable:target img { max-width: none; }
-figure.zoomable:target a.zoom { max-width: none; cursor: default; }
+figure.zoomable:target a.zoom { max-width: none; cursor: default; display: flex; align-items: stretch; }
+a.zoom .edge, a.zoom .cover { display: none; }
+figure.zoomable:target a.zoom .edge, figure.zoomable:target a.zoom .cover { display: block; flex: none; width: 14px; }
+figure.zoomable:target .edge { position: sticky; z-index: 1; }
+figure.zoomable:target .edge.l { left: 0; background: radial-gradient(farthest-side at 0 50%, rgba(0, 0, 0, .35),
+                                                                      rgba(0, 0, 0, 0)); }
+figure.zoomable:target .edge.r { right: 0; background: radial-gradient(farthest-side at 100% 50%, rgba(0, 0, 0, .35),
+                                                                       rgba(0, 0, 0, 0)); }
+figure.zoomable:target .cover { position: relative; z-index: 2; background: #fff; margin-left: -14px; }
 figure.zoomable:target a.open { display: none; }
 figure.zoomable:target .zoom-bar { display: flex; gap: 12px; align-items: baseline; position: sticky; top: 0; left: 0;
-                                   z-index: 1; background: #fff; padding: 8px 0; border-bottom: 1px solid #d0d7de;
+                                   z-index: 3; background: #fff; padding: 8px 10px; border-bottom: 1px solid #d0d7de;
                                    margin-bottom: 8px; }
 .zoom-bar a { font-weight: 600; }
 .table-wrap { overflow-x: auto; max-width: 100%;
@@ -126,11 +135,17 @@ def _data_url(image: bytes | str | Path) -> str:
 def _figure(image: bytes | str | Path, caption: str, alt: str | None, fid: str, back: str) -> str:
     """A figure that opens full size: its picture (for a tap or a click) and the caption's "Open full
     size" (for the keyboard: one stop per figure) link to the figure itself (``#fid``), which CSS's
-    ``:target`` then shows alone at its own pixel size; the bar above it links back to ``#back``."""
+    ``:target`` then shows alone at its own pixel size; the bar above it links back to ``#back``.
+    Opened, the picture is flanked by scroll cues: ``edge`` spans stick to the view's sides (a shadow
+    over the picture while more of it lies that way) and ``cover`` spans, which scroll with the
+    picture, hide each shadow once that end is reached."""
     fid, back = escape(fid), escape(back)
     return (f'<figure class="zoomable" id="{fid}">'
             f'<div class="zoom-bar"><a class="close" href="#{back}">Close</a><span>{escape(caption)}</span></div>'
-            f'<a class="zoom" href="#{fid}" tabindex="-1"><img src="{_data_url(image)}" alt="{escape(alt or caption)}">'
+            f'<a class="zoom" href="#{fid}" tabindex="-1"><span class="edge l" aria-hidden="true"></span>'
+            '<span class="cover l" aria-hidden="true"></span>'
+            f'<img src="{_data_url(image)}" alt="{escape(alt or caption)}">'
+            '<span class="edge r" aria-hidden="true"></span><span class="cover r" aria-hidden="true"></span>'
             f'</a><figcaption>{escape(caption)} <a class="open" href="#{fid}">Open full size</a></figcaption></figure>')
 
 
@@ -185,15 +200,15 @@ def _setting_text(v: Any) -> str:
         return repr(v)
 
 
-def _flatten(settings: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str]]:
-    """Nested dicts as dotted keys (``optimizer.lr``), other values as JSON text."""
+def _flatten(settings: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested dicts as dotted keys (``optimizer.lr``) with their values as they are."""
     rows = []
     for k, v in settings.items():
         key = f"{prefix}{k}"
         if isinstance(v, Mapping) and v:
             rows += _flatten(v, key + ".")
         else:
-            rows.append((key, _setting_text(v)))
+            rows.append((key, v))
     return rows
 
 
@@ -318,7 +333,8 @@ def use_commands(run_path: str) -> tuple[list[str], list[str]]:
 
 def _use(run_path: str) -> Section:
     shell, python = use_commands(run_path)
-    body = (f"<p>This run's folder is <code>{escape(run_path)}</code>. From the folder the path is relative to:</p>"
+    body = (f"<p>This run's folder is <code>{escape(run_path)}</code>. The commands below name it by its full "
+            "path, so they work from any folder.</p>"
             "<h3>On the command line</h3>"
             f'<pre class="commands"><code>{escape(chr(10).join(shell))}</code></pre>'
             '<p class="muted">predict: a picture, a folder or a glob (photos are converted as the training images '
@@ -331,14 +347,23 @@ def _use(run_path: str) -> Section:
 
 
 def _settings(used: Sequence[tuple[str, str]], settings: Mapping[str, Any]) -> Section:
+    """The settings as used first, then the settings as given (args.yaml), each labelled so. Settings
+    left empty (null: not given, so the run chose, e.g. the dataset's own picture size) are named in one
+    line under the table rather than shown as rows reading ``null``."""
     body = ""
     if used:
         body += _table(None, used, css="kv")
     if settings:
-        rows = _flatten(settings)
-        if used:
-            body += "<h3>Every training setting</h3>"
-        body += _table(None, rows, css="kv")
+        flat = _flatten(settings)
+        rows = [(k, _setting_text(v)) for k, v in flat if v is not None]
+        empty = [k for k, v in flat if v is None]
+        body += ("<h3>Training settings as given (args.yaml)</h3>" if used
+                 else '<p class="muted">As given (args.yaml); what the run used is not recorded.</p>')
+        if rows:
+            body += _table(None, rows, css="kv")
+        if empty:
+            body += ('<p class="muted">Not given (left empty in args.yaml, so the run chose): '
+                     + ", ".join(f"<code>{escape(k)}</code>" for k in empty) + ".</p>")
     return _section("settings", "Settings as used" if used else "Training settings", body)
 
 
@@ -359,8 +384,8 @@ def render_report(*, title: str, headline: Sequence[tuple[str, str]], settings: 
     ``calibration``: ``{"split", "before", "after" (or None), "temperature", "fitted_on", "fitted_n"}``,
     ``before``/``after`` each ``{"n", "ece", "confidence" (mean top score), "accuracy", "direction"}``
     (fractions 0-1; ``report.run.calibration_details`` makes it). ``used``: the settings as used, as
-    (name, text) rows (``report.run.used_rows``). ``run_path``: the run folder as a user would type it,
-    for the "Use this model" section (left out without one)."""
+    (name, text) rows (``report.run.used_rows``). ``run_path``: the run folder's absolute path, which the
+    "Use this model" commands name so they work from any folder (the section is left out without one)."""
     alts = alts or {}
     sections: list[Section | None] = [_summary(headline, notes)]
     for sid in ("curves", "confusion"):

@@ -128,8 +128,8 @@ def write_run_report(run_dir: Path, *, classes: list[str], split: Split, split_n
     if metrics["most_confused"]:
         top = "; ".join(f"{p['true']} -> {p['predicted']} {p['count']}" for p in metrics["most_confused"][:3])
         log(f"most confused ({split_name}): {top}")
-    shown = (f"ECE {calib['ece']:.2%} -> {calib_after['ece']:.2%} with temperature {temperature:.3g}"
-             if calib_after is not None else f"ECE {calib['ece']:.2%}")
+    shown = (f"{split_name} ECE {calib['ece']:.2%} -> {calib_after['ece']:.2%} with temperature {temperature:.3g}"
+             if calib_after is not None else f"{split_name} ECE {calib['ece']:.2%}")
     log(f"report: {run_dir / 'report.html'} (confusion matrices, per-class table, mistakes, predictions, "
         f"calibration {shown})")
     return {"metrics": metrics, "tta_metrics": tta, "calibration": calib, "calibrated": calib_after, "files": files}
@@ -220,15 +220,9 @@ def figure_alts(classes: list[str], split_name: str, metrics: dict[str, Any],
 
 
 def run_path_for(run_dir: Path) -> str:
-    """The run folder as a user types it: relative to the working folder when inside it (``runs/train``,
-    as the CLI names runs), else absolute."""
-    import os
-
-    path = Path(run_dir).absolute()
-    try:
-        return path.relative_to(Path(os.getcwd()).absolute()).as_posix() or "."
-    except ValueError:
-        return str(path)
+    """The run folder's absolute path (symbolic links resolved), for the report's commands: a path
+    relative to the folder training ran in fails when the command is pasted anywhere else."""
+    return str(Path(run_dir).resolve())
 
 
 def used_rows(meta: dict[str, Any], settings: dict[str, Any]) -> list[tuple[str, str]]:
