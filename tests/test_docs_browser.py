@@ -4,17 +4,20 @@ with every request to another host aborted (and counted: there must be none).
 ``/docs`` (Swagger UI): POST /predict expanded, "Try it out" with the schema's defaults, a picture
 chosen, Execute, a 200 answer with predictions; no serious or critical axe-core violation at all on the
 page as loaded, after "Try it out" and after Execute (Swagger UI's unnamed controls are named by our
-``docs-a11y.js``). ``/redoc`` (ReDoc) renders the operations, with no serious or critical violation.
-Without a browser the tests skip, or fail where ``CI`` is set.
+``docs-a11y.js``), with an answer whose scores are fractions, so that axe-core judges the contrast of
+the highlighted numbers (our stylesheet lightens them). ``/redoc`` (ReDoc) renders the operations, with
+no serious or critical violation. Without a browser the tests skip, or fail where ``CI`` is set.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
+from PIL import ImageChops
 
-from .axe import axe_violations, format_violations
+from .axe import axe_source, axe_violations, format_violations
 from .test_report_browser import require_browser
 from .test_serve import Server, clean_picture, encode, synthetic_run  # noqa: F401 (a fixture)
 
@@ -29,7 +32,14 @@ def assert_no_violations(page, state: str) -> None:
 
 @pytest.fixture(scope="module")
 def docs_server(synthetic_run, tmp_path_factory):  # noqa: F811
-    s = Server(synthetic_run, "--jobs", str(tmp_path_factory.mktemp("docs-jobs")),
+    # the synthetic run without its calibration (as an older run: scores at T = 1): its fitted temperature
+    # is tiny (its validation pictures are told apart perfectly), which rounds every score to 1 or 0
+    run = tmp_path_factory.mktemp("docs-run") / "train"
+    shutil.copytree(synthetic_run, run)
+    meta = json.loads((run / "model.json").read_text())
+    meta.pop("calibration", None)
+    (run / "model.json").write_text(json.dumps(meta))
+    s = Server(run, "--jobs", str(tmp_path_factory.mktemp("docs-jobs")),
                log=tmp_path_factory.mktemp("serve-log") / "server.log")
     yield s
     assert s.stop() == 0
@@ -78,9 +88,29 @@ class Offline:
         self.context.close()
 
 
+def highlighted_contrast(page, body: str) -> dict:
+    """axe-core's color-contrast rule alone on the highlighted code block ``body`` (a CSS selector):
+    how many of its number tokens of two characters or more it checked and passed, how many it left
+    incomplete (e.g. text too short to judge) and how many fail. Numbers of one character ("0", "1")
+    are only "incomplete" for axe-core, so a body of those would hide a low contrast."""
+    page.add_script_tag(content=axe_source())
+    return page.evaluate("""async (sel) => {
+      const code = document.querySelector(sel);
+      const nums = [...code.querySelectorAll('span')].filter(s => !s.children.length
+        && /^-?[0-9][0-9.e+-]+$/.test(s.textContent.trim()));
+      nums.forEach(s => s.setAttribute('data-number', ''));
+      const r = await axe.run(code, {runOnly: ['color-contrast'], elementRef: true});
+      const count = kind => r[kind].flatMap(v => v.nodes).filter(n => n.element.hasAttribute('data-number')).length;
+      return {numbers: nums.length, passes: count('passes'), incomplete: count('incomplete'),
+              violations: count('violations'), colors: [...new Set(nums.map(s => getComputedStyle(s).color))]};
+    }""", body)
+
+
 def test_swagger_ui_try_it_out_offline(browser, docs_server, tmp_path):
+    # two classes' squares at once: the model hesitates between them, so the answer's scores are
+    # fractions such as 0.86 (scores of 1 and 0 are too short for axe-core's contrast check)
     picture = tmp_path / "square.png"
-    picture.write_bytes(encode(clean_picture(2, scale=3)))
+    picture.write_bytes(encode(ImageChops.lighter(clean_picture(1), clean_picture(2)).resize((84, 84))))
     web = Offline(browser, docs_server.url)
     try:
         page = web.page()
@@ -109,7 +139,14 @@ def test_swagger_ui_try_it_out_offline(browser, docs_server, tmp_path):
         body = json.loads(op.locator(".live-responses-table tbody .response-col_description pre").first
                           .inner_text())
         assert body["files"] == ["square.png"] and len(body["predictions"][0]) == 3
-        assert body["predictions"][0][0]["label"] == "class2" and set(body) >= {"unsure", "reasons"}
+        assert set(body) >= {"unsure", "reasons"}
+        assert any(0.01 < p["score"] < 0.99 for p in body["predictions"][0]), body
+        # the body is highlighted, and axe-core really judged its numbers' contrast (not "incomplete")
+        code = ".live-responses-table tbody .response-col_description .microlight"
+        checked = highlighted_contrast(page, code)
+        assert checked["numbers"] >= 1 and checked["passes"] == checked["numbers"], checked
+        assert checked["violations"] == 0 and checked["incomplete"] == 0, checked
+        assert checked["colors"] == ["rgb(242, 145, 145)"], checked  # our lighter number colour, 5.56:1 on #333
         # the copy buttons beside the curl command and the response body
         assert op.get_by_role("button", name="Copy to clipboard").count() >= 2
         assert not web.blocked, web.blocked  # nothing was asked of another host
