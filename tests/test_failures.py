@@ -20,7 +20,14 @@ from minivision.cli import main
 from minivision.config import TrainConfig
 from minivision.data.dataset import Dataset, Split
 from minivision.errors import MinivisionError, TrainingFailed
-from minivision.inference import BLANK_SPREAD, blank_pictures, empty_picture
+from minivision.inference import (
+    BLANK_SPREAD,
+    EMPTY_INPUT_NOTE,
+    EMPTY_NOTE,
+    blank_pictures,
+    empty_picture,
+    empty_reason,
+)
 from minivision.listeners import Listener, read_progress
 from minivision.models import create_model, list_models
 from minivision.runfiles import load_model
@@ -311,7 +318,9 @@ def backdrop_ramp(width: int = 400, height: int = 300) -> Image.Image:
 
 def test_a_backdrop_in_uneven_light_is_empty_as_the_model_sees_it(csv_model, tmp_path, capsys):
     """The ramp spans 60 grey levels, so the photo alone is not empty; the conversion evens the light out
-    and the model sees one colour: the same note, on the CLI, in the Python API and in the service."""
+    and the model sees one colour: the same note (nothing stands out from the background), on the CLI, in
+    the Python API and in the service. Fine noise (a large picture of random pixels) is not blank as given
+    either, and its conversion is empty too: the same note, not "the picture is empty"."""
     from fastapi.testclient import TestClient
 
     from minivision.api import load
@@ -326,9 +335,13 @@ def test_a_backdrop_in_uneven_light_is_empty_as_the_model_sees_it(csv_model, tmp
     ramp.save(tmp_path / "ramp.png")
     assert main(["predict", str(csv_model), str(tmp_path / "ramp.png"), "--json"]) == 0
     (r,) = json.loads(capsys.readouterr().out)
-    assert r["empty"] is True and r["note"].startswith("the picture is empty")
+    assert r["empty"] is True and r["note"] == r["reason"] == EMPTY_INPUT_NOTE  # the photo is not blank itself
     with TestClient(create_app(str(csv_model), jobs_dir=None)) as client:
         got = client.post("/predict", files=[("file", ("ramp.png", (tmp_path / "ramp.png").read_bytes(), "image/png"))])
-    assert got.status_code == 200 and got.json()["notes"][0].startswith("the picture is empty"), got.text
+    assert got.status_code == 200 and got.json()["notes"][0] == EMPTY_INPUT_NOTE, got.text
+    assert got.json()["unsure"] == [True] and got.json()["reasons"] == [EMPTY_INPUT_NOTE]
     with pytest.warns(UserWarning, match="picture 0 is empty"):
         load(csv_model).predict([str(tmp_path / "ramp.png")])
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (2000, 2000), dtype=np.uint8))
+    assert empty_reason(noise) is None  # flat once reduced to 64 px, not at 256 px
+    assert empty_reason(Image.new("L", (2000, 2000), 128)) == EMPTY_NOTE

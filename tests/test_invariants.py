@@ -307,10 +307,16 @@ class StepClock(Listener):
             trainer.stop("step")
 
 
+# the pictures the end of training passes through the network besides the test split: the calibration and
+# unsure statistics (train.trust_pictures: the 60 validation pictures and the 180 training pictures)
+END_PICTURES = 60 + 180
+
+
 def _planned_steps(n_test: int) -> int:
     """What the planner must plan when a step takes DT and validation takes no time: the budget less
-    the files and report reserve and the test pass, divided by the time of a step."""
-    left = BUDGET_S - Planner.END_RESERVE_S - Planner.REPORT_S - n_test / BATCH * DT * Planner.FORWARD_COST
+    the files and report reserve, the test pass and the end's calibration pass, divided by the time of a step."""
+    scoring = (n_test + END_PICTURES) / BATCH * DT * Planner.FORWARD_COST
+    left = BUDGET_S - Planner.END_RESERVE_S - Planner.REPORT_S - scoring
     return int(left / DT)
 
 

@@ -114,12 +114,14 @@ def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, flo
 # from making an empty picture look full.
 BLANK_SPREAD = 10.0
 THUMB_PX = 64
+DETAIL_PX = 256
 EMPTY_NOTE = "the picture is empty (one colour, or almost): the label is a guess"
+EMPTY_INPUT_NOTE = "nothing stands out from the background (the model sees an empty picture): the label is a guess"
 
 
-def blank_pictures(x: torch.Tensor) -> torch.Tensor:
+def blank_pictures(x: torch.Tensor, spread: float = BLANK_SPREAD) -> torch.Tensor:
     """bool (N,): which of the uint8 pictures ``x`` (N, C, H, W), any size and channels, are empty by the
-    ``BLANK_SPREAD`` rule (grey level = the mean of the channels)."""
+    ``BLANK_SPREAD`` rule (grey level = the mean of the channels; ``spread``: another limit, in grey levels)."""
     import numpy as np
 
     if x.ndim != 4 or len(x) == 0:
@@ -128,27 +130,41 @@ def blank_pictures(x: torch.Tensor) -> torch.Tensor:
     for i in range(0, len(x), 1024):  # a bounded copy in float at a time
         grey = x[i:i + 1024].float().mean(1).flatten(1).numpy()
         lo, hi = np.percentile(grey, [1, 99], axis=1)
-        out.append(torch.from_numpy((hi - lo) < BLANK_SPREAD))
+        out.append(torch.from_numpy((hi - lo) < spread))
     return torch.cat(out)
 
 
 def empty_picture(img, model_input: torch.Tensor | None = None) -> bool:
-    """A PIL image (any mode and size) is empty by the ``BLANK_SPREAD`` rule, checked on a copy reduced to
-    at most ``THUMB_PX`` a side (which averages sensor and JPEG noise away); or ``model_input``, the uint8
-    (C, H, W) picture its conversion made for the model, is empty by the same rule and dark (its 99th
-    percentile below ``2 x BLANK_SPREAD``: nothing of the photo was kept on the black canvas). The second
-    check catches a photo of a backdrop alone: a ramp of light spans 60 grey levels, but the conversion
-    evens the light out and the model sees black, and its label is as much a guess. A model input of one
-    light colour is an item that fills the frame, not an empty picture."""
+    """``empty_reason(img, model_input) is not None``."""
+    return empty_reason(img, model_input) is not None
+
+
+def empty_reason(img, model_input: torch.Tensor | None = None) -> str | None:
+    """Why a PIL image (any mode and size) is empty, or None when it is not.
+
+    ``EMPTY_NOTE`` when the picture as given is flat by the ``BLANK_SPREAD`` rule, checked on a copy reduced to
+    at most ``THUMB_PX`` a side (which averages sensor and JPEG noise away) and again, with twice the limit,
+    at ``DETAIL_PX`` (fine noise averages to one grey at THUMB_PX yet spans 36-39 grey levels at DETAIL_PX,
+    measured on 2,000 x 2,000 uniform noise as given and as the web page shrinks it to 256 px, while a plain
+    backdrop with sensor and JPEG noise spans about 1: 3,000 x 2,000, sd 3, JPEG quality 75).
+    ``EMPTY_INPUT_NOTE`` when ``model_input``, the uint8 (C, H, W) picture its conversion made for the model,
+    is empty by the same rule and dark (its 99th percentile below ``2 x BLANK_SPREAD``: nothing of the photo
+    was kept on the black canvas): a photo of a backdrop alone (a ramp of light spans 60 grey levels, but the
+    conversion evens the light out and the model sees black) or of fine noise; its label is as much a
+    guess. A model input of one light colour is an item that fills the frame, not an empty picture."""
     import numpy as np
 
+    def flat(picture, side: int, spread: float) -> bool:
+        picture.thumbnail((side, side))
+        return bool(blank_pictures(torch.from_numpy(np.array(picture, dtype=np.uint8))[None, None], spread)[0])
+
+    grey = img.convert("L")
+    if flat(grey.copy(), THUMB_PX, BLANK_SPREAD) and flat(grey.copy(), DETAIL_PX, 2 * BLANK_SPREAD):
+        return EMPTY_NOTE
     if model_input is not None and bool(blank_pictures(model_input[None])[0]):
         if float(np.percentile(model_input.float().mean(0).numpy(), 99)) < 2 * BLANK_SPREAD:
-            return True
-    small = img.convert("L")
-    small = small.copy() if small is img else small
-    small.thumbnail((THUMB_PX, THUMB_PX))
-    return bool(blank_pictures(torch.from_numpy(np.array(small, dtype=np.uint8))[None, None])[0])
+            return EMPTY_INPUT_NOTE
+    return None
 
 
 # A picture is noise when neighbouring pixels hardly correlate: the Pearson correlation of each grey level with

@@ -14,7 +14,7 @@ from .errors import MinivisionError
 from .inference import (
     EMPTY_NOTE,
     blank_pictures,
-    empty_picture,
+    empty_reason,
     noise_picture,
     noise_pictures,
     pick_device,
@@ -81,7 +81,8 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
             x = lm.preprocess.image_to_uint8(img, background)
             tensors.append(x)
             where.append(len(results))
-            results.append({"path": name, **({"empty": True, "note": EMPTY_NOTE} if empty_picture(img, x) else {})})
+            why = empty_reason(img, x)
+            results.append({"path": name, **({"empty": True, "note": why} if why else {})})
             noisy.append(noise_picture(img))
         except MinivisionError as e:
             reason = str(e).removeprefix(f"{name}: ")  # the path is already in the result
@@ -96,6 +97,8 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
             if inputs:
                 results[r]["input"] = tensors[j]
             results[r].update(scored)
+            if results[r].get("note") and results[r]["reason"] == EMPTY_NOTE:  # which kind of empty it is
+                results[r]["reason"] = results[r]["note"]
     return results
 
 
