@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -61,8 +62,9 @@ def test_fit_temperature_refuses_mismatched_input():
 
 
 def test_describe_names_the_direction():
-    text = trust.describe({"temperature": 0.71, "ece_before": 0.086, "ece_after": 0.012, "before": "under-confident"})
-    assert text == "ECE 1.2% after temperature scaling (T = 0.71; 8.6% before, under-confident)"
+    text = trust.describe({"temperature": 0.71, "ece_before": 0.086, "ece_after": 0.012, "before": "under-confident",
+                           "after": "over-confident"})
+    assert text == "ECE 1.2% after temperature scaling, over-confident (T = 0.71; 8.6% before, under-confident)"
 
 
 def test_temperature_of_old_or_malformed_model_json_is_one():
@@ -230,7 +232,8 @@ def test_api_predict_details_say_when_unsure(csv_run, tmp_path):
 def test_evaluate_prints_ece_before_and_after(csv_run):
     _, run = csv_run
     text = _cli("evaluate", str(run)).stdout
-    assert "after temperature scaling (T = " in text and "before, " in text and "unsure: " in text
+    assert re.search(r"after temperature scaling, (over-confident|under-confident|calibrated) \(T = ", text), text
+    assert "before, " in text and "unsure: " in text
     m = json.loads(_cli("evaluate", str(run), "--json").stdout)
     assert m["calibrated"] is True and m["temperature"] > 0 and 0 <= m["ece"] <= 1 and 0 <= m["ece_before"] <= 1
     assert 0 <= m["unsure"]["share"] <= 1
@@ -253,7 +256,7 @@ def test_old_run_without_trust_loads_and_calibrate_fits_it(csv_run, tmp_path):
     text = _cli("evaluate", str(old)).stdout
     assert "the scores are not calibrated" in text
     p = _cli("calibrate", str(old))
-    assert "after temperature scaling (T = " in p.stdout
+    assert "after temperature scaling, " in p.stdout and "(T = " in p.stdout
     again = json.loads((old / "model.json").read_text())
     assert {k: v for k, v in again.items() if k not in ("calibration", "unsure")} == meta  # the rest kept
     assert again["calibration"]["temperature"] > 0 and (old / "trust.safetensors").is_file()

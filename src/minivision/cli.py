@@ -332,7 +332,7 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     if a.json:
         print(_json({"run": str(run), "calibration": cal, "unsure": unsure}))
         return 0
-    print(f"{run}: {describe(cal)} on {cal['n']:,} validation images; {cal['after']} after")
+    print(f"{run}: {describe(cal)} on {cal['n']:,} validation images")
     print(f"unsure when the top score is below {unsure['confidence_threshold']:.0%}, or farther from the training "
           f"pictures than {unsure['ood_keep']:.0%} of the validation images are; saved to model.json")
     return 0

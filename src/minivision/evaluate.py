@@ -277,7 +277,7 @@ def format_metrics(m: dict[str, Any], classes: list[str], title: str) -> str:
 
 def format_trust(m: dict[str, Any]) -> str:
     """The calibration and unsure lines of ``trust_metrics``' figures ("" when absent), e.g.
-    "ECE 1.2% after temperature scaling (T = 0.71; 8.6% before, under-confident)"."""
+    "ECE 1.2% after temperature scaling, over-confident (T = 0.71; 8.6% before, under-confident)"."""
     if "ece_before" not in m:
         return ""
     import math
@@ -286,8 +286,8 @@ def format_trust(m: dict[str, Any]) -> str:
         return ""
     conf = m.get("confidence") or {}
     if m.get("calibrated"):
-        line = (f"ECE {m['ece']:.1%} after temperature scaling (T = {m['temperature']:.2f}; {m['ece_before']:.1%} "
-                f"before, {conf.get('before')})")
+        line = (f"ECE {m['ece']:.1%} after temperature scaling, {conf.get('after')} (T = {m['temperature']:.2f}; "
+                f"{m['ece_before']:.1%} before, {conf.get('before')})")
     else:
         line = (f"ECE {m['ece']:.1%} ({conf.get('before')}; the scores are not calibrated: "
                 "`minivision calibrate RUN` fits a temperature)")

@@ -144,9 +144,9 @@ def temperature_of(meta: dict[str, Any]) -> float:
 
 
 def describe(entry: dict[str, Any]) -> str:
-    """One line: "ECE 1.2% after temperature scaling (T = 0.71; 8.6% before, under-confident)"."""
-    return (f"ECE {entry['ece_after']:.1%} after temperature scaling (T = {entry['temperature']:.2f}; "
-            f"{entry['ece_before']:.1%} before, {entry['before']})")
+    """One line: "ECE 1.2% after temperature scaling, over-confident (T = 0.71; 8.6% before, under-confident)"."""
+    return (f"ECE {entry['ece_after']:.1%} after temperature scaling, {entry['after']} "
+            f"(T = {entry['temperature']:.2f}; {entry['ece_before']:.1%} before, {entry['before']})")
 
 
 # ---------------------------------------------------------------------------------------------- unsure
