@@ -155,3 +155,38 @@ def synth_csv(tmp_path):
     write_pixel_csv(train, x[:320, 0], y[:320])
     write_pixel_csv(test, x[320:, 0], y[320:])
     return train, test
+
+
+@pytest.fixture(scope="session")
+def small_fashion_run(tmp_path_factory) -> Path:
+    """A small real Fashion-MNIST run shared by the service's and the page's real-data tests: cnn1, one
+    epoch on 3,000 training images (seeded pick), 500 validation and 500 test images (its report,
+    examples and calibration made as any training makes them). Needs Fashion-MNIST: use it in tests
+    marked ``needs_fashion_mnist``."""
+    import dataclasses
+
+    import minivision as mv
+
+    ds = mv.load_dataset("fashion-mnist")
+    g = torch.Generator().manual_seed(0)
+    small = dataclasses.replace(ds, train=ds.train.subset(torch.randperm(len(ds.train), generator=g)[:3000]),
+                                val=ds.val.subset(torch.arange(500)), test=ds.test.subset(torch.arange(500)))
+    out = tmp_path_factory.mktemp("small-fashion")
+    clf = mv.Classifier(model="cnn1", epochs=1, batch_size=64, out=str(out)).fit(small, progress=False)
+    return Path(clf.run_dir_)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Debian's, through Playwright) for a module's browser tests; skips without it
+    (fails where ``CI`` is set)."""
+    from playwright.sync_api import sync_playwright
+
+    from .test_report_browser import require_browser
+
+    path = require_browser()
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=path, args=["--no-sandbox"], headless=True)
+        yield b
+        b.close()
+

@@ -18,7 +18,6 @@ import pytest
 from PIL import ImageChops
 
 from .axe import axe_source, axe_violations, format_violations
-from .test_report_browser import require_browser
 from .test_serve import Server, clean_picture, encode, synthetic_run  # noqa: F401 (a fixture)
 
 DESK = {"width": 1280, "height": 800}
@@ -43,17 +42,6 @@ def docs_server(synthetic_run, tmp_path_factory):  # noqa: F811
                log=tmp_path_factory.mktemp("serve-log") / "server.log")
     yield s
     assert s.stop() == 0
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    path = require_browser()
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, args=["--no-sandbox"], headless=True)
-        yield b
-        b.close()
 
 
 class Offline:

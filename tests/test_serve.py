@@ -736,19 +736,11 @@ def test_after_everything_the_server_still_predicts(server):
 # ----------------------------------------------------------------------------- real data
 
 @needs_fashion_mnist
-def test_real_fashion_mnist_model_served(tmp_path):
-    import dataclasses
-
-    import torch
-
+def test_real_fashion_mnist_model_served(small_fashion_run, tmp_path):
     import minivision as mv
 
     ds = mv.load_dataset("fashion-mnist")
-    g = torch.Generator().manual_seed(0)
-    small = dataclasses.replace(ds, train=ds.train.subset(torch.randperm(len(ds.train), generator=g)[:3000]),
-                                val=ds.val.subset(torch.arange(500)), test=ds.test.subset(torch.arange(500)))
-    clf = mv.Classifier(model="cnn1", epochs=1, batch_size=64, out=str(tmp_path)).fit(small, progress=False)
-    s = Server(Path(clf.run_dir_), log=tmp_path / "server.log")
+    s = Server(small_fashion_run, log=tmp_path / "server.log")
     try:
         # real test images: the first Trouser, Bag and Ankle boot of the test set, as PNG files
         files = []

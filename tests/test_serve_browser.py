@@ -27,7 +27,6 @@ from PIL import Image
 
 from .axe import axe_violations, format_violations
 from .conftest import needs_fashion_mnist
-from .test_report_browser import require_browser
 from .test_serve import Server, clean_picture, encode, synthetic_run  # noqa: F401 (a fixture)
 
 SVG = b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="20" height="20"><rect width="9"/></svg>'
@@ -41,17 +40,6 @@ def served_page(synthetic_run, tmp_path_factory):  # noqa: F811
     s = Server(synthetic_run, log=tmp_path_factory.mktemp("serve-log") / "server.log")
     yield s
     assert s.stop() == 0
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    path = require_browser()
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=path, args=["--no-sandbox"], headless=True)
-        yield b
-        b.close()
 
 
 class Watch:
@@ -617,21 +605,13 @@ def test_page_without_the_newer_fields(served_page, browser, tmp_path):
 # ----------------------------------------------------------------------------- real data
 
 @needs_fashion_mnist
-def test_real_fashion_mnist_page(browser, tmp_path):
+def test_real_fashion_mnist_page(browser, small_fashion_run, tmp_path):
     """A small real Fashion-MNIST run: its example strip (3 test pictures a class), an example predicted
     with its true class, a blank picture marked unsure, and no serious axe-core violation on a phone."""
-    import dataclasses
-
-    import torch
-
     import minivision as mv
 
     ds = mv.load_dataset("fashion-mnist")
-    g = torch.Generator().manual_seed(0)
-    small = dataclasses.replace(ds, train=ds.train.subset(torch.randperm(len(ds.train), generator=g)[:3000]),
-                                val=ds.val.subset(torch.arange(500)), test=ds.test.subset(torch.arange(500)))
-    clf = mv.Classifier(model="cnn1", epochs=1, batch_size=64, out=str(tmp_path)).fit(small, progress=False)
-    server = Server(Path(clf.run_dir_), log=tmp_path / "server.log")
+    server = Server(small_fashion_run, log=tmp_path / "server.log")
     try:
         page, watch = open_page(browser, server, viewport=PHONE, classes=tuple(ds.classes))
         page.wait_for_selector("#examples button")
