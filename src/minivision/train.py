@@ -539,14 +539,19 @@ class Trainer:
                     return True
                 i = self.step_in_epoch
                 idx = perm[i * bs:(i + 1) * bs]
-                xb = self.augment(self.pre(self.x[idx]), self.aug_gen)
+                xb = self.augment(self.pre(self.x[idx]), self.aug_gen, self.pre)
                 yb = self.y[idx]
+                # mixup/cutmix: soft targets (label smoothing still applies on top); the epoch's training
+                # accuracy counts against the original labels, the loss against the mixed targets
+                target = yb
+                if self.augment.mixes:
+                    xb, target = self.augment.mix(xb, yb, self.ds.num_classes, self.aug_gen)
                 lr = lr_at(self.step, self.total_steps, cfg.lr, cfg.schedule)
                 for group in self.opt.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
                     logits = self.model(xb)
-                loss = F.cross_entropy(logits.float(), yb, label_smoothing=cfg.label_smoothing)
+                loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
                 if not torch.isfinite(loss):
                     raise TrainingFailed(f"training failed at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}: "
                                          f"the loss became {loss.item()}: {self._lr_hint()}")
@@ -555,7 +560,8 @@ class Trainer:
                 self.opt.step()
                 with torch.no_grad():
                     # history records the plain cross-entropy, comparable with the validation loss
-                    plain = loss.detach() if not cfg.label_smoothing else F.cross_entropy(logits.detach().float(), yb)
+                    plain = loss.detach() if not cfg.label_smoothing else F.cross_entropy(logits.detach().float(),
+                                                                                          target)
                     right = (logits.argmax(1) == yb).sum()
                     self.sums += torch.stack([plain.double() * len(yb), right.double(),
                                              torch.tensor(float(len(yb)), device=self.device, dtype=torch.float64)])
