@@ -118,7 +118,7 @@ def test_summary_totals_match_count_parameters(name: str) -> None:
 
 # Penultimate width D for 1x28x28 input: the final Linear's in_features.
 NUM_FEATURES = {"softmax": 784, "mlp": 100, "cnn2": 32, "cnn2-bn": 128, "cnn1": 128, "cnn3": 128, "cnn4": 128,
-                "mvnet-t": 64, "mvnet-s": 64, "mvnet": 128, "mvnet-l": 256}
+                "mvnet-t": 64, "mvnet-s": 64, "mvnet": 128, "mvnet-l": 256, "efficientnet-lite0": 1280}
 
 # The state-dict keys of every model, in order (parameter order is the optimizer state's order in a
 # checkpoint), as (module, kind): a saved run loads only while these stay exactly the same.
@@ -148,6 +148,11 @@ STATE_LAYOUT = {
     "mvnet-s": _mvnet_layout(3),
     "mvnet": _mvnet_layout(3),
     "mvnet-l": _mvnet_layout(3),
+    "efficientnet-lite0": [("conv_stem", "w"), ("bn1", "bn"), ("blocks.0.0.conv_dw", "w"), ("blocks.0.0.bn1", "bn"),
+                           ("blocks.0.0.conv_pw", "w"), ("blocks.0.0.bn2", "bn")]
+    + [(f"blocks.{s}.{i}.{m}", k) for s, n in enumerate((2, 2, 3, 3, 4, 1), 1) for i in range(n)
+       for m, k in (("conv_pw", "w"), ("bn1", "bn"), ("conv_dw", "w"), ("bn2", "bn"), ("conv_pwl", "w"), ("bn3", "bn"))]
+    + [("conv_head", "w"), ("bn2", "bn"), ("classifier", "wb")],
 }
 
 

@@ -18,10 +18,10 @@ where to cut it, as timm's models do. With ``x`` the preprocessed input, float32
   weights are kept, and the state-dict keys are unchanged, so saved runs still load.
 
 D for 1 x 28 x 28 input: mvnet-t 64, mvnet-s 64, mvnet 128, mvnet-l 256 (any input size);
-softmax 784 (C x H x W), mlp 100, cnn2 32, cnn2-bn 128, cnn1 128, cnn3 128, cnn4 128.
+softmax 784 (C x H x W), mlp 100, cnn2 32, cnn2-bn 128, cnn1 128, cnn3 128, cnn4 128, efficientnet-lite0 1280.
 """
 
-from minivision.models import mvnet, tutorial  # noqa: F401  (imported to register their models)
+from minivision.models import efficientnet_lite, mvnet, tutorial  # noqa: F401  (imported to register their models)
 from minivision.models.base import ClassifierNet
 from minivision.models.registry import (
     ModelInfo,
