@@ -159,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", help="list the registered models")
     m.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'cnn*'")
     m.add_argument("--json", action="store_true")
+    m.add_argument("--pretrained", action="store_true",
+                   help="list the pretrained backbones (for train --pretrained NAME) and their cards")
 
     s = sub.add_parser("summary", help="Keras-style layer table of a model name or a run")
     s.add_argument("model", metavar="MODEL_OR_RUN")
@@ -407,6 +409,12 @@ def cmd_compare(a: argparse.Namespace) -> int:
 def cmd_models(a: argparse.Namespace) -> int:
     from .models import count_parameters, create_model, list_models, model_info
 
+    if getattr(a, "pretrained", False):
+        from .pretrained import backbone_rows, format_backbones
+
+        rows = backbone_rows(a.pattern)
+        print(_json(rows) if a.json else format_backbones(rows))
+        return 0
     rows = []
     for name in list_models(a.pattern):
         info = model_info(name)
