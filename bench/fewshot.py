@@ -1,0 +1,320 @@
+#!/usr/bin/env python3
+"""Few-shot benchmark: 100 training pictures per class, 5 seeded draws, scored on the whole test set.
+
+    python3 bench/fewshot.py                                  # every row, both datasets, 5 draws
+    python3 bench/fewshot.py --datasets fashion-mnist --rows scratch,finetuned --draws 2 --budget 2m
+    python3 bench/fewshot.py --quick                          # a few seconds' check that it all runs
+
+Rows (each one `minivision train` command per draw, run as a user would, timed from outside):
+
+- ``scratch``: from scratch with our small-data recipe (``--pretrained none``: the training then picks
+  its small-data augmentation itself);
+- ``frozen``: frozen ImageNet features + a trained head (``--pretrained efficientnet-lite0 --freeze``),
+  the CNN tutorial's feature-extraction chapter done with EfficientNet-Lite0 instead of VGG19;
+- ``finetuned``: ImageNet fine-tuned (``--pretrained efficientnet-lite0``);
+- ``tutorial``: the tutorial's own setting: the whole Fashion-MNIST training set, frozen ImageNet
+  features + head (one run per draw's seed; no draw: every picture is used).
+
+How the CLI gets exactly the drawn pictures: the draw is written as a dataset of the same kind the CLI
+reads, in a temporary folder, and given to ``--data``; the test split is the whole original test set.
+
+- Fashion-MNIST: an IDX folder named ``fashion-mnist`` (the drawn training pictures as
+  ``train-images-idx3-ubyte``/``train-labels-idx1-ubyte``, and links to the original ``t10k`` files).
+  An IDX folder keeps what the named dataset has: 28 x 28 grey pictures, the Fashion-MNIST class names
+  (the reader names them from the folder's name) and the dataset's name, which the training reads
+  (no mirror rules, and "never fine-tune from the data a backbone was pretrained on"). A pixel CSV would
+  keep the pixels too but is named after the file and costs a parse of 10,000 test rows per run;
+  pointing ``--data-dir`` at smaller IDX files fails the published-digest check (rightly).
+- CIFAR-10 (JPEG folder): an image folder named ``cifar10`` with ``train/<class>/`` holding links to the
+  drawn JPEGs and ``test`` a link to the whole test folder: the same pictures, decoded the same way, as
+  the full folder gives.
+
+Draws: per class, ``numpy.random.default_rng(seed)`` picks ``--per-class`` training pictures without
+replacement (``draw``); draw k uses seed k for every row, and the run is trained with ``--seed k``.
+Each row's figure is the mean +- sample std over the draws of the test accuracy the run reports (the
+best-validation weights on the whole test set) and of the whole command's wall-clock seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
+
+import devpaths  # noqa: E402
+from minivision.errors import MinivisionError  # noqa: E402
+from minivision.fileio import write_bytes, write_json, write_text  # noqa: E402
+
+BACKBONE = "efficientnet-lite0"
+# row -> (what the table calls it, the flags it adds, the datasets it applies to, None = all)
+ROWS: dict[str, tuple[str, list[str], tuple[str, ...] | None]] = {
+    "scratch": ("from scratch (our small-data recipe)", ["--pretrained", "none"], None),
+    "frozen": ("frozen ImageNet features + head", ["--pretrained", BACKBONE, "--freeze"], None),
+    "finetuned": ("ImageNet fine-tuned", ["--pretrained", BACKBONE], None),
+    "tutorial": ("whole training set, frozen ImageNet features + head (the tutorial's setting)",
+                 ["--pretrained", BACKBONE, "--freeze"], ("fashion-mnist",)),
+}
+DATASETS = ("fashion-mnist", "cifar10")
+SHOWN_DATA = {"fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10 (JPEG folder)"}
+IDX_NAMES = {"images": "train-images-idx3-ubyte", "labels": "train-labels-idx1-ubyte"}
+
+
+# ----------------------------------------------------------------------------- the draw
+
+def draw(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Indices into ``labels`` (int array, N) of ``per_class`` pictures of every class, drawn without
+    replacement by ``numpy.random.default_rng(seed)`` class by class (classes in increasing order);
+    sorted, int64. Raises MinivisionError when a class has fewer than ``per_class`` pictures."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for c in np.unique(labels):
+        pool = np.flatnonzero(labels == c)
+        if len(pool) < per_class:
+            raise MinivisionError(f"class {c} has {len(pool)} training pictures, fewer than {per_class}")
+        picked.append(rng.choice(pool, size=per_class, replace=False))
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """An IDX file's bytes for a uint8 array (magic 0x00 0x00 0x08 ndim, big-endian dims, data)."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+
+
+def fashion_draw(source: Path, per_class: int, seed: int, parent: Path,
+                 train: tuple[np.ndarray, np.ndarray] | None = None) -> Path:
+    """Write draw ``seed`` of Fashion-MNIST as the IDX folder ``parent/fashion-mnist`` and return it:
+    the drawn training pictures and labels, and links to ``source``'s test files (the whole test set).
+    ``source``: a folder with the four original IDX files; ``train``: its (images, labels), if read."""
+    from minivision.data import idx
+
+    files = idx.find_idx_files(source)
+    if not {"train-images", "train-labels", "t10k-images", "t10k-labels"} <= set(files):
+        raise MinivisionError(f"{source}: not a complete Fashion-MNIST IDX folder")
+    images, labels = train or (idx.read_idx(files["train-images"]), idx.read_idx(files["train-labels"]))
+    chosen = draw(labels, per_class, seed)
+    folder = parent / "fashion-mnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    write_bytes(folder / IDX_NAMES["images"], _idx_bytes(images[chosen]))
+    write_bytes(folder / IDX_NAMES["labels"], _idx_bytes(labels[chosen]))
+    for key in ("t10k-images", "t10k-labels"):
+        (folder / files[key].name).symlink_to(files[key].resolve())
+    return folder
+
+
+def folder_files(root: Path) -> tuple[list[str], list[Path], np.ndarray]:
+    """An image folder's split ``root``: (class names sorted, every picture's path sorted within its
+    class, each picture's class index)."""
+    from minivision.data.images import IMAGE_EXTENSIONS
+
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    paths, labels = [], []
+    for i, c in enumerate(classes):
+        found = sorted(p for p in (root / c).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        paths += found
+        labels += [i] * len(found)
+    return classes, paths, np.asarray(labels, dtype=np.int64)
+
+
+def folder_draw(source: Path, per_class: int, seed: int, parent: Path, name: str = "cifar10",
+                listing: tuple[list[str], list[Path], np.ndarray] | None = None) -> Path:
+    """Write draw ``seed`` of an image folder (``source/train/<class>/``, ``source/test/<class>/``) as the
+    folder ``parent/name``: ``train/<class>/`` with links to the drawn pictures, ``test`` a link to
+    ``source/test``. ``listing``: ``folder_files(source / "train")``, if already made."""
+    classes, paths, labels = listing or folder_files(source / "train")
+    folder = parent / name
+    for i in draw(labels, per_class, seed):
+        target = folder / "train" / classes[labels[i]] / paths[i].name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(paths[i].resolve())
+    (folder / "test").symlink_to((source / "test").resolve(), target_is_directory=True)
+    return folder
+
+
+# ----------------------------------------------------------------------------- the runs
+
+def cli_has(flag: str) -> bool:
+    """Whether ``minivision train`` takes ``flag`` (the benchmark adapts to the CLI it is given)."""
+    p = subprocess.run([sys.executable, "-m", "minivision", "train", "--help"], capture_output=True, text=True)
+    return flag in p.stdout
+
+
+def run_one(data: Path, flags: list[str], length: list[str], seed: int, out: Path, name: str) -> dict:
+    """One ``minivision train`` command, timed from outside; its summary (test accuracy) and settings."""
+    cmd = [sys.executable, "-m", "minivision", "train", "--data", str(data), *flags, *length,
+           "--seed", str(seed), "--out", str(out), "--name", name, "--json"]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    seconds = time.perf_counter() - t0
+    if p.returncode != 0:
+        tail = (p.stderr.strip() or p.stdout.strip()).splitlines()[-3:]
+        return {"error": " | ".join(tail) or f"exit status {p.returncode}", "seconds": seconds}
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    meta = json.loads((Path(summary["run"]) / "model.json").read_text())
+    return {"test_accuracy": summary["test_accuracy"], "seconds": seconds,
+            "model": meta.get("architecture", {}).get("name"), "pretrained": meta.get("pretrained"),
+            "init_from": meta.get("init_from"), "settings": meta.get("settings") or meta.get("config")}
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+# ----------------------------------------------------------------------------- main
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--datasets", default=",".join(DATASETS), help=f"comma list of {', '.join(DATASETS)}")
+    ap.add_argument("--rows", default=",".join(ROWS), help=f"comma list of {', '.join(ROWS)}")
+    ap.add_argument("--draws", type=int, default=5, help="seeded draws per row (draw k: seed k; default 5)")
+    ap.add_argument("--per-class", type=int, default=100, help="training pictures per class (default 100)")
+    ap.add_argument("--budget", default="3m", help="each run's --budget (default 3m; the issue's limit is 5 "
+                                                   "minutes a whole command)")
+    ap.add_argument("--epochs", type=int, help="a fixed number of epochs instead of --budget")
+    ap.add_argument("--fashion", help="Fashion-MNIST IDX folder (default: where minivision finds it)")
+    ap.add_argument("--cifar", help="CIFAR-10 JPEG folder or archive (default: the development machine's)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
+                    help="folder for fewshot.md and fewshot.json (default bench/results)")
+    ap.add_argument("--quick", action="store_true",
+                    help="a check that everything runs: 5 per class, 2 draws, scratch on Fashion-MNIST, 1 epoch")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.per_class, a.epochs = 5, 1
+        if "--draws" not in (argv or sys.argv):
+            a.draws = 2
+        if "--rows" not in (argv or sys.argv):
+            a.rows = "scratch"
+        if "--datasets" not in (argv or sys.argv):
+            a.datasets = "fashion-mnist"
+    try:
+        return _run(a)
+    except MinivisionError as e:
+        print(f"fewshot: {e}", file=sys.stderr)
+        return 2
+
+
+def _check_names(given: str, known, what: str) -> list[str]:
+    names = [n.strip() for n in given.split(",") if n.strip()]
+    bad = [n for n in names if n not in known]
+    if bad or not names:
+        raise MinivisionError(f"unknown {what} {', '.join(bad) or '(none given)'}; choose from {', '.join(known)}")
+    return names
+
+
+def _run(a: argparse.Namespace) -> int:
+    datasets = _check_names(a.datasets, DATASETS, "dataset")
+    rows = _check_names(a.rows, ROWS, "row")
+    if a.draws < 1 or a.per_class < 1:
+        raise MinivisionError("--draws and --per-class must be at least 1")
+    length = ["--epochs", str(a.epochs)] if a.epochs else ["--budget", a.budget]
+    has_pretrained = cli_has("--pretrained")
+    results: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="fewshot-") as tmp:
+        tmp = Path(tmp)
+        for name in datasets:
+            source, listing, train = _source(name, a)
+            for row in rows:
+                label, flags, only = ROWS[row]
+                if only is not None and name not in only:
+                    continue
+                if not has_pretrained:  # until --pretrained lands, scratch is the plain CLI and the others wait
+                    if row != "scratch":
+                        print(f"skipping {row} on {name}: this minivision has no --pretrained", flush=True)
+                        continue
+                    flags = []
+                runs = []
+                for k in range(a.draws):
+                    where = tmp / f"{name}-{row}-{k}"
+                    if row == "tutorial":
+                        data = Path(name)  # the named dataset, whole
+                    elif name == "fashion-mnist":
+                        data = fashion_draw(source, a.per_class, k, where, train)
+                    else:
+                        data = folder_draw(source, a.per_class, k, where, listing=listing)
+                    shown = (f"minivision train --data {name if row == 'tutorial' else 'DRAW'} "
+                             f"{' '.join(flags + length)} --seed {k}").replace("  ", " ")
+                    print(f"$ {shown}", flush=True)
+                    r = run_one(data, flags, length, k, tmp / "runs", f"{name}-{row}-{k}")
+                    r |= {"draw": k, "command": shown}
+                    runs.append(r)
+                    print("  " + (f"failed: {r['error']}" if "error" in r else
+                                  f"test {r['test_accuracy']:.2%}, {r['seconds']:.0f} s"), flush=True)
+                    shutil.rmtree(where, ignore_errors=True)
+                results.append(_summarise(name, row, label, runs, a, flags, length))
+    _write(results, a, length)
+    return 0 if all(r["ok"] for r in results) else 1
+
+
+def _source(name: str, a: argparse.Namespace):
+    """(source folder, its train listing for folders, its train arrays for IDX) for ``name``."""
+    if name == "fashion-mnist":
+        from minivision.data import idx
+        from minivision.data.sources import locate
+
+        source = Path(a.fashion) if a.fashion else locate("fashion-mnist")
+        files = idx.find_idx_files(source)
+        train = (idx.read_idx(files["train-images"]), idx.read_idx(files["train-labels"]))
+        return source, None, train
+    from minivision import benchmark
+
+    folder, why = benchmark.cifar_folder(a.cifar or devpaths.cifar_source())
+    if folder is None:
+        raise MinivisionError(why)
+    return Path(folder), folder_files(Path(folder) / "train"), None
+
+
+def _summarise(name: str, row: str, label: str, runs: list[dict], a: argparse.Namespace, flags: list[str],
+               length: list[str]) -> dict:
+    good = [r for r in runs if "error" in r] == []
+    acc = [r["test_accuracy"] for r in runs if "error" not in r]
+    secs = [r["seconds"] for r in runs if "error" not in r]
+    out = {"dataset": name, "row": row, "label": label, "ok": good and bool(acc), "draws": len(runs),
+           "per_class": None if row == "tutorial" else a.per_class, "flags": flags + length, "runs": runs}
+    if acc:
+        (out["accuracy_mean"], out["accuracy_std"]), (out["seconds_mean"], out["seconds_std"]) = \
+            mean_std(acc), mean_std(secs)
+    return out
+
+
+def _write(results: list[dict], a: argparse.Namespace, length: list[str]) -> None:
+    import torch
+
+    date = dt.date.today().isoformat()
+    lines = [f"Measured {date} on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+             f"torch {torch.__version__}, Python {platform.python_version()}. Command: "
+             f"`python3 bench/fewshot.py{' --quick' if a.quick else ''}` ({a.draws} draws of {a.per_class} "
+             f"training pictures per class; {' '.join(length)} per run; test accuracy on the whole test set; "
+             "seconds for the whole command, timed from outside).", "",
+             "| data | row | pictures per class | test accuracy (mean +- std) | seconds (mean +- std) | failed |",
+             "|---|---|---|---|---|---|"]
+    for r in results:
+        failed = sum("error" in x for x in r["runs"])
+        acc = (f"{r['accuracy_mean']:.2%} +- {r['accuracy_std']:.2%}" if "accuracy_mean" in r else "-")
+        secs = (f"{r['seconds_mean']:.0f} +- {r['seconds_std']:.0f}" if "seconds_mean" in r else "-")
+        lines.append(f"| {SHOWN_DATA[r['dataset']]} | {r['label']} | {r['per_class'] or 'all'} | {acc} | {secs} | "
+                     f"{failed} of {r['draws']} |")
+    table = "\n".join(lines) + "\n"
+    print("\n" + table)
+    a.out.mkdir(parents=True, exist_ok=True)
+    write_text(a.out / "fewshot.md", table)
+    write_json(a.out / "fewshot.json", {"date": date, "cores": os.cpu_count(), "draws": a.draws,
+                                        "per_class": a.per_class, "quick": a.quick, "results": results})
+    print(f"wrote {a.out / 'fewshot.md'} and {a.out / 'fewshot.json'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
