@@ -45,7 +45,7 @@ class Classifier:
     """
 
     def __init__(self, model: str | None = None, epochs: int | None = None, *, init_from: str | None = None,
-                 budget: float | str | None = None,
+                 pretrained: str | None = None, freeze: bool = False, budget: float | str | None = None,
                  steps: int | None = None, batch_size: int | None = None, optimizer: str | None = None,
                  lr: float | None = None, momentum: float | None = None, nesterov: bool | None = None,
                  weight_decay: float | None = None, schedule: str | None = None,
@@ -57,6 +57,8 @@ class Classifier:
         self.model = model
         self.epochs = epochs
         self.init_from = init_from
+        self.pretrained = pretrained
+        self.freeze = freeze
         self.budget = budget
         self.steps = steps
         self.batch_size = batch_size

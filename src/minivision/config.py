@@ -115,9 +115,18 @@ class TrainConfig:
     model: str | None = _setting(None, "model name (see `minivision models`); default: the largest that fits "
                                        "the budget")
     init_from: str | None = _setting(
-        None, "start from the weights of a run (its folder, model.json or model.safetensors) or of a "
-              ".safetensors weights file; a run's network and preprocessing are kept, and its head is "
-              "replaced when the classes differ (fine-tuning)", metavar="RUN_OR_WEIGHTS")
+        None, "continue from the weights of a run (its folder, model.json or model.safetensors) or of a "
+              ".safetensors weights file with the usual recipe; a run's network and preprocessing are kept, "
+              "and its head is kept when the classes are the same (else replaced)", metavar="RUN_OR_WEIGHTS",
+        group="start")
+    pretrained: str | None = _setting(
+        None, "fine-tune from a pretrained backbone (a name from `minivision models --pretrained`, e.g. "
+              "efficientnet-lite0), a run folder or a .safetensors file: always a new head for these classes "
+              "and the fine-tuning recipe (head first, then everything at lower rates for earlier layers); "
+              "none: train from scratch. Default: small datasets (up to 5,000 training pictures) are "
+              "fine-tuned from the best backbone for them", metavar="NAME|RUN|FILE|none", group="start")
+    freeze: bool = _setting(False, "with a pretrained backbone: keep it frozen, compute its features once and "
+                                   "train only the head on them (feature extraction)", kind=bool)
     budget: float | str | None = _setting(
         None, "wall-clock time for the whole run, e.g. 30s, 3m, 1h30m: picks the network and the number of "
               "steps (default 30s when no --model/--epochs/--steps is given)", kind=float, lo=0, lo_open=True,

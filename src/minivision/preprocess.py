@@ -27,6 +27,10 @@ class Preprocess:
     # how a picture becomes a model input (photo.PictureConversion at this size and channels): zalando
     # for light-on-black grayscale data such as Fashion-MNIST, else resize; None = the plain resize
     photo: PictureConversion = None  # type: ignore[assignment]
+    # what the network itself does to this input before its backbone (a pretrained one's adapter:
+    # channels repeated, resized, the backbone's mean/std), as ``network_input()`` describes it; recorded
+    # so a reader (export, another tool) knows, never applied here (the network does it). None: nothing.
+    network_input: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if self.photo is None:
@@ -76,9 +80,13 @@ class Preprocess:
         return torch.from_numpy(self.photo.convert(img, background))
 
     def to_dict(self) -> dict[str, Any]:
-        """model.json's ``preprocess`` entry: channels, size, mean, std, photo (``PictureConversion.to_dict``)."""
-        return {"channels": self.channels, "size": list(self.size), "mean": list(self.mean), "std": list(self.std),
-                "photo": self.photo.to_dict()}
+        """model.json's ``preprocess`` entry: channels, size, mean, std, photo (``PictureConversion.to_dict``)
+        and, for a network that adapts its input, ``network_input``."""
+        out = {"channels": self.channels, "size": list(self.size), "mean": list(self.mean), "std": list(self.std),
+               "photo": self.photo.to_dict()}
+        if self.network_input is not None:
+            out["network_input"] = dict(self.network_input)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], dataset_name: str | None = None) -> Preprocess:
@@ -97,4 +105,7 @@ class Preprocess:
                 photo = default_conversion(dataset_name, size, channels)
             except MinivisionError as e:
                 raise MinivisionError(f"model.json: {e}") from None
-        return cls(channels, size, mean, std, photo)
+        network_input = d.get("network_input")  # older runs: none
+        if network_input is not None and not isinstance(network_input, dict):
+            raise MinivisionError("model.json has a malformed 'preprocess' entry (network_input is not a mapping)")
+        return cls(channels, size, mean, std, photo, network_input)
