@@ -261,7 +261,8 @@ def _convert_lite0(card: Backbone, target: Path) -> None:
         raise MinivisionError(f"backbone {LITE0!r}: cannot read {pth} ({str(e).splitlines()[0]})") from None
     if not isinstance(state, dict):
         raise MinivisionError(f"backbone {LITE0!r}: {pth} is not a state dict")
-    save_tensors(target, map_lite0_state(state), metadata={"backbone": LITE0, "source": pth.name})
+    # one metadata entry: safetensors writes several in hash order, and the file's digest must not vary
+    save_tensors(target, map_lite0_state(state), metadata={"source": f"{LITE0_PACKAGE}: {pth.name}"})
 
 
 def backbone_state(name: str) -> dict[str, torch.Tensor]:
