@@ -30,13 +30,14 @@ import hashlib
 import json
 import re
 import types
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from minivision.errors import MinivisionError
+from minivision.errors import MinivisionError, Note
 
 __all__ = [
     "BACKBONES_DIR",
@@ -155,10 +156,14 @@ def cache_path(name: str) -> Path:
 
 
 def _sha256(path: Path) -> str:
+    """Hex sha256 of a file; MinivisionError (one line) when it cannot be read."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError as e:
+        raise MinivisionError(f"cannot read {path}: {e.strerror or e}") from None
     return h.hexdigest()
 
 
@@ -243,10 +248,9 @@ def map_lite0_state(package_state: dict[str, torch.Tensor]) -> dict[str, torch.T
     return {k: mapped[k] for k in ours}  # our order
 
 
-def _convert_lite0(card: Backbone, target: Path) -> None:
-    """Check the package's ``.pth`` digest, load it weights-only, map the names, write ``target``."""
-    from minivision.fileio import save_tensors
-
+def _convert_lite0(card: Backbone) -> dict[str, torch.Tensor]:
+    """The package's ``.pth``, its digest checked against the card's ``source_sha256`` first, loaded
+    weights-only, in our names (``map_lite0_state``)."""
     pth = _lite0_package_path()
     if not pth.is_file():
         raise MinivisionError(f"backbone {LITE0!r}: {pth} is missing; reinstall: {LITE0_INSTALL} --force-reinstall")
@@ -261,8 +265,7 @@ def _convert_lite0(card: Backbone, target: Path) -> None:
         raise MinivisionError(f"backbone {LITE0!r}: cannot read {pth} ({str(e).splitlines()[0]})") from None
     if not isinstance(state, dict):
         raise MinivisionError(f"backbone {LITE0!r}: {pth} is not a state dict")
-    # one metadata entry: safetensors writes several in hash order, and the file's digest must not vary
-    save_tensors(target, map_lite0_state(state), metadata={"source": f"{LITE0_PACKAGE}: {pth.name}"})
+    return map_lite0_state(state)
 
 
 def backbone_state(name: str) -> dict[str, torch.Tensor]:
@@ -274,7 +277,7 @@ def backbone_state(name: str) -> dict[str, torch.Tensor]:
     MinivisionError (one line) when the package is missing, a file is missing or its digest is not
     the card's, or the name is unknown.
     """
-    from minivision.fileio import load_tensors
+    from minivision.fileio import load_tensors, save_tensors
 
     card = backbone_info(name)
     path = card.weights_path
@@ -288,14 +291,22 @@ def backbone_state(name: str) -> dict[str, torch.Tensor]:
         return load_tensors(path)
     if card.name != LITE0:
         raise MinivisionError(f"backbone card {card.card_path}: no weights file named")
-    if not (path.is_file() and _sha256(path) == card.sha256):
-        _convert_lite0(card, path)
-        digest = _sha256(path)
-        if digest != card.sha256:
-            raise MinivisionError(f"backbone {name!r}: the converted weights {path} have sha256 {digest[:12]}..., "
-                                  f"not the card's {card.sha256[:12]}...; check the installed versions of "
-                                  f"{LITE0_PACKAGE} and safetensors")
-    return load_tensors(path)
+    if path.is_file() and _sha256(path) == card.sha256:
+        return load_tensors(path)
+    state = _convert_lite0(card)
+    try:
+        # one metadata entry: safetensors writes several in hash order, and the file's digest must not vary
+        save_tensors(path, state, metadata={"source": f"{LITE0_PACKAGE}: efficientnet-lite0-57934424.pth"})
+    except OSError as e:  # a read-only cache: the weights were checked at the source, use them from memory
+        warnings.warn(Note(f"could not keep the converted {name} weights in {path.parent} ({e.strerror or e}); "
+                           "set MINIVISION_CACHE to a writable folder to convert them only once"), stacklevel=2)
+        return state
+    digest = _sha256(path)
+    if digest != card.sha256:
+        raise MinivisionError(f"backbone {name!r}: the converted weights {path} have sha256 {digest[:12]}..., "
+                              f"not the card's {card.sha256[:12]}...; check the installed versions of "
+                              f"{LITE0_PACKAGE} and safetensors")
+    return state
 
 
 # ---------------------------------------------------------------- networks from backbones
@@ -324,7 +335,7 @@ def adapt_input_conv(weight: torch.Tensor, channels: int) -> torch.Tensor:
 
 def _identity_input(model: torch.nn.Module, channels: int, size: tuple[int, int]) -> None:
     """Give a network without an input adapter a ``network_input()`` that says it changes nothing."""
-    described = {"channels": channels, "size": list(size), "resize": None, "mean": None, "std": None,
+    described = {"channels": channels, "size": list(size), "resize": "none", "mean": None, "std": None,
                  "from_channels": channels, "from_size": list(size)}
     model.network_input = types.MethodType(lambda self: dict(described), model)
 
