@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from . import finetune
 from .budget import LADDER, EpochLines, Plan, Planner, default_budget, format_duration, plan_budget, small_data_batches
 from .config import TrainConfig, resolve
 from .data import load_dataset
@@ -172,9 +173,16 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     augment_from_user = cfg.augment is not None
     user_cfg = cfg
     source: InitSource | None = None
+    start_flag = "--init-from"
+    if resume is None:
+        _check_start_flags(cfg)
     if resume is None and cfg.init_from is not None:
         source = read_init_source(cfg.init_from)
         cfg = _network_of(cfg, source)
+    elif resume is None and cfg.pretrained not in (None, "none") and finetune.is_weights_path(cfg.pretrained):
+        start_flag = "--pretrained"
+        source = _as_pretrained(read_init_source, cfg.pretrained)
+        cfg = _network_of(cfg, source, flag=start_flag)
     if resume is None:
         user_cfg = cfg = default_budget(cfg)
         first = cfg.model or (LADDER[0].model if cfg.budget is not None else DEFAULT_MODEL)
@@ -193,6 +201,13 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         found = f" ({ds.classes[0]!r})" if ds.classes else ""
         raise MinivisionError(f"{ds.name} has {ds.num_classes} class{found}: a classifier needs pictures of at least "
                               f"2 classes (one folder or label per class)")
+    start: finetune.Start | None = None
+    if resume is None:
+        start = _choose_start(user_cfg, ds, source, log)
+        if start is not None:
+            cfg = _fine_tune_settings(user_cfg, cfg, start)
+    elif state is not None and state["progress"].get("pretrained"):
+        start = finetune.Start.from_record(state["progress"]["pretrained"])
 
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
@@ -200,26 +215,57 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         log("note: this CPU has no native bf16; --precision bf16 will be slow")
 
     plan: Plan | None = None
-    if resume is None and cfg.budget is not None:
+    if resume is None and cfg.budget is not None and start is None:
         cfg, plan = plan_budget(user_cfg, cfg, ds, device, precision, started, log, clock)
     elif resume is None:  # fixed epochs/steps: the budget's small-data batch rule too (a batch the user set is kept)
         cfg = small_data_batches(user_cfg, cfg, len(ds.train.y), log)
+    if resume is None and not augment_from_user:
+        cfg = _small_data_augment(cfg, ds, start, log)
     if resume is None and not augment_from_user and ds.name in MIRROR_SENSITIVE and Augment.parse(cfg.augment).flip:
         cfg = dataclasses.replace(cfg, augment=dataclasses.replace(Augment.parse(cfg.augment), flip=0.0).spec())
         log(f"note: no flip augmentation for {ds.name} (a mirrored digit is another digit); augment={cfg.augment!r}")
 
     torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model, in_channels=ds.channels, image_size=ds.image_size,
-                         num_classes=ds.num_classes, **cfg.extra)
+    architecture: dict[str, Any] | None = None
+    if start is not None and start.backbone is not None and resume is None:
+        from . import pretrained
+
+        model, architecture = pretrained.build_pretrained(
+            start.backbone.name, in_channels=ds.channels, image_size=ds.image_size, num_classes=ds.num_classes,
+            input_size=start.input_size)
+        cfg = dataclasses.replace(cfg, extra=dict(architecture.get("kwargs") or {}))
+    else:
+        model = create_model(cfg.model, in_channels=ds.channels, image_size=ds.image_size,
+                             num_classes=ds.num_classes, **cfg.extra)
     model = model.to(device).to(memory_format=torch.channels_last)
     pre = Preprocess.fit(ds.train.x, cfg.normalize, ds.conversion)
     if state is not None and "preprocess" in state["progress"]:
         pre = Preprocess.from_dict(state["progress"]["preprocess"], dataset_name=ds.name)
     init: dict[str, Any] | None = None
     if source is not None:
-        pre = _check_source_input(source, ds) or pre
-        init = {"from": str(source.path), "head": load_init_weights(model, source, ds.classes)}
+        pre = _check_source_input(source, ds, flag=start_flag) or pre
+        init = {"from": str(source.path), "head": _as_pretrained(load_init_weights, model, source, ds.classes,
+                                                                 flag=start_flag)}
         log(f"starting from the weights of {source.path} ({'head kept' if init['head'] == 'kept' else 'new head'})")
+    if hasattr(model, "network_input"):  # what the network does to its input before the backbone (model.json)
+        pre.network_input = model.network_input()
+        if start is not None and start.backbone is not None and resume is None and not pre.network_input.get("mean"):
+            pre = finetune.backbone_normalisation(pre, start.backbone)
+    fine_plan: finetune.FineTunePlan | None = None
+    if start is not None:
+        steps = batches_per_epoch(len(ds.train.y), cfg.batch_size)
+        if resume is None:
+            finetune.init_head(model)
+        if resume is None and cfg.budget is not None and user_cfg.epochs is None:
+            fine_plan = finetune.plan_budget(cfg, model, pre, ds, device, precision, budget_s=float(cfg.budget),
+                                             left_s=started + float(cfg.budget) - clock(), freeze=start.freeze,
+                                             end_pictures=trust_pictures(ds), steps_per_epoch=steps, log=log)
+            cfg = dataclasses.replace(cfg, epochs=max(1, fine_plan.epochs if not start.freeze
+                                                      else fine_plan.head_epochs), steps=None)
+        if resume is None:
+            head_only = fine_plan is not None and fine_plan.epochs == 0 and not start.freeze
+            start.phases = finetune.phases(cfg, model, freeze=start.freeze or head_only, steps_per_epoch=steps)
+            log(start.describe())
     optimizer = make_optimizer(cfg, model)
 
     if run_dir is None:
@@ -232,8 +278,9 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
             f"parameters, {device.type} {precision})")
 
         meta = {
-            "architecture": {"name": cfg.model, "in_channels": ds.channels, "image_size": list(ds.image_size),
-                             "num_classes": ds.num_classes, "kwargs": cfg.extra},
+            "architecture": architecture or {"name": cfg.model, "in_channels": ds.channels,
+                                             "image_size": list(ds.image_size), "num_classes": ds.num_classes,
+                                             "kwargs": cfg.extra},
             "classes": ds.classes,
             "preprocess": pre.to_dict(),
             "dataset": {"data": cfg.data, "data_dir": cfg.data_dir, "test_data": cfg.test_data, "name": ds.name,
@@ -246,6 +293,10 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         }
         if init is not None:
             meta["init_from"] = init
+        if start is not None:
+            meta["pretrained"] = start.record()
+            if fine_plan is not None:
+                meta["budget"] = dataclasses.asdict(fine_plan)
         if plan is None and resume is not None and cfg.budget is not None:
             # a resumed budget run keeps the step count it had planned (restored from the checkpoint)
             meta["budget"] = {"budget_s": cfg.budget, "model": cfg.model, "resumed": True}
@@ -255,7 +306,10 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         if cfg.tensorboard:
             built_in.append(TensorBoard(run_dir))  # after Report: it logs the report's pictures
         trainer = Trainer(cfg, ds, model, pre, optimizer, device, precision, run_dir, meta, history, log,
-                          progress if progress is not None else None, listeners=[*built_in, *(listeners or [])])
+                          progress if progress is not None else None, listeners=[*built_in, *(listeners or [])],
+                          phases=start.phases if start is not None else None)
+        if fine_plan is not None:
+            trainer.listeners.append(finetune.Deadline(started + fine_plan.budget_s, fine_plan.end_s, clock))
         if plan is not None:
             meta["budget"] = dataclasses.asdict(plan)
             if cfg.steps is not None and user_cfg.steps is None:
@@ -271,6 +325,11 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         if not interrupted:
             result.test = trainer.finish()
         return result
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """Steps in an epoch of ``n`` training pictures: a lone last picture is dropped (batch norm needs two)."""
+    return n // batch_size + (1 if n % batch_size >= 2 or n < batch_size else 0)
 
 
 def trust_pictures(ds: Dataset) -> int:
@@ -306,28 +365,128 @@ def _failure_recorded(run_dir: Path):
         raise
 
 
-def _network_of(cfg: TrainConfig, source: InitSource) -> TrainConfig:
-    """``--init-from`` a run: train its network (and its builder options) unless ``--model`` says the same."""
+def _network_of(cfg: TrainConfig, source: InitSource, flag: str = "--init-from") -> TrainConfig:
+    """``--init-from`` (or ``--pretrained``) a run: train its network (and its builder options) unless
+    ``--model`` says the same."""
     if source.architecture is None:
         if cfg.model is None:
-            raise MinivisionError(f"--init-from {source.path}: a bare weights file needs --model (which network)")
+            raise MinivisionError(f"{flag} {source.path}: a bare weights file needs --model (which network)")
         return cfg
     name = str(source.architecture["name"])
     if cfg.model is not None and cfg.model != name:
-        raise MinivisionError(f"--init-from {source.path} holds a {name} network; drop --model {cfg.model} "
+        raise MinivisionError(f"{flag} {source.path} holds a {name} network; drop --model {cfg.model} "
                               f"(or use --model {name})")
     return dataclasses.replace(cfg, model=name, extra=cfg.extra or dict(source.architecture.get("kwargs") or {}))
 
 
-def _check_source_input(source: InitSource, ds: Dataset) -> Preprocess | None:
+def _check_source_input(source: InitSource, ds: Dataset, flag: str = "--init-from") -> Preprocess | None:
     """A run's preprocessing is kept, so its input must be the dataset's: same channels and size."""
     pre = source.preprocess
     if pre is None:
         return None
     if (pre.channels, tuple(pre.size)) != (ds.channels, tuple(ds.image_size)):
-        raise MinivisionError(f"--init-from {source.path}: that model takes {pre.channels}x{pre.size[0]}x{pre.size[1]} "
+        raise MinivisionError(f"{flag} {source.path}: that model takes {pre.channels}x{pre.size[0]}x{pre.size[1]} "
                               f"images, {ds.name}'s are {ds.channels}x{ds.image_size[0]}x{ds.image_size[1]}")
     return pre
+
+
+# ----------------------------------------------------------------------------- starting from a pretrained model
+
+def _check_start_flags(cfg: TrainConfig) -> None:
+    """``--freeze`` needs something pretrained to freeze; ``--steps`` does not split into phases."""
+    if cfg.freeze and cfg.pretrained == "none":
+        raise MinivisionError("--freeze keeps a pretrained backbone frozen: drop --pretrained none")
+    if cfg.freeze and cfg.init_from is not None:
+        raise MinivisionError("--freeze works with --pretrained (a new head on frozen features), not --init-from")
+    if cfg.pretrained not in (None, "none") and cfg.steps is not None:
+        raise MinivisionError("--pretrained trains in phases of whole epochs: give --epochs instead of --steps")
+
+
+def _as_pretrained(read: Callable[..., Any], *args: Any, flag: str = "--pretrained") -> Any:
+    """``runfiles``' init-from readers for ``--pretrained RUN|FILE``: their errors name the flag given.
+    ``load_init_weights`` gets the source without its head, so the head is always new (``reset``)."""
+    if read is load_init_weights:
+        model, source, classes = args
+        if flag == "--pretrained":
+            head = f"{model.classifier_name}."
+            source = dataclasses.replace(source, classes=None,
+                                         state={k: v for k, v in source.state.items() if not k.startswith(head)})
+        args = (model, source, classes)
+    try:
+        return read(*args)
+    except MinivisionError as e:
+        raise MinivisionError(str(e).replace("--init-from", flag, 1)) from None
+
+
+def _choose_start(user_cfg: TrainConfig, ds: Dataset, source: InitSource | None,
+                  log: Callable[[str], None]) -> finetune.Start | None:
+    """What a new run starts from: ``--pretrained RUN|FILE`` (``source``), ``--pretrained NAME``, or with
+    neither (and no ``--init-from``) ``finetune.choose_backbone``'s pick for this dataset; None from scratch."""
+    given = user_cfg.pretrained
+    if user_cfg.init_from is not None or given == "none":
+        return None
+    if source is not None:
+        return finetune.Start(source=source.path, why="--pretrained", freeze=user_cfg.freeze)
+    n = len(ds.train.y)
+    if given is not None:
+        backbone = finetune.resolve_backbone(given)
+        if user_cfg.model is not None and user_cfg.model != backbone.model:
+            raise MinivisionError(f"--pretrained {given} is a {backbone.model} network; drop --model "
+                                  f"{user_cfg.model} (or use --model {backbone.model})")
+        if not finetune.fits_input(backbone, ds.channels):
+            raise MinivisionError(f"--pretrained {given} takes {backbone.channels}-channel pictures; "
+                                  f"{ds.name}'s have {ds.channels}")
+        why = "named by --pretrained"
+        if finetune.same_data(backbone.dataset, ds.name):
+            log(f"note: {given} was pretrained on {backbone.dataset}: a test score on {ds.name} is not a fair one")
+    else:
+        try:
+            backbone, why = finetune.choose_backbone(n if not user_cfg.freeze else 0, ds.channels, ds.name,
+                                                     model=user_cfg.model)
+        except (ImportError, MinivisionError) as e:  # no catalogue: never stop a default run for it
+            log(f"note: no pretrained backbone available ({e}); training from scratch")
+            return None
+        if backbone is None:
+            if user_cfg.freeze:
+                raise MinivisionError(f"--freeze: {why}; name one with --pretrained NAME")
+            return None
+        if user_cfg.freeze:
+            why = "--freeze"
+    return finetune.Start(backbone=backbone, why=why, freeze=user_cfg.freeze,
+                          input_size=finetune.working_size(backbone, tuple(ds.image_size)))
+
+
+def _fine_tune_settings(user_cfg: TrainConfig, cfg: TrainConfig, start: finetune.Start) -> TrainConfig:
+    """The settings of a fine-tune: the backbone's network with its registered recipe (a run's or a
+    weights file's network with ``finetune.FINETUNE_RECIPE`` over its from-scratch recipe), the user's
+    flags over both; ``--freeze`` with no ``--epochs`` trains ``finetune.FREEZE_EPOCHS`` epochs."""
+    if start.backbone is not None:
+        name, defaults = start.backbone.model, dict(model_info(start.backbone.model).defaults)
+        extra = user_cfg.extra
+    else:
+        name, extra = cfg.model, cfg.extra
+        defaults = {**model_info(name).defaults, **finetune.FINETUNE_RECIPE}
+    if start.freeze:
+        defaults["epochs"] = finetune.FREEZE_EPOCHS
+    defaults.pop("steps", None)
+    out = resolve(dataclasses.replace(user_cfg, model=name, extra=extra), defaults)
+    return dataclasses.replace(out, **{k: getattr(cfg, k) for k in ("data", "data_dir", "test_data", "init_from",
+                                                                    "pretrained")})
+
+
+def _small_data_augment(cfg: TrainConfig, ds: Dataset, start: finetune.Start | None,
+                        log: Callable[[str], None]) -> TrainConfig:
+    """No ``--augment`` given: the augmentation ``data.augment.small_data_augment`` picks for this many
+    training pictures (None keeps the recipe's); none on cached features (``--freeze``)."""
+    if start is not None and start.freeze:
+        return cfg
+    from .data.augment import small_data_augment
+
+    spec = small_data_augment(len(ds.train.y), ds.channels, ds.name)
+    if spec is None or spec == cfg.augment:
+        return cfg
+    log(f"note: {len(ds.train.y):,} training pictures: augment={spec!r} (--augment sets it)")
+    return dataclasses.replace(cfg, augment=spec)
 
 
 def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
@@ -401,7 +560,9 @@ class Trainer:
     ``batches_per_epoch``, ``improved`` (this epoch set a new best), ``interrupted``, ``scored``."""
 
     def __init__(self, cfg, ds, model, pre, optimizer, device, precision, run_dir, meta, history, log, progress,
-                 listeners: list[Listener] | None = None):
+                 listeners: list[Listener] | None = None, phases: list[finetune.Phase] | None = None):
+        """``phases`` (a fine-tune, ``finetune.phases``): the run's epochs in phases, each with its own
+        frozen layers, optimizer, peak rate and schedule; phase "head" trains on cached features."""
         self.cfg, self.ds, self.model, self.pre, self.opt = cfg, ds, model, pre, optimizer
         self.device, self.precision, self.run_dir, self.meta, self.log = device, precision, run_dir, meta, log
         self.history = history
@@ -415,8 +576,15 @@ class Trainer:
         n, bs = len(self.y), cfg.batch_size
         if n == 0:
             raise MinivisionError("the training split is empty")
-        self.batches_per_epoch = n // bs + (1 if n % bs >= 2 or n < bs else 0)  # a lone last image is dropped
-        if cfg.steps is not None:
+        self.batches_per_epoch = batches_per_epoch(n, bs)
+        self.phases = list(phases or [])
+        self.phase: int | None = None  # index into phases of the one set up (optimizer, frozen layers)
+        self.features: torch.Tensor | None = None  # cached training features (phase "head")
+        self.val_features: torch.Tensor | None = None
+        if self.phases:
+            self.epochs = sum(p.epochs for p in self.phases)
+            self.total_steps = self.epochs * self.batches_per_epoch
+        elif cfg.steps is not None:
             self.total_steps = cfg.steps
             self.epochs = math.ceil(cfg.steps / self.batches_per_epoch)
         else:
@@ -446,6 +614,8 @@ class Trainer:
     def restore(self, state: dict[str, Any]) -> None:
         p = state["progress"]
         self.model.load_state_dict(state["model"])
+        if self.phases:  # the optimizer saved is the one of the phase of the last step taken
+            self._enter_phase(self.phase_of(p["epoch"] if p["step_in_epoch"] else max(p["epoch"] - 1, 0)))
         self.opt.load_state_dict(state["optimizer"])
         self.epoch, self.step_in_epoch, self.step = p["epoch"], p["step_in_epoch"], p["step"]
         self.best_val = p["best_val"]
@@ -484,11 +654,68 @@ class Trainer:
                     "best_val": self.best_val, "sums": self.sums.tolist(), "epoch_seconds": self.epoch_seconds,
                     "total_steps": self.total_steps, "exploding": self.exploding,
                     "history": self.history, "finished": finished, "preprocess": self.pre.to_dict(), "rng": rng}
+        if "pretrained" in self.meta:  # a resume rebuilds the phases from it
+            progress["pretrained"] = self.meta["pretrained"]
         save_checkpoint(self.run_dir / "last.safetensors", self.model, self.opt, progress)
 
     def _emit(self, event: str, *args: Any) -> None:
         for listener in self.listeners:
             getattr(listener, event)(self, *args)
+
+    # -- phases (a fine-tune)
+
+    def phase_of(self, epoch: int) -> int:
+        """Index of the phase epoch ``epoch`` (0-based) belongs to; the last phase takes any epochs beyond."""
+        end = 0
+        for i, p in enumerate(self.phases):
+            end += p.epochs
+            if epoch < end:
+                return i
+        return len(self.phases) - 1
+
+    def _phase_start(self, i: int) -> int:
+        """The step phase ``i`` starts at."""
+        return sum(p.epochs for p in self.phases[:i]) * self.batches_per_epoch
+
+    def _enter_phase(self, i: int) -> None:
+        """Set up phase ``i``: frozen or trainable layers, a new optimizer over the trainable ones with the
+        phase's per-group rates, no augmentation on cached features, and the features cached (once)."""
+        from .optim import make_optimizer
+
+        ph = self.phases[i]
+        finetune.set_frozen(self.model, ph.cached)
+        self.opt = make_optimizer(dataclasses.replace(self.cfg, lr=ph.lr), self.model, ph.lr_scales)
+        self.augment = Augment.parse("" if ph.cached else self.cfg.augment)
+        if ph.cached and self.features is None:
+            t0 = time.perf_counter()
+            kw = {"device": self.device, "precision": self.precision}
+            self.features = finetune.compute_features(self.model, self.pre, self.x, **kw)
+            if self.ds.val is not None and len(self.ds.val):
+                self.val_features = finetune.compute_features(self.model, self.pre, self.ds.val.x, **kw)
+            n = len(self.features) + (len(self.val_features) if self.val_features is not None else 0)
+            self.log(f"phase {ph.name}: features of {n:,} pictures cached ({n * self.model.num_features * 4 / 1e6:.1f} "
+                     f"MB) in {time.perf_counter() - t0:.1f}s" + (f"; no augmentation on them ({self.cfg.augment})"
+                                                                 if self.cfg.augment else ""))
+        if not ph.cached:
+            self.features = self.val_features = None  # the backbone changes from here
+        self.phase = i
+
+    def lr_now(self, step: int) -> float:
+        """The base learning rate at optimizer step ``step`` (each group multiplies its ``lr_scale``): the
+        schedule over the whole run, or over the current phase's own steps at its peak rate."""
+        if not self.phases:
+            return lr_at(step, self.total_steps, self.cfg.lr, self.cfg.schedule)
+        i = self.phase_of(step // self.batches_per_epoch)
+        start = self._phase_start(i)
+        end = self.total_steps if i == len(self.phases) - 1 else self._phase_start(i + 1)
+        ph = self.phases[i]
+        return lr_at(step - start, max(end - start, 1), ph.lr, ph.schedule)
+
+    def _forward(self, xb: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Logits of a training batch: the network's, or on cached features (phase "head") its head's."""
+        if self.features is not None:
+            return self.model.forward_head(self.features[idx])
+        return self.model(xb)
 
     # -- the loop
 
@@ -500,6 +727,10 @@ class Trainer:
         with _StopFlag() as flag:
             while self.epoch < self.epochs:
                 e = self.epoch
+                if self.phases and self.phase != self.phase_of(e):
+                    self._enter_phase(self.phase_of(e))
+                if self.phases:
+                    finetune.train_mode(self.model)
                 perm = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(_epoch_seed(cfg.seed, e, 0)))
                 perm = perm.to(self.device)
                 self.aug_gen = torch.Generator(device=self.device).manual_seed(_epoch_seed(cfg.seed, e, 1))
@@ -546,11 +777,11 @@ class Trainer:
                 target = yb
                 if self.augment.mixes:
                     xb, target = self.augment.mix(xb, yb, self.ds.num_classes, self.aug_gen)
-                lr = lr_at(self.step, self.total_steps, cfg.lr, cfg.schedule)
+                lr = self.lr_now(self.step)
                 for group in self.opt.param_groups:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
-                    logits = self.model(xb)
+                    logits = self._forward(xb, idx)
                 loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
                 if not torch.isfinite(loss):
                     raise TrainingFailed(f"training failed at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}: "
@@ -609,6 +840,8 @@ class Trainer:
     def epoch_label(self, n: int) -> str:
         """``epoch n/N``; in a budget run whose plan still moves, ``epoch n · 1m12s left`` (the time until the
         budget ends) until the last epoch, which reads ``epoch N/N``."""
+        if self.phases:
+            return f"epoch {n}/{self.epochs} {self.phases[self.phase_of(n - 1)].name}"
         if self.budget_end is None or (n >= self.epochs and n == self.epoch):
             return f"epoch {n}/{self.epochs}"
         end, clock = self.budget_end
@@ -616,19 +849,26 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         """Validation, the history row, the best-epoch rule; then ``on_epoch_end``."""
-        cfg = self.cfg
         loss_sum, correct, count = self.sums.tolist()
         val_loss = val_acc = float("nan")
         t_val = time.perf_counter()
-        if self.ds.val is not None and len(self.ds.val):
+        if self.val_features is not None:  # phase "head": the head on the cached validation features
+            with torch.inference_mode():
+                logits = self.model.forward_head(self.val_features).float().cpu()
+            val_loss, val_acc = loss_and_accuracy(logits, self.ds.val.y)
+        elif self.ds.val is not None and len(self.ds.val):
             logits = predict_logits(self.model, self.pre, self.ds.val.x, device=self.device, precision=self.precision)
             val_loss, val_acc = loss_and_accuracy(logits, self.ds.val.y)
+        if self.phases:
+            finetune.train_mode(self.model)
         # like Keras' epoch time: the validation pass counts as part of the epoch
         self.epoch_seconds += time.perf_counter() - t_val
         row = {"epoch": self.epoch + 1, "train_loss": loss_sum / count, "train_accuracy": correct / count,
                "val_loss": val_loss, "val_accuracy": val_acc,
-               "lr": lr_at(max(self.step - 1, 0), self.total_steps, cfg.lr, cfg.schedule),
+               "lr": self.lr_now(max(self.step - 1, 0)),
                "seconds": round(self.epoch_seconds, 3)}
+        if self.phases:
+            row["phase"] = self.phases[self.phase_of(self.epoch)].name
         self.history.append(row)
         self.epoch += 1
         self.step_in_epoch = 0
