@@ -269,6 +269,26 @@ def test_shrinking_is_antialiased_as_pil_does():
     assert (x[0, 0] - expected).abs().max() < 1e-3
 
 
+def test_other_channel_counts_get_the_stem_adapted_by_timms_rule(lite0_state):
+    model, arch = pretrained.build_pretrained(LITE0, in_channels=2, image_size=32, num_classes=3, input_size=32)
+    assert model.network_input()["channels"] == 2 and arch["in_channels"] == 2
+    assert torch.allclose(model.conv_stem.weight, lite0_state["conv_stem.weight"][:, :2] * 1.5)
+    with torch.no_grad():
+        assert torch.isfinite(model.eval()(torch.rand(2, 2, 32, 32))).all()
+
+
+def test_drop_connect_drops_whole_samples_only_in_training():
+    from minivision.models.efficientnet_lite import drop_connect
+
+    x = torch.ones(4000, 2, 3, 3)
+    torch.manual_seed(0)
+    out = drop_connect(x, 0.25, training=True)
+    per_sample = out.flatten(1)
+    assert ((per_sample == 0).all(1) | (per_sample == 1 / 0.75).all(1)).all()  # all or nothing, rescaled
+    assert abs((per_sample[:, 0] == 0).float().mean().item() - 0.25) < 0.03
+    assert torch.equal(drop_connect(x, 0.25, training=False), x)
+
+
 def test_adapt_input_conv_follows_timms_rule():
     w = torch.randn(4, 3, 3, 3)
     assert torch.equal(pretrained.adapt_input_conv(w, 3), w)
