@@ -29,6 +29,8 @@ reads, in a temporary folder, and given to ``--data``; the test split is the who
   drawn JPEGs and ``test`` a link to the whole test folder: the same pictures, decoded the same way, as
   the full folder gives.
 
+The commands shown write ``DRAWk/NAME`` for draw k's folder (a temporary one, deleted after its run).
+
 Draws: per class, ``numpy.random.default_rng(seed)`` picks ``--per-class`` training pictures without
 replacement (``draw``); draw k uses seed k for every row, and the run is trained with ``--seed k``.
 Each row's figure is the mean +- sample std over the draws of the test accuracy the run reports (the
@@ -58,6 +60,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
 import devpaths  # noqa: E402
 from minivision.errors import MinivisionError  # noqa: E402
 from minivision.fileio import write_bytes, write_json, write_text  # noqa: E402
+from tutorials import cpu_name  # noqa: E402
 
 BACKBONE = "efficientnet-lite0"
 # row -> (what the table calls it, the flags it adds, the datasets it applies to, None = all)
@@ -163,11 +166,17 @@ def run_one(data: Path, flags: list[str], length: list[str], seed: int, out: Pat
     if p.returncode != 0:
         tail = (p.stderr.strip() or p.stdout.strip()).splitlines()[-3:]
         return {"error": " | ".join(tail) or f"exit status {p.returncode}", "seconds": seconds}
+    import yaml
+
     summary = json.loads(p.stdout.strip().splitlines()[-1])
-    meta = json.loads((Path(summary["run"]) / "model.json").read_text())
+    run = Path(summary["run"])
+    meta = json.loads((run / "model.json").read_text())
+    used = yaml.safe_load((run / "args.yaml").read_text())  # the settings as the run used them
     return {"test_accuracy": summary["test_accuracy"], "seconds": seconds,
-            "model": meta.get("architecture", {}).get("name"), "pretrained": meta.get("pretrained"),
-            "init_from": meta.get("init_from"), "settings": meta.get("settings") or meta.get("config")}
+            "model": meta.get("architecture", {}).get("name"), "epochs": meta.get("metrics", {}).get("epochs"),
+            "pretrained": meta.get("pretrained") or meta.get("init_from"),
+            "settings": {k: used.get(k) for k in ("model", "pretrained", "freeze", "augment", "batch_size", "lr",
+                                                  "optimizer", "schedule", "label_smoothing", "budget", "epochs")}}
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -245,8 +254,8 @@ def _run(a: argparse.Namespace) -> int:
                         data = fashion_draw(source, a.per_class, k, where, train)
                     else:
                         data = folder_draw(source, a.per_class, k, where, listing=listing)
-                    shown = (f"minivision train --data {name if row == 'tutorial' else 'DRAW'} "
-                             f"{' '.join(flags + length)} --seed {k}").replace("  ", " ")
+                    shown = " ".join(["minivision train --data", name if row == "tutorial" else f"DRAW{k}/{name}",
+                                      *flags, *length, "--seed", str(k)])
                     print(f"$ {shown}", flush=True)
                     r = run_one(data, flags, length, k, tmp / "runs", f"{name}-{row}-{k}")
                     r |= {"draw": k, "command": shown}
@@ -294,7 +303,7 @@ def _write(results: list[dict], a: argparse.Namespace, length: list[str]) -> Non
     import torch
 
     date = dt.date.today().isoformat()
-    lines = [f"Measured {date} on {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+    lines = [f"Measured {date} on {cpu_name()}, {os.cpu_count()} cores, "
              f"torch {torch.__version__}, Python {platform.python_version()}. Command: "
              f"`python3 bench/fewshot.py{' --quick' if a.quick else ''}` ({a.draws} draws of {a.per_class} "
              f"training pictures per class; {' '.join(length)} per run; test accuracy on the whole test set; "
