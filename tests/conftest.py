@@ -34,6 +34,8 @@ def pytest_configure(config: pytest.Config) -> None:
         os.environ[var] = str(_SANDBOX / sub)
     tempfile.tempdir = None  # re-read TMPDIR
     os.environ.pop("MINIVISION_DATA", None)
+    # small datasets train from scratch unless a test asks for the automatic fine-tune (tests/test_finetune.py)
+    os.environ["MINIVISION_PRETRAINED"] = "none"
     (_SANDBOX / "cwd").mkdir()
     config.addinivalue_line("markers", "needs_fashion_mnist: uses the real Fashion-MNIST (skipped without it; "
                                        "a failure where CI is set)")

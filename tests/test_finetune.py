@@ -75,6 +75,7 @@ def _info(name):
 
 @pytest.fixture
 def fake_catalogue(monkeypatch):
+    monkeypatch.delenv("MINIVISION_PRETRAINED", raising=False)  # conftest turns the automatic choice off
     mod = types.ModuleType("minivision.pretrained")
     mod.list_backbones = lambda: list(FAKES)
     mod.backbone_info = _info
@@ -246,6 +247,14 @@ def test_a_large_dataset_keeps_training_from_scratch(tmp_path, fake_catalogue, m
     r = _fit(tmp_path)
     assert "pretrained" not in json.loads((r.run_dir / "model.json").read_text())
     assert r.config.model == "mvnet-t" or r.config.model is not None
+
+
+def test_the_environment_sets_the_default_start(tmp_path, fake_catalogue, monkeypatch):
+    monkeypatch.setenv("MINIVISION_PRETRAINED", "none")
+    assert "pretrained" not in json.loads((_fit(tmp_path).run_dir / "model.json").read_text())
+    monkeypatch.setenv("MINIVISION_PRETRAINED", "fake-rgb")
+    meta = json.loads((_fit(tmp_path).run_dir / "model.json").read_text())
+    assert meta["pretrained"]["backbone"] == "fake-rgb"
 
 
 def test_the_default_run_plans_as_before(fake_catalogue):

@@ -124,7 +124,8 @@ class TrainConfig:
               "efficientnet-lite0), a run folder or a .safetensors file: always a new head for these classes "
               "and the fine-tuning recipe (head first, then everything at lower rates for earlier layers); "
               "none: train from scratch. Default: small datasets (up to 5,000 training pictures) are "
-              "fine-tuned from the best backbone for them", metavar="NAME|RUN|FILE|none", group="start")
+              "fine-tuned from the best backbone for them ($MINIVISION_PRETRAINED sets another default)",
+        metavar="NAME|RUN|FILE|none", group="start")
     freeze: bool = _setting(False, "with a pretrained backbone: keep it frozen, compute its features once and "
                                    "train only the head on them (feature extraction)", kind=bool)
     budget: float | str | None = _setting(

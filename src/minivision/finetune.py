@@ -158,6 +158,14 @@ def backbone_normalisation(pre: Preprocess, backbone: Any) -> Preprocess:
     return dataclasses.replace(pre, mean=mean, std=std)
 
 
+def default_pretrained() -> str | None:
+    """``--pretrained``'s value when it is not given: ``$MINIVISION_PRETRAINED`` (``none``: small datasets
+    train from scratch too; a backbone name: that one), else None (the automatic choice)."""
+    import os
+
+    return os.environ.get("MINIVISION_PRETRAINED") or None
+
+
 def resolve_backbone(value: str) -> Any:
     """``--pretrained NAME``: the catalogue's entry (did-you-mean on an unknown name, MinivisionError)."""
     return _catalogue().backbone_info(value)

@@ -422,7 +422,7 @@ def _choose_start(user_cfg: TrainConfig, ds: Dataset, source: InitSource | None,
                   log: Callable[[str], None]) -> finetune.Start | None:
     """What a new run starts from: ``--pretrained RUN|FILE`` (``source``), ``--pretrained NAME``, or with
     neither (and no ``--init-from``) ``finetune.choose_backbone``'s pick for this dataset; None from scratch."""
-    given = user_cfg.pretrained
+    given = user_cfg.pretrained or finetune.default_pretrained()
     if user_cfg.init_from is not None or given == "none":
         return None
     if source is not None:
