@@ -151,7 +151,8 @@ class TrainConfig:
                                     fallback="constant")
     label_smoothing: float | None = _setting(None, "label smoothing of the cross-entropy loss", kind=float, lo=0,
                                              hi=1, hi_open=True, recipe=True, fallback=0.0)
-    augment: str | None = _setting(None, 'e.g. "flip,shift=2,rotate=10,zoom=0.1,erase=0.5", or "none"',
+    augment: str | None = _setting(None, 'e.g. "flip,shift=2,rotate=10,zoom=0.1,erase=0.5", '
+                                         '"crop=0.35,flip,jitter=0.4,trivial,mixup=0.2,cutmix=1", or "none"',
                                    recipe=True, fallback="")
     normalize: str | None = _setting(None, "unit: x/255 (Keras Rescaling); standard: per-channel mean/std of the "
                                            "training set", choices=NORMALIZE, recipe=True, fallback="unit")
