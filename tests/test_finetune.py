@@ -414,9 +414,8 @@ def _fashion_subset(per_class: int, n_test: int | None, seed: int = 0):
 
 
 @needs_fashion_mnist
-def test_real_fine_tune_of_efficientnet_lite0_on_200_fashion_pictures_then_predict(tmp_path):
-    pytest.importorskip("minivision.pretrained")
-    ds = _fashion_subset(20, 200)
+def test_real_fine_tune_of_efficientnet_lite0_on_100_fashion_pictures_then_predict(tmp_path):
+    ds = _fashion_subset(10, 100)
     r = _fit(tmp_path, ds, pretrained="efficientnet-lite0", epochs=1, batch_size=32)
     meta = json.loads((r.run_dir / "model.json").read_text())
     assert meta["pretrained"]["backbone"] == "efficientnet-lite0"
@@ -430,7 +429,6 @@ def test_real_fine_tune_of_efficientnet_lite0_on_200_fashion_pictures_then_predi
 @needs_fashion_mnist
 @pytest.mark.slow
 def test_real_fine_tune_100_per_class_whole_test_set(tmp_path):
-    pytest.importorskip("minivision.pretrained")
     ds = _fashion_subset(100, None)
     r = _fit(tmp_path, ds, pretrained="efficientnet-lite0", epochs=None, batch_size=None)
     assert r.test["test_n"] == 10_000

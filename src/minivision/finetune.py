@@ -315,7 +315,7 @@ def train_mode(model: nn.Module, training: bool = True) -> None:
                 m.eval()
 
 
-@torch.inference_mode()
+@torch.no_grad()  # not inference_mode: the features are the head's training input, indexed into batches
 def compute_features(model: nn.Module, pre: Preprocess, x: torch.Tensor, *, device: torch.device,
                      precision: str = "fp32", batch_size: int = 128) -> torch.Tensor:
     """Penultimate features float32 (N, D) on ``device`` of uint8 pictures ``x`` (N, C, H, W): the
