@@ -140,9 +140,12 @@ def test_a_frozen_backbone_keeps_its_weights_and_batch_norm_statistics_after_a_s
     head = net.classifier_name + "."
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith(head) for k in changed), changed
-    finetune.set_frozen(net, False)
+    finetune.set_frozen(net, False)  # phase "all": every parameter trains, batch-norm statistics still kept
     finetune.train_mode(net)
-    assert all(m.training for m in bns) and all(p.requires_grad for p in net.parameters())
+    assert all(not m.training for m in bns) and all(p.requires_grad for p in net.parameters())
+    finetune.set_frozen(net, False, keep_bn_stats=False)
+    finetune.train_mode(net)
+    assert all(m.training for m in bns)
 
 
 def test_layer_groups_and_discriminative_rates_rise_to_the_head():
@@ -168,7 +171,7 @@ def test_fine_tune_phases_head_then_everything_at_lower_rates_for_earlier_layers
     assert sum(n for _, _, n in last_head["groups"]) == len([k for k in watch.start if k.startswith("head.")])
     # phase all: the backbone changes, earlier layers at lower rates
     changed = [k for k, v in _backbone(watch.epochs[head]["state"]).items() if not torch.equal(watch.start[k], v)]
-    assert changed
+    assert changed and not [k for k in changed if "running_" in k]  # batch-norm statistics kept as pretrained
     scales = sorted({s for s, _, _ in watch.epochs[head]["groups"]})
     assert scales[0] == pytest.approx(1 / finetune.LR_MULT) and scales[-1] == 1.0
     meta = json.loads((r.run_dir / "model.json").read_text())
@@ -353,6 +356,10 @@ def test_resume_rebuilds_the_phases(tmp_path, fake_catalogue):
     a, b = load_model(whole.run_dir).model.state_dict(), load_model(done.run_dir).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [r["phase"] for r in done.history] == ["head"] * finetune.head_epochs(7) + ["all"]
+    assert json.loads((done.run_dir / "model.json").read_text())["pretrained"]["backbone"] == "fake-net"
+    longer = fit(TrainConfig(epochs=len(done.history) + 2), dataset=synthetic_dataset(240, 80), resume=done.run_dir,
+                 progress=False, log=lambda m: None)  # extended: more epochs of everything
+    assert [r["phase"] for r in longer.history][-3:] == ["all"] * 3
 
 
 # ----------------------------------------------------------------------------- preprocessing recorded

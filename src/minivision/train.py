@@ -208,6 +208,10 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
             cfg = _fine_tune_settings(user_cfg, cfg, start)
     elif state is not None and state["progress"].get("pretrained"):
         start = finetune.Start.from_record(state["progress"]["pretrained"])
+        if run_dir is not None and run_dir != Path(resume) and start.phases:  # extended: --epochs N in all
+            last = start.phases[-1]
+            more = max(0, int(cfg.epochs or 0) - sum(p.epochs for p in start.phases))
+            start.phases[-1] = dataclasses.replace(last, epochs=last.epochs + more)
 
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
@@ -426,7 +430,7 @@ def _choose_start(user_cfg: TrainConfig, ds: Dataset, source: InitSource | None,
     if user_cfg.init_from is not None or given == "none":
         return None
     if source is not None:
-        return finetune.Start(source=source.path, why="--pretrained", freeze=user_cfg.freeze)
+        return finetune.Start(source=source.path, why="named by --pretrained", freeze=user_cfg.freeze)
     n = len(ds.train.y)
     if given is not None:
         backbone = finetune.resolve_backbone(given)
