@@ -245,6 +245,12 @@ def test_a_small_dataset_is_fine_tuned_by_default_and_none_trains_from_scratch(t
     assert "pretrained" not in json.loads((r3.run_dir / "model.json").read_text())
 
 
+def test_a_fine_tune_without_budget_or_epochs_runs_its_recipe_not_the_30_second_default(tmp_path, fake_catalogue):
+    r = fit(TrainConfig(out=str(tmp_path), pretrained="fake-net", freeze=True), dataset=synthetic_dataset(240, 80),
+            progress=False, log=lambda m: None)
+    assert r.config.budget is None and len(r.history) == finetune.FREEZE_EPOCHS
+
+
 def test_a_large_dataset_keeps_training_from_scratch(tmp_path, fake_catalogue, monkeypatch):
     monkeypatch.setattr(finetune, "SMALL_DATA_MAX", 100)
     r = _fit(tmp_path)
@@ -338,6 +344,8 @@ def test_deadline_stops_at_an_epoch_end_when_the_next_would_not_fit():
     d.on_epoch_end(t, {"seconds": 20.0})
     assert stopped == []
     now[0] = 65.0
+    d.on_epoch_end(t, {"seconds": 20.0, "phase": "head"})
+    assert stopped == []  # epochs on cached features are never worth stopping
     d.on_epoch_end(t, {"seconds": 20.0})
     assert stopped == ["epoch"]
 

@@ -430,6 +430,8 @@ class Deadline(Listener):
         self.deadline, self.end_s, self.clock = deadline, end_s, clock
 
     def on_epoch_end(self, trainer: Any, row: dict[str, Any]) -> None:
+        if row.get("phase") == "head":  # epochs on cached features cost milliseconds: stopping saves nothing
+            return
         left = self.deadline - self.clock()
         if trainer.epoch < trainer.epochs and left < row["seconds"] + self.end_s:
             trainer.log(f"budget: {left:.0f} s left, an epoch takes {row['seconds']:.0f} s: stopping here")

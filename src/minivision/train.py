@@ -183,6 +183,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         start_flag = "--pretrained"
         source = _as_pretrained(read_init_source, cfg.pretrained)
         cfg = _network_of(cfg, source, flag=start_flag)
+    budget_given = cfg.budget is not None
     if resume is None:
         user_cfg = cfg = default_budget(cfg)
         first = cfg.model or (LADDER[0].model if cfg.budget is not None else DEFAULT_MODEL)
@@ -205,6 +206,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     if resume is None:
         start = _choose_start(user_cfg, ds, source, log)
         if start is not None:
+            if not budget_given:  # the 30-second default is the from-scratch ladder's: a fine-tune runs its recipe
+                user_cfg = dataclasses.replace(user_cfg, budget=None)
             cfg = _fine_tune_settings(user_cfg, cfg, start)
     elif state is not None and state["progress"].get("pretrained"):
         start = finetune.Start.from_record(state["progress"]["pretrained"])
