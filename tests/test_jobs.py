@@ -58,7 +58,15 @@ from PIL import Image
 from minivision.config import TrainConfig
 from minivision.fileio import read_json, write_json
 from minivision.serve import jobs_images
-from minivision.serve.jobs_runner import MAX_AUTO_RESUMES, process_identity, small_data_flags
+from minivision.serve.jobs_runner import (
+    FASHION_BACKBONE,
+    MAX_AUTO_RESUMES,
+    base_model_choices,
+    process_identity,
+    small_data_flags,
+    start_flags,
+    started_from,
+)
 from minivision.serve.jobs_store import JobError, Store
 from minivision.train import fit
 
@@ -252,7 +260,9 @@ def processes():
 
 
 def new_model(server: Server, kind: str = "gray", **extra) -> str:
-    r = server.client.post("/models", json={"name": "clothes", "kind": kind, **extra})
+    """A job training the tiny mvnet-t from scratch (unless ``extra`` names another ``base_model``): these
+    tests are about the runner, and fine-tuning a backbone is tested on its own."""
+    r = server.client.post("/models", json={"name": "clothes", "kind": kind, "base_model": "mvnet-t", **extra})
     assert r.status_code == 201, r.text
     return r.json()["id"]
 
@@ -346,6 +356,70 @@ def test_small_uploads_are_planned_by_the_budget_planner_as_the_cli_does():
     assert small_data_flags("mvnet-t", 60, 4) == ["--epochs", "4"]  # the user's epochs win
 
 
+def test_base_model_says_where_a_job_starts():
+    assert start_flags("auto", "fashion") == ["--pretrained", FASHION_BACKBONE] == ["--pretrained", "mvnet-fashion"]
+    assert start_flags("auto", "gray") == start_flags("auto", "rgb") == []  # the training's automatic choice
+    assert start_flags("none", "fashion") == ["--pretrained", "none"]
+    assert start_flags("mvnet-cifar10", "rgb") == ["--pretrained", "mvnet-cifar10"]
+    assert start_flags("mvnet-t", "fashion") == ["--model", "mvnet-t"]  # jobs stored before backbones
+    assert start_flags("efficientnet-lite0", "gray") == ["--pretrained", "efficientnet-lite0"]  # the backbone
+    choices = base_model_choices()
+    assert choices[:2] == ["auto", "none"] and len(choices) == len(set(choices))
+    assert {"mvnet-fashion", "mvnet-cifar10", "efficientnet-lite0", "mvnet-t", "cnn2"} <= set(choices)
+
+
+def test_started_from_reads_the_runs_model_json(tmp_path):
+    assert started_from(None) is None and started_from(tmp_path) is None  # no model.json yet
+    write_json(tmp_path / "model.json", {"pretrained": {"backbone": "mvnet-fashion", "from": None,
+                                                        "why": "named by --pretrained", "phases": []}})
+    assert started_from(tmp_path) == {"backbone": "mvnet-fashion", "from": None, "why": "named by --pretrained"}
+    write_json(tmp_path / "model.json", {"architecture": {}})
+    assert started_from(tmp_path)["backbone"] is None
+
+
+def _fashion_zip(classes: dict[int, str], per_class: int, offset: int) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """Real Fashion-MNIST test pictures (PNG) of ``classes`` (index -> the user's name): a zip of
+    ``per_class`` each, and 3 more each (name, PNG) held out for predict."""
+    from minivision.data import load_dataset
+
+    test = load_dataset("fashion-mnist", test_only=True).test
+    x, y = test.x.numpy()[:, 0], test.y.numpy()
+    buf, held = io.BytesIO(), []
+    with zipfile.ZipFile(buf, "w") as z:
+        for k, name in classes.items():
+            rows = np.flatnonzero(y == k)[offset:offset + per_class + 3]
+            for i, row in enumerate(rows):
+                png = io.BytesIO()
+                Image.fromarray(x[row]).save(png, "PNG")
+                if i < per_class:
+                    z.writestr(f"{name}/{row}.png", png.getvalue())
+                else:
+                    held.append((name, png.getvalue()))
+    return buf.getvalue(), held
+
+
+@pytest.mark.needs_fashion_mnist
+def test_a_fashion_job_fine_tunes_from_mvnet_fashion_by_default(servers):
+    """A small real upload of the fashion kind, with no base_model: trained from our Fashion-MNIST backbone,
+    and the job says so."""
+    server = servers()
+    job_id = server.client.post("/models", json={"name": "shop", "kind": "fashion"}).json()["id"]
+    data, held = _fashion_zip({1: "trousers", 7: "sneakers", 8: "bags"}, per_class=12, offset=500)
+    assert upload_zip(server, job_id, data).status_code == 200
+    r = server.client.post(f"/models/{job_id}/train", json={"budget": "1m", "epochs": 2})
+    assert r.status_code == 202, r.text
+    job = wait_for(server, job_id, ("trained", "failed"), timeout=400)
+    log_text = server.client.get(f"/models/{job_id}/log").text
+    assert job["state"] == "trained", log_text[-3000:]
+    assert job["base_model"] == "auto" and job["started_from"]["backbone"] == "mvnet-fashion", job
+    assert "--pretrained mvnet-fashion" in log_text and "mvnet-fashion (Fashion-MNIST" in log_text
+    right = 0
+    for name, png in held:
+        answer = server.client.post(f"/models/{job_id}/predict", files={"file": ("x.png", png)}).json()
+        right += answer["predictions"][0][0]["label"] == name
+    assert right >= len(held) - 2, (right, len(held))
+
+
 # ----------------------------------------------------------------------------- requests (one server, no training)
 
 def test_create_model_validates_and_ids_are_random(svc):
@@ -355,6 +429,12 @@ def test_create_model_validates_and_ids_are_random(svc):
     assert job["state"] == "created" and job["kind"] == "gray" and job["base_model"] == "mvnet-t"
     assert job["classes"] == {} and job["created"]
     c = svc.client
+    r = c.post("/models", json={"name": "x", "kind": "fashion"})  # no base_model: the best backbone for it
+    assert r.status_code == 201 and r.json()["base_model"] == "auto", r.text
+    for base in ("none", "mvnet-cifar10", "efficientnet-lite0"):
+        assert c.post("/models", json={"name": "x", "kind": "rgb", "base_model": base}).json()["base_model"] == base
+    assert_error(c.post("/models", json={"name": "x", "kind": "rgb", "base_model": "mvnet-fashon"}), 400,
+                 "did you mean 'mvnet-fashion'")
     assert_error(c.post("/models", json={"name": "x", "kind": "fashon"}), 400, "did you mean 'fashion'")
     assert_error(c.post("/models", json={"name": "x", "kind": "rgb", "base_model": "mvnet-tt"}), 400,
                  "did you mean 'mvnet-t'")

@@ -215,8 +215,10 @@ def jobs_create_openapi(kinds: dict[str, str], models: list[str]) -> dict[str, A
             "name": {"type": "string", "maxLength": 64, "description": "a name for the model", "example": "shoes"},
             "kind": {"type": "string", "enum": list(kinds), "default": "fashion",
                      "description": "; ".join(f"{k}: {v}" for k, v in kinds.items())},
-            "base_model": {"type": "string", "enum": models, "default": "mvnet-t",
-                           "description": "the network to train"}}}}}}}
+            "base_model": {"type": "string", "enum": models, "default": "auto",
+                           "description": "auto: fine-tune from the best pretrained backbone for the pictures "
+                                          "(fashion: mvnet-fashion); none: train from scratch; a backbone "
+                                          "(fine-tune from it) or a network (train it)"}}}}}}}
 
 
 def jobs_images_openapi(formats: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Training jobs over HTTP, the hosted-service way: create a model, upload labelled pictures, train, poll, predict.
 
     POST /models                 {"name", "kind": fashion|gray|rgb, "base_model"}     -> 201 job
+                                 (base_model: auto, none, a backbone or a network; see jobs_runner.start_flags)
     POST /models/{id}/images     a zip of <class>/<picture>, or pictures + label(s)   -> 200 counts, skipped
     POST /models/{id}/train      {"budget": "2m", "epochs": N} (both optional)        -> 202 job (queued)
     GET  /models/{id}            state, progress, metrics, error, class counts         -> 200 job
@@ -54,7 +55,7 @@ from .jobs_images import (
     read_zip,
     store_images,
 )
-from .jobs_runner import Runner, _log_section
+from .jobs_runner import AUTO, Runner, _log_section, base_model_choices, started_from
 from .jobs_store import JobError, Store, finite
 from .uploads import UploadError, parse_options, read_upload
 
@@ -130,6 +131,7 @@ class Jobs:
             out["progress"] = job["progress"] or {"epoch": 0, "epochs": None, "fraction": 0.0}
         if job["model_run"]:
             out["metrics"] = finite(job["metrics"] or {})
+            out["started_from"] = started_from(self.store.run_path(job, "model_run"))  # backbone or scratch, why
         if job["state"] == "failed":
             out["error"] = job["error"] or "training failed"
         return out
@@ -205,7 +207,6 @@ def jobs_router(state_dir: Path, *, max_upload_mb: int = 200, max_files: int = 1
 
     router = APIRouter(route_class=JobsRoute, lifespan=lifespan, tags=["training jobs"])
     from minivision.data.images import ACCEPTED
-    from minivision.models import list_models as _models
 
     def job_or_404(job_id: str) -> dict[str, Any]:
         job = _jobs(state_dir).store.get(job_id)
@@ -214,16 +215,14 @@ def jobs_router(state_dir: Path, *, max_upload_mb: int = 200, max_files: int = 1
         return job
 
     @router.post("/models", status_code=201, summary="Create a model to train", responses=errors(400),
-                 openapi_extra=jobs_create_openapi(KINDS, _models()))
+                 openapi_extra=jobs_create_openapi(KINDS, base_model_choices()))
     async def create_model(request: Request) -> JSONResponse:
-        from minivision.models import list_models
-
         data = await json_body(request, ("name", "kind", "base_model"))
         if "name" not in data or "kind" not in data:
             raise JobError(400, f"give a name and a kind ({', '.join(KINDS)})")
         name = check_name(data["name"], "model name")
         kind = choice(data["kind"], list(KINDS), "kind")
-        base = choice(data.get("base_model", "mvnet-t"), list_models(), "base_model")
+        base = choice(data.get("base_model", AUTO), base_model_choices(), "base_model")
         jobs = _jobs(state_dir)
         job = await run_in_threadpool(jobs.store.create, name, kind, base)
         return JSONResponse(jobs.job_json(job), status_code=201)

@@ -30,7 +30,7 @@ _SCHEMA = (
         id TEXT PRIMARY KEY,            -- secrets.token_hex(8), never derived from the name
         name TEXT NOT NULL,
         kind TEXT NOT NULL,             -- fashion | gray | rgb: how pictures are converted
-        base_model TEXT NOT NULL,       -- registry name passed to `minivision train --model`
+        base_model TEXT NOT NULL,       -- auto, none, a backbone or a network (jobs_runner.start_flags)
         state TEXT NOT NULL,            -- one of STATES
         classes TEXT NOT NULL DEFAULT '[]',  -- JSON list of class names; position = folder number
         budget TEXT,                    -- the training budget asked for, e.g. "2m"
