@@ -30,6 +30,15 @@ benchmarked, on the data it was pretrained on; the card's ``dataset`` names that
 mvnet rather than mvnet-s: its 128 features (mvnet-s: 64) are what a new head is trained on, and
 one network for both keeps the two interchangeable; mvnet-s was not measured as a backbone.
 
+Do they help? Measured 2026-11-30 on the 2-core AMD EPYC (fp32, 1 thread, one seed each): mvnet on
+1,000 pictures (the first 100 per class of the training set; 900 trained on, 100 validation), scored
+on the whole test set, ``--epochs 20 --batch-size 64 --seed 0``, from scratch against starting from
+the other dataset's backbone through ``--init-from`` (first convolution adapted by
+``pretrained.adapt_input_conv``, new head, the same recipe):
+  Fashion-MNIST: from scratch 80.40%, from mvnet-cifar10 84.17%;
+  CIFAR-10 (JPEG folder): from scratch 43.90%, from mvnet-fashion 49.50%
+(``--pretrained``, the fine-tuning recipe's two phases, same flags: 83.76% and 45.60%).
+
 Tiny mode (``--tiny N``) trains on the first N training pictures (N/10 per class) and N/2 test
 pictures, copied into a temporary folder, for 1 epoch: a check that the whole path works, used by
 ``tests/test_own_backbones.py``. It refuses to write into the package.
