@@ -293,7 +293,7 @@ def test_settings_flags_and_resume_rule():
 
 @pytest.mark.parametrize("kw, message", [
     ({"pretrained": "fake-nett"}, "did you mean 'fake-net'"),
-    ({"pretrained": "fake-net", "model": "cnn1"}, "is a mvnet-t network; drop --model cnn1"),
+    ({"pretrained": "fake-net", "model": "cnn1"}, "builds the mvnet-t network; drop --model cnn1"),
     ({"pretrained": "fake-net", "channels": 2}, "takes 1-channel pictures"),
     ({"pretrained": "none", "freeze": True}, "drop --pretrained none"),
     ({"pretrained": "fake-net", "init_from": "x"}, "give --init-from or --pretrained, not both"),

@@ -407,6 +407,14 @@ def _check_start_flags(cfg: TrainConfig) -> None:
         raise MinivisionError("--freeze works with --pretrained (a new head on frozen features), not --init-from")
     if cfg.pretrained not in (None, "none") and cfg.steps is not None:
         raise MinivisionError("--pretrained trains in phases of whole epochs: give --epochs instead of --steps")
+    if cfg.pretrained not in (None, "none") and not finetune.is_weights_path(cfg.pretrained):
+        _check_backbone_model(finetune.resolve_backbone(cfg.pretrained), cfg)  # before the data is loaded
+
+
+def _check_backbone_model(backbone: Any, cfg: TrainConfig) -> None:
+    if cfg.model is not None and cfg.model != backbone.model:
+        raise MinivisionError(f"--pretrained {backbone.name} builds the {backbone.model} network; drop --model "
+                              f"{cfg.model} (or use --model {backbone.model})")
 
 
 def _as_pretrained(read: Callable[..., Any], *args: Any, flag: str = "--pretrained") -> Any:
@@ -437,9 +445,7 @@ def _choose_start(user_cfg: TrainConfig, ds: Dataset, source: InitSource | None,
     n = len(ds.train.y)
     if given is not None:
         backbone = finetune.resolve_backbone(given)
-        if user_cfg.model is not None and user_cfg.model != backbone.model:
-            raise MinivisionError(f"--pretrained {given} is a {backbone.model} network; drop --model "
-                                  f"{user_cfg.model} (or use --model {backbone.model})")
+        _check_backbone_model(backbone, user_cfg)
         if not finetune.fits_input(backbone, ds.channels):
             raise MinivisionError(f"--pretrained {given} takes {backbone.channels}-channel pictures; "
                                   f"{ds.name}'s have {ds.channels}")
