@@ -226,7 +226,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         cfg, plan = plan_budget(user_cfg, cfg, ds, device, precision, started, log, clock)
     elif resume is None:  # fixed epochs/steps: the budget's small-data batch rule too (a batch the user set is kept)
         cfg = small_data_batches(user_cfg, cfg, len(ds.train.y), log)
-    if resume is None and not augment_from_user:
+    if resume is None and not augment_from_user and (user_cfg.model is None or start is not None):
         cfg = _small_data_augment(cfg, ds, start, log)
     if resume is None and not augment_from_user and ds.name in MIRROR_SENSITIVE and Augment.parse(cfg.augment).flip:
         cfg = dataclasses.replace(cfg, augment=dataclasses.replace(Augment.parse(cfg.augment), flip=0.0).spec())
@@ -490,7 +490,9 @@ def _fine_tune_settings(user_cfg: TrainConfig, cfg: TrainConfig, start: finetune
 def _small_data_augment(cfg: TrainConfig, ds: Dataset, start: finetune.Start | None,
                         log: Callable[[str], None]) -> TrainConfig:
     """No ``--augment`` given: the augmentation ``data.augment.small_data_augment`` picks for this many
-    training pictures (None keeps the recipe's); none on cached features (``--freeze``)."""
+    training pictures (None keeps the recipe's); none on cached features (``--freeze``). Called when
+    minivision picks the network or fine-tunes: a model the user names keeps its recipe (a tutorial's
+    model is the tutorial only when trained as it is)."""
     if start is not None and start.freeze:
         return cfg
     from .data.augment import small_data_augment
