@@ -266,6 +266,14 @@ def test_the_environment_sets_the_default_start(tmp_path, fake_catalogue, monkey
     assert meta["pretrained"]["backbone"] == "fake-rgb"
 
 
+def test_working_size_by_channels_and_size():
+    lite0 = FakeBackbone("efficientnet-lite0", model="efficientnet-lite0", channels=3)
+    assert finetune.working_size(lite0, (28, 28), 1) == 64
+    assert finetune.working_size(lite0, (32, 32), 3) == 96
+    assert finetune.working_size(lite0, (64, 48), 1) == 96
+    assert finetune.working_size(FakeBackbone("other"), (28, 28), 1) is None
+
+
 def test_the_default_run_plans_as_before(fake_catalogue):
     """`minivision train` with no flags: no pretrained start on Fashion-MNIST's 54,000 pictures."""
     assert finetune.choose_backbone(54_000, 1, "fashion-mnist", backbones=FAKES)[0] is None

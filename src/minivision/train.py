@@ -466,7 +466,7 @@ def _choose_start(user_cfg: TrainConfig, ds: Dataset, source: InitSource | None,
         if user_cfg.freeze:
             why = "--freeze"
     return finetune.Start(backbone=backbone, why=why, freeze=user_cfg.freeze,
-                          input_size=finetune.working_size(backbone, tuple(ds.image_size)))
+                          input_size=finetune.working_size(backbone, tuple(ds.image_size), ds.channels))
 
 
 def _fine_tune_settings(user_cfg: TrainConfig, cfg: TrainConfig, start: finetune.Start) -> TrainConfig:
