@@ -12,6 +12,9 @@ Rows (each one `minivision train` command per draw, run as a user would, timed f
 - ``frozen``: frozen ImageNet features + a trained head (``--pretrained efficientnet-lite0 --freeze``),
   the CNN tutorial's feature-extraction chapter done with EfficientNet-Lite0 instead of VGG19;
 - ``finetuned``: ImageNet fine-tuned (``--pretrained efficientnet-lite0``);
+- ``own``: fine-tuned from our own small backbone of the other dataset (``--pretrained mvnet-cifar10``
+  on Fashion-MNIST, ``--pretrained mvnet-fashion`` on CIFAR-10: never the dataset it was pretrained on);
+- ``auto``: no ``--pretrained`` at all: what ``minivision train`` picks by itself for a small dataset;
 - ``tutorial``: the tutorial's own setting: the whole Fashion-MNIST training set, frozen ImageNet
   features + head (one run per draw's seed; no draw: every picture is used).
 
@@ -68,10 +71,14 @@ ROWS: dict[str, tuple[str, list[str], tuple[str, ...] | None]] = {
     "scratch": ("from scratch (our small-data recipe)", ["--pretrained", "none"], None),
     "frozen": ("frozen ImageNet features + head", ["--pretrained", BACKBONE, "--freeze"], None),
     "finetuned": ("ImageNet fine-tuned", ["--pretrained", BACKBONE], None),
+    "own": ("fine-tuned from our backbone of the other dataset", ["--pretrained", "OWN"], None),
+    "auto": ("minivision's automatic choice (no --pretrained)", [], None),
     "tutorial": ("whole training set, frozen ImageNet features + head (the tutorial's setting)",
                  ["--pretrained", BACKBONE, "--freeze"], ("fashion-mnist",)),
 }
 DATASETS = ("fashion-mnist", "cifar10")
+# the own backbone each dataset's "own" row fine-tunes from: the one pretrained on the other dataset
+OWN = {"fashion-mnist": "mvnet-cifar10", "cifar10": "mvnet-fashion"}
 SHOWN_DATA = {"fashion-mnist": "Fashion-MNIST", "cifar10": "CIFAR-10 (JPEG folder)"}
 IDX_NAMES = {"images": "train-images-idx3-ubyte", "labels": "train-labels-idx1-ubyte"}
 
@@ -238,6 +245,7 @@ def _run(a: argparse.Namespace) -> int:
             source, listing, train = _source(name, a)
             for row in rows:
                 label, flags, only = ROWS[row]
+                flags = [OWN[name] if f == "OWN" else f for f in flags]
                 if only is not None and name not in only:
                     continue
                 if not has_pretrained:  # until --pretrained lands, scratch is the plain CLI and the others wait
