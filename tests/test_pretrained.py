@@ -419,3 +419,30 @@ def test_imagenet_features_separate_real_fashion_mnist():
     with_imagenet, without = score(model), score(untrained)
     print(f"nearest class mean, 10 per class: ImageNet features {with_imagenet:.3f}, untrained {without:.3f}")
     assert with_imagenet > 0.55 and with_imagenet > without + 0.15, (with_imagenet, without)  # measured 0.640, 0.375
+
+
+# ----------------------------------------------------------------------------- the global random state
+
+def test_converting_the_weights_leaves_the_global_random_state_alone(_isolated_cache):
+    """The first run (which converts the package's weights) must draw the same random numbers as later ones."""
+    assert not pretrained.cache_path(LITE0).exists()
+    torch.manual_seed(7)
+    before = torch.random.get_rng_state()
+    pretrained.backbone_state(LITE0)  # converts into the empty cache
+    assert pretrained.cache_path(LITE0).is_file()
+    assert torch.equal(torch.random.get_rng_state(), before)
+    pretrained.backbone_state(LITE0)  # reads the cached copy
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_build_pretrained_gives_the_same_network_with_and_without_the_cached_copy(_isolated_cache):
+    def build():
+        torch.manual_seed(3)
+        model, _ = pretrained.build_pretrained(LITE0, in_channels=1, image_size=28, num_classes=4, input_size=64)
+        return model.state_dict(), torch.rand(3)
+
+    first, after_first = build()  # converts
+    assert pretrained.cache_path(LITE0).is_file()
+    second, after_second = build()  # cached
+    assert torch.equal(after_first, after_second)
+    assert all(torch.equal(first[k], second[k]) for k in first)

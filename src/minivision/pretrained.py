@@ -230,7 +230,11 @@ def map_lite0_state(package_state: dict[str, torch.Tensor]) -> dict[str, torch.T
     naming the first problem."""
     from minivision.models import create_model
 
-    ours = create_model(LITE0, in_channels=3, image_size=224, num_classes=1000).state_dict()
+    # only the names, shapes and dtypes are needed: building the network initialises its weights,
+    # which draws from the global generator, so draw from a forked one (same seed, same history
+    # whether or not this run is the one that converts)
+    with torch.random.fork_rng(devices=[]):
+        ours = create_model(LITE0, in_channels=3, image_size=224, num_classes=1000).state_dict()
     mapped: dict[str, torch.Tensor] = {}
     for key, value in package_state.items():
         try:
@@ -275,7 +279,9 @@ def backbone_state(name: str) -> dict[str, torch.Tensor]:
     efficientnet-lite0: converted from the weights package into the cache on first use (see the
     module docstring); a cached copy whose digest is wrong is converted again. Raises
     MinivisionError (one line) when the package is missing, a file is missing or its digest is not
-    the card's, or the name is unknown.
+    the card's, or the name is unknown. Leaves the global random state untouched (the first,
+    converting call and later ones draw nothing), so a seeded run's history does not depend on
+    whether the cache already held the converted copy.
     """
     from minivision.fileio import load_tensors, save_tensors
 
@@ -293,7 +299,8 @@ def backbone_state(name: str) -> dict[str, torch.Tensor]:
         raise MinivisionError(f"backbone card {card.card_path}: no weights file named")
     if path.is_file() and _sha256(path) == card.sha256:
         return load_tensors(path)
-    state = _convert_lite0(card)
+    with torch.random.fork_rng(devices=[]):  # the conversion must not move the global random state
+        state = _convert_lite0(card)
     try:
         # one metadata entry: safetensors writes several in hash order, and the file's digest must not vary
         save_tensors(path, state, metadata={"source": f"{LITE0_PACKAGE}: efficientnet-lite0-57934424.pth"})
