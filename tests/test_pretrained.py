@@ -385,6 +385,23 @@ def test_models_pretrained_lists_the_backbones_and_their_cards(capsys, own_backb
     assert rows[0]["present"] is True
 
 
+def test_models_pretrained_shows_a_short_licence_and_keeps_the_whole_text_in_json(capsys):
+    long = {b.name: b.licence for b in pretrained.list_backbones() if len(b.licence) > 60}
+    assert long, "expected at least one card with a long licence text"
+    assert main(["models", "--pretrained"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name, text in long.items():
+        row = next(ln for ln in lines if ln.startswith(name + " "))
+        assert text not in row and "MIT, see card" in row
+    assert max(len(ln) for ln in lines) < 300
+    assert main(["models", "--pretrained", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert all(rows[n]["licence"] == t for n, t in long.items())
+    assert pretrained.licence_short("Apache-2.0") == "Apache-2.0"
+    assert pretrained.licence_short("BSD-3-Clause (the authors'); data: CC-BY") == "BSD-3-Clause, see card"
+    assert pretrained.licence_short("anything long", {"licence_short": "CC-BY-4.0"}) == "CC-BY-4.0"
+
+
 def test_models_pretrained_with_no_match_is_a_one_line_error(capsys):
     assert main(["models", "--pretrained", "resnet*"]) == 2
     err = capsys.readouterr().err

@@ -19,7 +19,7 @@ atomic writes of ``fileio``. Nothing here downloads anything.
 Public API: ``Backbone``, ``list_backbones()``, ``backbone_info(name)``, ``weights_present(b)``,
 ``backbone_state(name)``, ``build_pretrained(name, ...)``, ``adapt_input_conv(weight, channels)``,
 ``network_input(model)``, ``cache_path(name)``, and for ``minivision models --pretrained``
-``backbone_rows(pattern)`` and ``format_backbones(rows)``.
+``backbone_rows(pattern)``, ``format_backbones(rows)`` and ``licence_short(text)``.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ __all__ = [
     "build_pretrained",
     "cache_path",
     "format_backbones",
+    "licence_short",
     "list_backbones",
     "network_input",
     "weights_present",
@@ -417,7 +418,8 @@ def build_pretrained(name: str, *, in_channels: int, image_size: int | tuple[int
 
 def backbone_rows(pattern: str = "*") -> list[dict]:
     """One dict per backbone whose name matches the shell-style ``pattern``: name, network,
-    pretrained_on, dataset, input ([C, H, W]), params, licence, present (whether its weights are on
+    pretrained_on, dataset, input ([C, H, W]), params, licence (the card's whole text),
+    licence_short (for the table), present (whether its weights are on
     this machine), card (the card's path) and results. Raises MinivisionError when none matches."""
     rows = []
     for b in list_backbones():
@@ -425,7 +427,8 @@ def backbone_rows(pattern: str = "*") -> list[dict]:
             continue
         rows.append({"name": b.name, "network": b.model, "pretrained_on": b.pretrained_on, "dataset": b.dataset,
                      "input": [b.channels, *b.size], "mean": list(b.mean), "std": list(b.std),
-                     "params": b.params, "licence": b.licence, "present": weights_present(b),
+                     "params": b.params, "licence": b.licence, "licence_short": licence_short(b.licence, b.card),
+                     "present": weights_present(b),
                      "card": str(b.card_path), "weights": str(b.weights_path), "results": b.card.get("results")})
     if not rows:
         raise MinivisionError(f"no pretrained backbone matches {pattern!r}"
@@ -433,11 +436,25 @@ def backbone_rows(pattern: str = "*") -> list[dict]:
     return rows
 
 
+def licence_short(text: str, card: dict | None = None) -> str:
+    """The licence for a table column: the card's ``licence_short`` if it has one, else ``text`` up
+    to its first ';' or '(' (e.g. "MIT (minivision's licence) for the weights; trained on ..." ->
+    "MIT"), with ", see card" when something was cut. The card keeps the whole text."""
+    if card and str(card.get("licence_short") or "").strip():
+        return str(card["licence_short"]).strip()
+    text = " ".join(str(text).split())
+    cut = min((i for i in (text.find(";"), text.find("(")) if i > 0), default=len(text))
+    short = text[:cut].strip().rstrip(",.") or text
+    return short if short == text else f"{short}, see card"
+
+
 def format_backbones(rows: list[dict]) -> str:
-    """``backbone_rows`` as a plain-text table, then where each card is."""
+    """``backbone_rows`` as a plain-text table (the licence shortened: ``licence_short``; the whole
+    text is in the card and in ``--json``), then where each card is."""
     head = ("name", "network", "pretrained on", "input", "params", "licence", "weights")
     table = [(r["name"], r["network"], r["pretrained_on"], "x".join(str(v) for v in r["input"]),
-              f"{r['params']:,}", r["licence"], "present" if r["present"] else "missing") for r in rows]
+              f"{r['params']:,}", r.get("licence_short") or licence_short(r["licence"]),
+              "present" if r["present"] else "missing") for r in rows]
     widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(head)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(t, widths, strict=True)).rstrip() for t in table]
