@@ -11,24 +11,35 @@ from ..errors import MinivisionError
 from ..fileio import atomic_path, write_text
 
 COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
+#: The last column when the run trained in phases (a fine-tune: "head" = only the new classifier,
+#: "all" = every layer); absent for a run of one phase, so older readers see the same file.
+PHASE = "phase"
 
 
-def write_history(run_dir: Path, history: list[dict[str, float]], plot: bool = True) -> None:
+def write_history(run_dir: Path, history: list[dict], plot: bool = True) -> None:
+    """``results.csv`` in ``run_dir``: one row per epoch, ``COLUMNS`` (losses, accuracies as 0-1
+    fractions, lr, seconds), then ``phase`` when any row has one; written atomically. ``plot``:
+    also draw ``results.png``."""
+    phased = any(row.get(PHASE) for row in history)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COLUMNS)
+    w.writerow(COLUMNS + ((PHASE,) if phased else ()))
     for row in history:
-        w.writerow([row["epoch"]] + [repr(float(row[c])) for c in COLUMNS[1:]])
+        w.writerow([row["epoch"]] + [repr(float(row[c])) for c in COLUMNS[1:]]
+                   + ([str(row.get(PHASE) or "")] if phased else []))
     write_text(run_dir / "results.csv", buf.getvalue())
     if plot:
         plot_history(history, run_dir / "results.png")
 
 
-def read_history(path: Path) -> list[dict[str, float]]:
+def read_history(path: Path) -> list[dict]:
+    """The rows of ``results.csv``: ``COLUMNS`` as int/float, plus ``phase`` (str) when the file has
+    that column. Raises MinivisionError for a missing or malformed file."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-        return [{"epoch": int(r["epoch"]), **{c: float(r[c]) for c in COLUMNS[1:]}} for r in rows]
+        return [{"epoch": int(r["epoch"]), **{c: float(r[c]) for c in COLUMNS[1:]},
+                 **({PHASE: r[PHASE]} if r.get(PHASE) else {})} for r in rows]
     except FileNotFoundError:
         raise MinivisionError(f"{path}: file not found") from None
     except (KeyError, ValueError) as e:

@@ -255,7 +255,9 @@ def used_rows(meta: dict[str, Any], settings: dict[str, Any]) -> list[tuple[str,
         rows.append(("epochs", text))
     if budget:
         rows.append(("time budget", budget_text(budget)))
-    if isinstance(meta.get("init_from"), dict) and meta["init_from"].get("from"):
+    start = pretrained_rows(meta.get("pretrained"))
+    rows += start
+    if not start and isinstance(meta.get("init_from"), dict) and meta["init_from"].get("from"):
         rows.append(("started from", f"the weights of {meta['init_from']['from']}"))
     hw = used.get("hardware") if isinstance(used.get("hardware"), dict) else {}
     if hw.get("gpu"):
@@ -275,6 +277,62 @@ def used_rows(meta: dict[str, Any], settings: dict[str, Any]) -> list[tuple[str,
     if isinstance(versions, dict) and versions:
         rows.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items())))
     return rows
+
+
+def pretrained_rows(record: Any) -> list[tuple[str, str]]:
+    """model.json's ``pretrained`` entry (``finetune.Start.record()``: backbone, from, why, freeze,
+    input_size, phases) as (name, text) rows for the report: the backbone and what it was
+    pretrained on (its card, when this installation has it), why it was chosen, the working size,
+    and each phase (what it trains, epochs, learning rate, schedule). No rows for a run trained
+    from scratch (no entry, or neither a backbone nor a weights file)."""
+    if not isinstance(record, dict) or not (record.get("backbone") or record.get("from")):
+        return []
+    rows: list[tuple[str, str]] = []
+    name = record.get("backbone")
+    if name:
+        text = str(name)
+        try:
+            from ..pretrained import backbone_info
+
+            card = backbone_info(str(name))
+            text += f", pretrained on {card.pretrained_on} (by {card.by}; licence {_short_licence(card)})"
+        except Exception:  # noqa: BLE001 - a card missing from this installation: the name still says it
+            pass
+        rows.append(("started from", text))
+    else:
+        rows.append(("started from", f"the weights of {record['from']}"))
+    if record.get("why"):
+        rows.append(("why", str(record["why"])))
+    if record.get("freeze"):
+        rows.append(("frozen", "yes: the backbone's features were computed once; only the new head trained"))
+    size = record.get("input_size")
+    if size:
+        rows.append(("working size", f"{int(size)} x {int(size)} px (the network resizes each picture to this)"))
+    phases = [p for p in record.get("phases") or [] if isinstance(p, dict)]
+    if phases:
+        rows.append(("phases", "; ".join(_phase_text(p) for p in phases)))
+    return rows
+
+
+def _short_licence(card: Any) -> str:
+    from ..pretrained import licence_short
+
+    return licence_short(card.licence, card.card)
+
+
+def _phase_text(phase: dict[str, Any]) -> str:
+    n = phase.get("epochs", "?")
+    text = f"{phase.get('name', '?')}: {n} epoch{'' if n == 1 else 's'}"
+    if phase.get("trains"):
+        text += f" training {phase['trains']}"
+    if phase.get("lr") is not None:
+        try:
+            text += f", learning rate {float(phase['lr']):g}"
+        except (TypeError, ValueError):
+            pass
+    if phase.get("schedule"):
+        text += f", {phase['schedule']} schedule"
+    return text
 
 
 def budget_text(budget: dict[str, Any]) -> str:
