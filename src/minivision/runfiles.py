@@ -184,7 +184,8 @@ def load_init_weights(model: nn.Module, source: InitSource, classes: list[str]) 
     own = model.state_dict()
     for key, value in state.items():
         if key not in own:
-            raise MinivisionError(f"--init-from {source.path}: weight {key!r} is not in a {type(model).__name__}")
+            raise MinivisionError(f"--init-from {source.path}: these weights are for another network "
+                                  f"(its weight {key!r} is not in this one)")
         if own[key].shape != value.shape:
             raise MinivisionError(f"--init-from {source.path}: weight {key!r} has shape {tuple(value.shape)}, "
                                   f"the model's is {tuple(own[key].shape)}")

@@ -206,7 +206,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     if resume is None:
         start = _choose_start(user_cfg, ds, source, log)
         if start is not None:
-            if not budget_given:  # the 30-second default is the from-scratch ladder's: a fine-tune runs its recipe
+            if not budget_given and _pretrained_value(user_cfg)[0] is not None:
+                # --pretrained named with no length flag: its recipe; the automatic choice keeps the default budget
                 user_cfg = dataclasses.replace(user_cfg, budget=None)
             cfg = _fine_tune_settings(user_cfg, cfg, start)
     elif state is not None and state["progress"].get("pretrained"):
@@ -237,9 +238,14 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     if start is not None and start.backbone is not None and resume is None:
         from . import pretrained
 
-        model, architecture = pretrained.build_pretrained(
-            start.backbone.name, in_channels=ds.channels, image_size=ds.image_size, num_classes=ds.num_classes,
-            input_size=start.input_size)
+        try:
+            model, architecture = pretrained.build_pretrained(
+                start.backbone.name, in_channels=ds.channels, image_size=ds.image_size, num_classes=ds.num_classes,
+                input_size=start.input_size)
+        except MinivisionError as e:
+            if _pretrained_value(user_cfg)[0] is not None:
+                raise
+            raise MinivisionError(f"{e} (or --pretrained none to train from scratch)") from None
         cfg = dataclasses.replace(cfg, extra=dict(architecture.get("kwargs") or {}))
     else:
         model = create_model(cfg.model, in_channels=ds.channels, image_size=ds.image_size,
@@ -266,13 +272,18 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         if resume is None and cfg.budget is not None and user_cfg.epochs is None:
             fine_plan = finetune.plan_budget(cfg, model, pre, ds, device, precision, budget_s=float(cfg.budget),
                                              left_s=started + float(cfg.budget) - clock(), freeze=start.freeze,
-                                             end_pictures=trust_pictures(ds), steps_per_epoch=steps, log=log)
+                                             end_pictures=trust_pictures(ds), steps_per_epoch=steps, log=log,
+                                             input_size=start.input_size)
             cfg = dataclasses.replace(cfg, epochs=max(1, fine_plan.epochs if not start.freeze
                                                       else fine_plan.head_epochs), steps=None)
         if resume is None:
             head_only = fine_plan is not None and fine_plan.epochs == 0 and not start.freeze
-            start.phases = finetune.phases(cfg, model, freeze=start.freeze or head_only, steps_per_epoch=steps)
+            start.phases = finetune.phases(cfg, model, freeze=start.freeze, steps_per_epoch=steps,
+                                           head_only=head_only)
             log(start.describe())
+            if start.freeze and augment_from_user and cfg.augment:
+                log(f"note: --freeze trains the head on features computed once: --augment {cfg.augment} cannot "
+                    f"apply to them (drop --freeze to fine-tune with augmentation)")
     optimizer = make_optimizer(cfg, model)
 
     if run_dir is None:
@@ -295,7 +306,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
             "versions": versions(),
             # the settings as used, beside args.yaml's as given (device auto -> cpu, precision auto -> fp32)
             "used": {"device": device.type, "precision": precision, "batch_size": cfg.batch_size,
-                     "epochs_planned": cfg.epochs, "started": datetime.now(UTC).isoformat(timespec="seconds"),
+                     "epochs_planned": sum(p.epochs for p in start.phases) if start is not None and start.phases
+                     else cfg.epochs, "started": datetime.now(UTC).isoformat(timespec="seconds"),
                      "hardware": hardware(device)},
         }
         if init is not None:
@@ -399,8 +411,23 @@ def _check_source_input(source: InitSource, ds: Dataset, flag: str = "--init-fro
 
 # ----------------------------------------------------------------------------- starting from a pretrained model
 
+PRETRAINED_TAKES = ("a backbone name (minivision models --pretrained), a run folder, a .safetensors file, "
+                    "or none")
+
+
+def _pretrained_value(cfg: TrainConfig) -> tuple[str | None, str]:
+    """``--pretrained``'s value and where it came from: the flag (or setting), else ``$MINIVISION_PRETRAINED``
+    (``finetune.default_pretrained``), else ``(None, "")``: the automatic choice."""
+    if cfg.pretrained is not None:
+        return cfg.pretrained, "--pretrained"
+    env = finetune.default_pretrained()
+    return (env, "$MINIVISION_PRETRAINED") if env is not None else (None, "")
+
+
 def _check_start_flags(cfg: TrainConfig) -> None:
     """``--freeze`` needs something pretrained to freeze; ``--steps`` does not split into phases."""
+    if cfg.pretrained is not None and not cfg.pretrained.strip():
+        raise MinivisionError(f"--pretrained is empty: it takes {PRETRAINED_TAKES}")
     if cfg.freeze and cfg.pretrained == "none":
         raise MinivisionError("--freeze keeps a pretrained backbone frozen: drop --pretrained none")
     if cfg.freeze and cfg.init_from is not None:
@@ -430,26 +457,36 @@ def _as_pretrained(read: Callable[..., Any], *args: Any, flag: str = "--pretrain
     try:
         return read(*args)
     except MinivisionError as e:
-        raise MinivisionError(str(e).replace("--init-from", flag, 1)) from None
+        msg = str(e).replace("--init-from", flag, 1)
+        if flag == "--pretrained" and read is read_init_source:
+            if flag not in msg:
+                msg = f"{flag} {args[0]}: {msg}"
+            msg += f"; --pretrained takes {PRETRAINED_TAKES}"
+        raise MinivisionError(msg) from None
 
 
 def _choose_start(user_cfg: TrainConfig, ds: Dataset, source: InitSource | None,
                   log: Callable[[str], None]) -> finetune.Start | None:
     """What a new run starts from: ``--pretrained RUN|FILE`` (``source``), ``--pretrained NAME``, or with
     neither (and no ``--init-from``) ``finetune.choose_backbone``'s pick for this dataset; None from scratch."""
-    given = user_cfg.pretrained or finetune.default_pretrained()
+    given, by = _pretrained_value(user_cfg)
     if user_cfg.init_from is not None or given == "none":
         return None
     if source is not None:
-        return finetune.Start(source=source.path, why="named by --pretrained", freeze=user_cfg.freeze)
+        return finetune.Start(source=source.path, why=f"named by {by}", freeze=user_cfg.freeze)
     n = len(ds.train.y)
     if given is not None:
-        backbone = finetune.resolve_backbone(given)
+        try:
+            backbone = finetune.resolve_backbone(given)
+        except MinivisionError as e:
+            if by == "--pretrained":
+                raise
+            raise MinivisionError(f"{by}={given}: {e}") from None
         _check_backbone_model(backbone, user_cfg)
         if not finetune.fits_input(backbone, ds.channels):
-            raise MinivisionError(f"--pretrained {given} takes {backbone.channels}-channel pictures; "
+            raise MinivisionError(f"{by} {given} takes {backbone.channels}-channel pictures; "
                                   f"{ds.name}'s have {ds.channels}")
-        why = "named by --pretrained"
+        why = f"named by {by}"
         if finetune.same_data(backbone.dataset, ds.name):
             log(f"note: {given} was pretrained on {backbone.dataset}: a test score on {ds.name} is not a fair one")
     else:
