@@ -182,6 +182,8 @@ def test_jobs_endpoints_have_request_bodies_in_the_docs(browser, docs_server):
         page.goto(docs_server.url + "/docs")
         op = page.locator("#operations-training_jobs-train_models__job_id__train_post")
         op.locator(".opblock-summary").first.click(timeout=30_000)
+        # the click only starts the expansion: wait for the body's section before reading the text
+        op.locator(".opblock-section-request-body").first.wait_for(timeout=30_000)
         text = op.inner_text()
         assert "Request body" in text and "budget" in text and "epochs" in text, text[:2000]
         assert "422" not in page.locator("#swagger-ui").inner_text()
