@@ -374,10 +374,13 @@ def test_models_pretrained_lists_the_backbones_and_their_cards(capsys, own_backb
     assert main(["models", "--pretrained"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["name", "network", "pretrained"]
-    row = next(ln for ln in lines if ln.startswith(LITE0))
-    assert "ImageNet-1k" in row and "3x224x224" in row and "4,652,008" in row and "Apache-2.0" in row
-    assert "present" in row
+    assert lines[0].split() == ["name", "network", "input", "params", "licence", "weights"]
+    at = next(i for i, ln in enumerate(lines) if ln.startswith(LITE0))
+    row = lines[at]
+    assert "3x224x224" in row and "4,652,008" in row and "Apache-2.0" in row and "present" in row
+    assert lines[at + 1].startswith("    pretrained on ImageNet-1k")
+    table = lines[:lines.index("cards (training data, licence, normalisation, sha256, results):")]
+    assert max(len(ln) for ln in table) <= pretrained.TABLE_WIDTH == 100
     assert str(own_backbones / f"{LITE0}.json") in out and "mvnet-test" in out
     assert main(["models", "--pretrained", "--json", "mvnet*"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -393,7 +396,9 @@ def test_models_pretrained_shows_a_short_licence_and_keeps_the_whole_text_in_jso
     for name, text in long.items():
         row = next(ln for ln in lines if ln.startswith(name + " "))
         assert text not in row and "MIT, see card" in row
-    assert max(len(ln) for ln in lines) < 300
+    assert max(len(ln) for ln in lines if not ln.endswith(".json")) <= 100  # a card's path may be longer
+    whole = " ".join(ln.strip() for ln in lines)  # the training data's text, wrapped but whole
+    assert all(b.pretrained_on in whole for b in pretrained.list_backbones())
     assert main(["models", "--pretrained", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert all(rows[n]["licence"] == t for n, t in long.items())

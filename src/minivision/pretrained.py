@@ -448,16 +448,26 @@ def licence_short(text: str, card: dict | None = None) -> str:
     return short if short == text else f"{short}, see card"
 
 
-def format_backbones(rows: list[dict]) -> str:
-    """``backbone_rows`` as a plain-text table (the licence shortened: ``licence_short``; the whole
-    text is in the card and in ``--json``), then where each card is."""
-    head = ("name", "network", "pretrained on", "input", "params", "licence", "weights")
-    table = [(r["name"], r["network"], r["pretrained_on"], "x".join(str(v) for v in r["input"]),
-              f"{r['params']:,}", r.get("licence_short") or licence_short(r["licence"]),
-              "present" if r["present"] else "missing") for r in rows]
+TABLE_WIDTH = 100  # columns: `models --pretrained` fits a 100-column terminal
+
+
+def format_backbones(rows: list[dict], width: int = TABLE_WIDTH) -> str:
+    """``backbone_rows`` as a plain-text table of at most ``width`` characters a line (a card's path
+    excepted): one row a backbone (name, network, input, parameters, short licence: ``licence_short``,
+    weights present or missing), then its training data on indented lines wrapped to ``width``; then
+    where each card is. The whole texts are in the card and in ``--json``."""
+    import textwrap
+
+    head = ("name", "network", "input", "params", "licence", "weights")
+    table = [(r["name"], r["network"], "x".join(str(v) for v in r["input"]), f"{r['params']:,}",
+              r.get("licence_short") or licence_short(r["licence"]), "present" if r["present"] else "missing")
+             for r in rows]
     widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(head)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(head, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(t, widths, strict=True)).rstrip() for t in table]
+    for r, t in zip(rows, table, strict=True):
+        lines.append("  ".join(c.ljust(w) for c, w in zip(t, widths, strict=True)).rstrip())
+        lines += textwrap.wrap(f"pretrained on {r['pretrained_on']}", width, initial_indent="    ",
+                               subsequent_indent="      ", break_on_hyphens=False)
     lines.append("cards (training data, licence, normalisation, sha256, results):")
     lines += [f"  {r['name']}: {r['card']}" for r in rows]
     lines.append("use: minivision train --pretrained NAME (the head is reset to your classes)")
