@@ -75,6 +75,11 @@ def _info(name):
 
 @pytest.fixture
 def fake_catalogue(monkeypatch):
+    return install_fake_catalogue(monkeypatch)
+
+
+def install_fake_catalogue(monkeypatch):
+    """Stand ``FAKES`` in for ``minivision.pretrained`` (the automatic choice turned back on)."""
     monkeypatch.delenv("MINIVISION_PRETRAINED", raising=False)  # conftest turns the automatic choice off
     mod = types.ModuleType("minivision.pretrained")
     mod.list_backbones = lambda: list(FAKES)

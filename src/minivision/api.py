@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .config import SETTINGS, TrainConfig, check_settings
+from .config import SETTINGS, TrainConfig, as_parameters, check_settings
 from .data.dataset import Dataset
 from .errors import MinivisionError
 from .fileio import fsync_path
@@ -143,8 +143,9 @@ class Classifier:
         check_settings({k: v for k, v in settings.items() if v is not None and k in SETTINGS},
                        what="parameter", as_flags=False)
         cfg = TrainConfig.from_dict({**settings, "data": name, "data_dir": data_dir, "test_data": test_data})
-        result = fit(cfg, dataset=data if isinstance(data, Dataset) else None, progress=progress,
-                     log=lambda msg: None if progress is False else print(msg), listeners=listeners)
+        with as_parameters():  # errors name settings as parameters (pretrained=...), not flags
+            result = fit(cfg, dataset=data if isinstance(data, Dataset) else None, progress=progress,
+                         log=lambda msg: None if progress is False else print(msg), listeners=listeners)
         if result.interrupted:
             raise MinivisionError(f"training interrupted; resume with minivision train --resume {result.run_dir}")
         self._set_loaded(load_model(result.run_dir))
@@ -373,6 +374,18 @@ class Classifier:
         tmp.rename(dest)
         fsync_path(dest.parent, directory=True)
         return dest
+
+    def export(self, path: str | Path | None = None, format: str = "onnx", int8: bool = False) -> dict[str, Any]:
+        """Write the fitted model as ONNX (fp32, or int8 with ``int8=True``) or TorchScript (``format=
+        "torchscript"``), checked against PyTorch on the run's test pictures; see ``minivision export``.
+
+        ``path``: the file (default ``RUN/export/model.onnx``, counting up; an existing file is refused).
+        Returns the sidecar's dict (description, ``parity`` figures, ``path``). The file takes uint8 pictures
+        (N, C, H, W) as the model's picture conversion makes them and returns float32 ``logits`` (N, K) and
+        ``features``. Raises MinivisionError as ``export.export_run`` says."""
+        from .export import export_run
+
+        return export_run(self._check_fitted(), fmt=format, int8=int8, out=path, log=lambda m: None)
 
     def __repr__(self) -> str:
         """scikit-learn's style: the parameters that differ from their defaults (and where a fitted

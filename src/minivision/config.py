@@ -16,6 +16,8 @@ exactly how it was trained.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import difflib
 import math
@@ -201,6 +203,38 @@ def _build_settings() -> dict[str, Setting]:
 SETTINGS: dict[str, Setting] = _build_settings()
 #: The settings a model may set as its recipe, with the global default each falls back to.
 GLOBAL_DEFAULTS: dict[str, Any] = {n: s.fallback for n, s in SETTINGS.items() if s.recipe}
+
+
+# ----------------------------------------------------------------------------- naming a setting in a message
+
+# True while the Python API trains (``Classifier.fit``): messages name settings as parameters, not flags
+_AS_PARAMETERS: contextvars.ContextVar[bool] = contextvars.ContextVar("minivision_as_parameters", default=False)
+_NO_VALUE = object()
+
+
+@contextlib.contextmanager
+def as_parameters():
+    """Within this block ``named`` writes settings as the API's parameters (``pretrained='x'``), as
+    ``check_settings(as_flags=False)`` does, instead of the command line's flags (``--pretrained x``)."""
+    token = _AS_PARAMETERS.set(True)
+    try:
+        yield
+    finally:
+        _AS_PARAMETERS.reset(token)
+
+
+def named(key: str, value: Any = _NO_VALUE) -> str:
+    """Setting ``key`` (a ``SETTINGS`` name) as a message names it, with ``value`` if given: the flag
+    (``--pretrained none``, ``--freeze``) on the command line, the parameter (``pretrained='none'``,
+    ``freeze=True``, ``pretrained=`` without a value) inside ``as_parameters()``: one source for both."""
+    s = SETTINGS[key]
+    if _AS_PARAMETERS.get():
+        if value is _NO_VALUE:
+            return f"{key}=True" if s.kind is bool else f"{key}="
+        return f"{key}={value!r}"
+    if value is _NO_VALUE or s.kind is bool:
+        return s.option
+    return f"{s.option} {value}"
 
 
 # ----------------------------------------------------------------------------- checks

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import signal
 import sys
 import time
@@ -26,7 +27,7 @@ from tqdm import tqdm
 
 from . import finetune
 from .budget import LADDER, EpochLines, Plan, Planner, default_budget, format_duration, plan_budget, small_data_batches
-from .config import TrainConfig, resolve
+from .config import TrainConfig, named, resolve
 from .data import load_dataset
 from .data.augment import Augment
 from .data.dataset import Dataset, Split
@@ -179,10 +180,11 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     if resume is None and cfg.init_from is not None:
         source = read_init_source(cfg.init_from)
         cfg = _network_of(cfg, source)
-    elif resume is None and cfg.pretrained not in (None, "none") and finetune.is_weights_path(cfg.pretrained):
-        start_flag = "--pretrained"
-        source = _as_pretrained(read_init_source, cfg.pretrained)
-        cfg = _network_of(cfg, source, flag=start_flag)
+    elif resume is None and (given := _pretrained_value(cfg))[0] not in (None, "none") and \
+            finetune.is_weights_path(given[0]):
+        start_flag = given[1]
+        source = _as_pretrained(read_init_source, given[0], flag=start_flag)
+        cfg = _network_of(cfg, source, _given(start_flag, str(source.path)))
     budget_given = cfg.budget is not None
     if resume is None:
         user_cfg = cfg = default_budget(cfg)
@@ -245,7 +247,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         except MinivisionError as e:
             if _pretrained_value(user_cfg)[0] is not None:
                 raise
-            raise MinivisionError(f"{e} (or --pretrained none to train from scratch)") from None
+            raise MinivisionError(f"{e} (or {named('pretrained', 'none')} to train from scratch)") from None
         cfg = dataclasses.replace(cfg, extra=dict(architecture.get("kwargs") or {}))
     else:
         model = create_model(cfg.model, in_channels=ds.channels, image_size=ds.image_size,
@@ -384,17 +386,18 @@ def _failure_recorded(run_dir: Path):
         raise
 
 
-def _network_of(cfg: TrainConfig, source: InitSource, flag: str = "--init-from") -> TrainConfig:
+def _network_of(cfg: TrainConfig, source: InitSource, who: str | None = None) -> TrainConfig:
     """``--init-from`` (or ``--pretrained``) a run: train its network (and its builder options) unless
-    ``--model`` says the same."""
+    ``--model`` says the same. ``who``: how errors name the start (default ``--init-from PATH``)."""
+    who = who or named("init_from", str(source.path))
     if source.architecture is None:
         if cfg.model is None:
-            raise MinivisionError(f"{flag} {source.path}: a bare weights file needs --model (which network)")
+            raise MinivisionError(f"{who}: a bare weights file needs {named('model')} (which network)")
         return cfg
     name = str(source.architecture["name"])
     if cfg.model is not None and cfg.model != name:
-        raise MinivisionError(f"{flag} {source.path} holds a {name} network; drop --model {cfg.model} "
-                              f"(or use --model {name})")
+        raise MinivisionError(f"{who} holds a {name} network; drop {named('model', cfg.model)} "
+                              f"(or use {named('model', name)})")
     return dataclasses.replace(cfg, model=name, extra=cfg.extra or dict(source.architecture.get("kwargs") or {}))
 
 
@@ -427,29 +430,51 @@ def _pretrained_value(cfg: TrainConfig) -> tuple[str | None, str]:
 def _check_start_flags(cfg: TrainConfig) -> None:
     """``--freeze`` needs something pretrained to freeze; ``--steps`` does not split into phases."""
     if cfg.pretrained is not None and not cfg.pretrained.strip():
-        raise MinivisionError(f"--pretrained is empty: it takes {PRETRAINED_TAKES}")
+        raise MinivisionError(f"{named('pretrained')} is empty: it takes {PRETRAINED_TAKES}")
     if cfg.freeze and cfg.pretrained == "none":
-        raise MinivisionError("--freeze keeps a pretrained backbone frozen: drop --pretrained none")
+        raise MinivisionError(f"{named('freeze')} keeps a pretrained backbone frozen: drop "
+                              f"{named('pretrained', 'none')}")
     if cfg.freeze and cfg.init_from is not None:
-        raise MinivisionError("--freeze works with --pretrained (a new head on frozen features), not --init-from")
+        raise MinivisionError(f"{named('freeze')} works with {named('pretrained')} (a new head on frozen features), "
+                              f"not {named('init_from')}")
     if cfg.pretrained not in (None, "none") and cfg.steps is not None:
-        raise MinivisionError("--pretrained trains in phases of whole epochs: give --epochs instead of --steps")
-    if cfg.pretrained not in (None, "none") and not finetune.is_weights_path(cfg.pretrained):
-        _check_backbone_model(finetune.resolve_backbone(cfg.pretrained), cfg)  # before the data is loaded
+        raise MinivisionError(f"{named('pretrained')} trains in phases of whole epochs: give {named('epochs')} "
+                              f"instead of {named('steps')}")
+    given, by = _pretrained_value(cfg) if cfg.init_from is None else (cfg.pretrained, "--pretrained")
+    if given in (None, "none"):
+        return
+    if finetune.is_weights_path(given):  # a run or file: fit reads it (and says what is wrong) before the data
+        return
+    try:
+        backbone = finetune.resolve_backbone(given)  # before the data is loaded
+    except MinivisionError as e:
+        if by == "--pretrained":
+            raise
+        raise MinivisionError(f"{_given(by, given)}: {e}") from None
+    _check_backbone_model(backbone, cfg, by)
 
 
-def _check_backbone_model(backbone: Any, cfg: TrainConfig) -> None:
+def _given(by: str, value: str) -> str:
+    """``--pretrained``'s value as a message names it: ``--pretrained X`` (``pretrained='X'`` from the
+    API: ``config.named``) or ``$MINIVISION_PRETRAINED=X``."""
+    return named("pretrained", value) if by == "--pretrained" else f"{by}={value}"
+
+
+def _check_backbone_model(backbone: Any, cfg: TrainConfig, by: str = "--pretrained") -> None:
     if cfg.model is not None and cfg.model != backbone.model:
-        raise MinivisionError(f"--pretrained {backbone.name} builds the {backbone.model} network; drop --model "
-                              f"{cfg.model} (or use --model {backbone.model})")
+        raise MinivisionError(f"{_given(by, backbone.name)} builds the {backbone.model} network; drop "
+                              f"{named('model', cfg.model)} (or use {named('model', backbone.model)})")
 
 
 def _as_pretrained(read: Callable[..., Any], *args: Any, flag: str = "--pretrained") -> Any:
-    """``runfiles``' init-from readers for ``--pretrained RUN|FILE``: their errors name the flag given.
-    ``load_init_weights`` gets the source without its head, so the head is always new (``reset``)."""
+    """``runfiles``' init-from readers for ``--pretrained RUN|FILE``: their errors name the setting given
+    (``flag``: ``--init-from``, ``--pretrained`` or ``$MINIVISION_PRETRAINED``; as parameters from the
+    API: ``config.named``). ``load_init_weights`` gets the source without its head, so the head is always
+    new (``reset``) for a pretrained start."""
+    pretrained_start = flag != "--init-from"
     if read is load_init_weights:
         model, source, classes = args
-        if flag == "--pretrained":
+        if pretrained_start:
             head = f"{model.classifier_name}."
             source = dataclasses.replace(source, classes=None,
                                          state={k: v for k, v in source.state.items() if not k.startswith(head)})
@@ -457,11 +482,14 @@ def _as_pretrained(read: Callable[..., Any], *args: Any, flag: str = "--pretrain
     try:
         return read(*args)
     except MinivisionError as e:
-        msg = str(e).replace("--init-from", flag, 1)
-        if flag == "--pretrained" and read is read_init_source:
-            if flag not in msg:
-                msg = f"{flag} {args[0]}: {msg}"
-            msg += f"; --pretrained takes {PRETRAINED_TAKES}"
+        def name(value: str) -> str:
+            return _given(flag, value) if pretrained_start else named("init_from", value)
+
+        msg = re.sub(r"--init-from (.*?): ", lambda m: name(m.group(1)) + ": ", str(e), count=1)
+        if pretrained_start and read is read_init_source:
+            if msg == str(e):
+                msg = f"{name(str(args[0]))}: {msg}"
+            msg += f"; {named('pretrained') if flag == '--pretrained' else flag} takes {PRETRAINED_TAKES}"
         raise MinivisionError(msg) from None
 
 
@@ -481,10 +509,10 @@ def _choose_start(user_cfg: TrainConfig, ds: Dataset, source: InitSource | None,
         except MinivisionError as e:
             if by == "--pretrained":
                 raise
-            raise MinivisionError(f"{by}={given}: {e}") from None
-        _check_backbone_model(backbone, user_cfg)
+            raise MinivisionError(f"{_given(by, given)}: {e}") from None
+        _check_backbone_model(backbone, user_cfg, by)
         if not finetune.fits_input(backbone, ds.channels):
-            raise MinivisionError(f"{by} {given} takes {backbone.channels}-channel pictures; "
+            raise MinivisionError(f"{_given(by, given)} takes {backbone.channels}-channel pictures; "
                                   f"{ds.name}'s have {ds.channels}")
         why = f"named by {by}"
         if finetune.same_data(backbone.dataset, ds.name):
@@ -498,7 +526,7 @@ def _choose_start(user_cfg: TrainConfig, ds: Dataset, source: InitSource | None,
             return None
         if backbone is None:
             if user_cfg.freeze:
-                raise MinivisionError(f"--freeze: {why}; name one with --pretrained NAME")
+                raise MinivisionError(f"{named('freeze')}: {why}; name one with {named('pretrained', 'NAME')}")
             return None
         if user_cfg.freeze:
             why = "--freeze"

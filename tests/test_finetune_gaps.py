@@ -1,0 +1,69 @@
+"""Fine-tuning as a user meets it: the working size (``--imgsz``) for every kind of data, large pictures
+loaded at the working size, a run of another input shape, the API's and the environment's errors, the
+budget's arithmetic, the phases in results.png, ``models --pretrained`` in 100 columns (test_pretrained)
+and extending a finished fine-tune."""
+
+from __future__ import annotations
+
+import pytest
+
+from minivision import train as train_mod
+from minivision.config import TrainConfig, as_parameters, named
+from minivision.errors import MinivisionError
+from minivision.train import fit
+
+from .conftest import synthetic_dataset
+from .test_finetune import install_fake_catalogue
+
+
+@pytest.fixture
+def fake_catalogue(monkeypatch):
+    return install_fake_catalogue(monkeypatch)
+
+
+# ----------------------------------------------------------------------------- errors: the API, the environment
+
+
+def test_named_writes_a_flag_or_a_parameter():
+    assert (named("pretrained", "none"), named("freeze"), named("epochs")) == ("--pretrained none", "--freeze",
+                                                                               "--epochs")
+    with as_parameters():
+        assert (named("pretrained", "none"), named("freeze"), named("epochs")) == ("pretrained='none'",
+                                                                                   "freeze=True", "epochs=")
+    assert named("freeze") == "--freeze"  # only inside the block
+
+
+def test_classifier_errors_name_parameters_not_flags(fake_catalogue):
+    import minivision as mv
+
+    ds = synthetic_dataset(40, 8)
+    with pytest.raises(MinivisionError) as e:
+        mv.Classifier(pretrained="none", freeze=True, epochs=1).fit(ds, progress=False)
+    assert str(e.value) == "freeze=True keeps a pretrained backbone frozen: drop pretrained='none'"
+    with pytest.raises(MinivisionError) as e:
+        mv.Classifier(pretrained="fake-net", model="cnn1", epochs=1).fit(ds, progress=False)
+    msg = str(e.value)
+    assert msg.startswith("pretrained='fake-net' builds the mvnet-t network; drop model='cnn1'") and "--" not in msg
+    with pytest.raises(MinivisionError) as e:
+        mv.Classifier(pretrained="/nowhere/run", epochs=1).fit(ds, progress=False)
+    msg = str(e.value)
+    assert msg.startswith("pretrained='/nowhere/run': no such run folder") and "; pretrained= takes " in msg
+    assert "--pretrained /" not in msg
+    with pytest.raises(MinivisionError) as e:  # the command line keeps its flags
+        fit(TrainConfig(pretrained="none", freeze=True), dataset=ds, progress=False, log=lambda m: None)
+    assert str(e.value).startswith("--freeze keeps")
+
+
+@pytest.mark.parametrize("value, says", [("fake-nett", "did you mean 'fake-net'"),
+                                         ("/nowhere/weights.safetensors", "no such run folder or weights file")])
+def test_a_bad_environment_default_is_refused_before_the_data_loads(tmp_path, fake_catalogue, monkeypatch, value,
+                                                                    says):
+    def no_loading(*a, **k):
+        raise AssertionError("the data was loaded before the check")
+
+    monkeypatch.setattr(train_mod, "load_dataset", no_loading)
+    monkeypatch.setenv("MINIVISION_PRETRAINED", value)
+    with pytest.raises(MinivisionError) as e:
+        fit(TrainConfig(data=str(tmp_path / "pictures"), out=str(tmp_path)), progress=False, log=lambda m: None)
+    msg = str(e.value)
+    assert msg.startswith(f"$MINIVISION_PRETRAINED={value}: ") and says in msg and "\n" not in msg
