@@ -1,4 +1,5 @@
-"""The ``minivision`` command: train, evaluate, predict, calibrate, show, embed, compare, models, summary, bench, serve.
+"""The ``minivision`` command: train, evaluate, predict, calibrate, show, embed, compare, models, summary, bench, serve,
+export.
 
 Every argument is checked for type and range; unknown flags and names get a "did you mean";
 problems a user can fix print one ``error:`` line and exit 2, never a traceback.
@@ -198,6 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also serve the training-jobs API (POST /models ...), keeping its state (a database, "
                          "the uploaded pictures, the trained models) in DIR; off by default, and then serve "
                          "writes nothing")
+
+    ex = sub.add_parser("export", help="write a run's model as ONNX (fp32 or int8) or TorchScript, checked against "
+                                       "PyTorch on the run's test pictures")
+    ex.add_argument("model", metavar="RUN")
+    ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="default onnx")
+    ex.add_argument("--int8", action="store_true", help="static int8 quantization (ONNX only), calibrated on a few "
+                                                        "hundred training pictures; refused if it loses over 1 point")
+    ex.add_argument("--out", metavar="FILE", help="default RUN/export/model.onnx (model.int8.onnx, "
+                                                  "model.torchscript), then model2.onnx, ...; never overwritten")
+    ex.add_argument("--json", action="store_true", help="the sidecar (description and parity figures) as one JSON "
+                                                        "object on stdout")
     return p
 
 
@@ -485,9 +497,20 @@ def cmd_serve(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(a: argparse.Namespace) -> int:
+    from .export import export_run
+
+    log = (lambda m: print(m, file=sys.stderr)) if a.json else print
+    info = export_run(a.model, fmt=a.format, int8=a.int8, out=a.out, log=log)
+    if a.json:
+        print(_json(info))
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
             "calibrate": cmd_calibrate, "embed": cmd_embed, "compare": cmd_compare, "models": cmd_models,
-            "summary": cmd_summary, "bench": cmd_bench, "serve": cmd_serve}
+            "summary": cmd_summary, "bench": cmd_bench, "serve": cmd_serve,
+            "export": cmd_export}
 
 
 _SHOWN: set[str] = set()

@@ -1,0 +1,485 @@
+"""Export a trained run to a file that runs without minivision: ONNX (fp32 or int8) or TorchScript.
+
+The exported graph takes what the model itself takes, the picture after minivision's picture
+conversion and before normalisation, and does the rest inside, so a caller cannot get the scaling,
+the mean/std or the channel order wrong (the most reported fault of exported classifiers):
+
+    pixels    uint8   N x C x H x W   (N dynamic; C, H, W the model's input: model.json's preprocess)
+    logits    float32 N x K           (raw: before the temperature in model.json's ``calibration``)
+    features  float32 N x F           (the penultimate features, ``forward_features``, as trust.py uses them)
+
+A fine-tuned EfficientNet-Lite0 keeps its input adapter (grey to 3 channels, resize, the backbone's
+mean/std) inside its network, so it is inside the export too. The file carries its description in
+the ONNX metadata (key ``minivision``: a JSON object, see ``describe``), and a sidecar ``FILE.json``
+says the same plus the parity figures. A run with ``trust.safetensors`` gets a copy beside the file,
+``FILE.trust.safetensors``.
+
+Every export is checked before it is kept (parity): the file is run (onnxruntime's CPU provider, or
+the loaded TorchScript module) on the run's test split, and compared with PyTorch on the same uint8
+batches. An fp32 export that agrees on fewer than ``MIN_AGREEMENT`` of the top-1 answers is refused;
+an int8 export that loses more than ``MAX_INT8_LOSS`` of accuracy is refused. A refused export
+leaves no file. Exports are never overwritten: the default name counts up as run folders do
+(``model.onnx``, ``model2.onnx``, ...), a name given with ``--out`` that exists is refused.
+
+Our own code here is only the product's part: the wrapper, the metadata and the parity rule. The
+export is ``torch.onnx.export`` (the torch.export-based exporter, ``dynamo=True``: the legacy
+TorchScript-based one is deprecated in torch 2.9+ and says it will be removed; both gave a graph that
+passes the checker for every registered model), the check is ``onnx.checker``, the runtime
+onnxruntime, and int8 is ``onnxruntime.quantization.quantize_static``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+import hashlib
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import __version__
+from .errors import MinivisionError
+from .fileio import atomic_path, write_json
+from .runfiles import LoadedModel, load_model
+
+FORMATS = ("onnx", "torchscript")
+EXPORT_FORMAT = "minivision-onnx"  # the metadata's ``format`` (TorchScript files say minivision-torchscript)
+EXPORT_FORMAT_VERSION = 1
+METADATA_KEY = "minivision"
+# opset 18: the first with Resize's antialias (EfficientNet-Lite0's input adapter shrinks with it); older
+# runtimes than 18 are rare (onnxruntime has run it since 1.14)
+OPSET = 18
+INPUT_NAME, OUTPUT_NAMES = "pixels", ("logits", "features")
+MIN_AGREEMENT = 0.999   # fp32 top-1 agreement with PyTorch below this: the export is refused
+MAX_INT8_LOSS = 0.01    # int8: accuracy more than 1 point below PyTorch's is refused
+FALLBACK_PICTURES = 2000  # parity pictures when the run's data cannot be read (seeded)
+CALIBRATION_PICTURES = 300  # int8 calibration: this many training pictures, seeded
+CALIBRATION_SEED = 0
+BATCH = 256
+
+
+# ------------------------------------------------------------------------------------ the graph
+
+class ExportedNet(nn.Module):
+    """uint8 pixels (N, C, H, W) -> (logits float32 (N, K), features float32 (N, F)).
+
+    Does what ``Preprocess.__call__`` does (x / 255, then (x - mean) / std when the run has them), in the
+    same order, then the network's ``forward_features`` and ``forward_head``."""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.normalise = bool(mean)
+        c = len(mean) or 1
+        self.register_buffer("mean", torch.tensor(mean or [0.0], dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(std or [1.0], dtype=torch.float32).view(1, c, 1, 1))
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = pixels.to(torch.float32) / 255.0
+        if self.normalise:
+            x = (x - self.mean) / self.std
+        f = self.model.forward_features(x)
+        return self.model.forward_head(f).float(), f.float().flatten(1)
+
+
+def wrap(lm: LoadedModel) -> ExportedNet:
+    """The run's network (a copy, in NCHW memory format and eval mode) inside ``ExportedNet``."""
+    model = copy.deepcopy(lm.model).cpu().float().to(memory_format=torch.contiguous_format).eval()
+    return ExportedNet(model, list(lm.preprocess.mean), list(lm.preprocess.std)).eval()
+
+
+def input_shape(lm: LoadedModel) -> tuple[int, int, int]:
+    """(C, H, W) of ``pixels``: the picture after the run's picture conversion."""
+    return (lm.preprocess.channels, *lm.preprocess.size)
+
+
+# ------------------------------------------------------------------------------------ metadata
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def describe(lm: LoadedModel, precision: str, fmt: str = "onnx") -> dict[str, Any]:
+    """The export's description, stored as JSON under the metadata key ``minivision`` and in the sidecar:
+    ``format`` (minivision-onnx or minivision-torchscript), ``format_version``, ``minivision_version``,
+    ``classes``, ``model_json`` (the run's model.json verbatim: picture conversion, architecture,
+    calibration, unsure thresholds), ``weights_sha256`` (of the run's model.safetensors), ``input``,
+    ``outputs``, ``precision`` (fp32 or int8) and ``trust_file`` (the copied statistics' file name, or None)."""
+    from .fileio import read_json
+
+    c, h, w = input_shape(lm)
+    return {"format": EXPORT_FORMAT if fmt == "onnx" else "minivision-torchscript",
+            "format_version": EXPORT_FORMAT_VERSION, "minivision_version": __version__,
+            "classes": list(lm.classes), "model_json": read_json(lm.path / "model.json"),
+            "weights_sha256": sha256_file(lm.path / "model.safetensors"),
+            "input": {"name": INPUT_NAME, "dtype": "uint8", "layout": "NCHW", "shape": [None, c, h, w]},
+            "outputs": list(OUTPUT_NAMES), "precision": precision, "trust_file": None}
+
+
+def set_onnx_metadata(path: Path, meta: dict[str, Any]) -> None:
+    """Write ``meta`` into the ONNX file's ``metadata_props``: ``minivision`` (the whole JSON), and
+    ``classes`` (a JSON list) and ``minivision_version`` as keys of their own."""
+    import onnx
+
+    mp = onnx.load(str(path))
+    del mp.metadata_props[:]
+    for key, value in ((METADATA_KEY, json.dumps(meta)), ("classes", json.dumps(meta["classes"])),
+                       ("minivision_version", meta["minivision_version"])):
+        entry = mp.metadata_props.add()
+        entry.key, entry.value = key, value
+    mp.producer_name, mp.producer_version = "minivision", __version__
+    onnx.save(mp, str(path))
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``minivision`` metadata of an exported ONNX file (``describe``'s dict). Raises MinivisionError
+    when the file is not ONNX or carries none."""
+    import onnx
+
+    try:
+        mp = onnx.load(str(path), load_external_data=False)
+        props = {p.key: p.value for p in mp.metadata_props}
+        return json.loads(props[METADATA_KEY])
+    except KeyError:
+        raise MinivisionError(f"{path}: an ONNX file without minivision's metadata") from None
+    except Exception as e:  # protobuf's DecodeError, OSError, JSON errors
+        raise MinivisionError(f"{path}: not a readable ONNX file ({str(e).splitlines()[0] if str(e) else e})") from None
+
+
+# ------------------------------------------------------------------------------------ writing the file
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """torch.onnx's chatter kept from the user: its progress lines on stdout, its logger's notes about
+    optional packages (torchvision's operators), and library warnings that concern torch's own code."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore", FutureWarning)  # torch's internal API deprecations
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def write_onnx(net: ExportedNet, shape: tuple[int, int, int], path: Path) -> None:
+    """``torch.onnx.export`` of ``net`` to ``path`` (opset ``OPSET``, batch dimension dynamic), then
+    ``onnx.checker.check_model`` with full shape inference. Raises MinivisionError with the exporter's
+    first line when the network cannot be exported, or the checker's when the file is not valid."""
+    import onnx
+
+    example = torch.zeros((2, *shape), dtype=torch.uint8)
+    try:
+        with _quiet():
+            program = torch.onnx.export(net, (example,), None, dynamo=True, opset_version=OPSET,
+                                        input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+                                        dynamic_shapes={"pixels": {0: torch.export.Dim("batch", min=1)}},
+                                        verbose=False)
+            program.save(str(path))
+    except Exception as e:  # torch.export's and onnxscript's error types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MinivisionError(f"this network cannot be exported to ONNX: {first}") from None
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as e:
+        raise MinivisionError(f"the exported file does not pass the ONNX checker: {str(e).splitlines()[0]}") from None
+
+
+def write_torchscript(net: ExportedNet, shape: tuple[int, int, int], path: Path, meta: dict[str, Any]) -> None:
+    """``torch.jit.trace`` of ``net`` (uint8 in, normalisation inside), saved with ``meta`` as the extra
+    file ``minivision.json`` (``torch.jit.load(path, _extra_files={"minivision.json": ""})`` reads it)."""
+    example = torch.zeros((2, *shape), dtype=torch.uint8)
+    try:
+        with _quiet(), torch.no_grad():
+            traced = torch.jit.trace(net, (example,), check_trace=True)
+            torch.jit.save(traced, str(path), _extra_files={"minivision.json": json.dumps(meta)})
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MinivisionError(f"this network cannot be traced to TorchScript: {first}") from None
+
+
+# ------------------------------------------------------------------------------------ runners
+
+def onnx_runner(path: Path) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """uint8 (N, C, H, W) -> (logits, features) from the ONNX file at ``path`` on onnxruntime's CPU provider."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, features = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x.contiguous().numpy()})
+        return torch.from_numpy(logits), torch.from_numpy(features)
+    return run
+
+
+def torchscript_runner(path: Path) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """As ``onnx_runner`` for a TorchScript file (``torch.jit.load``: TorchScript's own archive reader,
+    which builds only TorchScript types, not Python's pickle)."""
+    module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.inference_mode():
+            logits, features = module(x)
+        return logits, features
+    return run
+
+
+# ------------------------------------------------------------------------------------ parity
+
+def parity_pictures(lm: LoadedModel, log: Callable[[str], None] = print) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                                  dict[str, Any]]:
+    """(uint8 pictures (N, C, H, W), int64 labels (N,) or None, where they came from) for the parity check:
+    the run's test split as ``minivision evaluate RUN`` finds it (its validation split for data without a
+    test split); when the run's data cannot be read here, ``FALLBACK_PICTURES`` seeded uniform-noise
+    pictures (no labels: agreement and logit differences only), with a note through ``log``."""
+    from .evaluate import scoring_data
+
+    try:
+        sd = scoring_data(lm)
+        split = sd.split
+        if split is not None and len(split):
+            return split.x, split.y, {"images": f"{sd.dataset.name} {sd.split_name} split", "n": int(len(split))}
+        reason = "its data has no test or validation split"
+    except MinivisionError as e:
+        reason = str(e)
+    log(f"note: parity on {FALLBACK_PICTURES:,} seeded random pictures: the run's data cannot be read here ({reason})")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (FALLBACK_PICTURES, *input_shape(lm)), generator=g, dtype=torch.uint8)
+    return x, None, {"images": "random pictures, seed 0 (the run's data could not be read)",
+                     "n": FALLBACK_PICTURES}
+
+
+def reference_outputs(lm: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """PyTorch's (logits, features) for uint8 ``x`` as ``predict`` computes them (``predict_features``:
+    the run's Preprocess, fp32, CPU)."""
+    from .inference import predict_features
+
+    features, logits = predict_features(lm.model, lm.preprocess, x, device=torch.device("cpu"), precision="fp32",
+                                        batch_size=BATCH)
+    return logits, features
+
+
+def compare(run: Callable, x: torch.Tensor, y: torch.Tensor | None, ref_logits: torch.Tensor,
+            source: dict[str, Any]) -> dict[str, Any]:
+    """Parity figures of an exported file's ``run`` against PyTorch's ``ref_logits`` (N, K) on ``x``:
+    ``n``, ``agreement`` (fraction of top-1 answers the same), ``max_abs_logit_diff``, ``accuracy_torch``
+    and ``accuracy_export`` (fractions 0-1; None without labels), ``images`` (where the pictures came from)."""
+    out = []
+    for i in range(0, len(x), BATCH):
+        out.append(run(x[i:i + BATCH])[0].float())
+    logits = torch.cat(out) if out else torch.empty(0, ref_logits.shape[1])
+    if logits.shape != ref_logits.shape:
+        raise MinivisionError(f"the exported file returns logits of shape {tuple(logits.shape)}, PyTorch "
+                              f"{tuple(ref_logits.shape)}")
+    a, b = ref_logits.argmax(1), logits.argmax(1)
+    figures = {"n": int(len(x)), "agreement": float((a == b).double().mean()) if len(x) else float("nan"),
+               "max_abs_logit_diff": float((logits - ref_logits).abs().max()) if len(x) else 0.0,
+               "accuracy_torch": None, "accuracy_export": None, **source}
+    figures["n"] = int(len(x))
+    if y is not None and len(y):
+        figures["accuracy_torch"] = float((a == y).double().mean())
+        figures["accuracy_export"] = float((b == y).double().mean())
+    return figures
+
+
+def parity_line(p: dict[str, Any], label: str) -> str:
+    """One line of parity figures for the user."""
+    acc = (f"; accuracy {p['accuracy_export']:.2%} (PyTorch {p['accuracy_torch']:.2%})"
+           if p.get("accuracy_torch") is not None else "")
+    return (f"parity ({label} vs PyTorch, {p['n']:,} pictures: {p['images']}): top-1 agreement {p['agreement']:.2%}, "
+            f"largest logit difference {p['max_abs_logit_diff']:.2g}{acc}")
+
+
+# ------------------------------------------------------------------------------------ int8
+
+def calibration_pictures(lm: LoadedModel, fallback: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``CALIBRATION_PICTURES`` training pictures of the run's data (a seeded random pick), and what they were;
+    the first of ``fallback`` (the parity pictures) when the training split cannot be read."""
+    from .evaluate import dataset_for
+
+    g = torch.Generator().manual_seed(CALIBRATION_SEED)
+    try:
+        ds = dataset_for(lm)
+        pool, where = ds.train.x, f"{ds.name} training split"
+    except MinivisionError:
+        pool, where = fallback, "the parity pictures (the run's training data could not be read)"
+    idx = torch.randperm(len(pool), generator=g)[:CALIBRATION_PICTURES].sort().values
+    return pool[idx], {"images": where, "n": int(len(idx)), "seed": CALIBRATION_SEED,
+                       "pick": "torch.randperm(len(split), generator=manual_seed(seed))[:n]"}
+
+
+def quantize_int8(fp32_path: Path, out_path: Path, pictures: torch.Tensor) -> None:
+    """``onnxruntime.quantization.quantize_static`` of ``fp32_path`` into ``out_path``: QDQ format, int8
+    per-channel weights, int8 activations, calibrated (MinMax) on ``pictures`` (uint8 (N, C, H, W)), after
+    ``quant_pre_process`` (shape inference and graph optimisation, as onnxruntime's docs advise). The uint8
+    ``pixels`` input and its Cast stay as they are (only float tensors are quantized); checked after."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{INPUT_NAME: pictures[i:i + 32].numpy()} for i in range(0, len(pictures), 32)])
+
+        def get_next(self) -> dict | None:
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory(prefix="minivision-int8-") as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        with _quiet():
+            try:
+                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+            except Exception:  # the pre-processing is an optimisation: quantize the file as exported
+                shutil.copyfile(fp32_path, prepared)
+            quantize_static(str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QInt8)
+    mp = onnx.load(str(out_path))
+    elem = mp.graph.input[0].type.tensor_type.elem_type
+    if mp.graph.input[0].name != INPUT_NAME or elem != onnx.TensorProto.UINT8:
+        raise MinivisionError("quantization changed the input: the int8 file does not take uint8 pixels")
+    onnx.checker.check_model(str(out_path))
+
+
+# ------------------------------------------------------------------------------------ the command
+
+def default_name(fmt: str, int8: bool) -> str:
+    return "model.torchscript" if fmt == "torchscript" else ("model.int8.onnx" if int8 else "model.onnx")
+
+
+def companions(path: Path) -> tuple[Path, Path]:
+    """(sidecar FILE.json, FILE.trust.safetensors) of an exported file."""
+    return path.with_name(path.name + ".json"), path.with_name(path.name + ".trust.safetensors")
+
+
+def _taken(path: Path) -> bool:
+    return path.exists() or any(p.exists() for p in companions(path))
+
+
+def choose_path(lm: LoadedModel, fmt: str, int8: bool, out: str | os.PathLike | None) -> Path:
+    """Where the export goes. Default: ``RUN/export/model.onnx`` (``model.int8.onnx``, ``model.torchscript``),
+    or ``model2.onnx``, ``model3.onnx``, ... whichever is free first (as run folders count up). A path given
+    as ``out`` that exists (or whose sidecar does) is refused: an export never replaces a file."""
+    if out is not None:
+        path = Path(out)
+        if path.is_dir():
+            raise MinivisionError(f"--out {path} is a folder; give a file name, e.g. {path / default_name(fmt, int8)}")
+        if _taken(path):
+            raise MinivisionError(f"--out {path} exists (or its sidecar does); exports are never overwritten: "
+                                  "give another --out")
+        return path
+    stem, _, ext = default_name(fmt, int8).partition(".")
+    n = 1
+    while True:
+        path = lm.path / "export" / (f"{stem}.{ext}" if n == 1 else f"{stem}{n}.{ext}")
+        if not _taken(path):
+            return path
+        n += 1
+
+
+def check_format(fmt: str, int8: bool) -> None:
+    """MinivisionError (one line, with a did-you-mean) for an unknown format or ``--int8`` with TorchScript."""
+    if fmt not in FORMATS:
+        close = difflib.get_close_matches(str(fmt).lower(), FORMATS, n=1)
+        raise MinivisionError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}"
+                              + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if int8 and fmt != "onnx":
+        raise MinivisionError("--int8 is for ONNX exports (onnxruntime quantizes them); drop --int8 or use "
+                              "--format onnx")
+
+
+def export_run(run: str | os.PathLike | LoadedModel, *, fmt: str = "onnx", int8: bool = False,
+               out: str | os.PathLike | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Export a finished run (a folder, its model.json, or a loaded model) and check it; returns the sidecar's
+    dict (``describe``'s keys, ``parity``, ``file``, ``bytes``, ``sha256``; int8 also ``calibration_set``,
+    ``fp32_bytes`` and ``fp32_parity``).
+
+    ``fmt``: ``onnx`` or ``torchscript``; ``int8``: static int8 quantization of the ONNX file; ``out``: the
+    file (default ``choose_path``). The file appears only after it passed the checks (written to a temporary
+    name and renamed); the sidecar ``FILE.json`` and, for a run with trust statistics,
+    ``FILE.trust.safetensors`` beside it. Raises MinivisionError (one line) for a folder that is not a
+    finished run, an unknown format, ``int8`` with TorchScript, an ``out`` that exists, a network that cannot
+    be exported, an fp32 agreement below ``MIN_AGREEMENT`` or an int8 accuracy loss above ``MAX_INT8_LOSS``
+    (both with their figures)."""
+    check_format(fmt, int8)
+    lm = run if isinstance(run, LoadedModel) else load_model(run)
+    path = choose_path(lm, fmt, int8, out)
+    meta = describe(lm, "int8" if int8 else "fp32", fmt)
+    net = wrap(lm)
+    shape = input_shape(lm)
+    x, y, source = parity_pictures(lm, log)
+    ref_logits, _ = reference_outputs(lm, x)
+    sidecar, trust_path = companions(path)
+    trust_source = lm.path / str((lm.meta.get("unsure") or {}).get("file") or "trust.safetensors")
+    has_trust = lm.trust is not None and trust_source.is_file()
+    if has_trust:
+        meta["trust_file"] = trust_path.name
+    extra: dict[str, Any] = {}
+    with atomic_path(path) as tmp:
+        if fmt == "torchscript":
+            write_torchscript(net, shape, tmp, meta)
+            parity = compare(torchscript_runner(tmp), x, y, ref_logits, source)
+            log(parity_line(parity, "TorchScript"))
+            _check_fp32(parity, path)
+        else:
+            with tempfile.TemporaryDirectory(prefix="minivision-export-") as work:
+                fp32 = Path(work) / "model.onnx" if int8 else tmp
+                write_onnx(net, shape, fp32)
+                set_onnx_metadata(fp32, {**meta, "precision": "fp32"} if int8 else meta)
+                parity = compare(onnx_runner(fp32), x, y, ref_logits, source)
+                log(parity_line(parity, "ONNX fp32"))
+                _check_fp32(parity, path)
+                if int8:
+                    pictures, meta["calibration_set"] = calibration_pictures(lm, x)
+                    quantize_int8(fp32, tmp, pictures)
+                    set_onnx_metadata(tmp, meta)
+                    extra = {"fp32_bytes": fp32.stat().st_size, "fp32_parity": parity}
+                    parity = compare(onnx_runner(tmp), x, y, ref_logits, source)
+                    log(parity_line(parity, "ONNX int8") + f"; {tmp.stat().st_size:,} bytes "
+                        f"(fp32 {extra['fp32_bytes']:,})")
+                    _check_int8(parity, path)
+        info = {**meta, "parity": parity, **extra, "file": path.name, "bytes": tmp.stat().st_size,
+                "sha256": sha256_file(tmp)}
+        if has_trust:
+            with atomic_path(trust_path) as t:
+                shutil.copyfile(trust_source, t)
+    write_json(sidecar, info)
+    log(f"exported {path} ({info['bytes']:,} bytes, {meta['precision']}); sidecar {sidecar.name}"
+        + (f", trust statistics {trust_path.name}" if has_trust else ""))
+    return {**info, "path": str(path)}
+
+
+def _check_fp32(p: dict[str, Any], path: Path) -> None:
+    if not p["agreement"] >= MIN_AGREEMENT:
+        raise MinivisionError(f"export refused, not written to {path}: the file agrees with PyTorch on "
+                              f"{p['agreement']:.2%} of {p['n']:,} top-1 answers (at least {MIN_AGREEMENT:.1%} "
+                              f"needed), largest logit difference {p['max_abs_logit_diff']:.3g}")
+
+
+def _check_int8(p: dict[str, Any], path: Path) -> None:
+    if p["accuracy_torch"] is not None:
+        loss = p["accuracy_torch"] - p["accuracy_export"]
+        what = f"accuracy {p['accuracy_export']:.2%} vs PyTorch's {p['accuracy_torch']:.2%}"
+    else:  # no labels: the answers that changed stand for the accuracy lost
+        loss, what = 1.0 - p["agreement"], f"top-1 agreement {p['agreement']:.2%} (no labels)"
+    if loss > MAX_INT8_LOSS:
+        raise MinivisionError(f"int8 export refused, not written to {path}: {what}, more than "
+                              f"{MAX_INT8_LOSS * 100:g} percentage point lost (agreement {p['agreement']:.2%}, largest logit "
+                              f"difference {p['max_abs_logit_diff']:.3g}); use the fp32 export")
