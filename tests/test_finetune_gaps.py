@@ -5,6 +5,8 @@ and extending a finished fine-tune."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from minivision import train as train_mod
@@ -67,3 +69,46 @@ def test_a_bad_environment_default_is_refused_before_the_data_loads(tmp_path, fa
         fit(TrainConfig(data=str(tmp_path / "pictures"), out=str(tmp_path)), progress=False, log=lambda m: None)
     msg = str(e.value)
     assert msg.startswith(f"$MINIVISION_PRETRAINED={value}: ") and says in msg and "\n" not in msg
+
+
+# ----------------------------------------------------------------------------- extending a finished fine-tune
+
+
+def _phases(r) -> list[str]:
+    return [row["phase"] for row in r.history]
+
+
+def test_extending_a_finished_fine_tune_counts_epochs_of_every_layer_as_a_new_one_does(tmp_path, fake_catalogue):
+    from minivision import finetune
+
+    ds = synthetic_dataset(240, 80)
+    quiet = {"progress": False, "log": lambda m: None}
+    first = fit(TrainConfig(pretrained="fake-net", epochs=1, batch_size=32, out=str(tmp_path)), dataset=ds, **quiet)
+    head = finetune.head_epochs(7)
+    assert _phases(first) == ["head"] * head + ["all"]
+    lines: list[str] = []
+    longer = fit(TrainConfig(epochs=3), dataset=ds, resume=first.run_dir, progress=False, log=lines.append)
+    assert _phases(longer) == ["head"] * head + ["all"] * 3  # 3 epochs of every layer in all, as --epochs 3 is
+    assert any("from 1 to 3 epoch(s) of every layer" in line for line in lines), lines
+    meta = json.loads((longer.run_dir / "model.json").read_text())
+    assert [p["epochs"] for p in meta["pretrained"]["phases"]] == [head, 3]
+    assert meta["used"]["epochs_planned"] == head + 3
+    with pytest.raises(MinivisionError, match=r"already finished 3 epoch\(s\) of every layer.*N > 3"):
+        fit(TrainConfig(epochs=2), dataset=ds, resume=longer.run_dir, **quiet)
+    frozen = fit(TrainConfig(pretrained="fake-net", freeze=True, epochs=2, batch_size=32, out=str(tmp_path)),
+                 dataset=ds, **quiet)
+    more = fit(TrainConfig(epochs=5), dataset=ds, resume=frozen.run_dir, **quiet)
+    assert _phases(more) == ["head"] * 5  # --freeze: epochs of the head
+
+
+def test_extend_phases_adds_every_layer_after_a_head_only_plan():
+    from minivision import finetune
+    from minivision.models import create_model
+
+    net = create_model("mvnet-t", in_channels=1, image_size=(28, 28), num_classes=4)
+    cfg = TrainConfig(epochs=1, lr=1e-3, schedule="onecycle")
+    head_only = finetune.phases(cfg, net, freeze=False, steps_per_epoch=7, head_only=True)
+    got = finetune.extend_phases(head_only, 2, cfg, net, freeze=False)
+    assert [(p.name, p.epochs) for p in got] == [("head", finetune.head_epochs(7)), ("all", 2)]
+    assert got[1].lr_scales == finetune.discriminative_lr_scales(net)
+    assert finetune.extend_phases(got, 2, cfg, net, freeze=False) == got

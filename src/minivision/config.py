@@ -138,7 +138,8 @@ class TrainConfig:
               "steps (default 30s when no --model/--epochs/--steps is given)", kind=float, lo=0, lo_open=True,
         metavar="DURATION")
     epochs: int | None = _setting(None, "passes over the training split (with --pretrained: epochs of every layer, "
-                                        "after the head's epochs on cached features; with --freeze: of the head)",
+                                        "after the head's epochs on cached features; with --freeze: of the head; "
+                                        "--resume RUN --epochs N extends a finished run to N such epochs in all)",
                                   kind=int, lo=1, recipe=True,
                                   fallback=10, resume=True, group="length")
     steps: int | None = _setting(None, "or a number of optimizer steps", kind=int, lo=1, recipe=True,

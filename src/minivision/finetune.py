@@ -91,7 +91,8 @@ LR_MULT = 100.0        # earliest layer group's rate = the head's / LR_MULT (fas
 FREEZE_EPOCHS = 20     # --freeze with no --epochs: epochs on cached features cost milliseconds
 # What --epochs means with a pretrained start (the help, model.json's "pretrained" entry and the plan say it)
 EPOCHS_RULE = ("--epochs N: N epochs of every layer, after the head's epochs on cached features (at least "
-               f"{HEAD_MIN_STEPS} steps); with --freeze, N epochs of the head")
+               f"{HEAD_MIN_STEPS} steps); with --freeze, N epochs of the head; extending a finished run "
+               "(--resume RUN --epochs N): N of them in all")
 # --pretrained RUN|FILE: the network is the run's; its recipe is for training from scratch, so these
 # fine-tuning settings go over it (the same as EfficientNet-Lite0's registered recipe)
 FINETUNE_RECIPE = {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "schedule": "onecycle", "epochs": 5}
@@ -271,6 +272,33 @@ def phases(cfg: TrainConfig, model: nn.Module, *, freeze: bool, steps_per_epoch:
     if head_only:
         return [head]
     return [head, Phase("all", int(cfg.epochs), cfg.lr, cfg.schedule, discriminative_lr_scales(model))]
+
+
+def epochs_counted(record: dict[str, Any]) -> tuple[int, str]:
+    """What ``--epochs`` counts in a fine-tune's ``record`` (model.json's ``pretrained`` entry:
+    ``EPOCHS_RULE``): its epochs of every layer (phase ``all``), or with ``--freeze`` of the head;
+    returns ``(epochs, "epoch(s) of every layer" | "epoch(s) of the head")``."""
+    name = "head" if record.get("freeze") else "all"
+    done = sum(int(p["epochs"]) for p in record.get("phases", []) if p["name"] == name)
+    return done, "epoch(s) of the head" if name == "head" else "epoch(s) of every layer"
+
+
+def extend_phases(done: list[Phase], epochs: int, cfg: TrainConfig, model: nn.Module, *,
+                  freeze: bool) -> list[Phase]:
+    """The phases of a finished fine-tune extended (``train --resume RUN --epochs N``) so that ``epochs``
+    is what ``--epochs`` means on a new one (``EPOCHS_RULE``): N epochs of every layer in all (phase
+    ``all`` grows, or is added after a head-only plan at ``cfg.lr`` with ``discriminative_lr_scales``),
+    with ``freeze`` N epochs of the head. Phases already at N or more are returned as they were."""
+    name = "head" if freeze else "all"
+    out = list(done)
+    more = epochs - sum(p.epochs for p in out if p.name == name)
+    if more <= 0:
+        return out
+    if out and out[-1].name == name:
+        out[-1] = Phase(out[-1].name, out[-1].epochs + more, out[-1].lr, out[-1].schedule, out[-1].lr_scales)
+    else:
+        out.append(Phase("all", more, cfg.lr, cfg.schedule, discriminative_lr_scales(model)))
+    return out
 
 
 def layer_groups(model: nn.Module) -> list[str]:

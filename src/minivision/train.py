@@ -214,10 +214,6 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
             cfg = _fine_tune_settings(user_cfg, cfg, start)
     elif state is not None and state["progress"].get("pretrained"):
         start = finetune.Start.from_record(state["progress"]["pretrained"])
-        if run_dir is not None and run_dir != Path(resume) and start.phases:  # extended: --epochs N in all
-            last = start.phases[-1]
-            more = max(0, int(cfg.epochs or 0) - sum(p.epochs for p in start.phases))
-            start.phases[-1] = dataclasses.replace(last, epochs=last.epochs + more)
 
     device = pick_device(cfg.device)
     precision = pick_precision(cfg.precision, device)
@@ -253,6 +249,9 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         model = create_model(cfg.model, in_channels=ds.channels, image_size=ds.image_size,
                              num_classes=ds.num_classes, **cfg.extra)
     model = model.to(device).to(memory_format=torch.channels_last)
+    if resume is not None and start is not None and start.phases and run_dir != Path(resume):
+        # extended: --epochs N is N epochs of every layer in all (of the head with --freeze), as on a new fine-tune
+        start.phases = finetune.extend_phases(start.phases, int(cfg.epochs or 0), cfg, model, freeze=start.freeze)
     pre = Preprocess.fit(ds.train.x, cfg.normalize, ds.conversion)
     if state is not None and "preprocess" in state["progress"]:
         pre = Preprocess.from_dict(state["progress"]["preprocess"], dataset_name=ds.name)
@@ -617,15 +616,22 @@ def _prepare_resume(path: Path, changes: dict[str, Any], log: Callable[[str], No
         return cfg, path, state, history
     # Finished: extend, keeping the original run folder untouched.
     done = len(history)
-    if changes.get("epochs") is None or changes["epochs"] <= done:
-        raise MinivisionError(f"{path} already finished {done} epoch(s); extend it with --resume {path} "
-                              f"--epochs N (N > {done})")
+    counted, what = done, "epoch(s)"
+    if progress.get("pretrained", {}).get("phases"):  # a fine-tune: --epochs N = N epochs of every layer in all
+        counted, what = finetune.epochs_counted(progress["pretrained"])
+    if changes.get("epochs") is None or changes["epochs"] <= counted:
+        raise MinivisionError(f"{path} already finished {counted} {what}; extend it with --resume {path} "
+                              f"--epochs N (N > {counted}{'' if what == 'epoch(s)' else ': ' + what + ' in all'})")
     # a run planned by steps or a budget continues by epochs from here
     cfg = dataclasses.replace(cfg, epochs=changes["epochs"], steps=None, budget=None)
     run_dir = new_run_dir(path.parent, path.name)
     write_args(run_dir, cfg)
     progress["finished"] = False
-    log(f"extending {path} from {done} to {cfg.epochs} epochs in {run_dir}")
+    if what == "epoch(s)":
+        log(f"extending {path} from {done} to {cfg.epochs} epochs in {run_dir}")
+    else:
+        log(f"extending {path} from {counted} to {cfg.epochs} {what} ({done} to {done + cfg.epochs - counted} "
+            f"epochs in all) in {run_dir}")
     return cfg, run_dir, state, history
 
 
