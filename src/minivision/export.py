@@ -41,8 +41,9 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -132,11 +133,17 @@ def describe(lm: LoadedModel, precision: str, fmt: str = "onnx") -> dict[str, An
 
 def set_onnx_metadata(path: Path, meta: dict[str, Any]) -> None:
     """Write ``meta`` into the ONNX file's ``metadata_props``: ``minivision`` (the whole JSON), and
-    ``classes`` (a JSON list) and ``minivision_version`` as keys of their own."""
+    ``classes`` (a JSON list) and ``minivision_version`` as keys of their own. What the exporter notes on each
+    node (the Python stack and module names it came from: paths of this machine) and the intermediate shapes
+    (``value_info``: the runtime infers them) are left out: a fifth of a small model's file."""
     import onnx
 
     mp = onnx.load(str(path))
     del mp.metadata_props[:]
+    for node in mp.graph.node:
+        del node.metadata_props[:]
+        node.doc_string = ""
+    del mp.graph.value_info[:]
     for key, value in ((METADATA_KEY, json.dumps(meta)), ("classes", json.dumps(meta["classes"])),
                        ("minivision_version", meta["minivision_version"])):
         entry = mp.metadata_props.add()
@@ -166,16 +173,18 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def _quiet() -> Any:
     """torch.onnx's chatter kept from the user: its progress lines on stdout, its logger's notes about
     optional packages (torchvision's operators), and library warnings that concern torch's own code."""
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger("torch.onnx"), logging.getLogger()]  # onnxruntime.quantization logs on the root
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore", FutureWarning)  # torch's internal API deprecations
             warnings.simplefilter("ignore", DeprecationWarning)
             yield
     finally:
-        logger.setLevel(level)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def write_onnx(net: ExportedNet, shape: tuple[int, int, int], path: Path) -> None:
@@ -233,7 +242,9 @@ def onnx_runner(path: Path) -> Callable[[torch.Tensor], tuple[torch.Tensor, torc
 def torchscript_runner(path: Path) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
     """As ``onnx_runner`` for a TorchScript file (``torch.jit.load``: TorchScript's own archive reader,
     which builds only TorchScript types, not Python's pickle)."""
-    module = torch.jit.load(str(path), map_location="cpu").eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # said once to the user by export_run
+        module = torch.jit.load(str(path), map_location="cpu").eval()
 
     def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.inference_mode():
@@ -346,7 +357,10 @@ def quantize_int8(fp32_path: Path, out_path: Path, pictures: torch.Tensor) -> No
         prepared = Path(tmp) / "prepared.onnx"
         with _quiet():
             try:
-                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+                # symbolic shape inference fails on the exporter's graphs (onnxruntime 1.31: a shape it
+                # cannot read); the ONNX shape inference and the graph optimisation (batch norm folded
+                # into convolutions) still run
+                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
             except Exception:  # the pre-processing is an optimisation: quantize the file as exported
                 shutil.copyfile(fp32_path, prepared)
             quantize_static(str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
@@ -434,6 +448,8 @@ def export_run(run: str | os.PathLike | LoadedModel, *, fmt: str = "onnx", int8:
     extra: dict[str, Any] = {}
     with atomic_path(path) as tmp:
         if fmt == "torchscript":
+            log("note: PyTorch deprecates TorchScript (torch.jit) from 2.9 on; ONNX is the export that keeps "
+                "working without PyTorch")
             write_torchscript(net, shape, tmp, meta)
             parity = compare(torchscript_runner(tmp), x, y, ref_logits, source)
             log(parity_line(parity, "TorchScript"))
@@ -481,5 +497,5 @@ def _check_int8(p: dict[str, Any], path: Path) -> None:
         loss, what = 1.0 - p["agreement"], f"top-1 agreement {p['agreement']:.2%} (no labels)"
     if loss > MAX_INT8_LOSS:
         raise MinivisionError(f"int8 export refused, not written to {path}: {what}, more than "
-                              f"{MAX_INT8_LOSS * 100:g} percentage point lost (agreement {p['agreement']:.2%}, largest logit "
-                              f"difference {p['max_abs_logit_diff']:.3g}); use the fp32 export")
+                              f"{MAX_INT8_LOSS * 100:g} percentage point lost (agreement {p['agreement']:.2%}, "
+                              f"largest logit difference {p['max_abs_logit_diff']:.3g}); use the fp32 export")

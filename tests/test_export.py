@@ -1,0 +1,248 @@
+"""``minivision export``: the file's graph (uint8 pixels in, normalisation inside, logits and features out,
+dynamic batch), its metadata and sidecar, the parity check and its refusals, int8, TorchScript, never
+overwriting, one-line errors; and a real Fashion-MNIST run exported fp32 and int8."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from minivision import export as ex
+from minivision.cli import main
+from minivision.config import TrainConfig
+from minivision.errors import MinivisionError
+from minivision.inference import predict_features
+from minivision.runfiles import load_model
+
+from .conftest import needs_fashion_mnist, synthetic_images, write_pixel_csv
+
+
+@pytest.fixture(scope="module")
+def csv_run(tmp_path_factory) -> Path:
+    """A small cnn1 trained on a 4-class grey CSV (so the run's test split can be read again), with standard
+    normalisation (mean/std inside the export) and its trust statistics."""
+    from minivision.train import fit
+
+    d = tmp_path_factory.mktemp("export-data")
+    x, y = synthetic_images(400, classes=4)
+    write_pixel_csv(d / "train.csv", x[:320, 0], y[:320])
+    write_pixel_csv(d / "test.csv", x[320:, 0], y[320:])
+    cfg = TrainConfig(model="cnn1", epochs=2, batch_size=32, normalize="standard", data=str(d / "train.csv"),
+                      test_data=str(d / "test.csv"), out=str(tmp_path_factory.mktemp("export-runs")))
+    return fit(cfg, log=lambda m: None, progress=False).run_dir
+
+
+@pytest.fixture(scope="module")
+def onnx_export(csv_run) -> dict:
+    return ex.export_run(csv_run, log=lambda m: None)
+
+
+def _pictures(n: int, shape=(1, 28, 28), seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, 256, (n, *shape), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def _torch_outputs(run: Path, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    lm = load_model(run)
+    f, logits = predict_features(lm.model, lm.preprocess, x, device=torch.device("cpu"))
+    return logits.numpy(), f.numpy()
+
+
+# ----------------------------------------------------------------------------- the ONNX file
+
+def test_onnx_file_passes_the_checker_and_takes_uint8_pixels(onnx_export, csv_run):
+    path = Path(onnx_export["path"])
+    assert path == csv_run / "export" / "model.onnx"
+    onnx.checker.check_model(str(path), full_check=True)
+    mp = onnx.load(str(path))
+    assert mp.opset_import[0].version >= 17
+    (inp,) = mp.graph.input
+    assert inp.name == "pixels" and inp.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    dims = inp.type.tensor_type.shape.dim
+    assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [1, 28, 28]
+    assert [o.name for o in mp.graph.output] == ["logits", "features"]
+
+
+def test_onnx_answers_as_pytorch_at_batch_1_and_5(onnx_export, csv_run):
+    session = ort.InferenceSession(onnx_export["path"], providers=["CPUExecutionProvider"])
+    for n in (1, 5):
+        x = _pictures(n, seed=n)
+        logits, features = session.run(None, {"pixels": x.numpy()})
+        ref_logits, ref_features = _torch_outputs(csv_run, x)
+        assert logits.dtype == np.float32 and logits.shape == (n, 4)
+        assert features.shape == ref_features.shape == (n, 128)
+        np.testing.assert_allclose(logits, ref_logits, atol=1e-4)
+        np.testing.assert_allclose(features, ref_features, atol=1e-4)
+    with pytest.raises(ort.capi.onnxruntime_pybind11_state.InvalidArgument):  # the file takes uint8 only
+        session.run(None, {"pixels": x.numpy().astype(np.float32)})
+
+
+def test_metadata_round_trip_and_sidecar(onnx_export, csv_run):
+    path = Path(onnx_export["path"])
+    meta = ex.read_metadata(path)
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(props["classes"]) == meta["classes"] == ["0", "1", "2", "3"]
+    assert props["minivision_version"] == meta["minivision_version"]
+    assert meta["format"] == "minivision-onnx" and meta["format_version"] == 1 and meta["precision"] == "fp32"
+    assert meta["model_json"] == json.loads((csv_run / "model.json").read_text())
+    assert meta["model_json"]["preprocess"]["mean"]  # standard normalisation: done inside the graph
+    assert meta["weights_sha256"] == hashlib.sha256((csv_run / "model.safetensors").read_bytes()).hexdigest()
+    assert meta["input"] == {"name": "pixels", "dtype": "uint8", "layout": "NCHW", "shape": [None, 1, 28, 28]}
+    assert meta["outputs"] == ["logits", "features"]
+    sidecar = json.loads(path.with_name("model.onnx.json").read_text())
+    assert {k: sidecar[k] for k in meta} == meta
+    assert sidecar["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert sidecar["bytes"] == path.stat().st_size
+    # the trust statistics beside it, named in the metadata
+    assert meta["trust_file"] == "model.onnx.trust.safetensors"
+    assert (path.parent / meta["trust_file"]).read_bytes() == (csv_run / "trust.safetensors").read_bytes()
+
+
+def test_parity_figures_on_the_runs_test_split(onnx_export):
+    p = onnx_export["parity"]
+    assert p["n"] == 80 and "test" in p["images"]  # the CSV run's own test file
+    assert p["agreement"] == 1.0 and p["max_abs_logit_diff"] < 1e-3
+    assert p["accuracy_torch"] == p["accuracy_export"] and p["accuracy_torch"] > 0.5
+
+
+def test_an_export_that_disagrees_is_refused_and_leaves_no_file(csv_run, tmp_path, monkeypatch):
+    real = ex.onnx_runner
+
+    def swapped(path):  # a runner whose answers are the file's with two classes swapped
+        run = real(path)
+        return lambda x: (run(x)[0][:, [1, 0, 2, 3]], run(x)[1])
+
+    monkeypatch.setattr(ex, "onnx_runner", swapped)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(MinivisionError, match=r"agrees with PyTorch on \d+\.\d+% of 80 top-1 answers") as e:
+        ex.export_run(csv_run, out=out, log=lambda m: None)
+    assert "\n" not in str(e.value) and "largest logit difference" in str(e.value)
+    assert list(tmp_path.iterdir()) == []  # neither the file, its temporary, nor its sidecar
+
+
+def test_parity_falls_back_to_seeded_pictures_when_the_data_is_gone(csv_run, monkeypatch):
+    import minivision.evaluate
+
+    def gone(*a, **k):
+        raise MinivisionError("train.csv: file not found")
+
+    monkeypatch.setattr(minivision.evaluate, "scoring_data", gone)
+    lines: list[str] = []
+    x, y, source = ex.parity_pictures(load_model(csv_run), lines.append)
+    x2, _, _ = ex.parity_pictures(load_model(csv_run), lines.append)
+    assert y is None and x.shape == (2000, 1, 28, 28) and x.dtype == torch.uint8 and torch.equal(x, x2)
+    assert "random" in source["images"] and "file not found" in lines[0]
+
+
+# ----------------------------------------------------------------------------- int8
+
+def test_int8_is_smaller_and_still_takes_uint8(csv_run, onnx_export):
+    info = ex.export_run(csv_run, int8=True, log=lambda m: None)
+    path = Path(info["path"])
+    assert path.name == "model.int8.onnx" and info["precision"] == "int8"
+    assert info["bytes"] < onnx_export["bytes"] / 2 and info["fp32_bytes"] > info["bytes"]
+    mp = onnx.load(str(path))
+    assert mp.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert any(n.op_type == "QuantizeLinear" for n in mp.graph.node)
+    cal = ex.read_metadata(path)["calibration_set"]
+    assert cal["n"] == 256 and cal["seed"] == 0 and "training" in cal["images"]  # 320 less the validation's 64
+    p = info["parity"]
+    assert p["n"] == 80 and p["accuracy_torch"] - p["accuracy_export"] <= ex.MAX_INT8_LOSS
+    assert info["fp32_parity"]["agreement"] == 1.0
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"pixels": _pictures(5).numpy()})[0].shape == (5, 4)
+
+
+def test_int8_that_loses_accuracy_is_refused(csv_run, tmp_path, monkeypatch):
+    monkeypatch.setattr(ex, "MAX_INT8_LOSS", -1.0)  # any int8 file now loses too much
+    with pytest.raises(MinivisionError, match=r"int8 export refused.*accuracy \d+\.\d+% vs PyTorch's") as e:
+        ex.export_run(csv_run, int8=True, out=tmp_path / "q.onnx", log=lambda m: None)
+    assert "\n" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- TorchScript
+
+def test_torchscript_export_and_parity(csv_run, tmp_path):
+    info = ex.export_run(csv_run, fmt="torchscript", out=tmp_path / "m.torchscript", log=lambda m: None)
+    assert info["parity"]["agreement"] == 1.0 and info["parity"]["n"] == 80
+    extra = {"minivision.json": ""}
+    module = torch.jit.load(str(tmp_path / "m.torchscript"), _extra_files=extra)
+    meta = json.loads(extra["minivision.json"])
+    assert meta["format"] == "minivision-torchscript" and meta["classes"] == ["0", "1", "2", "3"]
+    for n in (1, 5):
+        x = _pictures(n, seed=10 + n)
+        logits, features = module(x)
+        ref_logits, _ = _torch_outputs(csv_run, x)
+        np.testing.assert_allclose(logits.detach().numpy(), ref_logits, atol=1e-4)
+    assert (tmp_path / "m.torchscript.json").is_file()
+
+
+# ----------------------------------------------------------------------------- never overwritten, errors
+
+def test_default_names_count_up_and_out_is_never_replaced(csv_run, tmp_path, capsys):
+    first = ex.export_run(csv_run, fmt="torchscript", log=lambda m: None)
+    second = ex.export_run(csv_run, fmt="torchscript", log=lambda m: None)
+    assert Path(first["path"]).name == "model.torchscript" and Path(second["path"]).name == "model2.torchscript"
+    out = tmp_path / "keep.onnx"
+    out.write_bytes(b"mine")
+    assert main(["export", str(csv_run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and "never overwritten" in err and err.count("\n") == 1
+    assert out.read_bytes() == b"mine"
+
+
+def test_cli_export_json(csv_run, tmp_path, capsys):
+    assert main(["export", str(csv_run), "--format", "torchscript", "--out", str(tmp_path / "a.ts"), "--json"]) == 0
+    cap = capsys.readouterr()
+    info = json.loads(cap.out)
+    assert info["parity"]["agreement"] == 1.0 and "parity (TorchScript vs PyTorch" in cap.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["export", "{tmp}"], "is not a run folder"),
+    (["export", "{unfinished}"], "no model"),
+    (["export", "{run}", "--format", "tflite"], "invalid choice: 'tflite'"),
+    (["export", "{run}", "--format", "torchscript", "--int8"], "--int8 is for ONNX exports"),
+])
+def test_errors_are_one_line(argv, message, csv_run, tmp_path, capsys):
+    unfinished = tmp_path / "train3"
+    unfinished.mkdir()
+    (unfinished / "args.yaml").write_text("model: cnn1\n")
+    args = [a.format(tmp=tmp_path, unfinished=unfinished, run=csv_run) for a in argv]
+    try:
+        rc = main(args)
+    except SystemExit as e:  # argparse's own check (the choices of --format)
+        rc = e.code
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and err.count("\n") == 1
+
+
+def test_api_unknown_format_did_you_mean(csv_run):
+    with pytest.raises(MinivisionError, match="did you mean 'torchscript'"):
+        ex.export_run(csv_run, fmt="torchscrpt")
+
+
+# ----------------------------------------------------------------------------- real data
+
+@needs_fashion_mnist
+def test_real_fashion_mnist_run_exports_fp32_and_int8(small_fashion_run, tmp_path):
+    """A 1-epoch cnn1 on 3,000 Fashion-MNIST pictures: parity on the real test split (10,000 pictures)."""
+    import minivision as mv
+
+    clf = mv.load(small_fashion_run)
+    fp32 = clf.export(tmp_path / "f.onnx")
+    p = fp32["parity"]
+    assert p["n"] == 10_000 and "fashion-mnist test" in p["images"]
+    assert p["agreement"] >= ex.MIN_AGREEMENT and p["accuracy_export"] > 0.6
+    int8 = clf.export(tmp_path / "q.onnx", int8=True)
+    q = int8["parity"]
+    assert q["accuracy_torch"] - q["accuracy_export"] <= ex.MAX_INT8_LOSS and int8["bytes"] < fp32["bytes"] / 2
+    assert int8["calibration_set"]["images"] == "fashion-mnist training split"
