@@ -201,6 +201,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", default="3m", help="each run's --budget (default 3m; the issue's limit is 5 "
                                                    "minutes a whole command)")
     ap.add_argument("--epochs", type=int, help="a fixed number of epochs instead of --budget")
+    ap.add_argument("--row-flags", action="append", default=[], metavar="[DATASET:]ROW=FLAGS",
+                    help="flags for one row's runs, after the row's own and instead of --budget/--epochs when they "
+                         "set a length (repeatable), e.g. 'cifar10:finetuned=--imgsz 128 --epochs 3'")
+    ap.add_argument("--continue", dest="resume", action="store_true",
+                    help="reuse the runs already in OUT/fewshot.runs.jsonl (every finished run is appended there) "
+                         "whose command is the same: a long benchmark can stop and go on")
     ap.add_argument("--fashion", help="Fashion-MNIST IDX folder (default: where minivision finds it)")
     ap.add_argument("--cifar", help="CIFAR-10 JPEG folder or archive (default: the development machine's)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results",
@@ -237,7 +243,17 @@ def _run(a: argparse.Namespace) -> int:
     if a.draws < 1 or a.per_class < 1:
         raise MinivisionError("--draws and --per-class must be at least 1")
     length = ["--epochs", str(a.epochs)] if a.epochs else ["--budget", a.budget]
+    extra = _row_flags(a.row_flags, datasets, rows)
     has_pretrained = cli_has("--pretrained")
+    a.out.mkdir(parents=True, exist_ok=True)
+    log = a.out / "fewshot.runs.jsonl"
+    done = {}
+    if a.resume and log.is_file():
+        for line in log.read_text().splitlines():
+            r = json.loads(line)
+            done[r["command"]] = r
+    elif log.is_file():
+        log.unlink()
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="fewshot-") as tmp:
         tmp = Path(tmp)
@@ -246,6 +262,11 @@ def _run(a: argparse.Namespace) -> int:
             for row in rows:
                 label, flags, only = ROWS[row]
                 flags = [OWN[name] if f == "OWN" else f for f in flags]
+                own_length = length
+                if (name, row) in extra:
+                    flags = flags + extra[name, row]
+                    if {"--epochs", "--budget", "--steps"} & set(extra[name, row]):
+                        own_length = []
                 if only is not None and name not in only:
                     continue
                 if not has_pretrained:  # until --pretrained lands, scratch is the plain CLI and the others wait
@@ -263,17 +284,43 @@ def _run(a: argparse.Namespace) -> int:
                     else:
                         data = folder_draw(source, a.per_class, k, where, listing=listing)
                     shown = " ".join(["minivision train --data", name if row == "tutorial" else f"DRAW{k}/{name}",
-                                      *flags, *length, "--seed", str(k)])
+                                      *flags, *own_length, "--seed", str(k)])
                     print(f"$ {shown}", flush=True)
-                    r = run_one(data, flags, length, k, tmp / "runs", f"{name}-{row}-{k}")
-                    r |= {"draw": k, "command": shown}
+                    if shown in done and "error" not in done[shown]:
+                        runs.append(done[shown])
+                        print(f"  (from {log.name}) test {done[shown]['test_accuracy']:.2%}, "
+                              f"{done[shown]['seconds']:.0f} s", flush=True)
+                        shutil.rmtree(where, ignore_errors=True)
+                        continue
+                    load0 = os.getloadavg()[0]
+                    r = run_one(data, flags, own_length, k, tmp / "runs", f"{name}-{row}-{k}")
+                    r |= {"draw": k, "command": shown, "load": [load0, os.getloadavg()[0]]}
+                    with open(log, "a") as fh:
+                        fh.write(json.dumps(r) + "\n")
                     runs.append(r)
                     print("  " + (f"failed: {r['error']}" if "error" in r else
                                   f"test {r['test_accuracy']:.2%}, {r['seconds']:.0f} s"), flush=True)
                     shutil.rmtree(where, ignore_errors=True)
-                results.append(_summarise(name, row, label, runs, a, flags, length))
+                results.append(_summarise(name, row, label, runs, a, flags, own_length))
     _write(results, a, length)
     return 0 if all(r["ok"] for r in results) else 1
+
+
+def _row_flags(given: list[str], datasets: list[str], rows: list[str]) -> dict[tuple[str, str], list[str]]:
+    """``--row-flags [DATASET:]ROW=FLAGS`` values -> {(dataset, row): flags}; raises MinivisionError on an
+    unknown dataset or row."""
+    import shlex
+
+    out: dict[tuple[str, str], list[str]] = {}
+    for item in given:
+        key, sep, flags = item.partition("=")
+        if not sep:
+            raise MinivisionError(f"--row-flags {item!r}: expected [DATASET:]ROW=FLAGS")
+        data, _, row = key.rpartition(":")
+        _check_names(row, ROWS, "row")
+        for name in _check_names(data, DATASETS, "dataset") if data else datasets:
+            out[name, row] = shlex.split(flags)
+    return out
 
 
 def _source(name: str, a: argparse.Namespace):
@@ -314,16 +361,22 @@ def _write(results: list[dict], a: argparse.Namespace, length: list[str]) -> Non
     lines = [f"Measured {date} on {cpu_name()}, {os.cpu_count()} cores, "
              f"torch {torch.__version__}, Python {platform.python_version()}. Command: "
              f"`python3 bench/fewshot.py{' --quick' if a.quick else ''}` ({a.draws} draws of {a.per_class} "
-             f"training pictures per class; {' '.join(length)} per run; test accuracy on the whole test set; "
-             "seconds for the whole command, timed from outside).", "",
-             "| data | row | pictures per class | test accuracy (mean +- std) | seconds (mean +- std) | failed |",
-             "|---|---|---|---|---|---|"]
+             f"training pictures per class; {' '.join(length)} per run unless the row's flags set a length; test "
+             "accuracy on the whole test set; seconds for the whole command, timed from outside; load: the "
+             f"1-minute load average at each run's start and end, averaged: above {os.cpu_count()} other work "
+             "shared the machine and the seconds are inflated, while a fixed --epochs keeps the accuracy "
+             "the same).", "",
+             "| data | row | flags | pictures per class | test accuracy (mean +- std) | seconds (mean +- std) | "
+             "load (1-min average, mean) | failed |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
         failed = sum("error" in x for x in r["runs"])
         acc = (f"{r['accuracy_mean']:.2%} +- {r['accuracy_std']:.2%}" if "accuracy_mean" in r else "-")
         secs = (f"{r['seconds_mean']:.0f} +- {r['seconds_std']:.0f}" if "seconds_mean" in r else "-")
-        lines.append(f"| {SHOWN_DATA[r['dataset']]} | {r['label']} | {r['per_class'] or 'all'} | {acc} | {secs} | "
-                     f"{failed} of {r['draws']} |")
+        loads = [sum(x["load"]) / 2 for x in r["runs"] if "load" in x]
+        load = f"{statistics.fmean(loads):.1f}" if loads else "-"
+        lines.append(f"| {SHOWN_DATA[r['dataset']]} | {r['label']} | `{' '.join(r['flags'])}` | "
+                     f"{r['per_class'] or 'all'} | {acc} | {secs} | {load} | {failed} of {r['draws']} |")
     table = "\n".join(lines) + "\n"
     print("\n" + table)
     a.out.mkdir(parents=True, exist_ok=True)
