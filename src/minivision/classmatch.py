@@ -27,9 +27,9 @@ import dataclasses
 import unicodedata
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
-from .data.dataset import Dataset, Split
+from .data.dataset import Dataset, Split, as_array
 from .errors import MinivisionError
 
 _SHOWN = 12  # names shown per list in an error or a note before "... (N more)"
@@ -145,10 +145,10 @@ def align_dataset(ds: Dataset, model_classes: list[str], *, data_name: str | Non
     match = match_classes(model_classes, ds.classes, data_name=data_name or ds.name)
     if match.is_identity:
         return ds, match
-    remap = torch.tensor(match.index, dtype=torch.int64)
+    remap = np.array(match.index, dtype=np.int64)
 
     def moved(split: Split | None) -> Split | None:
-        return None if split is None else Split(split.x, remap[split.y])
+        return None if split is None else Split(split.x, as_array(remap[np.asarray(split.y)]))
 
     return dataclasses.replace(ds, classes=list(model_classes), train=moved(ds.train), val=moved(ds.val),
                                test=moved(ds.test)), match

@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="classify image files, folders or globs (photos are converted the way "
                                         "the training images were made), or every row of a pixel CSV file")
-    pr.add_argument("model", metavar="RUN_OR_MODEL")
+    pr.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder, its model.json, or an exported .onnx file "
+                                                           "(run on onnxruntime, without PyTorch)")
     pr.add_argument("paths", nargs="+", metavar="PATH")
     pr.add_argument("--top-k", type=_number(int, 1), default=3)
     pr.add_argument("--device", choices=DEVICES, default="auto")
@@ -184,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true", help="the rows as one JSON object on stdout")
 
     sv = sub.add_parser("serve", help="HTTP API and web page for a trained model (POST /predict, /docs)")
-    sv.add_argument("model", metavar="RUN_OR_MODEL")
+    sv.add_argument("model", metavar="RUN_OR_MODEL", help="a run folder, its model.json, or an exported .onnx file")
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
                                                         "only; 0.0.0.0 for every interface)")
     sv.add_argument("--port", type=_number(int, 0, 65535), default=8000, help="default 8000; 0 = any free port")
@@ -261,7 +262,25 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
-    from .evaluate import format_metrics, only_present, scoring_data, split_logits, split_outputs, trust_metrics
+    from .evaluate import format_metrics
+    from .onnx_runtime import is_onnx
+
+    if is_onnx(a.model):  # an export: onnxruntime, no torch
+        from .onnx_runtime import evaluate_command
+
+        lm, sd, metrics = evaluate_command(a)
+    else:
+        lm, sd, metrics = _evaluate_run(a)
+    if a.json:
+        print(_json({**metrics, "split": sd.split_name, "model": str(getattr(lm, "file", lm.path)), "notes": sd.notes}))
+    else:
+        where = "all images" if sd.split_name == "all" else sd.split_name
+        print(format_metrics(metrics, lm.classes, f"{getattr(lm, 'file', lm.path)} on {sd.dataset.name} {where}"))
+    return 0
+
+
+def _evaluate_run(a: argparse.Namespace):
+    from .evaluate import only_present, scoring_data, split_logits, split_outputs, trust_metrics
     from .metrics import metrics_from_logits
     from .runfiles import load_model
 
@@ -285,17 +304,22 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         from .report.run import report_for_model
 
         report_for_model(lm, ds, sd.split_name, split, logits, tta_logits, log=lambda m: print(m, file=sys.stderr))
-    if a.json:
-        print(_json({**metrics, "split": sd.split_name, "model": str(lm.path), "notes": sd.notes}))
-    else:
-        where = "all images" if sd.split_name == "all" else sd.split_name
-        print(format_metrics(metrics, lm.classes, f"{lm.path} on {ds.name} {where}"))
-    return 0
+    return lm, sd, metrics
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
-    from .predict import expand_paths, is_pixel_csv, predict_images, predict_pixel_csv, save_shows, write_csv
-    from .runfiles import load_model
+    from .data.rules import expand_paths, is_pixel_csv
+    from .onnx_runtime import is_onnx
+    from .scores import write_csv
+
+    if is_onnx(a.model):  # an export: onnxruntime, no torch
+        from .onnx_runtime import check_cli_options, predict_images, predict_pixel_csv
+        from .onnx_runtime import load_onnx as load_model
+
+        check_cli_options(a)
+    else:
+        from .predict import predict_images, predict_pixel_csv
+        from .runfiles import load_model
 
     lm = load_model(a.model)
     if a.background is not None and lm.preprocess.photo.method != "zalando":
@@ -315,7 +339,11 @@ def cmd_predict(a: argparse.Namespace) -> int:
             rows = predict_pixel_csv(lm, item, top_k=a.top_k, device=a.device, tta=a.tta)
             print(f"note: {item}: {len(rows):,} pictures, one per row, predicted in file order", file=sys.stderr)
             results += rows
-    shown = save_shows(results, a.show) if a.show is not None else []
+    shown = []
+    if a.show is not None:
+        from .predict import save_shows
+
+        shown = save_shows(results, a.show)
     for r in results:
         r.pop("input", None)
     ok = any("error" not in r for r in results)

@@ -12,18 +12,20 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from .classmatch import ClassMatch, align_dataset
 from .data import canonical_name, load_dataset
-from .data.dataset import Dataset, Split
-from .data.split import make_val
+from .data.dataset import Dataset, Split, as_array
 from .errors import MinivisionError
-from .inference import pick_device, pick_precision, predict_features, predict_logits
-from .metrics import macro_average, metrics_from_logits
-from .runfiles import LoadedModel
+from .scores import macro_average
+
+if TYPE_CHECKING:  # the scoring functions below import torch; choosing the data (to ``check_compatible``) does not
+    import torch
+
+    from .runfiles import LoadedModel
 
 WHOLE = "all"  # the split name of data scored whole (a file, or a folder without split folders)
 
@@ -62,7 +64,7 @@ def scoring_data(lm: LoadedModel, data: str | None = None, data_dir: str | None 
     report), for other data without one every image (``split_name`` ``all``). Other data with no split
     folders is scored whole whatever ``split`` says (a note says so). Raises MinivisionError (one line)
     for images of another size, classes that do not match, or a split the data does not have."""
-    from .inference import split_for
+    from .data.dataset import split_for
 
     notes: list[str] = []
     if is_training_data(lm, data):
@@ -82,7 +84,7 @@ def other_data(lm: LoadedModel, ds: Dataset, split: str | None = None) -> Scorin
     """``scoring_data`` for a dataset other than the model's training data, already read: checked for the
     model's input size, matched to its classes by name, nothing held back for validation (see
     ``scoring_data`` for ``split``)."""
-    from .inference import split_for
+    from .data.dataset import split_for
 
     check_compatible(lm, ds, classes=False)
     ds, match = align_dataset(ds, lm.classes)
@@ -98,7 +100,8 @@ def other_data(lm: LoadedModel, ds: Dataset, split: str | None = None) -> Scorin
         split = "test" if "test" in own else WHOLE
     if split == WHOLE:
         parts = [s for s in (ds.train, ds.val, ds.test) if s is not None and len(s)]
-        whole = Split(torch.cat([s.x for s in parts]), torch.cat([s.y for s in parts]))
+        whole = Split(as_array(np.concatenate([np.asarray(s.x) for s in parts])),
+                      as_array(np.concatenate([np.asarray(s.y) for s in parts])))
         notes.append(f"{ds.name} has no test split: scoring all {len(whole):,} of its images "
                      "(none held back for validation)")
         return ScoringData(ds, WHOLE, whole, notes, match)
@@ -133,6 +136,8 @@ def dataset_for(lm: LoadedModel, data: str | None = None, data_dir: str | None =
             check_compatible(lm, ds)  # the same number of classes keeps its positions, as at training
     if split == "test":
         return ds
+    from .data.split import make_val
+
     return make_val(ds, val_split=info.get("val_split"), val_first=info.get("val_first"), seed=int(info.get("seed", 0)))
 
 
@@ -165,6 +170,8 @@ def only_present(metrics: dict[str, Any], match: ClassMatch | None, classes: lis
 
 def split_logits(lm: LoadedModel, split: Split, *, device: str = "auto", precision: str = "auto",
                  batch_size: int = 256, tta: bool = False) -> torch.Tensor:
+    from .inference import pick_device, pick_precision, predict_logits
+
     dev = pick_device(device)
     lm.model.to(dev)
     return predict_logits(lm.model, lm.preprocess, split.x, device=dev, precision=pick_precision(precision, dev),
@@ -176,6 +183,8 @@ def split_outputs(lm: LoadedModel, split: Split, *, device: str = "auto", precis
     """(logits float32 (N, K), features float32 (N, D) or None) of ``split``'s pictures, uncalibrated, no TTA,
     in one pass: the penultimate features are kept only for a model with unsure statistics (trust.py),
     which ``trust_metrics`` scores."""
+    from .inference import pick_device, pick_precision, predict_features
+
     if lm.trust is None:
         return split_logits(lm, split, device=device, precision=precision, batch_size=batch_size), None
     dev = pick_device(device)
@@ -195,7 +204,9 @@ def trust_metrics(lm: LoadedModel, split: Split, logits: torch.Tensor, *, device
     {share, n, accuracy_confident, accuracy_unsure} (fractions 0-1; None where no picture falls there).
     ``logits`` float (N, K) of ``split``'s pictures, uncalibrated; ``features`` float (N, D), their
     penultimate features when the caller has them (else computed here, a second pass)."""
-    from .inference import EMPTY_NOTE, blank_pictures, noise_pictures, predict_features
+    import torch
+
+    from .inference import EMPTY_NOTE, blank_pictures, noise_pictures, pick_device, pick_precision, predict_features
     from .metrics import calibration
     from .trust import direction, judge
 
@@ -233,6 +244,8 @@ def evaluate_split(lm: LoadedModel, split: Split, *, device: str = "auto", preci
     calibrated scores, ``ece_before``, ``temperature``, ...) and unsure share; with ``tta``, also ``tta_accuracy``
     and ``tta_loss`` (flip test-time augmentation) beside the plain figures. ``match`` (from ``scoring_data``):
     per-class figures only for the classes present when the data holds a subset of the model's."""
+    from .metrics import metrics_from_logits
+
     logits, features = split_outputs(lm, split, device=device, precision=precision, batch_size=batch_size)
     m = metrics_from_logits(logits, split.y, lm.classes)
     m.update(trust_metrics(lm, split, logits, device=device, precision=precision, batch_size=batch_size,

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.dataset import Dataset, Split
+from .data.dataset import split_for  # noqa: F401 (a reader's name; torch-free, in data/dataset.py)
 from .errors import MinivisionError
 from .preprocess import Preprocess
 
@@ -105,33 +105,32 @@ def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, flo
     return loss, acc
 
 
-# A picture is empty when the central 98% of its grey levels (1st to 99th percentile) span fewer than
-# BLANK_SPREAD of 256: one colour, or so little contrast that nothing in it can be told apart. Why 10:
-# sensor and JPEG noise on a plain backdrop spans a few levels once the picture is reduced to at most
-# THUMB_PX a side, as ``predict`` does before the check (measured: one grey plus Gaussian noise of
-# sd 2-3, 400 x 400, JPEG quality 75 or 95: 1-3 levels reduced, 5-15 at full size); a garment or a
-# digit spans a hundred or more. Leaving out the outer 1% on each side keeps a speck or a dead pixel
-# from making an empty picture look full.
-BLANK_SPREAD = 10.0
-THUMB_PX = 64
-DETAIL_PX = 256
-EMPTY_NOTE = "the picture is empty (one colour, or almost): the label is a guess"
-EMPTY_INPUT_NOTE = "nothing stands out from the background (the model sees an empty picture): the label is a guess"
+# The empty-picture and noise rules, their thresholds and texts live in scores.py (numpy), shared with the
+# reader of an exported model; these take and give tensors.
+from .scores import (  # noqa: E402
+    BLANK_SPREAD,
+    DETAIL_PX,
+    EMPTY_INPUT_NOTE,
+    EMPTY_NOTE,
+    NOISE_CORRELATION,
+    NOISE_NOTE,
+    THUMB_PX,
+    blank_arrays,
+    noise_arrays,
+)
+from .scores import empty_reason as _empty_reason  # noqa: E402
+from .scores import noise_image as noise_picture  # noqa: E402, F401
+
+__all__ = ["BLANK_SPREAD", "DETAIL_PX", "EMPTY_INPUT_NOTE", "EMPTY_NOTE", "NOISE_CORRELATION", "NOISE_NOTE",
+           "THUMB_PX", "blank_pictures", "empty_picture", "empty_reason", "noise_picture", "noise_pictures"]
 
 
 def blank_pictures(x: torch.Tensor, spread: float = BLANK_SPREAD) -> torch.Tensor:
     """bool (N,): which of the uint8 pictures ``x`` (N, C, H, W), any size and channels, are empty by the
-    ``BLANK_SPREAD`` rule (grey level = the mean of the channels; ``spread``: another limit, in grey levels)."""
-    import numpy as np
-
+    ``BLANK_SPREAD`` rule (``scores.blank_arrays``; ``spread``: another limit, in grey levels)."""
     if x.ndim != 4 or len(x) == 0:
         return torch.zeros(len(x) if x.ndim else 0, dtype=torch.bool)
-    out = []
-    for i in range(0, len(x), 1024):  # a bounded copy in float at a time
-        grey = x[i:i + 1024].float().mean(1).flatten(1).numpy()
-        lo, hi = np.percentile(grey, [1, 99], axis=1)
-        out.append(torch.from_numpy((hi - lo) < spread))
-    return torch.cat(out)
+    return torch.from_numpy(blank_arrays(x.cpu().numpy(), spread))
 
 
 def empty_picture(img, model_input: torch.Tensor | None = None) -> bool:
@@ -140,72 +139,14 @@ def empty_picture(img, model_input: torch.Tensor | None = None) -> bool:
 
 
 def empty_reason(img, model_input: torch.Tensor | None = None) -> str | None:
-    """Why a PIL image (any mode and size) is empty, or None when it is not.
-
-    ``EMPTY_NOTE`` when the picture as given is flat by the ``BLANK_SPREAD`` rule, checked on a copy reduced to
-    at most ``THUMB_PX`` a side (which averages sensor and JPEG noise away) and again, with twice the limit,
-    at ``DETAIL_PX`` (fine noise averages to one grey at THUMB_PX yet spans 36-39 grey levels at DETAIL_PX,
-    measured on 2,000 x 2,000 uniform noise as given and as the web page shrinks it to 256 px, while a plain
-    backdrop with sensor and JPEG noise spans about 1: 3,000 x 2,000, sd 3, JPEG quality 75).
-    ``EMPTY_INPUT_NOTE`` when ``model_input``, the uint8 (C, H, W) picture its conversion made for the model,
-    is empty by the same rule and dark (its 99th percentile below ``2 x BLANK_SPREAD``: nothing of the photo
-    was kept on the black canvas): a photo of a backdrop alone (a ramp of light spans 60 grey levels, but the
-    conversion evens the light out and the model sees black) or of fine noise; its label is as much a
-    guess. A model input of one light colour is an item that fills the frame, not an empty picture."""
-    import numpy as np
-
-    def flat(picture, side: int, spread: float) -> bool:
-        picture.thumbnail((side, side))
-        return bool(blank_pictures(torch.from_numpy(np.array(picture, dtype=np.uint8))[None, None], spread)[0])
-
-    grey = img.convert("L")
-    if flat(grey.copy(), THUMB_PX, BLANK_SPREAD) and flat(grey.copy(), DETAIL_PX, 2 * BLANK_SPREAD):
-        return EMPTY_NOTE
-    if model_input is not None and bool(blank_pictures(model_input[None])[0]):
-        if float(np.percentile(model_input.float().mean(0).numpy(), 99)) < 2 * BLANK_SPREAD:
-            return EMPTY_INPUT_NOTE
-    return None
-
-
-# A picture is noise when neighbouring pixels hardly correlate: the Pearson correlation of each grey level with
-# its right and lower neighbours below NOISE_CORRELATION. Why 0.15: measured (bench/unsure.py's pictures, 28 x 28),
-# uniform and Gaussian noise give -0.07 to 0.09 (the spread of a correlation over ~1,500 pixel pairs is about
-# 0.03), the 10,000 Fashion-MNIST test pictures 0.24 at the least (0.58 at the 1st percentile), CIFAR-10 made grey
-# 0.55 at the least. A thin line drawing can fall below it too; it is not a picture the model knows either.
-NOISE_CORRELATION = 0.15
-NOISE_NOTE = "the picture looks like noise (no shapes in it): the label is a guess"
+    """Why a PIL image is empty (``scores.EMPTY_NOTE`` or ``EMPTY_INPUT_NOTE``), or None: ``scores.empty_reason``,
+    ``model_input`` the uint8 (C, H, W) tensor its conversion made for the model."""
+    return _empty_reason(img, None if model_input is None else model_input.cpu().numpy())
 
 
 def noise_pictures(x: torch.Tensor) -> torch.Tensor:
     """bool (N,): which of the uint8 pictures ``x`` (N, C, H, W) are noise by the ``NOISE_CORRELATION`` rule
-    (grey level = the mean of the channels); an empty picture (no variation) is not noise."""
-    if x.ndim != 4 or len(x) == 0 or min(x.shape[-2:]) < 2:
+    (``scores.noise_arrays``); an empty picture (no variation) is not noise."""
+    if x.ndim != 4 or len(x) == 0:
         return torch.zeros(len(x) if x.ndim else 0, dtype=torch.bool)
-    out = []
-    for i in range(0, len(x), 1024):
-        g = x[i:i + 1024].float().mean(1)
-        a = torch.cat([g[:, :, :-1].flatten(1), g[:, :-1, :].flatten(1)], 1)
-        b = torch.cat([g[:, :, 1:].flatten(1), g[:, 1:, :].flatten(1)], 1)
-        a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-        denom = a.norm(dim=1) * b.norm(dim=1)
-        out.append((denom > 0) & ((a * b).sum(1) < NOISE_CORRELATION * denom))
-    return torch.cat(out)
-
-
-def noise_picture(img) -> bool:
-    """A PIL image (any mode and size) is noise by the ``NOISE_CORRELATION`` rule, checked on a grey copy reduced
-    to at most ``THUMB_PX`` a side (as ``empty_picture``)."""
-    import numpy as np
-
-    small = img.convert("L")
-    small = small.copy() if small is img else small
-    small.thumbnail((THUMB_PX, THUMB_PX))
-    return bool(noise_pictures(torch.from_numpy(np.array(small, dtype=np.uint8))[None, None])[0])
-
-
-def split_for(ds: Dataset, name: str) -> Split:
-    """The split ``name`` (train, val or test) of ``ds``; MinivisionError when it is missing or empty."""
-    split = getattr(ds, name, None)
-    if split is None or len(split) == 0:
-        raise MinivisionError(f"dataset {ds.name} has no {name} split")
-    return split
+    return torch.from_numpy(noise_arrays(x.cpu().numpy()))

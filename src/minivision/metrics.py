@@ -1,5 +1,6 @@
 """Classification metrics as plain data: confusion matrix, per-class precision/recall/F1, most
-confused pairs, calibration. Torch only (no scikit-learn, no matplotlib), so ``evaluate`` stays quick."""
+confused pairs, calibration. Torch and numpy only (no scikit-learn, no matplotlib), so ``evaluate`` stays quick;
+the per-class figures are scores.py's, which an exported model's reader (onnx_runtime.py) uses without torch."""
 
 from __future__ import annotations
 
@@ -9,41 +10,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .scores import macro_average, most_confused, per_class_metrics  # numpy: shared with the torch-free reader
+
 
 def confusion_matrix(y: torch.Tensor, pred: torch.Tensor, k: int) -> torch.Tensor:
     """(k, k) int64 counts; rows are the true class, columns the predicted one."""
     return torch.bincount(y * k + pred, minlength=k * k).view(k, k)
-
-
-def per_class_metrics(confusion: Any, classes: list[str]) -> list[dict[str, Any]]:
-    """Per class: precision, recall, F1 (0.0 where undefined, as scikit-learn's zero_division=0), support."""
-    c = torch.as_tensor(confusion, dtype=torch.float64)
-    rows = []
-    for i, name in enumerate(classes):
-        tp, predicted, support = float(c[i, i]), float(c[:, i].sum()), float(c[i].sum())
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / support if support else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        rows.append({"class": name, "precision": precision, "recall": recall, "f1": f1, "support": int(support)})
-    return rows
-
-
-def macro_average(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The unweighted mean over classes that have test images."""
-    present = [r for r in rows if r["support"]] or rows
-    return {"class": "macro average", **{k: sum(r[k] for r in present) / len(present)
-                                         for k in ("precision", "recall", "f1")},
-            "support": sum(r["support"] for r in rows)}
-
-
-def most_confused(confusion: Any, classes: list[str], k: int = 10) -> list[dict[str, Any]]:
-    """The off-diagonal cells with the most images, largest first (fastai's ``most_confused``)."""
-    c = torch.as_tensor(confusion, dtype=torch.int64)
-    support = c.sum(1)
-    pairs = [(int(c[i, j]), i, j) for i in range(len(classes)) for j in range(len(classes)) if i != j and c[i, j]]
-    pairs.sort(key=lambda t: (-t[0], t[1], t[2]))
-    return [{"true": classes[i], "predicted": classes[j], "count": n, "fraction_of_true": n / int(support[i])}
-            for n, i, j in pairs[:k]]
 
 
 def calibration(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> dict[str, Any]:

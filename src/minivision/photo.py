@@ -53,7 +53,6 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from PIL import Image, ImageFilter, ImageOps
 
 from . import photo_light
@@ -237,7 +236,7 @@ def preset(kind: str) -> PictureConversion:
 
 # ------------------------------------------------------------------------------------- choosing one
 
-def choose_conversion(x: torch.Tensor, source: PictureConversion | None = None) -> PictureConversion:
+def choose_conversion(x: Any, source: PictureConversion | None = None) -> PictureConversion:
     """The conversion for a model trained on the uint8 images ``x`` (N, C, H, W); ``source``: the
     resize its pictures were made with (an image folder's ``Dataset.conversion``: its fit), kept
     when the rule below says resize.
@@ -253,6 +252,8 @@ def choose_conversion(x: torch.Tensor, source: PictureConversion | None = None) 
         resize = source
     if x.shape[1] != 1 or len(x) == 0 or min(x.shape[2:]) < 5:
         return resize
+    import torch  # training only: readers of a model (and of an export) never choose a conversion
+
     idx = torch.linspace(0, len(x) - 1, min(len(x), 2000)).long()
     a = x[idx, 0].numpy()
     ring = np.concatenate([a[:, :2].reshape(len(a), -1), a[:, -2:].reshape(len(a), -1),

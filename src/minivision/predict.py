@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .data.images import IMAGE_EXTENSIONS, open_image
-from .data.rules import is_ignored_path
+from .data.images import open_image
+from .data.rules import expand_paths, is_pixel_csv  # noqa: F401 (predict's names; torch-free)
 from .errors import MinivisionError
 from .inference import (
     EMPTY_NOTE,
@@ -23,28 +22,7 @@ from .inference import (
 )
 from .photo import BACKGROUNDS
 from .runfiles import LoadedModel
-
-
-def expand_paths(items: list[str]) -> list[str]:
-    """Files as given, folders walked (sorted; hidden entries, __MACOSX, Thumbs.db... skipped by
-    ``data.rules.is_ignored``, as the folder reader does), globs expanded."""
-    out: list[str] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(str(f) for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-                           and not is_ignored_path(f.relative_to(p).parts))
-            if not found:
-                raise MinivisionError(f"{item}: folder has no image files")
-            out += found
-        elif any(ch in item for ch in "*?[") and not p.exists():
-            found = sorted(glob.glob(item, recursive=True))
-            if not found:
-                raise MinivisionError(f"{item}: no file matches this pattern")
-            out += found
-        else:
-            out.append(item)  # a missing file is reported per file, with the rest still predicted
-    return out
+from .scores import write_csv  # noqa: F401 (predict's name; torch-free)
 
 
 def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device: str = "auto",
@@ -133,11 +111,6 @@ def _top_k(lm: LoadedModel, batch: torch.Tensor, k: int, device: str, tta: bool,
     return out
 
 
-def is_pixel_csv(item: str | Path) -> bool:
-    """A ``.csv`` or ``.csv.gz`` file: pixel rows (a Kaggle-style ``test.csv``), not a picture."""
-    return str(item).lower().endswith((".csv", ".csv.gz")) and Path(item).is_file()
-
-
 def predict_pixel_csv(lm: LoadedModel, path: str | Path, *, top_k: int = 5, device: str = "auto",
                       tta: bool = False) -> list[dict[str, Any]]:
     """Predict every row of a pixel CSV (``label`` optional, e.g. a Kaggle ``test.csv`` of ``pixel1..pixelN``
@@ -183,33 +156,6 @@ def proba_for_tensor(lm: LoadedModel, x: torch.Tensor, device: str = "auto") -> 
 
 
 # ----------------------------------------------------------------------------- outputs of `predict`
-
-def write_csv(results: list[dict[str, Any]], path: str | Path) -> Path:
-    """path (and id, for the rows of a pixel CSV with an id column), label, score, then label_i/score_i for
-    each of the top k, then unsure (true/false), reason and error; one row per picture (failed ones with only
-    path and error), written atomically."""
-    import csv
-    import io
-
-    from .fileio import write_text
-
-    k = max((len(r["top_k"]) for r in results if "top_k" in r), default=0)
-    ids = any("id" in r for r in results)  # rows of a pixel CSV with an id column: the id beside the path
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", *(["id"] if ids else []), "label", "score",
-                *[f"{f}_{i}" for i in range(1, k + 1) for f in ("label", "score")], "unsure", "reason", "error"])
-    for r in results:
-        head = [r["path"], *([r.get("id", "")] if ids else [])]
-        if "error" in r:
-            w.writerow([*head, "", "", *[""] * (2 * k), "", "", r["error"]])
-            continue
-        top = [v for t in r["top_k"] for v in (t["label"], t["score"])]
-        unsure = "true" if r.get("unsure") else "false"
-        w.writerow([*head, r["label"], r["score"], *top, *[""] * (2 * k - len(top)), unsure, r.get("reason") or "", ""])
-    write_text(path, buf.getvalue())
-    return Path(path)
-
 
 def _free_name(folder: Path, stem: str, taken: set[str]) -> Path:
     """``stem.png``, else ``stem-2.png``, ``stem-3.png``, ...: never a file already in ``folder``."""

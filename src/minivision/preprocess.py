@@ -4,18 +4,23 @@ Training, evaluation, prediction, the HTTP service and export all call the same 
 read back from ``model.json``, so the input a model sees at prediction time is prepared exactly as
 its training data was (size, channels, scaling, and for a user's photo the conversion in
 ``photo.py``: Zalando's steps for Fashion-MNIST-style models, a plain resize for the others).
+
+Reading one (``from_dict``) needs no PyTorch, so a reader of an exported model (onnx_runtime.py) takes
+the same object; torch is imported where tensors are made.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from PIL import Image
 
 from .errors import MinivisionError
 from .photo import PictureConversion, choose_conversion, default_conversion
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -48,6 +53,8 @@ class Preprocess:
         """Build from a uint8 training batch (N, C, H, W); ``standard`` measures mean/std on it; the
         photo conversion is chosen from the batch too (``photo.choose_conversion`` states the rule),
         ``conversion`` being the one the source made its pictures with (an image folder's fit)."""
+        import torch
+
         c, h, w = (int(s) for s in x.shape[1:])
         photo = choose_conversion(x, conversion)
         if normalize == "unit":
@@ -66,6 +73,8 @@ class Preprocess:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (N, C, H, W) on any device -> float32 model input on that device."""
+        import torch
+
         out = x.to(torch.float32) / 255.0
         if self.mean:
             mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
@@ -77,6 +86,8 @@ class Preprocess:
         """A decoded upright picture (``open_image``) -> uint8 (C, H, W) at the model's size and
         channels: ``self.photo.convert``. ``background`` (auto, light, dark) overrides the saved
         polarity of a zalando conversion."""
+        import torch
+
         return torch.from_numpy(self.photo.convert(img, background))
 
     def to_dict(self) -> dict[str, Any]:

@@ -55,18 +55,26 @@ from typing import Any
 import torch
 
 from .errors import MinivisionError
+from .scores import (  # the texts, thresholds and verdicts, shared with the torch-free reader (onnx_runtime.py)
+    CALIBRATED_WITHIN,
+    LOW_CONFIDENCE_DEFAULT,
+    LOW_CONFIDENCE_REASON,
+    OOD_REASON,
+    OOD_SCORE,
+    TRUST_FILE,
+    judge,
+    mahalanobis_score,
+    temperature_of,
+)
+
+__all__ = ["CALIBRATED_WITHIN", "LOW_CONFIDENCE_DEFAULT", "LOW_CONFIDENCE_REASON", "OOD_REASON", "OOD_SCORE",
+           "TRUST_FILE", "Mahalanobis", "judge", "temperature_of"]
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # the search interval for T (Guo et al. report T between 1 and 4.5)
-CALIBRATED_WITHIN = 0.01  # |mean top-1 score - accuracy| below this: "calibrated"
 OOD_KEEP = 0.95  # the share of validation pictures the out-of-distribution threshold keeps
 STATS_PICTURES = 6_000  # at most this many training pictures for the class means and covariance (see fit_for_model)
 CONFIDENCE_BOUNDS = (0.3, 0.9)
-LOW_CONFIDENCE_DEFAULT = 0.5  # a model without a fitted threshold: unsure below a 50% top-1 score
-TRUST_FILE = "trust.safetensors"
-OOD_SCORE = "mahalanobis-normalised"
 
-LOW_CONFIDENCE_REASON = "low confidence: the top score is {score:.0%}"
-OOD_REASON = "this does not look like the pictures this model knows (out of distribution)"
 
 
 # ---------------------------------------------------------------------------------------------- calibration
@@ -133,16 +141,6 @@ def calibration_entry(logits: torch.Tensor, y: torch.Tensor, split: str = "valid
     return entry
 
 
-def temperature_of(meta: dict[str, Any]) -> float:
-    """The temperature in a model.json (``calibration.temperature``), 1.0 when absent or malformed."""
-    entry = meta.get("calibration") if isinstance(meta, dict) else None
-    try:
-        t = float(entry["temperature"]) if isinstance(entry, dict) else 1.0
-    except (KeyError, TypeError, ValueError):
-        return 1.0
-    return t if math.isfinite(t) and t > 0 else 1.0
-
-
 def describe(entry: dict[str, Any]) -> str:
     """One line: "ECE 1.2% after temperature scaling, over-confident (T = 0.71; 8.6% before, under-confident)"."""
     return (f"ECE {entry['ece_after']:.1%} after temperature scaling, {entry['after']} "
@@ -184,12 +182,8 @@ class Mahalanobis:
     def score(self, features: torch.Tensor, batch: int = 2048) -> torch.Tensor:
         """float32 (N,): the squared Mahalanobis distance of each feature row (N, D), scaled to unit length,
         to the nearest class mean."""
-        out = []
-        p, m = self.precision.double(), self.means.double()
-        for i in range(0, len(features), batch):
-            d = normalise(features[i:i + batch]).double()[:, None, :] - m[None]  # (n, K, D)
-            out.append(torch.einsum("nkd,de,nke->nk", d, p, d).min(1).values.float())
-        return torch.cat(out) if out else torch.empty(0)
+        return torch.from_numpy(mahalanobis_score(features.detach().float().cpu().numpy(), self.means.numpy(),
+                                                  self.precision.numpy(), batch))  # scores.py: shared with onnx
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"means": self.means.contiguous(), "precision": self.precision.contiguous()}
@@ -268,32 +262,6 @@ def load_trust(folder: Path, meta: dict[str, Any]) -> Mahalanobis | None:
         raise MinivisionError(f"{path}: class means {tuple(stats.means.shape)} and precision "
                               f"{tuple(stats.precision.shape)} do not fit together")
     return stats
-
-
-def judge(top1: torch.Tensor, ood: torch.Tensor | None, empty: torch.Tensor, meta: dict[str, Any],
-          empty_note: str, noise: torch.Tensor | None = None) -> list[tuple[bool, str | None]]:
-    """(unsure, reason) per picture from its calibrated top-1 score (N,), its out-of-distribution score (N,)
-    or None, whether it is empty (bool (N,)) and whether it is noise (bool (N,) or None);
-    thresholds from model.json's ``unsure`` (defaults when absent). The rules and their order are in the
-    module docstring."""
-    from .inference import NOISE_NOTE
-
-    entry = meta.get("unsure") if isinstance(meta.get("unsure"), dict) else {}
-    conf_t = float(entry.get("confidence_threshold", LOW_CONFIDENCE_DEFAULT))
-    ood_t = entry.get("ood_threshold")
-    out: list[tuple[bool, str | None]] = []
-    for i in range(len(top1)):
-        if bool(empty[i]):
-            out.append((True, empty_note))
-        elif noise is not None and bool(noise[i]):
-            out.append((True, NOISE_NOTE))
-        elif ood is not None and ood_t is not None and float(ood[i]) > float(ood_t):
-            out.append((True, OOD_REASON))
-        elif float(top1[i]) < conf_t:
-            out.append((True, LOW_CONFIDENCE_REASON.format(score=float(top1[i]))))
-        else:
-            out.append((False, None))
-    return out
 
 
 def fit_for_model(model: Any, pre: Any, train: Any, val: Any, num_classes: int, *, device: torch.device,

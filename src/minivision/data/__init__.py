@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from minivision.data import cifar, idx
 from minivision.data.csvfile import read_pixel_table
-from minivision.data.dataset import Dataset, Split
+from minivision.data.dataset import Dataset, Split, as_array
 from minivision.data.folder import read_image_folder
 from minivision.data.sources import DATASETS, FASHION_CLASSES, load_named
 from minivision.errors import DataError
@@ -33,7 +32,7 @@ def canonical_name(name: str) -> str:
     return _ALIASES.get(key, key)
 
 
-def _digit_classes(labels: list[torch.Tensor], hint: str) -> list[str]:
+def _digit_classes(labels: list[Any], hint: str) -> list[str]:
     """Class names for label-only sources: Fashion-MNIST's names when the file says fashion."""
     top = max(int(y.max()) for y in labels if len(y))
     if top <= 9 and "fashion" in hint.lower():
@@ -48,7 +47,7 @@ def _label_summary(values: list[int]) -> str:
 
 
 def classes_from_labels(labels: list[np.ndarray | list[str]], hint: str
-                        ) -> tuple[list[str], list[torch.Tensor], list[str]]:
+                        ) -> tuple[list[str], list[Any], list[str]]:
     """Class names and int64 label tensors (0..K-1) for the label columns of a CSV file and its test file.
 
     The classes are the labels found, not 0 to the largest label: numbers 0..K-1 keep their meaning
@@ -60,18 +59,18 @@ def classes_from_labels(labels: list[np.ndarray | list[str]], hint: str
         fashion = "fashion" in hint.lower() and values[-1] <= 9
         if values == list(range(len(values))):
             classes = [FASHION_CLASSES[v] if fashion else str(v) for v in values]
-            return classes, [torch.from_numpy(np.asarray(y, dtype=np.int64)) for y in labels], []
+            return classes, [as_array(np.asarray(y, dtype=np.int64)) for y in labels], []
         lookup = np.full(values[-1] + 1, -1, dtype=np.int64)
         lookup[values] = np.arange(len(values))
         classes = [FASHION_CLASSES[v] if fashion else str(v) for v in values]
         note = (f"{hint}: labels {_label_summary(values)} found: {len(values)} classes"
                 + (f" ({', '.join(classes[:3])}{', ...' if len(classes) > 3 else ''})" if fashion else
                    ", named by their label") + (" (no class 0)" if values[0] > 0 else ""))
-        return classes, [torch.from_numpy(lookup[np.asarray(y, dtype=np.int64)]) for y in labels], [note]
+        return classes, [as_array(lookup[np.asarray(y, dtype=np.int64)]) for y in labels], [note]
     texts = [[str(v) for v in y.tolist()] if isinstance(y, np.ndarray) else y for y in labels]
     classes = sorted({t for y in texts for t in y})
     index = {c: i for i, c in enumerate(classes)}
-    return classes, [torch.tensor([index[t] for t in y], dtype=torch.int64) for y in texts], []
+    return classes, [as_array(np.array([index[t] for t in y], dtype=np.int64)) for y in texts], []
 
 
 def _read_csv(path: Path, test_data: Path | None) -> Dataset:
@@ -117,8 +116,8 @@ def _attach_test(ds: Dataset, test_ds: Dataset, test_data: str | Path) -> Datase
     if test_ds.train.x.shape[1:] != ds.train.x.shape[1:]:
         raise DataError(f"{test_data}: images are {tuple(test_ds.train.x.shape[1:])} (C, H, W), "
                         f"training data has {tuple(ds.train.x.shape[1:])}")
-    remap = torch.tensor([ds.classes.index(c) for c in test_ds.classes], dtype=torch.int64)
-    ds.test = Split(test_ds.train.x, remap[test_ds.train.y])
+    remap = np.array([ds.classes.index(c) for c in test_ds.classes], dtype=np.int64)
+    ds.test = Split(test_ds.train.x, as_array(remap[np.asarray(test_ds.train.y)]))
     ds.skipped += test_ds.skipped
     return ds
 

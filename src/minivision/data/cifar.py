@@ -15,9 +15,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-import torch
 
-from minivision.data.dataset import Dataset, Split
+from minivision.data.dataset import Dataset, Split, as_array
 from minivision.errors import DataError
 
 CLASSES: list[str] = ["airplane", "automobile", "bird", "cat", "deer",
@@ -175,8 +174,8 @@ def _assemble(files: dict[str, bytes], where: str) -> Dataset:
     train_y = np.concatenate([y for _, y in train])
     return Dataset(
         name="cifar10", classes=list(CLASSES),
-        train=Split(torch.from_numpy(train_x), torch.from_numpy(train_y)),
-        test=Split(torch.from_numpy(test_x), torch.from_numpy(test_y)),
+        train=Split(as_array(train_x), as_array(train_y)),
+        test=Split(as_array(test_x), as_array(test_y)),
         source=where,
     )
 
@@ -214,4 +213,4 @@ def read_cifar(path: str | Path) -> Dataset:
     parse = parse_binary_batch if path.suffix == ".bin" else parse_python_batch
     x, y = parse(data, str(path))
     return Dataset(name="cifar10", classes=list(CLASSES),
-                   train=Split(torch.from_numpy(x), torch.from_numpy(y)), source=str(path))
+                   train=Split(as_array(x), as_array(y)), source=str(path))

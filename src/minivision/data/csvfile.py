@@ -23,10 +23,11 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-import torch
 
+from minivision.data.dataset import as_array
 from minivision.data.idx import read_bytes
 from minivision.errors import DataError
 
@@ -181,7 +182,7 @@ class PixelTable:
     or a list of N class-name strings; None when the file has none); ``ids`` the id column's values as
     text (None without one); ``notes``: one-line remarks for the user (columns recognised and dropped)."""
 
-    x: torch.Tensor
+    x: Any  # torch.Tensor (np.ndarray inside data.dataset.numpy_arrays())
     labels: np.ndarray | list[str] | None
     ids: list[str] | None = None
     notes: list[str] = field(default_factory=list)
@@ -276,11 +277,11 @@ def read_pixel_table(path: str | Path, *, need_labels: bool = True) -> PixelTabl
     ids = None
     if id_col is not None:
         ids = texts[id_col] if id_col in texts else [str(int(v)) for v in values[:, id_col]]
-    x = torch.from_numpy(np.ascontiguousarray(pixels.astype(np.uint8)).reshape(-1, 1, side, side))
+    x = as_array(np.ascontiguousarray(pixels.astype(np.uint8)).reshape(-1, 1, side, side))
     return PixelTable(x, labels, ids, notes)
 
 
-def read_pixel_csv(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
+def read_pixel_csv(path: str | Path) -> tuple[Any, Any]:
     """Read a labelled pixel CSV into x uint8 (N, 1, S, S) and its numeric labels y int64 (N,).
 
     The header is optional (a first row of numbers is data); with a header the ``label`` column
@@ -289,4 +290,4 @@ def read_pixel_csv(path: str | Path) -> tuple[torch.Tensor, torch.Tensor]:
     table = read_pixel_table(path)
     if not isinstance(table.labels, np.ndarray):
         raise DataError(f"{path}: labels are class names, not numbers")
-    return table.x, torch.from_numpy(table.labels)
+    return table.x, as_array(table.labels)

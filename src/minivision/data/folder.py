@@ -45,9 +45,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from minivision.data.dataset import Dataset, Split
+from minivision.data.dataset import Dataset, Split, as_array, using_numpy
 from minivision.data.images import (
     IMAGE_EXTENSIONS,
     MAX_PIXELS,
@@ -327,7 +326,7 @@ def _build(root: Path, layout: dict[str, dict[str, FileList]], stray: list[str],
         for i, (arr, _) in enumerate(items):
             x[i] = arr[keep]
         y = np.fromiter((label for _, label in items), dtype=np.int64, count=len(items))
-        splits[split] = Split(torch.from_numpy(x), torch.from_numpy(y))
+        splits[split] = Split(as_array(x), as_array(y))
     return Dataset(name=root.name, classes=classes, train=splits["train"], val=splits.get("val"),
                    test=splits.get("test"), skipped=skipped, source=str(root), conversion=frame)
 
@@ -361,7 +360,15 @@ def _save_cache(base: Path, key: str, ds: Dataset) -> None:
             if not old.name.startswith(base.name):
                 old.unlink(missing_ok=True)  # entries of older states of the same folder
         # the JSON is written last and both carry the key, so a kill in between is a cache miss
-        save_tensors(base.with_suffix(".safetensors"), tensors, metadata={"key": key})
+        if using_numpy():  # read without torch (data.dataset.numpy_arrays): the same file, written by numpy
+            from safetensors.numpy import save_file
+
+            from minivision.fileio import atomic_path
+
+            with atomic_path(base.with_suffix(".safetensors")) as tmp:
+                save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp), metadata={"key": key})
+        else:
+            save_tensors(base.with_suffix(".safetensors"), tensors, metadata={"key": key})
         write_json(base.with_suffix(".json"), meta)
     except OSError:
         pass  # a read-only or full cache only costs speed
@@ -376,7 +383,7 @@ def _load_cache(base: Path, key: str) -> Dataset | None:
         if meta.get("version") != _CACHE_VERSION or meta.get("key") != key:
             return None
         tensors = {}
-        with safe_open(str(base.with_suffix(".safetensors")), framework="pt") as f:
+        with safe_open(str(base.with_suffix(".safetensors")), framework="np" if using_numpy() else "pt") as f:
             if (f.metadata() or {}).get("key") != key:
                 return None
             for name in f.keys():

@@ -12,9 +12,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from minivision.data.dataset import Split
+from minivision.data.dataset import Split, as_array
 from minivision.errors import DataError
 
 # Type codes of the IDX format. Only unsigned bytes are used by the datasets we read; the others
@@ -99,8 +98,7 @@ def make_split(images: np.ndarray, labels: np.ndarray, images_path: str | Path,
         raise DataError(f"{labels_path}: {len(labels):,} labels but {images_path} has {len(images):,} images")
     if num_classes is not None and len(labels) and int(labels.max()) >= num_classes:
         raise DataError(f"{labels_path}: label {int(labels.max())} is out of range for {num_classes} classes")
-    x = torch.from_numpy(images).unsqueeze(1)
-    return Split(x, torch.from_numpy(labels.astype(np.int64)))
+    return Split(as_array(images[:, None]), as_array(labels.astype(np.int64)))
 
 
 def find_idx_files(folder: str | Path) -> dict[str, Path]:

@@ -11,10 +11,15 @@ validation split at all. Each of these adds a one-line note to ``Dataset.notes``
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-import torch
+import numpy as np
 
-from .dataset import Dataset
+from ..errors import MinivisionError
+from .dataset import Dataset, using_numpy
+
+if TYPE_CHECKING:
+    import torch
 
 SMALL_DATA_FRACTION = 0.1  # mvnet's recipe fraction, used when a recipe's first-N split does not fit
 MAX_FIRST_SHARE = 0.5      # a first-N split may take at most this share of the training images
@@ -25,6 +30,8 @@ def stratified_indices(y: torch.Tensor, fraction: float, seed: int) -> tuple[tor
 
     Every class with two or more images gives at least one to val and keeps at least one; a class
     with a single image keeps it for training."""
+    import torch
+
     g = torch.Generator().manual_seed(seed)
     train_parts, val_parts = [], []
     for c in torch.unique(y):
@@ -54,7 +61,12 @@ def make_val(ds: Dataset, *, val_split: float | None, val_first: int | None, see
     notes: list[str] = []
     if val_first is not None:
         if val_first <= n * MAX_FIRST_SHARE:
-            idx = torch.arange(n)
+            if using_numpy():  # data read without torch (an exported model's reader)
+                idx = np.arange(n)
+            else:
+                import torch
+
+                idx = torch.arange(n)
             return dataclasses.replace(ds, train=ds.train.subset(idx[val_first:]),
                                        val=ds.train.subset(idx[:val_first]))
         notes.append(f"note: {n:,} training images are too few to hold out the first {val_first:,} for "
@@ -62,6 +74,11 @@ def make_val(ds: Dataset, *, val_split: float | None, val_first: int | None, see
         val_split = SMALL_DATA_FRACTION
     if val_split is None:
         return dataclasses.replace(ds, val=None)
+    if using_numpy():
+        raise MinivisionError("this validation split was drawn with PyTorch's random generator at training: "
+                              "score it with the run folder (minivision evaluate RUN --split val), or use --split test")
+    import torch
+
     tr, va = stratified_indices(ds.train.y, val_split, seed)
     if len(va) == 0:
         notes.append(f"note: no validation split: no class has two training images ({n} in all); "

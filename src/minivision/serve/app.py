@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
+import numpy as np
 import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,9 +41,10 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from .. import __version__
+from .. import __version__, onnx_runtime
 from ..data.images import ACCEPTED, MAX_PIXELS, ImageError, open_image
 from ..errors import MinivisionError
+from ..onnx_runtime import is_onnx
 from ..predict import predict_images
 from ..runfiles import LoadedModel, load_model
 from .docs import clean_openapi, errors, mount_docs, predict_openapi
@@ -70,18 +72,22 @@ class ServedModel:
         # requests decoding or predicting at once: with ``max_pixels`` per request, this bounds the
         # memory that decoded pictures can take (2 x 89.5 MP x 3 bytes ~ 0.5 GB at worst, images.MAX_PIXELS)
         self.slots = threading.BoundedSemaphore(busy_requests)
-        digest = hashlib.sha256((lm.path / "model.safetensors").read_bytes()).hexdigest()
+        export = is_onnx(getattr(lm, "file", ""))  # an .onnx export (onnx_runtime.OnnxModel) or a run
+        self.predict_images = onnx_runtime.predict_images if export else predict_images
+        digest = (lm.weights_sha256 if export else "") or hashlib.sha256(
+            (lm.file if export else lm.path / "model.safetensors").read_bytes()).hexdigest()
         self.version = f"{__version__}+{digest[:12]}"
-        self.name = f"{lm.path.name}/{lm.name}"
+        self.name = f"{lm.file.name if export else lm.path.name}/{lm.name}"  # fm.onnx/mvnet, or train3/mvnet
         c, (h, w) = lm.preprocess.channels, lm.preprocess.size
         metrics = lm.meta.get("metrics") or {}
         test_accuracy = metrics.get("test_accuracy")
         self.examples = examples_json(lm.path, lm.classes, png_base64)  # a few KB each; read once
         self.info = {
-            "name": self.name, "run": lm.path.name, "architecture": lm.name, "version": self.version,
+            "name": self.name, "run": lm.file.name if export else lm.path.name, "architecture": lm.name,
+            "version": self.version,
             "classes": lm.classes, "num_classes": len(lm.classes),
             "input": {"channels": c, "height": h, "width": w},
-            "parameters": sum(p.numel() for p in lm.model.parameters()),
+            "parameters": lm.num_parameters() if export else sum(p.numel() for p in lm.model.parameters()),
             "metrics": lm.meta.get("metrics", {}), "created": lm.meta.get("created"),
             "dataset": (lm.meta.get("dataset") or {}).get("name"), "weights_sha256": digest,
             "test_accuracy": float(test_accuracy) if isinstance(test_accuracy, int | float)
@@ -116,7 +122,7 @@ class ServedModel:
                                            f"together, over the limit of {self.max_pixels:,} pixels a request")
                 decoded.append(img)
             with self.lock, torch.inference_mode():
-                results = predict_images(self.lm, decoded, top_k=top_k, names=[n for n, _ in images],
+                results = self.predict_images(self.lm, decoded, top_k=top_k, names=[n for n, _ in images],
                                          inputs=include_input, device=self.device, background=background)
         for r in results:
             if "error" in r:
@@ -128,7 +134,7 @@ class ServedModel:
 
 def png_base64(x: torch.Tensor) -> str:
     """uint8 (C, H, W) -> base64 PNG (grey for one channel, RGB for three)."""
-    a = x.cpu().numpy()
+    a = x.cpu().numpy() if hasattr(x, "cpu") else np.asarray(x)  # a tensor, or an export's numpy array
     img = Image.fromarray(a[0], "L") if a.shape[0] == 1 else Image.fromarray(a.transpose(1, 2, 0), "RGB")
     buf = io.BytesIO()
     img.save(buf, format="PNG")
@@ -245,11 +251,12 @@ def create_app(run: str | Path, *, max_body_mb: float = 10, max_files: int = 16,
         raise MinivisionError("max_body_mb must be > 0, max_files and top_k >= 1")
     if threads is not None:
         torch.set_num_threads(threads)
-    served = ServedModel(load_model(run), device, max_pixels, max_body_mb=max_body_mb)
+    model = onnx_runtime.load_onnx(run, threads=threads) if is_onnx(run) else load_model(run)
+    served = ServedModel(model, device, max_pixels, max_body_mb=max_body_mb)
     with torch.inference_mode():  # warm-up: the first real request should not pay for lazy init
         c, (h, w) = served.lm.preprocess.channels, served.lm.preprocess.size
         blank = Image.new("L" if c == 1 else "RGB", (w, h))
-        predict_images(served.lm, [blank], top_k=1, device=device)
+        served.predict_images(served.lm, [blank], top_k=1, device=device)
     started = time.monotonic()
     max_bytes = int(max_body_mb * 1_000_000)
     default_top_k = top_k  # the endpoint's own ``top_k`` parameter shadows this name

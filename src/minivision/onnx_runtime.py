@@ -1,0 +1,385 @@
+"""Run an exported model (``minivision export RUN`` -> ``model.onnx``) on onnxruntime, without PyTorch.
+
+``minivision predict FILE.onnx``, ``evaluate FILE.onnx`` and ``serve FILE.onnx`` come here. They give the
+answers the run itself gives, by the same code wherever it can be shared: the picture conversion
+(``photo.PictureConversion`` from the export's ``model_json``), the data readers (``data.load_dataset``
+inside ``data.dataset.numpy_arrays()``: numpy arrays, no torch), the choice of data to score
+(``evaluate.scoring_data``), and the empty, noise, unsure and calibration rules and evaluate's figures
+(``scores.py``). Only running the network differs: onnxruntime's CPUExecutionProvider on the graph's
+uint8 input ``pixels`` (N x C x H x W, normalised inside the graph) and its outputs ``logits`` (N x K)
+and ``features`` (N x F, the penultimate features of the out-of-distribution check).
+
+The export's contract (export.py writes it): the ONNX metadata property ``minivision`` holds JSON with
+``format`` "minivision-onnx", ``format_version`` 1, ``classes``, ``model_json`` (the run's model.json:
+preprocess, architecture, calibration, unsure, dataset...), ``weights_sha256``, ``input``, ``outputs``,
+``precision`` and ``trust_file`` (``FILE.trust.safetensors`` beside the export: the class means and
+precision matrix of the unsure check, read with ``safetensors.numpy``).
+
+What an export cannot do the same way says so in one line: ``--show`` (the figures need the run folder)
+and a validation split drawn with PyTorch's generator.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import MinivisionError, Note
+from .scores import (
+    EMPTY_NOTE,
+    blank_arrays,
+    empty_reason,
+    judge,
+    mahalanobis_score,
+    noise_arrays,
+    noise_image,
+    softmax,
+    temperature_of,
+)
+from .scores import answers as _answers
+
+FORMAT = "minivision-onnx"
+FORMAT_VERSION = 1
+METADATA_KEY = "minivision"  # the ONNX metadata_props key holding the JSON above
+INPUT_NAME, LOGITS, FEATURES = "pixels", "logits", "features"
+BATCH = 1024  # pictures per onnxruntime call: a 28 x 28 batch is 0.8 MB, a 96 x 96 RGB one 28 MB
+
+
+def is_onnx(path: str | Path) -> bool:
+    """``path`` names an ONNX file (by its suffix, any case): predict, evaluate and serve run it here."""
+    return str(path).lower().endswith(".onnx")
+
+
+@dataclass
+class OnnxModel:
+    """An export ready to run: the onnxruntime session and what the run's ``LoadedModel`` offers its readers.
+
+    ``path``: the folder holding the export (as ``LoadedModel.path`` is the run folder); ``file``: the .onnx
+    file; ``meta``: the run's model.json (``model_json``); ``info``: the export's own metadata; ``trust``:
+    (class means float32 (K, F), precision float32 (F, F)) or None."""
+
+    session: Any
+    file: Path
+    info: dict[str, Any]
+    meta: dict[str, Any]
+    classes: list[str]
+    preprocess: Any  # preprocess.Preprocess
+    trust: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.file.absolute().parent
+
+    @property
+    def name(self) -> str:
+        """The network's name (model.json's architecture)."""
+        return str((self.meta.get("architecture") or {}).get("name", "onnx"))
+
+    @property
+    def temperature(self) -> float:
+        """T of model.json's ``calibration``: scores are softmax(logits / T); 1.0 when absent."""
+        return temperature_of(self.meta)
+
+    @property
+    def weights_sha256(self) -> str:
+        return str(self.info.get("weights_sha256") or "")
+
+    def num_parameters(self) -> int | None:
+        """The numbers in the graph's initializers (its weights; an int8 export's scales and zero points too), or
+        None without the ``onnx`` package to read them."""
+        try:
+            import onnx
+        except ImportError:
+            return None
+        graph = onnx.load(str(self.file), load_external_data=False).graph
+        return int(sum(int(np.prod(t.dims, dtype=np.int64)) for t in graph.initializer))
+
+    def outputs(self, x: np.ndarray, batch_size: int = BATCH) -> tuple[np.ndarray, np.ndarray | None]:
+        """(logits float32 (N, K), features float32 (N, F) or None when the graph has no ``features``) for
+        uint8 pictures ``x`` (N, C, H, W) at the model's size; no temperature, no TTA."""
+        have = {o.name for o in self.session.get_outputs()}
+        names = [LOGITS] + ([FEATURES] if FEATURES in have else [])
+        k = len(self.classes)
+        logits, feats = [], []
+        for i in range(0, len(x), batch_size):
+            out = self.session.run(names, {INPUT_NAME: np.ascontiguousarray(x[i:i + batch_size])})
+            logits.append(np.asarray(out[0], dtype=np.float32))
+            if len(out) > 1:
+                feats.append(np.asarray(out[1], dtype=np.float32).reshape(len(out[1]), -1))
+        if not logits:
+            return np.empty((0, k), np.float32), (np.empty((0, 0), np.float32) if len(names) > 1 else None)
+        return np.concatenate(logits), (np.concatenate(feats) if feats else None)
+
+    def ood(self, features: np.ndarray | None) -> np.ndarray | None:
+        """Out-of-distribution scores (N,) of ``features`` (``scores.mahalanobis_score``), None without the
+        trust file or the features."""
+        if self.trust is None or features is None:
+            return None
+        return mahalanobis_score(features, *self.trust)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[-1][:300] if text else type(e).__name__
+
+
+def load_onnx(path: str | Path, *, threads: int | None = None) -> OnnxModel:
+    """Open an export for inference on onnxruntime's CPUExecutionProvider (``threads``: its intra-op threads,
+    None for onnxruntime's default).
+
+    Raises MinivisionError (one line) when the file is missing or not a readable ONNX model, when onnxruntime
+    is not installed, when the file is not a minivision export (no ``minivision`` metadata, or another
+    format or a newer version of it), when its input is not the uint8 N x C x H x W picture its
+    ``model_json`` describes, or when its trust file is damaged. A trust file named but absent is a
+    ``Note``: the answers then skip the out-of-distribution check."""
+    from .preprocess import Preprocess
+
+    file = Path(path)
+    if not file.is_file():
+        raise MinivisionError(f"{file}: no such file" if not file.exists() else f"{file}: not a file")
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise MinivisionError("running an .onnx export needs onnxruntime (pip install onnxruntime)") from None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: onnxruntime's warnings are for developers
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    try:
+        session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, Fail, ...) for damaged files
+        raise MinivisionError(f"{file}: not a readable ONNX model ({_first_line(e)})") from None
+    props = session.get_modelmeta().custom_metadata_map or {}
+    raw = props.get(METADATA_KEY)
+    if raw is None:
+        raise MinivisionError(f"{file}: not a minivision export: its ONNX metadata has no {METADATA_KEY!r} entry "
+                              "(class names, picture conversion); make one with `minivision export RUN`")
+    try:
+        info = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise MinivisionError(f"{file}: the {METADATA_KEY!r} metadata is not valid JSON ({e})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise MinivisionError(f"{file}: the {METADATA_KEY!r} metadata is not a {FORMAT} description")
+    try:
+        version = int(info.get("format_version", 0))
+    except (TypeError, ValueError):
+        version = -1
+    if version > FORMAT_VERSION:
+        raise MinivisionError(f"{file}: written by a newer minivision (export format {info.get('format_version')}); "
+                              "upgrade minivision")
+    if version < 1:
+        raise MinivisionError(f"{file}: the {METADATA_KEY!r} metadata has no valid format_version")
+    meta = info.get("model_json")
+    missing = [k for k, ok in (("classes", isinstance(info.get("classes"), list) and info.get("classes")),
+                               ("model_json", isinstance(meta, dict)),
+                               ("model_json.preprocess", isinstance(meta, dict)
+                                and isinstance(meta.get("preprocess"), dict))) if not ok]
+    if missing:
+        raise MinivisionError(f"{file}: the {METADATA_KEY!r} metadata has no {missing[0]}")
+    classes = [str(c) for c in info["classes"]]
+    dataset = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
+    pre = Preprocess.from_dict(meta["preprocess"], dataset_name=dataset.get("name"))
+    _check_graph(session, file, pre, len(classes))
+    return OnnxModel(session, file, info, meta, classes, pre, _read_trust(file, info, meta))
+
+
+def _check_graph(session: Any, file: Path, pre: Any, k: int) -> None:
+    inputs, outputs = session.get_inputs(), {o.name: o for o in session.get_outputs()}
+    want = [pre.channels, *pre.size]
+    if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
+        raise MinivisionError(f"{file}: expected one input named {INPUT_NAME!r}, the graph has "
+                              f"{', '.join(repr(i.name) for i in inputs) or 'none'}")
+    if inputs[0].type != "tensor(uint8)" or len(inputs[0].shape) != 4 or [
+            d if isinstance(d, int) else None for d in inputs[0].shape[1:]] != want:
+        raise MinivisionError(f"{file}: its input is {inputs[0].type} {inputs[0].shape}; the model's pictures are "
+                              f"uint8 N x {want[0]} x {want[1]} x {want[2]}")
+    if LOGITS not in outputs:
+        raise MinivisionError(f"{file}: the graph has no {LOGITS!r} output")
+    width = outputs[LOGITS].shape[-1] if outputs[LOGITS].shape else None
+    if isinstance(width, int) and width != k:
+        raise MinivisionError(f"{file}: {width} logits, but its metadata names {k} classes")
+
+
+def _read_trust(file: Path, info: dict[str, Any], meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """The unsure check's class means and precision matrix from the export's ``trust_file``; None when the
+    model has no out-of-distribution check."""
+    name = info.get("trust_file")
+    needed = isinstance(meta.get("unsure"), dict) and meta["unsure"].get("ood_threshold") is not None
+    if not name:
+        if needed:
+            warnings.warn("this export carries no unsure statistics (trust file): its answers skip the "
+                          "out-of-distribution check the run makes", Note, stacklevel=3)
+        return None
+    where = file.parent / Path(str(name)).name  # beside the export, never elsewhere
+    if not where.is_file():
+        if needed:
+            warnings.warn(f"{where.name} is missing beside {file.name}: answers skip the out-of-distribution check",
+                          Note, stacklevel=3)
+        return None
+    from safetensors.numpy import load_file
+
+    try:
+        t = load_file(str(where))
+        means, precision = t["means"].astype(np.float32), t["precision"].astype(np.float32)
+    except KeyError as e:
+        raise MinivisionError(f"{where}: no {e.args[0]!r} tensor in it") from None
+    except Exception as e:  # safetensors' own error types for a damaged header or data
+        raise MinivisionError(f"{where}: not a readable safetensors file ({_first_line(e)})") from None
+    if means.ndim != 2 or precision.shape != (means.shape[1],) * 2:
+        raise MinivisionError(f"{where}: class means {means.shape} and precision {precision.shape} do not fit")
+    return means, precision
+
+
+# ----------------------------------------------------------------------------------------------- predict
+
+def predict_images(om: OnnxModel, images: list[Any], *, top_k: int = 5, names: list[str] | None = None,
+                   tta: bool = False, inputs: bool = False, background: str | None = None,
+                   device: str = "cpu") -> list[dict[str, Any]]:
+    """``predict.predict_images`` for an export: paths, bytes or PIL images -> one answer each (path, label,
+    index, score, top_k, unsure, reason; ``empty``/``note`` for an empty picture; ``plain`` with ``tta``;
+    ``input``, the uint8 (C, H, W) numpy array the model saw, with ``inputs``), or path, error.
+
+    The same conversion (``om.preprocess.photo.convert``), calibrated scores softmax(logits / T) and verdicts
+    (``scores.judge``) as the run's own ``predict``. Raises MinivisionError for a bad ``top_k`` or
+    ``background``. ``device``: taken for the CLI's sake; an export runs on the CPU (``check_cli_options``)."""
+    from .data.images import open_image
+    from .photo import BACKGROUNDS
+
+    if top_k < 1:
+        raise MinivisionError(f"--top-k must be >= 1, got {top_k}")
+    if background not in (None, *BACKGROUNDS):
+        raise MinivisionError(f"background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
+    results: list[dict[str, Any]] = []
+    arrays, where, noisy = [], [], []
+    for i, item in enumerate(images):
+        name = names[i] if names else (str(item) if isinstance(item, (str, Path)) else f"image {i}")
+        try:
+            img = item if hasattr(item, "convert") else open_image(item, min_side=om.preprocess.photo.decode_side)
+            x = om.preprocess.photo.convert(img, background)
+            arrays.append(x)
+            where.append(len(results))
+            why = empty_reason(img, x)
+            results.append({"path": name, **({"empty": True, "note": why} if why else {})})
+            noisy.append(noise_image(img))
+        except MinivisionError as e:
+            results.append({"path": name, "error": str(e).removeprefix(f"{name}: ")})
+        except OSError as e:
+            results.append({"path": name, "error": f"cannot read: {e.strerror or e}"})
+    if arrays:
+        batch = np.stack(arrays)
+        empty = np.array([bool(results[r].get("empty")) for r in where])
+        scored = answer_batch(om, batch, top_k, tta=tta, empty=empty, noise=np.array(noisy, dtype=bool))
+        for j, (r, row) in enumerate(zip(where, scored, strict=True)):
+            if inputs:
+                results[r]["input"] = arrays[j]
+            results[r].update(row)
+            if results[r].get("note") and results[r]["reason"] == EMPTY_NOTE:  # which kind of empty it is
+                results[r]["reason"] = results[r]["note"]
+    return results
+
+
+def answer_batch(om: OnnxModel, batch: np.ndarray, top_k: int, *, tta: bool = False, empty: np.ndarray | None = None,
+                 noise: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Per picture of uint8 ``batch`` (N, C, H, W): label, index, score, top_k, unsure, reason (and ``plain``
+    with ``tta``: flip test-time augmentation, the mean of the two views' calibrated softmaxes, as
+    ``inference.predict_logits``). ``empty``/``noise``: bool (N,), default ``scores.blank_arrays`` /
+    ``noise_arrays`` of the batch."""
+    logits, features = om.outputs(batch)
+    t = om.temperature
+    plain = softmax(logits, t)
+    probs = plain
+    if tta:
+        mirrored, _ = om.outputs(np.ascontiguousarray(batch[..., ::-1]))
+        probs = (plain + softmax(mirrored, t)) * np.float32(0.5)
+    verdicts = judge(probs.max(1), om.ood(features), blank_arrays(batch) if empty is None else empty, om.meta,
+                     EMPTY_NOTE, noise_arrays(batch) if noise is None else noise)
+    return _answers(probs, om.classes, min(top_k, len(om.classes)), verdicts, plain if tta else None)
+
+
+def predict_pixel_csv(om: OnnxModel, path: str | Path, *, top_k: int = 5, tta: bool = False,
+                      device: str = "cpu") -> list[dict[str, Any]]:
+    """``predict.predict_pixel_csv`` for an export: every row of a pixel CSV, in file order (path ``FILE#ROW``,
+    row, id when the file has an id column, then the answer). Raises MinivisionError for a malformed file or
+    pictures of another size."""
+    from .data.csvfile import read_pixel_table
+    from .data.dataset import numpy_arrays
+
+    if top_k < 1:
+        raise MinivisionError(f"--top-k must be >= 1, got {top_k}")
+    with numpy_arrays():
+        table = read_pixel_table(path, need_labels=False)
+    want = (om.preprocess.channels, *om.preprocess.size)
+    if tuple(table.x.shape[1:]) != want:
+        side = table.x.shape[-1]
+        raise MinivisionError(f"{path}: its pictures are {side}x{side} grey (1x{side}x{side}), the model takes "
+                              f"{want[0]}x{want[1]}x{want[2]}")
+    results = []
+    for i, scored in enumerate(answer_batch(om, table.x, top_k, tta=tta)):
+        row: dict[str, Any] = {"path": f"{path}#{i + 1}", "row": i + 1}
+        if table.ids is not None:
+            row["id"] = table.ids[i]
+        results.append({**row, **scored})
+    return results
+
+
+# ----------------------------------------------------------------------------------------------- evaluate
+
+def evaluate(om: OnnxModel, data: str | None = None, data_dir: str | None = None, test_data: str | None = None,
+             split: str | None = None, *, tta: bool = False) -> tuple[dict[str, Any], Any]:
+    """``minivision evaluate`` of an export: (metrics, ``evaluate.ScoringData``). The data and split are chosen
+    by ``evaluate.scoring_data``, read as numpy arrays; the metrics are ``evaluate``'s (accuracy, loss, n,
+    per_class, confusion, classes, macro_f1, most_confused, ece, calibration, and the trust figures:
+    temperature, calibrated, ece_before, confidence, unsure; ``tta_accuracy``/``tta_loss`` with ``tta``).
+    Raises MinivisionError as ``scoring_data`` does, and for a validation split drawn at random (it needs
+    PyTorch's generator)."""
+    from .data.dataset import numpy_arrays
+    from .evaluate import only_present, scoring_data
+    from .scores import metrics_np, trust_metrics_np
+
+    with numpy_arrays():
+        sd = scoring_data(om, data, data_dir, test_data, split=split)
+    x, y = np.asarray(sd.split.x), np.asarray(sd.split.y)
+    logits, features = om.outputs(x)
+    metrics = metrics_np(logits, y, om.classes)
+    metrics.update(trust_metrics_np(om.meta, x, y, logits, om.ood(features)))
+    if tta and len(y):
+        mirrored, _ = om.outputs(np.ascontiguousarray(x[..., ::-1]))
+        mean = (softmax(logits) + softmax(mirrored)) * np.float32(0.5)
+        t = metrics_np(np.log(mean), y, om.classes)
+        metrics.update(tta_accuracy=t["accuracy"], tta_loss=t["loss"])
+    return only_present(metrics, sd.match, om.classes), sd
+
+
+# ----------------------------------------------------------------------------------------------- the CLI
+
+def check_cli_options(a: Any) -> None:
+    """What ``predict`` and ``evaluate`` of an export cannot do as the run does: one line each. ``--show`` and
+    ``--report`` draw their figures from the run folder (MinivisionError); ``--device cuda`` is a note (an export
+    runs on onnxruntime's CPU provider)."""
+    if getattr(a, "show", None) is not None:
+        raise MinivisionError("--show draws the run's figures: use the run folder (minivision predict RUN --show DIR)")
+    if getattr(a, "report", False):
+        raise MinivisionError("--report writes the run folder's report: use the run folder "
+                              "(minivision evaluate RUN --report)")
+    if getattr(a, "device", "auto") == "cuda":
+        warnings.warn("an .onnx export runs on the CPU (onnxruntime); --device cuda has no effect", Note, stacklevel=2)
+
+
+def evaluate_command(a: Any) -> tuple[OnnxModel, Any, dict[str, Any]]:
+    """``minivision evaluate FILE.onnx``: (the export, ``evaluate.ScoringData``, the metrics), the data's notes
+    printed on stderr as the run's evaluate prints them."""
+    import sys
+
+    check_cli_options(a)
+    om = load_onnx(a.model)
+    metrics, sd = evaluate(om, a.data, a.data_dir, a.test_data, split=a.split, tta=a.tta)
+    for note in sd.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if a.tta and sd.dataset.name == "mnist":
+        print("note: flip TTA mirrors the images; a mirrored digit is another digit", file=sys.stderr)
+    return om, sd, metrics

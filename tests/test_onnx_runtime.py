@@ -1,0 +1,393 @@
+"""Running an exported model without PyTorch: ``minivision predict/evaluate/serve FILE.onnx``.
+
+Each test makes its own small runs (a grey CSV-trained model, whose photos get Fashion-MNIST's
+trim-and-centre conversion, and a colour folder-trained one, whose photos are resized) and exports them
+here with ``torch.onnx.export`` in the export format (uint8 ``pixels`` in, ``logits`` and ``features``
+out, the ``minivision`` metadata, the trust file beside it). The answers of the export are compared with
+the run's own: labels equal, scores within 1e-4, the same unsure verdicts, the same evaluate figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from minivision import onnx_runtime as rt
+from minivision.cli import main
+from minivision.config import TrainConfig
+from minivision.errors import MinivisionError
+from minivision.train import fit
+
+from .conftest import needs_fashion_mnist, synthetic_images, write_pixel_csv
+
+CASES = Path("/work/shared/cases")
+
+
+# ----------------------------------------------------------------------------- making exports
+
+def export_for_test(run: Path, out: Path, *, metadata: bool = True, trust: bool = True, **changes) -> Path:
+    """``run`` exported in the export format (export.py's contract): the network with the normalisation
+    inside, uint8 N x C x H x W input ``pixels``, outputs ``logits`` and ``features``; ``changes`` replace
+    entries of the ``minivision`` metadata (``metadata=False``: none at all)."""
+    import onnx
+
+    from minivision.runfiles import load_model
+
+    lm = load_model(run)
+    pre = lm.preprocess
+
+    class Graph(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = lm.model.to(memory_format=torch.contiguous_format)
+
+        def forward(self, pixels: torch.Tensor):
+            f = self.net.forward_features(pre(pixels).contiguous())
+            return self.net.forward_head(f), f.flatten(1)
+
+    x = torch.zeros(2, pre.channels, *pre.size, dtype=torch.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings are about tracing, not the test
+        torch.onnx.export(Graph().eval(), (x,), str(out), input_names=["pixels"], output_names=["logits", "features"],
+                          dynamic_axes={"pixels": {0: "n"}, "logits": {0: "n"}, "features": {0: "n"}}, dynamo=False)
+    model = onnx.load(str(out))
+    if metadata:
+        info = {"format": "minivision-onnx", "format_version": 1, "minivision_version": "test",
+                "classes": lm.classes, "model_json": json.loads((run / "model.json").read_text()),
+                "weights_sha256": hashlib.sha256((run / "model.safetensors").read_bytes()).hexdigest(),
+                "input": {"name": "pixels", "dtype": "uint8", "layout": "NCHW",
+                          "shape": ["N", pre.channels, *pre.size]},
+                "outputs": ["logits", "features"], "precision": "fp32"}
+        if trust and (run / "trust.safetensors").is_file():
+            info["trust_file"] = out.name + ".trust.safetensors"
+            shutil.copyfile(run / "trust.safetensors", out.parent / info["trust_file"])
+        info.update(changes)
+        entry = model.metadata_props.add()
+        entry.key, entry.value = "minivision", json.dumps(info)
+    onnx.save(model, str(out))
+    return out
+
+
+def _train(cfg: TrainConfig) -> Path:
+    return fit(cfg, log=lambda m: None, progress=False).run_dir
+
+
+@pytest.fixture(scope="module")
+def grey(tmp_path_factory) -> dict:
+    """A grey model trained on a pixel CSV (light squares on dark: the zalando conversion) and its export."""
+    d = tmp_path_factory.mktemp("onnx-grey")
+    x, y = synthetic_images(400, classes=4)
+    write_pixel_csv(d / "train.csv", x[:320, 0], y[:320])
+    write_pixel_csv(d / "test.csv", x[320:, 0], y[320:])
+    run = _train(TrainConfig(model="mvnet-t", epochs=2, batch_size=32, data=str(d / "train.csv"),
+                             test_data=str(d / "test.csv"), out=str(d / "runs")))
+    return {"run": run, "onnx": export_for_test(run, d / "grey.onnx"), "dir": d, "x": x, "y": y}
+
+
+@pytest.fixture(scope="module")
+def colour(tmp_path_factory) -> dict:
+    """A colour model trained on an image folder (train/ and test/; resized photos) and its export."""
+    d = tmp_path_factory.mktemp("onnx-colour")
+    x, y = synthetic_images(120, classes=4, channels=3, size=32, seed=1)
+    for i, (img, k) in enumerate(zip(x, y, strict=True)):
+        split = "test" if i >= 96 else "train"
+        folder = d / "pics" / split / f"class{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.transpose(1, 2, 0)).save(folder / f"{i}.png")
+    run = _train(TrainConfig(model="mvnet-t", epochs=2, batch_size=16, data=str(d / "pics"), out=str(d / "runs")))
+    return {"run": run, "onnx": export_for_test(run, d / "colour.onnx"), "dir": d}
+
+
+def photos(folder: Path, colour: bool) -> list[str]:
+    """Photo-like files: each class's square at another size and place on a light or dark backdrop, a
+    one-colour picture (empty) and noise."""
+    folder.mkdir(exist_ok=True)
+    rng = np.random.default_rng(3)
+    paths = []
+    for k in range(4):
+        a = np.full((90, 120), 40 if k % 2 else 225, np.uint8)
+        r, c = divmod(k, 2)
+        a[10 + r * 40:40 + r * 40, 15 + c * 50:55 + c * 50] = 240 if k % 2 else 30
+        img = Image.fromarray(a, "L").convert("RGB" if colour else "L")
+        paths.append(str(folder / f"photo{k}.jpg"))
+        img.save(paths[-1], quality=90)
+    Image.new("RGB", (64, 48), (128, 128, 128)).save(folder / "empty.png")
+    Image.fromarray(rng.integers(0, 256, (80, 80), dtype=np.uint8)).save(folder / "noise.png")
+    return [*paths, str(folder / "empty.png"), str(folder / "noise.png"), str(folder / "missing.png")]
+
+
+def assert_same_answers(ours: list[dict], theirs: list[dict]) -> None:
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs, strict=True):
+        assert set(a) == set(b), (a, b)
+        if "error" in b:
+            assert a == b
+            continue
+        assert (a["label"], a["index"], a["unsure"], a["reason"], a.get("note")) == \
+               (b["label"], b["index"], b["unsure"], b["reason"], b.get("note")), (a, b)
+        assert [t["label"] for t in a["top_k"]] == [t["label"] for t in b["top_k"]]
+        assert np.allclose([t["score"] for t in a["top_k"]], [t["score"] for t in b["top_k"]], atol=1e-4)
+        if "plain" in b:
+            assert a["plain"]["label"] == b["plain"]["label"]
+            assert abs(a["plain"]["score"] - b["plain"]["score"]) < 1e-4
+
+
+# ----------------------------------------------------------------------------- the same answers
+
+@pytest.mark.parametrize("kind", ["grey", "colour"])
+@pytest.mark.parametrize("tta", [False, True])
+def test_predict_gives_the_runs_answers(kind, tta, request, tmp_path):
+    from minivision.predict import predict_images
+    from minivision.runfiles import load_model
+
+    m = request.getfixturevalue(kind)
+    files = photos(tmp_path, colour=kind == "colour")
+    om = rt.load_onnx(m["onnx"])
+    theirs = predict_images(load_model(m["run"]), files, top_k=3, tta=tta)
+    ours = rt.predict_images(om, files, top_k=3, tta=tta)
+    assert_same_answers(ours, theirs)
+    assert ours[4]["empty"] and ours[4]["unsure"]  # the one-colour picture
+    assert "error" in ours[-1]
+    # the numbers a client reads are the export's own (not copied): scores differ from another model's
+    assert ours[0]["top_k"][0]["score"] == pytest.approx(theirs[0]["top_k"][0]["score"], abs=1e-4)
+
+
+def test_predict_a_pixel_csv_gives_the_runs_answers(grey):
+    from minivision.predict import predict_pixel_csv
+    from minivision.runfiles import load_model
+
+    csv = grey["dir"] / "test.csv"
+    assert_same_answers(rt.predict_pixel_csv(rt.load_onnx(grey["onnx"]), csv, top_k=2),
+                        predict_pixel_csv(load_model(grey["run"]), csv, top_k=2))
+
+
+def _cli_json(capsys, *argv: str):
+    rc = main(list(argv))
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    return json.loads(out.out)
+
+
+@pytest.mark.parametrize("kind", ["grey", "colour"])
+def test_evaluate_gives_the_runs_figures(kind, request, capsys):
+    m = request.getfixturevalue(kind)
+    ours = _cli_json(capsys, "evaluate", str(m["onnx"]), "--json")
+    theirs = _cli_json(capsys, "evaluate", str(m["run"]), "--json")
+    assert ours.pop("model") == str(m["onnx"]) and theirs.pop("model") == str(m["run"])
+    assert set(ours) == set(theirs)
+    for key in ("n", "split", "confusion", "per_class", "most_confused", "notes", "temperature", "calibrated",
+                "confidence"):
+        assert ours[key] == theirs[key], key
+    for key in ("accuracy", "macro_f1"):
+        assert ours[key] == theirs[key], key
+    for key in ("loss", "ece", "ece_before"):
+        assert ours[key] == pytest.approx(theirs[key], abs=1e-5), key
+    assert ours["unsure"]["n"] == theirs["unsure"]["n"]
+    assert [r["class"] for r in ours["classes"]] == [r["class"] for r in theirs["classes"]]
+
+
+def test_evaluate_text_and_tta_match(grey, capsys):
+    assert main(["evaluate", str(grey["onnx"]), "--tta"]) == 0
+    ours = capsys.readouterr().out
+    assert main(["evaluate", str(grey["run"]), "--tta"]) == 0
+    theirs = capsys.readouterr().out
+    # the same table but for the model's name in the headline
+    assert ours.split(":", 1)[1] == theirs.split(":", 1)[1]
+
+
+def test_evaluate_other_data_is_matched_by_name(colour, tmp_path, capsys):
+    """A folder naming two of the model's classes in capitals, scored whole: matched by name, as the run does."""
+    other = tmp_path / "other"
+    for k, name in ((0, "Class0"), (2, "CLASS2")):
+        shutil.copytree(colour["dir"] / "pics" / "test" / f"class{k}", other / name)
+    ours = _cli_json(capsys, "evaluate", str(colour["onnx"]), "--data", str(other), "--json")
+    theirs = _cli_json(capsys, "evaluate", str(colour["run"]), "--data", str(other), "--json")
+    assert ours["split"] == theirs["split"] == "all"
+    assert ours["classes_scored"] == theirs["classes_scored"] == ["class0", "class2"]
+    assert (ours["accuracy"], ours["confusion"], ours["notes"]) == (theirs["accuracy"], theirs["confusion"],
+                                                                     theirs["notes"])
+
+
+def test_predict_and_evaluate_import_no_torch(grey, tmp_path):
+    files = photos(tmp_path, colour=False)[:2]
+    code = ("import sys, json\nfrom minivision.cli import main\n"
+            f"assert main(['predict', {str(grey['onnx'])!r}, *{files!r}, '--json']) == 0\n"
+            f"assert main(['evaluate', {str(grey['onnx'])!r}, '--json']) == 0\n"
+            "print('TORCH', 'torch' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "TORCH False"
+    # and the same command on the run folder does load torch: the check above can fail
+    code = code.replace(str(grey["onnx"]), str(grey["run"]))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.stdout.strip().splitlines()[-1] == "TORCH True"
+
+
+def test_serve_predicts_with_an_export(colour, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from minivision.serve.app import create_app
+
+    files = photos(tmp_path, colour=True)[:5]
+    answers, infos = [], []
+    for model in (colour["onnx"], colour["run"]):
+        client = TestClient(create_app(model, device="cpu"))
+        body = [("file", (Path(f).name, Path(f).read_bytes(), "image/jpeg" if f.endswith("jpg") else "image/png"))
+                for f in files]
+        r = client.post("/predict", files=body, params={"include_input": "true"})
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+        infos.append(client.get("/models").json()["models"][0])
+    ours, theirs = answers
+    assert [[t["label"] for t in p] for p in ours["predictions"]] == \
+           [[t["label"] for t in p] for p in theirs["predictions"]]
+    assert np.allclose([[t["score"] for t in p] for p in ours["predictions"]],
+                       [[t["score"] for t in p] for p in theirs["predictions"]], atol=1e-4)
+    assert (ours["unsure"], ours["reasons"], ours["notes"], ours["inputs"]) == \
+           (theirs["unsure"], theirs["reasons"], theirs["notes"], theirs["inputs"])
+    assert ours["model"] == "colour.onnx/mvnet-t"
+    ours_info, their_info = infos
+    assert ours_info["run"] == "colour.onnx" and ours_info["classes"] == their_info["classes"]
+    assert ours_info["parameters"] >= their_info["parameters"] > 0  # the graph's numbers: weights and constants
+
+
+# ----------------------------------------------------------------------------- the numpy twins of the torch figures
+
+def test_numpy_figures_equal_the_torch_ones():
+    from minivision.metrics import metrics_from_logits
+    from minivision.scores import mahalanobis_score, metrics_np
+    from minivision.trust import Mahalanobis
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(500, 7, generator=g) * 3
+    y = torch.randint(0, 7, (500,), generator=g)
+    classes = [f"c{i}" for i in range(7)]
+    a, b = metrics_np(logits.numpy(), y.numpy(), classes), metrics_from_logits(logits, y, classes)
+    for key in ("accuracy", "n", "per_class", "confusion", "classes", "macro_f1", "most_confused"):
+        assert a[key] == b[key], key
+    assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+    assert a["ece"] == pytest.approx(b["ece"], abs=1e-6)
+    assert [x["count"] for x in a["calibration"]["bins"]] == [x["count"] for x in b["calibration"]["bins"]]
+    feats = torch.randn(300, 16, generator=g)
+    stats = Mahalanobis.fit(feats, torch.randint(0, 3, (300,), generator=g), 3)
+    ref = torch.einsum("nkd,de,nke->nk", *(lambda d: (d, stats.precision.double(), d))(
+        (feats / feats.norm(dim=1, keepdim=True)).double()[:, None] - stats.means.double()[None])).min(1).values
+    assert np.allclose(mahalanobis_score(feats.numpy(), stats.means.numpy(), stats.precision.numpy()), ref.numpy(),
+                       rtol=1e-5)
+
+
+def test_numpy_trust_figures_equal_the_torch_ones(grey):
+    from minivision.data.dataset import Split
+    from minivision.evaluate import trust_metrics
+    from minivision.runfiles import load_model
+    from minivision.scores import trust_metrics_np
+
+    lm = load_model(grey["run"])
+    x, y = torch.from_numpy(grey["x"][:200]), torch.from_numpy(grey["y"][:200])
+    x[:5] = 0  # empty pictures: unsure
+    logits = torch.randn(200, 4, generator=torch.Generator().manual_seed(1)) * 2
+    theirs = trust_metrics(lm, Split(x, y), logits, device="cpu")
+    feats = rt.load_onnx(grey["onnx"]).outputs(x.numpy())[1]
+    ours = trust_metrics_np(lm.meta, x.numpy(), y.numpy(), logits.numpy(), rt.load_onnx(grey["onnx"]).ood(feats))
+    assert ours["unsure"] == theirs["unsure"] and ours["confidence"] == theirs["confidence"]
+    assert ours["ece"] == pytest.approx(theirs["ece"], abs=1e-9)
+
+
+# ----------------------------------------------------------------------------- errors: one line each
+
+def _one_line_error(capsys, argv: list[str], *words: str) -> str:
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    for w in words:
+        assert w in err, err
+    return err
+
+
+def test_an_onnx_file_that_is_not_ours(grey, tmp_path, capsys):
+    plain = export_for_test(grey["run"], tmp_path / "plain.onnx", metadata=False)
+    _one_line_error(capsys, ["predict", str(plain), str(CASES / "uneven-light-trouser.jpg")],
+                    "not a minivision export", "'minivision'")
+    _one_line_error(capsys, ["evaluate", str(plain)], "not a minivision export")
+    newer = export_for_test(grey["run"], tmp_path / "newer.onnx", format_version=2)
+    _one_line_error(capsys, ["evaluate", str(newer)], "newer minivision")
+    no_classes = export_for_test(grey["run"], tmp_path / "noclasses.onnx", classes=[])
+    _one_line_error(capsys, ["evaluate", str(no_classes)], "no classes")
+    with pytest.raises(MinivisionError, match="no model_json"):
+        rt.load_onnx(export_for_test(grey["run"], tmp_path / "nojson.onnx", model_json=None))
+
+
+def test_a_damaged_or_missing_file(grey, tmp_path, capsys):
+    data = grey["onnx"].read_bytes()
+    (tmp_path / "cut.onnx").write_bytes(data[: len(data) // 2])
+    _one_line_error(capsys, ["predict", str(tmp_path / "cut.onnx"), "x.png"], "not a readable ONNX model")
+    (tmp_path / "text.onnx").write_text("hello")
+    _one_line_error(capsys, ["evaluate", str(tmp_path / "text.onnx")], "not a readable ONNX model")
+    _one_line_error(capsys, ["evaluate", str(tmp_path / "gone.onnx")], "no such file")
+    # a damaged trust file is an error; a missing one a note (the out-of-distribution check is skipped)
+    bad = export_for_test(grey["run"], tmp_path / "bad.onnx")
+    (tmp_path / "bad.onnx.trust.safetensors").write_bytes(b"\x10\x00\x00")
+    _one_line_error(capsys, ["evaluate", str(bad)], "bad.onnx.trust.safetensors")
+    (tmp_path / "bad.onnx.trust.safetensors").unlink()
+    assert main(["predict", str(bad), str(CASES / "uneven-light-trouser.jpg")]) == 0
+    assert "out-of-distribution check" in capsys.readouterr().err
+
+
+def test_without_onnxruntime(grey, tmp_path):
+    code = ("import sys\nsys.modules['onnxruntime'] = None\nfrom minivision.cli import main\n"
+            f"sys.exit(main(['evaluate', {str(grey['onnx'])!r}]))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: running an .onnx export needs onnxruntime (pip install onnxruntime)"
+
+
+def test_what_an_export_cannot_do_says_so(grey, tmp_path, capsys):
+    _one_line_error(capsys, ["predict", str(grey["onnx"]), "x.png", "--show", str(tmp_path / "s")], "--show")
+    _one_line_error(capsys, ["evaluate", str(grey["onnx"]), "--report"], "--report")
+    # the validation split was drawn with PyTorch's generator: refused in one line, not drawn otherwise
+    _one_line_error(capsys, ["evaluate", str(grey["onnx"]), "--split", "val"], "PyTorch's random generator")
+
+
+# ----------------------------------------------------------------------------- real data
+
+@pytest.fixture(scope="module")
+def fashion_export(small_fashion_run, tmp_path_factory) -> Path:
+    return export_for_test(small_fashion_run, tmp_path_factory.mktemp("onnx-fashion") / "fashion.onnx")
+
+
+@needs_fashion_mnist
+def test_fashion_mnist_photos_get_the_runs_answers(small_fashion_run, fashion_export, tmp_path):
+    """A Fashion-MNIST model's photo conversion (trim, centre, negate) on real photos and test pictures."""
+    from minivision.data import load_dataset
+    from minivision.predict import predict_images
+    from minivision.runfiles import load_model
+
+    test = load_dataset("fashion-mnist", test_only=True).test
+    files = [str(p) for p in sorted(CASES.glob("*.jpg"))]
+    for i in range(8):  # test pictures as a user would save them
+        Image.fromarray(255 - test.x[i, 0].numpy()).resize((112, 112)).save(tmp_path / f"t{i}.png")
+        files.append(str(tmp_path / f"t{i}.png"))
+    assert_same_answers(rt.predict_images(rt.load_onnx(fashion_export), files, top_k=3),
+                        predict_images(load_model(small_fashion_run), files, top_k=3))
+
+
+@needs_fashion_mnist
+@pytest.mark.slow
+def test_fashion_mnist_evaluate_gives_the_runs_figures(small_fashion_run, fashion_export, capsys):
+    ours = _cli_json(capsys, "evaluate", str(fashion_export), "--json")
+    theirs = _cli_json(capsys, "evaluate", str(small_fashion_run), "--json")
+    assert ours["n"] == theirs["n"] == 10_000
+    assert (ours["accuracy"], ours["confusion"], ours["unsure"]["n"]) == \
+           (theirs["accuracy"], theirs["confusion"], theirs["unsure"]["n"])
+    assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-5)
