@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from minivision import train as train_mod
 from minivision.config import TrainConfig, as_parameters, named
@@ -112,3 +113,79 @@ def test_extend_phases_adds_every_layer_after_a_head_only_plan():
     assert [(p.name, p.epochs) for p in got] == [("head", finetune.head_epochs(7)), ("all", 2)]
     assert got[1].lr_scales == finetune.discriminative_lr_scales(net)
     assert finetune.extend_phases(got, 2, cfg, net, freeze=False) == got
+
+
+# ----------------------------------------------------------------------------- the budget's arithmetic
+
+
+def test_budget_costs_from_fixed_speeds():
+    from minivision import finetune
+
+    speeds = finetune.Speeds(picture_s=0.01, step_s=0.5)
+    fixed, end, epoch = finetune.budget_costs(speeds, n_train=900, n_val=100, n_test=10_000, end_pictures=1_000,
+                                              steps_per_epoch=15)
+    assert end == pytest.approx(0.01 * 11_000 + 5.0)             # test pass + calibration + files
+    assert fixed == pytest.approx(end + 0.01 * 1_000)             # + features of train and validation, once
+    assert epoch == pytest.approx(0.5 * 15 + 0.01 * 100)          # steps + a validation pass
+
+
+def test_forward_speed_is_timed_at_the_scoring_batch_not_the_training_batch(monkeypatch):
+    """A fake clock (1 s a reading): the forward pass timed is one batch of SCORE_BATCH pictures, even
+    with 10 pictures and batches of 4 (timed at the training batch, it overestimated the test pass)."""
+    from minivision import finetune
+    from minivision.models import create_model
+    from minivision.preprocess import Preprocess
+
+    ds = synthetic_dataset(10, 2)
+    net = create_model("mvnet-t", in_channels=1, image_size=(28, 28), num_classes=4)
+    seen: list[int] = []
+    net.register_forward_pre_hook(lambda m, args: seen.append(len(args[0])))
+    ticks = iter(range(100))
+    speeds = finetune.measure_speeds(TrainConfig(batch_size=4, optimizer="adamw", lr=1e-3, weight_decay=0.0,
+                                                 momentum=0.9), net, Preprocess.fit(ds.train.x, "dataset"),
+                                     ds.train.x, ds.train.y, torch.device("cpu"), "fp32", freeze=False,
+                                     clock=lambda: float(next(ticks)))
+    assert seen[:2] == [8, finetune.SCORE_BATCH] and seen[2:] == [4, 4, 4]  # warm-up, timed batch, 3 steps
+    assert speeds.picture_s == pytest.approx(1 / finetune.SCORE_BATCH)
+    assert speeds.step_s == pytest.approx(0.5)  # 2 steps between two readings 1 s apart
+
+
+def test_the_over_budget_note_adds_the_fixed_costs_to_the_time_spent(tmp_path, fake_catalogue, monkeypatch):
+    from minivision import finetune
+
+    monkeypatch.setattr(finetune, "measure_speeds", lambda *a, **k: finetune.Speeds(picture_s=0.01, step_s=0.2))
+    now = [100.0]
+    lines: list[str] = []
+    ds = synthetic_dataset(240, 80)  # 216 train + 24 validation (10%), 80 test
+    r = fit(TrainConfig(out=str(tmp_path)), dataset=ds, progress=False, log=lines.append, started=75.0,
+            clock=lambda: now[0])  # 25 s of the 30 s default budget spent before planning
+    note = next(line for line in lines if line.startswith("note: computing the features"))
+    # fixed = 0.01 * (216 + 24) + 0.01 * (80 + 24 + 216) + 5 = 10.6 s; 25 + 10.6 = 35.6 s -> 36s
+    assert "takes about 11 s" in note and "take about 36s" in note and "over its 30s budget" in note, note
+    assert json.loads((r.run_dir / "model.json").read_text())["budget"]["fixed_s"] == 10.6
+
+
+# ----------------------------------------------------------------------------- results.png marks the phases
+
+
+def _rows(phases):
+    return [{"epoch": e, "train_loss": 1.0 / e, "train_accuracy": 0.5, "val_loss": 1.0 / e, "val_accuracy": 0.5,
+             "lr": 1e-3, "seconds": 1.0, **({"phase": p} if p else {})} for e, p in enumerate(phases, 1)]
+
+
+def test_results_png_marks_where_the_head_phase_gives_way_to_every_layer(tmp_path):
+    from minivision.report.history import plot_history, read_history, write_history
+    from minivision.report.plots import phase_changes
+
+    write_history(tmp_path, _rows(["head"] * 5 + ["all"] * 2))
+    assert (tmp_path / "results.png").stat().st_size > 0
+    history = read_history(tmp_path / "results.csv")  # the phase column, back from the file
+    assert phase_changes(history) == [(5.5, "head", "all")]
+    fig = plot_history(history)
+    for ax in fig.axes:
+        marks = [ln for ln in ax.get_lines() if list(ln.get_xdata()) == [5.5, 5.5]]
+        assert len(marks) == 1 and marks[0].get_linestyle() == "--"
+        assert "head only \u2192 all layers" in [t.get_text() for t in ax.get_legend().get_texts()]
+    plain = plot_history(_rows([None] * 4))  # a run from scratch: nothing marked
+    assert not any(list(ln.get_xdata()) == [2.5, 2.5] for ax in plain.axes for ln in ax.get_lines())
+    assert plain.axes[2].get_legend() is None

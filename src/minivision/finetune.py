@@ -374,7 +374,7 @@ def train_mode(model: nn.Module, training: bool = True) -> None:
 
 @torch.no_grad()  # not inference_mode: the features are the head's training input, indexed into batches
 def compute_features(model: nn.Module, pre: Preprocess, x: torch.Tensor, *, device: torch.device,
-                     precision: str = "fp32", batch_size: int = 128) -> torch.Tensor:
+                     precision: str = "fp32", batch_size: int = 256) -> torch.Tensor:
     """Penultimate features float32 (N, D) on ``device`` of uint8 pictures ``x`` (N, C, H, W): the
     network's ``forward_features`` in eval mode (dropout off, batch-norm running statistics), in
     batches; the model's mode is restored after."""
@@ -405,51 +405,93 @@ class FineTunePlan:
     end_s: float                # of which after training: the test pass, end-of-training pictures, files
 
 
-def plan_budget(cfg: TrainConfig, model: nn.Module, pre: Preprocess, ds: Dataset, device: torch.device,
-                precision: str, *, budget_s: float, left_s: float, freeze: bool, end_pictures: int,
-                steps_per_epoch: int, log: Callable[[str], None], input_size: int | None = None) -> FineTunePlan:
-    """Epochs of each phase that fit ``left_s`` seconds of a ``budget_s`` budget, from timed steps.
+SCORE_BATCH = 256  # pictures a forward batch at scoring: inference.predict_logits' default, and compute_features'
 
-    Timed here on the run's own pictures: a forward pass at the batch size (the cost of caching
-    features, of validation and of the test pass per picture) and two training steps of every layer
-    (after one untimed step), then the model's weights and the global random state are put back.
-    Costs counted: caching train + validation features once, per epoch of phase "all" its steps and a
-    validation pass, the test pass and ``end_pictures`` (calibration) at the end, and 5 s of files
-    and report. A budget too small for one epoch of phase "all" gets the head phase only, its usual
-    ``head_epochs`` (noted); when the fixed costs alone pass the budget, a note says so up front with the
-    whole command's expected time (``input_size``: the working size in pixels, for that note)."""
-    from .budget import format_duration
 
-    n, bs = len(ds.train.y), min(cfg.batch_size, len(ds.train.y))
-    n_val = len(ds.val) if ds.val is not None else 0
-    n_test = len(ds.test) if ds.test is not None else 0
+@dataclass(frozen=True)
+class Speeds:
+    """Measured costs a fine-tune's budget is planned from (seconds)."""
+
+    picture_s: float  # a forward pass, per picture, in batches of SCORE_BATCH (features, validation, test, calibration)
+    step_s: float     # a training step of every layer at the run's batch size (0 with --freeze)
+
+
+def measure_speeds(cfg: TrainConfig, model: nn.Module, pre: Preprocess, x: torch.Tensor, y: torch.Tensor,
+                   device: torch.device, precision: str, *, freeze: bool,
+                   clock: Callable[[], float] | None = None) -> Speeds:
+    """Time the run's network on its own pictures ``x`` (uint8 N x C x H x W, labels ``y``): one forward
+    batch of ``SCORE_BATCH`` pictures (``x`` repeated when it has fewer), after an untimed warm-up of 8,
+    the way features and scores are computed (``inference.predict_logits``: eval mode, no autograd,
+    batches of 256); and unless ``freeze`` two training steps of every layer at ``cfg.batch_size`` after
+    an untimed one. Why the batch matters: timing the forward pass at the training batch (32-64) made
+    the per-picture cost ~1.5-2x that of scoring's batches of 256 (EfficientNet-Lite0 at 64 px, 2 cores),
+    and the test pass is most of a small run's fixed cost. The model's weights and the global random
+    state are put back. ``clock``: seconds (default: a monotonic clock, CUDA synchronised)."""
+    from .inference import predict_logits
+
+    clock = clock or (lambda: _now(device))
     state = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
-    xb = ds.train.x[:bs].to(device)
-    t0 = _now(device)
-    compute_features(model, pre, xb, device=device, precision=precision, batch_size=bs)
-    per_picture = (_now(device) - t0) / bs
-    per_step = 0.0
+    reps = -(-SCORE_BATCH // max(1, len(x)))
+    xs = x[:SCORE_BATCH].repeat(reps, 1, 1, 1)[:SCORE_BATCH].to(device)
+    predict_logits(model, pre, xs[:8], device=device, precision=precision)  # warm-up: first-call costs
+    t0 = clock()
+    predict_logits(model, pre, xs, device=device, precision=precision, batch_size=SCORE_BATCH)
+    picture_s = (clock() - t0) / len(xs)
+    step_s = 0.0
     if not freeze:
         from .optim import make_optimizer
 
+        bs = min(int(cfg.batch_size), len(x))
+        xb, yb = x[:bs].to(device), y[:bs].to(device)
         opt = make_optimizer(cfg, model)
-        yb = ds.train.y[:bs].to(device)
         model.train()
         for i in range(3):
             if i == 1:
-                t0 = _now(device)
+                t0 = clock()
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 loss = torch.nn.functional.cross_entropy(model(pre(xb)).float(), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        per_step = (_now(device) - t0) / 2
+        step_s = (clock() - t0) / 2
         model.load_state_dict(state)
     torch.set_rng_state(rng)
-    end = per_picture * (n_test + end_pictures) + 5.0
-    fixed = per_picture * (n + n_val) + end
-    epoch_s = per_step * steps_per_epoch + per_picture * n_val
+    return Speeds(picture_s, step_s)
+
+
+def budget_costs(speeds: Speeds, *, n_train: int, n_val: int, n_test: int, end_pictures: int,
+                 steps_per_epoch: int, files_s: float = 5.0) -> tuple[float, float, float]:
+    """A fine-tune's costs in seconds, ``(fixed, end, epoch)``: ``end`` = the test pass and the
+    ``end_pictures`` of calibration (``train.trust_pictures``) + ``files_s`` of files and report;
+    ``fixed`` = ``end`` + caching the features of the training and validation pictures once;
+    ``epoch`` = an epoch of every layer (``steps_per_epoch`` steps) and its validation pass."""
+    end = speeds.picture_s * (n_test + end_pictures) + files_s
+    fixed = speeds.picture_s * (n_train + n_val) + end
+    epoch = speeds.step_s * steps_per_epoch + speeds.picture_s * n_val
+    return fixed, end, epoch
+
+
+def plan_budget(cfg: TrainConfig, model: nn.Module, pre: Preprocess, ds: Dataset, device: torch.device,
+                precision: str, *, budget_s: float, left_s: float, freeze: bool, end_pictures: int,
+                steps_per_epoch: int, log: Callable[[str], None], input_size: int | None = None) -> FineTunePlan:
+    """Epochs of each phase that fit ``left_s`` seconds of a ``budget_s`` budget, from timed passes.
+
+    The speeds are timed on the run's own pictures (``measure_speeds``), the costs are ``budget_costs``:
+    caching train + validation features once, per epoch of phase "all" its steps and a validation pass,
+    the test pass and ``end_pictures`` (calibration) at the end, and 5 s of files and report. A budget too
+    small for one epoch of phase "all" gets the head phase only, its usual ``head_epochs`` (noted); when
+    the fixed costs alone pass the budget, a note says so up front with the whole command's expected
+    time (``input_size``: the working size in pixels, for that note)."""
+    from .budget import format_duration
+
+    n, bs = len(ds.train.y), min(cfg.batch_size, len(ds.train.y))
+    n_val = len(ds.val) if ds.val is not None else 0
+    n_test = len(ds.test) if ds.test is not None else 0
+    speeds = measure_speeds(cfg, model, pre, ds.train.x, ds.train.y, device, precision, freeze=freeze)
+    per_picture, per_step = speeds.picture_s, speeds.step_s
+    fixed, end, epoch_s = budget_costs(speeds, n_train=n, n_val=n_val, n_test=n_test, end_pictures=end_pictures,
+                                       steps_per_epoch=steps_per_epoch)
     head = head_epochs(steps_per_epoch) if not freeze else max(1, int(cfg.epochs or FREEZE_EPOCHS))
     epochs = 0 if freeze else int(max(0.0, left_s - fixed) // max(epoch_s, 1e-9))
     plan = FineTunePlan(budget_s, head, epochs, round(per_step, 4), round(per_picture, 5), round(fixed, 1),

@@ -79,6 +79,10 @@ def plot_history(history: list[dict[str, float]], path: Path | None = None, axes
     axes[2].set_title("Learning rate (end of epoch)")
     axes[2].set_xlabel("epoch")
     axes[2].grid(alpha=0.3)
+    from .plots import mark_phases
+
+    if mark_phases(axes[:3], history):  # a fine-tune: where the head phase gives way to every layer
+        axes[2].legend(fontsize=9)
     if path is not None:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=100)

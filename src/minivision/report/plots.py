@@ -415,3 +415,36 @@ def plot_class_counts(counts: dict[str, Sequence[int]], classes: Sequence[str], 
         ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=s, frameon=False,
                   borderaxespad=0.2, handlelength=1.2, columnspacing=1.5)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------- phases of a fine-tune
+
+#: How a phase (results.csv's ``phase`` column, ``finetune.Phase.name``) is named in a picture
+PHASE_LABELS = {"head": "head only", "all": "all layers"}
+
+
+def phase_changes(history: Sequence[dict[str, Any]]) -> list[tuple[float, str, str]]:
+    """Where a run's phase changes: ``(x, before, after)`` for each pair of consecutive history rows
+    whose ``phase`` differs, ``x`` halfway between their epochs (rows without a phase: none)."""
+    out = []
+    for prev, row in zip(history, history[1:], strict=False):
+        a, b = prev.get("phase"), row.get("phase")
+        if a and b and a != b:
+            out.append(((float(prev["epoch"]) + float(row["epoch"])) / 2, str(a), str(b)))
+    return out
+
+
+def mark_phases(axes: Sequence[Any], history: Sequence[dict[str, Any]]) -> int:
+    """A dashed vertical line on each of ``axes`` where the phase changes (a fine-tune's head phase to
+    every layer), named in the legend of each axes that has one, e.g. "head only → all layers"
+    (``PHASE_LABELS``): the legend finds a free corner, where a label at the line would cover the
+    curves or be cut at the picture's edge when the change comes in the last epochs. Returns the
+    number of changes marked."""
+    changes = phase_changes(history)
+    for ax in axes:
+        for x, before, after in changes:
+            ax.axvline(x, color="0.35", linestyle="--", linewidth=1.0, zorder=1,
+                       label=f"{PHASE_LABELS.get(before, before)} \u2192 {PHASE_LABELS.get(after, after)}")
+        if changes and ax.get_legend() is not None:
+            ax.legend(fontsize=9)
+    return len(changes)
