@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -189,3 +190,95 @@ def test_results_png_marks_where_the_head_phase_gives_way_to_every_layer(tmp_pat
     plain = plot_history(_rows([None] * 4))  # a run from scratch: nothing marked
     assert not any(list(ln.get_xdata()) == [2.5, 2.5] for ax in plain.axes for ln in ax.get_lines())
     assert plain.axes[2].get_legend() is None
+
+
+# ----------------------------------------------------------------------------- the working size
+
+
+def _write_idx(folder, x, y):
+    import struct
+
+    folder.mkdir()
+    for name, a in [("train-images-idx3-ubyte", x[:48, 0]), ("train-labels-idx1-ubyte", y[:48]),
+                    ("t10k-images-idx3-ubyte", x[48:, 0]), ("t10k-labels-idx1-ubyte", y[48:])]:
+        a = np.ascontiguousarray(a, dtype=np.uint8)
+        (folder / name).write_bytes(struct.pack(">BBBB", 0, 0, 8, a.ndim) + struct.pack(f">{a.ndim}I", *a.shape)
+                                    + a.tobytes())
+    return folder
+
+
+def _write_pictures(root, x, y, size=None):
+    from PIL import Image
+
+    for split, part in (("train", slice(0, 48)), ("test", slice(48, None))):
+        for i, (img, label) in enumerate(zip(x[part], y[part], strict=True)):
+            d = root / split / f"class{label}"
+            d.mkdir(parents=True, exist_ok=True)
+            pic = Image.fromarray(img[0])
+            if size:
+                pic = pic.resize((size, size), Image.Resampling.BILINEAR)
+            pic.save(d / f"{i}.png")
+    return root
+
+
+def _data(kind, tmp_path, size=None):
+    from .conftest import synthetic_images, write_pixel_csv
+
+    x, y = synthetic_images(64, classes=3)
+    if kind == "csv":
+        write_pixel_csv(tmp_path / "train.csv", x[:48, 0], y[:48])
+        write_pixel_csv(tmp_path / "test.csv", x[48:, 0], y[48:])
+        return {"data": str(tmp_path / "train.csv"), "test_data": str(tmp_path / "test.csv")}
+    if kind == "idx":
+        return {"data": str(_write_idx(tmp_path / "idx", x, y))}
+    return {"data": str(_write_pictures(tmp_path / "pictures", x, y, size))}
+
+
+LITE0 = "efficientnet-lite0"
+
+
+@pytest.mark.parametrize("kind", ["idx", "csv", "folder"])
+def test_imgsz_sets_the_working_size_of_a_pretrained_start_for_every_kind_of_data(tmp_path, kind):
+    """--imgsz 40 with EfficientNet-Lite0: the network resizes to 40 x 40 whatever the data (the default
+    for 28 px grey pictures is 64), model.json records it, and predict rebuilds the same network."""
+    from minivision.runfiles import load_model
+
+    r = fit(TrainConfig(pretrained=LITE0, imgsz=40, epochs=1, batch_size=16, out=str(tmp_path / "runs"),
+                        **_data(kind, tmp_path)), progress=False, log=lambda m: None)
+    meta = json.loads((r.run_dir / "model.json").read_text())
+    assert meta["pretrained"]["input_size"] == 40
+    assert meta["preprocess"]["network_input"]["size"] == [40, 40]
+    assert meta["architecture"]["kwargs"]["input_size"] == 40
+    loaded = load_model(r.run_dir)
+    assert loaded.model.network_input()["size"] == [40, 40]
+    if kind == "folder":  # the folder's pictures are read at --imgsz too (28 px pictures enlarged once, on reading)
+        assert meta["preprocess"]["size"] == [40, 40]
+    else:
+        assert meta["architecture"]["image_size"] == [28, 28]
+
+
+def test_imgsz_help_says_it_sets_a_pretrained_networks_working_size():
+    from minivision.config import SETTINGS
+
+    assert "--pretrained" in SETTINGS["imgsz"].help and "any data" in SETTINGS["imgsz"].help
+
+
+def test_large_pictures_are_read_at_the_fine_tunes_working_size_capped_at_their_own(tmp_path, monkeypatch):
+    """120 px pictures: the folder's default is 64 px, EfficientNet-Lite0 works at 96: read at 96 (not 64
+    enlarged to 96 inside the network); 80 px pictures: read at 80, their own size."""
+    from minivision.data import folder
+
+    lines: list[str] = []
+    r = fit(TrainConfig(pretrained=LITE0, epochs=1, batch_size=16, out=str(tmp_path / "runs"),
+                        **_data("folder", tmp_path, size=120)), progress=False, log=lines.append)
+    meta = json.loads((r.run_dir / "model.json").read_text())
+    assert meta["preprocess"]["size"] == [96, 96] and meta["architecture"]["image_size"] == [96, 96]
+    assert meta["pretrained"]["input_size"] == 96 and meta["preprocess"]["network_input"]["size"] == [96, 96]
+    assert any(line.startswith("note: reading the pictures at 96 px, not 64") for line in lines), lines
+    assert folder.median_side(tmp_path / "pictures") == 120
+    small = tmp_path / "small"
+    small.mkdir()
+    r = fit(TrainConfig(pretrained=LITE0, epochs=1, batch_size=16, out=str(tmp_path / "runs"),
+                        **_data("folder", small, size=80)), progress=False, log=lambda m: None)
+    meta = json.loads((r.run_dir / "model.json").read_text())
+    assert meta["preprocess"]["size"] == [80, 80] and meta["pretrained"]["input_size"] == 96

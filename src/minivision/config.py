@@ -110,7 +110,10 @@ class TrainConfig:
     data_dir: str | None = _setting(None, "folder with the dataset files (else $MINIVISION_DATA, cache, ...)")
     test_data: str | None = _setting(None, "a second CSV file used as the test split")
     imgsz: int | None = _setting(None, "image folders: the working size's longer side in pixels (default: the "
-                                       "pictures' median longer side, at most 64)", kind=int, lo=1, hi=1024)
+                                       "pictures' median longer side, at most 64; with --pretrained, up to the "
+                                       "network's working size); with --pretrained efficientnet-lite0, any data: "
+                                       "the square size the network resizes the pictures to (default: 64 for "
+                                       "small grey pictures, else 96)", kind=int, lo=1, hi=1024)
     resize_mode: str = _setting("letterbox", "image folders: how pictures of another shape meet the working "
                                              "size: letterbox (scaled whole, padded grey), crop (the centre) or "
                                              "squash (stretched)", choices=("letterbox", "crop", "squash"))

@@ -148,9 +148,28 @@ def choose_backbone(n_train: int, channels: int, dataset_name: str, *, model: st
                         f"--pretrained none trains from scratch")
 
 
-def working_size(backbone: Any, image_size: tuple[int, int], channels: int = 1) -> int | None:
+def resizes_inside(network: str) -> bool:
+    """True when the registered ``network`` resizes its input to a working size itself (its builder
+    takes ``input_size``: EfficientNet-Lite0's input adapter), so any picture size fits it."""
+    import inspect
+
+    from .errors import MinivisionError
+    from .models import model_info
+
+    try:
+        return "input_size" in inspect.signature(model_info(network).builder).parameters
+    except (MinivisionError, TypeError, ValueError):
+        return False
+
+
+def working_size(backbone: Any, image_size: tuple[int, int], channels: int = 1,
+                 imgsz: int | None = None) -> int | None:
     """The square input size (pixels) the network resizes ``channels`` x ``image_size`` (H, W) pictures
-    to for ``backbone`` (rule and figures beside ``SMALL_GREY_INPUT``); None keeps the card's."""
+    to for ``backbone``: ``imgsz`` (``--imgsz``) when given and the network resizes (``resizes_inside``),
+    else by the rule and figures beside ``SMALL_GREY_INPUT``; None keeps the card's (or, for a network
+    that does not resize, the pictures' own size)."""
+    if imgsz is not None and resizes_inside(backbone.model):
+        return int(imgsz)
     if max(image_size) > 32:
         table = LARGE_INPUT
     else:

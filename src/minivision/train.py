@@ -212,6 +212,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
                 # --pretrained named with no length flag: its recipe; the automatic choice keeps the default budget
                 user_cfg = dataclasses.replace(user_cfg, budget=None)
             cfg = _fine_tune_settings(user_cfg, cfg, start)
+            if dataset is None:
+                ds = _load_at_working_size(cfg, ds, start, log)
     elif state is not None and state["progress"].get("pretrained"):
         start = finetune.Start.from_record(state["progress"]["pretrained"])
 
@@ -529,8 +531,42 @@ def _choose_start(user_cfg: TrainConfig, ds: Dataset, source: InitSource | None,
             return None
         if user_cfg.freeze:
             why = "--freeze"
+    if user_cfg.imgsz is not None and not _is_folder(ds) and not finetune.resizes_inside(backbone.model):
+        log(f"note: {named('imgsz', user_cfg.imgsz)} does not apply: {backbone.name}'s {backbone.model} network "
+            f"takes the pictures at their own size ({ds.image_size[0]}x{ds.image_size[1]})")
     return finetune.Start(backbone=backbone, why=why, freeze=user_cfg.freeze,
-                          input_size=finetune.working_size(backbone, tuple(ds.image_size), ds.channels))
+                          input_size=finetune.working_size(backbone, tuple(ds.image_size), ds.channels,
+                                                           imgsz=user_cfg.imgsz))
+
+
+def _is_folder(ds: Dataset) -> bool:
+    """The dataset is an image folder's (its pictures resized to a working size when read)."""
+    return ds.conversion is not None and getattr(ds.conversion, "method", None) == "resize"
+
+
+def _load_at_working_size(cfg: TrainConfig, ds: Dataset, start: finetune.Start,
+                          log: Callable[[str], None]) -> Dataset:
+    """A folder of large pictures read at its default size (``folder.IMGSZ_CAP``, 64 px) for a network
+    that works at a larger one (``start.input_size``, e.g. 96 px) would be enlarged inside the network,
+    losing the detail the pictures had: read it again at the working size, capped at the pictures' own
+    (median longer side: ``folder.median_side``), so nothing is enlarged twice. ``Dataset.conversion``
+    (model.json's ``preprocess.photo``) then holds that size, and predict converts a picture the same
+    way. Unchanged: other data, ``--imgsz`` given (the user's size), pictures already read at their own
+    size or at the working size."""
+    from .data import folder
+
+    side = max(ds.image_size)
+    if cfg.imgsz is not None or not _is_folder(ds) or not start.input_size or side >= start.input_size \
+            or side < folder.IMGSZ_CAP:
+        return ds
+    own = folder.median_side(cfg.data)
+    want = min(int(start.input_size), own or side)
+    if want <= side:
+        return ds
+    log(f"note: reading the pictures at {want} px, not {side}: the network works at {start.input_size} px "
+        f"({named('imgsz')} sets another size)")
+    again = load_dataset(cfg.data, data_dir=cfg.data_dir, test_data=cfg.test_data, imgsz=want, fit=cfg.resize_mode)
+    return make_val(again, val_split=cfg.val_split, val_first=cfg.val_first, seed=cfg.seed)
 
 
 def _fine_tune_settings(user_cfg: TrainConfig, cfg: TrainConfig, start: finetune.Start) -> TrainConfig:

@@ -179,6 +179,16 @@ def _match_split_classes(root: Path, layout: dict[str, dict[str, FileList]]) -> 
     return notes
 
 
+def median_side(root: str | Path) -> int | None:
+    """The median longer side (pixels, upright) of a folder dataset's pictures, the figure the default
+    working size is capped from (``working_size``), from the headers only (``images.picture_size``);
+    None when no header reads. A fine-tune uses it to load large pictures at its working size."""
+    layout, _, _ = _layout(Path(root).expanduser().absolute())
+    sizes = [picture_size(p) for per_class in layout.values() for files in per_class.values() for p, _, _ in files]
+    longer = sorted(max(s) for s in sizes if s)
+    return longer[(len(longer) - 1) // 2] if longer else None
+
+
 def working_size(sizes: list[tuple[int, int]], imgsz: int | None = None) -> tuple[int, int]:
     """The frame (height, width) a folder's pictures are converted to, from their upright sizes
     ``sizes`` [(width, height), ...] (the module docstring states the rule). ``imgsz``: the frame's
