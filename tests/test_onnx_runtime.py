@@ -196,6 +196,32 @@ def test_evaluate_gives_the_runs_figures(kind, request, capsys):
     assert [r["class"] for r in ours["classes"]] == [r["class"] for r in theirs["classes"]]
 
 
+@pytest.mark.parametrize("int8", [False, True])
+def test_minivisions_own_export_runs_here(grey, int8, tmp_path, capsys):
+    """``minivision export``'s file (fp32: the run's answers; int8: its own, close to them) runs here."""
+    from minivision.export import export_run
+    from minivision.predict import predict_images
+    from minivision.runfiles import load_model
+
+    out = tmp_path / ("model.int8.onnx" if int8 else "model.onnx")
+    export_run(grey["run"], int8=int8, out=out, log=lambda m: None)
+    files = photos(tmp_path / "photos", colour=False)
+    ours = rt.predict_images(rt.load_onnx(out), files, top_k=3)
+    theirs = predict_images(load_model(grey["run"]), files, top_k=3)
+    if not int8:
+        assert_same_answers(ours, theirs)
+        assert _cli_json(capsys, "evaluate", str(out), "--json")["confusion"] == \
+            _cli_json(capsys, "evaluate", str(grey["run"]), "--json")["confusion"]
+    else:  # quantized weights: other numbers, the same kind of answer, the same labels on the test pictures
+        from minivision.predict import predict_pixel_csv
+
+        assert [set(r) for r in ours] == [set(r) for r in theirs]
+        csv = grey["dir"] / "test.csv"
+        ours = rt.predict_pixel_csv(rt.load_onnx(out), csv, top_k=1)
+        theirs = predict_pixel_csv(load_model(grey["run"]), csv, top_k=1)
+        assert np.mean([a["label"] == b["label"] for a, b in zip(ours, theirs, strict=True)]) >= 0.95
+
+
 def test_evaluate_text_and_tta_match(grey, capsys):
     assert main(["evaluate", str(grey["onnx"]), "--tta"]) == 0
     ours = capsys.readouterr().out
