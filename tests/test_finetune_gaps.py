@@ -293,3 +293,53 @@ def test_large_pictures_are_read_at_the_fine_tunes_working_size_and_recorded(tmp
     assert meta["preprocess"]["size"] == [96, 96] and meta["architecture"]["image_size"] == [96, 96]
     assert meta["pretrained"]["input_size"] == 96 and meta["preprocess"]["network_input"]["size"] == [96, 96]
     assert any(line.startswith("note: reading the pictures at 96 px, not 64") for line in lines), lines
+
+
+# ----------------------------------------------------------------------------- --pretrained RUN of another input shape
+
+
+def _fake_run(folder, network, **kwargs):
+    """A run folder holding an untrained ``network`` for 1 x 28 x 28 pictures of 3 classes."""
+    from minivision.models import create_model
+    from minivision.preprocess import Preprocess
+    from minivision.runfiles import save_model
+
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    model = create_model(network, in_channels=1, image_size=(28, 28), num_classes=3, **kwargs)
+    save_model(folder, model, {"architecture": {"name": network, "in_channels": 1, "image_size": [28, 28],
+                                                "num_classes": 3, "kwargs": kwargs},
+                               "classes": ["a", "b", "c"], "preprocess": Preprocess(1, (28, 28)).to_dict()})
+    return folder
+
+
+def test_a_run_whose_network_resizes_fine_tunes_on_pictures_of_another_shape(tmp_path):
+    run = _fake_run(tmp_path / "lite0", LITE0, input_size=48)
+    lines: list[str] = []
+    r = fit(TrainConfig(pretrained=str(run), epochs=1, batch_size=16, out=str(tmp_path / "runs")),
+            dataset=synthetic_dataset(40, 8, channels=3, size=32), progress=False, log=lines.append)
+    meta = json.loads((r.run_dir / "model.json").read_text())
+    assert meta["architecture"]["in_channels"] == 3 and meta["architecture"]["image_size"] == [32, 32]
+    assert meta["architecture"]["kwargs"]["input_size"] == 48 and meta["pretrained"]["input_size"] == 48
+    assert meta["preprocess"]["network_input"]["size"] == [48, 48] and meta["init_from"]["head"] == "reset"
+    assert any(line.startswith(f"starting from the weights of {run}") for line in lines)
+
+
+def test_a_run_of_another_input_shape_says_what_to_do(tmp_path):
+    run = _fake_run(tmp_path / "mvnet", "mvnet-t")
+    quiet = {"progress": False, "log": lambda m: None}
+    with pytest.raises(MinivisionError) as e:
+        fit(TrainConfig(pretrained=str(run), epochs=1, out=str(tmp_path / "runs")),
+            dataset=synthetic_dataset(40, 8, channels=3, size=32), **quiet)
+    assert str(e.value) == (f"--pretrained {run}: that model takes 1x28x28 images, synthetic's are 3x32x32; train "
+                            f"on 1x28x28 pictures, or start from a backbone that resizes any pictures "
+                            f"(--pretrained efficientnet-lite0)")
+    folder = _data("folder", tmp_path, size=40)["data"]  # grey 40 px pictures: read them at 28
+    with pytest.raises(MinivisionError) as e:
+        fit(TrainConfig(data=folder, pretrained=str(run), epochs=1, out=str(tmp_path / "runs")), **quiet)
+    msg = str(e.value)
+    assert "that model takes 1x28x28 images" in msg and "\n" not in msg
+    assert msg.endswith("read the folder at the run's size with --imgsz 28")
+    r = fit(TrainConfig(data=folder, imgsz=28, pretrained=str(run), epochs=1, batch_size=16,
+                        out=str(tmp_path / "runs")), **quiet)  # as the message says
+    assert json.loads((r.run_dir / "model.json").read_text())["preprocess"]["size"] == [28, 28]

@@ -212,6 +212,11 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
                 # --pretrained named with no length flag: its recipe; the automatic choice keeps the default budget
                 user_cfg = dataclasses.replace(user_cfg, budget=None)
             cfg = _fine_tune_settings(user_cfg, cfg, start)
+            if start.source is not None and finetune.resizes_inside(str(cfg.model)):  # a run's EfficientNet-Lite0
+                size = user_cfg.imgsz or (cfg.extra or {}).get("input_size")
+                if size:
+                    cfg = dataclasses.replace(cfg, extra={**(cfg.extra or {}), "input_size": int(size)})
+                    start.input_size = int(size)
             if dataset is None:
                 ds = _load_at_working_size(cfg, ds, start, log)
     elif state is not None and state["progress"].get("pretrained"):
@@ -403,14 +408,31 @@ def _network_of(cfg: TrainConfig, source: InitSource, who: str | None = None) ->
 
 
 def _check_source_input(source: InitSource, ds: Dataset, flag: str = "--init-from") -> Preprocess | None:
-    """A run's preprocessing is kept, so its input must be the dataset's: same channels and size."""
+    """A run's preprocessing is kept, so its input must be the dataset's: same channels and size. Except
+    for a pretrained start (``flag`` ``--pretrained`` or ``$MINIVISION_PRETRAINED``) from a network that
+    resizes its input itself (``finetune.resizes_inside``: EfficientNet-Lite0's adapter): it takes any
+    picture size and 1 or 3 channels, so None is returned (the new data's own preprocessing). Else a
+    one-line MinivisionError with both shapes and what to do (a folder: ``--imgsz`` at the run's size)."""
     pre = source.preprocess
     if pre is None:
         return None
-    if (pre.channels, tuple(pre.size)) != (ds.channels, tuple(ds.image_size)):
-        raise MinivisionError(f"{flag} {source.path}: that model takes {pre.channels}x{pre.size[0]}x{pre.size[1]} "
-                              f"images, {ds.name}'s are {ds.channels}x{ds.image_size[0]}x{ds.image_size[1]}")
-    return pre
+    if (pre.channels, tuple(pre.size)) == (ds.channels, tuple(ds.image_size)):
+        return pre
+    network = str((source.architecture or {}).get("name", ""))
+    resizes = bool(network) and finetune.resizes_inside(network)
+    if flag != "--init-from" and resizes and {pre.channels, ds.channels} <= {1, 3}:
+        return None
+    run = f"{pre.channels}x{pre.size[0]}x{pre.size[1]}"
+    if _is_folder(ds) and pre.channels == ds.channels:
+        hint = f"read the folder at the run's size with {named('imgsz', max(pre.size))}"
+    elif flag == "--init-from" and resizes:
+        hint = f"{named('pretrained', 'RUN')} fine-tunes its {network} network on pictures of any size"
+    else:
+        hint = (f"train on {run} pictures, or start from a backbone that resizes any pictures "
+                f"({named('pretrained', 'efficientnet-lite0')})")
+    who = named("init_from", str(source.path)) if flag == "--init-from" else _given(flag, str(source.path))
+    raise MinivisionError(f"{who}: that model takes {run} images, {ds.name}'s are "
+                          f"{ds.channels}x{ds.image_size[0]}x{ds.image_size[1]}; {hint}")
 
 
 # ----------------------------------------------------------------------------- starting from a pretrained model
