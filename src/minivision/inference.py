@@ -107,7 +107,7 @@ def loss_and_accuracy(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, flo
 
 # The empty-picture and noise rules, their thresholds and texts live in scores.py (numpy), shared with the
 # reader of an exported model; these take and give tensors.
-from .scores import (  # noqa: E402
+from .scores import (  # noqa: E402, F401 (inference's names, as before)
     BLANK_SPREAD,
     DETAIL_PX,
     EMPTY_INPUT_NOTE,
@@ -120,9 +120,6 @@ from .scores import (  # noqa: E402
 )
 from .scores import empty_reason as _empty_reason  # noqa: E402
 from .scores import noise_image as noise_picture  # noqa: E402, F401
-
-__all__ = ["BLANK_SPREAD", "DETAIL_PX", "EMPTY_INPUT_NOTE", "EMPTY_NOTE", "NOISE_CORRELATION", "NOISE_NOTE",
-           "THUMB_PX", "blank_pictures", "empty_picture", "empty_reason", "noise_picture", "noise_pictures"]
 
 
 def blank_pictures(x: torch.Tensor, spread: float = BLANK_SPREAD) -> torch.Tensor:

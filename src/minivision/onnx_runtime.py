@@ -185,7 +185,12 @@ def load_onnx(path: str | Path, *, threads: int | None = None) -> OnnxModel:
     dataset = meta.get("dataset") if isinstance(meta.get("dataset"), dict) else {}
     pre = Preprocess.from_dict(meta["preprocess"], dataset_name=dataset.get("name"))
     _check_graph(session, file, pre, len(classes))
-    return OnnxModel(session, file, info, meta, classes, pre, _read_trust(file, info, meta))
+    trust = _read_trust(file, info, meta)
+    if trust is not None and FEATURES not in {o.name for o in session.get_outputs()}:
+        warnings.warn(f"{file.name} has no {FEATURES!r} output: its answers skip the out-of-distribution check",
+                      Note, stacklevel=2)
+        trust = None
+    return OnnxModel(session, file, info, meta, classes, pre, trust)
 
 
 def _check_graph(session: Any, file: Path, pre: Any, k: int) -> None:

@@ -55,7 +55,7 @@ from typing import Any
 import torch
 
 from .errors import MinivisionError
-from .scores import (  # the texts, thresholds and verdicts, shared with the torch-free reader (onnx_runtime.py)
+from .scores import (  # noqa: F401 (trust's names: the texts, thresholds and verdicts, shared with onnx_runtime.py)
     CALIBRATED_WITHIN,
     LOW_CONFIDENCE_DEFAULT,
     LOW_CONFIDENCE_REASON,
@@ -66,9 +66,6 @@ from .scores import (  # the texts, thresholds and verdicts, shared with the tor
     mahalanobis_score,
     temperature_of,
 )
-
-__all__ = ["CALIBRATED_WITHIN", "LOW_CONFIDENCE_DEFAULT", "LOW_CONFIDENCE_REASON", "OOD_REASON", "OOD_SCORE",
-           "TRUST_FILE", "Mahalanobis", "judge", "temperature_of"]
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)  # the search interval for T (Guo et al. report T between 1 and 4.5)
 OOD_KEEP = 0.95  # the share of validation pictures the out-of-distribution threshold keeps

@@ -75,8 +75,9 @@ def make_val(ds: Dataset, *, val_split: float | None, val_first: int | None, see
     if val_split is None:
         return dataclasses.replace(ds, val=None)
     if using_numpy():
-        raise MinivisionError("this validation split was drawn with PyTorch's random generator at training: "
-                              "score it with the run folder (minivision evaluate RUN --split val), or use --split test")
+        raise MinivisionError("the run's validation split was drawn with PyTorch's random generator, and its train "
+                              "and val splits follow from it: score them with the run folder (minivision evaluate "
+                              "RUN --split val), or use --split test")
     import torch
 
     tr, va = stratified_indices(ds.train.y, val_split, seed)
