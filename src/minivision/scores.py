@@ -1,10 +1,10 @@
 """The answers and figures of a trained model that need no PyTorch: the empty-picture and noise rules,
-the unsure verdicts, calibrated scores, and evaluate's figures and table, on numpy arrays.
+the unsure verdicts, calibrated scores, evaluate's figures and predict's CSV, on numpy arrays.
 
 Why this module: ``minivision predict``, ``evaluate`` and ``serve`` of an exported ``.onnx`` file run on
 onnxruntime without importing torch (onnx_runtime.py) and must give the same answers as the run itself.
-The rules live here once; inference.py, trust.py and evaluate.py take them from here (their torch
-functions call these on ``tensor.numpy()``), so the two paths cannot drift apart. Where a torch twin is
+The rules live here once; inference.py, trust.py, metrics.py and evaluate.py take them from here (their
+torch functions call these on ``tensor.numpy()``), so the two paths cannot drift apart. Where a torch twin is
 kept (``metrics.metrics_from_logits``, ``evaluate.trust_metrics``: the run's own figures, cross-entropy
 in float32 as PyTorch computes it) ``metrics_np`` and ``trust_metrics_np`` repeat their arithmetic in
 numpy, and tests/test_onnx_runtime.py checks that both give the same figures.
