@@ -140,6 +140,33 @@ def test_parity_falls_back_to_seeded_pictures_when_the_data_is_gone(csv_run, mon
     assert "random" in source["images"] and "file not found" in lines[0]
 
 
+def test_colour_folder_run_with_standard_normalisation(tmp_path):
+    """A colour image-folder run (per-channel mean/std inside the graph): parity on its own test folder, and
+    the file answers as PyTorch does on the pictures as the folder reader made them."""
+    from PIL import Image
+
+    from minivision.train import fit
+
+    x, y = synthetic_images(90, classes=3, channels=3, seed=5)
+    x[:, 1] //= 2  # the channels differ, so a mixed-up channel order would show
+    for i, (img, label) in enumerate(zip(x, y, strict=True)):
+        part = "test" if i >= 60 else "train"
+        (tmp_path / "data" / part / f"c{label}").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.transpose(1, 2, 0), "RGB").save(tmp_path / "data" / part / f"c{label}" / f"{i}.png")
+    run = fit(TrainConfig(model="cnn1", epochs=1, batch_size=16, normalize="standard", data=str(tmp_path / "data"),
+                          out=str(tmp_path / "runs")), log=lambda m: None, progress=False).run_dir
+    info = ex.export_run(run, log=lambda m: None)
+    meta = info["model_json"]["preprocess"]
+    assert len(meta["mean"]) == 3 and meta["mean"][0] != meta["mean"][1]
+    assert info["input"]["shape"] == [None, 3, 28, 28] and info["classes"] == ["c0", "c1", "c2"]
+    p = info["parity"]
+    assert p["n"] == 30 and "test" in p["images"] and p["agreement"] == 1.0
+    session = ort.InferenceSession(info["path"], providers=["CPUExecutionProvider"])
+    pics = torch.from_numpy(x[60:])
+    logits, _ = session.run(None, {"pixels": pics.numpy()})
+    np.testing.assert_allclose(logits, _torch_outputs(run, pics)[0], atol=1e-4)
+
+
 # ----------------------------------------------------------------------------- int8
 
 def test_int8_is_smaller_and_still_takes_uint8(csv_run, onnx_export):
@@ -150,6 +177,9 @@ def test_int8_is_smaller_and_still_takes_uint8(csv_run, onnx_export):
     mp = onnx.load(str(path))
     assert mp.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert any(n.op_type == "QuantizeLinear" for n in mp.graph.node)
+    weights = [onnx.numpy_helper.to_array(t) for t in mp.graph.initializer  # the layers' weights (not zero points)
+               if t.data_type == onnx.TensorProto.INT8 and len(t.dims) >= 2]
+    assert weights and max(int(np.abs(w.astype(np.int16)).max()) for w in weights) <= 64  # the 7-bit range
     cal = ex.read_metadata(path)["calibration_set"]
     assert cal["n"] == 256 and cal["seed"] == 0 and "training" in cal["images"]  # 320 less the validation's 64
     p = info["parity"]
@@ -246,3 +276,37 @@ def test_real_fashion_mnist_run_exports_fp32_and_int8(small_fashion_run, tmp_pat
     q = int8["parity"]
     assert q["accuracy_torch"] - q["accuracy_export"] <= ex.MAX_INT8_LOSS and int8["bytes"] < fp32["bytes"] / 2
     assert int8["calibration_set"]["images"] == "fashion-mnist training split"
+
+
+# ----------------------------------------------------------------------------- every registered model
+
+@pytest.fixture(scope="module")
+def csv_files(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("registry-data")
+    x, y = synthetic_images(200, classes=4, seed=3)
+    write_pixel_csv(d / "train.csv", x[:160, 0], y[:160])
+    write_pixel_csv(d / "test.csv", x[160:, 0], y[160:])
+    return d / "train.csv", d / "test.csv"
+
+
+def _registry() -> list[str]:
+    from minivision.models import list_models
+
+    return list_models("*")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _registry())
+def test_every_registered_model_exports_with_parity(name, csv_files, tmp_path):
+    """Each network trained one epoch, exported and checked (the cnn1 tests above are the fast sibling)."""
+    from minivision.train import fit
+
+    train, test = csv_files
+    run = fit(TrainConfig(model=name, epochs=1, batch_size=32, data=str(train), test_data=str(test),
+                          out=str(tmp_path / "runs")), log=lambda m: None, progress=False).run_dir
+    info = ex.export_run(run, out=tmp_path / "m.onnx", log=lambda m: None)
+    p = info["parity"]
+    assert p["n"] == 40 and p["agreement"] >= ex.MIN_AGREEMENT and p["accuracy_torch"] == p["accuracy_export"]
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    logits, features = session.run(None, {"pixels": _pictures(3).numpy()})
+    assert logits.shape == (3, 4) and features.shape[0] == 3

@@ -339,9 +339,10 @@ def calibration_pictures(lm: LoadedModel, fallback: torch.Tensor) -> tuple[torch
 
 def quantize_int8(fp32_path: Path, out_path: Path, pictures: torch.Tensor) -> None:
     """``onnxruntime.quantization.quantize_static`` of ``fp32_path`` into ``out_path``: QDQ format, int8
-    per-channel weights, int8 activations, calibrated (MinMax) on ``pictures`` (uint8 (N, C, H, W)), after
-    ``quant_pre_process`` (shape inference and graph optimisation, as onnxruntime's docs advise). The uint8
-    ``pixels`` input and its Cast stay as they are (only float tensors are quantized); checked after."""
+    per-channel weights (in 7-bit range, see below), int8 activations, calibrated (MinMax) on ``pictures``
+    (uint8 (N, C, H, W)), after ``quant_pre_process`` (shape inference and graph optimisation, as onnxruntime's
+    docs advise). The uint8 ``pixels`` input and its Cast stay as they are (only float tensors are
+    quantized); checked after."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -363,8 +364,13 @@ def quantize_int8(fp32_path: Path, out_path: Path, pictures: torch.Tensor) -> No
                 quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
             except Exception:  # the pre-processing is an optimisation: quantize the file as exported
                 shutil.copyfile(fp32_path, prepared)
+            # reduce_range: 7-bit weights. onnxruntime's docs: x86 CPUs with AVX2 or AVX-512 but without VNNI
+            # can saturate in the int8 kernels; measured on this AVX2 machine (first 2,000 test pictures,
+            # fp32 / 8-bit / 7-bit): cnn1 on CIFAR-10 53.2% / 32.6% / 53.4%, mvnet-t on Fashion-MNIST
+            # 90.85% / 90.2% / 90.9%. A VNNI CPU gives the same answers or closer ones.
             quantize_static(str(prepared), str(out_path), Reader(), quant_format=QuantFormat.QDQ,
-                            per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QInt8)
+                            per_channel=True, reduce_range=True, weight_type=QuantType.QInt8,
+                            activation_type=QuantType.QInt8)
     mp = onnx.load(str(out_path))
     elem = mp.graph.input[0].type.tensor_type.elem_type
     if mp.graph.input[0].name != INPUT_NAME or elem != onnx.TensorProto.UINT8:
