@@ -244,11 +244,15 @@ def test_evaluate_other_data_is_matched_by_name(colour, tmp_path, capsys):
                                                                      theirs["notes"])
 
 
-def test_predict_and_evaluate_import_no_torch(grey, tmp_path):
+def test_predict_evaluate_and_serve_import_no_torch(grey, tmp_path):
     files = photos(tmp_path, colour=False)[:2]
     code = ("import sys, json\nfrom minivision.cli import main\n"
             f"assert main(['predict', {str(grey['onnx'])!r}, *{files!r}, '--json']) == 0\n"
             f"assert main(['evaluate', {str(grey['onnx'])!r}, '--json']) == 0\n"
+            "from fastapi.testclient import TestClient\nfrom minivision.serve.app import create_app\n"
+            f"client = TestClient(create_app({str(grey['onnx'])!r}, device='cpu'))\n"
+            f"picture = open({files[0]!r}, 'rb').read()\n"
+            "assert client.post('/predict', files={'file': ('p.jpg', picture)}).status_code == 200\n"
             "print('TORCH', 'torch' in sys.modules)\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]

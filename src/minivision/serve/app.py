@@ -19,20 +19,21 @@ promise (a copied or re-trained run).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
 import numpy as np
-import torch
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -45,11 +46,14 @@ from .. import __version__, onnx_runtime
 from ..data.images import ACCEPTED, MAX_PIXELS, ImageError, open_image
 from ..errors import MinivisionError
 from ..onnx_runtime import is_onnx
-from ..predict import predict_images
-from ..runfiles import LoadedModel, load_model
 from .docs import clean_openapi, errors, mount_docs, predict_openapi
 from .run_files import REPORT, REPORT_CSP, examples_json, read_report, read_report_picture
 from .uploads import BodyLimit, UploadError, error_body, parse_options, read_upload
+
+if TYPE_CHECKING:  # torch is imported with a run's model, never for an .onnx export
+    import torch
+
+    from ..runfiles import LoadedModel
 
 # ImageError.kind -> HTTP status
 IMAGE_STATUS = {"unsupported": 415, "corrupt": 400, "bomb": 400, "too_large": 413, "unreadable": 400}
@@ -73,7 +77,14 @@ class ServedModel:
         # memory that decoded pictures can take (2 x 89.5 MP x 3 bytes ~ 0.5 GB at worst, images.MAX_PIXELS)
         self.slots = threading.BoundedSemaphore(busy_requests)
         export = is_onnx(getattr(lm, "file", ""))  # an .onnx export (onnx_runtime.OnnxModel) or a run
-        self.predict_images = onnx_runtime.predict_images if export else predict_images
+        if export:
+            self.predict_images, self.inference_mode = onnx_runtime.predict_images, contextlib.nullcontext
+        else:
+            import torch
+
+            from ..predict import predict_images
+
+            self.predict_images, self.inference_mode = predict_images, torch.inference_mode
         digest = (lm.weights_sha256 if export else "") or hashlib.sha256(
             (lm.file if export else lm.path / "model.safetensors").read_bytes()).hexdigest()
         self.version = f"{__version__}+{digest[:12]}"
@@ -81,7 +92,7 @@ class ServedModel:
         c, (h, w) = lm.preprocess.channels, lm.preprocess.size
         metrics = lm.meta.get("metrics") or {}
         test_accuracy = metrics.get("test_accuracy")
-        self.examples = examples_json(lm.path, lm.classes, png_base64)  # a few KB each; read once
+        self.examples = [] if export else examples_json(lm.path, lm.classes, png_base64)  # a few KB each; read once
         self.info = {
             "name": self.name, "run": lm.file.name if export else lm.path.name, "architecture": lm.name,
             "version": self.version,
@@ -121,7 +132,7 @@ class ServedModel:
                     raise UploadError(400, f"{name}: the pictures of this request decode to {pixels:,} pixels "
                                            f"together, over the limit of {self.max_pixels:,} pixels a request")
                 decoded.append(img)
-            with self.lock, torch.inference_mode():
+            with self.lock, self.inference_mode():
                 results = self.predict_images(self.lm, decoded, top_k=top_k, names=[n for n, _ in images],
                                          inputs=include_input, device=self.device, background=background)
         for r in results:
@@ -139,6 +150,11 @@ def png_base64(x: torch.Tensor) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _torch_threads() -> int:
+    """torch's intra-op threads, 0 when torch is not loaded (an .onnx export is served)."""
+    return sys.modules["torch"].get_num_threads() if "torch" in sys.modules else 0
 
 
 class NoSniff:
@@ -201,7 +217,7 @@ class HealthResponse(BaseModel):
     model: str = Field(description="<run folder>/<architecture>")
     version: str = Field(description="<minivision version>+<first 12 hex digits of model.safetensors' SHA-256>")
     uptime_s: float = Field(description="seconds since the model was loaded")
-    torch_threads: int = Field(description="torch intra-op threads")
+    torch_threads: int = Field(description="torch intra-op threads (0 for an .onnx export: it runs on onnxruntime)")
 
 
 class InputSize(BaseModel):
@@ -249,11 +265,18 @@ def create_app(run: str | Path, *, max_body_mb: float = 10, max_files: int = 16,
     under ``/models/`` may be up to ``jobs_max_upload_mb`` (the jobs routes check their own limit)."""
     if max_body_mb <= 0 or max_files < 1 or top_k < 1:
         raise MinivisionError("max_body_mb must be > 0, max_files and top_k >= 1")
-    if threads is not None:
-        torch.set_num_threads(threads)
-    model = onnx_runtime.load_onnx(run, threads=threads) if is_onnx(run) else load_model(run)
+    if is_onnx(run):
+        model = onnx_runtime.load_onnx(run, threads=threads)
+    else:
+        import torch
+
+        from ..runfiles import load_model
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        model = load_model(run)
     served = ServedModel(model, device, max_pixels, max_body_mb=max_body_mb)
-    with torch.inference_mode():  # warm-up: the first real request should not pay for lazy init
+    with served.inference_mode():  # warm-up: the first real request should not pay for lazy init
         c, (h, w) = served.lm.preprocess.channels, served.lm.preprocess.size
         blank = Image.new("L" if c == 1 else "RGB", (w, h))
         served.predict_images(served.lm, [blank], top_k=1, device=device)
@@ -310,7 +333,7 @@ def create_app(run: str | Path, *, max_body_mb: float = 10, max_files: int = 16,
     @app.head("/health", include_in_schema=False)  # one operation in the docs (no duplicate operation id)
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model_loaded": True, "model": served.name, "version": served.version,
-                "uptime_s": round(time.monotonic() - started, 3), "torch_threads": torch.get_num_threads()}
+                "uptime_s": round(time.monotonic() - started, 3), "torch_threads": _torch_threads()}
 
     @app.get("/models", summary="The served model (classes, input size, parameters, metrics) and the models "
                                 "of the training-jobs API", response_model=None,
