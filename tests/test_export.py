@@ -228,6 +228,20 @@ def test_default_names_count_up_and_out_is_never_replaced(csv_run, tmp_path, cap
     assert out.read_bytes() == b"mine"
 
 
+def test_a_file_that_appears_meanwhile_is_kept(csv_run, tmp_path, monkeypatch):
+    out = tmp_path / "m.torchscript"
+    real = ex.compare
+
+    def other_export_finishes_first(*a, **k):
+        out.write_bytes(b"theirs")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ex, "compare", other_export_finishes_first)
+    with pytest.raises(MinivisionError, match="appeared while exporting"):
+        ex.export_run(csv_run, fmt="torchscript", out=out, log=lambda m: None)
+    assert out.read_bytes() == b"theirs" and sorted(p.name for p in tmp_path.iterdir()) == ["m.torchscript"]
+
+
 def test_cli_export_json(csv_run, tmp_path, capsys):
     assert main(["export", str(csv_run), "--format", "torchscript", "--out", str(tmp_path / "a.ts"), "--json"]) == 0
     cap = capsys.readouterr()

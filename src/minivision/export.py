@@ -380,6 +380,29 @@ def quantize_int8(fp32_path: Path, out_path: Path, pictures: torch.Tensor) -> No
 
 # ------------------------------------------------------------------------------------ the command
 
+@contextlib.contextmanager
+def _new_file(path: Path) -> Any:
+    """As ``fileio.atomic_path``, but the finished file is put in place with ``os.link``, which fails when
+    ``path`` exists by then (another export took the name meanwhile) instead of replacing it."""
+    from .fileio import _UMASK, fsync_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # the usual mode of a new file, as fileio's files get
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        fsync_path(tmp)
+        os.link(tmp, path)
+        fsync_path(path.parent, directory=True)
+    except FileExistsError:
+        raise MinivisionError(f"{path} appeared while exporting (another export?); it was left as it is, "
+                              "export again") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def default_name(fmt: str, int8: bool) -> str:
     return "model.torchscript" if fmt == "torchscript" else ("model.int8.onnx" if int8 else "model.onnx")
 
@@ -452,7 +475,7 @@ def export_run(run: str | os.PathLike | LoadedModel, *, fmt: str = "onnx", int8:
     if has_trust:
         meta["trust_file"] = trust_path.name
     extra: dict[str, Any] = {}
-    with atomic_path(path) as tmp:
+    with _new_file(path) as tmp:
         if fmt == "torchscript":
             log("note: PyTorch deprecates TorchScript (torch.jit) from 2.9 on; ONNX is the export that keeps "
                 "working without PyTorch")
@@ -479,9 +502,9 @@ def export_run(run: str | os.PathLike | LoadedModel, *, fmt: str = "onnx", int8:
                     _check_int8(parity, path)
         info = {**meta, "parity": parity, **extra, "file": path.name, "bytes": tmp.stat().st_size,
                 "sha256": sha256_file(tmp)}
-        if has_trust:
-            with atomic_path(trust_path) as t:
-                shutil.copyfile(trust_source, t)
+    if has_trust:  # the companions after the file is in place: a refused or lost export leaves none
+        with atomic_path(trust_path) as t:
+            shutil.copyfile(trust_source, t)
     write_json(sidecar, info)
     log(f"exported {path} ({info['bytes']:,} bytes, {meta['precision']}); sidecar {sidecar.name}"
         + (f", trust statistics {trust_path.name}" if has_trust else ""))
