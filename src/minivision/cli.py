@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("model", metavar="RUN")
     ex.add_argument("--format", choices=["onnx", "torchscript"], default="onnx", help="default onnx")
     ex.add_argument("--int8", action="store_true", help="static int8 quantization (ONNX only), calibrated on a few "
-                                                        "hundred training pictures; refused if it loses over 1 point of accuracy")
+                                                        "hundred training pictures; refused if it loses over 1 point "
+                                                        "of accuracy")
     ex.add_argument("--out", metavar="FILE", help="default RUN/export/model.onnx (model.int8.onnx, "
                                                   "model.torchscript), then model2.onnx, ...; never overwritten")
     ex.add_argument("--json", action="store_true", help="the sidecar (description and parity figures) as one JSON "
