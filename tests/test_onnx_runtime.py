@@ -421,3 +421,112 @@ def test_fashion_mnist_evaluate_gives_the_runs_figures(small_fashion_run, fashio
     assert (ours["accuracy"], ours["confusion"], ours["unsure"]["n"]) == \
            (theirs["accuracy"], theirs["confusion"], theirs["unsure"]["n"])
     assert ours["loss"] == pytest.approx(theirs["loss"], abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- speed: the same answers, faster
+
+def _reference_blank(x: np.ndarray, spread: float) -> np.ndarray:
+    """The rule as first written: float grey levels, ``np.percentile``."""
+    grey = x.astype(np.float32).mean(1).reshape(len(x), -1)
+    lo, hi = np.percentile(grey, [1, 99], axis=1)
+    return (hi - lo) < spread
+
+
+def _reference_noise(x: np.ndarray) -> np.ndarray:
+    """The rule as first written: the mean-centred neighbour pairs, concatenated, in float32."""
+    g = x.astype(np.float32).mean(1)
+    n = len(g)
+    a = np.concatenate([g[:, :, :-1].reshape(n, -1), g[:, :-1, :].reshape(n, -1)], 1)
+    b = np.concatenate([g[:, :, 1:].reshape(n, -1), g[:, 1:, :].reshape(n, -1)], 1)
+    a, b = a - a.mean(1, keepdims=True), b - b.mean(1, keepdims=True)
+    denom = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return (denom > 0) & ((a * b).sum(1) < 0.15 * denom)
+
+
+@pytest.mark.parametrize("shape", [(400, 1, 28, 28), (200, 3, 32, 32), (60, 1, 2, 2), (60, 3, 5, 7)])
+def test_empty_and_noise_rules_give_the_reference_verdicts(shape):
+    from minivision.scores import blank_arrays, noise_arrays
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, shape, dtype=np.uint8)  # noise
+    for k in range(0, len(x), 3):  # low contrast around a random grey: empty at some spreads, not others
+        x[k] = x[k] // rng.integers(1, 60) + rng.integers(0, 150)
+    for k in range(1, len(x), 5):  # smooth ramps: neighbours correlate, not noise
+        x[k] = np.clip(np.cumsum(x[k] // 16, axis=-1), 0, 255)
+    x[2] = 77  # one colour
+    ours_noise, ref_noise = noise_arrays(x), _reference_noise(x)
+    assert (ours_noise == ref_noise).all() and 0 < ref_noise.sum() < len(x)
+    for spread in (3.0, 10.0, 20.0):
+        ours, ref = blank_arrays(x, spread), _reference_blank(x, spread)
+        assert (ours == ref).all(), spread
+    assert blank_arrays(x)[2] and not noise_arrays(x)[2]
+    assert 0 < _reference_blank(x, 10.0).sum() < len(x)
+
+
+def test_mahalanobis_score_is_the_distance_to_the_nearest_class():
+    from minivision.scores import mahalanobis_score
+
+    rng = np.random.default_rng(1)
+    f, means = rng.normal(size=(700, 12)).astype(np.float32), rng.normal(size=(5, 12)).astype(np.float32)
+    a = rng.normal(size=(12, 12))
+    precision = (a @ a.T + np.eye(12)).astype(np.float32)
+    unit = (f / np.linalg.norm(f, axis=1, keepdims=True)).astype(np.float64)
+    d = unit[:, None, :] - means.astype(np.float64)[None]
+    ref = np.einsum("nkd,de,nke->nk", d, precision.astype(np.float64), d).min(1)
+    assert np.allclose(mahalanobis_score(f, means, precision, batch=256), ref, rtol=1e-5)
+    assert mahalanobis_score(f[:0], means, precision).shape == (0,)
+
+
+def test_default_threads_follow_the_free_cpus(monkeypatch):
+    import os
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert rt.default_threads() == cpus
+    monkeypatch.setattr(os, "getloadavg", lambda: (cpus + 5.0, 0.0, 0.0))
+    assert rt.default_threads() == 1
+
+    def no_load():
+        raise OSError("no load average here")
+
+    monkeypatch.setattr(os, "getloadavg", no_load)
+    assert rt.default_threads() == cpus
+
+
+def test_sessions_do_not_spin_and_take_the_threads_asked_for(grey):
+    session = rt.load_onnx(grey["onnx"], threads=3).session
+    options = session.get_session_options()
+    assert options.intra_op_num_threads == 3
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    om = rt.load_onnx(grey["onnx"])
+    assert om.session.get_session_options().intra_op_num_threads >= 1
+
+
+def test_outputs_do_not_depend_on_the_batch_size(grey):
+    om = rt.load_onnx(grey["onnx"])
+    x = np.random.default_rng(2).integers(0, 256, (300, *om.session.get_inputs()[0].shape[1:]), dtype=np.uint8)
+    logits, features = om.outputs(x)
+    small, small_features = om.outputs(x, batch_size=7)
+    assert logits.shape == (300, len(om.classes)) and np.allclose(logits, small, atol=1e-5)
+    assert np.allclose(features, small_features, atol=1e-5)
+
+
+def test_reading_named_or_idx_data_leaves_the_folder_reader_and_downloader_unloaded(tmp_path):
+    code = ("import sys\nimport minivision.evaluate, minivision.onnx_runtime, minivision.data.sources\n"
+            "print(sorted(m for m in ('minivision.data.folder', 'urllib.request', 'concurrent.futures.process')"
+            " if m in sys.modules))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+    # a folder of pictures still loads its reader (the check above can fail)
+    folder = tmp_path / "pics"
+    for name in ("a", "b"):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 40 * i + (100 if name == "b" else 0), np.uint8)).save(
+                folder / name / f"{i}.png")
+    code = ("import sys\nfrom minivision.data import load_dataset\n"
+            f"ds = load_dataset({str(folder)!r})\nprint(len(ds.train), 'minivision.data.folder' in sys.modules)\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1].endswith("True")

@@ -15,7 +15,6 @@ import numpy as np
 from minivision.data import cifar, idx
 from minivision.data.csvfile import read_pixel_table
 from minivision.data.dataset import Dataset, Split, as_array
-from minivision.data.folder import read_image_folder
 from minivision.data.sources import DATASETS, FASHION_CLASSES, load_named
 from minivision.errors import DataError
 
@@ -164,7 +163,10 @@ def load_dataset(name_or_path: str | Path = "fashion-mnist", data_dir: str | Pat
     elif cifar.batch_folder(path) or (path / "cifar-10-binary.tar.gz").is_file() \
             or (path / "cifar-10-python.tar.gz").is_file():
         ds = cifar.read_cifar(path)
-    else:
+    else:  # imported here: the folder reader brings Pillow's plugins and a process pool, which the other
+        # sources (and evaluate of an .onnx export on them) do without
+        from minivision.data.folder import read_image_folder
+
         ds = read_image_folder(path, imgsz=imgsz, fit=fit, conversion=conversion)
     if test_path is not None:
         ds = _attach_test(ds, load_dataset(str(test_path), conversion=ds.conversion), test_path)
