@@ -25,7 +25,7 @@ from PIL import Image
 from minivision import onnx_runtime as rt
 from minivision.cli import main
 from minivision.config import TrainConfig
-from minivision.errors import MinivisionError
+from minivision.errors import MinivisionError, Note
 from minivision.train import fit
 
 from .conftest import needs_fashion_mnist, synthetic_images, write_pixel_csv
@@ -372,6 +372,31 @@ def test_a_damaged_or_missing_file(grey, tmp_path, capsys):
     (tmp_path / "bad.onnx.trust.safetensors").unlink()
     assert main(["predict", str(bad), str(CASES / "uneven-light-trouser.jpg")]) == 0
     assert "out-of-distribution check" in capsys.readouterr().err
+
+
+def test_a_renamed_export_finds_its_own_trust_file(grey, tmp_path):
+    """FILE.trust.safetensors beside the file first; the recorded name only when its sha256 matches."""
+    (tmp_path / "a").mkdir()
+    sha = hashlib.sha256((grey["run"] / "trust.safetensors").read_bytes()).hexdigest()
+    orig = export_for_test(grey["run"], tmp_path / "a" / "model.onnx", trust_sha256=sha)
+    # renamed with its trust file renamed the README's way, in a new folder: the renamed one is used
+    (tmp_path / "b").mkdir()
+    shutil.copyfile(orig, tmp_path / "b" / "renamed.onnx")
+    shutil.copyfile(tmp_path / "a" / "model.onnx.trust.safetensors", tmp_path / "b" / "renamed.onnx.trust.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no note: nothing is skipped, nothing guessed
+        assert rt.load_onnx(tmp_path / "b" / "renamed.onnx").trust is not None
+    # a renamed copy in the original folder: the recorded name's file matches its checksum, used with a note
+    shutil.copyfile(orig, tmp_path / "a" / "copy.onnx")
+    with pytest.warns(Note, match="model.onnx.trust.safetensors"):
+        assert rt.load_onnx(tmp_path / "a" / "copy.onnx").trust is not None
+    # ... but another model's statistics under the recorded name are not taken
+    t = tmp_path / "a" / "model.onnx.trust.safetensors"
+    from safetensors.numpy import load_file, save_file
+    other = {k: v + 1 for k, v in load_file(str(t)).items()}
+    save_file(other, str(t))
+    with pytest.warns(Note, match="out-of-distribution check"):
+        assert rt.load_onnx(tmp_path / "a" / "copy.onnx").trust is None
 
 
 def test_without_onnxruntime(grey, tmp_path):

@@ -65,7 +65,8 @@ OPSET = 18
 INPUT_NAME, OUTPUT_NAMES = "pixels", ("logits", "features")
 MIN_AGREEMENT = 0.999   # fp32 top-1 agreement with PyTorch below this: the export is refused
 MAX_INT8_LOSS = 0.01    # int8: accuracy more than 1 point below PyTorch's is refused
-FALLBACK_PICTURES = 2000  # parity pictures when the run's data cannot be read (seeded)
+PARITY_PICTURES = 2000  # the comparison is topped up to this many real pictures (or all there are), seeded
+PARITY_SEED = 0
 CALIBRATION_PICTURES = 300  # int8 calibration: this many training pictures, seeded
 CALIBRATION_SEED = 0
 BATCH = 256
@@ -257,27 +258,55 @@ def torchscript_runner(path: Path) -> Callable[[torch.Tensor], tuple[torch.Tenso
 
 # ------------------------------------------------------------------------------------ parity
 
+def _seeded_pick(n: int, k: int, seed: int) -> torch.Tensor:
+    """``k`` of ``range(n)`` (all when ``k >= n``), a seeded random pick, in order."""
+    if k >= n:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+
+
 def parity_pictures(lm: LoadedModel, log: Callable[[str], None] = print) -> tuple[torch.Tensor, torch.Tensor | None,
                                                                                   dict[str, Any]]:
-    """(uint8 pictures (N, C, H, W), int64 labels (N,) or None, where they came from) for the parity check:
-    the run's test split as ``minivision evaluate RUN`` finds it (its validation split for data without a
-    test split); when the run's data cannot be read here, ``FALLBACK_PICTURES`` seeded uniform-noise
-    pictures (no labels: agreement and logit differences only), with a note through ``log``."""
-    from .evaluate import scoring_data
+    """(uint8 pictures (N, C, H, W), int64 labels (L,) of the first L pictures or None, where they came from)
+    for the parity check.
+
+    The first L pictures are the run's labelled held-out pictures: its test split, or its validation split
+    when the data has no test split; the accuracies are figured on these only. When they are fewer than
+    ``PARITY_PICTURES`` (2,000), the comparison is topped up to ``PARITY_PICTURES`` with a seeded pick
+    (``PARITY_SEED``) of the run's other real pictures, validation first, then training, so the top-1
+    agreement is never figured on fewer than min(2,000, all the run's pictures). When the run's data cannot
+    be read here, ``PARITY_PICTURES`` seeded uniform-noise pictures (no labels: agreement and logit
+    differences only), with a note through ``log``. ``source``: ``images`` (a phrase for the user), ``n``,
+    ``labelled`` (L) and ``labelled_images`` (the held-out split's name)."""
+    from .evaluate import dataset_for
 
     try:
-        sd = scoring_data(lm)
-        split = sd.split
-        if split is not None and len(split):
-            return split.x, split.y, {"images": f"{sd.dataset.name} {sd.split_name} split", "n": int(len(split))}
+        ds = dataset_for(lm, split="test")
+        if ds.test is None or len(ds.test) < PARITY_PICTURES:
+            ds = dataset_for(lm)  # the validation split the run was trained with, and its training split
+        held, held_name = (ds.test, "test") if ds.test is not None and len(ds.test) else (ds.val, "validation")
+        if held is not None and len(held):
+            parts, said = [held.x], [f"{len(held):,} of the {held_name} split"]
+            need = PARITY_PICTURES - len(held)
+            for name in (("validation", "training") if held_name == "test" else ("training",)):
+                split = ds.val if name == "validation" else ds.train
+                if need <= 0 or split is None or not len(split):
+                    continue
+                idx = _seeded_pick(len(split), need, PARITY_SEED)
+                parts.append(split.x[idx])
+                said.append(f"{len(idx):,} of the {name} split (seeded pick)")
+                need -= len(idx)
+            x = torch.cat(parts) if len(parts) > 1 else held.x
+            return x, held.y, {"images": f"{ds.name}: " + " + ".join(said), "n": int(len(x)),
+                               "labelled": int(len(held)), "labelled_images": f"{held_name} split"}
         reason = "its data has no test or validation split"
     except MinivisionError as e:
         reason = str(e)
-    log(f"note: parity on {FALLBACK_PICTURES:,} seeded random pictures: the run's data cannot be read here ({reason})")
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (FALLBACK_PICTURES, *input_shape(lm)), generator=g, dtype=torch.uint8)
+    log(f"note: parity on {PARITY_PICTURES:,} seeded random pictures: the run's data cannot be read here ({reason})")
+    g = torch.Generator().manual_seed(PARITY_SEED)
+    x = torch.randint(0, 256, (PARITY_PICTURES, *input_shape(lm)), generator=g, dtype=torch.uint8)
     return x, None, {"images": "random pictures, seed 0 (the run's data could not be read)",
-                     "n": FALLBACK_PICTURES}
+                     "n": PARITY_PICTURES, "labelled": 0, "labelled_images": None}
 
 
 def reference_outputs(lm: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -294,7 +323,8 @@ def compare(run: Callable, x: torch.Tensor, y: torch.Tensor | None, ref_logits: 
             source: dict[str, Any]) -> dict[str, Any]:
     """Parity figures of an exported file's ``run`` against PyTorch's ``ref_logits`` (N, K) on ``x``:
     ``n``, ``agreement`` (fraction of top-1 answers the same), ``max_abs_logit_diff``, ``accuracy_torch``
-    and ``accuracy_export`` (fractions 0-1; None without labels), ``images`` (where the pictures came from)."""
+    and ``accuracy_export`` (fractions 0-1, on the first ``len(y)`` pictures, the labelled held-out ones;
+    None without labels), and ``source``'s keys (where the pictures came from)."""
     out = []
     for i in range(0, len(x), BATCH):
         out.append(run(x[i:i + BATCH])[0].float())
@@ -307,15 +337,17 @@ def compare(run: Callable, x: torch.Tensor, y: torch.Tensor | None, ref_logits: 
                "max_abs_logit_diff": float((logits - ref_logits).abs().max()) if len(x) else 0.0,
                "accuracy_torch": None, "accuracy_export": None, **source}
     figures["n"] = int(len(x))  # ``source`` names the pictures; the count is the one compared
-    if y is not None and len(y):
-        figures["accuracy_torch"] = float((a == y).double().mean())
-        figures["accuracy_export"] = float((b == y).double().mean())
+    if y is not None and len(y):  # the labelled held-out pictures come first (``parity_pictures``)
+        m = len(y)
+        figures["accuracy_torch"] = float((a[:m] == y).double().mean())
+        figures["accuracy_export"] = float((b[:m] == y).double().mean())
     return figures
 
 
 def parity_line(p: dict[str, Any], label: str) -> str:
     """One line of parity figures for the user."""
-    acc = (f"; accuracy {p['accuracy_export']:.2%} (PyTorch {p['accuracy_torch']:.2%})"
+    acc = (f"; accuracy {p['accuracy_export']:.2%} (PyTorch {p['accuracy_torch']:.2%}) on the "
+           f"{p.get('labelled') or p['n']:,} pictures of the {p.get('labelled_images') or 'labelled pictures'}"
            if p.get("accuracy_torch") is not None else "")
     return (f"parity ({label} vs PyTorch, {p['n']:,} pictures: {p['images']}): top-1 agreement {p['agreement']:.2%}, "
             f"largest logit difference {p['max_abs_logit_diff']:.2g}{acc}")
@@ -377,7 +409,28 @@ def quantize_int8(fp32_path: Path, out_path: Path, pictures: torch.Tensor) -> No
     elem = mp.graph.input[0].type.tensor_type.elem_type
     if mp.graph.input[0].name != INPUT_NAME or elem != onnx.TensorProto.UINT8:
         raise MinivisionError("quantization changed the input: the int8 file does not take uint8 pixels")
-    onnx.checker.check_model(str(out_path))
+    if drop_unused_opsets(mp):
+        onnx.save(mp, str(out_path))
+    onnx.checker.check_model(str(out_path), full_check=True)
+
+
+def drop_unused_opsets(mp: Any) -> bool:
+    """Remove from the ONNX model ``mp`` (in place) the operator-set imports no node uses: onnxruntime's graph
+    optimisation (``quant_pre_process``) declares every domain it knows (``com.microsoft.nchwc``,
+    ``org.pytorch.aten``, ``ai.onnx.training``, ...) though the nodes use the standard one. The standard
+    domain (``""``/``ai.onnx``) is always kept. Returns True when something was removed."""
+    used = {n.domain or "" for n in mp.graph.node}
+    for f in mp.functions:
+        used.add(f.domain or "")
+        used.update(n.domain or "" for n in f.node)
+    keep = [o for o in mp.opset_import if (o.domain or "") in used | {"", "ai.onnx"}]
+    if len(keep) == len(mp.opset_import):
+        return False
+    kept = [(o.domain, o.version) for o in keep]
+    del mp.opset_import[:]
+    for domain, version in kept:
+        mp.opset_import.add(domain=domain, version=version)
+    return True
 
 
 # ------------------------------------------------------------------------------------ the command
@@ -388,8 +441,10 @@ def _new_file(path: Path) -> Any:
     ``path`` exists by then (another export took the name meanwhile) instead of replacing it."""
     from .fileio import _UMASK, fsync_path
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise MinivisionError(f"cannot write {path}: {e.strerror or e} in {path.parent}") from None
     os.fchmod(fd, 0o666 & ~_UMASK)  # the usual mode of a new file, as fileio's files get
     os.close(fd)
     tmp = Path(name)
@@ -403,6 +458,36 @@ def _new_file(path: Path) -> Any:
                               "export again") from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def make_folders(path: Path, what: str) -> list[Path]:
+    """Create the missing folders above the file ``path``; returns those created, deepest first (for
+    ``remove_folders`` when the export fails). Raises MinivisionError naming ``what`` (``--out FILE`` or the
+    file) when a part of the path is a file, or a folder cannot be made (permission, read-only disk)."""
+    missing, p = [], path.parent
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    if not p.is_dir():
+        raise MinivisionError(f"cannot write {what}: {p} is a file, not a folder")
+    made: list[Path] = []
+    try:
+        for folder in reversed(missing):
+            folder.mkdir()
+            made.insert(0, folder)
+    except OSError as e:
+        remove_folders(made)
+        raise MinivisionError(f"cannot write {what}: cannot make the folder {folder} ({e.strerror or e})") from None
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise MinivisionError(f"cannot write {what}: the folder {path.parent} is not writable")
+    return made
+
+
+def remove_folders(made: list[Path]) -> None:
+    """Remove the folders ``make_folders`` created (deepest first), each only when it is still empty."""
+    for folder in made:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def default_name(fmt: str, int8: bool) -> str:
@@ -476,6 +561,26 @@ def export_run(run: str | os.PathLike | LoadedModel, *, fmt: str = "onnx", int8:
     has_trust = lm.trust is not None and trust_source.is_file()
     if has_trust:
         meta["trust_file"] = trust_path.name
+        meta["trust_sha256"] = sha256_file(trust_source)  # lets a renamed export check the recorded name's file
+    made = make_folders(path, f"--out {path}" if out is not None else str(path))
+    try:
+        info = _write_checked(lm, fmt, int8, path, meta, net, shape, x, y, ref_logits, source, log)
+    except BaseException:
+        remove_folders(made)
+        raise
+    if has_trust:  # the companions after the file is in place: a refused or lost export leaves none
+        with atomic_path(trust_path) as t:
+            shutil.copyfile(trust_source, t)
+    write_json(sidecar, info)
+    log(f"exported {path} ({info['bytes']:,} bytes, {meta['precision']}); sidecar {sidecar.name}"
+        + (f", trust statistics {trust_path.name}" if has_trust else ""))
+    return {**info, "path": str(path)}
+
+
+def _write_checked(lm: LoadedModel, fmt: str, int8: bool, path: Path, meta: dict[str, Any], net: ExportedNet,
+                   shape: tuple[int, int, int], x: torch.Tensor, y: torch.Tensor | None, ref_logits: torch.Tensor,
+                   source: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
+    """``export_run``'s file: written, checked (parity) and put in place at ``path``; returns the sidecar's dict."""
     extra: dict[str, Any] = {}
     with _new_file(path) as tmp:
         if fmt == "torchscript":
@@ -499,18 +604,12 @@ def export_run(run: str | os.PathLike | LoadedModel, *, fmt: str = "onnx", int8:
                     set_onnx_metadata(tmp, meta)
                     extra = {"fp32_bytes": fp32.stat().st_size, "fp32_parity": parity}
                     parity = compare(onnx_runner(tmp), x, y, ref_logits, source)
-                    log(parity_line(parity, "ONNX int8") + f"; {tmp.stat().st_size:,} bytes "
-                        f"(fp32 {extra['fp32_bytes']:,})")
+                    log(parity_line(parity, "ONNX int8") + f"; {tmp.stat().st_size:,} bytes (the fp32 graph it was "
+                        f"quantized from {extra['fp32_bytes']:,}; an fp32 export's file differs by its metadata)")
                     _check_int8(parity, path)
         info = {**meta, "parity": parity, **extra, "file": path.name, "bytes": tmp.stat().st_size,
                 "sha256": sha256_file(tmp)}
-    if has_trust:  # the companions after the file is in place: a refused or lost export leaves none
-        with atomic_path(trust_path) as t:
-            shutil.copyfile(trust_source, t)
-    write_json(sidecar, info)
-    log(f"exported {path} ({info['bytes']:,} bytes, {meta['precision']}); sidecar {sidecar.name}"
-        + (f", trust statistics {trust_path.name}" if has_trust else ""))
-    return {**info, "path": str(path)}
+    return info
 
 
 def _check_fp32(p: dict[str, Any], path: Path) -> None:

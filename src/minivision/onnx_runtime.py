@@ -240,6 +240,16 @@ def _check_graph(session: Any, file: Path, pre: Any, k: int) -> None:
         raise MinivisionError(f"{file}: {width} logits, but its metadata names {k} classes")
 
 
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _read_trust(file: Path, info: dict[str, Any], meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
     """The unsure check's class means and precision matrix from the export's ``trust_file``; None when the
     model has no out-of-distribution check."""
@@ -250,12 +260,21 @@ def _read_trust(file: Path, info: dict[str, Any], meta: dict[str, Any]) -> tuple
             warnings.warn("this export carries no unsure statistics (trust file): its answers skip the "
                           "out-of-distribution check the run makes", Note, stacklevel=3)
         return None
-    where = file.parent / Path(str(name)).name  # beside the export, never elsewhere
-    if not where.is_file():
-        if needed:
-            warnings.warn(f"{where.name} is missing beside {file.name}: answers skip the out-of-distribution check",
-                          Note, stacklevel=3)
-        return None
+    # FILE.trust.safetensors beside the file first (a renamed export keeps its own), then the recorded name
+    # beside it, only when its sha256 matches the recorded one (a renamed copy must not take another's).
+    own, where = file.with_name(file.name + ".trust.safetensors"), file.parent / Path(str(name)).name
+    if not own.is_file():
+        sha = info.get("trust_sha256")
+        if not where.is_file() or (sha and _sha256(where) != sha):
+            if needed:
+                warnings.warn(f"{own.name} is missing beside {file.name}"
+                              + (f" ({where.name} is another export's)" if where.is_file() else "")
+                              + ": answers skip the out-of-distribution check", Note, stacklevel=3)
+            return None
+        warnings.warn(f"using {where.name} (the name recorded in {file.name}"
+                      + (")" if sha else "; no checksum recorded to check it against)"), Note, stacklevel=3)
+    else:
+        where = own
     from safetensors.numpy import load_file
 
     try:
