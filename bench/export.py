@@ -348,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if a.threads < 1:
         ap.error("--threads must be >= 1")
+    for flag, given in (("--run", a.run), ("--large-run", a.large_run)):
+        if given and not (Path(given) / "model.json").is_file():
+            ap.error(f"{flag} {given}: not a run folder (no model.json in it)")
     s = SETTINGS["quick" if a.quick else "full"]
 
     import onnxruntime

@@ -49,8 +49,8 @@ METADATA_KEY = "minivision"  # the ONNX metadata_props key holding the JSON abov
 INPUT_NAME, LOGITS, FEATURES = "pixels", "logits", "features"
 # Pictures per onnxruntime call. Why 128: smaller batches keep each layer's activations in the CPU's caches;
 # measured on the 10,000 Fashion-MNIST test pictures (a default mvnet-t run, 1 intra-op thread, 2-core AMD
-# EPYC, load average ~7): fp32 1.16 / 1.23 / 1.34 / 1.97 s at 64 / 128 / 256 / 1024, int8 2.29 / 2.14 /
-# 2.24 s at 64 / 128 / 256 (bench/export.py times batch 1 and 256 for every precision).
+# EPYC, load average ~7): fp32 1.16 / 1.23 / 1.34 s at 64 / 128 / 256 (2 threads: 2.09 s at 1,024, 1.51 s at
+# 128), int8 2.29 / 2.14 / 2.24 s at 64 / 128 / 256 (bench/export.py times batch 1 and 256 for every precision).
 BATCH = 128
 
 
@@ -178,7 +178,7 @@ def load_onnx(path: str | Path, *, threads: int | None = None) -> OnnxModel:
     options.intra_op_num_threads = int(threads) if threads else default_threads()
     # Idle pool threads sleep instead of spinning: a spinning thread takes a core from the thread doing the work
     # whenever the machine is shared (measured: 10,000 Fashion-MNIST pictures, 2 threads, load ~7: 2.47 s
-    # spinning, 1.61 s not).
+    # spinning, 1.63 s not).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
@@ -392,11 +392,19 @@ def evaluate(om: OnnxModel, data: str | None = None, data_dir: str | None = None
     Raises MinivisionError as ``scoring_data`` does, and for a validation split drawn at random (it needs
     PyTorch's generator)."""
     from .data.dataset import numpy_arrays
-    from .evaluate import only_present, scoring_data
+    from .evaluate import is_training_data, only_present, scoring_data
     from .scores import metrics_np, trust_metrics_np
 
-    with numpy_arrays():
-        sd = scoring_data(om, data, data_dir, test_data, split=split)
+    try:
+        with numpy_arrays():
+            sd = scoring_data(om, data, data_dir, test_data, split=split)
+    except MinivisionError as e:  # no test split, and a validation split only PyTorch's generator can draw again
+        if not (is_training_data(om, data) and "test_accuracy" not in (om.meta.get("metrics") or {})
+                and ("random generator" in str(e) or "has no test split" in str(e))):
+            raise
+        raise MinivisionError(f"{om.file.name}: the model's data has no test split, and its validation split "
+                              "can only be drawn again from the run folder: score other labelled pictures with "
+                              "--data FOLDER, or evaluate the run folder (minivision evaluate RUN)") from None
     x, y = np.asarray(sd.split.x), np.asarray(sd.split.y)
     logits, features = om.outputs(x)
     metrics = metrics_np(logits, y, om.classes)
