@@ -414,6 +414,24 @@ def test_what_an_export_cannot_do_says_so(grey, tmp_path, capsys):
     _one_line_error(capsys, ["evaluate", str(grey["onnx"]), "--split", "val"], "PyTorch's random generator")
 
 
+def test_evaluate_of_a_run_without_a_test_split_names_what_works(tmp_path, capsys):
+    x, y = synthetic_images(64, classes=2, channels=3, size=16, seed=3)
+    for i, (img, k) in enumerate(zip(x, y, strict=True)):
+        folder = tmp_path / ("pics" if i < 48 else "more") / f"class{k}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img.transpose(1, 2, 0)).save(folder / f"{i}.png")
+    run = _train(TrainConfig(model="mvnet-t", epochs=1, batch_size=16, data=str(tmp_path / "pics"),
+                             out=str(tmp_path / "runs")))
+    onnx_file = export_for_test(run, tmp_path / "nosplit.onnx")
+    for extra in ([], ["--split", "test"], ["--split", "val"], ["--split", "train"]):
+        err = _one_line_error(capsys, ["evaluate", str(onnx_file), *extra], "--data FOLDER", "minivision evaluate RUN")
+        assert "--split" not in err, err  # never suggests a split that fails
+    # both ways it names work
+    assert main(["evaluate", str(onnx_file), "--data", str(tmp_path / "more"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 16
+    assert main(["evaluate", str(run)]) == 0
+
+
 # ----------------------------------------------------------------------------- real data
 
 @pytest.fixture(scope="module")
