@@ -269,7 +269,7 @@ def test_serve_predicts_with_an_export(colour, tmp_path):
     from minivision.serve.app import create_app
 
     files = photos(tmp_path, colour=True)[:5]
-    answers, infos = [], []
+    answers, infos, examples = [], [], []
     for model in (colour["onnx"], colour["run"]):
         client = TestClient(create_app(model, device="cpu"))
         body = [("file", (Path(f).name, Path(f).read_bytes(), "image/jpeg" if f.endswith("jpg") else "image/png"))
@@ -278,6 +278,7 @@ def test_serve_predicts_with_an_export(colour, tmp_path):
         assert r.status_code == 200, r.text
         answers.append(r.json())
         infos.append(client.get("/models").json()["models"][0])
+        examples.append(client.get("/examples").json())
     ours, theirs = answers
     assert [[t["label"] for t in p] for p in ours["predictions"]] == \
            [[t["label"] for t in p] for p in theirs["predictions"]]
@@ -288,7 +289,33 @@ def test_serve_predicts_with_an_export(colour, tmp_path):
     assert ours["model"] == "colour.onnx/mvnet-t"
     ours_info, their_info = infos
     assert ours_info["run"] == "colour.onnx" and ours_info["classes"] == their_info["classes"]
-    assert ours_info["parameters"] >= their_info["parameters"] > 0  # the graph's numbers: weights and constants
+    assert ours_info["parameters"] == their_info["parameters"] > 0  # the run's count, recorded in model_json
+    # example pictures from the run's test split, as many of each class as the run's own
+    ours_ex, their_ex = (e["examples"] for e in examples)
+    assert sorted(e["label"] for e in ours_ex) == sorted(e["label"] for e in their_ex) and ours_ex
+    assert ours_info["examples"] == len(ours_ex)
+    # the report line says the export has none and where it is, not "none in this run"
+    assert ours_info["report"] is None and "run folder" in ours_info["report_note"]
+    assert "report_note" not in their_info
+
+
+def test_serve_an_export_says_what_it_lacks(colour, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from minivision.serve.app import create_app
+
+    meta = json.loads((colour["run"] / "model.json").read_text())
+    older = {k: v for k, v in meta.items() if k != "parameters"}  # a run that did not record its count
+    gone = {**older, "dataset": {**meta["dataset"], "data": str(tmp_path / "moved")}}
+    client = TestClient(create_app(export_for_test(colour["run"], tmp_path / "old.onnx", model_json=gone),
+                                   device="cpu"))
+    assert client.get("/models").json()["models"][0]["parameters"] is None  # said nothing, not a wrong count
+    r = client.get("/examples").json()
+    assert r["examples"] == [] and "cannot be read" in r["note"]
+    no_test = {**meta, "metrics": {k: v for k, v in meta["metrics"].items() if k != "test_accuracy"}}
+    client = TestClient(create_app(export_for_test(colour["run"], tmp_path / "nt.onnx", model_json=no_test),
+                                   device="cpu"))
+    assert "no test split" in client.get("/examples").json()["note"]
 
 
 # ----------------------------------------------------------------------------- the numpy twins of the torch figures

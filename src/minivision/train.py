@@ -308,6 +308,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
                                              "image_size": list(ds.image_size), "num_classes": ds.num_classes,
                                              "kwargs": cfg.extra},
             "classes": ds.classes,
+            "parameters": sum(p.numel() for p in model.parameters()),  # as the run's page counts them (exports)
             "preprocess": pre.to_dict(),
             "dataset": {"data": cfg.data, "data_dir": cfg.data_dir, "test_data": cfg.test_data, "name": ds.name,
                         "val_split": cfg.val_split, "val_first": cfg.val_first, "seed": cfg.seed},

@@ -92,13 +92,18 @@ class ServedModel:
         c, (h, w) = lm.preprocess.channels, lm.preprocess.size
         metrics = lm.meta.get("metrics") or {}
         test_accuracy = metrics.get("test_accuracy")
-        self.examples = [] if export else examples_json(lm.path, lm.classes, png_base64)  # a few KB each; read once
+        # a few KB each; read once. An export has no examples file: its run's test split, when it can be read
+        self.examples, self.examples_note = (export_examples(lm) if export
+                                             else (examples_json(lm.path, lm.classes, png_base64), None))
+        self.report_note = ("none in this export (the training report stays in the run folder: serve the run "
+                            "to see it)") if export else None
         self.info = {
             "name": self.name, "run": lm.file.name if export else lm.path.name, "architecture": lm.name,
             "version": self.version,
             "classes": lm.classes, "num_classes": len(lm.classes),
             "input": {"channels": c, "height": h, "width": w},
-            "parameters": lm.num_parameters() if export else sum(p.numel() for p in lm.model.parameters()),
+            # the run's parameter count (model.json's; the graph's initializers count other numbers too)
+            "parameters": _recorded_parameters(lm.meta) if export else sum(p.numel() for p in lm.model.parameters()),
             "metrics": lm.meta.get("metrics", {}), "created": lm.meta.get("created"),
             "dataset": (lm.meta.get("dataset") or {}).get("name"), "weights_sha256": digest,
             "test_accuracy": float(test_accuracy) if isinstance(test_accuracy, int | float)
@@ -109,7 +114,10 @@ class ServedModel:
         }
 
     def describe(self) -> dict[str, Any]:
-        """``/models``' entry: ``info`` plus ``report`` ("/report" while the run has a report.html, else None)."""
+        """``/models``' entry: ``info`` plus ``report`` ("/report" while the run has a report.html, else None)
+        and, for an export, ``report_note`` (why there is none)."""
+        if self.report_note:
+            return {**self.info, "report": None, "report_note": self.report_note}
         return {**self.info, "report": "/report" if (self.lm.path / REPORT).is_file() else None}
 
     def predict(self, images: list[tuple[str, bytes]], top_k: int, include_input: bool,
@@ -141,6 +149,39 @@ class ServedModel:
             if include_input:
                 r["input_png"] = png_base64(r["input"])
         return results
+
+
+def _recorded_parameters(meta: dict[str, Any]) -> int | None:
+    """model.json's ``parameters`` (the run's count), None when it was not recorded (older runs)."""
+    n = meta.get("parameters")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+
+
+def export_examples(om: Any, per_class: int = 3, seed: int = 0) -> tuple[list[dict[str, Any]], str | None]:
+    """(examples as ``examples_json`` gives them, None) for an export (onnx_runtime.OnnxModel): up to
+    ``per_class`` pictures of each class of its run's test split, read from the data model_json records
+    without torch (numpy's seeded generator picks them, so they may differ from the run's own examples); or
+    ([], a one-line reason) when the run had no test split or its data cannot be read here."""
+    from ..data.dataset import numpy_arrays
+    from ..evaluate import scoring_data
+
+    if "test_accuracy" not in (om.meta.get("metrics") or {}):
+        return [], "no example pictures: this export's run had no test split to take them from"
+    try:
+        with numpy_arrays():
+            sd = scoring_data(om, split="test")
+        x, y = np.asarray(sd.split.x), np.asarray(sd.split.y)
+    except (MinivisionError, OSError, ValueError) as e:
+        return [], f"no example pictures: the run's test data cannot be read here ({str(e).splitlines()[0]})"
+    picked: list[int] = []
+    counts = [0] * len(om.classes)
+    for i in np.random.default_rng(seed).permutation(len(y)).tolist():
+        c = int(y[i])
+        if 0 <= c < len(counts) and counts[c] < per_class:
+            counts[c] += 1
+            picked.append(i)
+    picked.sort(key=lambda i: (int(y[i]), i))
+    return [{"label": om.classes[int(y[i])], "index": int(y[i]), "png": png_base64(x[i])} for i in picked], None
 
 
 def png_base64(x: torch.Tensor) -> str:
@@ -209,6 +250,7 @@ class Example(BaseModel):
 
 class ExamplesResponse(BaseModel):
     examples: list[Example] = Field(description="3 per class in a new run; empty for a run without examples")
+    note: str | None = Field(None, description="why there are none, when that is known (an export)")
 
 
 class HealthResponse(BaseModel):
@@ -234,7 +276,8 @@ class ServedModelInfo(BaseModel):
     classes: list[str]
     num_classes: int
     input: InputSize = Field(description="what the model takes; pictures are converted to it")
-    parameters: int
+    parameters: int | None = Field(description="the run's parameters; null for an export of a run that did "
+                                               "not record them")
     metrics: dict[str, Any] = Field(description="the run's metrics from training (test_accuracy, ...)")
     created: str | None = None
     dataset: str | None = Field(None, description="the training data set's name")
@@ -245,6 +288,7 @@ class ServedModelInfo(BaseModel):
     max_upload_mb: float = Field(description="the largest request body, in MB (10^6 bytes)")
     examples: int = Field(description="how many pictures GET /examples returns")
     report: str | None = Field(None, description='"/report" when the run has a training report, else null')
+    report_note: str | None = Field(None, description="why there is no report (an export), else absent")
 
 
 class ModelsResponse(BaseModel):
@@ -349,7 +393,7 @@ def create_app(run: str | Path, *, max_body_mb: float = 10, max_files: int = 16,
     @app.get("/examples", summary="A few test pictures of each class, as the model takes them",
              response_model=ExamplesResponse)
     async def examples() -> dict[str, Any]:
-        return {"examples": served.examples}
+        return {"examples": served.examples, **({"note": served.examples_note} if served.examples_note else {})}
 
     @app.get("/report", summary="The run's training report (HTML)", response_class=HTMLResponse,
              responses=errors(404))
