@@ -106,7 +106,9 @@ def test_metadata_round_trip_and_sidecar(onnx_export, csv_run):
 
 def test_parity_figures_on_the_runs_test_split(onnx_export):
     p = onnx_export["parity"]
-    assert p["n"] == 80 and "test" in p["images"]  # the CSV run's own test file
+    # the CSV run's own test file (80), topped up with its validation and training pictures: all 400 it has
+    assert p["n"] == 400 and p["labelled"] == 80 and p["labelled_images"] == "test split"
+    assert "80 of the test split" in p["images"] and "of the validation split" in p["images"]
     assert p["agreement"] == 1.0 and p["max_abs_logit_diff"] < 1e-3
     assert p["accuracy_torch"] == p["accuracy_export"] and p["accuracy_torch"] > 0.5
 
@@ -120,10 +122,47 @@ def test_an_export_that_disagrees_is_refused_and_leaves_no_file(csv_run, tmp_pat
 
     monkeypatch.setattr(ex, "onnx_runner", swapped)
     out = tmp_path / "m.onnx"
-    with pytest.raises(MinivisionError, match=r"agrees with PyTorch on \d+\.\d+% of 80 top-1 answers") as e:
+    with pytest.raises(MinivisionError, match=r"agrees with PyTorch on \d+\.\d+% of 400 top-1 answers") as e:
         ex.export_run(csv_run, out=out, log=lambda m: None)
     assert "\n" not in str(e.value) and "largest logit difference" in str(e.value)
     assert list(tmp_path.iterdir()) == []  # neither the file, its temporary, nor its sidecar
+
+
+def _fake_dataset(n_test: int, n_val: int, n_train: int):
+    from minivision.data.dataset import Dataset, Split
+
+    def split(n, value):
+        return Split(torch.full((n, 1, 28, 28), value, dtype=torch.uint8), torch.full((n,), value % 4)) if n else None
+    return Dataset("tiny", ["0", "1", "2", "3"], split(n_train, 3), test=split(n_test, 1), val=split(n_val, 2))
+
+
+@pytest.mark.parametrize("sizes, want", [
+    ((20, 500, 3000), (20, 500, 1480)),   # a tiny test split: all the validation, then training pictures
+    ((20, 0, 3000), (20, 0, 1980)),
+    ((0, 20, 3000), (0, 20, 1980)),       # no test split: the validation split is the labelled one
+    ((20, 30, 100), (20, 30, 100)),       # fewer than 2,000 in all: every picture
+    ((2500, 500, 3000), (2500, 0, 0)),    # a test split of 2,000 or more: it alone
+])
+def test_parity_is_topped_up_to_2000_real_pictures(sizes, want, csv_run, monkeypatch):
+    import minivision.evaluate
+
+    monkeypatch.setattr(minivision.evaluate, "dataset_for", lambda lm, *a, **k: _fake_dataset(*sizes))
+    x, y, source = ex.parity_pictures(load_model(csv_run), lambda m: None)
+    counts = tuple(int((x[:, 0, 0, 0] == v).sum()) for v in (1, 2, 3))
+    assert counts == want and source["n"] == len(x) == sum(want)
+    labelled = want[0] or want[1]
+    assert len(y) == labelled == source["labelled"] and x[:labelled, 0, 0, 0].eq(1 if want[0] else 2).all()
+    again, _, _ = ex.parity_pictures(load_model(csv_run), lambda m: None)
+    assert torch.equal(x, again)  # seeded
+
+
+def test_accuracy_is_figured_on_the_labelled_pictures_only():
+    ref = torch.tensor([[1.0, 0.0]] * 4)  # PyTorch says class 0 for all four
+    run = lambda x: (torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0], [0.0, 1.0]]), None)  # noqa: E731
+    p = ex.compare(run, torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.tensor([0, 0]), ref,
+                   {"images": "x", "labelled": 2, "labelled_images": "test split"})
+    assert p["n"] == 4 and p["agreement"] == 0.25 and p["accuracy_torch"] == 1.0 and p["accuracy_export"] == 0.5
+    assert "accuracy 50.00% (PyTorch 100.00%) on the 2 pictures of the test split" in ex.parity_line(p, "ONNX")
 
 
 def test_parity_falls_back_to_seeded_pictures_when_the_data_is_gone(csv_run, monkeypatch):
@@ -132,7 +171,7 @@ def test_parity_falls_back_to_seeded_pictures_when_the_data_is_gone(csv_run, mon
     def gone(*a, **k):
         raise MinivisionError("train.csv: file not found")
 
-    monkeypatch.setattr(minivision.evaluate, "scoring_data", gone)
+    monkeypatch.setattr(minivision.evaluate, "dataset_for", gone)
     lines: list[str] = []
     x, y, source = ex.parity_pictures(load_model(csv_run), lines.append)
     x2, _, _ = ex.parity_pictures(load_model(csv_run), lines.append)
@@ -160,7 +199,7 @@ def test_colour_folder_run_with_standard_normalisation(tmp_path):
     assert len(meta["mean"]) == 3 and meta["mean"][0] != meta["mean"][1]
     assert info["input"]["shape"] == [None, 3, 28, 28] and info["classes"] == ["c0", "c1", "c2"]
     p = info["parity"]
-    assert p["n"] == 30 and "test" in p["images"] and p["agreement"] == 1.0
+    assert p["n"] == 90 and p["labelled"] == 30 and "30 of the test split" in p["images"] and p["agreement"] == 1.0
     session = ort.InferenceSession(info["path"], providers=["CPUExecutionProvider"])
     pics = torch.from_numpy(x[60:])
     logits, _ = session.run(None, {"pixels": pics.numpy()})
@@ -183,10 +222,33 @@ def test_int8_is_smaller_and_still_takes_uint8(csv_run, onnx_export):
     cal = ex.read_metadata(path)["calibration_set"]
     assert cal["n"] == 256 and cal["seed"] == 0 and "training" in cal["images"]  # 320 less the validation's 64
     p = info["parity"]
-    assert p["n"] == 80 and p["accuracy_torch"] - p["accuracy_export"] <= ex.MAX_INT8_LOSS
+    assert p["n"] == 400 and p["accuracy_torch"] - p["accuracy_export"] <= ex.MAX_INT8_LOSS
     assert info["fp32_parity"]["agreement"] == 1.0
+    # only the operator sets its nodes use (the graph optimisation declares a dozen it never uses)
+    assert {o.domain for o in mp.opset_import} == {n.domain for n in mp.graph.node} | {""}
+    onnx.checker.check_model(str(path), full_check=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert session.run(None, {"pixels": _pictures(5).numpy()})[0].shape == (5, 4)
+
+
+def test_unused_opset_imports_are_dropped():
+    from onnx import helper
+
+    node = helper.make_node("Relu", ["x"], ["y"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    mp = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.microsoft", 1),
+                                                 helper.make_opsetid("org.pytorch.aten", 1)])
+    assert ex.drop_unused_opsets(mp) and [(o.domain, o.version) for o in mp.opset_import] == [("", 18)]
+    assert not ex.drop_unused_opsets(mp)
+    onnx.checker.check_model(mp)
+
+
+def test_int8_line_says_which_fp32_size_it_prints(csv_run, tmp_path):
+    lines: list[str] = []
+    info = ex.export_run(csv_run, int8=True, out=tmp_path / "q.onnx", log=lines.append)
+    line = next(m for m in lines if m.startswith("parity (ONNX int8"))
+    assert f"{info['bytes']:,} bytes (the fp32 graph it was quantized from {info['fp32_bytes']:,}" in line
 
 
 def test_int8_that_loses_accuracy_is_refused(csv_run, tmp_path, monkeypatch):
@@ -201,7 +263,7 @@ def test_int8_that_loses_accuracy_is_refused(csv_run, tmp_path, monkeypatch):
 
 def test_torchscript_export_and_parity(csv_run, tmp_path):
     info = ex.export_run(csv_run, fmt="torchscript", out=tmp_path / "m.torchscript", log=lambda m: None)
-    assert info["parity"]["agreement"] == 1.0 and info["parity"]["n"] == 80
+    assert info["parity"]["agreement"] == 1.0 and info["parity"]["n"] == 400
     extra = {"minivision.json": ""}
     module = torch.jit.load(str(tmp_path / "m.torchscript"), _extra_files=extra)
     meta = json.loads(extra["minivision.json"])
@@ -226,6 +288,55 @@ def test_default_names_count_up_and_out_is_never_replaced(csv_run, tmp_path, cap
     err = capsys.readouterr().err
     assert err.startswith("error: --out") and "never overwritten" in err and err.count("\n") == 1
     assert out.read_bytes() == b"mine"
+
+
+def test_out_under_a_file_is_one_line_naming_out(csv_run, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "y.onnx"
+    assert main(["export", str(csv_run), "--format", "torchscript", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write --out {out}") and "is a file, not a folder" in err
+    assert err.count("\n") == 1
+
+
+def test_out_in_a_read_only_folder_names_out_not_a_temporary(csv_run, tmp_path, capsys, monkeypatch):
+    import os
+    import tempfile
+
+    def refused(*a, **k):  # as a read-only folder answers (a chmod would not stop root, who runs some CI)
+        raise PermissionError(13, "Permission denied", str(tmp_path / "ro" / ".m.ts.abc123.tmp"))
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "mkstemp", refused)
+    monkeypatch.setattr(os, "access", lambda *a, **k: True)
+    assert main(["export", str(csv_run), "--format", "torchscript", "--out", str(folder / "m.ts")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write --out {folder / 'm.ts'}") and "Permission denied" in err
+    assert ".tmp" not in err and err.count("\n") == 1 and list(folder.iterdir()) == []
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)  # the folder found not writable before any work
+    assert main(["export", str(csv_run), "--format", "torchscript", "--out", str(folder / "m.ts")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write --out {folder / 'm.ts'}: the folder") and err.count("\n") == 1
+
+
+def test_a_refused_export_removes_the_folders_it_made(csv_run, tmp_path, monkeypatch):
+    (tmp_path / "mine").mkdir()
+    monkeypatch.setattr(ex, "MIN_AGREEMENT", 1.01)  # every export now refused
+    with pytest.raises(MinivisionError, match="export refused"):
+        ex.export_run(csv_run, fmt="torchscript", out=tmp_path / "mine" / "new" / "deeper" / "m.ts",
+                      log=lambda m: None)
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"] and list((tmp_path / "mine").iterdir()) == []
+
+
+def test_classifier_export_takes_out_as_the_command_does(csv_run, tmp_path):
+    import minivision as mv
+
+    clf = mv.load(csv_run)
+    assert Path(clf.export(out=tmp_path / "a.ts", format="torchscript")["path"]) == tmp_path / "a.ts"
+    assert Path(clf.export(path=tmp_path / "b.ts", format="torchscript")["path"]) == tmp_path / "b.ts"
+    with pytest.raises(MinivisionError, match="not both"):
+        clf.export(out=tmp_path / "c.ts", path=tmp_path / "d.ts", format="torchscript")
 
 
 def test_a_file_that_appears_meanwhile_is_kept(csv_run, tmp_path, monkeypatch):
@@ -284,7 +395,7 @@ def test_real_fashion_mnist_run_exports_fp32_and_int8(small_fashion_run, tmp_pat
     clf = mv.load(small_fashion_run)
     fp32 = clf.export(tmp_path / "f.onnx")
     p = fp32["parity"]
-    assert p["n"] == 10_000 and "fashion-mnist test" in p["images"]
+    assert p["n"] == 10_000 and p["images"] == "fashion-mnist: 10,000 of the test split"
     assert p["agreement"] >= ex.MIN_AGREEMENT and p["accuracy_export"] > 0.6
     int8 = clf.export(tmp_path / "q.onnx", int8=True)
     q = int8["parity"]

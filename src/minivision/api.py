@@ -375,17 +375,22 @@ class Classifier:
         fsync_path(dest.parent, directory=True)
         return dest
 
-    def export(self, path: str | Path | None = None, format: str = "onnx", int8: bool = False) -> dict[str, Any]:
+    def export(self, out: str | Path | None = None, format: str = "onnx", int8: bool = False, *,
+               path: str | Path | None = None) -> dict[str, Any]:
         """Write the fitted model as ONNX (fp32, or int8 with ``int8=True``) or TorchScript (``format=
         "torchscript"``), checked against PyTorch on the run's test pictures; see ``minivision export``.
 
-        ``path``: the file (default ``RUN/export/model.onnx``, counting up; an existing file is refused).
+        ``out``: the file, as the command's ``--out`` (default ``RUN/export/model.onnx``, counting up; an
+        existing file is refused); ``path`` is another name for it.
         Returns the sidecar's dict (description, ``parity`` figures, ``path``). The file takes uint8 pictures
         (N, C, H, W) as the model's picture conversion makes them and returns float32 ``logits`` (N, K) and
         ``features``. Raises MinivisionError as ``export.export_run`` says."""
         from .export import export_run
 
-        return export_run(self._check_fitted(), fmt=format, int8=int8, out=path, log=lambda m: None)
+        if out is not None and path is not None and Path(out) != Path(path):
+            raise MinivisionError("export: give the file as out= (path= is another name for it), not both")
+        return export_run(self._check_fitted(), fmt=format, int8=int8, out=out if out is not None else path,
+                          log=lambda m: None)
 
     def __repr__(self) -> str:
         """scikit-learn's style: the parameters that differ from their defaults (and where a fitted

@@ -436,15 +436,16 @@ def drop_unused_opsets(mp: Any) -> bool:
 # ------------------------------------------------------------------------------------ the command
 
 @contextlib.contextmanager
-def _new_file(path: Path) -> Any:
+def _new_file(path: Path, what: str | None = None) -> Any:
     """As ``fileio.atomic_path``, but the finished file is put in place with ``os.link``, which fails when
-    ``path`` exists by then (another export took the name meanwhile) instead of replacing it."""
+    ``path`` exists by then (another export took the name meanwhile) instead of replacing it. ``what`` names
+    the file in the error when its folder refuses the temporary file (default ``path``)."""
     from .fileio import _UMASK, fsync_path
 
     try:
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise MinivisionError(f"cannot write {path}: {e.strerror or e} in {path.parent}") from None
+        raise MinivisionError(f"cannot write {what or path}: {e.strerror or e} in the folder {path.parent}") from None
     os.fchmod(fd, 0o666 & ~_UMASK)  # the usual mode of a new file, as fileio's files get
     os.close(fd)
     tmp = Path(name)
@@ -562,9 +563,10 @@ def export_run(run: str | os.PathLike | LoadedModel, *, fmt: str = "onnx", int8:
     if has_trust:
         meta["trust_file"] = trust_path.name
         meta["trust_sha256"] = sha256_file(trust_source)  # lets a renamed export check the recorded name's file
-    made = make_folders(path, f"--out {path}" if out is not None else str(path))
+    what = f"--out {path}" if out is not None else str(path)
+    made = make_folders(path, what)
     try:
-        info = _write_checked(lm, fmt, int8, path, meta, net, shape, x, y, ref_logits, source, log)
+        info = _write_checked(lm, fmt, int8, path, what, meta, net, shape, x, y, ref_logits, source, log)
     except BaseException:
         remove_folders(made)
         raise
@@ -577,12 +579,12 @@ def export_run(run: str | os.PathLike | LoadedModel, *, fmt: str = "onnx", int8:
     return {**info, "path": str(path)}
 
 
-def _write_checked(lm: LoadedModel, fmt: str, int8: bool, path: Path, meta: dict[str, Any], net: ExportedNet,
+def _write_checked(lm: LoadedModel, fmt: str, int8: bool, path: Path, what: str, meta: dict[str, Any], net: ExportedNet,
                    shape: tuple[int, int, int], x: torch.Tensor, y: torch.Tensor | None, ref_logits: torch.Tensor,
                    source: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any]:
     """``export_run``'s file: written, checked (parity) and put in place at ``path``; returns the sidecar's dict."""
     extra: dict[str, Any] = {}
-    with _new_file(path) as tmp:
+    with _new_file(path, what) as tmp:
         if fmt == "torchscript":
             log("note: PyTorch marks TorchScript (torch.jit) deprecated; the ONNX export runs without PyTorch "
                 "and is the one to keep using")
