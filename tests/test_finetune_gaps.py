@@ -252,8 +252,8 @@ def test_imgsz_sets_the_working_size_of_a_pretrained_start_for_every_kind_of_dat
     assert meta["architecture"]["kwargs"]["input_size"] == 40
     loaded = load_model(r.run_dir)
     assert loaded.model.network_input()["size"] == [40, 40]
-    if kind == "folder":  # the folder's pictures are read at --imgsz too (28 px pictures enlarged once, on reading)
-        assert meta["preprocess"]["size"] == [40, 40]
+    if kind == "folder":  # 28 px pictures are read at their own size, never enlarged on reading: the network does it
+        assert meta["preprocess"]["size"] == [28, 28]
     else:
         assert meta["architecture"]["image_size"] == [28, 28]
 
@@ -264,24 +264,27 @@ def test_imgsz_help_says_it_sets_a_pretrained_networks_working_size():
     assert "--pretrained" in SETTINGS["imgsz"].help and "any data" in SETTINGS["imgsz"].help
 
 
-@pytest.mark.parametrize("side, imgsz, read_at", [(120, None, 96), (80, None, 80), (28, None, 28),
-                                                  (120, 48, 48)])
-def test_a_folder_is_read_at_the_working_size_capped_at_the_pictures_own(tmp_path, side, imgsz, read_at):
-    """Pictures of ``side`` px, a network working at 96 px: the folder's default (64 px at most) would be
-    enlarged inside the network; read at 96, or at the pictures' own size when smaller; --imgsz wins."""
+@pytest.mark.parametrize("side, imgsz, read_at, network", [
+    (120, None, 96, LITE0), (80, None, 80, LITE0), (28, None, 28, LITE0), (120, 48, 48, LITE0),
+    (28, 40, 28, LITE0), (32, 64, 32, LITE0),  # --imgsz over the pictures' own size: read at their own
+    (28, 40, 40, "mvnet")])  # a network that does not resize takes the pictures at --imgsz
+def test_a_folder_is_read_at_the_working_size_capped_at_the_pictures_own(tmp_path, side, imgsz, read_at, network):
+    """Pictures of ``side`` px, a network working at 96 px (or --imgsz): the folder's default (64 px at most)
+    would be enlarged inside the network; read at the working size, or at the pictures' own size when
+    smaller, whether the working size is the network's or --imgsz's."""
     from minivision import finetune
     from minivision.data import load_dataset
     from minivision.data.folder import median_side
 
     data = _data("folder", tmp_path, size=side)["data"]
-    cfg = TrainConfig(data=data, imgsz=imgsz)
+    cfg = TrainConfig(data=data, imgsz=imgsz, model=network)
     ds = load_dataset(data, imgsz=imgsz)
     lines: list[str] = []
-    got = train_mod._load_at_working_size(cfg, ds, finetune.Start(input_size=96), lines.append)
+    got = train_mod._load_at_working_size(cfg, ds, finetune.Start(input_size=imgsz or 96), lines.append)
     assert median_side(data) == side
     assert tuple(got.image_size) == (read_at, read_at) and got.conversion.size == (read_at, read_at)
     assert len(got.train) + len(got.val or []) == 48 and len(got.test) == 16
-    assert bool(lines) == (read_at != min(side, 64) and imgsz is None), lines
+    assert bool(lines) == (read_at != max(ds.image_size)), lines
 
 
 @pytest.mark.slow

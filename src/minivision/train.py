@@ -574,13 +574,24 @@ def _load_at_working_size(cfg: TrainConfig, ds: Dataset, start: finetune.Start,
     losing the detail the pictures had: read it again at the working size, capped at the pictures' own
     (median longer side: ``folder.median_side``), so nothing is enlarged twice. ``Dataset.conversion``
     (model.json's ``preprocess.photo``) then holds that size, and predict converts a picture the same
-    way. Unchanged: other data, ``--imgsz`` given (the user's size), pictures already read at their own
-    size or at the working size."""
+    way. ``--imgsz`` given sets the working size: a network that resizes inside (``finetune.resizes_inside``)
+    still gets the pictures at their own size when that is smaller (the README's rule: read at the working
+    size "or at the pictures' own size when that is smaller"), never enlarged on reading and again inside;
+    another network takes them at ``--imgsz``. Unchanged: other data, pictures already read at their own size
+    or at the working size."""
     from .data import folder
 
     side = max(ds.image_size)
-    if cfg.imgsz is not None or not _is_folder(ds) or not start.input_size or side >= start.input_size \
-            or side < folder.IMGSZ_CAP:
+    if cfg.imgsz is not None:
+        own = folder.median_side(cfg.data) if _is_folder(ds) and finetune.resizes_inside(str(cfg.model)) else None
+        if not own or own >= side:
+            return ds
+        log(f"note: reading the pictures at their own {own} px, not {side}: the network enlarges them to "
+            f"{start.input_size or cfg.imgsz} px itself")
+        again = load_dataset(cfg.data, data_dir=cfg.data_dir, test_data=cfg.test_data, imgsz=own,
+                             fit=cfg.resize_mode)
+        return make_val(again, val_split=cfg.val_split, val_first=cfg.val_first, seed=cfg.seed)
+    if not _is_folder(ds) or not start.input_size or side >= start.input_size or side < folder.IMGSZ_CAP:
         return ds
     own = folder.median_side(cfg.data)
     want = min(int(start.input_size), own or side)
