@@ -435,3 +435,30 @@ def test_every_registered_model_exports_with_parity(name, csv_files, tmp_path):
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     logits, features = session.run(None, {"pixels": _pictures(3).numpy()})
     assert logits.shape == (3, 4) and features.shape[0] == 3
+
+
+# ----------------------------------------------------------------------------- preparing a photo for an export
+
+def test_model_input_prepares_a_photo_as_predict_does_without_torch(onnx_export, csv_run, tmp_path):
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from minivision.data.images import open_image
+    from minivision.photo import model_input
+
+    rng = np.random.default_rng(0)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 256, (50, 40), dtype=np.uint8), "L").save(photo)
+    x = model_input(str(photo), onnx_export["path"])
+    conversion = load_model(csv_run).preprocess.photo
+    assert x.dtype == np.uint8 and x.shape == (1, 1, 28, 28)
+    np.testing.assert_array_equal(x[0], conversion.convert(open_image(photo, min_side=conversion.decode_side)))
+    assert model_input([photo, photo], conversion).shape == (2, 1, 28, 28)
+    code = ("import sys; from minivision.photo import model_input; "
+            f"x = model_input({str(photo)!r}, {onnx_export['path']!r}); print(x.shape, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "(1, 1, 28, 28) False"
+    with pytest.raises(MinivisionError):
+        model_input(str(tmp_path / "missing.jpg"), conversion)

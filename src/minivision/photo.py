@@ -386,3 +386,32 @@ def zalando(img: Image.Image, size: tuple[int, int], *, background: str = "auto"
     x0, y0 = (w - new[0] + 1) // 2, (h - new[1] + 1) // 2  # the odd pixel of margin top/left, as Zalando's
     out[y0:y0 + new[1], x0:x0 + new[0]] = np.clip(np.rint(v), 0, 255).astype(np.uint8)
     return out
+
+
+def model_input(pictures: Any, model: PictureConversion | str | Any) -> np.ndarray:
+    """Picture files -> uint8 numpy (N, C, H, W), what an exported model's ``pixels`` input takes: each
+    decoded as predict decodes it (``data.images.open_image``: upright by its EXIF orientation, the size
+    limits) and converted by the model's saved conversion (for a Fashion-MNIST model, trimmed, centred on
+    its frame and negated, as Zalando made the dataset). Needs no PyTorch.
+
+    ``pictures``: one path (str or Path), bytes or PIL image, or a list of them. ``model``: an exported
+    ``.onnx`` file (its conversion is read from its metadata by ``onnx_runtime.load_onnx``) or a
+    ``PictureConversion``. Raises MinivisionError (one line) for a file that is not a picture or a model
+    file that is not a minivision export."""
+    from pathlib import Path
+
+    from .data.images import open_image
+
+    if not isinstance(model, PictureConversion):
+        from .onnx_runtime import load_onnx
+
+        model = load_onnx(model, threads=1).preprocess.photo
+    items = pictures if isinstance(pictures, list | tuple) else [pictures]
+    out = []
+    for item in items:
+        img = item if isinstance(item, Image.Image) else open_image(
+            item if isinstance(item, bytes) else Path(item), min_side=model.decode_side)
+        out.append(model.convert(img))
+    if not out:
+        return np.zeros((0, model.channels, *model.size), dtype=np.uint8)
+    return np.stack(out)
