@@ -294,7 +294,7 @@ def parity_pictures(lm: LoadedModel, log: Callable[[str], None] = print) -> tupl
                     continue
                 idx = _seeded_pick(len(split), need, PARITY_SEED)
                 parts.append(split.x[idx])
-                said.append(f"{len(idx):,} of the {name} split (seeded pick)")
+                said.append(f"{len(idx):,} of the {name} split" + (" (seeded pick)" if len(idx) < len(split) else ""))
                 need -= len(idx)
             x = torch.cat(parts) if len(parts) > 1 else held.x
             return x, held.y, {"images": f"{ds.name}: " + " + ".join(said), "n": int(len(x)),
