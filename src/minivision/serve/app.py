@@ -115,10 +115,9 @@ class ServedModel:
 
     def describe(self) -> dict[str, Any]:
         """``/models``' entry: ``info`` plus ``report`` ("/report" while the run has a report.html, else None)
-        and, for an export, ``report_note`` (why there is none)."""
-        if self.report_note:
-            return {**self.info, "report": None, "report_note": self.report_note}
-        return {**self.info, "report": "/report" if (self.lm.path / REPORT).is_file() else None}
+        and ``report_note`` (why there is none: an export; else None)."""
+        has = self.report_note is None and (self.lm.path / REPORT).is_file()
+        return {**self.info, "report": "/report" if has else None, "report_note": self.report_note}
 
     def predict(self, images: list[tuple[str, bytes]], top_k: int, include_input: bool,
                 background: str | None = None) -> list[dict[str, Any]]:
@@ -288,7 +287,7 @@ class ServedModelInfo(BaseModel):
     max_upload_mb: float = Field(description="the largest request body, in MB (10^6 bytes)")
     examples: int = Field(description="how many pictures GET /examples returns")
     report: str | None = Field(None, description='"/report" when the run has a training report, else null')
-    report_note: str | None = Field(None, description="why there is no report (an export), else absent")
+    report_note: str | None = Field(None, description="why there is no report (an export), else null")
 
 
 class ModelsResponse(BaseModel):
@@ -391,7 +390,7 @@ def create_app(run: str | Path, *, max_body_mb: float = 10, max_files: int = 16,
         return out
 
     @app.get("/examples", summary="A few test pictures of each class, as the model takes them",
-             response_model=ExamplesResponse)
+             response_model=ExamplesResponse, response_model_exclude_none=True)
     async def examples() -> dict[str, Any]:
         return {"examples": served.examples, **({"note": served.examples_note} if served.examples_note else {})}
 
