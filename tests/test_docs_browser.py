@@ -15,8 +15,8 @@ import json
 import shutil
 
 import pytest
-from playwright.sync_api import expect
 from PIL import ImageChops
+from playwright.sync_api import expect
 
 from .axe import axe_source, axe_violations, format_violations
 from .test_serve import Server, clean_picture, encode, synthetic_run  # noqa: F401 (a fixture)
@@ -115,8 +115,8 @@ def test_swagger_ui_try_it_out_offline(browser, docs_server, tmp_path):
         assert op.locator("tr[data-param-name='top_k'] input").input_value() == "3"
         assert op.locator("tr[data-param-name='background'] select").input_value() == "auto"
         # the controls Swagger UI leaves unnamed are named by our script, as users of a screen reader hear them
-        expect(op.get_by_role("combobox", name="background")).to_have_count(1)  # retried: our script names it on the next mutation
-        expect(op.get_by_role("combobox", name="include_input")).to_have_count(1)  # retried: our script names it on the next mutation
+        expect(op.get_by_role("combobox", name="background")).to_have_count(1)
+        expect(op.get_by_role("combobox", name="include_input")).to_have_count(1)
         file_input = op.locator("input[type=file]")
         assert file_input.get_attribute("aria-label") == "Request body file: file"  # the multipart field's name
         assert_no_violations(page, "after Try it out")
@@ -168,7 +168,7 @@ def test_swagger_ui_controls_named_with_the_csp_enforced(browser, docs_server):
         op = page.locator("#operations-default-predict_predict_post")
         op.locator(".opblock-summary").first.click(timeout=30_000)
         op.get_by_role("button", name="Try it out").click()
-        expect(op.get_by_role("combobox", name="background")).to_have_count(1)  # retried: our script names it on the next mutation
+        expect(op.get_by_role("combobox", name="background")).to_have_count(1)
         assert op.locator("input[type=file]").get_attribute("aria-label").startswith("Request body file")
         assert not web.blocked, web.blocked
         assert not web.problems, web.problems  # nothing refused by the CSP
