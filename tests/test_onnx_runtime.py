@@ -357,7 +357,7 @@ def test_numpy_trust_figures_equal_the_torch_ones(grey):
     feats = rt.load_onnx(grey["onnx"]).outputs(x.numpy())[1]
     ours = trust_metrics_np(lm.meta, x.numpy(), y.numpy(), logits.numpy(), rt.load_onnx(grey["onnx"]).ood(feats))
     assert ours["unsure"] == theirs["unsure"] and ours["confidence"] == theirs["confidence"]
-    assert ours["ece"] == pytest.approx(theirs["ece"], abs=1e-9)
+    assert ours["ece"] == pytest.approx(theirs["ece"], abs=1e-6)  # float32 softmax of torch vs numpy
 
 
 # ----------------------------------------------------------------------------- errors: one line each
