@@ -28,7 +28,7 @@ def calibration(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> dict[st
     the count-weighted mean gap between accuracy and confidence (Guo et al. 2017, 15 equal bins).
     ``probs`` float (N, K), ``y`` int64 (N,); computed by ``scores.calibration_np``, the one definition the
     run and its export share."""
-    return calibration_np(probs.detach().float().cpu().numpy(), y.detach().cpu().numpy(), bins)
+    return calibration_np(probs.detach().cpu().numpy(), y.detach().cpu().numpy(), bins)  # float64 stays float64
 
 
 def metrics_from_logits(logits: torch.Tensor, y: torch.Tensor, classes: list[str]) -> dict[str, Any]:
