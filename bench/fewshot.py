@@ -47,6 +47,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -204,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--row-flags", action="append", default=[], metavar="[DATASET:]ROW=FLAGS",
                     help="flags for one row's runs, after the row's own and instead of --budget/--epochs when they "
                          "set a length (repeatable), e.g. 'cifar10:finetuned=--imgsz 128 --epochs 3'")
+    ap.add_argument("--row-draws", action="append", default=[], metavar="[DATASET:]ROW=N",
+                    help="draws for one row instead of --draws (repeatable), e.g. 'tutorial=1': the tutorial row "
+                         "trains on the whole training set, so its draws differ only in the seed")
     ap.add_argument("--continue", dest="resume", action="store_true",
                     help="reuse the runs already in OUT/fewshot.runs.jsonl (every finished run is appended there) "
                          "whose command is the same: a long benchmark can stop and go on")
@@ -214,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true",
                     help="a check that everything runs: 5 per class, 2 draws, scratch on Fashion-MNIST, 1 epoch")
     a = ap.parse_args(argv)
+    a.command = " ".join(["python3 bench/fewshot.py", *map(shlex.quote, sys.argv[1:] if argv is None else argv)])
     if a.quick:
         a.per_class, a.epochs = 5, 1
         if "--draws" not in (argv or sys.argv):
@@ -244,6 +249,7 @@ def _run(a: argparse.Namespace) -> int:
         raise MinivisionError("--draws and --per-class must be at least 1")
     length = ["--epochs", str(a.epochs)] if a.epochs else ["--budget", a.budget]
     extra = _row_flags(a.row_flags, datasets, rows)
+    draws = _row_draws(a.row_draws, datasets, rows)
     has_pretrained = cli_has("--pretrained")
     a.out.mkdir(parents=True, exist_ok=True)
     log = a.out / "fewshot.runs.jsonl"
@@ -275,7 +281,7 @@ def _run(a: argparse.Namespace) -> int:
                         continue
                     flags = []
                 runs = []
-                for k in range(a.draws):
+                for k in range(draws.get((name, row), a.draws)):
                     where = tmp / f"{name}-{row}-{k}"
                     if row == "tutorial":
                         data = Path(name)  # the named dataset, whole
@@ -309,8 +315,6 @@ def _run(a: argparse.Namespace) -> int:
 def _row_flags(given: list[str], datasets: list[str], rows: list[str]) -> dict[tuple[str, str], list[str]]:
     """``--row-flags [DATASET:]ROW=FLAGS`` values -> {(dataset, row): flags}; raises MinivisionError on an
     unknown dataset or row."""
-    import shlex
-
     out: dict[tuple[str, str], list[str]] = {}
     for item in given:
         key, sep, flags = item.partition("=")
@@ -320,6 +324,21 @@ def _row_flags(given: list[str], datasets: list[str], rows: list[str]) -> dict[t
         _check_names(row, ROWS, "row")
         for name in _check_names(data, DATASETS, "dataset") if data else datasets:
             out[name, row] = shlex.split(flags)
+    return out
+
+
+def _row_draws(given: list[str], datasets: list[str], rows: list[str]) -> dict[tuple[str, str], int]:
+    """``--row-draws [DATASET:]ROW=N`` values -> {(dataset, row): N}; raises MinivisionError on an unknown
+    dataset or row or an N below 1."""
+    out: dict[tuple[str, str], int] = {}
+    for item in given:
+        key, sep, n = item.partition("=")
+        if not sep or not n.strip().isdigit() or int(n) < 1:
+            raise MinivisionError(f"--row-draws {item!r}: expected [DATASET:]ROW=N with N at least 1")
+        data, _, row = key.rpartition(":")
+        _check_names(row, ROWS, "row")
+        for name in _check_names(data, DATASETS, "dataset") if data else datasets:
+            out[name, row] = int(n)
     return out
 
 
@@ -360,7 +379,7 @@ def _write(results: list[dict], a: argparse.Namespace, length: list[str]) -> Non
     date = dt.date.today().isoformat()
     lines = [f"Measured {date} on {cpu_name()}, {os.cpu_count()} cores, "
              f"torch {torch.__version__}, Python {platform.python_version()}. Command: "
-             f"`python3 bench/fewshot.py{' --quick' if a.quick else ''}` ({a.draws} draws of {a.per_class} "
+             f"`{a.command}` ({a.draws} draws (unless the row says fewer) of {a.per_class} "
              f"training pictures per class; {' '.join(length)} per run unless the row's flags set a length; test "
              "accuracy on the whole test set; seconds for the whole command, timed from outside; load: the "
              f"1-minute load average at each run's start and end, averaged: above {os.cpu_count()} other work "
