@@ -244,11 +244,25 @@ def test_unused_opset_imports_are_dropped():
     onnx.checker.check_model(mp)
 
 
-def test_int8_line_says_which_fp32_size_it_prints(csv_run, tmp_path):
+@pytest.mark.parametrize("fast_int8", [False, True, None])
+def test_int8_line_says_which_fp32_size_it_prints(csv_run, tmp_path, monkeypatch, fast_int8):
+    monkeypatch.setattr(ex, "int8_dot_product", lambda: fast_int8)
     lines: list[str] = []
     info = ex.export_run(csv_run, int8=True, out=tmp_path / "q.onnx", log=lines.append)
     line = next(m for m in lines if m.startswith("parity (ONNX int8"))
     assert f"{info['bytes']:,} bytes (the fp32 graph it was quantized from {info['fp32_bytes']:,}" in line
+    # a CPU without int8 dot-product instructions is told not to expect a speed-up; others hear nothing
+    notes = [m for m in lines if "no int8 dot-product instructions" in m]
+    assert len(notes) == (1 if fast_int8 is False else 0)
+
+
+def test_int8_dot_product_reads_the_cpu_flags(monkeypatch):
+    from minivision import runfiles
+
+    for flags, want in [(["avx2", "fma"], False), (["avx2", "avx512_vnni"], True), (["avx_vnni"], True),
+                        (["amx_int8", "amx_tile"], True), (None, None)]:
+        monkeypatch.setattr(runfiles, "cpu_info", lambda flags=flags: ("CPU", flags))
+        assert runfiles.int8_dot_product() is want
 
 
 def test_int8_that_loses_accuracy_is_refused(csv_run, tmp_path, monkeypatch):

@@ -53,7 +53,7 @@ from torch import nn
 from . import __version__
 from .errors import MinivisionError
 from .fileio import atomic_path, write_json
-from .runfiles import LoadedModel, load_model
+from .runfiles import LoadedModel, int8_dot_product, load_model
 
 FORMATS = ("onnx", "torchscript")
 EXPORT_FORMAT = "minivision-onnx"  # the metadata's ``format`` (TorchScript files say minivision-torchscript)
@@ -609,6 +609,9 @@ def _write_checked(lm: LoadedModel, fmt: str, int8: bool, path: Path, what: str,
                     log(parity_line(parity, "ONNX int8") + f"; {tmp.stat().st_size:,} bytes (the fp32 graph it was "
                         f"quantized from {extra['fp32_bytes']:,}; an fp32 export's file differs by its metadata)")
                     _check_int8(parity, path)
+                    if int8_dot_product() is False:
+                        log("note: this CPU has no int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX): "
+                            "expect the int8 file to be smaller than the fp32 one here, not faster")
         info = {**meta, "parity": parity, **extra, "file": path.name, "bytes": tmp.stat().st_size,
                 "sha256": sha256_file(tmp)}
     return info

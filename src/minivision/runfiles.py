@@ -35,6 +35,30 @@ def versions() -> dict[str, str]:
 
 # the CPU features that decide convolution speed here: AVX2 (fp32), AVX-512, and bf16 / AMX (bf16 autocast)
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+# x86 instructions that make int8 matrix products fast (onnxruntime's and oneDNN's int8 kernels use them):
+# AVX-512 VNNI, AVX-VNNI (the 256-bit form) and AMX's int8 tiles. Without one, int8 runs through AVX2's
+# 16-bit multiply-adds and is seldom faster than fp32: measured on an AVX2-only AMD EPYC, the int8 export of
+# mvnet-t ran at 0.68x and of mvnet at 0.93x the fp32 export's throughput (docs/BENCHMARKS.md, "Export").
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_info() -> tuple[str, list[str] | None]:
+    """(the CPU's model name, its feature flags) from /proc/cpuinfo; the flags are None where the file or
+    its x86 ``flags`` line is missing (not Linux, or an ARM CPU), the name then ``platform.processor()``."""
+    cpu, flags = platform.processor() or platform.machine(), None
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return cpu, None
+    names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), None)
+    return (names[0] if names else cpu), flags
+
+
+def int8_dot_product() -> bool | None:
+    """True when this x86 CPU has one of ``INT8_FLAGS``, False when it has none, None when unknown."""
+    flags = cpu_info()[1]
+    return None if flags is None else any(f in flags for f in INT8_FLAGS)
 
 
 def hardware(device: torch.device | None = None) -> dict[str, Any]:
@@ -43,15 +67,8 @@ def hardware(device: torch.device | None = None) -> dict[str, Any]:
     ``threads`` (torch intra-op threads), ``os``, and ``gpu`` (the CUDA device's name) when ``device`` is CUDA."""
     import os
 
-    cpu, flags = platform.processor() or platform.machine(), []
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        names = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")]
-        have = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-        cpu = names[0] if names else cpu
-        flags = [f for f in CPU_FLAGS if f in have]
-    except OSError:
-        pass
+    cpu, have = cpu_info()
+    flags = [f for f in CPU_FLAGS if f in (have or [])]
     out: dict[str, Any] = {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(),
                            "threads": torch.get_num_threads(), "os": platform.platform(terse=True)}
     if device is not None and device.type == "cuda":
@@ -237,11 +254,13 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
 # ---------------------------------------------------------------- the settings a run was trained with
 
-def write_args(run_dir: Path, cfg: TrainConfig) -> None:
-    """``run_dir/args.yaml``: every resolved training setting, as ``minivision train`` used it."""
+def write_args(run_dir: Path, cfg: TrainConfig, comment: str | None = None) -> None:
+    """``run_dir/args.yaml``: every resolved training setting, as ``minivision train`` used it; ``comment``
+    (one line, e.g. which validation split was used) is written above them as a YAML comment."""
     import yaml
 
-    write_text(run_dir / "args.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    head = f"# {' '.join(comment.split())}\n" if comment else ""
+    write_text(run_dir / "args.yaml", head + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def read_args(run_dir: Path) -> TrainConfig:
