@@ -162,6 +162,16 @@ class TrainConfig:
                                     fallback="constant")
     label_smoothing: float | None = _setting(None, "label smoothing of the cross-entropy loss", kind=float, lo=0,
                                              hi=1, hi_open=True, recipe=True, fallback=0.0)
+    class_weight: str = _setting("none", "imbalanced classes: balanced weights each class's loss term by "
+                                         "n_samples / (n_classes x its training count) (scikit-learn's rule); "
+                                         "none: every picture counts the same", choices=("none", "balanced"))
+    sampler: str = _setting("shuffle", "the order of an epoch: shuffle (every training picture once) or balanced "
+                                       "(pictures drawn with replacement so every class is equally likely in each "
+                                       "batch; for imbalanced classes)", choices=("shuffle", "balanced"))
+    patience: int | None = _setting(None, "early stopping: end training when the validation loss has not improved "
+                                          "for N epochs, and keep the weights of the epoch with the lowest "
+                                          "validation loss (as Keras' EarlyStopping(restore_best_weights=True)); "
+                                          "with --budget, whichever comes first", kind=int, lo=1, resume=True)
     augment: str | None = _setting(None, 'e.g. "flip,shift=2,rotate=10,zoom=0.1,erase=0.5", '
                                          '"crop=0.35,flip,jitter=0.4,trivial,mixup=0.2,cutmix=1", or "none"',
                                    recipe=True, fallback="")
@@ -290,6 +300,9 @@ def validate(cfg: TrainConfig) -> None:
     check_settings({k: v for k, v in cfg.to_dict().items()})
     if cfg.epochs is None and cfg.steps is None:
         raise MinivisionError("give --epochs or --steps")
+    if cfg.class_weight == "balanced" and cfg.sampler == "balanced":
+        raise MinivisionError(f"give {named('class_weight', 'balanced')} or {named('sampler', 'balanced')}, not "
+                              "both: each corrects the imbalance on its own, together they over-correct")
     for name in GLOBAL_DEFAULTS:
         if getattr(cfg, name) is None and SETTINGS[name].group is None:
             raise MinivisionError(f"{SETTINGS[name].option} is not set")

@@ -164,7 +164,7 @@ def only_present(metrics: dict[str, Any], match: ClassMatch | None, classes: lis
     out = dict(metrics, classes=rows, classes_scored=names,
                per_class={k: v for k, v in metrics["per_class"].items() if k in names})
     if rows:
-        out["macro_f1"] = macro_average(rows)["f1"]
+        out["macro_f1"], out["balanced_accuracy"] = macro_average(rows)["f1"], macro_average(rows)["recall"]
     return out
 
 
@@ -260,6 +260,8 @@ def evaluate_split(lm: LoadedModel, split: Split, *, device: str = "auto", preci
 def format_metrics(m: dict[str, Any], classes: list[str], title: str) -> str:
     """A table a person reads: headline, per-class precision/recall/F1, confusion matrix, most confused."""
     head = f"{title}: accuracy {m['accuracy']:.2%}  loss {m['loss']:.4f}  ({m['n']:,} images)"
+    if "balanced_accuracy" in m:  # beside accuracy: on imbalanced data they differ (mean recall, mean F1 per class)
+        head += f"\n  balanced accuracy {m['balanced_accuracy']:.2%}  macro F1 {m['macro_f1']:.2%}"
     if "tta_accuracy" in m:
         head += f"\n  with flip TTA: accuracy {m['tta_accuracy']:.2%}  loss {m['tta_loss']:.4f}"
     width = max(len(c) for c in classes + ["macro average"])

@@ -230,6 +230,61 @@ class Report(Listener):
                          log=trainer.log)
 
 
+class EarlyStopping(Listener):
+    """``train --patience N``: end the run when the validation loss has not improved (fallen below its lowest so
+    far) for ``patience`` epochs in a row, as Keras' ``EarlyStopping(monitor="val_loss", patience=N,
+    restore_best_weights=True)``. The weights kept are those of the epoch with the lowest validation loss (the
+    first of equals): with a patience the trainer's best-epoch rule is that loss (``Trainer.improved``,
+    ``Trainer.finish``), so best.safetensors and model.safetensors hold that epoch's weights.
+
+    Each history row gets ``epochs_since_best`` (0 on a new lowest loss; a column of results.csv), model.json
+    ``early_stopping`` {monitor, patience, best_epoch, best_val_loss, stopped_epoch (None while it has not
+    stopped)}. Its state is read back from the history at ``on_fit_start``, so a resumed run stops where an
+    uninterrupted one does. It must run before ``Checkpoints``: the run's length is cut at the stopping epoch
+    (``set_total_steps``), so the checkpoint saved then is a finished one. With ``--budget``, whichever ends
+    first ends the run. Epochs without a validation loss (no validation split) are not counted."""
+
+    def __init__(self, patience: int) -> None:
+        if patience < 1:
+            raise ValueError(f"patience must be >= 1, got {patience}")
+        self.patience = patience
+        self.best_loss = math.inf
+        self.best_epoch: int | None = None
+        self.wait = 0
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.best_loss, self.best_epoch, self.wait = math.inf, None, 0
+        for row in trainer.history:
+            self._count(row)
+        if trainer.ds.val is None or not len(trainer.ds.val):
+            trainer.log("note: --patience needs a validation split; training runs its full length")
+
+    def _count(self, row: dict[str, Any]) -> None:
+        loss = row.get("val_loss", math.nan)
+        if math.isnan(loss):
+            return
+        if loss < self.best_loss:
+            self.best_loss, self.best_epoch, self.wait = loss, int(row["epoch"]), 0
+        else:
+            self.wait += 1
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
+        self._count(row)
+        if math.isnan(row.get("val_loss", math.nan)):
+            return
+        row["epochs_since_best"] = self.wait
+        stopped = self.wait >= self.patience and trainer.epoch < trainer.epochs
+        record = trainer.meta.get("early_stopping") or {}
+        trainer.meta["early_stopping"] = {
+            "monitor": "val_loss", "patience": self.patience, "best_epoch": self.best_epoch,
+            "best_val_loss": self.best_loss, "stopped_epoch": trainer.epoch if stopped else record.get("stopped_epoch")}
+        if stopped:
+            trainer.log(f"early stopping after epoch {trainer.epoch}: the validation loss has not improved for "
+                        f"{self.wait} epochs (lowest {self.best_loss:.4f} at epoch {self.best_epoch}, whose weights "
+                        f"are kept)")
+            trainer.set_total_steps(trainer.step)  # ends the loop here; the checkpoint saved next is a finished one
+
+
 class BudgetPlanner(Listener):
     """``--budget``: re-plans ``trainer.total_steps`` so the run ends on time (see ``budget.Planner``):
     after the first timed steps, at half, three quarters and nine tenths of the plan, and at every epoch

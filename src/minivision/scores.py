@@ -261,7 +261,7 @@ def per_class_metrics(confusion: Any, classes: list[str]) -> list[dict[str, Any]
 
 
 def macro_average(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The unweighted mean over classes that have test images."""
+    """The unweighted mean over classes that have test images (its recall is the balanced accuracy)."""
     present = [r for r in rows if r["support"]] or rows
     return {"class": "macro average", **{k: sum(r[k] for r in present) / len(present)
                                          for k in ("precision", "recall", "f1")},
@@ -301,10 +301,17 @@ def calibration_np(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> dict[str
 
 
 def metrics_np(logits: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """``metrics.metrics_from_logits`` on numpy arrays: float logits (N, K), int64 labels (N,)."""
+    """``metrics.metrics_from_logits`` on numpy arrays: float logits (N, K), int64 labels (N,).
+
+    Besides accuracy (the share right, float32 as torch computes it): ``balanced_accuracy``, the mean of the
+    per-class recalls over the classes that have images (scikit-learn's ``balanced_accuracy_score``, Brodersen et
+    al. 2010), and ``macro_f1``, the unweighted mean of the per-class F1 over the same classes (scikit-learn's
+    ``f1_score(average="macro")`` when every class has images), both float64 fractions 0-1: on imbalanced test data
+    they weigh every class the same where accuracy weighs every picture."""
     k = len(classes)
     if len(y) == 0:
-        return {"accuracy": math.nan, "loss": math.nan, "n": 0, "per_class": {c: math.nan for c in classes},
+        return {"accuracy": math.nan, "balanced_accuracy": math.nan, "macro_f1": math.nan, "loss": math.nan, "n": 0,
+                "per_class": {c: math.nan for c in classes},
                 "confusion": [[0] * k for _ in range(k)], "classes": per_class_metrics(np.zeros((k, k)), classes),
                 "most_confused": [], "ece": math.nan, "calibration": {"ece": math.nan, "bins": []}}
     logits = np.asarray(logits, dtype=np.float32)
@@ -312,18 +319,20 @@ def metrics_np(logits: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[st
     confusion = np.bincount(y * k + pred, minlength=k * k).reshape(k, k)
     support = confusion.sum(1)
     rows = per_class_metrics(confusion, classes)
+    macro = macro_average(rows)
     z = logits - logits.max(1, keepdims=True)
     log_probs = z - np.log(np.exp(z).sum(1, keepdims=True))  # float32
     calib = calibration_np(softmax(logits), y)
     return {
         "accuracy": float((pred == y).astype(np.float32).mean()),  # float32, as torch computes it
+        "balanced_accuracy": macro["recall"],  # the mean recall over the classes with images
         "loss": float(-log_probs[np.arange(len(y)), y].mean()),
         "n": int(len(y)),
         "per_class": {name: (float(np.float32(confusion[i, i]) / np.float32(support[i])) if support[i] else math.nan)
                       for i, name in enumerate(classes)},
         "confusion": confusion.tolist(),
         "classes": rows,
-        "macro_f1": macro_average(rows)["f1"],
+        "macro_f1": macro["f1"],
         "most_confused": most_confused(confusion, classes),
         "ece": calib["ece"],
         "calibration": calib,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from . import finetune
+from . import finetune, imbalance
 from .budget import LADDER, EpochLines, Plan, Planner, default_budget, format_duration, plan_budget, small_data_batches
 from .config import TrainConfig, named, resolve
 from .data import load_dataset
@@ -40,6 +40,7 @@ from .inference import cpu_supports_bf16, loss_and_accuracy, pick_device, pick_p
 from .listeners import (
     BudgetPlanner,
     Checkpoints,
+    EarlyStopping,
     Listener,
     ProgressFile,
     Report,
@@ -200,6 +201,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     for line in dataset_messages(ds):  # notes (a class left out, a split made smaller) and skipped files
         log(line)
     log(ds.describe())
+    if (line := imbalance.describe(cfg.class_weight, cfg.sampler, ds.train.y, ds.classes)) is not None:
+        log(line)
     if ds.num_classes < 2:
         found = f" ({ds.classes[0]!r})" if ds.classes else ""
         raise MinivisionError(f"{ds.name} has {ds.num_classes} class{found}: a classifier needs pictures of at least "
@@ -331,6 +334,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         # built-in listeners first (the checkpoint records what they did), the user's, the planner last (it
         # measures what the others cost at an epoch's end)
         built_in: list[Listener] = [Checkpoints(), ResultsFiles(), ProgressFile(), Report()]
+        if cfg.patience is not None:  # first: its history column and its stop are in what the others save
+            built_in.insert(0, EarlyStopping(cfg.patience))
         if cfg.tensorboard:
             built_in.append(TensorBoard(run_dir))  # after Report: it logs the report's pictures
         trainer = Trainer(cfg, ds, model, pre, optimizer, device, precision, run_dir, meta, history, log,
@@ -729,6 +734,7 @@ class Trainer:
         self.augment = Augment.parse(cfg.augment)
         self.x = ds.train.x.to(device)
         self.y = ds.train.y.to(device)
+        self.class_weight = imbalance.loss_weights(cfg.class_weight, ds.train.y, ds.num_classes, device)
         n, bs = len(self.y), cfg.batch_size
         if n == 0:
             raise MinivisionError("the training split is empty")
@@ -887,7 +893,8 @@ class Trainer:
                     self._enter_phase(self.phase_of(e))
                 if self.phases:
                     finetune.train_mode(self.model)
-                perm = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(_epoch_seed(cfg.seed, e, 0)))
+                perm = imbalance.epoch_order(cfg.sampler, self.ds.train.y, self.ds.num_classes,
+                                             torch.Generator().manual_seed(_epoch_seed(cfg.seed, e, 0)))
                 perm = perm.to(self.device)
                 self.aug_gen = torch.Generator(device=self.device).manual_seed(_epoch_seed(cfg.seed, e, 1))
                 torch.manual_seed(_epoch_seed(cfg.seed, e, 2))
@@ -938,7 +945,8 @@ class Trainer:
                     group["lr"] = lr * group.get("lr_scale", 1.0)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=autocast):
                     logits = self._forward(xb, idx)
-                loss = F.cross_entropy(logits.float(), target, label_smoothing=cfg.label_smoothing)
+                loss = F.cross_entropy(logits.float(), target, weight=self.class_weight,
+                                       label_smoothing=cfg.label_smoothing)
                 if not torch.isfinite(loss):
                     raise TrainingFailed(f"training failed at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}: "
                                          f"the loss became {loss.item()}: {self._lr_hint()}")
@@ -947,8 +955,8 @@ class Trainer:
                 self.opt.step()
                 with torch.no_grad():
                     # history records the plain cross-entropy, comparable with the validation loss
-                    plain = loss.detach() if not cfg.label_smoothing else F.cross_entropy(logits.detach().float(),
-                                                                                          target)
+                    plain = loss.detach() if not cfg.label_smoothing and self.class_weight is None \
+                        else F.cross_entropy(logits.detach().float(), target)
                     right = (logits.argmax(1) == yb).sum()
                     self.sums += torch.stack([plain.double() * len(yb), right.double(),
                                              torch.tensor(float(len(yb)), device=self.device, dtype=torch.float64)])
@@ -1036,6 +1044,8 @@ class Trainer:
         tied_loss = min((r["val_loss"] for r in self.history[:-1] if r["val_accuracy"] == self.best_val),
                         default=math.inf)
         self.improved = not no_val and (val_acc > self.best_val or (val_acc == self.best_val and val_loss < tied_loss))
+        if self.cfg.patience is not None:  # early stopping: the best epoch is the lowest validation loss (as Keras)
+            self.improved = not no_val and val_loss < min((r["val_loss"] for r in self.history[:-1]), default=math.inf)
         if self.improved:
             self.best_val = val_acc
         self._emit("on_epoch_end", row)
@@ -1067,7 +1077,8 @@ class Trainer:
             self.scored = ("validation", ds.val, predict_logits(self.model, self.pre, ds.val.x, device=self.device,
                                                                 precision=self.precision))
         best_row = max(self.history, key=lambda r: (-1.0, 0.0) if math.isnan(r["val_accuracy"])
-                       else (r["val_accuracy"], -r["val_loss"]))
+                       else (r["val_accuracy"], -r["val_loss"]) if self.cfg.patience is None
+                       else (-r["val_loss"], -r["epoch"]))  # early stopping: the first lowest validation loss
         metrics = {"epochs": len(self.history), "best_epoch": best_row["epoch"],
                    "val_accuracy": best_row["val_accuracy"], **test,
                    "train_seconds": round(sum(r["seconds"] for r in self.history), 2)}

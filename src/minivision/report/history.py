@@ -14,19 +14,24 @@ COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", 
 #: The last column when the run trained in phases (a fine-tune: "head" = only the new classifier,
 #: "all" = every layer); absent for a run of one phase, so older readers see the same file.
 PHASE = "phase"
+#: A column when the run trained with ``--patience`` (listeners.EarlyStopping): epochs since the lowest
+#: validation loss, 0 on the epoch that set it.
+SINCE_BEST = "epochs_since_best"
 
 
 def write_history(run_dir: Path, history: list[dict], plot: bool = True) -> None:
     """``results.csv`` in ``run_dir``: one row per epoch, ``COLUMNS`` (losses, accuracies as 0-1
-    fractions, lr, seconds), then ``phase`` when any row has one; written atomically. ``plot``:
-    also draw ``results.png``."""
+    fractions, lr, seconds), then ``phase`` and ``epochs_since_best`` when any row has one; written
+    atomically. ``plot``: also draw ``results.png``."""
     phased = any(row.get(PHASE) for row in history)
+    patience = any(SINCE_BEST in row for row in history)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COLUMNS + ((PHASE,) if phased else ()))
+    w.writerow(COLUMNS + ((PHASE,) if phased else ()) + ((SINCE_BEST,) if patience else ()))
     for row in history:
         w.writerow([row["epoch"]] + [repr(float(row[c])) for c in COLUMNS[1:]]
-                   + ([str(row.get(PHASE) or "")] if phased else []))
+                   + ([str(row.get(PHASE) or "")] if phased else [])
+                   + ([str(row.get(SINCE_BEST, ""))] if patience else []))
     write_text(run_dir / "results.csv", buf.getvalue())
     if plot:
         plot_history(history, run_dir / "results.png")
@@ -39,7 +44,8 @@ def read_history(path: Path) -> list[dict]:
         with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         return [{"epoch": int(r["epoch"]), **{c: float(r[c]) for c in COLUMNS[1:]},
-                 **({PHASE: r[PHASE]} if r.get(PHASE) else {})} for r in rows]
+                 **({PHASE: r[PHASE]} if r.get(PHASE) else {}),
+                 **({SINCE_BEST: int(r[SINCE_BEST])} if r.get(SINCE_BEST) else {})} for r in rows]
     except FileNotFoundError:
         raise MinivisionError(f"{path}: file not found") from None
     except (KeyError, ValueError) as e:

@@ -378,6 +378,8 @@ def headline_for(meta: dict[str, Any], metrics: dict[str, Any], split_name: str,
     """The big numbers at the top of report.html. The ECE is that of the scores shown: after temperature
     scaling when ``calibration`` (``calibration_details``) has it, as ``evaluate`` prints it."""
     rows = [(f"{split_name} accuracy", f"{metrics['accuracy']:.2%}")]
+    if metrics.get("balanced_accuracy") is not None:  # beside accuracy: every class counts the same
+        rows.append((f"{split_name} balanced accuracy", f"{metrics['balanced_accuracy']:.2%}"))
     if tta:
         rows.append((f"{split_name} accuracy, flip TTA", f"{tta['accuracy']:.2%}"))
     shown = calibration["after"] if calibration and calibration.get("after") else None
@@ -389,8 +391,17 @@ def headline_for(meta: dict[str, Any], metrics: dict[str, Any], split_name: str,
     if m.get("train_seconds") is not None:
         epochs = m.get("epochs", "?")
         rows.append((f"train time ({epochs} epoch{'' if epochs == 1 else 's'})", f"{m['train_seconds']:.1f} s"))
+    stopping = meta.get("early_stopping") if isinstance(meta.get("early_stopping"), dict) else None
     if m.get("val_accuracy") is not None and not math.isnan(m["val_accuracy"]):
-        rows.append((f"best val accuracy (epoch {m.get('best_epoch', '?')})", f"{m['val_accuracy']:.2%}"))
+        best = "lowest val loss" if stopping else "best val accuracy"
+        rows.append((f"val accuracy, {best} (epoch {m.get('best_epoch', '?')})" if stopping else
+                     f"{best} (epoch {m.get('best_epoch', '?')})", f"{m['val_accuracy']:.2%}"))
+    if stopping:  # train --patience N
+        planned = (meta.get("used") or {}).get("epochs_planned")
+        at = stopping.get("stopped_epoch")
+        rows.append((f"early stopping (patience {stopping.get('patience')})",
+                     f"stopped after epoch {at}" + (f" of {planned}" if planned else "") if at
+                     else "ran its full length"))
     return rows
 
 
