@@ -24,22 +24,33 @@ from .errors import Note as MinivisionNote
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors and "did you mean" for unknown flags."""
+    """argparse with one-line errors and "did you mean" for unknown flags and choices.
+
+    Unknown flags are collected by the top-level parser (argparse hands a subcommand's leftovers up), so
+    ``parse_args`` looks at the subcommand that was used and suggests only its flags; every unknown
+    argument is named, with a suggestion where one is close."""
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        ns, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self._unrecognized(extras, getattr(ns, "command", None))
+        return ns
+
+    def _unrecognized(self, extras: list[str], command: str | None) -> None:
+        parser: argparse.ArgumentParser = self
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+                parser = action.choices[command]
+        names = {s.lstrip("-"): s for a in parser._actions for s in a.option_strings if s.startswith("--")}
+        named = []
+        for arg in extras:
+            flag = arg.split("=", 1)[0]
+            close = (difflib.get_close_matches(flag.lstrip("-"), list(names), n=1)
+                     if flag.startswith("--") and len(flag) > 2 else [])
+            named.append(f"{arg} (did you mean {names[close[0]]}?)" if close else arg)
+        parser.error(f"unrecognized arguments: {' '.join(named)} (see {parser.prog} -h)")
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        if "unrecognized arguments" in message:
-            flags = [s for a in self._actions for s in a.option_strings]
-            for action in self._actions:  # the flags of every subcommand, for `minivision train --epohcs`
-                if isinstance(action, argparse._SubParsersAction):
-                    flags += [s for sub in action.choices.values() for a in sub._actions for s in a.option_strings]
-            bad = message.split(":", 1)[1].split()
-            hints = []
-            for b in bad:
-                close = difflib.get_close_matches(b.split("=")[0], flags, n=1)
-                if close:
-                    hints.append(f"{b} (did you mean {close[0]}?)")
-            if hints:
-                message = "unrecognized arguments: " + ", ".join(hints)
         m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if m:
             choices = re.findall(r"'([^']*)'", m.group(2))
@@ -281,7 +292,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def _evaluate_run(a: argparse.Namespace):
-    from .evaluate import only_present, scoring_data, split_logits, split_outputs, trust_metrics
+    from .evaluate import only_present, scoring_data, split_logits, split_outputs, trust_metrics, tta_figures, tta_notes
     from .metrics import metrics_from_logits
     from .runfiles import load_model
 
@@ -295,11 +306,10 @@ def _evaluate_run(a: argparse.Namespace):
     metrics.update(trust_metrics(lm, split, logits, device=a.device, features=features))
     tta_logits = None
     if a.tta:
-        if ds.name == "mnist":
-            print("note: flip TTA mirrors the images; a mirrored digit is another digit", file=sys.stderr)
+        for note in tta_notes(lm.meta, ds.name, lm.path):
+            print(f"note: {note}", file=sys.stderr)
         tta_logits = split_logits(lm, split, device=a.device, tta=True)
-        tta = metrics_from_logits(tta_logits, split.y, lm.classes)
-        metrics.update(tta_accuracy=tta["accuracy"], tta_loss=tta["loss"])
+        metrics.update(tta_figures(metrics, metrics_from_logits(tta_logits, split.y, lm.classes)))
     metrics = only_present(metrics, sd.match, lm.classes)
     if a.report:
         from .report.run import report_for_model
@@ -323,6 +333,11 @@ def cmd_predict(a: argparse.Namespace) -> int:
         from .runfiles import load_model
 
     lm = load_model(a.model)
+    if a.tta:
+        from .evaluate import tta_notes
+
+        for note in tta_notes(lm.meta, run_dir=None if is_onnx(a.model) else lm.path):
+            print(f"note: {note}", file=sys.stderr)
     if a.background is not None and lm.preprocess.photo.method != "zalando":
         print(f"note: --background has no effect: this model resizes photos ({lm.preprocess.photo.method}), "
               "it does not trim or negate them", file=sys.stderr)

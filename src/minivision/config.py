@@ -173,7 +173,9 @@ class TrainConfig:
                                           "validation loss (as Keras' EarlyStopping(restore_best_weights=True)); "
                                           "with --budget, whichever comes first", kind=int, lo=1, resume=True)
     augment: str | None = _setting(None, 'e.g. "flip,shift=2,rotate=10,zoom=0.1,erase=0.5", '
-                                         '"crop=0.35,flip,jitter=0.4,trivial,mixup=0.2,cutmix=1", or "none"',
+                                         '"crop=0.35,flip,jitter=0.4,trivial,mixup=0.2,cutmix=1", or "none"; '
+                                         "shift: whole pixels from 1, or below 1 a fraction of the picture's side "
+                                         "(shift=0.1: a tenth of it, as Keras' width_shift_range)",
                                    recipe=True, fallback="")
     normalize: str | None = _setting(None, "unit: x/255 (Keras Rescaling); standard: per-channel mean/std of the "
                                            "training set", choices=NORMALIZE, recipe=True, fallback="unit")

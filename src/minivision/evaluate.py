@@ -253,8 +253,62 @@ def evaluate_split(lm: LoadedModel, split: Split, *, device: str = "auto", preci
     if tta:
         t = metrics_from_logits(split_logits(lm, split, device=device, precision=precision, batch_size=batch_size,
                                              tta=True), split.y, lm.classes)
-        m.update(tta_accuracy=t["accuracy"], tta_loss=t["loss"])
+        m.update(tta_figures(m, t))
     return only_present(m, match, lm.classes)
+
+
+# ----------------------------------------------------------------------------- flip test-time augmentation
+
+#: Datasets a mirror changes (digits): flip TTA scores pictures of other classes there.
+MIRROR_SENSITIVE = ("mnist",)
+MIRRORED_DIGITS_NOTE = "flip TTA mirrors the images; a mirrored digit is another digit"
+NO_FLIPS_NOTE = ("this model was trained without horizontal flips: flip TTA shows it mirrored pictures it never saw "
+                 "in training, which can lower its accuracy")
+
+
+def trained_with_flips(meta: dict[str, Any], run_dir: str | Path | None = None) -> bool | None:
+    """Whether a model's training pictures were mirrored left-right: model.json's ``augment.horizontal_flip``;
+    for a run saved before that record, its args.yaml's ``augment`` (``run_dir``); None when neither says."""
+    record = meta.get("augment")
+    if isinstance(record, dict) and "horizontal_flip" in record:
+        return bool(record["horizontal_flip"])
+    if run_dir is None:
+        return None
+    import yaml  # the spec read here by hand: data.augment imports torch, and readers of an export have none
+
+    try:
+        args = yaml.safe_load((Path(run_dir) / "args.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(args, dict) or "augment" not in args:
+        return None
+    for item in str(args["augment"] or "").replace(" ", "").split(","):
+        name, _, value = item.partition("=")
+        if name == "flip":
+            try:
+                return float(value or 1) > 0
+            except ValueError:
+                return None
+    return False
+
+
+def tta_notes(meta: dict[str, Any], dataset_name: str | None = None, run_dir: str | Path | None = None) -> list[str]:
+    """The notes ``--tta`` gets (one line each): a model trained without horizontal flips
+    (``trained_with_flips``), data that a mirror changes (``MIRROR_SENSITIVE``: digits)."""
+    notes = []
+    if trained_with_flips(meta, run_dir) is False:
+        notes.append(NO_FLIPS_NOTE)
+    name = dataset_name or (meta.get("dataset") or {}).get("name")
+    if str(name).lower() in MIRROR_SENSITIVE:
+        notes.append(MIRRORED_DIGITS_NOTE)
+    return notes
+
+
+def tta_figures(plain: dict[str, Any], tta: dict[str, Any]) -> dict[str, Any]:
+    """The figures flip TTA adds to the plain metrics: ``tta_accuracy``, ``tta_loss`` and ``tta_change``, the
+    accuracy with TTA minus without (a fraction; negative when TTA lowers it)."""
+    return {"tta_accuracy": tta["accuracy"], "tta_loss": tta["loss"],
+            "tta_change": tta["accuracy"] - plain["accuracy"]}
 
 
 def format_metrics(m: dict[str, Any], classes: list[str], title: str) -> str:
@@ -263,7 +317,11 @@ def format_metrics(m: dict[str, Any], classes: list[str], title: str) -> str:
     if "balanced_accuracy" in m:  # beside accuracy: on imbalanced data they differ (mean recall, mean F1 per class)
         head += f"\n  balanced accuracy {m['balanced_accuracy']:.2%}  macro F1 {m['macro_f1']:.2%}"
     if "tta_accuracy" in m:
-        head += f"\n  with flip TTA: accuracy {m['tta_accuracy']:.2%}  loss {m['tta_loss']:.4f}"
+        change = m.get("tta_change", m["tta_accuracy"] - m["accuracy"])
+        head += (f"\n  with flip TTA: accuracy {m['tta_accuracy']:.2%}  loss {m['tta_loss']:.4f}  "
+                 f"({100 * change:+.2f} points against {m['accuracy']:.2%} without)")
+        if change < 0:
+            head += "\n  flip TTA lowers the accuracy of this model on this data: leave --tta off"
     width = max(len(c) for c in classes + ["macro average"])
     lines = [head, "", f"  {'class':<{width}}  precision  recall      F1  support"]
     rows = m.get("classes") or []

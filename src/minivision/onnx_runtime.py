@@ -392,7 +392,7 @@ def evaluate(om: OnnxModel, data: str | None = None, data_dir: str | None = None
     Raises MinivisionError as ``scoring_data`` does, and for a validation split drawn at random (it needs
     PyTorch's generator)."""
     from .data.dataset import numpy_arrays
-    from .evaluate import is_training_data, only_present, scoring_data
+    from .evaluate import is_training_data, only_present, scoring_data, tta_figures
     from .scores import metrics_np, trust_metrics_np
 
     try:
@@ -412,8 +412,7 @@ def evaluate(om: OnnxModel, data: str | None = None, data_dir: str | None = None
     if tta and len(y):
         mirrored, _ = om.outputs(np.ascontiguousarray(x[..., ::-1]))
         mean = (softmax(logits) + softmax(mirrored)) * np.float32(0.5)
-        t = metrics_np(np.log(mean), y, om.classes)
-        metrics.update(tta_accuracy=t["accuracy"], tta_loss=t["loss"])
+        metrics.update(tta_figures(metrics, metrics_np(np.log(mean), y, om.classes)))
     return only_present(metrics, sd.match, om.classes), sd
 
 
@@ -442,6 +441,9 @@ def evaluate_command(a: Any) -> tuple[OnnxModel, Any, dict[str, Any]]:
     metrics, sd = evaluate(om, a.data, a.data_dir, a.test_data, split=a.split, tta=a.tta)
     for note in sd.notes:
         print(f"note: {note}", file=sys.stderr)
-    if a.tta and sd.dataset.name == "mnist":
-        print("note: flip TTA mirrors the images; a mirrored digit is another digit", file=sys.stderr)
+    if a.tta:
+        from .evaluate import tta_notes
+
+        for note in tta_notes(om.meta, sd.dataset.name):
+            print(f"note: {note}", file=sys.stderr)
     return om, sd, metrics

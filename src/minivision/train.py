@@ -32,7 +32,7 @@ from .data import load_dataset
 from .data.augment import Augment
 from .data.dataset import Dataset, Split
 from .data.rules import dataset_messages, skipped_listing
-from .data.split import make_val
+from .data.split import check_own_val, has_own_val, make_val, validation_used
 from .errors import MinivisionError, TrainingFailed
 from .examples import save_examples
 from .fileio import new_run_dir, write_text
@@ -197,6 +197,9 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
 
     ds = dataset if dataset is not None else load_dataset(cfg.data, data_dir=cfg.data_dir, test_data=cfg.test_data,
                                                           imgsz=cfg.imgsz, fit=cfg.resize_mode)
+    if resume is None:  # a --val-split/--val-first given with the data's own val/ folder would do nothing
+        check_own_val(ds, val_split=user_cfg.val_split, val_first=user_cfg.val_first)
+    own_val, validation = has_own_val(ds), validation_used(ds, val_split=cfg.val_split, val_first=cfg.val_first)
     ds = make_val(ds, val_split=cfg.val_split, val_first=cfg.val_first, seed=cfg.seed)
     for line in dataset_messages(ds):  # notes (a class left out, a split made smaller) and skipped files
         log(line)
@@ -299,7 +302,9 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
 
     if run_dir is None:
         run_dir = new_run_dir(cfg.out, cfg.name)
-        write_args(run_dir, cfg)
+        if own_val:  # args.yaml and model.json record the val/ folder used, not a fraction that was not
+            cfg = dataclasses.replace(cfg, val_split=None, val_first=None)
+        write_args(run_dir, cfg, comment=f"validation: {validation}")
         if ds.skipped:
             write_text(run_dir / "skipped.txt", skipped_listing(ds))
     with _failure_recorded(run_dir):
@@ -314,7 +319,10 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
             "parameters": sum(p.numel() for p in model.parameters()),  # as the run's page counts them (exports)
             "preprocess": pre.to_dict(),
             "dataset": {"data": cfg.data, "data_dir": cfg.data_dir, "test_data": cfg.test_data, "name": ds.name,
-                        "val_split": cfg.val_split, "val_first": cfg.val_first, "seed": cfg.seed},
+                        "val_split": cfg.val_split, "val_first": cfg.val_first, "seed": cfg.seed,
+                        "validation": validation},
+            # what the training pictures went through (flip TTA suits a model trained with horizontal flips only)
+            "augment": Augment.parse("" if start is not None and start.freeze else cfg.augment).record(),
             "versions": versions(),
             # the settings as used, beside args.yaml's as given (device auto -> cpu, precision auto -> fp32)
             "used": {"device": device.type, "precision": precision, "batch_size": cfg.batch_size,

@@ -42,7 +42,8 @@ from ..errors import MinivisionError
 AUGMENTS: dict[str, tuple[float, float, float, str]] = {
     "flip": (0.5, 0.0, 1.0, "probability of a horizontal flip"),
     "vflip": (0.5, 0.0, 1.0, "probability of a vertical flip"),
-    "shift": (2, 0, 16, "largest shift in pixels, each axis (zero padding)"),
+    "shift": (2, 0, 16, "largest shift on each axis (zero padding): whole pixels from 1, or below 1 a fraction "
+                        "of the picture's side (0.1 = 10%, as Keras' width_shift_range)"),
     "rotate": (10, 0, 180, "largest rotation in degrees"),
     "zoom": (0.1, 0.0, 0.9, "largest relative zoom in or out"),
     "erase": (0.5, 0.0, 1.0, "probability of erasing a random rectangle"),
@@ -54,6 +55,9 @@ AUGMENTS: dict[str, tuple[float, float, float, str]] = {
     "mixup": (0.2, 0.0, 4.0, "mixup alpha (Beta(alpha, alpha) mixing weight; 0 = off)"),
     "cutmix": (1.0, 0.0, 4.0, "cutmix alpha (Beta(alpha, alpha) area kept; 0 = off)"),
 }
+
+#: The largest shift given as a fraction of the picture's side (``shift=0.5``: half the picture).
+MAX_SHIFT_FRACTION = 0.5
 
 #: Random resized crop's aspect-ratio range (Szegedy et al. 2015, "Going deeper with convolutions", as
 #: torchvision's and timm's ``RandomResizedCrop`` use it).
@@ -79,7 +83,7 @@ class Augment:
 
     flip: float = 0.0
     vflip: float = 0.0
-    shift: int = 0
+    shift: float = 0  # whole pixels (int) from 1, or a fraction of the picture's side below 1 (``shift_pixels``)
     rotate: float = 0.0
     zoom: float = 0.0
     erase: float = 0.0
@@ -93,7 +97,12 @@ class Augment:
     def parse(cls, spec: str | None) -> Augment:
         """A spec string (``"flip,shift=2"``; ``""``, ``"none"`` or None: nothing) -> Augment.
         Raises MinivisionError for an unknown name (with a "did you mean"), a value that is not a number
-        or one outside its bounds (``AUGMENTS``)."""
+        or one outside its bounds (``AUGMENTS``), and a shift that is neither whole pixels nor a fraction
+        of the picture's side (``shift=2.5``).
+
+        ``shift`` follows Keras' ``width_shift_range``/``height_shift_range``: a value below 1 is a fraction of
+        the picture's side, 1 and above are pixels. Shifts move whole pixels here, so pixels must be whole;
+        a fraction is rounded to whole pixels per side (``shift_pixels``)."""
         values: dict[str, float] = {}
         for item in (spec or "").replace(" ", "").split(","):
             if not item or item == "none":
@@ -110,7 +119,9 @@ class Augment:
                 raise MinivisionError(f"augmentation {name}={raw!r} is not a number") from None
             if not lo <= value <= hi:
                 raise MinivisionError(f"augmentation {name}={raw} out of range [{lo:g}, {hi:g}]")
-            values[name] = int(value) if name == "shift" else value
+            if name == "shift":
+                value = _shift_value(raw, value)
+            values[name] = value
         return cls(**values)
 
     def __bool__(self) -> bool:
@@ -123,6 +134,18 @@ class Augment:
 
     def spec(self) -> str:
         return ",".join(f"{k}={getattr(self, k):g}" for k in AUGMENTS if getattr(self, k))
+
+    def shift_pixels(self, height: int, width: int) -> tuple[int, int]:
+        """The largest shift in whole pixels on each axis (rows, columns) for pictures of ``height`` x
+        ``width``: ``shift`` itself when it is pixels, else round(fraction x side)."""
+        if not self.shift or self.shift >= 1:
+            return int(self.shift), int(self.shift)
+        return round(self.shift * height), round(self.shift * width)
+
+    def record(self) -> dict:
+        """What model.json's ``augment`` says of a run's training pictures: ``spec`` (canonical, "" for none)
+        and ``horizontal_flip`` (whether pictures were mirrored left-right: flip TTA suits only then)."""
+        return {"spec": self.spec(), "horizontal_flip": bool(self.flip)}
 
     def __call__(self, x: torch.Tensor, g: torch.Generator, pre: Normalisation | None = None) -> torch.Tensor:
         """Augment a float batch (N, C, H, W) on any device; same shape and dtype back.
@@ -145,7 +168,7 @@ class Augment:
         if self.rotate or self.zoom:
             x = _affine(x, rand(n), rand(n), self.rotate, self.zoom)
         if self.shift:
-            x = _shift(x, self.shift, rand(n), rand(n))
+            x = _shift(x, *self.shift_pixels(x.shape[2], x.shape[3]), rand(n), rand(n))
         if self.jitter or self.trivial:
             mean, std = _scale(pre, x)
             p = x * std + mean
@@ -368,12 +391,27 @@ def _affine(x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, degrees: float, z
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def _shift(x: torch.Tensor, k: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Translate each image by whole pixels in [-k, k] on each axis, filling with zeros."""
+def _shift_value(raw: str, value: float) -> float:
+    """A parsed ``shift``: whole pixels as an int (1 and above), or a fraction of the side (below 1);
+    MinivisionError for pixels that are not whole and fractions over ``MAX_SHIFT_FRACTION``."""
+    if value >= 1:
+        if value != int(value):
+            raise MinivisionError(f"augmentation shift={raw}: shifts move whole pixels; give whole pixels "
+                                  f"(shift={int(value)}) or a fraction of the picture's side below 1 (shift=0.1 "
+                                  "for 10%)")
+        return int(value)
+    if value > MAX_SHIFT_FRACTION:
+        raise MinivisionError(f"augmentation shift={raw}: a fraction of the picture's side must be at most "
+                              f"{MAX_SHIFT_FRACTION:g} (or give whole pixels, 1 and above)")
+    return value if value else 0
+
+
+def _shift(x: torch.Tensor, kh: int, kw: int, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Translate each image by whole pixels in [-kh, kh] down and [-kw, kw] across, filling with zeros."""
     n, _, h, w = x.shape
-    dy = (u * (2 * k + 1)).long().clamp(max=2 * k)  # offsets into the padded image
-    dx = (v * (2 * k + 1)).long().clamp(max=2 * k)
-    padded = F.pad(x, (k, k, k, k))
+    dy = (u * (2 * kh + 1)).long().clamp(max=2 * kh)  # offsets into the padded image
+    dx = (v * (2 * kw + 1)).long().clamp(max=2 * kw)
+    padded = F.pad(x, (kw, kw, kh, kh))
     rows = (torch.arange(h, device=x.device).view(1, h) + dy.view(n, 1))  # n, h
     cols = (torch.arange(w, device=x.device).view(1, w) + dx.view(n, 1))  # n, w
     idx_n = torch.arange(n, device=x.device).view(n, 1, 1)

@@ -2,14 +2,22 @@
 
 Lookup order for ``locate``: an explicit data folder (argument, else ``$MINIVISION_DATA``), the
 user cache, the Debian package folder (Fashion-MNIST only), and finally a download into the
-explicit folder or the cache. Downloads go to a temporary file in the target folder, are checked
-against the published digest and only then moved into place, so an interrupted or tampered
-download never leaves a file that a later run would trust.
+explicit folder or the cache. An explicit folder that holds part of a dataset is completed by
+download (or named, with the files it lacks, when that fails); one that holds none of it is passed
+over with a note naming the copy used instead. Downloads go to a temporary file in the target
+folder, are checked against the published digest and only then moved into place, so an
+interrupted or tampered download never leaves a file that a later run would trust.
 
-Digests: Fashion-MNIST is checked on its *decompressed* bytes because distributions (Debian)
-re-compress the files; MNIST and CIFAR-10 against the published MD5 of the archive as
-downloaded. Files are verified on every load: hashing is ~0.1 s for all of Fashion-MNIST, cheap
-next to decompression, and it catches a corrupted cache the run it happens.
+The files of an IDX dataset (MNIST, Fashion-MNIST) are found in the forms people have them: as
+published (``train-images-idx3-ubyte.gz``), decompressed (``train-images-idx3-ubyte``), and with the
+dotted name some copies use (``train-images.idx3-ubyte``, Kaggle's MNIST), compressed or not.
+
+Digests: each IDX file has the sha256 of its *decompressed* bytes, which holds for every copy
+(distributions such as Debian re-compress the files, and a decompressed copy has no archive to
+check); MNIST's files keep their published MD5 too, checked on a file exactly as published.
+CIFAR-10 is checked against the published MD5 of the archive as downloaded. Files are verified
+on every load: hashing is ~0.1 s for all of Fashion-MNIST, cheap next to decompression, and it
+catches a corrupted cache the run it happens.
 """
 
 from __future__ import annotations
@@ -20,12 +28,13 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from minivision.data import cifar, idx
 from minivision.data.dataset import Dataset, Split
-from minivision.errors import DataError
+from minivision.errors import DataError, Note
 from minivision.fileio import atomic_path
 
 DOWNLOAD_TIMEOUT_S = 30.0
@@ -74,13 +83,19 @@ SOURCES: dict[str, Source] = {
         classes=FASHION_CLASSES,
         apt_package="dataset-fashion-mnist",
     ),
+    # MD5: as published (torchvision's MNIST resources); sha256 of the decompressed files (47,040,016, 60,008,
+    # 7,840,016 and 10,008 bytes), as recorded for the same files in several public projects' checksum lists
     "mnist": Source(
         name="mnist",
         files=(
-            RemoteFile("train-images-idx3-ubyte.gz", md5="f68b3c2dcbeaaa9fbdd348bbdeb94873"),
-            RemoteFile("train-labels-idx1-ubyte.gz", md5="d53e105ee54ea40749a09fcbcd1e9432"),
-            RemoteFile("t10k-images-idx3-ubyte.gz", md5="9fb629c4189551a2d022fa330f9573f3"),
-            RemoteFile("t10k-labels-idx1-ubyte.gz", md5="ec29112dd5afa0611ce80d1b7f02629c"),
+            RemoteFile("train-images-idx3-ubyte.gz", md5="f68b3c2dcbeaaa9fbdd348bbdeb94873",
+                       sha256="ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+            RemoteFile("train-labels-idx1-ubyte.gz", md5="d53e105ee54ea40749a09fcbcd1e9432",
+                       sha256="65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+            RemoteFile("t10k-images-idx3-ubyte.gz", md5="9fb629c4189551a2d022fa330f9573f3",
+                       sha256="0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+            RemoteFile("t10k-labels-idx1-ubyte.gz", md5="ec29112dd5afa0611ce80d1b7f02629c",
+                       sha256="ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
         ),
         mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
                  "https://storage.googleapis.com/cvdf-datasets/mnist/"),
@@ -139,13 +154,23 @@ def _debian_dirs(source: Source) -> list[Path]:
     return [Path(line).parent for line in listing.splitlines() if line.endswith(first)]
 
 
+def local_names(remote: RemoteFile) -> list[str]:
+    """The names a copy of a published file may have, in the order they are looked for: as published,
+    then, for a file with a digest of its decompressed bytes (``sha256``), decompressed and with the
+    dotted IDX name (``train-images.idx3-ubyte``, as Kaggle's MNIST has it), each with or without .gz."""
+    names = [remote.name]
+    if remote.sha256 and remote.name.endswith(".gz"):
+        plain = remote.name[:-3]
+        dotted = plain.replace("-idx", ".idx", 1)
+        names += [n for n in (plain, dotted, dotted + ".gz") if n not in names]
+    return names
+
+
 def _find(folder: Path, remote: RemoteFile) -> Path | None:
-    """The copy of a published file in a folder: as published, or decompressed (sha256 sources)."""
-    exact = folder / remote.name
-    if exact.is_file():
-        return exact
-    if remote.sha256 and remote.name.endswith(".gz") and (folder / remote.name[:-3]).is_file():
-        return folder / remote.name[:-3]
+    """The copy of a published file in a folder, under any of its ``local_names``, or None."""
+    for name in local_names(remote):
+        if (folder / name).is_file():
+            return folder / name
     return None
 
 
@@ -153,6 +178,16 @@ def _complete(folder: Path, source: Source) -> bool:
     if source.name == "cifar10" and (_find(folder, CIFAR_PYTHON) or cifar.batch_folder(folder)):
         return True
     return all(_find(folder, f) for f in source.files)
+
+
+def _missing(folder: Path, source: Source) -> list[RemoteFile]:
+    """The files of ``source`` that ``folder`` has under none of their ``local_names``."""
+    return [f for f in source.files if _find(folder, f) is None]
+
+
+def _shown(remote: RemoteFile) -> str:
+    """A file as a message names it: ``train-images-idx3-ubyte[.gz]`` where a decompressed copy counts too."""
+    return remote.name[:-3] + "[.gz]" if len(local_names(remote)) > 1 else remote.name
 
 
 def _candidates(source: Source, data_dir: Path | None) -> list[Path]:
@@ -211,9 +246,11 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
 
 
-def _fetch_missing(source: Source, target: Path) -> None:
-    """Download every file of ``source`` missing from ``target``, trying mirrors in order."""
+def _fetch_missing(source: Source, target: Path, given: str | None = None) -> None:
+    """Download every file of ``source`` missing from ``target``, trying mirrors in order. ``given``: how
+    the user named ``target`` (``--data-dir``, ``$MINIVISION_DATA``), None for the cache."""
     mirrors = _mirrors(source)
+    missing = _missing(target, source)
     for remote in source.files:
         if _find(target, remote):
             continue
@@ -229,24 +266,45 @@ def _fetch_missing(source: Source, target: Path) -> None:
             except (OSError, ValueError) as exc:  # URLError, timeouts, HTTP errors are OSErrors
                 reason = f"{url}: {_one_line(exc)}"
         else:
-            raise DataError(_not_found_message(source, target, reason))
+            raise DataError(_not_found_message(source, target, reason, given, missing))
 
 
-def _not_found_message(source: Source, target: Path, reason: str) -> str:
+def _not_found_message(source: Source, target: Path, reason: str, given: str | None = None,
+                       missing: list[RemoteFile] | None = None) -> str:
+    """The one line for a dataset that is neither here nor downloadable: for a folder the user gave
+    (``given``: ``--data-dir`` or ``$MINIVISION_DATA``), that folder and the files it lacks (``missing``,
+    default all); else where it was looked for and how to get it, ``--data-dir`` among the ways."""
+    missing = list(missing) if missing else list(source.files)
     ways = []
-    if source.apt_package:
+    if source.apt_package and given is None:
         ways.append(f"install it with `apt-get install -y {source.apt_package}`")
     mirrors = _mirrors(source)
     base = mirrors[0].rstrip("/") + "/" if mirrors else ""
-    urls = " ".join(base + f.name for f in source.files)
-    ways.append(f"download {urls} into {target}")
-    ways.append("or pass --data-dir")
-    return f"{source.name} not found and download failed ({reason}): {', '.join(ways)}"
+    ways.append(f"download {' '.join(base + f.name for f in missing)} into {target}")
+    if given is None:
+        ways.append("or pass --data-dir")
+        return f"{source.name} not found and download failed ({reason}): {', '.join(ways)}"
+    return (f"{source.name}: {given} {target} lacks {', '.join(_shown(f) for f in missing)}, and the download "
+            f"failed ({reason}): {ways[0]}")
 
 
 def _explicit_dir(data_dir: str | Path | None) -> Path | None:
     explicit = data_dir if data_dir is not None else os.environ.get("MINIVISION_DATA") or None
     return Path(explicit).expanduser() if explicit is not None else None
+
+
+def _given_as(data_dir: str | Path | None) -> str:
+    """How the user named the explicit data folder, for messages."""
+    return "--data-dir" if data_dir is not None else "$MINIVISION_DATA"
+
+
+def _partial(folder: Path, source: Source) -> Path | None:
+    """The explicit folder (or its sub-folder named after the dataset) that holds some but not all of the
+    dataset's files, or None."""
+    for f in (folder, folder / source.name):
+        if any(_find(f, r) for r in source.files) and not _complete(f, source):
+            return f
+    return None
 
 
 def find_local(name: str, data_dir: str | Path | None = None) -> Path | None:
@@ -259,19 +317,31 @@ def find_local(name: str, data_dir: str | Path | None = None) -> Path | None:
 
 
 def locate(name: str, data_dir: str | Path | None = None) -> Path:
-    """The folder holding the files of dataset ``name``, downloading them if no copy is found."""
+    """The folder holding the files of dataset ``name``, downloading them if no copy is found.
+
+    An explicit folder (``data_dir``, else ``$MINIVISION_DATA``) that holds part of the dataset is
+    completed by download into it; one that holds none of it gives way to another local copy (a ``Note``
+    names both when ``data_dir`` was given). Raises DataError (one line) when the files are neither found
+    nor downloadable: for an explicit folder, naming it and the files it lacks."""
     source = get_source(name)
     explicit_dir = _explicit_dir(data_dir)
-    found = find_local(name, data_dir)
+    given = _given_as(data_dir) if explicit_dir is not None else None
+    partial = _partial(explicit_dir, source) if explicit_dir is not None else None
+    found = None
+    if partial is None:
+        found = find_local(name, data_dir)
     if found is not None:
+        if data_dir is not None and found not in (explicit_dir, explicit_dir / source.name):
+            warnings.warn(f"{given} {explicit_dir} holds no {source.name} files; using the copy in {found}", Note,
+                          stacklevel=2)
         return found
-    target = explicit_dir if explicit_dir is not None else user_cache_dir() / "datasets" / source.name
+    target = partial or (explicit_dir if explicit_dir is not None else user_cache_dir() / "datasets" / source.name)
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         reason = f"cannot create {target}: {_one_line(exc)}"
-        raise DataError(_not_found_message(source, target, reason)) from None
-    _fetch_missing(source, target)
+        raise DataError(_not_found_message(source, target, reason, given, _missing(target, source))) from None
+    _fetch_missing(source, target, given)
     return target
 
 

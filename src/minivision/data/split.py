@@ -6,6 +6,11 @@ than half the training images becomes a stratified fraction (``SMALL_DATA_FRACTI
 the data alone so a resumed run makes the same split; a stratified split
 keeps every class's only picture for training; when no class has two pictures there is no
 validation split at all. Each of these adds a one-line note to ``Dataset.notes``.
+
+A source's own validation split (an image folder's ``val/``) is the validation split, whatever the
+settings say: ``check_own_val`` refuses a ``--val-split``/``--val-first`` given with one (they would do
+nothing, and a user who asks to hold out part of ``train/`` should hear that it is not done), and
+``validation_used`` is what the run records instead of a fraction it did not use.
 """
 
 from __future__ import annotations
@@ -45,6 +50,39 @@ def stratified_indices(y: torch.Tensor, fraction: float, seed: int) -> tuple[tor
         val_parts.append(idx[:n_val])
         train_parts.append(idx[n_val:])
     return torch.sort(torch.cat(train_parts)).values, torch.sort(torch.cat(val_parts)).values
+
+
+def has_own_val(ds: Dataset) -> bool:
+    """The dataset brings its own validation split (an image folder's ``val/``), which ``make_val`` keeps."""
+    return ds.val is not None and len(ds.val) > 0
+
+
+def check_own_val(ds: Dataset, *, val_split: float | None, val_first: int | None) -> None:
+    """MinivisionError (one line) when a validation rule was given explicitly (``val_split``/``val_first``
+    not None) for a dataset with its own validation split, which would leave the rule unused."""
+    from ..config import named
+
+    given = [k for k, v in (("val_split", val_split), ("val_first", val_first)) if v is not None]
+    if given and has_own_val(ds):
+        key = given[0]
+        raise MinivisionError(f"{named(key, val_split if key == 'val_split' else val_first)}: {ds.name} has its own "
+                              f"val/ folder ({len(ds.val):,} pictures), which is the validation split; drop "
+                              f"{named(key)}, or move val/ aside to hold out part of train/ instead")
+
+
+def validation_used(ds: Dataset, *, val_split: float | None, val_first: int | None) -> str:
+    """Which validation split a run used, in words (args.yaml's comment, model.json's ``dataset.validation``):
+    the data's own ``val/`` folder, the first N pictures, a stratified fraction, or none. ``ds`` is the
+    dataset as read, before ``make_val``."""
+    if has_own_val(ds):
+        return f"the data's own val/ folder ({len(ds.val):,} pictures); val_split and val_first do not apply"
+    if val_first is not None and val_first <= len(ds.train) * MAX_FIRST_SHARE:
+        return f"the first {val_first:,} training pictures"
+    if val_first is not None:
+        val_split = SMALL_DATA_FRACTION
+    if val_split is not None:
+        return f"a stratified, seeded {val_split:g} of the training pictures"
+    return "none"
 
 
 def make_val(ds: Dataset, *, val_split: float | None, val_first: int | None, seed: int) -> Dataset:
