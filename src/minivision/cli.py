@@ -242,7 +242,12 @@ def _json(obj) -> str:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
+    from . import distributed
     from .config import TrainConfig, config_from, given_settings
+
+    nproc = distributed.processes_wanted(a.nproc, a.resume)
+    if nproc > 1 and not distributed.in_worker():  # start N processes that each run this command
+        return distributed.launch(getattr(a, "argv", sys.argv[1:]), nproc, time.time() - (time.monotonic() - a.started))
     from .train import fit
 
     given = given_settings(a)
@@ -256,6 +261,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         result = fit(config_from(given), started=a.started)
     if result.interrupted:
         return 130
+    if not distributed.current().is_main:  # rank 0 reports
+        return 0
     summary = {"run": str(result.run_dir), **result.test}
     if a.json:
         print(_json(summary))
@@ -581,6 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.started = started
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what train --nproc N runs in each process
     if not args.command:
         parser.print_help()
         return 2

@@ -192,8 +192,19 @@ class TrainConfig:
     name: str = _setting("train", "run folder name (default train; never overwritten: train2, train3, ...)")
     tensorboard: bool = _setting(False, "also write TensorBoard events (scalars per epoch, the report's pictures) "
                                         "to RUN/tensorboard", kind=bool, resume=True)
+    nproc: int = _setting(1, "train in N processes on this machine (data-parallel, PyTorch's elastic launcher; "
+                             "across machines: torchrun ... -m minivision train). --batch-size stays the GLOBAL "
+                             "batch (each process takes its share), so the learning rate is not rescaled; "
+                             "threads per process: the cores / N unless OMP_NUM_THREADS is set",
+                          kind=int, lo=1, hi=256, resume=True, metavar="N")
     extra: dict[str, Any] = field(default_factory=dict, metadata={"setting": {
         "help": "model builder keyword arguments", "kind": dict, "flag": False}})
+    lr_found: dict[str, Any] | None = field(default=None, metadata={"setting": {
+        "help": "how --lr auto found the learning rate (the range test's sweep and suggestion; written by "
+                "training)", "kind": dict, "flag": False}})
+    distributed: dict[str, Any] | None = field(default=None, metadata={"setting": {
+        "help": "a data-parallel run as it trained: world size, global and per-process batch, learning rate "
+                "(written by training)", "kind": dict, "flag": False}})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

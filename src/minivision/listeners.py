@@ -318,7 +318,7 @@ class BudgetPlanner(Listener):
             self._replan(trainer, at_epoch_end=True)
 
     def _replan(self, trainer: Trainer, at_epoch_end: bool = False) -> None:
-        total = self.planner.plan(trainer.step)
+        total = trainer.agree_total_steps(self.planner.plan(trainer.step))  # several processes: the slowest's
         if total is None:
             return
         if at_epoch_end and total - trainer.step < 0.1 * trainer.batches_per_epoch:

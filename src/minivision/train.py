@@ -163,7 +163,12 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     device, precision, tensorboard); without it, ``cfg``'s epochs/steps/tensorboard as before.
     ``listeners``: your own ``listeners.Listener`` objects, called after the built-in ones at every event
     (see ``minivision.listeners`` for the events and the rules; they must not draw random numbers)."""
-    started = clock() if started is None else started
+    from . import distributed
+
+    world = distributed.setup(_device_setting(cfg, resume, resume_changes))
+    if not world.is_main:  # rank 0 speaks and writes; the others train quietly
+        log, progress = _silent, False
+    started = distributed.started_at(clock() if started is None else started)
     state: dict[str, Any] | None = None
     run_dir: Path | None = None
     history: list[dict[str, float]] = []
@@ -171,13 +176,16 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         changes = resume_changes if resume_changes is not None else {
             k: v for k, v in (("epochs", cfg.epochs), ("steps", cfg.steps), ("tensorboard", cfg.tensorboard or None))
             if v is not None}
-        cfg, run_dir, state, history = _prepare_resume(Path(resume), changes, log)
+        cfg, run_dir, state, history = _prepare_resume(Path(resume), changes, log, main=world.is_main)
     augment_from_user = cfg.augment is not None
     user_cfg = cfg
     source: InitSource | None = None
     start_flag = "--init-from"
     if resume is None:
         _check_start_flags(cfg)
+    auto_scratch = False
+    if world.active and resume is None:
+        cfg, auto_scratch = _data_parallel_start(cfg)
     if resume is None and cfg.init_from is not None:
         source = read_init_source(cfg.init_from)
         cfg = _network_of(cfg, source)
@@ -204,6 +212,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     for line in dataset_messages(ds):  # notes (a class left out, a split made smaller) and skipped files
         log(line)
     log(ds.describe())
+    if auto_scratch and len(ds.train.y) <= finetune.SMALL_DATA_MAX:
+        log(f"note: {world.size} processes train from scratch (a pretrained backbone is fine-tuned in one process)")
     if (line := imbalance.describe(cfg.class_weight, cfg.sampler, ds.train.y, ds.classes)) is not None:
         log(line)
     if ds.num_classes < 2:
@@ -227,8 +237,11 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
                 ds = _load_at_working_size(cfg, ds, start, log)
     elif state is not None and state["progress"].get("pretrained"):
         start = finetune.Start.from_record(state["progress"]["pretrained"])
+        if world.active:
+            raise MinivisionError(f"{resume} fine-tunes a pretrained backbone in phases: resume it in one process "
+                                  f"({named('nproc', 1)})")
 
-    device = pick_device(cfg.device)
+    device = distributed.device_of(world, pick_device(cfg.device))
     precision = pick_precision(cfg.precision, device)
     if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
         log("note: this CPU has no native bf16; --precision bf16 will be slow")
@@ -244,6 +257,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         cfg = dataclasses.replace(cfg, augment=dataclasses.replace(Augment.parse(cfg.augment), flip=0.0).spec())
         log(f"note: no flip augmentation for {ds.name} (a mirrored digit is another digit); augment={cfg.augment!r}")
 
+    if world.active:
+        cfg, plan = _data_parallel_settings(cfg, plan, ds, world, device)
     torch.manual_seed(cfg.seed)
     architecture: dict[str, Any] | None = None
     if start is not None and start.backbone is not None and resume is None:
@@ -300,14 +315,17 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
                     f"apply to them (drop --freeze to fine-tune with augmentation)")
     optimizer = make_optimizer(cfg, model)
 
-    if run_dir is None:
+    if run_dir is None and world.is_main:
         run_dir = new_run_dir(cfg.out, cfg.name)
         if own_val:  # args.yaml and model.json record the val/ folder used, not a fraction that was not
             cfg = dataclasses.replace(cfg, val_split=None, val_first=None)
         write_args(run_dir, cfg, comment=f"validation: {validation}")
         if ds.skipped:
             write_text(run_dir / "skipped.txt", skipped_listing(ds))
-    with _failure_recorded(run_dir):
+    if world.active:  # the other ranks learn rank 0's folder (for messages: they write nothing)
+        run_dir = Path(distributed.broadcast_json(str(run_dir) if run_dir is not None else None, device=device))
+    distributed.note_run_dir(run_dir)
+    with _failure_recorded(run_dir) if world.is_main else contextlib.nullcontext():
         log(f"run folder: {run_dir}  (model {cfg.model}, {sum(p.numel() for p in model.parameters()):,} "
             f"parameters, {device.type} {precision})")
 
@@ -330,6 +348,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
                      else cfg.epochs, "started": datetime.now(UTC).isoformat(timespec="seconds"),
                      "hardware": hardware(device)},
         }
+        if world.active:
+            meta["used"]["distributed"] = distributed.record(world, cfg.batch_size, cfg.lr)
         if init is not None:
             meta["init_from"] = init
         if start is not None:
@@ -344,11 +364,11 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         built_in: list[Listener] = [Checkpoints(), ResultsFiles(), ProgressFile(), Report()]
         if cfg.patience is not None:  # first: its history column and its stop are in what the others save
             built_in.insert(0, EarlyStopping(cfg.patience))
-        if cfg.tensorboard:
+        if cfg.tensorboard and world.is_main:
             built_in.append(TensorBoard(run_dir))  # after Report: it logs the report's pictures
         trainer = Trainer(cfg, ds, model, pre, optimizer, device, precision, run_dir, meta, history, log,
                           progress if progress is not None else None, listeners=[*built_in, *(listeners or [])],
-                          phases=start.phases if start is not None else None)
+                          phases=start.phases if start is not None else None, world=world)
         if fine_plan is not None:
             trainer.listeners.append(finetune.Deadline(started + fine_plan.budget_s, fine_plan.end_s, clock))
         if plan is not None:
@@ -362,10 +382,71 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         if state is not None:
             trainer.restore(state)
         interrupted = trainer.run()
+        distributed.teardown()  # no collective after the loop: rank 0 finishes alone
         result = RunResult(run_dir, cfg, trainer.history, model, pre, ds.classes, interrupted=interrupted)
-        if not interrupted:
+        if not interrupted and world.is_main:
             result.test = trainer.finish()
         return result
+
+
+def _silent(msg: str) -> None:
+    """The log of a rank other than 0."""
+
+
+def _device_setting(cfg: TrainConfig, resume: str | Path | None, changes: dict[str, Any] | None) -> str:
+    """The ``--device`` a run trains on, before its settings are read (the process group's backend
+    depends on it): a resume's own unless the resume changes it."""
+    if resume is None:
+        return cfg.device
+    if changes and changes.get("device"):
+        return str(changes["device"])
+    try:
+        return read_args(Path(resume)).device
+    except MinivisionError:
+        return "auto"  # _prepare_resume says what is wrong with the folder
+
+
+def _data_parallel_start(cfg: TrainConfig) -> tuple[TrainConfig, bool]:
+    """Several processes train from scratch or from ``--init-from``: fine-tuning a pretrained backbone runs
+    in phases with frozen layers and cached features, which ``DistributedDataParallel`` does not follow
+    (its gradient hooks are set on the parameters that train when it is built). Returns the config with
+    ``pretrained`` ``none`` and whether that replaced the automatic choice; a pretrained start asked for
+    (``--pretrained``, ``--freeze``, ``$MINIVISION_PRETRAINED``) is a MinivisionError."""
+    given, by = _pretrained_value(cfg)
+    if cfg.freeze or given not in (None, "none"):
+        what = named("freeze") if cfg.freeze else _given(by, str(given))
+        raise MinivisionError(f"{what}: fine-tuning a pretrained backbone runs in one process; drop "
+                              f"{named('nproc')} (or train from scratch with {named('pretrained', 'none')})")
+    return dataclasses.replace(cfg, pretrained="none"), given is None and cfg.init_from is None
+
+
+def _data_parallel_settings(cfg: TrainConfig, plan: Plan | None, ds: Dataset, world: Any,
+                            device: torch.device) -> tuple[TrainConfig, Plan | None]:
+    """The settings every rank trains with. A budget run takes the smallest network any rank picked, with
+    that rank's plan (the slowest rank's: every rank timed its own steps); the Planner then re-plans on the
+    slowest rank too (``Trainer.agree_total_steps``). The global batch must give every rank two pictures;
+    args.yaml records the world (``distributed.record``)."""
+    from . import distributed
+
+    if plan is not None:
+        ladder = [r.model for r in LADDER]
+        mine = ladder.index(cfg.model) if cfg.model in ladder else 0
+        key = distributed.all_reduce(torch.tensor([mine * world.size + world.rank], device=device), "min")
+        agreed = distributed.broadcast_json({"cfg": cfg.to_dict(), "plan": dataclasses.asdict(plan)},
+                                            src=int(key.item()) % world.size, device=device)
+        cfg, plan = TrainConfig.from_dict(agreed["cfg"]), Plan(**agreed["plan"])
+    distributed.check_batch(int(cfg.batch_size), world)
+    if distributed.batches_per_epoch(len(ds.train.y), int(cfg.batch_size), world.size) < 1:
+        raise MinivisionError(f"{len(ds.train.y)} training pictures are too few for {world.size} processes "
+                              f"(at least {2 * world.size})")
+    return dataclasses.replace(cfg, nproc=world.local_size,
+                               distributed=distributed.record(world, int(cfg.batch_size), float(cfg.lr))), plan
+
+
+def _rank_seed(seed: int, epoch: int, step: int, rank: int, stream: int) -> int:
+    """Seed of rank ``rank``'s random stream ``stream`` at step ``step`` of ``epoch`` (several processes):
+    a function of where training is, so a checkpoint needs no rank's generator state to resume."""
+    return (_epoch_seed(seed, epoch, stream) * 1_000_033 + step * 8_191 + rank * 131 + 1) % (2**63 - 1)
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
@@ -662,8 +743,9 @@ def _absolute_paths(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, **fix)
 
 
-def _prepare_resume(path: Path, changes: dict[str, Any], log: Callable[[str], None]):
-    """Resume an interrupted run in place, or extend a finished one into a new run folder.
+def _prepare_resume(path: Path, changes: dict[str, Any], log: Callable[[str], None], main: bool = True):
+    """Resume an interrupted run in place, or extend a finished one into a new run folder (made by rank 0:
+    ``main``; the others get None and learn it from rank 0).
 
     ``changes``: settings the user gave with ``--resume`` (checked by ``config.resume_changes``); each is
     honoured or refused with a one-line error, never ignored."""
@@ -681,7 +763,7 @@ def _prepare_resume(path: Path, changes: dict[str, Any], log: Callable[[str], No
     cfg = read_args(path)
     # a flag repeating the run's own setting changes nothing; any other must be one a resume can honour
     changes = resume_changes({k: v for k, v in changes.items() if getattr(cfg, k) != v})
-    honoured = {k: v for k, v in changes.items() if k in ("device", "precision", "tensorboard")}
+    honoured = {k: v for k, v in changes.items() if k in ("device", "precision", "tensorboard", "nproc")}
     if honoured:
         cfg = dataclasses.replace(cfg, **honoured)
         log("resume with " + ", ".join(f"{k}={v}" for k, v in honoured.items()))
@@ -707,8 +789,9 @@ def _prepare_resume(path: Path, changes: dict[str, Any], log: Callable[[str], No
                               f"--epochs N (N > {counted}{'' if what == 'epoch(s)' else ': ' + what + ' in all'})")
     # a run planned by steps or a budget continues by epochs from here
     cfg = dataclasses.replace(cfg, epochs=changes["epochs"], steps=None, budget=None)
-    run_dir = new_run_dir(path.parent, path.name)
-    write_args(run_dir, cfg)
+    run_dir = new_run_dir(path.parent, path.name) if main else None
+    if run_dir is not None:
+        write_args(run_dir, cfg)
     progress["finished"] = False
     if what == "epoch(s)":
         log(f"extending {path} from {done} to {cfg.epochs} epochs in {run_dir}")
@@ -729,9 +812,21 @@ class Trainer:
     ``batches_per_epoch``, ``improved`` (this epoch set a new best), ``interrupted``, ``scored``."""
 
     def __init__(self, cfg, ds, model, pre, optimizer, device, precision, run_dir, meta, history, log, progress,
-                 listeners: list[Listener] | None = None, phases: list[finetune.Phase] | None = None):
+                 listeners: list[Listener] | None = None, phases: list[finetune.Phase] | None = None,
+                 world: Any = None):
         """``phases`` (a fine-tune, ``finetune.phases``): the run's epochs in phases, each with its own
-        frozen layers, optimizer, peak rate and schedule; phase "head" trains on cached features."""
+        frozen layers, optimizer, peak rate and schedule; phase "head" trains on cached features.
+        ``world`` (``distributed.World``, several processes): this rank trains its share of every global batch
+        through ``DistributedDataParallel`` (``net``); ``model`` stays the plain network listeners read."""
+        from . import distributed
+
+        self.world = world if world is not None else distributed.World()
+        self.net: nn.Module = model
+        if self.world.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        self._agreed_stop: str | None = None  # several processes: the stop every rank agreed on
         self.cfg, self.ds, self.model, self.pre, self.opt = cfg, ds, model, pre, optimizer
         self.device, self.precision, self.run_dir, self.meta, self.log = device, precision, run_dir, meta, log
         self.history = history
@@ -746,7 +841,7 @@ class Trainer:
         n, bs = len(self.y), cfg.batch_size
         if n == 0:
             raise MinivisionError("the training split is empty")
-        self.batches_per_epoch = batches_per_epoch(n, bs)
+        self.batches_per_epoch = distributed.batches_per_epoch(n, bs, self.world.size)
         self.phases = list(phases or [])
         self.phase: int | None = None  # index into phases of the one set up (optimizer, frozen layers)
         self.features: torch.Tensor | None = None  # cached training features (phase "head")
@@ -807,6 +902,69 @@ class Trainer:
             raise ValueError(f"stop(at=...) takes 'step' or 'epoch', not {at!r}")
         if self._stop_at != "step":
             self._stop_at = at
+
+    # -- several processes (distributed.py): every decision that changes the loop is agreed by all ranks
+
+    def _stopping(self, flag: _StopFlag) -> bool:
+        """Stop before the next step: a signal or stop("step") here, or, with several processes, one that
+        every rank agreed on (each rank's request travels with the step's figures: ``_agree_step``)."""
+        if self.world.active:
+            return self._agreed_stop == "step"
+        return flag.stop or self._stop_at == "step"
+
+    def _requests(self, flag: _StopFlag) -> list[float]:
+        return [float(flag.stop or self._stop_at == "step"), float(self._stop_at == "epoch")]
+
+    def _agree(self, requests: torch.Tensor) -> None:
+        step, epoch = float(requests[0]), float(requests[1])
+        if step > 0:
+            self._agreed_stop = self._stop_at = "step"
+        elif epoch > 0 and self._agreed_stop is None:
+            self._agreed_stop = self._stop_at = "epoch"
+
+    def _agree_step(self, step_sums: torch.Tensor, flag: _StopFlag) -> torch.Tensor:
+        """The step's loss sum, right answers and pictures summed over the ranks, and the stop requests
+        agreed (one all-reduce a step, before the optimizer step: when a rank is lost here, the state is the
+        last step's)."""
+        from . import distributed
+
+        both = torch.cat([step_sums, torch.tensor(self._requests(flag), dtype=torch.float64, device=self.device)])
+        distributed.all_reduce(both)
+        self._agree(both[3:])
+        return both[:3]
+
+    def _agree_at_epoch_end(self, flag: _StopFlag) -> None:
+        """Stop requests made during validation or by a listener's ``on_epoch_end`` (several processes)."""
+        from . import distributed
+
+        if self.world.active:
+            requests = torch.tensor(self._requests(flag), dtype=torch.float64, device=self.device)
+            self._agree(distributed.all_reduce(requests))
+
+    def _seed_step(self, i: int) -> None:
+        """Several processes: this rank's augmentation and dropout streams at step ``i`` of the epoch."""
+        seed, rank = self.cfg.seed, self.world.rank
+        self.aug_gen.manual_seed(_rank_seed(seed, self.epoch, i, rank, 1))
+        torch.manual_seed(_rank_seed(seed, self.epoch, i, rank, 2))
+
+    def _sync_buffers(self) -> None:
+        """Rank 0's buffers (batch-norm running statistics) on every rank before validation: each rank's
+        forward updated them on its own part of the last batch."""
+        import torch.distributed as dist
+
+        for buffer in self.model.buffers():
+            dist.broadcast(buffer, 0)
+
+    def agree_total_steps(self, total: int | None) -> int | None:
+        """A budget plan every rank takes: the smallest of the ranks' (the slowest rank's); None while no
+        rank has one. One process: ``total`` unchanged."""
+        if not self.world.active:
+            return total
+        from . import distributed
+
+        t = torch.tensor([math.inf if total is None else float(total)], dtype=torch.float64, device=self.device)
+        distributed.all_reduce(t, "min")
+        return None if math.isinf(float(t.item())) else int(t.item())
 
     def set_total_steps(self, total: int) -> None:
         """Re-plan the run's length (the learning-rate schedule follows); never below the steps done."""
@@ -885,7 +1043,7 @@ class Trainer:
         """Logits of a training batch: the network's, or on cached features (phase "head") its head's."""
         if self.features is not None:
             return self.model.forward_head(self.features[idx])
-        return self.model(xb)
+        return self.net(xb)
 
     # -- the loop
 
@@ -912,14 +1070,26 @@ class Trainer:
                     if "cuda" in self.rng_resume and self.device.type == "cuda":
                         torch.cuda.set_rng_state(self.rng_resume["cuda"], self.device)
                     self.rng_resume = None
-                if self._train_epoch(perm, flag):
+                lost = None
+                try:
+                    stopped = self._train_epoch(perm, flag)
+                    if not stopped:
+                        self._end_epoch()
+                        self._agree_at_epoch_end(flag)
+                except RuntimeError as err:  # several processes: another one stopped (killed, crashed)
+                    from . import distributed
+
+                    if not (self.world.active and distributed.is_lost_rank(err)):
+                        raise
+                    stopped, lost = True, str(err).splitlines()[0] if str(err) else type(err).__name__
+                if stopped:
                     self.interrupted = True
-                    self.log(f"\ninterrupted at epoch {e + 1}, step {self.step_in_epoch}; checkpoint saved. "
+                    why = "interrupted" if lost is None else f"another training process stopped ({lost})\nstopped"
+                    self.log(f"\n{why} at epoch {e + 1}, step {self.step_in_epoch}; checkpoint saved. "
                              f"Resume with: minivision train --resume {self.run_dir}")
                     self._emit("on_fit_end")  # Checkpoints saves last.safetensors here
                     return True
-                self._end_epoch()
-                if self._stop_at == "epoch" and self.epoch < self.epochs:
+                if (self._agreed_stop if self.world.active else self._stop_at) == "epoch" and self.epoch < self.epochs:
                     self.log(f"stopped by a listener after epoch {self.epoch}")
                     self.set_total_steps(self.step)
         return False
@@ -937,10 +1107,13 @@ class Trainer:
         autocast = self.precision == "bf16"
         try:
             while self.step_in_epoch < self._batches_this_epoch():
-                if flag.stop or self._stop_at == "step":
+                if self._stopping(flag):
                     return True
                 i = self.step_in_epoch
-                idx = perm[i * bs:(i + 1) * bs]
+                whole = perm[i * bs:(i + 1) * bs]
+                idx = whole[self.world.rank::self.world.size]  # this rank's part (all of it in one process)
+                if self.world.active:
+                    self._seed_step(i)
                 xb = self.augment(self.pre(self.x[idx]), self.aug_gen, self.pre)
                 yb = self.y[idx]
                 # mixup/cutmix: soft targets (label smoothing still applies on top); the epoch's training
@@ -959,18 +1132,26 @@ class Trainer:
                     raise TrainingFailed(f"training failed at epoch {self.epoch + 1}, step {self.step_in_epoch + 1}: "
                                          f"the loss became {loss.item()}: {self._lr_hint()}")
                 self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
+                # several processes: each rank's loss weighted by its share of the global batch, so the mean that
+                # DistributedDataParallel takes of the ranks' gradients is the global batch's
+                (loss * (len(idx) * self.world.size / len(whole)) if self.world.active else loss).backward()
                 with torch.no_grad():
                     # history records the plain cross-entropy, comparable with the validation loss
                     plain = loss.detach() if not cfg.label_smoothing and self.class_weight is None \
                         else F.cross_entropy(logits.detach().float(), target)
                     right = (logits.argmax(1) == yb).sum()
-                    self.sums += torch.stack([plain.double() * len(yb), right.double(),
+                    step_sums = torch.stack([plain.double() * len(yb), right.double(),
                                              torch.tensor(float(len(yb)), device=self.device, dtype=torch.float64)])
+                if self.world.active:  # the global batch's figures and the stop, agreed before anything changes
+                    step_sums = self._agree_step(step_sums, flag)
+                self.opt.step()
+                self.sums += step_sums
                 self.step_in_epoch += 1
                 self.step += 1
-                self._check_explosion(plain.item(), int(right), len(yb))
+                if self.world.active:
+                    self._check_explosion(float(step_sums[0] / step_sums[2]), int(step_sums[1]), int(step_sums[2]))
+                else:
+                    self._check_explosion(plain.item(), int(right), len(yb))
                 self._emit("on_step_end")
                 n_batches = self._batches_this_epoch()
                 if self.step_in_epoch % 20 == 0 or self.step_in_epoch >= n_batches:
@@ -1021,6 +1202,8 @@ class Trainer:
 
     def _end_epoch(self) -> None:
         """Validation, the history row, the best-epoch rule; then ``on_epoch_end``."""
+        if self.world.active:
+            self._sync_buffers()
         loss_sum, correct, count = self.sums.tolist()
         val_loss = val_acc = float("nan")
         t_val = time.perf_counter()
