@@ -1,5 +1,5 @@
 """The ``minivision`` command: train, evaluate, predict, calibrate, show, embed, compare, models, summary, bench, serve,
-export.
+export, inspect, lr-find.
 
 Every argument is checked for type and range; unknown flags and names get a "did you mean";
 problems a user can fix print one ``error:`` line and exit 2, never a traceback.
@@ -223,6 +223,32 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "model.torchscript), then model2.onnx, ...; never overwritten")
     ex.add_argument("--json", action="store_true", help="the sidecar (description and parity figures) as one JSON "
                                                         "object on stdout")
+
+    ins = sub.add_parser("inspect", help="what a convolutional model sees in a picture: the picture after the "
+                                         "conversion, first-layer filters, feature maps, Grad-CAM, scores")
+    ins.add_argument("model", metavar="RUN", help="a run folder (or its model.json)")
+    ins.add_argument("paths", nargs="*", metavar="PICTURE",
+                     help="picture files, folders or globs: one PNG each; none: a right and a wrong test picture of "
+                          "each class with Grad-CAM, as RUN/inspect.png and a section of the run's report")
+    ins.add_argument("--out", metavar="DIR", help="folder of the PNGs (default RUN/inspect; existing files are kept)")
+    ins.add_argument("--top", type=_number(int, 1, 10), default=3, help="classes with a Grad-CAM map (default 3)")
+    ins.add_argument("--split", choices=["test", "val", "train"],
+                     help="without pictures: the split the examples come from (default test, else val)")
+    ins.add_argument("--background", choices=["auto", "light", "dark"],
+                     help="the photo's background, for Fashion-MNIST-style models (as predict)")
+    ins.add_argument("--device", choices=DEVICES, default="auto")
+
+    lf = sub.add_parser("lr-find", help="learning-rate range test: the loss against an exponentially rising rate, "
+                                        "the plot and a suggested rate as a ready train command")
+    from .lr_find import END_LR, LR_FIND_SETTINGS, START_LR, STEPS
+
+    add_train_arguments(lf, _number, only=LR_FIND_SETTINGS)
+    lf.add_argument("--steps", dest="find_steps", type=_number(int, 10, 10_000), default=STEPS,
+                    help=f"most optimizer steps of the sweep (default {STEPS}; it stops when the loss blows up)")
+    lf.add_argument("--start-lr", type=_number(float, 0, lo_open=True), default=START_LR,
+                    help=f"first rate (default {START_LR:g})")
+    lf.add_argument("--end-lr", type=_number(float, 0, lo_open=True), default=END_LR,
+                    help=f"last rate (default {END_LR:g})")
     return p
 
 
@@ -558,10 +584,43 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_inspect(a: argparse.Namespace) -> int:
+    from .inspect_model import inspect_files, inspect_report
+
+    if not a.paths:
+        if a.out is not None or a.background is not None:
+            raise MinivisionError("--out and --background go with pictures; without any, inspect writes "
+                                  "RUN/inspect.png and the run's report")
+        inspect_report(a.model, split=a.split, device=a.device, log=lambda m: print(m, file=sys.stderr))
+        return 0
+    if a.split is not None:
+        raise MinivisionError("--split goes without pictures (the run's own examples)")
+    from .runfiles import load_model
+
+    lm = load_model(a.model)
+    saved, errors = inspect_files(lm, a.paths, a.out or lm.path / "inspect", top=a.top, device=a.device,
+                                  background=a.background)
+    for e in errors:
+        print(f"error: {e}", file=sys.stderr)
+    if saved:
+        print(f"saved {len(saved)} picture(s) to {saved[0].parent}", file=sys.stderr)
+    return 0 if not errors else (1 if saved else 2)
+
+
+def cmd_lr_find(a: argparse.Namespace) -> int:
+    from .config import given_settings
+    from .lr_find import lr_find_command
+
+    _, _, command = lr_find_command(given_settings(a), steps=a.find_steps, start_lr=a.start_lr, end_lr=a.end_lr,
+                                    log=lambda m: print(m, file=sys.stderr))
+    print(command)
+    return 0
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
             "calibrate": cmd_calibrate, "embed": cmd_embed, "compare": cmd_compare, "models": cmd_models,
             "summary": cmd_summary, "bench": cmd_bench, "serve": cmd_serve,
-            "export": cmd_export}
+            "export": cmd_export, "inspect": cmd_inspect, "lr-find": cmd_lr_find}
 
 
 _SHOWN: set[str] = set()

@@ -55,6 +55,7 @@ class Setting:
     group: str | None = None       # settings of one group are alternatives (one flag at a time)
     flag: bool = True              # a flag of `minivision train`
     metavar: str | None = None
+    words: tuple[str, ...] = ()    # words a number setting also takes (--lr auto)
 
     @property
     def option(self) -> str:
@@ -69,7 +70,7 @@ class Setting:
 
     def problem(self, value: Any) -> str | None:
         """Why ``value`` is not valid for this setting (a phrase), or None. ``None`` values are fine."""
-        if value is None:
+        if value is None or (isinstance(value, str) and value in self.words):
             return None
         if self.kind is bool:
             return None if isinstance(value, bool) else "must be true or false"
@@ -150,8 +151,10 @@ class TrainConfig:
     batch_size: int | None = _setting(None, "images per step", kind=int, lo=1, recipe=True, fallback=128)
     optimizer: str | None = _setting(None, "adam | sgd | adamw | gd (plain gradient descent: SGD without "
                                            "momentum)", choices=OPTIMIZERS, recipe=True, fallback="adam")
-    lr: float | None = _setting(None, "(peak) learning rate; Keras' Adam default 0.001", kind=float, lo=0,
-                                lo_open=True, recipe=True, fallback=1e-3)
+    lr: float | str | None = _setting(None, "(peak) learning rate; Keras' Adam default 0.001; auto: found first by "
+                                            "the learning-rate range test (minivision lr-find), then the run trains "
+                                            "a fresh model with it", kind=float, lo=0, lo_open=True, recipe=True,
+                                      fallback=1e-3, words=("auto",), metavar="LR|auto")
     momentum: float | None = _setting(None, "SGD momentum", kind=float, lo=0, hi=1, hi_open=True, recipe=True,
                                       fallback=0.9)
     nesterov: bool | None = _setting(None, "Nesterov momentum (SGD only)", kind=bool, recipe=True, fallback=False)
@@ -199,6 +202,9 @@ class TrainConfig:
                           kind=int, lo=1, hi=256, resume=True, metavar="N")
     extra: dict[str, Any] = field(default_factory=dict, metadata={"setting": {
         "help": "model builder keyword arguments", "kind": dict, "flag": False}})
+    lr_found: dict[str, Any] | None = field(default=None, metadata={"setting": {
+        "help": "how --lr auto found the learning rate (the range test's sweep and suggestion; written by "
+                "training)", "kind": dict, "flag": False}})
     lr_found: dict[str, Any] | None = field(default=None, metadata={"setting": {
         "help": "how --lr auto found the learning rate (the range test's sweep and suggestion; written by "
                 "training)", "kind": dict, "flag": False}})
@@ -356,14 +362,16 @@ def resume_changes(given: Mapping[str, Any]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- the train command's flags
 
-def add_train_arguments(parser: Any, number: Callable[..., Callable[[str], Any]]) -> None:
+def add_train_arguments(parser: Any, number: Callable[..., Callable[[str], Any]],
+                        only: tuple[str, ...] | None = None) -> None:
     """Add one flag per setting to ``parser`` (argparse), every default None so a given flag can be told
-    from an absent one; ``number(kind, lo, hi, lo_open=, hi_open=)`` parses a bounded number."""
+    from an absent one; ``number(kind, lo, hi, lo_open=, hi_open=)`` parses a bounded number. ``only``:
+    these settings' flags alone (another command that takes some of train's, as ``lr-find``)."""
     import argparse
 
     groups: dict[str, Any] = {}
     for s in SETTINGS.values():
-        if not s.flag:
+        if not s.flag or (only is not None and s.name not in only):
             continue
         target = parser
         if s.group:
@@ -378,9 +386,25 @@ def add_train_arguments(parser: Any, number: Callable[..., Callable[[str], Any]]
             kw["choices"] = s.choices
         elif s.kind in (int, float) and s.name != "budget":
             kw["type"] = number(s.kind, s.lo, s.hi, lo_open=s.lo_open, hi_open=s.hi_open)
+            if s.words:  # --lr auto: the word as given, else the number's own check and message
+                kw["type"] = _or_words(kw["type"], s.words)
         if s.metavar:
             kw["metavar"] = s.metavar
         target.add_argument(s.option, **kw)
+
+
+def _or_words(parse: Callable[[str], Any], words: tuple[str, ...]) -> Callable[[str], Any]:
+    """``parse`` (a bounded number), or one of ``words`` as given; a bad value's message names the words too."""
+    import argparse
+
+    def parse_or_word(text: str) -> Any:
+        if text in words:
+            return text
+        try:
+            return parse(text)
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"{e} (or {' or '.join(words)})") from None
+    return parse_or_word
 
 
 def given_settings(namespace: Any) -> dict[str, Any]:

@@ -201,6 +201,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         cfg = resolve(dataclasses.replace(cfg, model=first), model_info(first).defaults)
         cfg = _absolute_paths(cfg)
         user_cfg = dataclasses.replace(user_cfg, **{k: getattr(cfg, k) for k in ("data", "data_dir", "test_data")})
+        _check_lr_auto(cfg)
     Augment.parse(cfg.augment)  # fail on a bad spec before loading anything
 
     ds = dataset if dataset is not None else load_dataset(cfg.data, data_dir=cfg.data_dir, test_data=cfg.test_data,
@@ -223,6 +224,9 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     start: finetune.Start | None = None
     if resume is None:
         start = _choose_start(user_cfg, ds, source, log)
+        if start is not None and cfg.lr == "auto":
+            raise MinivisionError(f"--lr auto finds the rate of a training from scratch; a fine-tune from a pretrained "
+                                  f"backbone has its own rates ({named('pretrained', 'none')} to train from scratch)")
         if start is not None:
             if not budget_given and _pretrained_value(user_cfg)[0] is not None:
                 # --pretrained named with no length flag: its recipe; the automatic choice keeps the default budget
@@ -313,6 +317,11 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
             if start.freeze and augment_from_user and cfg.augment:
                 log(f"note: --freeze trains the head on features computed once: --augment {cfg.augment} cannot "
                     f"apply to them (drop --freeze to fine-tune with augmentation)")
+    lr_found = None
+    if cfg.lr == "auto":  # the range test on a copy of the model; this fresh one then trains with its rate
+        from .lr_find import auto_lr
+
+        cfg, lr_found = auto_lr(cfg, model, pre, ds, device, precision, log)
     optimizer = make_optimizer(cfg, model)
 
     if run_dir is None and world.is_main:
@@ -320,6 +329,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         if own_val:  # args.yaml and model.json record the val/ folder used, not a fraction that was not
             cfg = dataclasses.replace(cfg, val_split=None, val_first=None)
         write_args(run_dir, cfg, comment=f"validation: {validation}")
+        if lr_found is not None:  # lr_find.png / .csv: the curve the rate was read from
+            lr_found.save(run_dir, f"{cfg.model} on {ds.name}")
         if ds.skipped:
             write_text(run_dir / "skipped.txt", skipped_listing(ds))
     if world.active:  # the other ranks learn rank 0's folder (for messages: they write nothing)
@@ -447,6 +458,17 @@ def _rank_seed(seed: int, epoch: int, step: int, rank: int, stream: int) -> int:
     """Seed of rank ``rank``'s random stream ``stream`` at step ``step`` of ``epoch`` (several processes):
     a function of where training is, so a checkpoint needs no rank's generator state to resume."""
     return (_epoch_seed(seed, epoch, stream) * 1_000_033 + step * 8_191 + rank * 131 + 1) % (2**63 - 1)
+
+
+def _check_lr_auto(cfg: TrainConfig) -> None:
+    """``--lr auto`` goes with a run of fixed length in one process (the range test takes time of its own)."""
+    if cfg.lr != "auto":
+        return
+    if cfg.budget is not None:
+        raise MinivisionError("--lr auto goes with --epochs or --steps: a --budget run has no time set aside for the "
+                              "range test (or run minivision lr-find first and give its rate with --lr)")
+    if getattr(cfg, "nproc", 1) > 1:
+        raise MinivisionError("--lr auto runs in one process: run minivision lr-find first and give its rate with --lr")
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:

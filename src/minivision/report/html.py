@@ -42,6 +42,9 @@ _FIGURES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     "calibration": ("Calibration", (("calibration", "Reliability diagram: accuracy against confidence"),)),
     "samples": ("Sample images", (("samples", "Images from the dataset with their classes"),)),
     "embedding": ("Embedding", (("embedding", "The model's features projected to two dimensions"),)),
+    "inspect": ("What the model looked at", (("inspect", "Grad-CAM: the parts of each picture that raised the score of "
+                                                         "the predicted class most (red), for a right and a wrong "
+                                                         "test picture of each class"),)),
 }
 
 _CSS = """
@@ -394,7 +397,8 @@ def render_report(*, title: str, headline: Sequence[tuple[str, str]], settings: 
         sections += [_per_class(per_class), _confused(confused)]
     elif confused:
         sections.append(_confused(confused))
-    sections += [_figures_section("mistakes", images, alts), _figures_section("predictions", images, alts)]
+    sections += [_figures_section("mistakes", images, alts), _figures_section("predictions", images, alts),
+                 _figures_section("inspect", images, alts)]  # inspect: after `minivision inspect RUN`
     if images.get("calibration") is not None or calibration_ece is not None or calibration:
         sections.append(_calibration(images.get("calibration"), calibration_ece, calibration, alts.get("calibration")))
     sections += [_figures_section("samples", images, alts), _figures_section("embedding", images, alts)]

@@ -116,6 +116,8 @@ def write_run_report(run_dir: Path, *, classes: list[str], split: Split, split_n
     files["calibration"] = save_figure(plot_calibration(calib, after=calib_after, temperature=temperature),
                                        run_dir / "calibration.png")
 
+    if (run_dir / "inspect.png").is_file():  # written by `minivision inspect RUN` (inspect_model.inspect_report)
+        files["inspect"] = run_dir / "inspect.png"
     images = {k: v for k, v in files.items() if k != "per_class"}
     alts = figure_alts(classes, split_name, metrics, history, probs, y, worst, len(pick), right, details)
     write_report(run_dir / "report.html", title=f"minivision report: {run_dir.name}", headline=headline,
@@ -423,8 +425,10 @@ def dataset_rows(ds: Any, source: str | None = None) -> list[tuple[str, str]]:
 
 
 def report_for_model(lm: Any, ds: Any, split_name: str, split: Split, logits: torch.Tensor,
-                     tta_logits: torch.Tensor | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """The report of a saved model (``evaluate --report``, ``Classifier.report``), in its own folder."""
+                     tta_logits: torch.Tensor | None = None, log: Callable[[str], None] = print,
+                     by: str = "minivision evaluate --report") -> dict[str, Any]:
+    """The report of a saved model (``evaluate --report``, ``Classifier.report``, ``inspect``: ``by``), in its
+    own folder."""
     from ..errors import MinivisionError
     from ..runfiles import read_args
     from .history import read_history
@@ -434,7 +438,7 @@ def report_for_model(lm: Any, ds: Any, split_name: str, split: Split, logits: to
         settings = read_args(lm.path).to_dict()
     except MinivisionError:
         settings = {"model": lm.name, "note": "no args.yaml in this folder"}
-    notes = [f"written by `minivision evaluate --report` on the {split_name} split of {ds.name}"]
+    notes = [f"written by `{by}` on the {split_name} split of {ds.name}"]
     trained_on = lm.meta.get("dataset", {}).get("name")
     if trained_on and trained_on != ds.name:
         notes.append(f"the model was trained on {trained_on}")
