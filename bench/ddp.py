@@ -70,7 +70,7 @@ def quick_data(folder: Path, n: int = 600) -> tuple[Path, Path]:
 
 def run_row(nproc: int, data: list[str], args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """One ``minivision train --nproc N`` in a child process; its rates and what it ran."""
-    threads = max(1, cpus() // nproc)
+    threads = max(1, (args.cpus or cpus()) // nproc)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MINIVISION_PRETRAINED": "none",
            "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-m", "minivision", "train", *data, "--model", args.model, "--epochs", str(args.epochs),
@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="network (default cnn1; --quick: mlp)")
     ap.add_argument("--epochs", type=int, default=None, help="epochs (default 3; --quick: 2)")
     ap.add_argument("--batch-size", type=int, default=128, help="the GLOBAL batch of every row (default 128)")
+    ap.add_argument("--cpus", type=int, default=None, help="CPUs to share among the processes (default: all this "
+                    "process may use); threads per process = CPUs / N, at least 1")
     ap.add_argument("--out", help="keep the run folders and results here (default: a temporary folder)")
     args = ap.parse_args(argv)
     args.model = args.model or ("mlp" if args.quick else "cnn1")
@@ -146,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_row(n, data, args, out / "runs"))
         print(json.dumps(rows[-1]), flush=True)
     md = table(rows)
-    about = {"cpus": cpus(), "date": time.strftime("%Y-%m-%d"), "python": sys.version.split()[0]}
+    about = {"cpus": cpus(), "cpus_shared": args.cpus or cpus(), "date": time.strftime("%Y-%m-%d"),
+             "python": sys.version.split()[0]}
     import torch
 
     about["torch"] = torch.__version__

@@ -226,7 +226,7 @@ def check_batch(batch_size: int, world: World) -> None:
                               f"it must be at least {2 * world.size} (2 pictures per process)")
 
 
-def record(world: World, batch_size: int, lr: float) -> dict[str, Any] | None:
+def record(world: World, batch_size: int, lr: float | str) -> dict[str, Any] | None:
     """What args.yaml records of a data-parallel run (``distributed``): world size, machines, processes per
     machine, global and per-process batch, learning rate and the scaling rule; None for one process."""
     if not world.active:

@@ -324,6 +324,9 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         cfg, lr_found = auto_lr(cfg, model, pre, ds, device, precision, log)
     optimizer = make_optimizer(cfg, model)
 
+    if world.active and resume is None:  # args.yaml records the world, the global batch and the rate used
+        cfg = dataclasses.replace(cfg, nproc=world.local_size,
+                                  distributed=distributed.record(world, int(cfg.batch_size), cfg.lr))
     if run_dir is None and world.is_main:
         run_dir = new_run_dir(cfg.out, cfg.name)
         if own_val:  # args.yaml and model.json record the val/ folder used, not a fraction that was not
@@ -435,8 +438,7 @@ def _data_parallel_settings(cfg: TrainConfig, plan: Plan | None, ds: Dataset, wo
                             device: torch.device) -> tuple[TrainConfig, Plan | None]:
     """The settings every rank trains with. A budget run takes the smallest network any rank picked, with
     that rank's plan (the slowest rank's: every rank timed its own steps); the Planner then re-plans on the
-    slowest rank too (``Trainer.agree_total_steps``). The global batch must give every rank two pictures;
-    args.yaml records the world (``distributed.record``)."""
+    slowest rank too (``Trainer.agree_total_steps``). The global batch must give every rank two pictures."""
     from . import distributed
 
     if plan is not None:
@@ -450,8 +452,7 @@ def _data_parallel_settings(cfg: TrainConfig, plan: Plan | None, ds: Dataset, wo
     if distributed.batches_per_epoch(len(ds.train.y), int(cfg.batch_size), world.size) < 1:
         raise MinivisionError(f"{len(ds.train.y)} training pictures are too few for {world.size} processes "
                               f"(at least {2 * world.size})")
-    return dataclasses.replace(cfg, nproc=world.local_size,
-                               distributed=distributed.record(world, int(cfg.batch_size), float(cfg.lr))), plan
+    return cfg, plan
 
 
 def _rank_seed(seed: int, epoch: int, step: int, rank: int, stream: int) -> int:
