@@ -148,7 +148,8 @@ class TrainConfig:
                                   fallback=10, resume=True, group="length")
     steps: int | None = _setting(None, "or a number of optimizer steps", kind=int, lo=1, recipe=True,
                                  group="length")
-    batch_size: int | None = _setting(None, "images per step", kind=int, lo=1, recipe=True, fallback=128)
+    batch_size: int | None = _setting(None, "images per step (with --nproc: in all processes together)", kind=int,
+                                      lo=1, recipe=True, fallback=128)
     optimizer: str | None = _setting(None, "adam | sgd | adamw | gd (plain gradient descent: SGD without "
                                            "momentum)", choices=OPTIMIZERS, recipe=True, fallback="adam")
     lr: float | str | None = _setting(None, "(peak) learning rate; Keras' Adam default 0.001; auto: found first by "
@@ -197,8 +198,10 @@ class TrainConfig:
                                         "to RUN/tensorboard", kind=bool, resume=True)
     nproc: int = _setting(1, "train in N processes on this machine (data-parallel, PyTorch's elastic launcher; "
                              "across machines: torchrun ... -m minivision train). --batch-size stays the GLOBAL "
-                             "batch (each process takes its share), so the learning rate is not rescaled; "
-                             "threads per process: the cores / N unless OMP_NUM_THREADS is set",
+                             "batch (each process takes its share), so the steps and the learning rate stay those "
+                             "of one process: the rate is not rescaled (for a k times larger batch, the linear "
+                             "rule of Goyal et al. 2017 suggests k x --lr; set it yourself); threads per process: "
+                             "the cores / N unless OMP_NUM_THREADS is set",
                           kind=int, lo=1, hi=256, resume=True, metavar="N")
     extra: dict[str, Any] = field(default_factory=dict, metadata={"setting": {
         "help": "model builder keyword arguments", "kind": dict, "flag": False}})
