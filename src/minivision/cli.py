@@ -249,6 +249,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"first rate (default {START_LR:g})")
     lf.add_argument("--end-lr", type=_number(float, 0, lo_open=True), default=END_LR,
                     help=f"last rate (default {END_LR:g})")
+
+    tu = sub.add_parser("tune", help="hyperparameter search (Optuna): trains trials in a tune folder and prints "
+                                     "the best settings as a train command")
+    from .tune import add_tune_arguments
+
+    add_tune_arguments(tu, _number)
     return p
 
 
@@ -617,10 +623,16 @@ def cmd_lr_find(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(a: argparse.Namespace) -> int:
+    from .tune import command
+
+    return command(a)
+
+
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict, "show": cmd_show,
             "calibrate": cmd_calibrate, "embed": cmd_embed, "compare": cmd_compare, "models": cmd_models,
             "summary": cmd_summary, "bench": cmd_bench, "serve": cmd_serve,
-            "export": cmd_export, "inspect": cmd_inspect, "lr-find": cmd_lr_find}
+            "export": cmd_export, "tune": cmd_tune, "inspect": cmd_inspect, "lr-find": cmd_lr_find}
 
 
 _SHOWN: set[str] = set()

@@ -408,8 +408,12 @@ def render_report(*, title: str, headline: Sequence[tuple[str, str]], settings: 
         sections.append(_section("dataset", "Dataset", _table(None, dataset, css="kv")))
     if settings or used:
         sections.append(_settings(used, settings))
-    shown = [s for s in sections if s is not None]
+    return render_page(title, [s for s in sections if s is not None])
 
+
+def render_page(title: str, shown: Sequence[Section]) -> str:
+    """A self-contained page of ``shown`` sections ((id, heading, body HTML)) with the report's styling and
+    navigation (``render_report``'s page; ``minivision tune``'s report uses it too)."""
     nav = "".join(f'<a href="#{escape(sid)}">{escape(heading)}</a>' for sid, heading, _ in shown)
     return ("<!DOCTYPE html>\n"
             '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
