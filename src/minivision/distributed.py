@@ -274,7 +274,10 @@ def launch(argv: Sequence[str], nproc: int, started_wall: float) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # we say what failed
+    # the launcher's own log lines (a signal received, a worker's exit code) speak to developers: we say what
+    # happened in one line; each of its modules' loggers has its own level, so each is set
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("torch.distributed")]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     scratch = Path(tempfile.mkdtemp(prefix="minivision-nproc-"))
     run_file = scratch / "run_dir"
     env = {ENV_STARTED: repr(started_wall), ENV_RUN_FILE: str(run_file),
