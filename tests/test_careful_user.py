@@ -161,6 +161,14 @@ def test_predict_tta_says_when_the_model_never_saw_a_flip(runs, capsys):
     assert "without horizontal flips" not in capsys.readouterr().err
 
 
+def test_the_python_api_notes_tta_on_a_model_without_flips(runs):
+    import minivision as mv
+
+    with pytest.warns(Note, match="trained without horizontal flips"):
+        m = mv.load(runs[0]).evaluate(tta=True)
+    assert m["tta_change"] == pytest.approx(m["tta_accuracy"] - m["accuracy"])
+
+
 def test_tta_notes_from_the_record_or_an_older_runs_args(tmp_path):
     assert tta_notes({"augment": {"spec": "", "horizontal_flip": False}}) == [NO_FLIPS_NOTE]
     assert tta_notes({"augment": {"spec": "flip=0.5", "horizontal_flip": True}}) == []

@@ -243,7 +243,8 @@ def evaluate_split(lm: LoadedModel, split: Split, *, device: str = "auto", preci
     (precision/recall/F1/support per class), most_confused, and ``trust_metrics``' calibration (``ece`` of the
     calibrated scores, ``ece_before``, ``temperature``, ...) and unsure share; with ``tta``, also ``tta_accuracy``
     and ``tta_loss`` (flip test-time augmentation) beside the plain figures. ``match`` (from ``scoring_data``):
-    per-class figures only for the classes present when the data holds a subset of the model's."""
+    per-class figures only for the classes present when the data holds a subset of the model's. With ``tta``,
+    ``tta_notes`` are given as ``errors.Note`` warnings (a model trained without flips, digits)."""
     from .metrics import metrics_from_logits
 
     logits, features = split_outputs(lm, split, device=device, precision=precision, batch_size=batch_size)
@@ -251,6 +252,12 @@ def evaluate_split(lm: LoadedModel, split: Split, *, device: str = "auto", preci
     m.update(trust_metrics(lm, split, logits, device=device, precision=precision, batch_size=batch_size,
                            features=features))
     if tta:
+        import warnings
+
+        from .errors import Note
+
+        for note in tta_notes(lm.meta, run_dir=lm.path):
+            warnings.warn(note, Note, stacklevel=2)
         t = metrics_from_logits(split_logits(lm, split, device=device, precision=precision, batch_size=batch_size,
                                              tta=True), split.y, lm.classes)
         m.update(tta_figures(m, t))
