@@ -149,6 +149,31 @@ def test_sampler_draws_per_trial_number():
     assert len({x[0] for x in a}) == 3  # trials 0, 1, 2 draw different rates
 
 
+def test_default_pruner_waits_for_three_trials_and_the_second_epoch():
+    import optuna
+
+    study = optuna.create_study(direction="maximize", pruner=tn.default_pruner())
+
+    def trial_below_the_median():
+        t = study.ask()
+        t.report(0.1, step=1)
+        first = t.should_prune()
+        t.report(0.1, step=2)
+        return t, first, t.should_prune()
+
+    for _ in range(3):
+        t, first, second = trial_below_the_median()
+        assert not first and not second  # the first 3 trials run in full
+        study.tell(t, 0.1)
+    for v in (0.9, 0.9, 0.9):  # three better trials: the median moves up
+        t = study.ask()
+        t.report(v, step=1)
+        t.report(v, step=2)
+        study.tell(t, v)
+    t, first, second = trial_below_the_median()
+    assert not first and second  # never after the first epoch; after the second, below the median
+
+
 def _study_of(values):
     """An in-memory study of complete trials with these validation accuracies (settings drawn apart)."""
     import optuna

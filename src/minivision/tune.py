@@ -328,6 +328,15 @@ class PruneListener(Listener):
             trainer.stop("epoch")
 
 
+def default_pruner() -> optuna.pruners.BasePruner:
+    """The median rule after ``PRUNER_STARTUP`` full trials, never within a trial's first ``PRUNER_WARMUP``
+    epochs (the module docstring says why not Hyperband)."""
+    import optuna
+
+    # a trial's steps are its epoch numbers (1, 2, ...); Optuna prunes from step n_warmup_steps on
+    return optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP, n_warmup_steps=PRUNER_WARMUP + 1)
+
+
 def _trial_seeded_tpe(seed: int) -> optuna.samplers.BaseSampler:
     """TPE (Optuna's defaults) whose random draws for trial ``n`` are seeded from ``(seed, n)``: workers on
     one study draw different settings, and the same seed draws the same ones again. Uses two of the
@@ -439,8 +448,6 @@ def tune(settings: TuneSettings, *, dataset: Dataset | None = None, pruner: optu
     another Optuna pruner (default: the median rule; a test seam). A Ctrl-C stops the running trial at its
     next step, records it as failed (interrupted), writes the outputs for the trials done and returns with
     ``interrupted`` set; the study keeps every finished trial. Raises MinivisionError for bad settings."""
-    import optuna
-
     from .budget import parse_duration
     from .models import DEFAULT_MODEL, model_info
 
@@ -471,7 +478,7 @@ def tune(settings: TuneSettings, *, dataset: Dataset | None = None, pruner: optu
         _check_same(read_json(tune_dir / TUNE_FILE), record, str(tune_dir))
     storage = storage or open_storage(storage_url)
     sampler = _trial_seeded_tpe(settings.seed)
-    pruner = pruner or optuna.pruners.MedianPruner(n_startup_trials=PRUNER_STARTUP, n_warmup_steps=PRUNER_WARMUP)
+    pruner = pruner or default_pruner()
     with _quiet_optuna():
         study = _create_study(storage, study_name, sampler, pruner)
         if study.user_attrs.get("minivision"):
