@@ -262,3 +262,32 @@ def test_two_machines_on_loopback_finish_a_run(tmp_path, csv_data):
     args = yaml.safe_load((run / "args.yaml").read_text())
     assert args["distributed"]["world_size"] == 2 and args["distributed"]["nodes"] == 2
     assert (run / "model.safetensors").is_file()
+
+
+def test_the_launcher_reports_a_failure_in_one_line(tmp_path, capsys):
+    """Which process failed and how, once: rank 0's own error (exit 2) or interruption (130) is not repeated,
+    the processes the launcher stopped after the first failure (SIGTERM) are not blamed, and a run folder
+    with a checkpoint gets the resume command."""
+    from types import SimpleNamespace
+
+    def failed(**codes: int):
+        return SimpleNamespace(failures={int(k[1:]): SimpleNamespace(exitcode=v) for k, v in codes.items()})
+
+    run = tmp_path / "runs" / "train"
+    run.mkdir(parents=True)
+    (run / "last.safetensors").write_bytes(b"")
+    run_file = tmp_path / "run_dir"
+    run_file.write_text(str(run))
+    logs = tmp_path / "logs" / "attempt_0" / "1"
+    logs.mkdir(parents=True)
+    (logs / "stderr.log").write_text("error: no such file: x.csv\n")
+    report = distributed._report_failure
+    assert report(failed(r0=2, r1=-15), run_file, tmp_path / "logs", 2) == 2
+    assert report(failed(r0=130, r1=-15), run_file, tmp_path / "logs", 2) == 130
+    assert capsys.readouterr().err == ""
+    assert report(failed(r0=130, r1=-9), run_file, tmp_path / "logs", 2) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: training process 1 of 2 was stopped (SIGKILL); resume from the last checkpoint with "
+                   f"`minivision train --resume {run} --nproc 2`"]
+    assert report(failed(r0=-15, r1=2), run_file, tmp_path / "logs", 2) == 1
+    assert "training process 1 of 2 failed: no such file: x.csv" in capsys.readouterr().err

@@ -306,17 +306,19 @@ def launch(argv: Sequence[str], nproc: int, started_wall: float) -> int:
 
 def _report_failure(error: Any, run_file: Path, log_dir: Path, nproc: int) -> int:
     """One line for the user when a rank failed (rank 0 printed its own error or resume hint already)."""
+    import signal
+
     failures = dict(getattr(error, "failures", {}) or {})
     codes = {rank: f.exitcode for rank, f in failures.items()}
-    if codes and all(c in (2, 130) for c in codes.values()) and 0 in codes:
+    stopped = (-signal.SIGTERM, -signal.SIGINT)  # what the launcher sends the others once one has failed
+    if codes.get(0) == 2 or (codes.get(0) == 130 and all(c in (130, *stopped) for c in codes.values())):
         return codes[0]  # rank 0 said it: an error in the settings or data, or an interruption
     run = run_file.read_text(encoding="utf-8").strip() if run_file.is_file() else None
-    worst = min(codes, key=lambda r: (codes[r] >= 0, r)) if codes else None
+    causes = [r for r, c in codes.items() if c not in stopped] or list(codes)  # not those the launcher stopped
+    worst = min(causes, key=lambda r: (codes[r] >= 0, r)) if causes else None
     if worst is None:
         what = "a training process failed"
     elif codes[worst] < 0:
-        import signal
-
         try:
             name = signal.Signals(-codes[worst]).name
         except ValueError:
