@@ -199,11 +199,15 @@ def plot_lr_find(result: LRFind, title: str = "") -> Any:
     ax.axvline(s, color=style.WRONG, linestyle="--", linewidth=1)
     ax.plot([s], [result.smoothed[i]], "o", color=style.WRONG, markersize=8,
             label=f"suggested rate {round_rate(s):g}")
-    first, low = result.smoothed[0], min(result.smoothed)
-    top = max(first, low) + 0.6 * max(abs(first - low), 0.1 * abs(first) + 1e-3)
-    ax.set_ylim(low - 0.1 * (top - low), top)
+    # from the lowest loss before the smoothed minimum (the raw curve's dip shows) to a little above the start
+    first, lowest = result.smoothed[0], min(range(len(result.smoothed)), key=result.smoothed.__getitem__)
+    low = min(min(result.losses[:lowest + 1]), result.smoothed[lowest])
+    top = max(first, low) + 0.3 * max(abs(first - low), 0.1 * abs(first) + 1e-3)
+    ax.set_ylim(low - 0.05 * (top - low), top)
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("training loss")
+    ax.text(0.99, 0.02, f"the smoothed loss averages about the last {round(1 / (1 - BETA))} steps, so it trails "
+            "the steps' own", transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="#57606a")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(loc="upper left", fontsize=9)
     sweep = f"{len(result.lrs)} steps from {result.start_lr:g} to {result.lrs[-1]:.3g}"
