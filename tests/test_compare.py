@@ -137,10 +137,12 @@ def test_markdown_units_and_bold_best():
     rows = _rows(5)
     text = compare.format_markdown(rows)
     lines = text.splitlines()
-    assert lines[0] == ("| Model | Test accuracy | Test loss | Parameters | Multiply-adds | Train time | Model size "
-                        "| Epochs |")
-    assert lines[2] == "| softmax | 84.12% | 0.4633 | 7,850 | 7.84 K | 9.8 s | 32 KB | 5 |"
-    assert lines[4] == "| cnn1 | 91.29% | 0.2534 | 693,962 | 5.99 M | 28.9 s | 2.8 MB | 10 |"
+    assert lines[0] == ("| Model | Test accuracy | Test loss | Validation accuracy | Parameters | Multiply-adds "
+                        "| Train time | Model size | Epochs | Run |")
+    assert lines[2] == ("| softmax | 84.12% | 0.4633 | 84.32% | 7,850 | 7.84 K | 9.8 s | 32 KB | 5 "
+                        "| `runs/compare/softmax` |")
+    assert lines[4] == ("| cnn1 | 91.29% | 0.2534 | 91.49% | 693,962 | 5.99 M | 28.9 s | 2.8 MB | 10 "
+                        "| `runs/compare/cnn1` |")
     assert "| 8.70 M |" in lines[6] and "| 11.5 M |" in lines[5] and "| 266 K |" in lines[3]
     assert "**93.01%**" in lines[6] and lines[6].startswith("| cnn4 |") and "151 s" in lines[6]
     assert text.count("**") == 4 and "**Bold**: best test accuracy" in text
@@ -273,3 +275,115 @@ def test_nan_test_metrics_without_a_test_split():
     assert "* best validation accuracy (no test split)" in format_table(rows)
     fig = plot_comparison(rows)
     assert "validation" in fig.axes[0].get_ylabel()
+
+
+# ----------------------------------------------------------------------------- every column in Markdown, sweeps
+
+def test_markdown_keeps_every_column_of_the_printed_table():
+    rows = _rows(3)
+    rows[1]["tta_accuracy"] = 0.8901
+    import re
+
+    def cells(line: str, markdown: bool) -> list[str]:
+        parts = line.strip().strip("|").split("|") if markdown else re.split(r"\s{2,}", line.strip())
+        return [c.strip().strip("`").replace("**", "").removesuffix(" *") for c in parts]
+
+    term, md = format_table(rows).splitlines(), compare.format_markdown(rows).splitlines()
+    assert len(cells(md[0], True)) == len(cells(term[0], False)) == 11  # with TTA, validation accuracy and run
+    assert cells(md[0], True)[4] == "Validation accuracy" and cells(md[0], True)[-1] == "Run"
+    for t, m in zip(term[2:5], md[2:5], strict=True):
+        assert cells(m, True) == cells(t, False)  # the same cells, in the same order
+    body = compare.format_markdown(rows).splitlines()[3]
+    assert "| 88.55% |" in body and "| 89.01% |" in body and "`runs/compare/mlp`" in body  # val and TTA accuracy
+
+
+def _sweep_fit(seen):
+    def record(cfg, **kw):
+        seen.append(cfg)
+        raise MinivisionError("stop here")
+    return record
+
+
+def test_a_sweep_trains_one_model_once_per_value(tmp_path):
+    ds = synthetic_dataset()
+    folder, rows = train_and_compare(["softmax"], dataset=ds, epochs=1, batch_size=[16, 64], out=tmp_path, **QUIET)
+    assert sorted(p.name for p in folder.iterdir()) == ["compare.csv", "compare.md", "compare.png", "curves.png",
+                                                        "softmax-batch-size-16", "softmax-batch-size-64"]
+    assert [(r["model"], r["setting"], r["value"]) for r in rows] == [("softmax", "batch_size", 16),
+                                                                       ("softmax", "batch_size", 64)]
+    import yaml
+
+    assert [yaml.safe_load((folder / f"softmax-batch-size-{b}" / "args.yaml").read_text())["batch_size"]
+            for b in (16, 64)] == [16, 64]
+    md = (folder / "compare.md").read_text()
+    assert "| softmax --batch-size 16 |" in md and "| softmax --batch-size 64 |" in md
+    assert "softmax --batch-size 64" in format_table(rows)
+    header = (folder / "compare.csv").read_text().splitlines()[0].split(",")
+    assert header[:3] == ["model", "setting", "value"]
+    assert (folder / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = compare.plot_curves(rows)
+    acc, loss = fig.axes
+    assert [line.get_label() for line in acc.get_lines()] == ["softmax --batch-size 16", "softmax --batch-size 64"]
+    assert "Validation" in acc.get_title() and len(loss.get_lines()) == 4  # validation and (dotted) training loss
+
+
+def test_an_epochs_sweep_and_any_setting_reach_fit(tmp_path, monkeypatch):
+    seen: list[TrainConfig] = []
+    logged: list[str] = []
+    monkeypatch.setattr(compare, "fit", _sweep_fit(seen))
+    ds = synthetic_dataset()
+    with pytest.raises(MinivisionError, match="no model finished"):
+        train_and_compare(["cnn2"], dataset=ds, epochs=[5, 10, 40], out=tmp_path, log=logged.append)
+    assert [(c.model, c.epochs, c.name) for c in seen] == [("cnn2", 5, "cnn2-epochs-5"), ("cnn2", 10, "cnn2-epochs-10"),
+                                                          ("cnn2", 40, "cnn2-epochs-40")]
+    assert "comparing cnn2 with --epochs 5, 10, 40" in logged[0]
+    seen.clear()
+    with pytest.raises(MinivisionError, match="no model finished"):
+        train_and_compare(["mlp"], dataset=ds, epochs=1, augment=["flip,shift=2", "none"], seed=[3],
+                          out=tmp_path, **QUIET)
+    assert [(c.augment, c.seed, c.name) for c in seen] == [("flip,shift=2", 3, "mlp-augment-flip_shift_2"),
+                                                           ("none", 3, "mlp-augment-none")]
+    seen.clear()
+    with pytest.raises(MinivisionError, match="no model finished"):
+        train_and_compare(["mlp"], dataset=ds, budget=["30s", "1m"], out=tmp_path, **QUIET)
+    assert [(c.budget, c.epochs, c.name) for c in seen] == [(30.0, None, "mlp-budget-30s"),
+                                                            (60.0, None, "mlp-budget-1m")]
+
+
+@pytest.mark.parametrize("models, kw, message", [
+    (["cnn2"], {"epochs": [1, 2], "batch_size": [16, 32]}, "one setting at a time: --epochs and --batch-size"),
+    (["cnn2", "mlp"], {"epochs": 1, "lr": [0.1, 0.01]}, "one setting of one model"),
+    (["cnn2"], {"epochs": 1, "batch_size": [32, 32]}, "--batch-size 32 is given twice"),
+    (["cnn2"], {"epochs": 1, "batch_size": [32, 0]}, "--batch-size must be >= 1"),
+    (["cnn2"], {"epochs": [1, 2], "budget": "1m"}, "not both"),
+    (["cnn2"], {"epochs": [0, 2]}, "--epochs must be >= 1"),
+])
+def test_bad_sweeps_fail_before_training(tmp_path, monkeypatch, models, kw, message):
+    monkeypatch.setattr(compare, "fit", lambda *a, **k: pytest.fail("trained before checking"))
+    with pytest.raises(MinivisionError, match=message):
+        train_and_compare(models, dataset=synthetic_dataset(), out=tmp_path, **kw, **QUIET)
+    assert not (tmp_path / "compare").exists()
+
+
+def test_the_command_line_takes_a_comma_list_for_any_setting(monkeypatch, capsys):
+    from minivision import cli
+
+    seen = {}
+
+    def record(models, **kw):
+        seen.update(kw, models=models)
+        return None, []
+
+    monkeypatch.setattr(compare, "train_and_compare", record)
+    assert cli.main(["compare", "--models", "cnn2", "--batch-size", "32,128,512", "--epochs", "2", "--augment",
+                     "flip,shift=2", "--augment", "none", "--nesterov", "--device", "cpu"]) == 0
+    assert seen["models"] == ["cnn2"] and seen["batch_size"] == [32, 128, 512] and seen["epochs"] == 2
+    assert seen["augment"] == ["flip,shift=2", "none"] and seen["nesterov"] is True and seen["device"] == "cpu"
+    assert "seed" not in seen  # not given: the default
+    for argv, message in ((["--lr", "0.1,x"], "--lr takes numbers, got 'x'"),
+                          (["--schedule", "cosine,onecycl"], "did you mean 'onecycle'"),
+                          (["--epochs", "5,,10"], "--epochs has an empty value"),
+                          (["--budget", "1m,soon"], "duration")):
+        assert cli.main(["compare", "--models", "cnn2", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error:") and message in err and "\n" not in err, err

@@ -156,18 +156,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compare", help="compare runs, or train several models the same way and compare them")
     c.add_argument("runs", nargs="*", metavar="RUN", help="run folders to compare")
-    c.add_argument("--models", help="comma list of models to train and compare, e.g. softmax,mlp,cnn1,cnn3,cnn4")
+    c.add_argument("--models", help="comma list of models to train and compare, e.g. softmax,mlp,cnn1,cnn3,cnn4; "
+                                    "one model with a comma list for one setting (--batch-size 32,128,512, "
+                                    "--epochs 5,10,40, --lr ...) trains it once per value")
     c.add_argument("--data", default=None, help="dataset for --models (default fashion-mnist)")
     c.add_argument("--data-dir")
     c.add_argument("--test-data")
-    cg = c.add_mutually_exclusive_group()
-    cg.add_argument("--epochs", type=_number(int, 1), help="the same number of epochs for every model")
-    cg.add_argument("--budget", metavar="DURATION", help="the same time budget for every model, e.g. 1m")
-    c.add_argument("--seed", type=_number(int, 0), default=0)
     c.add_argument("--device", choices=DEVICES, default="auto")
     c.add_argument("--out", default="runs", help="parent folder of the compare folder (default runs)")
     c.add_argument("--name", default="compare", help="compare folder name (default compare; never overwritten)")
     c.add_argument("--json", action="store_true", help="the rows as one JSON list on stdout")
+    from .compare import add_setting_arguments
+
+    add_setting_arguments(c)  # --epochs, --budget, --seed and every training setting: a value or a sweep
 
     m = sub.add_parser("models", help="list the registered models")
     m.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'cnn*'")
@@ -471,8 +472,9 @@ def cmd_compare(a: argparse.Namespace) -> int:
         raise MinivisionError("give run folders or --models, not both")
     if not a.models and not a.runs:
         raise MinivisionError("give run folders to compare, or --models a,b,c to train and compare")
+    settings = compare.given_values(a)
     if not a.models:
-        extra = [f for f in ("data", "data_dir", "test_data", "epochs", "budget") if getattr(a, f) is not None]
+        extra = [f for f in ("data", "data_dir", "test_data") if getattr(a, f) is not None] + list(settings)
         if extra:
             raise MinivisionError(f"--{extra[0].replace('_', '-')} goes with --models (run folders keep their own)")
         from .fileio import new_run_dir
@@ -480,16 +482,11 @@ def cmd_compare(a: argparse.Namespace) -> int:
         rows = compare.compare_runs(a.runs)
         files = compare.write_comparison(rows, new_run_dir(a.out, a.name))
     else:
-        budget = None
-        if a.budget is not None:
-            from .budget import parse_duration
-
-            budget = parse_duration(a.budget)
         models = [m.strip() for m in a.models.split(",") if m.strip()]
         log = (lambda m: print(m, file=sys.stderr)) if a.json else print
         _, rows = compare.train_and_compare(models, data=a.data or "fashion-mnist", data_dir=a.data_dir,
-                                            test_data=a.test_data, epochs=a.epochs, budget=budget, seed=a.seed,
-                                            out=a.out, name=a.name, device=a.device, log=log)
+                                            test_data=a.test_data, out=a.out, name=a.name, device=a.device, log=log,
+                                            **settings)
         if a.json:
             print(_json(rows))
         return 0  # train_and_compare printed the table and the files

@@ -7,6 +7,12 @@ per run, raw numbers) that ``write_comparison`` turns into ``compare.csv`` (ever
 notebook), ``compare.md`` (a table to paste into a README) and ``compare.png`` (accuracy against
 training time, the classic trade-off). Rows keep the user's order: the order models were named
 in is usually the story (linear -> MLP -> CNN), so the best one is marked rather than sorted first.
+
+A sweep trains one model once per value of one setting (``--batch-size 32,128,512``, ``--epochs 5,10,40``,
+``--lr 3e-4,1e-3,3e-3``: any training setting, or ``--seed``): the rows are named by the value
+(``cnn2 --batch-size 32``) and ``curves.png`` overlays their learning curves (validation accuracy and loss per
+epoch). One setting at a time: several comma lists (or several models with a list) are refused, as a grid
+of every combination grows fast and its table no longer reads as one question.
 """
 
 from __future__ import annotations
@@ -34,9 +40,9 @@ __all__ = ["CompareInterrupted", "compare_runs", "format_table", "plot_compariso
            "write_comparison"]
 
 # Field order of compare.csv; "tta_accuracy" and "error" appear only when some row has them.
-FIELDS = ("model", "data", "test_accuracy", "test_loss", "val_accuracy", "tta_accuracy", "parameters", "macs",
-          "train_seconds", "epochs", "model_bytes", "run", "data_source", "error")
-_OPTIONAL = ("tta_accuracy", "error")
+FIELDS = ("model", "setting", "value", "data", "test_accuracy", "test_loss", "val_accuracy", "tta_accuracy",
+          "parameters", "macs", "train_seconds", "epochs", "model_bytes", "run", "data_source", "error")
+_OPTIONAL = ("setting", "value", "tta_accuracy", "error")  # setting, value: the swept setting and its value
 
 
 class CompareInterrupted(KeyboardInterrupt):
@@ -148,12 +154,12 @@ def _size(v: Any) -> str:
     return f"{v / 1e9:.2f} GB"
 
 
-# (field, terminal header, Markdown header, formatter); "val_accuracy" is for the terminal only
+# (field, terminal header, Markdown header, formatter); both tables have every column (and the run folder last)
 _COLUMNS: tuple[tuple[str, str, str, Callable[[Any], str]], ...] = (
     ("test_accuracy", "test acc", "Test accuracy", _pct),
     ("tta_accuracy", "TTA acc", "Test accuracy (TTA)", _pct),
     ("test_loss", "test loss", "Test loss", _loss),
-    ("val_accuracy", "val acc", "", _pct),
+    ("val_accuracy", "val acc", "Validation accuracy", _pct),
     ("parameters", "params", "Parameters", _count),
     ("macs", "mult-adds", "Multiply-adds", _si),
     ("train_seconds", "train time", "Train time", _seconds),
@@ -189,9 +195,18 @@ def _best(rows: list[dict[str, Any]]) -> tuple[str | None, set[int]]:
     return key, {i for i, r in enumerate(rows) if not r.get("error") and r.get(key) == top}
 
 
+def _swept(row: dict[str, Any]) -> str:
+    """A sweep row's model and value as the flag that set it: ``cnn2 --batch-size 32``."""
+    setting = SETTINGS.get(str(row["setting"]))
+    option = setting.option if setting is not None else f"--{str(row['setting']).replace('_', '-')}"
+    value = format_duration(row["value"]) if row["setting"] == "budget" and _finite(row["value"]) else row["value"]
+    return f"{row.get('model', '?')} {option} {value}"
+
+
 def _labels(rows: list[dict[str, Any]]) -> list[str]:
-    """Model names; where a model appears twice, its run folder's name says which is which."""
-    names = [str(r.get("model", "?")) for r in rows]
+    """Model names (a sweep's: with the value, ``cnn2 --epochs 10``); where a name appears twice, its run
+    folder's name says which is which."""
+    names = [_swept(r) if r.get("setting") else str(r.get("model", "?")) for r in rows]
     labels = [n if names.count(n) == 1 else f"{n} ({Path(str(r.get('run') or '?')).name})"
               for n, r in zip(names, rows, strict=True)]
     return [lb if labels.count(lb) == 1 else f"{lb} #{i + 1}" for i, lb in enumerate(labels)]
@@ -277,7 +292,10 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
     def line(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
 
-    align = ["---"] + ["---" if h == "Data" else "---:" for h in header[1:]]
+    header.append("Run")  # as the terminal table: every column, the run folder last
+    for cells, row in zip(body, rows, strict=True):
+        cells.append(f"`{row['run']}`" if row.get("run") else "-")
+    align = ["---"] + ["---" if h in ("Data", "Run") else "---:" for h in header[1:]]
     lines = [line(header), "|" + "|".join(align) + "|"] + [line(c) for c in body]
     footer = [f.replace("|", "\\|") for f in _footer(rows, "**Bold**:")]
     return "\n".join(lines) + ("\n\n" + "  \n".join(footer) if footer else "") + "\n"
@@ -297,7 +315,8 @@ def format_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def write_comparison(rows: list[dict[str, Any]], folder: str | Path) -> dict[str, Path]:
-    """``compare.csv``, ``compare.md`` and ``compare.png`` in ``folder``, each written atomically."""
+    """``compare.csv``, ``compare.md`` and ``compare.png`` in ``folder``, each written atomically; for a sweep
+    (rows with a ``setting``), also ``curves.png``: the runs' learning curves overlaid (``plot_curves``)."""
     from .report.style import save_figure
 
     folder = Path(folder)
@@ -305,7 +324,65 @@ def write_comparison(rows: list[dict[str, Any]], folder: str | Path) -> dict[str
     write_text(paths["csv"], format_csv(rows))
     write_text(paths["md"], format_markdown(rows))
     save_figure(plot_comparison(rows), paths["png"])
+    if any(r.get("setting") for r in rows) and any(_history(r) for r in rows):
+        paths["curves"] = save_figure(plot_curves(rows), folder / "curves.png")
     return paths
+
+
+def _history(row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The epochs of a row's run (its results.csv), or [] for a failed row or a folder without one."""
+    from .report.history import read_history
+
+    if row.get("error") or not row.get("run") or not (Path(row["run"]) / "results.csv").is_file():
+        return []
+    try:
+        return read_history(Path(row["run"]) / "results.csv")
+    except MinivisionError:
+        return []
+
+
+def plot_curves(rows: list[dict[str, Any]]) -> Any:
+    """Learning curves of several runs in one picture: validation accuracy (left) and loss (right) per epoch, one
+    colour per run (training loss dotted in the same colour), named as the table names them; a run without a
+    validation split shows its training accuracy and loss. Returns the matplotlib figure."""
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+    from .report.style import class_colors, new_figure
+
+    histories = [_history(r) for r in rows]
+    if not any(histories):
+        raise MinivisionError("compare: no learning curves to draw (no run has a results.csv)")
+    fig = new_figure(13.0, 4.8)
+    fig.set_layout_engine("constrained")
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    colors = class_colors(len(rows))
+    validation = any(not math.isnan(h["val_loss"]) for hist in histories for h in hist)
+    which = "val" if validation else "train"
+    for label, hist, color in zip(_labels(rows), histories, colors, strict=True):
+        if not hist:
+            continue
+        epochs = [h["epoch"] for h in hist]
+        acc_ax.plot(epochs, [h[f"{which}_accuracy"] for h in hist], color=color, label=label, marker="o",
+                    markersize=3 if len(hist) > 15 else 4)
+        loss_ax.plot(epochs, [h[f"{which}_loss"] for h in hist], color=color, label=label, marker="o",
+                     markersize=3 if len(hist) > 15 else 4)
+        if validation:
+            loss_ax.plot(epochs, [h["train_loss"] for h in hist], color=color, linestyle=":", linewidth=1)
+    name = "validation" if validation else "training"
+    acc_ax.set_title(f"{name[0].upper() + name[1:]} accuracy")
+    acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    loss_ax.set_title(f"{name[0].upper() + name[1:]} loss" + (" (dotted: training loss)" if validation else ""))
+    for ax in (acc_ax, loss_ax):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        for side in ("top", "right"):
+            ax.spines[side].set_visible(False)
+    acc_ax.legend(fontsize=9, loc="lower right")
+    swept = sorted({str(r["setting"]) for r in rows if r.get("setting")})
+    data = sorted({str(r.get("data")) for r in rows if not r.get("error")})
+    fig.suptitle(f"Learning curves{' by ' + ', '.join(swept) if swept else ''} on {', '.join(data)}")
+    return fig
 
 
 # ----------------------------------------------------------------------------- Plot
@@ -431,6 +508,8 @@ def plot_comparison(rows: list[dict[str, Any]], *, metric: str = "test_accuracy"
 # ----------------------------------------------------------------------------- Train
 
 _FIXED = ("model", "data", "data_dir", "test_data", "epochs", "budget", "seed", "out", "name", "device")
+#: Settings compare takes for every run besides the per-model ones: its own flags, which a sweep may also vary.
+SWEEPABLE_FIXED = ("epochs", "budget", "seed")
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
@@ -450,9 +529,44 @@ def _length(cfg: TrainConfig) -> str:
     return f"{cfg.steps} steps" if cfg.steps is not None else f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''}"
 
 
+def _is_list(value: Any) -> bool:
+    return isinstance(value, list | tuple)
+
+
+def _folder_name(model: str, setting: str, value: Any) -> str:
+    """A sweep run's folder: ``cnn2-batch-size-32`` (characters other than letters, digits, ``.``, ``_`` and
+    ``-`` in the value become ``_``)."""
+    text = format_duration(value) if setting == "budget" else str(value)
+    text = "".join(c if c.isalnum() or c in "._-" else "_" for c in text)
+    return f"{model}-{setting.replace('_', '-')}-{text}"
+
+
+def _sweep(values: dict[str, Any], names: list[str]) -> tuple[str, list[Any]] | None:
+    """The one setting given several values (a list), with them; None when every setting has one value.
+    MinivisionError for two such settings, a list with several models, a value given twice or an empty list."""
+    lists = {k: list(v) for k, v in values.items() if _is_list(v)}
+    for k, v in lists.items():
+        if not v:
+            raise MinivisionError(f"compare: {SETTINGS[k].option} has no value")
+        for x in v:
+            if v.count(x) > 1:
+                raise MinivisionError(f"compare: {SETTINGS[k].option} {x} is given twice")
+    several = {k: v for k, v in lists.items() if len(v) > 1}
+    if len(several) > 1:
+        a, b = list(several)[:2]
+        raise MinivisionError(f"compare sweeps one setting at a time: {SETTINGS[a].option} and {SETTINGS[b].option} "
+                              f"both have several values (run one compare per setting)")
+    if several and len(names) > 1:
+        k = next(iter(several))
+        raise MinivisionError(f"compare sweeps one setting of one model: give one model with {SETTINGS[k].option} "
+                              f"{','.join(map(str, several[k]))}, or several models with one value")
+    return next(iter(several.items()), None)
+
+
 def train_and_compare(models: list[str] | str, *, data: str | None = None, data_dir: str | None = None,
-                      test_data: str | None = None, epochs: int | None = None, budget: float | str | None = None,
-                      seed: int = 0, out: str | Path = "runs", name: str = "compare", device: str = "auto",
+                      test_data: str | None = None, epochs: int | list[int] | None = None,
+                      budget: float | str | list[Any] | None = None, seed: int | list[int] = 0,
+                      out: str | Path = "runs", name: str = "compare", device: str = "auto",
                       dataset: Dataset | None = None, progress: bool | None = None,
                       log: Callable[[str], None] = print, **settings: Any) -> tuple[Path, list[dict[str, Any]]]:
     """Train each model on the same data with the same ``epochs``, the same ``budget`` (seconds, or
@@ -462,7 +576,10 @@ def train_and_compare(models: list[str] | str, *, data: str | None = None, data_
     ``data`` names the dataset (default fashion-mnist); it is loaded once for all models. A
     ``dataset`` object is used instead of loading ``data`` (``data`` is then only recorded, and
     defaults to the dataset's name). ``settings`` are further ``TrainConfig`` fields for every
-    model (``batch_size=64``, ``augment="flip"``, ...). A model that fails with a MinivisionError
+    model (``batch_size=64``, ``augment="flip"``, ...). A sweep: one model and a list for one setting
+    (``batch_size=[32, 128, 512]``, ``epochs=[5, 10, 40]``, ``seed=[0, 1, 2]``) trains the model once per value,
+    in folders named after them (``cnn2-batch-size-32``); rows get ``setting`` and ``value``, and
+    ``curves.png`` overlays the learning curves. A model that fails with a MinivisionError
     gets a row with an "error" and the others go on; Ctrl-C writes the table of the models
     finished so far and raises ``CompareInterrupted`` (a KeyboardInterrupt: the CLI exits 130)."""
     from .data import load_dataset
@@ -478,55 +595,85 @@ def train_and_compare(models: list[str] | str, *, data: str | None = None, data_
         if names.count(m) > 1:
             raise MinivisionError(f"compare: model {m!r} is given twice")
         model_info(m)  # unknown names: did-you-mean
-    if epochs is not None and budget is not None:
-        raise MinivisionError("compare: give --epochs or --budget, not both")
-    if budget is not None:
-        budget = parse_duration(budget)
     if not name or "/" in name or name in (".", ".."):
         raise MinivisionError(f"--name must be a plain folder name, got {name!r}")
-    _check_settings(settings)
+    shared = {"epochs": epochs, "budget": budget, "seed": seed}
+    _check_settings({k: v for k, v in settings.items() if not _is_list(v)})
+    for k, v in settings.items():
+        if _is_list(v):
+            for x in v:
+                _check_settings({k: x})
+    sweep = _sweep({**shared, **settings}, names)
+    if sweep is not None and sweep[0] == "budget":
+        sweep = ("budget", [parse_duration(v) for v in sweep[1]])
+    one = {k: (v[0] if _is_list(v) and len(v) == 1 else v) for k, v in {**shared, **settings}.items()}
+    if sweep is not None:
+        one.pop(sweep[0])
+    if one.get("budget") is not None:
+        one["budget"] = parse_duration(one["budget"])
+    if (one.get("epochs") is not None or (sweep and sweep[0] == "epochs")) and \
+            (one.get("budget") is not None or (sweep and sweep[0] == "budget")):
+        raise MinivisionError("compare: give --epochs or --budget, not both")
     data = data or (dataset.name if dataset is not None else "fashion-mnist")
+    # (model, the swept value or None, run folder name): one run each
+    jobs = [(m, None, m) for m in names] if sweep is None else \
+        [(names[0], v, _folder_name(names[0], sweep[0], v)) for v in sweep[1]]
     configs = {}
-    for m in names:
-        cfg = TrainConfig(model=m, data=data, data_dir=data_dir, test_data=test_data, epochs=epochs, budget=budget,
-                          seed=seed, device=device, name=m, **settings)
-        resolved = resolve(cfg, model_info(m).defaults)  # bad values fail here, for every model at once
+    for m, value, folder_name in jobs:
+        given = dict(one, **({sweep[0]: value} if sweep is not None else {}))
+        cfg = TrainConfig(model=m, data=data, data_dir=data_dir, test_data=test_data, device=device, name=folder_name,
+                          **given)
+        try:
+            resolved = resolve(cfg, model_info(m).defaults)  # bad values fail here, for every model at once
+        except MinivisionError as e:
+            raise MinivisionError(f"compare: {e}") from None
         Augment.parse(resolved.augment)
-        configs[m] = (cfg, resolved)
+        configs[folder_name] = (cfg, resolved)
     pick_device(device)
 
     ds = dataset if dataset is not None else load_dataset(data, data_dir=data_dir, test_data=test_data)
     folder = new_run_dir(out, name)
-    if budget is not None:
-        how = f"each for {format_duration(budget)} (about {format_duration(budget * len(names))} in all)"
-    elif epochs is not None:
-        how = f"each for {epochs} epoch{'s' if epochs != 1 else ''}"
+    if sweep is not None:
+        option = SETTINGS[sweep[0]].option
+        shown = [format_duration(v) for v in sweep[1]] if sweep[0] == "budget" else [str(v) for v in sweep[1]]
+        what = f"{names[0]} with {option} {', '.join(shown)}"
     else:
-        how = "each with its own registered settings: " + ", ".join(f"{m} {_length(r)}"
-                                                                    for m, (_, r) in configs.items())
-    log(f"comparing {len(names)} models on {ds.name}, {how}; results in {folder}")
+        what = f"{len(names)} models"
+    budget1, epochs1 = one.get("budget"), one.get("epochs")
+    if sweep is not None and sweep[0] in ("epochs", "budget"):
+        how = "each as given"
+    elif budget1 is not None:
+        how = f"each for {format_duration(budget1)} (about {format_duration(budget1 * len(jobs))} in all)"
+    elif epochs1 is not None:
+        how = f"each for {epochs1} epoch{'s' if epochs1 != 1 else ''}"
+    else:
+        how = "each with its own registered settings: " + ", ".join(f"{m} {_length(r)}" for m, (_, r) in
+                                                                    configs.items())
+    log(f"comparing {what} on {ds.name}, {how}; results in {folder}")
 
     rows: list[dict[str, Any]] = []
-    i, m = 0, names[0]
+    i, m = 0, jobs[0][0]
     try:
-        for i, m in enumerate(names, 1):
-            log(f"\n[{i}/{len(names)}] {m}")
-            cfg = dataclasses.replace(configs[m][0], out=str(folder))
+        for i, (m, value, folder_name) in enumerate(jobs, 1):
+            log(f"\n[{i}/{len(jobs)}] {m}" + (f" {SETTINGS[sweep[0]].option} {value}" if sweep is not None else ""))
+            cfg = dataclasses.replace(configs[folder_name][0], out=str(folder))
+            swept = {"setting": sweep[0], "value": value} if sweep is not None else {}
             try:
                 result = fit(cfg, dataset=ds, progress=progress, log=log)
             except MinivisionError as e:
                 log(f"{m} failed: {e}")
-                rows.append(_failed_row(m, ds, data, f"failed: {e}"))
+                rows.append({**_failed_row(m, ds, data, f"failed: {e}"), **swept})
                 continue
             if result.interrupted:
-                rows.append(_failed_row(m, ds, data, f"interrupted; resume with minivision train --resume "
-                                                     f"{result.run_dir}", run=str(result.run_dir)))
+                rows.append({**_failed_row(m, ds, data, f"interrupted; resume with minivision train --resume "
+                                                        f"{result.run_dir}", run=str(result.run_dir)), **swept})
                 raise KeyboardInterrupt
-            rows.append(run_row(result.run_dir))
+            rows.append({**run_row(result.run_dir), **swept})
     except KeyboardInterrupt:
         if len(rows) < i:  # a second Ctrl-C stopped fit itself
-            rows.append(_failed_row(m, ds, data, "interrupted"))
-        left = names[i:]
+            rows.append({**_failed_row(m, ds, data, "interrupted"),
+                         **({"setting": sweep[0], "value": jobs[i - 1][1]} if sweep is not None else {})})
+        left = [j[2] for j in jobs[i:]]
         write_comparison(rows, folder)
         log("\n" + format_table(rows))
         log(f"interrupted: the table of the models finished so far is in {folder}"
@@ -534,7 +681,74 @@ def train_and_compare(models: list[str] | str, *, data: str | None = None, data_
         raise CompareInterrupted(folder, rows) from None
     paths = write_comparison(rows, folder)
     log("\n" + format_table(rows))
-    log(f"comparison written to {paths['md']}, {paths['csv'].name} and {paths['png'].name}")
+    extra = f", {paths['png'].name} and {paths['curves'].name}" if "curves" in paths else f" and {paths['png'].name}"
+    log(f"comparison written to {paths['md']}, {paths['csv'].name}{extra}")
     if all(r.get("error") for r in rows):
         raise MinivisionError(f"compare: no model finished training (first: {rows[0]['model']} {rows[0]['error']})")
     return folder, rows
+
+
+# ----------------------------------------------------------------------------- the command line
+
+def add_setting_arguments(parser: Any) -> None:
+    """``compare``'s flags for the training settings (argparse): ``--epochs``, ``--budget``, ``--seed`` and every
+    setting of ``train`` but the data, model, device and folders; each takes one value or a comma list (a
+    sweep), or is given more than once (``--augment flip --augment none``: values that hold commas)."""
+    for s in _flag_settings():
+        help_text = {"epochs": "the same number of epochs for every model",
+                     "budget": "the same time budget for every model, e.g. 1m",
+                     "seed": "random seed (default 0)"}.get(s.name, s.help)
+        parser.add_argument(s.option, dest=s.name, action="append", default=None, metavar="VALUE[,VALUE...]",
+                            help=f"{help_text}; a comma list (or the flag again) trains one run per value",
+                            **({"nargs": "?", "const": "true"} if s.kind is bool else {}))
+
+
+def _flag_settings() -> list[Any]:
+    return [s for s in SETTINGS.values() if s.flag and (s.name not in _FIXED or s.name in SWEEPABLE_FIXED)]
+
+
+def _parse(setting: str, text: str) -> Any:
+    s = SETTINGS[setting]
+    text = text.strip()
+    if setting == "budget":
+        parse_duration(text)  # a one-line error now, before anything loads
+        return text
+    if s.kind is bool:
+        low = text.lower()
+        if low in ("true", "yes", "1", "on"):
+            return True
+        if low in ("false", "no", "0", "off"):
+            return False
+        raise MinivisionError(f"{s.option} takes true or false, got {text!r}")
+    if s.kind in (int, float):
+        try:
+            value: Any = s.kind(text)
+        except ValueError:
+            raise MinivisionError(f"{s.option} takes {'integers' if s.kind is int else 'numbers'}, got {text!r}") \
+                from None
+        problem = s.problem(value)
+        if problem:
+            raise MinivisionError(f"{s.option} {problem}, got {text}")
+        return value
+    problem = s.problem(text)
+    if problem:  # a choice's problem names the choices and the closest one
+        raise MinivisionError(f"{s.option} {problem}" + ("" if s.choices or repr(text) in problem
+                                                          else f", got {text!r}"))
+    return text
+
+
+def given_values(namespace: Any) -> dict[str, Any]:
+    """The settings given to ``compare`` (from ``add_setting_arguments``), parsed: one value, or a list of values
+    for a setting given as a comma list or more than once (``--augment`` splits on repeats only: its values hold
+    commas). MinivisionError (one line) for a value of the wrong type or out of range."""
+    out: dict[str, Any] = {}
+    for s in _flag_settings():
+        name, given = s.name, getattr(namespace, s.name, None)
+        if not given:
+            continue
+        texts = list(given) if name == "augment" else [t for g in given for t in str(g).split(",")]
+        if any(not t.strip() for t in texts):
+            raise MinivisionError(f"{s.option} has an empty value in {','.join(given)!r}")
+        values = [_parse(name, t) for t in texts]
+        out[name] = values[0] if len(values) == 1 else values
+    return out
