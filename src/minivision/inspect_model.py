@@ -409,8 +409,9 @@ def report_figure(items: list[tuple[str, Inspection]], classes: list[str], title
         rows.setdefault(int(ins.label), []).append(ins)
     keys = sorted(rows)
     per = max(len(v) for v in rows.values()) if rows else 1
-    fig = style.new_figure(2.2 * 2 * per + 0.4, 2.3 * len(keys) + 0.8)
-    grid = fig.add_gridspec(max(len(keys), 1), 2 * per, left=0.02, right=0.98, top=1 - 0.6 / (2.3 * len(keys) + 0.8),
+    height = 2.3 * len(keys) + 1.2
+    fig = style.new_figure(2.2 * 2 * per + 0.4, height)
+    grid = fig.add_gridspec(max(len(keys), 1), 2 * per, left=0.02, right=0.98, top=1 - 1.05 / height,
                             bottom=0.02, hspace=0.65, wspace=0.1)
     for r, key in enumerate(keys):
         for j, ins in enumerate(rows[key]):
@@ -511,8 +512,8 @@ def inspect_report(run: str | Path, *, split: str | None = None, per_class: int 
                                  maps=False)
         items += [(str(j), ins) for j, ins in enumerate(batch)]
     right = sum(int(ins.probs.argmax()) == ins.label for _, ins in items)
-    title = (f"Where the model looked: {right} right and {len(items) - right} wrong {sd.split_name} pictures "
-             f"(Grad-CAM of the predicted class, red: strongest)")
+    title = (f"Where the model looked: {right} right and {len(items) - right} wrong {sd.split_name} pictures\n"
+             f"(Grad-CAM of the predicted class; red: strongest)")
     path = style.save_figure(report_figure(items, lm.classes, title), lm.path / "inspect.png")
     log(f"saved {path}")
     report_for_model(lm, sd.dataset, sd.split_name, sd.split, logits, log=log, by="minivision inspect")
