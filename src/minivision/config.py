@@ -208,9 +208,6 @@ class TrainConfig:
     lr_found: dict[str, Any] | None = field(default=None, metadata={"setting": {
         "help": "how --lr auto found the learning rate (the range test's sweep and suggestion; written by "
                 "training)", "kind": dict, "flag": False}})
-    lr_found: dict[str, Any] | None = field(default=None, metadata={"setting": {
-        "help": "how --lr auto found the learning rate (the range test's sweep and suggestion; written by "
-                "training)", "kind": dict, "flag": False}})
     distributed: dict[str, Any] | None = field(default=None, metadata={"setting": {
         "help": "a data-parallel run as it trained: world size, global and per-process batch, learning rate "
                 "(written by training)", "kind": dict, "flag": False}})
