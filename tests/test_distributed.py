@@ -270,8 +270,9 @@ def test_the_launcher_reports_a_failure_in_one_line(tmp_path, capsys):
     with a checkpoint gets the resume command."""
     from types import SimpleNamespace
 
-    def failed(**codes: int):
-        return SimpleNamespace(failures={int(k[1:]): SimpleNamespace(exitcode=v) for k, v in codes.items()})
+    def failed(**codes: int):  # the processes in the order they failed (ProcessFailure.timestamp)
+        return SimpleNamespace(failures={int(k[1:]): SimpleNamespace(exitcode=v, timestamp=t)
+                                         for t, (k, v) in enumerate(codes.items())})
 
     run = tmp_path / "runs" / "train"
     run.mkdir(parents=True)
@@ -285,9 +286,12 @@ def test_the_launcher_reports_a_failure_in_one_line(tmp_path, capsys):
     assert report(failed(r0=2, r1=-15), run_file, tmp_path / "logs", 2) == 2
     assert report(failed(r0=130, r1=-15), run_file, tmp_path / "logs", 2) == 130
     assert capsys.readouterr().err == ""
-    assert report(failed(r0=130, r1=-9), run_file, tmp_path / "logs", 2) == 1
+    assert report(failed(r1=-9, r0=130), run_file, tmp_path / "logs", 2) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: training process 1 of 2 was stopped (SIGKILL); resume from the last checkpoint with "
                    f"`minivision train --resume {run} --nproc 2`"]
     assert report(failed(r0=-15, r1=2), run_file, tmp_path / "logs", 2) == 1
     assert "training process 1 of 2 failed: no such file: x.csv" in capsys.readouterr().err
+    # rank 1 killed first; rank 0, saving the checkpoint, outlived the launcher's grace period and was killed too
+    assert report(failed(r1=-9, r0=-9), run_file, tmp_path / "logs", 2) == 1
+    assert "training process 1 of 2 was stopped (SIGKILL)" in capsys.readouterr().err

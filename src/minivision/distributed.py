@@ -287,7 +287,7 @@ def launch(argv: Sequence[str], nproc: int, started_wall: float) -> int:
     logs = DefaultLogsSpecs(log_dir=str(scratch / "logs"), redirects={r: Std.ALL for r in range(1, nproc)})
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"minivision-{uuid.uuid4().hex}",
                           rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0, logs_specs=logs,
-                          shutdown_timeout=60)
+                          shutdown_timeout=120)  # rank 0 saves a checkpoint before it stops
     try:
         elastic_launch(config, sys.executable)("-m", "minivision", *argv)
         return 0
@@ -314,8 +314,10 @@ def _report_failure(error: Any, run_file: Path, log_dir: Path, nproc: int) -> in
     if codes.get(0) == 2 or (codes.get(0) == 130 and all(c in (130, *stopped) for c in codes.values())):
         return codes[0]  # rank 0 said it: an error in the settings or data, or an interruption
     run = run_file.read_text(encoding="utf-8").strip() if run_file.is_file() else None
-    causes = [r for r, c in codes.items() if c not in stopped] or list(codes)  # not those the launcher stopped
-    worst = min(causes, key=lambda r: (codes[r] >= 0, r)) if causes else None
+    # not those the launcher stopped, nor an interrupted one (130): they stopped because another failed
+    causes = [r for r, c in codes.items() if c not in (130, *stopped)] or list(codes)
+    # the first to fail (the launcher may kill the others later, when they outlive its grace period)
+    worst = min(causes, key=lambda r: (getattr(failures[r], "timestamp", 0) or 0, r)) if causes else None
     if worst is None:
         what = "a training process failed"
     elif codes[worst] < 0:
