@@ -381,7 +381,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                     return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_S,
                                                       grace_period=GRACE_S, failed_trial_callback=None)
             except Exception as e:  # two workers creating the tables at once: the loser retries
-                if attempt == 2 or type(e).__name__ != "OperationalError" or "already exists" not in str(e):
+                racing = type(e).__name__ in ("OperationalError", "IntegrityError") and (
+                    "already exists" in str(e) or "UNIQUE constraint failed" in str(e))
+                if attempt == 2 or not racing:
                     raise
                 time.sleep(1.0)
         raise AssertionError("unreachable")
