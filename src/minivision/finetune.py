@@ -59,9 +59,9 @@ if TYPE_CHECKING:
 # channels-last), so one epoch of 5,000 pictures costs 51-111 s and the fine-tune's two phases plus
 # the test pass need at least 3-5 minutes; a from-scratch mvnet sees 5,000 pictures in ~2 s and, on
 # Fashion-MNIST, reaches 90%+ with tens of thousands of pictures (docs/BENCHMARKS.md). Below the line the
-# fine-tune's case rests on colour pictures: 100 CIFAR-10 pictures per class reached 73.3% fine-tuned at
-# 96 px against 51.8% from scratch (one draw each, docs/BENCHMARKS.md); on grey Fashion-MNIST pictures
-# the two were within 1-3 points of each other (81.0% fine-tuned, 82.5-84.3% from scratch).
+# fine-tune's case rests on colour pictures: 100 CIFAR-10 pictures per class reached 77.3% fine-tuned at
+# 128 px against 49.8% from scratch (mean of 5 draws, docs/BENCHMARKS.md); on grey Fashion-MNIST pictures
+# the two are within a standard deviation of each other (84.3% fine-tuned at 128 px, 83.4% from scratch).
 SMALL_DATA_MAX = 5_000
 
 # Backbones in order of preference for a small dataset, grey or colour. EfficientNet-Lite0 (ImageNet)
@@ -77,7 +77,9 @@ PREFERENCE = ("efficientnet-lite0",)
 # training pictures per class, scored on 2,000 test pictures; one draw, 2026-11-30, 2 cores shared):
 # Fashion-MNIST 81.4% at 64 px, 82.3% at 96, 84.3% at 128; CIFAR-10 58.8% at 64 px, 69.4% at 96. So grey
 # pictures up to 32 px work at 64 px (+0.9 points at 96 px is not worth 2.3x the time), colour ones at
-# 96 px (+10.6 points). Larger pictures: 96 px. A backbone not listed keeps its card's size.
+# 96 px (+10.6 points). Larger pictures: 96 px. A backbone not listed keeps its card's size. These are the
+# automatic fine-tune's sizes, sized for its 30-second default budget; with the time for it, --imgsz 128
+# scores best (5 draws at 128 px: see SMALL_DATA_MAX's figures).
 SMALL_GREY_INPUT = {"efficientnet-lite0": 64}
 SMALL_COLOUR_INPUT = {"efficientnet-lite0": 96}
 LARGE_INPUT = {"efficientnet-lite0": 96}
