@@ -34,7 +34,7 @@ def misled(shifted: float = 0.5):
 
 
 # (validation loss, validation accuracy) per epoch: the lowest loss at epoch 2, the best accuracy at epoch 4
-SCRIPT = [(1.0, 0.5), (0.8, 0.6), (0.9, 0.9), (0.95, 0.95), (0.99, 0.97), (1.2, 0.98)]
+SCRIPT = [(1.0, 0.5), (0.8, 0.6), (0.9, 0.9), (0.95, 0.95), (0.99, 0.97), (1.2, 0.98), (1.3, 0.98)]
 
 
 @pytest.fixture
@@ -94,11 +94,15 @@ def test_stops_on_the_validation_loss_and_keeps_the_best_epoch_s_weights_bit_for
     # the checkpoint saved at the stop is a finished one: --resume extends the run instead of training on in place
     with pytest.raises(MinivisionError, match="already finished"):
         fit(TrainConfig(), resume=r.run_dir, **QUIET)
+    # extended with another patience: honoured (recorded in the new run's args.yaml), never silently ignored
+    more = fit(TrainConfig(), dataset=misled(), resume=r.run_dir, resume_changes={"epochs": 7, "patience": 5},
+               **QUIET)
+    assert len(more.history) == 7 and "patience: 5" in (more.run_dir / "args.yaml").read_text()
 
 
 def test_without_patience_the_best_accuracy_is_kept_as_before(tmp_path, scripted):
     r = _fit(tmp_path, patience=None)
-    assert len(r.history) == 6 and "epochs_since_best" not in r.history[0]
+    assert len(r.history) == 6 and "epochs_since_best" not in r.history[0]  # SCRIPT's first 6 epochs
     meta = json.loads((r.run_dir / "model.json").read_text())
     assert "early_stopping" not in meta and meta["metrics"]["best_epoch"] == 6
     assert "epochs_since_best" not in (r.run_dir / "results.csv").read_text()

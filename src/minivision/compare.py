@@ -378,8 +378,9 @@ def plot_curves(rows: list[dict[str, Any]]) -> Any:
         ax.grid(alpha=0.3)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
-    acc_ax.legend(fontsize=9, loc="lower right")
-    swept = sorted({str(r["setting"]) for r in rows if r.get("setting")})
+    acc_ax.legend(fontsize=9, loc="best")
+    swept = sorted({SETTINGS[str(r["setting"])].option if str(r["setting"]) in SETTINGS else str(r["setting"])
+                    for r in rows if r.get("setting")})
     data = sorted({str(r.get("data")) for r in rows if not r.get("error")})
     fig.suptitle(f"Learning curves{' by ' + ', '.join(swept) if swept else ''} on {', '.join(data)}")
     return fig

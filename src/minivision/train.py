@@ -786,7 +786,8 @@ def _prepare_resume(path: Path, changes: dict[str, Any], log: Callable[[str], No
     cfg = read_args(path)
     # a flag repeating the run's own setting changes nothing; any other must be one a resume can honour
     changes = resume_changes({k: v for k, v in changes.items() if getattr(cfg, k) != v})
-    honoured = {k: v for k, v in changes.items() if k in ("device", "precision", "tensorboard", "nproc")}
+    honoured = {k: v for k, v in changes.items()
+                if k in ("device", "precision", "tensorboard", "nproc", "patience")}
     if honoured:
         cfg = dataclasses.replace(cfg, **honoured)
         log("resume with " + ", ".join(f"{k}={v}" for k, v in honoured.items()))
