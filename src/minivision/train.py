@@ -1105,10 +1105,10 @@ class Trainer:
 
                     if not (self.world.active and distributed.is_lost_rank(err)):
                         raise
-                    stopped, lost = True, str(err).splitlines()[0] if str(err) else type(err).__name__
+                    stopped, lost = True, True  # the backend's own text speaks to developers
                 if stopped:
                     self.interrupted = True
-                    why = "interrupted" if lost is None else f"another training process stopped ({lost})\nstopped"
+                    why = "interrupted" if lost is None else "another training process stopped; this one stopped"
                     self.log(f"\n{why} at epoch {e + 1}, step {self.step_in_epoch}; checkpoint saved. "
                              f"Resume with: minivision train --resume {self.run_dir}")
                     self._emit("on_fit_end")  # Checkpoints saves last.safetensors here
