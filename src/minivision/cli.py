@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", default="runs", help="parent folder of the compare folder (default runs)")
     c.add_argument("--name", default="compare", help="compare folder name (default compare; never overwritten)")
     c.add_argument("--json", action="store_true", help="the rows as one JSON list on stdout")
-    from .compare import add_setting_arguments
+    from .config import add_setting_arguments
 
     add_setting_arguments(c)  # --epochs, --budget, --seed and every training setting: a value or a sweep
 

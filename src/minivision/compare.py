@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from .budget import format_duration, parse_duration
-from .config import SETTINGS, TrainConfig, check_settings, resolve
+from .config import (
+    COMPARE_FIXED,
+    COMPARE_SWEEPABLE,
+    SETTINGS,
+    TrainConfig,
+    check_settings,
+    resolve,
+)
+from .config import compare_flag_settings as _flag_settings
 from .data.dataset import Dataset
 from .errors import MinivisionError
 from .fileio import new_run_dir, write_text
@@ -508,9 +516,9 @@ def plot_comparison(rows: list[dict[str, Any]], *, metric: str = "test_accuracy"
 
 # ----------------------------------------------------------------------------- Train
 
-_FIXED = ("model", "data", "data_dir", "test_data", "epochs", "budget", "seed", "out", "name", "device")
-#: Settings compare takes for every run besides the per-model ones: its own flags, which a sweep may also vary.
-SWEEPABLE_FIXED = ("epochs", "budget", "seed")
+# compare's settings and its flags live in config.py (COMPARE_FIXED, add_setting_arguments): the parser is
+# built without importing PyTorch, which this module needs
+_FIXED, SWEEPABLE_FIXED = COMPARE_FIXED, COMPARE_SWEEPABLE
 
 
 def _check_settings(settings: dict[str, Any]) -> None:
@@ -690,23 +698,6 @@ def train_and_compare(models: list[str] | str, *, data: str | None = None, data_
 
 
 # ----------------------------------------------------------------------------- the command line
-
-def add_setting_arguments(parser: Any) -> None:
-    """``compare``'s flags for the training settings (argparse): ``--epochs``, ``--budget``, ``--seed`` and every
-    setting of ``train`` but the data, model, device and folders; each takes one value or a comma list (a
-    sweep), or is given more than once (``--augment flip --augment none``: values that hold commas)."""
-    for s in _flag_settings():
-        help_text = {"epochs": "the same number of epochs for every model",
-                     "budget": "the same time budget for every model, e.g. 1m",
-                     "seed": "random seed (default 0)"}.get(s.name, s.help)
-        parser.add_argument(s.option, dest=s.name, action="append", default=None, metavar="VALUE[,VALUE...]",
-                            help=f"{help_text}; a comma list (or the flag again) trains one run per value",
-                            **({"nargs": "?", "const": "true"} if s.kind is bool else {}))
-
-
-def _flag_settings() -> list[Any]:
-    return [s for s in SETTINGS.values() if s.flag and (s.name not in _FIXED or s.name in SWEEPABLE_FIXED)]
-
 
 def _parse(setting: str, text: str) -> Any:
     s = SETTINGS[setting]

@@ -418,3 +418,30 @@ def config_from(given: Mapping[str, Any]) -> TrainConfig:
     check_settings(given)
     _check_together(given)
     return TrainConfig(**given)
+
+
+# ----------------------------------------------------------------------------- the compare command's flags
+
+#: Settings ``compare`` sets for every run (its own flags), not per model.
+COMPARE_FIXED = ("model", "data", "data_dir", "test_data", "epochs", "budget", "seed", "out", "name", "device")
+#: Of those, the ones a sweep may also vary.
+COMPARE_SWEEPABLE = ("epochs", "budget", "seed")
+
+
+def add_setting_arguments(parser: Any) -> None:
+    """``compare``'s flags for the training settings (argparse): ``--epochs``, ``--budget``, ``--seed`` and every
+    setting of ``train`` but the data, model, device and folders; each takes one value or a comma list (a
+    sweep), or is given more than once (``--augment flip --augment none``: values that hold commas)."""
+    for s in compare_flag_settings():
+        help_text = {"epochs": "the same number of epochs for every model",
+                     "budget": "the same time budget for every model, e.g. 1m",
+                     "seed": "random seed (default 0)"}.get(s.name, s.help)
+        parser.add_argument(s.option, dest=s.name, action="append", default=None, metavar="VALUE[,VALUE...]",
+                            help=f"{help_text}; a comma list (or the flag again) trains one run per value",
+                            **({"nargs": "?", "const": "true"} if s.kind is bool else {}))
+
+
+def compare_flag_settings() -> list[Any]:
+    """The settings ``compare`` takes as flags: every flag of ``train`` but ``COMPARE_FIXED``'s, and those of them in
+    ``COMPARE_SWEEPABLE``."""
+    return [s for s in SETTINGS.values() if s.flag and (s.name not in COMPARE_FIXED or s.name in COMPARE_SWEEPABLE)]
