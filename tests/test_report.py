@@ -754,3 +754,24 @@ def test_report_commands_name_the_run_folder_by_absolute_path_and_the_log_names_
     assert len(loads) == 1 and Path(json.loads(loads[0])) == (work / "runs" / "train").resolve()
     line = next(m for m in logs if m.startswith("report: "))
     assert re.search(r"calibration test ECE \d+\.\d\d% -> \d+\.\d\d% with temperature 1\.5\)$", line), line
+
+
+def test_bold_labels_draw_without_matplotlib_font_weight_messages(tmp_path, caplog):
+    """compare's best row is bold: families without a bold face fall back to the regular one, and matplotlib's
+    "findfont: Failed to find font weight bold" log line about it stays out of minivision's output."""
+    import logging
+
+    import matplotlib.pyplot as plt
+
+    from minivision.report.fonts import use_fonts
+
+    families = use_fonts()
+    fig, ax = plt.subplots()
+    ax.set_title("best: mlp", fontweight="bold")
+    with caplog.at_level(logging.DEBUG, logger="matplotlib.font_manager"):
+        for family in families:  # each family of the fallback list, bold, as matplotlib looks them up
+            from matplotlib import font_manager
+            font_manager.fontManager.findfont(font_manager.FontProperties(family=family, weight="bold"))
+        fig.savefig(tmp_path / "bold.png")
+    plt.close(fig)
+    assert not [r for r in caplog.records if "Failed to find font weight" in r.getMessage()]

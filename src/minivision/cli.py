@@ -338,8 +338,8 @@ def _evaluate_run(a: argparse.Namespace):
 
     lm = load_model(a.model)
     sd = scoring_data(lm, a.data, a.data_dir, a.test_data, split=a.split)
-    for note in sd.notes:
-        print(f"note: {note}", file=sys.stderr)
+    for note in sd.notes:  # the dataset's own notes come with their "note: " already
+        print(f"note: {note.removeprefix('note: ')}", file=sys.stderr)
     ds, split = sd.dataset, sd.split
     logits, features = split_outputs(lm, split, device=a.device)
     metrics = metrics_from_logits(logits, split.y, lm.classes)

@@ -439,8 +439,8 @@ def evaluate_command(a: Any) -> tuple[OnnxModel, Any, dict[str, Any]]:
     check_cli_options(a)
     om = load_onnx(a.model)
     metrics, sd = evaluate(om, a.data, a.data_dir, a.test_data, split=a.split, tta=a.tta)
-    for note in sd.notes:
-        print(f"note: {note}", file=sys.stderr)
+    for note in sd.notes:  # the dataset's own notes come with their "note: " already
+        print(f"note: {note.removeprefix('note: ')}", file=sys.stderr)
     if a.tta:
         from .evaluate import tta_notes
 

@@ -213,7 +213,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     for line in dataset_messages(ds):  # notes (a class left out, a split made smaller) and skipped files
         log(line)
     log(ds.describe())
-    if auto_scratch and len(ds.train.y) <= finetune.SMALL_DATA_MAX:
+    if auto_scratch and _would_fine_tune(user_cfg, ds):
         log(f"note: {world.size} processes train from scratch (a pretrained backbone is fine-tuned in one process)")
     if (line := imbalance.describe(cfg.class_weight, cfg.sampler, ds.train.y, ds.classes)) is not None:
         log(line)
@@ -432,6 +432,16 @@ def _data_parallel_start(cfg: TrainConfig) -> tuple[TrainConfig, bool]:
         raise MinivisionError(f"{what}: fine-tuning a pretrained backbone runs in one process; drop "
                               f"{named('nproc')} (or train from scratch with {named('pretrained', 'none')})")
     return dataclasses.replace(cfg, pretrained="none"), given is None and cfg.init_from is None
+
+
+def _would_fine_tune(user_cfg: TrainConfig, ds: Dataset) -> bool:
+    """Whether one process would have fine-tuned a pretrained backbone on ``ds`` by itself (the automatic
+    choice: a small dataset and a backbone that fits the network asked for)."""
+    try:
+        backbone, _ = finetune.choose_backbone(len(ds.train.y), ds.channels, ds.name, model=user_cfg.model)
+    except (ImportError, MinivisionError):
+        return False
+    return backbone is not None
 
 
 def _data_parallel_settings(cfg: TrainConfig, plan: Plan | None, ds: Dataset, world: Any,

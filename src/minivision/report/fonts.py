@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 # DejaVu Sans first: matplotlib's default, so Latin text looks as before. Then Noto: Latin/Greek/
 # Cyrillic extras, CJK (the JP face covers Chinese and Korean ideographs and kana/hangul too), the
@@ -67,11 +68,13 @@ def installed_fonts() -> tuple[tuple[str, object], ...]:
             for folder in DEBIAN_NOTO_DIRS:
                 for name in _file_names(family):
                     candidate = Path(folder) / name
-                    if candidate.is_file():
-                        try:
-                            font_manager.fontManager.addfont(str(candidate))
-                        except (OSError, RuntimeError, ValueError):
-                            continue
+                    bold = candidate.with_name(name.replace("-Regular.", "-Bold."))
+                    for face in (candidate, bold) if bold != candidate else (candidate,):
+                        if face.is_file():  # the bold face too: bold labels (compare's best row) use it
+                            try:
+                                font_manager.fontManager.addfont(str(face))
+                            except (OSError, RuntimeError, ValueError):
+                                continue
             path = _find(family)
         if path is not None:
             found.append((family, path))
@@ -92,6 +95,7 @@ def use_fonts() -> list[str]:
 
     warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning,
                             module=r"minivision\.")
+    _quiet_weight_fallback()
     families = [family for family, _ in installed_fonts()] or ["sans-serif"]
     current = list(matplotlib.rcParams["font.family"])
     if current != families and current in (["sans-serif"], list(_SET)):  # matplotlib's default or ours:
@@ -101,6 +105,22 @@ def use_fonts() -> list[str]:
 
 
 _SET: list[str] = []  # the list use_fonts last set
+
+
+def _drop_weight_fallback(record: Any) -> bool:
+    return not str(record.msg).startswith("findfont: Failed to find font weight")
+
+
+def _quiet_weight_fallback() -> None:
+    """Matplotlib logs "findfont: Failed to find font weight bold for Noto Sans ..., now using 400" (a
+    WARNING of its ``matplotlib.font_manager`` logger) for every family of the fallback list that has no
+    bold face (Noto Sans Symbols2 has none), each time a bold label is drawn; the regular face is drawn
+    instead, which is all the message says. That one message is dropped (idempotent); the logger's others stay."""
+    import logging
+
+    log = logging.getLogger("matplotlib.font_manager")
+    if _drop_weight_fallback not in log.filters:
+        log.addFilter(_drop_weight_fallback)
 
 
 @functools.lru_cache(maxsize=1)
