@@ -36,7 +36,9 @@ class Classifier:
     recipe, then the global default), stored as given: no checks or logic until ``fit``.
     ``get_params``/``set_params`` and ``sklearn.base.clone`` work without importing scikit-learn here
     (``sklearn.base.BaseEstimator`` costs ~1.8 s of CPU to import after torch, for every user of the
-    API). The data is ``fit``'s argument, with ``data_dir`` and ``test_data`` beside it.
+    API). The data is ``fit``'s argument, with ``data_dir`` and ``test_data`` beside it. ``fit`` trains in
+    this process: several processes are ``minivision train --nproc N`` (or torchrun), so ``nproc`` is not a
+    parameter.
 
     Fitted attributes end in ``_``: ``model_`` (the network trained: the ``model`` asked for, or the one
     the budget or the default chose; ``model`` itself stays as given), ``run_dir_``, ``classes_``,
@@ -53,6 +55,7 @@ class Classifier:
                  val_split: float | None = None, val_first: int | None = None, seed: int = 0,
                  device: str = "auto", precision: str = "auto", out: str = "runs", name: str = "train",
                  tensorboard: bool = False, imgsz: int | None = None, resize_mode: str = "letterbox",
+                 class_weight: str = "none", sampler: str = "shuffle", patience: int | None = None,
                  extra: dict[str, Any] | None = None) -> None:
         self.model = model
         self.epochs = epochs
@@ -81,6 +84,9 @@ class Classifier:
         self.tensorboard = tensorboard
         self.imgsz = imgsz
         self.resize_mode = resize_mode
+        self.class_weight = class_weight
+        self.sampler = sampler
+        self.patience = patience
         self.extra = extra
 
     # -- parameters (scikit-learn's protocol)
