@@ -109,6 +109,16 @@ def test_lr_find_command_prints_a_train_command_and_saves_the_plot(synth_csv, tm
     assert (tmp_path / "lr-find2" / "lr_find.png").is_file()  # never overwritten
 
 
+def test_lr_find_on_a_small_dataset_uses_train_s_batch(synth_csv, tmp_path, capsys):
+    """256 training pictures (320 less cnn1's validation split): train's batches of 64 (a quarter), not cnn1's
+    recipe 256 (one step an epoch); lr-find measures at that batch and says so as train does."""
+    train, _ = synth_csv
+    assert main(["lr-find", "--data", str(train), "--model", "cnn1", "--steps", "10", "--out", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    assert "note: 256 training images: batches of 64 instead of the recipe's 256" in err, err
+    assert "batch 64," in err
+
+
 def test_train_lr_auto_records_the_rate_and_trains_a_fresh_model(synth_csv, tmp_path, capsys):
     from minivision.fileio import load_tensors
 
@@ -139,6 +149,9 @@ def _rc(argv: list[str]) -> int:
 @pytest.mark.parametrize("argv,needle", [
     (["train", "--lr", "fast"], "expected a number, got 'fast' (or auto)"),
     (["train", "--lr", "auto", "--budget", "10s", "--data", "x.csv"], "--lr auto goes with --epochs or --steps"),
+    (["train", "--lr", "auto", "--epochs", "1", "--budget", "30s", "--data", "x.csv"],
+     "--lr auto cannot go with --budget"),
+    (["lr-find", "--start-lr", "1", "--end-lr", "0.1", "--data", "x.csv"], "the sweep must rise"),
     (["lr-find", "--start-lr", "0"], "--start-lr"),
     (["lr-find", "--steps", "3"], "--steps"),
 ])

@@ -63,6 +63,31 @@ def test_default_space_follows_the_model_family():
     assert set(mv) == {"lr", "weight_decay", "batch_size", "label_smoothing", "augment_strength"}
 
 
+def test_default_space_on_a_small_dataset_keeps_train_s_batch_rule():
+    """240 training pictures: train uses batches of 60 (budget.small_data_batch, 4 steps an epoch), so the
+    default space searches 30 and 60, not cnn1's 128/256/512 (one step an epoch)."""
+    from minivision.budget import small_data_batch
+
+    assert small_data_batch(240, 256) == 60
+    assert tn.check_space(tn.default_space("cnn1", 240))["batch_size"].choices == (30, 60)
+    assert tn.check_space(tn.default_space("cnn1", 54_000))["batch_size"].choices == (128, 256, 512)
+
+
+def test_a_tune_on_a_small_dataset_searches_small_batches_and_says_so(tmp_path, tiny_csv):
+    lines: list[str] = []
+    r = tn.tune(_settings(tmp_path, tiny_csv, trials=1, space=None), log=lines.append)
+    note = [ln for ln in lines if ln.startswith("note:")]
+    assert len(note) == 1 and "instead of the recipe's 128, 256, 512" in note[0], lines
+    searched = yaml.safe_load((r.tune_dir / "best.yaml").read_text())["settings"]["batch_size"]
+    assert searched <= 160 // 4, searched  # at least 4 steps an epoch, as train would
+
+
+def test_bad_budget_per_trial_names_its_flag(tmp_path, capsys):
+    rc = main(["tune", "--trials", "1", "--budget-per-trial", "10x", "--out", str(tmp_path / "o"), "--model", "cnn1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: --budget-per-trial: expected a duration"), err
+
+
 def test_augment_strength_makes_valid_specs():
     from minivision.data.augment import Augment
 
@@ -114,6 +139,7 @@ def test_missing_space_file(tmp_path):
     ("not a url", "--storage not a url"),
     ("sqlite:////no/such/folder/study.db", "unable to open database file"),
     ("postgresql://tuner:s3cret@127.0.0.1:1/db", "--storage postgresql://tuner:***@127.0.0.1:1/db"),
+    ("foo://bar", "unknown database kind 'foo'; use sqlite:///FILE, postgresql://"),
 ])
 def test_bad_storage_is_one_line_error_without_the_password(tmp_path, url, expected, capsys):
     rc = main(["tune", "--trials", "1", "--storage", url, "--out", str(tmp_path / "o"), "--model", "cnn1"])
@@ -236,6 +262,10 @@ def test_tiny_study_writes_its_outputs_and_a_rerun_continues(tmp_path, tiny_csv)
     # nothing to do once the study has its trials
     r3 = tn.tune(dataclasses.replace(s, trials=3), log=_quiet)
     assert r3.counts["done"] == 3
+    # fewer trials asked for than the study has: no "3 of 2"
+    lines: list[str] = []
+    assert tn.tune(dataclasses.replace(s, trials=2), log=lines.append).counts["done"] == 3
+    assert "3 trials done, --trials 2" in lines[0] and "3 of 2" not in "\n".join(lines), lines
     # other settings on the same study are refused, in one line
     with pytest.raises(MinivisionError, match="was started with --epochs 1, not 2"):
         tn.tune(dataclasses.replace(s, trials=4, epochs=2), log=_quiet)

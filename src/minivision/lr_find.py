@@ -101,6 +101,15 @@ def valley(losses: list[float]) -> int:
     return start + int(sections) + int(sections / 2)
 
 
+def check_sweep(start_lr: float, end_lr: float, steps: int) -> None:
+    """MinivisionError (one line) for a sweep that is not rising (``0 < start_lr < end_lr``, both finite) or
+    has fewer than ``MIN_POINTS`` steps: checked before any data is loaded."""
+    if not (0 < start_lr < end_lr) or not (math.isfinite(start_lr) and math.isfinite(end_lr)):
+        raise MinivisionError(f"the sweep must rise: 0 < --start-lr < --end-lr, got {start_lr:g} and {end_lr:g}")
+    if steps < MIN_POINTS:
+        raise MinivisionError(f"--steps must be at least {MIN_POINTS} for a suggestion, got {steps}")
+
+
 def lr_range_test(model: nn.Module, pre: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                   cfg: TrainConfig, *, num_classes: int, device: torch.device | str = "cpu", precision: str = "fp32",
                   start_lr: float = START_LR, end_lr: float = END_LR, steps: int = STEPS,
@@ -118,10 +127,7 @@ def lr_range_test(model: nn.Module, pre: Callable[[torch.Tensor], torch.Tensor],
     from .data.augment import Augment
     from .optim import make_optimizer
 
-    if not (0 < start_lr < end_lr) or not (math.isfinite(start_lr) and math.isfinite(end_lr)):
-        raise MinivisionError(f"the sweep must rise: 0 < --start-lr < --end-lr, got {start_lr:g} and {end_lr:g}")
-    if steps < MIN_POINTS:
-        raise MinivisionError(f"--steps must be at least {MIN_POINTS} for a suggestion, got {steps}")
+    check_sweep(start_lr, end_lr, steps)
     if len(y) < 2:
         raise MinivisionError("the range test needs at least 2 training pictures")
     device = torch.device(device)
@@ -272,14 +278,19 @@ def lr_find_command(given: dict[str, Any], *, steps: int = STEPS, start_lr: floa
     """``minivision lr-find``: the test for the model and data ``given`` (train's settings by name; model
     default: the one ``train --epochs`` uses), its plot and CSV in a new folder ``OUT/lr-find`` (``lr-find2``,
     ... never overwritten), and the ready ``train`` command. Returns (result, files, command)."""
+    from .budget import small_data_batches
     from .config import config_from
     from .fileio import new_run_dir
     from .finetune import SMALL_DATA_MAX
     from .models import model_info
 
-    cfg = config_from(given)
-    cfg, ds, model, pre, device, precision = prepare(cfg, log)
+    check_sweep(start_lr, end_lr, steps)  # before the data is loaded
+    user_cfg = config_from(given)
+    cfg, ds, model, pre, device, precision = prepare(user_cfg, log)
     n = len(ds.train.y)
+    # train's batch on a small dataset (at most a quarter of its pictures, unless --batch-size is given): the
+    # rate is measured at the batch size the printed command will train with
+    cfg = small_data_batches(user_cfg, cfg, n, log)
     log(f"lr-find: {cfg.model} on {n:,} training pictures, batch {cfg.batch_size}, {cfg.optimizer}; rate from "
         f"{start_lr:g} to {end_lr:g} over up to {steps} steps")
     result = lr_range_test(model, pre, ds.train.x, ds.train.y, cfg, num_classes=ds.num_classes, device=device,

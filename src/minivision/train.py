@@ -201,7 +201,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         cfg = resolve(dataclasses.replace(cfg, model=first), model_info(first).defaults)
         cfg = _absolute_paths(cfg)
         user_cfg = dataclasses.replace(user_cfg, **{k: getattr(cfg, k) for k in ("data", "data_dir", "test_data")})
-        _check_lr_auto(cfg)
+        _check_lr_auto(cfg, length_given=user_cfg.epochs is not None or user_cfg.steps is not None)
     Augment.parse(cfg.augment)  # fail on a bad spec before loading anything
 
     ds = dataset if dataset is not None else load_dataset(cfg.data, data_dir=cfg.data_dir, test_data=cfg.test_data,
@@ -471,10 +471,14 @@ def _rank_seed(seed: int, epoch: int, step: int, rank: int, stream: int) -> int:
     return (_epoch_seed(seed, epoch, stream) * 1_000_033 + step * 8_191 + rank * 131 + 1) % (2**63 - 1)
 
 
-def _check_lr_auto(cfg: TrainConfig) -> None:
-    """``--lr auto`` goes with a run of fixed length in one process (the range test takes time of its own)."""
+def _check_lr_auto(cfg: TrainConfig, *, length_given: bool = False) -> None:
+    """``--lr auto`` goes with a run of fixed length in one process (the range test takes time of its own);
+    ``length_given``: the user gave --epochs or --steps."""
     if cfg.lr != "auto":
         return
+    if cfg.budget is not None and length_given:
+        raise MinivisionError("--lr auto cannot go with --budget: a --budget run has no time set aside for the range "
+                              "test (drop --budget, or run minivision lr-find first and give its rate with --lr)")
     if cfg.budget is not None:
         raise MinivisionError("--lr auto goes with --epochs or --steps: a --budget run has no time set aside for the "
                               "range test (or run minivision lr-find first and give its rate with --lr)")

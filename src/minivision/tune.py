@@ -107,7 +107,7 @@ class Param:
         return f"{self.low:g} to {self.high:g} ({how})"
 
 
-def default_space(model: str) -> dict[str, Any]:
+def default_space(model: str, n_train: int | None = None) -> dict[str, Any]:
     """The search space for ``model``'s family, around its registered recipe (``models.model_info``):
 
     - ``lr``: log-uniform from a tenth of the recipe's rate to 10x for the tutorial models (Adam or plain
@@ -115,23 +115,28 @@ def default_space(model: str) -> dict[str, Any]:
       0.2 with Nesterov momentum 0.9);
     - ``weight_decay``: log-uniform, a decade either side of the recipe's, or 1e-6 to 1e-3 when it has none
       (a log scale cannot reach 0);
-    - ``batch_size``: half, the same as, or twice the recipe's;
+    - ``batch_size``: half, the same as, or twice the recipe's; on ``n_train`` training pictures too few for
+      the recipe's batch to make ``budget.MIN_STEPS_PER_EPOCH`` steps an epoch, half or the same as
+      ``budget.small_data_batch``'s (the batch ``train`` uses there);
     - ``label_smoothing``: 0 to 0.2 in steps of 0.05 (0.1 is Szegedy et al. 2016's value, our recipes');
     - ``augment_strength``: 0 to 1 in steps of 0.25 (``augment_for``: shift, rotation, zoom and erasing grow
       with it; flips except for digits).
 
     Returns the space as a ``--space`` file would write it (a dict of entries)."""
+    from .budget import small_data_batch
     from .config import GLOBAL_DEFAULTS
     from .models import model_info
 
     recipe = {**GLOBAL_DEFAULTS, **model_info(model).defaults}
     lr, wd, bs = float(recipe["lr"]), float(recipe["weight_decay"]), int(recipe["batch_size"])
     tutorial = recipe.get("schedule") == "constant"
+    small = bs if n_train is None else small_data_batch(n_train, bs)
+    batches = sorted({max(bs // 2, 1), bs, bs * 2}) if small == bs else sorted({max(small // 2, 1), small})
     return {
         "lr": {"low": _round(lr / 10), "high": _round(lr * (10 if tutorial else 2)), "log": True},
         "weight_decay": ({"low": _round(wd / 10), "high": _round(wd * 10), "log": True} if wd > 0
                          else {"low": 1e-6, "high": 1e-3, "log": True}),
-        "batch_size": {"choices": sorted({max(bs // 2, 1), bs, bs * 2})},
+        "batch_size": {"choices": batches},
         "label_smoothing": {"low": 0.0, "high": 0.2, "step": 0.05},
         AUGMENT_STRENGTH: {"low": 0.0, "high": 1.0, "step": 0.25},
     }
@@ -364,6 +369,9 @@ def hide_password(url: str) -> str:
         return url.split("@", 1)[-1] if "@" in url else url
 
 
+STORAGE_KINDS = "sqlite:///FILE, postgresql://USER:PASSWORD@HOST/DATABASE or mysql://USER:PASSWORD@HOST/DATABASE"
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna relational storage for ``url`` (``sqlite:///path``, ``postgresql://user:pw@host/db``,
     ``mysql://...``), with a heartbeat (a killed worker's trial is marked failed after ``GRACE_S``) and, for
@@ -391,6 +399,10 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         raise MinivisionError(f"--storage {hide_password(url)}: its database driver is not installed "
                               f"({e.name}); pip install it") from None
     except Exception as e:  # sqlalchemy's ArgumentError / OperationalError, optuna's own
+        if type(e).__name__ == "NoSuchModuleError":  # sqlalchemy: "Can't load plugin: sqlalchemy.dialects:foo"
+            kind = url.split(":", 1)[0]
+            raise MinivisionError(f"--storage {hide_password(url)}: unknown database kind {kind!r}; use "
+                                  f"{STORAGE_KINDS}") from None
         first = " ".join(str(e).split("\n")[0].split()) or type(e).__name__
         raise MinivisionError(f"--storage {hide_password(url)}: {first}"[:400]) from None
 
@@ -462,16 +474,32 @@ def tune(settings: TuneSettings, *, dataset: Dataset | None = None, pruner: optu
         if problem:
             raise MinivisionError(f"--{key} {problem}, got {getattr(settings, key)!r}")
     if settings.budget_per_trial is not None:
-        settings = dataclasses.replace(settings, budget_per_trial=parse_duration(settings.budget_per_trial))
+        try:
+            seconds = parse_duration(settings.budget_per_trial)
+        except MinivisionError as e:  # parse_duration speaks of train's --budget
+            raise MinivisionError(str(e).replace("--budget", "--budget-per-trial", 1)) from None
+        settings = dataclasses.replace(settings, budget_per_trial=seconds)
     model = settings.model or DEFAULT_MODEL
     model_info(model)  # an unknown model: one line with a "did you mean"
     space_where = f"--space {settings.space}" if isinstance(settings.space, str | os.PathLike) else "--space"
-    space = (read_space(settings.space) if isinstance(settings.space, str | os.PathLike)
-             else dict(settings.space) if settings.space is not None else default_space(model))
-    params = check_space(space, space_where)
+    given_space = (read_space(settings.space) if isinstance(settings.space, str | os.PathLike)
+                   else dict(settings.space) if settings.space is not None else None)
+    if given_space is not None:
+        check_space(given_space, space_where)  # a bad space: before the data is loaded
     settings = _absolute(settings)
 
     storage = open_storage(settings.storage) if settings.storage else None  # a bad URL: before any folder
+    from .data import load_dataset
+
+    ds = dataset if dataset is not None else load_dataset(settings.data, data_dir=settings.data_dir,
+                                                          test_data=settings.test_data)
+    if given_space is None:
+        n_train = training_pictures(settings, model, ds)
+        space = default_space(model, n_train)
+        _note_small_batches(space, model, n_train, log)
+    else:
+        space = given_space
+    params = check_space(space, space_where)
     tune_dir = tune_folder(settings.out, settings.name)
     storage_url = settings.storage or f"sqlite:///{tune_dir / STUDY_FILE}"
     study_name = settings.study or settings.name
@@ -490,13 +518,10 @@ def tune(settings: TuneSettings, *, dataset: Dataset | None = None, pruner: optu
     if not (tune_dir / TUNE_FILE).is_file():
         write_json(tune_dir / TUNE_FILE, record)
 
-    from .data import load_dataset
-
-    ds = dataset if dataset is not None else load_dataset(settings.data, data_dir=settings.data_dir,
-                                                          test_data=settings.test_data)
     done = _counts(study)["done"]
-    log(f"tune folder: {tune_dir}  (study {study_name!r} in {hide_password(storage_url)}; {done} of "
-        f"{settings.trials} trials done)")
+    progress = (f"{done} of {settings.trials} trials done" if done <= settings.trials
+                else f"{done} trial{'s' if done != 1 else ''} done, --trials {settings.trials}")
+    log(f"tune folder: {tune_dir}  (study {study_name!r} in {hide_password(storage_url)}; {progress})")
     log("search space: " + "; ".join(f"{p.name} {p.describe()}" for p in params.values()))
     interrupted = False
     if done < settings.trials:
@@ -515,6 +540,29 @@ def tune(settings: TuneSettings, *, dataset: Dataset | None = None, pruner: optu
         log(f"interrupted: the {result.counts['done']} trials done are kept in {result.storage}; run the same "
             "command to continue the study")
     return result
+
+
+def training_pictures(settings: TuneSettings, model: str, ds: Dataset) -> int:
+    """How many training pictures a trial's run has: ``ds`` less the validation split ``train`` makes with
+    ``model``'s recipe and the study's seed (the number ``train``'s small-data batch rule reads)."""
+    from .config import TrainConfig, resolve
+    from .data.split import make_val
+    from .models import model_info
+
+    cfg = resolve(TrainConfig(**train_settings(settings, model, {})), model_info(model).defaults)
+    return len(make_val(ds, val_split=cfg.val_split, val_first=cfg.val_first, seed=cfg.seed).train.y)
+
+
+def _note_small_batches(space: Mapping[str, Any], model: str, n_train: int, log: Callable[[str], None]) -> None:
+    """The note ``train`` prints for its small-data batch, for the default space's batch sizes."""
+    from .budget import MIN_STEPS_PER_EPOCH
+
+    usual = default_space(model)["batch_size"]["choices"]
+    searched = space["batch_size"]["choices"]
+    if searched != usual:
+        log(f"note: {n_train:,} training images: batch sizes {', '.join(map(str, searched))} searched instead of "
+            f"the recipe's {', '.join(map(str, usual))}, so an epoch has at least {MIN_STEPS_PER_EPOCH} steps "
+            "(--space sets them)")
 
 
 def _absolute(settings: TuneSettings) -> TuneSettings:
