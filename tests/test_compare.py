@@ -166,6 +166,28 @@ def test_failed_rows_are_shown_not_fatal(tmp_path):
     assert "error" in paths["csv"].read_text().splitlines()[0]
 
 
+def test_short_train_times_keep_two_significant_digits(tmp_path):
+    assert [compare._seconds(v) for v in (0.031, 0.0042, 0.0, 0.25, 9.8, 151.0, math.nan)] == \
+        ["0.031 s", "0.0042 s", "0.0 s", "0.2 s", "9.8 s", "151 s", "-"]
+    rows = _rows(2)
+    rows[0]["train_seconds"] = 0.031
+    assert "0.031 s" in format_table(rows) and "| 0.031 s |" in compare.format_markdown(rows)
+    fig = plot_comparison(rows)
+    bar_texts = [t.get_text() for t in fig.axes[1].texts]
+    assert any(t.startswith("0.031 s") for t in bar_texts), bar_texts
+
+
+def test_curves_of_one_epoch_show_a_point_on_whole_epoch_ticks(runs):
+    rows = compare_runs(runs)
+    fig = compare.plot_curves(rows)
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks == [1.0], ticks  # one epoch: one whole-epoch tick, not 0.95, 1.00, 1.05
+        for line in ax.get_lines():
+            if len(line.get_xdata()) == 1:
+                assert line.get_marker() == "o" and line.get_markersize() >= 5  # a single point is drawn
+
+
 # ----------------------------------------------------------------------------- plot
 
 def test_plot_comparison_with_and_without_ax():

@@ -16,6 +16,7 @@ from torch import nn
 from minivision.cli import main
 from minivision.config import TrainConfig
 from minivision.inspect_model import (
+    Inspection,
     block_outputs,
     conv_blocks,
     draw_inspection,
@@ -24,6 +25,7 @@ from minivision.inspect_model import (
     grad_cam,
     inspect_pictures,
     pick_examples,
+    report_figure,
     strongest_channels,
 )
 from minivision.models import ClassifierNet, create_model, list_models
@@ -190,6 +192,55 @@ def test_inspect_run_without_pictures_adds_the_report_section(runs, capsys):
     page = (run / "report.html").read_text(encoding="utf-8")
     assert '<section id="inspect">' in page and "What the model looked at" in page
     assert "written by `minivision inspect`" in page
+    assert "test picture of each class" not in page and "from the split named in the picture" in page
+
+
+def _title_boxes(fig) -> list[tuple[str, object]]:
+    """(text, window extent in pixels) of the figure's title and every axes title, drawn by Agg's renderer."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    texts = [fig._suptitle] if fig._suptitle is not None else []
+    texts += [t for ax in fig.axes for t in (ax.title, ax._left_title, ax._right_title)]
+    return [(t.get_text(), t.get_window_extent(renderer)) for t in texts if t.get_text()]
+
+
+def _overlapping(fig) -> list[tuple[str, str]]:
+    boxes = _title_boxes(fig)
+    return [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:] if ba.overlaps(bb)]
+
+
+def _made_up(top: int, label: int | None = None, seed: int = 0) -> Inspection:
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.softmax(torch.randn(10, generator=g) * 2, 0)
+    return Inspection(torch.randint(0, 255, (1, 28, 28), dtype=torch.uint8, generator=g), probs,
+                      [(int(c), torch.rand(28, 28, generator=g)) for c in probs.topk(top).indices],
+                      [("conv2d", torch.rand(16, 26, 26, generator=g)),
+                       ("conv2d_1", torch.rand(64, 11, 11, generator=g))],
+                      torch.randn(16, 1, 3, 3, generator=g), label)
+
+
+FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+
+
+@pytest.mark.parametrize("top", [1, 3, 5, 10])
+def test_the_title_and_first_row_captions_of_a_picture_s_figure_do_not_overlap(top):
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))
+    fig = draw_inspection(_made_up(top), FASHION, "photo.jpg: Ankle boot 93.1% (cnn2, train)", photo=photo)
+    boxes = _title_boxes(fig)
+    assert any(text.startswith("what the model saw") for text, _ in boxes) and len(boxes) >= 4 + top
+    assert _overlapping(fig) == []
+
+
+def test_the_report_figure_s_two_line_title_clears_the_first_row_captions():
+    items = [(str(c), _made_up(1, c, seed=2 * c + k)) for c in range(10) for k in range(2)]
+    title = ("Where the model looked: 12 right and 8 wrong validation pictures\n"
+             "(Grad-CAM of the predicted class; red: strongest)")
+    fig = report_figure(items, FASHION, title)
+    assert _overlapping(fig) == []
+    few = report_figure(items[:2], FASHION, title)  # one class row: the header is the largest part of the figure
+    assert _overlapping(few) == []
 
 
 def _one_line_error(capsys, argv) -> str:

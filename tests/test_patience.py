@@ -100,6 +100,17 @@ def test_stops_on_the_validation_loss_and_keeps_the_best_epoch_s_weights_bit_for
     assert len(more.history) == 7 and "patience: 5" in (more.run_dir / "args.yaml").read_text()
 
 
+def test_the_stop_line_follows_the_epoch_line_which_keeps_the_planned_total(tmp_path, scripted):
+    lines: list[str] = []
+    cfg = TrainConfig(model="softmax", epochs=6, batch_size=16, lr=0.01, patience=2, out=str(tmp_path), name="log")
+    fit(cfg, dataset=misled(), progress=False, log=lines.append)
+    epochs = [i for i, ln in enumerate(lines) if ln.startswith("epoch ")]
+    stop = [i for i, ln in enumerate(lines) if ln.startswith("early stopping after epoch 4:")]
+    assert len(stop) == 1 and lines[epochs[-1]].startswith("epoch 4/6 ")  # the plan (6), not the cut length (4)
+    assert stop[0] == epochs[-1] + 1, lines  # the stop is said right after its epoch's line
+    assert "lowest 0.8000 at epoch 2" in lines[stop[0]]
+
+
 def test_without_patience_the_best_accuracy_is_kept_as_before(tmp_path, scripted):
     r = _fit(tmp_path, patience=None)
     assert len(r.history) == 6 and "epochs_since_best" not in r.history[0]  # SCRIPT's first 6 epochs

@@ -229,8 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                                          "conversion, first-layer filters, feature maps, Grad-CAM, scores")
     ins.add_argument("model", metavar="RUN", help="a run folder (or its model.json)")
     ins.add_argument("paths", nargs="*", metavar="PICTURE",
-                     help="picture files, folders or globs: one PNG each; none: a right and a wrong test picture of "
-                          "each class with Grad-CAM, as RUN/inspect.png and a section of the run's report")
+                     help="picture files, folders or globs: one PNG each; none: a right and a wrong picture of each "
+                          "class (from --split) with Grad-CAM, as RUN/inspect.png and a section of the run's report")
     ins.add_argument("--out", metavar="DIR", help="folder of the PNGs (default RUN/inspect; existing files are kept)")
     ins.add_argument("--top", type=_number(int, 1, 10), default=3, help="classes with a Grad-CAM map (default 3)")
     ins.add_argument("--split", choices=["test", "val", "train"],

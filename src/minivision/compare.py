@@ -144,8 +144,12 @@ def _si(v: Any) -> str:
 
 
 def _seconds(v: Any) -> str:
+    """A duration in seconds for the table, compare.md and the bars: two significant digits under 0.1 s
+    (``0.03 s``, ``0.0042 s``: a tiny run is not ``0.0 s``), one decimal up to 100 s, whole seconds beyond."""
     if not _finite(v):
         return "-"
+    if 0 < v < 0.095:
+        return f"{v:.2g} s"
     return f"{v:.1f} s" if v < 100 else f"{v:,.0f} s"
 
 
@@ -366,23 +370,29 @@ def plot_curves(rows: list[dict[str, Any]]) -> Any:
     colors = class_colors(len(rows))
     validation = any(not math.isnan(h["val_loss"]) for hist in histories for h in hist)
     which = "val" if validation else "train"
+    last = max(int(h["epoch"]) for hist in histories for h in hist)
     for label, hist, color in zip(_labels(rows), histories, colors, strict=True):
         if not hist:
             continue
         epochs = [h["epoch"] for h in hist]
+        dots = 3 if len(hist) > 15 else 4 if len(hist) > 1 else 7  # markers: a run of one epoch is one point
         acc_ax.plot(epochs, [h[f"{which}_accuracy"] for h in hist], color=color, label=label, marker="o",
-                    markersize=3 if len(hist) > 15 else 4)
+                    markersize=dots)
         loss_ax.plot(epochs, [h[f"{which}_loss"] for h in hist], color=color, label=label, marker="o",
-                     markersize=3 if len(hist) > 15 else 4)
+                     markersize=dots)
         if validation:
-            loss_ax.plot(epochs, [h["train_loss"] for h in hist], color=color, linestyle=":", linewidth=1)
+            loss_ax.plot(epochs, [h["train_loss"] for h in hist], color=color, linestyle=":", linewidth=1,
+                         marker="o" if len(hist) == 1 else None, markersize=dots, fillstyle="none")  # hollow
     name = "validation" if validation else "training"
     acc_ax.set_title(f"{name[0].upper() + name[1:]} accuracy")
     acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     loss_ax.set_title(f"{name[0].upper() + name[1:]} loss" + (" (dotted: training loss)" if validation else ""))
     for ax in (acc_ax, loss_ax):
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        # whole epochs only, even for one epoch (without min_n_ticks=1 the locator falls back to 0.95, 1.00...)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        if last < 10:  # a few epochs (one: a single point) sit half an epoch from the edges, not on them
+            ax.set_xlim(0.5, last + 0.5)
         ax.grid(alpha=0.3)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)

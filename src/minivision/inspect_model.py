@@ -2,10 +2,10 @@
 layer's filters, the feature maps of each convolution block, Grad-CAM heat maps and the scores.
 
 ``minivision inspect RUN PICTURE...`` writes one PNG per picture (``inspect_files``);
-``minivision inspect RUN`` with no picture draws a right and a wrong test picture of each class with
-its Grad-CAM map (``inspect_report``) as ``RUN/inspect.png``, which the run's report then shows in its
-"What the model looked at" section. That section is made on request, not at the end of every
-training: a report is rewritten by many runs (tests, compare, budget runs), and the section's
+``minivision inspect RUN`` with no picture draws a right and a wrong picture of each class (of the test split,
+else validation; the title names it) with its Grad-CAM map (``inspect_report``) as ``RUN/inspect.png``, which
+the run's report then shows in its "What the model looked at" section. That section is made on request, not
+at the end of every training: a report is rewritten by many runs (tests, compare, budget runs), and the section's
 drawing would be paid by all of them.
 
 Grad-CAM (Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks via
@@ -311,11 +311,14 @@ def draw_inspection(ins: Inspection, classes: list[str], title: str = "", photo:
 
     rows = 1 + (1 if ins.filters.numel() else 0) + len(ins.blocks)
     heights = [3.0] + ([1.6] if ins.filters.numel() else []) + [1.45] * len(ins.blocks)
-    width = 14.0
-    fig = style.new_figure(width, sum(heights) + 0.9)
-    grid = fig.add_gridspec(rows, 1, height_ratios=heights, left=0.03, right=0.98, top=1 - 0.7 / (sum(heights) + 0.9),
-                            bottom=0.02, hspace=0.55)
     n_top = (1 if photo is not None else 0) + 1 + len(ins.cams)
+    # about 2.1 inches a picture, so captions of 10-point text (up to ~20 characters a line) stay apart at --top 5;
+    # the header (inches): the title's line, then room for the first row's three-line captions
+    width, header = max(14.0, 2.1 * n_top + 4.6), 1.25
+    height = sum(heights) + header
+    fig = style.new_figure(width, height)
+    grid = fig.add_gridspec(rows, 1, height_ratios=heights, left=0.03, right=0.98, top=1 - header / height,
+                            bottom=0.02, hspace=0.55)
     # a spacer column before the scores: their class names (up to 22 characters) are drawn to its left
     top = grid[0].subgridspec(1, n_top + 2, width_ratios=[1] * n_top + [0.75, 1.4], wspace=0.25)
     col = 0
@@ -332,7 +335,7 @@ def draw_inspection(ins: Inspection, classes: list[str], title: str = "", photo:
     ax = fig.add_subplot(top[0, col])
     _show_picture(ax, ins.picture)
     h, w = ins.picture.shape[-2:]
-    ax.set_title(f"what the model saw\n({w} x {h}, after the conversion)", fontsize=10)
+    ax.set_title(f"what the model saw\n({w} x {h},\nafter the conversion)", fontsize=10)
     col += 1
     for c, cam in ins.cams:
         ax = fig.add_subplot(top[0, col])
@@ -395,7 +398,7 @@ def draw_inspection(ins: Inspection, classes: list[str], title: str = "", photo:
         ax.set_anchor("W")
         r += 1
     if title:
-        fig.suptitle(title.replace("$", r"\$"), fontsize=12, x=0.03, ha="left")
+        fig.suptitle(title.replace("$", r"\$"), fontsize=12, x=0.03, ha="left", y=1 - 0.15 / height, va="top")
     return fig
 
 
@@ -409,9 +412,11 @@ def report_figure(items: list[tuple[str, Inspection]], classes: list[str], title
         rows.setdefault(int(ins.label), []).append(ins)
     keys = sorted(rows)
     per = max(len(v) for v in rows.values()) if rows else 1
-    height = 2.3 * len(keys) + 1.2
+    # the header (inches): the two-line title, then the first row's two-line captions below it
+    header = 1.45
+    height = 2.3 * len(keys) + header + 0.15
     fig = style.new_figure(2.2 * 2 * per + 0.4, height)
-    grid = fig.add_gridspec(max(len(keys), 1), 2 * per, left=0.02, right=0.98, top=1 - 1.05 / height,
+    grid = fig.add_gridspec(max(len(keys), 1), 2 * per, left=0.02, right=0.98, top=1 - header / height,
                             bottom=0.02, hspace=0.65, wspace=0.1)
     for r, key in enumerate(keys):
         for j, ins in enumerate(rows[key]):
@@ -426,7 +431,7 @@ def report_figure(items: list[tuple[str, Inspection]], classes: list[str], title
             cam = next(c for i, c in ins.cams if i == pred)
             _show_cam(ax, ins.picture, cam)
             ax.set_title(f"Grad-CAM:\n{_short(classes[pred], 16)}", fontsize=9, color=color)
-    fig.suptitle(title.replace("$", r"\$"), fontsize=11)
+    fig.suptitle(title.replace("$", r"\$"), fontsize=11, y=1 - 0.12 / height, va="top")
     return fig
 
 

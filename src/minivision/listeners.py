@@ -278,10 +278,10 @@ class EarlyStopping(Listener):
         trainer.meta["early_stopping"] = {
             "monitor": "val_loss", "patience": self.patience, "best_epoch": self.best_epoch,
             "best_val_loss": self.best_loss, "stopped_epoch": trainer.epoch if stopped else record.get("stopped_epoch")}
-        if stopped:
-            trainer.log(f"early stopping after epoch {trainer.epoch}: the validation loss has not improved for "
-                        f"{self.wait} epochs (lowest {self.best_loss:.4f} at epoch {self.best_epoch}, whose weights "
-                        f"are kept)")
+        if stopped:  # logged after the epoch's own line (Trainer.epoch_notes), which keeps the planned epochs
+            trainer.epoch_notes.append(
+                f"early stopping after epoch {trainer.epoch}: the validation loss has not improved for {self.wait} "
+                f"epochs (lowest {self.best_loss:.4f} at epoch {self.best_epoch}, whose weights are kept)")
             trainer.set_total_steps(trainer.step)  # ends the loop here; the checkpoint saved next is a finished one
 
 

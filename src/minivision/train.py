@@ -911,6 +911,7 @@ class Trainer:
         # epoch lines say the time left instead of a planned total that moves (epoch 7/13, then 8/10)
         self.budget_end: tuple[float, Callable[[], float]] | None = None
         self.epoch_lines = EpochLines()  # short epochs: a line every few seconds, not hundreds a second
+        self.epoch_notes: list[str] = []  # lines a listener logs after this epoch's line (EarlyStopping's stop)
         # the last EXPLODED_STEPS steps as [exploded 0/1, correct, images, loss] (see EXPLODED_LOSS)
         self.exploding: list[list[float]] = []
 
@@ -1228,13 +1229,14 @@ class Trainer:
         better = recipe if isinstance(recipe, (int, float)) and recipe < lr else lr / 10
         return f"the learning rate {lr:g} is too high; try --lr {better:g}"
 
-    def epoch_label(self, n: int) -> str:
-        """``epoch n/N``; in a budget run whose plan still moves, ``epoch n · 1m12s left`` (the time until the
-        budget ends) until the last epoch, which reads ``epoch N/N``."""
+    def epoch_label(self, n: int, total: int | None = None) -> str:
+        """``epoch n/N`` (N: ``total``, else the planned epochs); in a budget run whose plan still moves,
+        ``epoch n · 1m12s left`` (the time until the budget ends) until the last epoch, which reads ``epoch N/N``."""
+        total = self.epochs if total is None else total
         if self.phases:
-            return f"epoch {n}/{self.epochs} {self.phases[self.phase_of(n - 1)].name}"
+            return f"epoch {n}/{total} {self.phases[self.phase_of(n - 1)].name}"
         if self.budget_end is None or (n >= self.epochs and n == self.epoch):
-            return f"epoch {n}/{self.epochs}"
+            return f"epoch {n}/{total}"
         end, clock = self.budget_end
         return f"epoch {n} · {format_duration(max(end - clock(), 0.0))} left"
 
@@ -1277,13 +1279,18 @@ class Trainer:
             self.improved = not no_val and val_loss < min((r["val_loss"] for r in self.history[:-1]), default=math.inf)
         if self.improved:
             self.best_val = val_acc
+        planned = self.epochs  # an early stop (on_epoch_end) shortens the run; the epoch's line keeps the plan
         self._emit("on_epoch_end", row)
         val = f"val loss {val_loss:.4f} acc {val_acc:.2%}" if not no_val else "no validation split"
-        text = (f"{self.epoch_label(row['epoch'])}  train loss {row['train_loss']:.4f} acc "
+        label = self.epoch_label(row["epoch"], planned if self.epoch_notes else None)
+        text = (f"{label}  train loss {row['train_loss']:.4f} acc "
                 f"{row['train_accuracy']:.2%}  {val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
                 + ("  *" if self.improved else ""))
         for line in self.epoch_lines.lines(text, val_acc, first=len(self.history) == 1, last=self.epoch >= self.epochs):
             self.log(line)
+        for line in self.epoch_notes:
+            self.log(line)
+        self.epoch_notes.clear()
 
     # -- the end
 

@@ -44,7 +44,9 @@ _FIGURES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     "embedding": ("Embedding", (("embedding", "The model's features projected to two dimensions"),)),
     "inspect": ("What the model looked at", (("inspect", "Grad-CAM: the parts of each picture that raised the score of "
                                                          "the predicted class most (red), for a right and a wrong "
-                                                         "test picture of each class"),)),
+                                                         "picture of each class from the split named in the "
+                                                         "picture's title (the test split, or validation when the "
+                                                         "data has none)"),)),
 }
 
 _CSS = """
