@@ -6,10 +6,11 @@ What each test shows:
 - two ranks end with the same weights, and those match a one-process run with the same global batch
   (the same pictures in every step; only the order in which the gradient sums are added differs);
 - the sharding, batch and record rules (no processes: fast);
-- ``minivision train --nproc 2``: a run folder written by rank 0 only, args.yaml's record (slow);
+- ``minivision train --nproc 2``: a run folder written by rank 0 only, args.yaml's record;
 - a rank killed mid-epoch: rank 0 saves the state after the last step every rank finished; the run
-  resumes with ``--resume`` and ends with the weights of an uninterrupted run (slow);
-- two "machines" (two launchers, ``--nnodes 2``, c10d rendezvous on 127.0.0.1) finish a run (slow).
+  resumes with ``--resume`` and ends with the weights of an uninterrupted run;
+- two "machines" (two launchers, ``--nnodes 2``, c10d rendezvous on 127.0.0.1) finish a run.
+All of them run in the fast suite (about 90 s together on 2 quiet cores): they are the promises of ``--nproc``.
 """
 
 from __future__ import annotations
@@ -188,9 +189,8 @@ def test_shards_batches_and_record_without_processes():
     assert distributed.threads_per_process(10_000) == 1
 
 
-# ----------------------------------------------------------------------------- slow: command, lost rank, 2 machines
+# ----------------------------------------------------------------------------- command, lost rank, 2 machines
 
-@pytest.mark.slow
 def test_nproc_command_trains_with_rank_zero_writing(tmp_path, csv_data):
     train, test = csv_data
     out = tmp_path / "runs"
@@ -212,7 +212,6 @@ def test_nproc_command_trains_with_rank_zero_writing(tmp_path, csv_data):
     assert errors and "at least 4" in errors[0] and "Traceback" not in bad.stderr
 
 
-@pytest.mark.slow
 def test_a_killed_rank_stops_the_run_with_a_checkpoint_that_resumes_to_the_same_weights(tmp_path, csv_data):
     from minivision.runfiles import load_checkpoint
 
@@ -242,7 +241,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_machines_on_loopback_finish_a_run(tmp_path, csv_data):
     train, test = csv_data
     port = _free_port()
