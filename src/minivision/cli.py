@@ -280,6 +280,8 @@ def cmd_train(a: argparse.Namespace) -> int:
 
     nproc = distributed.processes_wanted(a.nproc, a.resume)
     if nproc > 1 and not distributed.in_worker():  # start N processes that each run this command
+        if a.batch_size is not None:
+            distributed.check_global_batch(int(a.batch_size), nproc)
         return distributed.launch(getattr(a, "argv", sys.argv[1:]), nproc, time.time() - (time.monotonic() - a.started))
     from .train import fit
 

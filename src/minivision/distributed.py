@@ -221,9 +221,16 @@ def batches_per_epoch(n: int, batch_size: int, world_size: int = 1) -> int:
 def check_batch(batch_size: int, world: World) -> None:
     """A global batch must give every rank at least two pictures (batch norm in training mode needs two);
     raises MinivisionError naming the smallest that works."""
-    if world.active and batch_size < 2 * world.size:
-        raise MinivisionError(f"--batch-size {batch_size} is the global batch, shared by {world.size} processes: "
-                              f"it must be at least {2 * world.size} (2 pictures per process)")
+    if world.active:
+        check_global_batch(batch_size, world.size)
+
+
+def check_global_batch(batch_size: int, processes: int) -> None:
+    """``check_batch`` for ``processes`` processes, before any starts (``--nproc`` with ``--batch-size``): one
+    error line from the launching command instead of one from each process."""
+    if processes > 1 and batch_size < 2 * processes:
+        raise MinivisionError(f"--batch-size {batch_size} is the global batch, shared by {processes} processes: "
+                              f"it must be at least {2 * processes} (2 pictures per process)")
 
 
 def record(world: World, batch_size: int, lr: float | str) -> dict[str, Any] | None:
