@@ -209,7 +209,7 @@ def test_nproc_command_trains_with_rank_zero_writing(tmp_path, csv_data):
                cwd=tmp_path)
     assert bad.returncode == 2, bad.stderr[-2000:]
     errors = [ln for ln in bad.stderr.splitlines() if ln.startswith("error:")]
-    assert errors and "at least 4" in errors[0] and "Traceback" not in bad.stderr
+    assert len(errors) == 1 and "at least 4" in errors[0] and "Traceback" not in bad.stderr
 
 
 def test_a_killed_rank_stops_the_run_with_a_checkpoint_that_resumes_to_the_same_weights(tmp_path, csv_data):
