@@ -305,7 +305,7 @@ def test_ctrl_c_keeps_the_finished_trials_and_a_rerun_continues(tmp_path, tiny_c
     assert not r2.interrupted and r2.counts["complete"] == 2 and calls == [0, 1]
 
 
-#---------------------------------------------------------------------------- two workers (fast: 17 s); slow: real data
+# ---------------------------------------------------------------------------- two workers (fast: 17 s); slow: real data
 
 def test_two_workers_on_one_sqlite_study(tmp_path, tiny_csv):
     cmd = [sys.executable, "-m", "minivision", "tune", "--data", str(tiny_csv), "--model", "cnn1", "--epochs", "1",
