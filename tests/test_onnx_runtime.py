@@ -547,11 +547,19 @@ def test_mahalanobis_score_is_the_distance_to_the_nearest_class():
     assert mahalanobis_score(f[:0], means, precision).shape == (0,)
 
 
-def test_default_threads_follow_the_free_cpus(monkeypatch):
+def test_default_threads_follow_the_free_cpus(monkeypatch, tmp_path):
     import os
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    # the runnable-task count of /proc/loadavg, when there is one, wins over the load average
+    monkeypatch.setattr(rt, "running_elsewhere", lambda: 0)
+    monkeypatch.setattr(os, "getloadavg", lambda: (cpus + 5.0, 0.0, 0.0))
+    assert rt.default_threads() == cpus
+    monkeypatch.setattr(rt, "running_elsewhere", lambda: cpus + 3)
     monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    assert rt.default_threads() == 1
+    # without /proc: the load average
+    monkeypatch.setattr(rt, "running_elsewhere", lambda: None)
     assert rt.default_threads() == cpus
     monkeypatch.setattr(os, "getloadavg", lambda: (cpus + 5.0, 0.0, 0.0))
     assert rt.default_threads() == 1
@@ -561,6 +569,17 @@ def test_default_threads_follow_the_free_cpus(monkeypatch):
 
     monkeypatch.setattr(os, "getloadavg", no_load)
     assert rt.default_threads() == cpus
+
+
+def test_running_elsewhere_reads_the_runnable_field(tmp_path):
+    f = tmp_path / "loadavg"
+    f.write_text("1.17 1.21 1.24 3/76 11491\n")
+    assert rt.running_elsewhere(str(f)) == 2  # this process is one of the 3
+    f.write_text("0.00 0.00 0.00 1/76 11491\n")
+    assert rt.running_elsewhere(str(f)) == 0
+    f.write_text("garbage\n")
+    assert rt.running_elsewhere(str(f)) is None
+    assert rt.running_elsewhere(str(tmp_path / "absent")) is None
 
 
 def test_sessions_do_not_spin_and_take_the_threads_asked_for(grey):
