@@ -239,6 +239,47 @@ def test_evaluate_prints_ece_before_and_after(csv_run):
     assert 0 <= m["unsure"]["share"] <= 1
 
 
+def test_training_reuses_the_kept_epochs_validation_pass_for_the_statistics(csv_run, tmp_path):
+    """Training fits the temperature and the unsure statistics on the kept epoch's own validation pass (no
+    second pass over the validation split); ``calibrate`` runs that pass afresh on the saved model and must
+    fit the same figures, bit for bit: the kept epoch's outputs are the saved weights' outputs."""
+    import shutil
+
+    from minivision.fileio import load_tensors
+
+    _, run = csv_run
+    again = tmp_path / "again"
+    shutil.copytree(run, again)
+    _cli("calibrate", str(again))
+    trained, refit = (json.loads((r / "model.json").read_text()) for r in (run, again))
+    assert refit["calibration"] == trained["calibration"]
+    assert refit["unsure"] == trained["unsure"]
+    a, b = load_tensors(run / "trust.safetensors"), load_tensors(again / "trust.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fit_for_model_takes_the_validation_outputs_given():
+    from minivision.data.dataset import Split
+    from minivision.errors import MinivisionError
+
+    x, y = synthetic_images(40, classes=4)
+    val = Split(torch.from_numpy(x), torch.from_numpy(y).long())
+    feats = torch.randn(40, 6, generator=torch.Generator().manual_seed(0))
+    logits = torch.randn(40, 4, generator=torch.Generator().manual_seed(1))
+
+    class NoNetwork:  # a second pass would call it
+        def __getattr__(self, name):
+            raise AssertionError("the network was run although the validation outputs were given")
+
+    cal, unsure, stats = trust.fit_for_model(NoNetwork(), None, None, val, 4, device=torch.device("cpu"),
+                                             val_outputs=(feats, logits))
+    assert cal == trust.fit_trust(feats, val.y, feats, logits, val.y, 4)[0]
+    assert unsure["statistics_from"] == "validation" and unsure["n"] == 40
+    with pytest.raises(MinivisionError, match="rows for 40 pictures"):
+        trust.fit_for_model(NoNetwork(), None, None, val, 4, device=torch.device("cpu"),
+                            val_outputs=(feats[:39], logits[:39]))
+
+
 def test_old_run_without_trust_loads_and_calibrate_fits_it(csv_run, tmp_path):
     import shutil
 

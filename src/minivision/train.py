@@ -36,7 +36,14 @@ from .data.split import check_own_val, has_own_val, make_val, validation_used
 from .errors import MinivisionError, TrainingFailed
 from .examples import save_examples
 from .fileio import new_run_dir, write_text
-from .inference import cpu_supports_bf16, loss_and_accuracy, pick_device, pick_precision, predict_logits
+from .inference import (
+    cpu_supports_bf16,
+    loss_and_accuracy,
+    pick_device,
+    pick_precision,
+    predict_features,
+    predict_logits,
+)
 from .listeners import (
     BudgetPlanner,
     Checkpoints,
@@ -391,7 +398,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
                 trainer.listeners.append(BudgetPlanner(Planner(
                     started + plan.budget_s, trainer.batches_per_epoch, len(ds.val) if ds.val is not None else 0,
                     len(ds.test) if ds.test is not None else 0, cfg.batch_size, clock=clock,
-                    report=trainer.report_follows, n_end=trust_pictures(ds))))
+                    report=trainer.report_follows, n_end=trust_pictures(ds, reuses_validation=True))))
                 trainer.budget_end = (started + plan.budget_s, clock)  # the plan moves: epoch lines say time left
         if state is not None:
             trainer.restore(state)
@@ -491,15 +498,16 @@ def batches_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size + (1 if n % batch_size >= 2 or n < batch_size else 0)
 
 
-def trust_pictures(ds: Dataset) -> int:
+def trust_pictures(ds: Dataset, *, reuses_validation: bool = False) -> int:
     """Pictures the calibration and unsure statistics pass through the network at the end of training
-    (Trainer._fit_trust): the validation split and up to trust.STATS_PICTURES training pictures; 0
-    without a validation split (nothing is fitted then)."""
+    (Trainer._fit_trust): up to trust.STATS_PICTURES training pictures and, unless the best epoch's
+    validation pass is reused (``reuses_validation``: a run without fine-tuning phases), the validation
+    split; 0 without a validation split (nothing is fitted then)."""
     from .trust import STATS_PICTURES
 
     if ds.val is None or not len(ds.val):
         return 0
-    return len(ds.val) + min(len(ds.train), STATS_PICTURES)
+    return (0 if reuses_validation else len(ds.val)) + min(len(ds.train), STATS_PICTURES)
 
 
 @contextlib.contextmanager
@@ -896,6 +904,10 @@ class Trainer:
         self.epoch, self.step_in_epoch, self.step = len(history), 0, len(history) * self.batches_per_epoch
         self.best_val = max((r["val_accuracy"] for r in history if not math.isnan(r["val_accuracy"])),
                             default=-1.0)
+        # (features, logits) of the best epoch's validation pass, the weights best.safetensors holds: the
+        # statistics after training (_fit_trust) reuse them instead of a second pass; None after a resume or
+        # when that epoch scored cached features (phase "head")
+        self.best_val_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         # loss sum, correct, count within the epoch; one tensor added to in step order, so a resumed
         # epoch sums in exactly the same order as an uninterrupted one
         self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)
@@ -1246,14 +1258,18 @@ class Trainer:
             self._sync_buffers()
         loss_sum, correct, count = self.sums.tolist()
         val_loss = val_acc = float("nan")
+        val_outputs = None
         t_val = time.perf_counter()
         if self.val_features is not None:  # phase "head": the head on the cached validation features
             with torch.inference_mode():
                 logits = self.model.forward_head(self.val_features).float().cpu()
             val_loss, val_acc = loss_and_accuracy(logits, self.ds.val.y)
         elif self.ds.val is not None and len(self.ds.val):
-            logits = predict_logits(self.model, self.pre, self.ds.val.x, device=self.device, precision=self.precision)
-            val_loss, val_acc = loss_and_accuracy(logits, self.ds.val.y)
+            # the logits are forward()'s bit for bit (forward is forward_head(forward_features(x))); the
+            # features come with them at no extra pass
+            val_outputs = predict_features(self.model, self.pre, self.ds.val.x, device=self.device,
+                                           precision=self.precision)
+            val_loss, val_acc = loss_and_accuracy(val_outputs[1], self.ds.val.y)
         if self.phases:
             finetune.train_mode(self.model)
         # like Keras' epoch time: the validation pass counts as part of the epoch
@@ -1279,6 +1295,7 @@ class Trainer:
             self.improved = not no_val and val_loss < min((r["val_loss"] for r in self.history[:-1]), default=math.inf)
         if self.improved:
             self.best_val = val_acc
+            self.best_val_outputs = val_outputs
         planned = self.epochs  # an early stop (on_epoch_end) shortens the run; the epoch's line keeps the plan
         self._emit("on_epoch_end", row)
         val = f"val loss {val_loss:.4f} acc {val_acc:.2%}" if not no_val else "no validation split"
@@ -1340,6 +1357,7 @@ class Trainer:
                      "pictures are marked unsure")
             return
         cal, unsure, stats = trust.fit_for_model(self.model, self.pre, self.ds.train, self.ds.val,
-                                                 self.ds.num_classes, device=self.device, precision=self.precision)
+                                                 self.ds.num_classes, device=self.device, precision=self.precision,
+                                                 val_outputs=self.best_val_outputs)
         trust.apply(self.meta, self.run_dir, cal, unsure, stats)
         self.log(f"calibration (validation split): {trust.describe(cal)}")

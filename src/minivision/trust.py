@@ -262,18 +262,27 @@ def load_trust(folder: Path, meta: dict[str, Any]) -> Mahalanobis | None:
 
 
 def fit_for_model(model: Any, pre: Any, train: Any, val: Any, num_classes: int, *, device: torch.device,
-                  precision: str = "fp32") -> tuple[dict, dict, Mahalanobis]:
+                  precision: str = "fp32", val_outputs: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  ) -> tuple[dict, dict, Mahalanobis]:
     """``fit_trust`` for a network and its preprocessing on a dataset's ``train`` and ``val`` splits (uint8
     pictures, int64 labels): one pass over the validation split and up to ``STATS_PICTURES`` training pictures.
     Why at most 6,000: this runs at the end of every training, inside the 30-second default's time; for
     Fashion-MNIST it is 12,000 pictures through the network, 1.2 times the test split's pass, and 6,000 is
     still 47 pictures per feature for mvnet's 128 (AUROC in docs/BENCHMARKS.md measured with it).
-    Raises MinivisionError when there is no validation split."""
+    ``val_outputs``: (features float32 (N, D), logits float32 (N, K)) of this model on ``val`` already computed
+    (``predict_features``: the training's validation pass of the kept epoch), used instead of a second pass.
+    Raises MinivisionError when there is no validation split, or when ``val_outputs`` does not have one row
+    per validation picture."""
     from .inference import predict_features
 
     if val is None or len(val) == 0:
         raise MinivisionError("calibration needs a validation split, and this dataset has none")
-    f_val, logits_val = predict_features(model, pre, val.x, device=device, precision=precision)
+    if val_outputs is not None:
+        f_val, logits_val = val_outputs
+        if len(f_val) != len(val) or len(logits_val) != len(val):
+            raise MinivisionError(f"the validation outputs have {len(logits_val)} rows for {len(val)} pictures")
+    else:
+        f_val, logits_val = predict_features(model, pre, val.x, device=device, precision=precision)
     if train is not None and len(train):
         idx = stats_subset(len(train))
         f_train, _ = predict_features(model, pre, train.x[idx], device=device, precision=precision)
