@@ -476,3 +476,36 @@ def test_model_input_prepares_a_photo_as_predict_does_without_torch(onnx_export,
     assert out.strip() == "(1, 1, 28, 28) False"
     with pytest.raises(MinivisionError):
         model_input(str(tmp_path / "missing.jpg"), conversion)
+
+
+def test_exporter_cause_is_the_inner_error_without_colour_codes():
+    try:
+        try:
+            raise ValueError("Unsupported operator: aten::weird\nmore detail")
+        except ValueError as inner:
+            raise RuntimeError("Failed to export the model with torch.export. \x1b[96mThis is step 1/3\x1b[0m of "
+                               "exporting the model to ONNX. Next steps:\n...") from inner
+    except RuntimeError as e:
+        assert ex.exporter_cause(e) == "Unsupported operator: aten::weird"
+    assert ex.exporter_cause(RuntimeError("\x1b[96mcoloured\x1b[0m only")) == "coloured only"
+    assert ex.exporter_cause(RuntimeError("")) == "RuntimeError"
+
+
+def test_a_ctrl_c_the_exporter_wrapped_is_still_an_interruption(monkeypatch, tmp_path):
+    def interrupted_export(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise RuntimeError("Failed to export the model with torch.export. This is step 1/3") from e
+
+    monkeypatch.setattr(torch.onnx, "export", interrupted_export)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with pytest.raises(KeyboardInterrupt):
+        ex.write_onnx(net, (1, 2, 2), tmp_path / "m.onnx")
+
+
+def test_an_onnx_export_name_must_end_in_onnx(tmp_path):
+    with pytest.raises(MinivisionError, match=r"must end in \.onnx .* e\.g\. .*y\.txt\.onnx"):
+        ex.choose_path(None, "onnx", False, tmp_path / "y.txt")
+    assert ex.choose_path(None, "onnx", False, tmp_path / "Y.ONNX") == tmp_path / "Y.ONNX"
+    assert ex.choose_path(None, "torchscript", False, tmp_path / "m.pt") == tmp_path / "m.pt"

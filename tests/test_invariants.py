@@ -307,9 +307,10 @@ class StepClock(Listener):
             trainer.stop("step")
 
 
-# the pictures the end of training passes through the network besides the test split: the calibration and
-# unsure statistics (train.trust_pictures: the 60 validation pictures and the 180 training pictures)
-END_PICTURES = 60 + 180
+# the pictures the end of training passes through the network besides the test split: the unsure statistics'
+# 180 training pictures (train.trust_pictures; the calibration reuses the kept epoch's validation pass, so the
+# 60 validation pictures are not passed again)
+END_PICTURES = 180
 
 
 def _planned_steps(n_test: int) -> int:

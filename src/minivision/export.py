@@ -40,6 +40,7 @@ import io
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -190,6 +191,26 @@ def _quiet() -> Any:
             lg.setLevel(level)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def exporter_cause(e: BaseException) -> str:
+    """The line that says why an exporter failed: the first line of the innermost error it was raised from
+    (``torch.onnx.export`` wraps the real cause in a generic "Failed to export the model ... step 1/3"), without
+    terminal colour codes, at most 300 characters. Raises KeyboardInterrupt when the chain holds one: a Ctrl-C
+    that the exporter turned into its own error type is still an interruption, not a network it cannot export."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and all(cur is not c for c in chain):
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    if any(isinstance(c, KeyboardInterrupt) or type(c).__name__ == "KeyboardInterrupt" for c in chain):
+        raise KeyboardInterrupt
+    inner = chain[-1]
+    lines = [ln.strip() for ln in _ANSI.sub("", str(inner)).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(inner).__name__)[:300]
+
+
 def write_onnx(net: ExportedNet, shape: tuple[int, int, int], path: Path) -> None:
     """``torch.onnx.export`` of ``net`` to ``path`` (opset ``OPSET``, batch dimension dynamic), then
     ``onnx.checker.check_model`` with full shape inference. Raises MinivisionError with the exporter's
@@ -205,8 +226,7 @@ def write_onnx(net: ExportedNet, shape: tuple[int, int, int], path: Path) -> Non
                                         verbose=False)
             program.save(str(path))
     except Exception as e:  # torch.export's and onnxscript's error types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MinivisionError(f"this network cannot be exported to ONNX: {first}") from None
+        raise MinivisionError(f"this network cannot be exported to ONNX: {exporter_cause(e)}") from None
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except onnx.checker.ValidationError as e:
@@ -222,8 +242,7 @@ def write_torchscript(net: ExportedNet, shape: tuple[int, int, int], path: Path,
             traced = torch.jit.trace(net, (example,), check_trace=True)
             torch.jit.save(traced, str(path), _extra_files={"minivision.json": json.dumps(meta)})
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise MinivisionError(f"this network cannot be traced to TorchScript: {first}") from None
+        raise MinivisionError(f"this network cannot be traced to TorchScript: {exporter_cause(e)}") from None
 
 
 # ------------------------------------------------------------------------------------ runners
@@ -507,11 +526,15 @@ def _taken(path: Path) -> bool:
 def choose_path(lm: LoadedModel, fmt: str, int8: bool, out: str | os.PathLike | None) -> Path:
     """Where the export goes. Default: ``RUN/export/model.onnx`` (``model.int8.onnx``, ``model.torchscript``),
     or ``model2.onnx``, ``model3.onnx``, ... whichever is free first (as run folders count up). A path given
-    as ``out`` that exists (or whose sidecar does) is refused: an export never replaces a file."""
+    as ``out`` that exists (or whose sidecar does) is refused: an export never replaces a file. So is an ONNX
+    export's name that does not end in ``.onnx``: ``predict``, ``evaluate`` and ``serve`` know the file by it."""
     if out is not None:
         path = Path(out)
         if path.is_dir():
             raise MinivisionError(f"--out {path} is a folder; give a file name, e.g. {path / default_name(fmt, int8)}")
+        if fmt == "onnx" and not path.name.lower().endswith(".onnx"):
+            raise MinivisionError(f"--out {path}: an ONNX export's name must end in .onnx (predict, evaluate and "
+                                  f"serve know the file by it), e.g. {path.with_name(path.name + '.onnx')}")
         if _taken(path):
             raise MinivisionError(f"--out {path} exists (or its sidecar does); exports are never overwritten: "
                                   "give another --out")

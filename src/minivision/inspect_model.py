@@ -253,6 +253,12 @@ def _show_cam(ax, picture: torch.Tensor, cam: torch.Tensor) -> float:
     return peak
 
 
+def _no_evidence(ax) -> None:
+    """The line on a Grad-CAM panel whose map is zero everywhere (no channel raised the class's score)."""
+    ax.text(0.5, 0.05, "no evidence for it", transform=ax.transAxes, ha="center", fontsize=8, color="white",
+            bbox={"facecolor": "black", "alpha": 0.6, "pad": 2, "linewidth": 0})
+
+
 def _short(name: str, n: int = 22) -> str:
     name = str(name).replace("$", r"\$")
     return name if len(name) <= n else name[:n - 1] + "\u2026"
@@ -342,8 +348,7 @@ def draw_inspection(ins: Inspection, classes: list[str], title: str = "", photo:
         peak = _show_cam(ax, ins.picture, cam)
         ax.set_title(f"Grad-CAM: {_short(classes[c], 16)}\n{float(ins.probs[c]):.1%}", fontsize=10)
         if peak == 0:
-            ax.text(0.5, 0.05, "no evidence for it", transform=ax.transAxes, ha="center", fontsize=8, color="white",
-                    bbox={"facecolor": "black", "alpha": 0.6, "pad": 2, "linewidth": 0})
+            _no_evidence(ax)
         col += 1
     ax = fig.add_subplot(top[0, col + 1])
     k = min(MAX_SCORES, len(classes))
@@ -429,7 +434,8 @@ def report_figure(items: list[tuple[str, Inspection]], classes: list[str], title
                          f"{float(ins.probs[pred]):.0%}", fontsize=9, color=color)
             ax = fig.add_subplot(grid[r, 2 * j + 1])
             cam = next(c for i, c in ins.cams if i == pred)
-            _show_cam(ax, ins.picture, cam)
+            if _show_cam(ax, ins.picture, cam) == 0:
+                _no_evidence(ax)
             ax.set_title(f"Grad-CAM:\n{_short(classes[pred], 16)}", fontsize=9, color=color)
     fig.suptitle(title.replace("$", r"\$"), fontsize=11, y=1 - 0.12 / height, va="top")
     return fig
