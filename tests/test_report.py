@@ -482,7 +482,6 @@ def test_without_the_fonts_a_note_and_no_warning(monkeypatch, tmp_path):
 
     dejavu = [(f, p) for f, p in fonts.installed_fonts() if f == "DejaVu Sans"]
     monkeypatch.setattr(fonts, "installed_fonts", lambda: tuple(dejavu))
-    monkeypatch.setattr(fonts, "_covered", functools.lru_cache(maxsize=1)(fonts._covered.__wrapped__))
     note = fonts.font_note(WORLD)
     assert note is not None and note.count("\n") == 0 and "恤" in note and "fonts-noto-cjk" in note
     try:
@@ -496,6 +495,40 @@ def test_without_the_fonts_a_note_and_no_warning(monkeypatch, tmp_path):
     finally:
         monkeypatch.undo()
         fonts.use_fonts()  # the full list again for the tests after this one
+
+
+def test_a_saved_picture_uses_only_the_families_its_texts_need(tmp_path):
+    """Saving narrows the fallback list to what the figure's texts need (each family costs time at every
+    text drawn); the CJK name is still drawn by the CJK font, and a family set by hand is kept."""
+    import matplotlib
+
+    from minivision.report import fonts
+
+    assert fonts.families_for(["Trouser", "Ankle boot", "Écharpe", "Пальто"]) == (["DejaVu Sans"], set())
+    assert fonts.families_for(["T恤", "Bag"])[0] == ["DejaVu Sans", "Noto Sans CJK JP"]
+    full = fonts.use_fonts()
+    assert len(full) > 2
+
+    def saved(name: str, hand_set: bool = False) -> tuple[np.ndarray, list[list[str]]]:
+        fig, ax = style.figure_of(None, 1.5, 0.8)
+        ax.set_axis_off()
+        t = ax.text(0.1, 0.2, name, fontsize=20)
+        if hand_set:
+            t.set_fontfamily(["serif"])
+        buf = io.BytesIO(style.png_bytes(fig, dpi=60))
+        return np.asarray(Image.open(buf).convert("L")), [list(t.get_fontfamily())]
+
+    _, (used,) = saved("Bag")
+    assert used == ["DejaVu Sans"]
+    cjk, (used,) = saved("恤")
+    assert used == ["DejaVu Sans", "Noto Sans CJK JP"]
+    with matplotlib.rc_context({"font.family": ["DejaVu Sans"]}), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        box, _ = saved("恤")  # DejaVu Sans alone draws a box
+    assert not np.array_equal(cjk, box)
+    _, (used,) = saved("Bag", hand_set=True)
+    assert used == ["serif"]
+    assert list(matplotlib.rcParams["font.family"]) == full  # saving put the full list back
 
 
 def test_a_report_logs_the_font_note_once(monkeypatch, tmp_path):

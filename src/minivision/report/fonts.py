@@ -12,6 +12,12 @@ Where a name still has characters no installed font covers, ``font_note`` gives 
 print (the picture shows boxes for them); matplotlib's own missing-glyph warning never comes out
 of minivision's drawing (``use_fonts``).
 
+Every family in the list costs time at each text matplotlib draws (it looks each one up, and the
+FreeType fallback chain opens each file), about 1 s of a run's report for fourteen families. So when a
+picture is saved (``style.save_figure``, ``style.png_bytes``), ``fit_fonts`` narrows it to the
+families its texts need: DejaVu Sans alone for Latin, Greek and Cyrillic names, plus the CJK face for
+``T恤``. The full list stays in force for anything drawn through matplotlib's own ``savefig``.
+
 Ours, not a library's, because it is product policy: which families, in what order, and the note.
 Matplotlib (3.11 here) shapes the text itself: Arabic letters are joined and read right to left.
 """
@@ -123,29 +129,76 @@ def _quiet_weight_fallback() -> None:
         log.addFilter(_drop_weight_fallback)
 
 
-@functools.lru_cache(maxsize=1)
-def _covered() -> frozenset[int]:
+@functools.lru_cache(maxsize=None)
+def _charmap(path: str) -> frozenset[int]:
+    """The code points the font file at ``path`` has glyphs for (empty if it cannot be read)."""
     from matplotlib.ft2font import FT2Font
 
-    codes: set[int] = set()
-    for _, path in installed_fonts():
-        try:
-            codes.update(FT2Font(path).get_charmap())
-        except (OSError, RuntimeError, ValueError):
-            continue
-    return frozenset(codes)
+    try:
+        return frozenset(FT2Font(str(path)).get_charmap())
+    except (OSError, RuntimeError, ValueError):
+        return frozenset()
+
+
+def _drawn(text: str) -> set[int]:
+    return {ord(ch) for ch in str(text) if ch.isprintable() and not ch.isspace()}
+
+
+def families_for(texts: Iterable[str]) -> tuple[list[str], set[int]]:
+    """``(families, left)``: the installed families, in ``FAMILIES`` order, that draw ``texts`` (the
+    first family always, then each one that covers a character the ones before it lack), and the code
+    points none of them covers. Fonts past the first are opened only for characters it lacks."""
+    fonts = installed_fonts()
+    left = set().union(*(_drawn(t) for t in texts))
+    if not fonts:
+        return [], left
+    chosen = [fonts[0][0]]
+    left -= _charmap(fonts[0][1])
+    for family, path in fonts[1:]:
+        if not left:
+            break
+        covered = left & _charmap(path)
+        if covered:
+            chosen.append(family)
+            left -= covered
+    return chosen, left
 
 
 def uncovered(texts: Iterable[str]) -> str:
     """The characters of ``texts`` no installed font has a glyph for (spaces and controls aside), in
     order of first appearance."""
-    covered = _covered()
+    texts = [str(t) for t in texts]
+    _, left = families_for(texts)
     seen: dict[str, None] = {}
     for text in texts:
-        for ch in str(text):
-            if ch.isprintable() and not ch.isspace() and ord(ch) not in covered:
+        for ch in text:
+            if ord(ch) in left:
                 seen.setdefault(ch)
     return "".join(seen)
+
+
+def fit_fonts(fig: Any) -> Any:
+    """A context manager for saving ``fig``: its texts that use ``use_fonts``' list, and the tick labels
+    matplotlib makes while drawing, get only the families the figure's texts need (``families_for``).
+    A family a user set on a text, or in ``rcParams``, is kept."""
+    import contextlib
+
+    import matplotlib
+    from matplotlib.text import Text
+
+    full = list(_SET)
+    if not full or list(matplotlib.rcParams["font.family"]) != full:
+        return contextlib.nullcontext()
+    texts = [t for t in fig.findobj(Text) if list(t.get_fontfamily()) == full]
+    for ax in fig.axes:  # tick labels made so far; those made during the draw follow rcParams below
+        for axis in (ax.xaxis, ax.yaxis):
+            texts += [t for t in axis.get_ticklabels(minor=False) + axis.get_ticklabels(minor=True)
+                      if list(t.get_fontfamily()) == full]
+    families, _ = families_for(t.get_text() for t in texts)
+    families = families or full
+    for t in texts:
+        t.set_fontfamily(families)
+    return matplotlib.rc_context({"font.family": families})
 
 
 def font_note(texts: Iterable[str]) -> str | None:
@@ -158,13 +211,16 @@ def font_note(texts: Iterable[str]) -> str | None:
     return f"note: no installed font draws {shown} in the pictures (shown as boxes); {INSTALL_HINT}"
 
 
-def text_fonts(size: float):
-    """A FreeType font with the fallback chain, sized ``size`` points at 72 dpi, for measuring text as
-    the Agg renderer draws it (``matplotlib.font_manager.get_font`` with a list of files)."""
+def text_fonts(size: float, text: str = ""):
+    """A FreeType font with the fallback chain that draws ``text`` (``families_for``), sized ``size``
+    points at 72 dpi, for measuring text as the Agg renderer draws it
+    (``matplotlib.font_manager.get_font`` with a list of files)."""
     from matplotlib.font_manager import FontProperties, findfont, get_font
 
     use_fonts()  # the warning filter, before set_text can warn about a missing glyph
-    paths = [path for _, path in installed_fonts()] or [findfont(FontProperties())]
+    families, _ = families_for([text])
+    where = dict(installed_fonts())
+    paths = [where[f] for f in families] or [findfont(FontProperties())]
     font = get_font(paths)
     font.set_size(size, 72)
     return font

@@ -90,6 +90,8 @@ def plot_history(history: list[dict[str, float]], path: Path | None = None, axes
     if mark_phases(axes[:3], history):  # a fine-tune: where the head phase gives way to every layer
         axes[2].legend(fontsize=9)
     if path is not None:
-        with atomic_path(path) as tmp:
+        from .fonts import fit_fonts
+
+        with atomic_path(path) as tmp, fit_fonts(fig):
             fig.savefig(tmp, format="png", dpi=100)
     return fig

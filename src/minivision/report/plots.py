@@ -45,7 +45,7 @@ def _text_width(s: str, fontsize: float) -> float:
     """Width in inches of ``s`` (longest line) in the pictures' fonts (``fonts.py``: DejaVu Sans with
     per-glyph fallback, so a CJK name is measured in the font that draws it): FreeType's advance
     widths, as the Agg renderer measures text (a TextPath per line took 25 ms; this takes microseconds)."""
-    font = fonts.text_fonts(fontsize)
+    font = fonts.text_fonts(fontsize, s)
     widest = 0.0
     for line in s.split("\n"):
         if line.strip():

@@ -54,12 +54,17 @@ def figure_of(ax: Any, width: float, height: float) -> tuple[Any, Any]:
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 100) -> Path:
     """PNG to ``path`` through a temporary file, so a kill leaves the old picture or the new one."""
-    with atomic_path(path) as tmp:
+    from .fonts import fit_fonts
+
+    with atomic_path(path) as tmp, fit_fonts(fig):
         fig.savefig(tmp, format="png", dpi=dpi)
     return Path(path)
 
 
 def png_bytes(fig: Any, dpi: int = 100) -> bytes:
+    from .fonts import fit_fonts
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
+    with fit_fonts(fig):
+        fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
