@@ -5,7 +5,10 @@ outside the product's fit loop (no run folder, no checkpoints). ``Net(stem, stem
 depth)`` is the mvnet family (``Net(16, True, (32, 64))`` is mvnet-t, ``Net(16, False, (16, 32,
 64))`` mvnet-s); ``run(name, net, bs, lr, wd, ls, budget, aug, tta, seed, adam)`` trains for
 ``budget`` seconds of training (throughput timed on steps 3-13, then the one-cycle schedule is
-planned over the steps that fit) and prints the test accuracy. Run experiments as Python:
+planned over the steps that fit) and prints the test accuracy. ``ema=(0.999, ...)`` also keeps an
+exponential moving average of the weights and buffers for each decay (updated every step, as timm's
+``ModelEmaV2``), and prints each average's test accuracy beside the plain one: a paired comparison
+from one run. Run experiments as Python:
 
     python3 bench/recipe_search.py 'run("mvnet-t", Net(16, True, (32, 64)), bs=128, budget=20)'
 
@@ -72,9 +75,13 @@ def _scores(net: nn.Module, flip: bool) -> torch.Tensor:
 
 
 def run(name: str, net: nn.Module, bs: int = 256, lr: float = 0.2, wd: float = 5e-4, ls: float = 0.1,
-        budget: float = 20.0, aug: str = "", tta: bool = False, seed: int = 0, adam: bool = False) -> float:
+        budget: float = 20.0, aug: str = "", tta: bool = False, seed: int = 0, adam: bool = False,
+        ema: tuple[float, ...] = ()) -> float:
+    import copy
+
     torch.manual_seed(seed)
     net = net.to(memory_format=torch.channels_last)
+    averages = [(d, copy.deepcopy(net)) for d in ema]
     opt = (torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=wd) if adam else
            torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=wd))
     augment = Augment.parse(aug) if aug else None
@@ -106,14 +113,23 @@ def run(name: str, net: nn.Module, bs: int = 256, lr: float = 0.2, wd: float = 5
         loss.backward()
         opt.step()
         step += 1
+        for d, avg in averages:
+            with torch.no_grad():
+                torch._foreach_lerp_(list(avg.parameters()), list(net.parameters()), 1 - d)
+                for b_avg, b in zip(avg.buffers(), net.buffers()):
+                    b_avg.copy_(b) if not b.is_floating_point() else b_avg.lerp_(b, 1 - d)
     train_s = time.perf_counter() - t
     net.eval()
     with torch.no_grad():
         logits = _scores(net, False)
         acc = (logits.argmax(1) == YTE).float().mean().item()
         acc_tta = ((logits + _scores(net, True)).argmax(1) == YTE).float().mean().item() if tta else float("nan")
+        ema_text = ""
+        for d, avg in averages:
+            avg.eval()
+            ema_text += f" ema {d:g} {(_scores(avg, False).argmax(1) == YTE).float().mean().item():.4f}"
     print(f"{name:40s} steps {step} ep {step * bs / n:.2f} ms/step {1000 * train_s / step:.0f} "
-          f"train {train_s:.1f}s test {acc:.4f} tta {acc_tta:.4f}", flush=True)
+          f"train {train_s:.1f}s test {acc:.4f} tta {acc_tta:.4f}{ema_text}", flush=True)
     return acc
 
 

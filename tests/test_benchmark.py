@@ -219,7 +219,8 @@ def test_run_child_measures_a_real_child():
 
 # ----------------------------------------------------------------------------- rows with the fake CLI
 
-def test_rows_with_a_fake_cli(fake, tmp_path):
+def test_rows_with_a_fake_cli(fake, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")  # a developer's shell: the children still cache bytecode
     rows = {r["id"]: r for r in benchmark.run_rows(_bench(tmp_path), ["default", "evaluate", "cnn2", "memory"])}
     d = rows["default"]
     assert d["met"] is True and d["n"] == 3
@@ -238,6 +239,7 @@ def test_rows_with_a_fake_cli(fake, tmp_path):
     assert "0.40x" in c["peer"] and "epoch 2 of 2" in c["note"]
     peer_env = fake.envs[[i for i, a in enumerate(fake.calls) if a[1].endswith("keras_peer.py")][0]]
     assert peer_env["KERAS_BACKEND"] == "tensorflow"
+    assert fake.envs and not [env for env in fake.envs if "PYTHONDONTWRITEBYTECODE" in env]
 
     m = rows["memory"]
     assert m["mean"]["max_rss_mb"] == pytest.approx(920.0) and m["met"] is True
