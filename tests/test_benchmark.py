@@ -484,7 +484,7 @@ def _load_script(name: str):
     return module
 
 
-@pytest.mark.parametrize("name", ["speed", "photos", "load", "tutorials"])
+@pytest.mark.parametrize("name", ["speed", "photos", "load", "tutorials", "report_draw", "step_variants"])
 def test_bench_scripts_import_and_print_their_help(name, capsys):
     module = _load_script(name)
     with pytest.raises(SystemExit) as e:

@@ -87,6 +87,27 @@ def test_mahalanobis_on_unit_length_features_scores_far_directions_higher():
     assert trust.energy(torch.tensor([[10.0, 0, 0]])) < trust.energy(torch.tensor([[0.0, 0, 0]]))
 
 
+def test_mahalanobis_precision_is_the_inverse_and_falls_back_to_the_pseudo_inverse(monkeypatch):
+    """The Cholesky inverse equals the pseudo-inverse it replaced; with more dimensions than pictures (a
+    softmax model's pixels) the ridge keeps it defined; a factorisation that fails takes the pseudo-inverse."""
+    g = torch.Generator().manual_seed(0)
+    for n, d in ((500, 8), (40, 64)):  # many pictures per dimension; fewer pictures than dimensions
+        f, y = torch.randn(n, d, generator=g), torch.arange(n) % 3
+        m = trust.Mahalanobis.fit(f, y, 3)
+        cent = trust.normalise(f).double()
+        cent = cent - torch.stack([cent[y == k].mean(0) for k in range(3)])[y]
+        cov = cent.T @ cent / n
+        ridged = cov + 1e-6 * float(cov.diagonal().mean()) * torch.eye(d, dtype=torch.float64)
+        assert torch.isfinite(m.precision).all()
+        reference = torch.linalg.pinv(ridged, hermitian=True)
+        assert float((m.precision.double() - reference).abs().max() / reference.abs().max()) < 1e-5, (n, d)
+    f, y = torch.randn(300, 6, generator=g), torch.arange(300) % 2
+    fast = trust.Mahalanobis.fit(f, y, 2)
+    monkeypatch.setattr(torch.linalg, "cholesky_ex", lambda a: (a, torch.tensor(1)))  # "not positive definite"
+    slow = trust.Mahalanobis.fit(f, y, 2)
+    assert torch.allclose(fast.precision, slow.precision, rtol=1e-4, atol=1e-4)
+
+
 def test_noise_rule_tells_noise_from_pictures():
     from minivision.inference import noise_picture, noise_pictures
 

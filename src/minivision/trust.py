@@ -164,7 +164,12 @@ class Mahalanobis:
         """From penultimate features (N, D) and labels (N,), each row scaled to unit length first
         (``normalise``): each class's mean, the covariance of the features about their class's mean
         (shared), inverted with a ridge of 1e-6 x its mean variance (so a feature that never varies does
-        not make it singular). Classes with no pictures get the mean of all features (never NaN)."""
+        not make it singular). Classes with no pictures get the mean of all features (never NaN).
+
+        The inverse comes from a Cholesky factorisation (the ridged covariance is positive definite): for
+        D = 3,072 (a softmax model on CIFAR-10, whose features are the pixels) it takes a fraction of a
+        second, where the pseudo-inverse's eigendecomposition took about 10 s on two cores. A matrix the
+        factorisation rejects (rounding at the ridge's scale) gets the pseudo-inverse, as before."""
         f = normalise(features).double()
         means = torch.zeros(num_classes, f.shape[1], dtype=torch.float64)
         for k in range(num_classes):
@@ -173,7 +178,12 @@ class Mahalanobis:
         centred = f - means[labels]
         cov = centred.T @ centred / max(len(f), 1)
         ridge = 1e-6 * float(cov.diagonal().mean().clamp_min(1e-12))
-        precision = torch.linalg.pinv(cov + ridge * torch.eye(len(cov), dtype=torch.float64), hermitian=True)
+        ridged = cov + ridge * torch.eye(len(cov), dtype=torch.float64)
+        factor, info = torch.linalg.cholesky_ex(ridged)
+        if int(info) == 0:
+            precision = torch.cholesky_inverse(factor)
+        else:
+            precision = torch.linalg.pinv(ridged, hermitian=True)
         return cls(means.float(), precision.float())
 
     def score(self, features: torch.Tensor, batch: int = 2048) -> torch.Tensor:
