@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     for v in variants:
         med = statistics.median(ms[v])
         vs = f", {med / base:.2f}x base" if base and v != "base" else ""
-        extra = f"; first call (compiling) {statistics.median(compile_s):.1f} s" if v == "compile" else ""
+        extra = (f"; first call (compiling) {compile_s[0]:.1f} s in the first round, "
+                 f"{', '.join(f'{c:.1f}' for c in compile_s[1:])} s after (cached)") if v == "compile" else ""
         print(f"{v:12s} {med:6.1f} ms/step (median of {a.rounds}: {', '.join(f'{t:.1f}' for t in ms[v])}){vs}{extra}")
     return 0
 

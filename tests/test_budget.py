@@ -3,6 +3,7 @@ budget run end to end on synthetic data. No test asserts how long anything took.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -52,6 +53,47 @@ def test_format_duration():
 def test_ladder_goes_from_small_to_large_with_growing_epoch_needs():
     assert LADDER[0].min_epochs == 0  # the smallest network always fits
     assert [r.min_epochs for r in LADDER] == sorted(r.min_epochs for r in LADDER)
+
+
+def test_the_colour_ladder_is_ordered_and_differs_where_it_was_measured():
+    from minivision.budget import COLOUR_LADDER, ladder_for
+
+    assert COLOUR_LADDER[0].min_epochs == 0
+    assert [r.min_epochs for r in COLOUR_LADDER] == sorted(r.min_epochs for r in COLOUR_LADDER)
+    assert [r.model for r in COLOUR_LADDER] == [r.model for r in LADDER]  # data-parallel runs index either
+    assert ladder_for(3) == (COLOUR_LADDER, False) and ladder_for(1) == (LADDER, True)
+    mvnet = {r.model: r.min_epochs for r in COLOUR_LADDER}["mvnet"]
+    assert mvnet < {r.model: r.min_epochs for r in LADDER}["mvnet"]
+
+
+@pytest.mark.parametrize("channels,model,augment,batch", [(1, "mvnet-s", "", 128), (3, "mvnet", "flip,shift=2", 256)])
+def test_a_budget_picks_from_the_ladder_of_its_pictures(monkeypatch, channels, model, augment, batch):
+    """Same measured speeds, same budget: grey pictures get mvnet-s on plain images (mvnet cannot get its 15
+    epochs), colour pictures mvnet with its recipe's augmentation (it gets its 6)."""
+    import torch
+
+    from minivision import budget
+    from minivision.config import resolve
+    from minivision.data.dataset import Dataset, Split
+    from minivision.models import model_info
+
+    per_epoch = {"mvnet-s": 25.0, "mvnet": 40.0, "mvnet-l": 400.0}  # seconds; usable: 300 * 0.9 - 2.5 = 267.5
+    n = budget.LADDER_TRAIN_IMAGES  # no small-data scaling
+    probed = []
+
+    def probe(cfg, ds, device, precision):
+        probed.append(cfg.model)
+        return per_epoch[cfg.model] / math.ceil(n / cfg.batch_size)
+
+    monkeypatch.setattr(budget, "probe_step_seconds", probe)
+    x = torch.zeros(n, channels, 28, 28, dtype=torch.uint8)
+    ds = Dataset("pictures", [str(i) for i in range(10)], Split(x, torch.arange(n) % 10), None)
+    user = default_budget(TrainConfig(budget="5m"))
+    cfg = resolve(dataclasses.replace(user, model="mvnet-t"), model_info("mvnet-t").defaults)
+    final, plan = budget.plan_budget(user, cfg, ds, torch.device("cpu"), "fp32", started=0.0, log=lambda m: None,
+                                     clock=lambda: 0.0)
+    assert (final.model, plan.model, final.augment, final.batch_size) == (model, model, augment, batch)
+    assert probed[-1] == ("mvnet" if channels == 1 else "mvnet-l")  # the walk stops at the first that misses
 
 
 def test_pick_rung_takes_the_largest_network_that_gets_its_epochs():
