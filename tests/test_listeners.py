@@ -193,3 +193,39 @@ def test_a_fixed_length_run_keeps_its_epoch_n_of_n_lines(tmp_path):
     fit(TrainConfig(model="softmax", epochs=3, augment="", out=str(tmp_path)), dataset=synthetic_dataset(40, 8),
         progress=False, log=log.append)
     assert _epoch_lines(log) == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+
+
+def test_a_budget_plan_a_sliver_past_an_epoch_ends_on_the_boundary():
+    """The planner's step count, a few steps past an epoch boundary, is moved back to it when planned, so the
+    one-cycle schedule anneals there; a plan 10% or more into an epoch is kept."""
+    from minivision.listeners import BudgetPlanner
+
+    class Plan:
+        total = 0
+
+        def plan(self, step):
+            return self.total
+
+    class Trainer:
+        batches_per_epoch, step, total_steps, replans = 100, 50, 1000, 0
+
+        def agree_total_steps(self, total):
+            return total
+
+        def set_total_steps(self, total):
+            self.total_steps = total
+
+    plan, trainer = Plan(), Trainer()
+    listener = BudgetPlanner(plan, clock=lambda: 0.0)
+    for planned, kept in ((205, 200), (209, 200), (210, 210), (250, 250), (105, 100), (60, 60), (300, 300)):
+        plan.total = planned
+        listener._replan(trainer)
+        assert trainer.total_steps == kept, planned
+    trainer.step = 100  # the boundary already passed: the plan stands
+    plan.total = 105
+    listener._replan(trainer)
+    assert trainer.total_steps == 105
+    trainer.step = 200  # at an epoch's end, a plan a sliver past it stops there
+    plan.total = 205
+    listener._replan(trainer, at_epoch_end=True)
+    assert trainer.total_steps == 200

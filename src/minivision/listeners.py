@@ -321,7 +321,15 @@ class BudgetPlanner(Listener):
         total = trainer.agree_total_steps(self.planner.plan(trainer.step))  # several processes: the slowest's
         if total is None:
             return
-        if at_epoch_end and total - trainer.step < 0.1 * trainer.batches_per_epoch:
+        bpe = trainer.batches_per_epoch
+        sliver = total % bpe
+        if 0 < sliver < 0.1 * bpe and total - sliver > trainer.step:
+            # a sliver of an epoch past a boundary is not worth another validation pass: end on the boundary,
+            # planned now, so the one-cycle schedule anneals to its lowest rate there (cut at the epoch's end
+            # instead, the last steps ran at ~13% of the peak rate: 88.5-90.3% where annealed runs of the
+            # same day reached 90.6-91.1%)
+            total -= sliver
+        if at_epoch_end and total - trainer.step < 0.1 * bpe:
             total = trainer.step  # a sliver of an epoch is not worth another validation pass: stop here
         elif not at_epoch_end:
             total = max(total, trainer.step + 1)
