@@ -19,6 +19,7 @@ network passes take a while on two cores.
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -66,13 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", help="run folders")
     a = p.parse_args(argv)
 
+    from minivision.errors import MinivisionError
     from minivision.evaluate import scoring_data
     from minivision.runfiles import load_model
 
     torch.manual_seed(0)
     for run in a.runs:
-        lm = load_model(run)
-        sd = scoring_data(lm)
+        try:
+            lm = load_model(run)
+            sd = scoring_data(lm)
+        except MinivisionError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         augment = (lm.meta.get("augment") or {}).get("spec")
         probs = view_probs(lm.model, lm.preprocess, sd.split.x)
         acc = accuracies(probs, sd.split.y)
