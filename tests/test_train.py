@@ -22,7 +22,7 @@ from minivision.cli import main
 from minivision.config import TrainConfig
 from minivision.train import fit
 
-from .conftest import synthetic_dataset, synthetic_images
+from .conftest import synthetic_dataset, synthetic_images, write_pixel_csv
 
 
 def _history(run: Path) -> list[list[str]]:
@@ -114,7 +114,9 @@ def test_cli_round_trip_train_evaluate_predict(tmp_path, synth_csv, capsys, monk
     train_csv, test_csv = synth_csv
     assert main(["train", "--data", str(train_csv), "--test-data", str(test_csv), "--model", "cnn1",
                  "--epochs", "2", "--json"]) == 0
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out, err = capsys.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert "guessing" not in err  # it learned: no note that it did not
     run = Path(summary["run"])
     assert summary["test_n"] == 80
 
@@ -212,3 +214,24 @@ def test_best_epoch_breaks_accuracy_ties_by_validation_loss(tmp_path):
     assert len(tied) >= 2  # the situation this test is about
     best = json.loads((r.run_dir / "model.json").read_text())["metrics"]["best_epoch"]
     assert best == min(tied, key=lambda row: row["val_loss"])["epoch"]
+
+
+def test_a_run_that_learned_nothing_says_so_in_one_line(tmp_path, capsys, monkeypatch):
+    """Labels unrelated to the pictures: test accuracy near chance, and one note line on stderr (stdout keeps
+    its one JSON line); a run that learned (the round trip above, 4 classes) gets no such note."""
+    from minivision.cli import guessing_note
+
+    monkeypatch.chdir(tmp_path)
+    x, _ = synthetic_images(400, classes=4)
+    y = np.random.default_rng(0).integers(0, 4, 400)
+    write_pixel_csv(tmp_path / "train.csv", x[:320, 0], y[:320])
+    write_pixel_csv(tmp_path / "test.csv", x[320:, 0], y[320:])
+    assert main(["train", "--data", str(tmp_path / "train.csv"), "--test-data", str(tmp_path / "test.csv"),
+                 "--model", "mlp", "--epochs", "1", "--json"]) == 0
+    out, err = capsys.readouterr()
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["test_accuracy"] < 1.5 / 4
+    notes = [line for line in err.splitlines() if line.startswith("note: ") and "guessing" in line]
+    assert len(notes) == 1 and "with 4 classes (25.0%)" in notes[0], err
+    assert guessing_note(0.90, 10, []) is None and guessing_note(0.149, 10, []) is not None
+    assert guessing_note(0.151, 10, []) is None and guessing_note(0.0, 1, []) is None

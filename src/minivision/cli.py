@@ -312,7 +312,22 @@ def cmd_train(a: argparse.Namespace) -> int:
         val = (f"validation accuracy {best['val_accuracy']:.2%} (best epoch {best['epoch']}); " if best
                else "no validation split; ")
         print(f"{val}no test split · run saved to {result.run_dir}")
+    if result.test and (note := guessing_note(result.test["test_accuracy"], len(result.classes),
+                                              result.history)) is not None:
+        print(note, file=sys.stderr)  # also with --json: stdout keeps the one JSON line
     return 0
+
+
+def guessing_note(accuracy: float, num_classes: int, history: list[dict]) -> str | None:
+    """One line when a training's test top-1 ``accuracy`` (a fraction) is under 1.5 x chance (1 / ``num_classes``):
+    the network learned next to nothing, most often because the budget or the epochs held too few steps
+    (``history``: the epochs trained, with their ``seconds``). None otherwise."""
+    if num_classes < 2 or accuracy >= 1.5 / num_classes:
+        return None
+    seconds = sum(float(r.get("seconds", 0.0)) for r in history)
+    return (f"note: {accuracy:.1%} is about what guessing gets with {num_classes} classes "
+            f"({1 / num_classes:.1%}): the network learned next to nothing in {seconds:.0f} s of training; "
+            f"give it more time (--budget, --epochs) or check that the labels match the pictures")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
