@@ -326,8 +326,7 @@ class BudgetPlanner(Listener):
         if 0 < sliver < 0.1 * bpe and total - sliver > trainer.step:
             # a sliver of an epoch past a boundary is not worth another validation pass: end on the boundary,
             # planned now, so the one-cycle schedule anneals to its lowest rate there (cut at the epoch's end
-            # instead, the last steps ran at ~13% of the peak rate: 88.5-90.3% where annealed runs of the
-            # same day reached 90.6-91.1%)
+            # instead, the last steps ran at ~13% of the peak rate; docs/BENCHMARKS.md)
             total -= sliver
         if at_epoch_end and total - trainer.step < 0.1 * bpe:
             total = trainer.step  # a sliver of an epoch is not worth another validation pass: stop here
