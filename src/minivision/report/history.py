@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from ..errors import MinivisionError
-from ..fileio import atomic_path, write_text
+from ..fileio import write_text
 
 COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr", "seconds")
 #: The last column when the run trained in phases (a fine-tune: "head" = only the new classifier,
@@ -90,8 +90,7 @@ def plot_history(history: list[dict[str, float]], path: Path | None = None, axes
     if mark_phases(axes[:3], history):  # a fine-tune: where the head phase gives way to every layer
         axes[2].legend(fontsize=9)
     if path is not None:
-        from .fonts import fit_fonts
+        from .style import save_figure
 
-        with atomic_path(path) as tmp, fit_fonts(fig):
-            fig.savefig(tmp, format="png", dpi=100)
+        save_figure(fig, path)  # atomic, fonts narrowed, 100 dpi: as every other picture
     return fig
