@@ -40,8 +40,60 @@ def pre(x: torch.Tensor) -> torch.Tensor:
     return ((x.float() / 255 - MEAN) / STD).contiguous(memory_format=torch.channels_last)
 
 
+class MatConv(nn.Module):
+    """A bias-free k x k convolution whose weight is stored as a (out, in * k * k) matrix, the shape
+    ``torch.optim.Muon`` accepts (it orthogonalises 2-D updates only)."""
+
+    def __init__(self, ci: int, co: int, k: int) -> None:
+        super().__init__()
+        self.shape = (co, ci, k, k)
+        self.weight = nn.Parameter(nn.Conv2d(ci, co, k, bias=False).weight.detach().reshape(co, -1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight.view(self.shape), padding=self.shape[-1] // 2)
+
+
+class Muon32:
+    """Muon for 4-D convolution weights, in fp32: the update of ``torch.optim.Muon`` (Nesterov
+    momentum, five quintic Newton-Schulz steps with Keller Jordan's coefficients, the "original" RMS
+    adjustment), but each weight's gradient is seen as an (out, k * k * in) matrix in its
+    channels-last memory order (orthogonalisation does not depend on the order of the columns), and
+    the iteration runs in fp32 (torch's runs in bf16, which is slow on CPUs without bf16 arithmetic)."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, momentum: float = 0.95) -> None:
+        self.param_groups = [{"params": params, "lr": lr, "scale": 1.0}]
+        self.momentum = momentum
+        self.bufs = [torch.zeros_like(p) for p in params]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.param_groups[0]["params"]:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        a, b, c = 3.4445, -4.775, 2.0315
+        lr = self.param_groups[0]["lr"]
+        for p, buf in zip(self.param_groups[0]["params"], self.bufs):
+            buf.lerp_(p.grad, 1 - self.momentum)
+            u = p.grad.lerp(buf, self.momentum).permute(0, 2, 3, 1).reshape(p.shape[0], -1)
+            tall = u.shape[0] > u.shape[1]
+            x = u.T if tall else u
+            x = x / x.norm().clamp(min=1e-7)
+            for _ in range(5):
+                gram = x @ x.T
+                x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+            if tall:
+                x = x.T
+            scale = max(1.0, u.shape[0] / u.shape[1]) ** 0.5
+            p.sub_(x.reshape(p.shape[0], p.shape[2], p.shape[3], p.shape[1]).permute(0, 3, 1, 2), alpha=lr * scale)
+
+
+MATRIX_CONVS = False  # set True before building a Net for ``opt="muon"``
+
+
 def cba(ci: int, co: int, pool: bool, k: int = 3) -> nn.Sequential:
-    layers: OrderedDict[str, nn.Module] = OrderedDict(conv=nn.Conv2d(ci, co, k, padding=k // 2, bias=False))
+    conv = MatConv(ci, co, k) if MATRIX_CONVS else nn.Conv2d(ci, co, k, padding=k // 2, bias=False)
+    layers: OrderedDict[str, nn.Module] = OrderedDict(conv=conv)
     if pool:
         layers["pool"] = nn.MaxPool2d(2)
     layers["norm"] = nn.BatchNorm2d(co)
@@ -76,29 +128,66 @@ def _scores(net: nn.Module, flip: bool) -> torch.Tensor:
 
 def run(name: str, net: nn.Module, bs: int = 256, lr: float = 0.2, wd: float = 5e-4, ls: float = 0.1,
         budget: float = 20.0, aug: str = "", tta: bool = False, seed: int = 0, adam: bool = False,
-        ema: tuple[float, ...] = ()) -> float:
+        ema: tuple[float, ...] = (), steps: int | None = None, opt: str = "sgd", muon_lr: float = 0.05,
+        norm_wd: bool = True, norm_lr: float = 1.0, lookahead: tuple[int, float] | None = None,
+        ntrain: int | None = None, prog: tuple[int, float] | None = None) -> float:
+    """Train ``net`` and print its test accuracy.
+
+    ``steps`` fixes the step count (no timing, so variants with the same per-step cost compare
+    without the machine's speed in the result). ``opt="muon"`` updates the matrix-shaped convolution
+    weights (``MatConv``) with ``torch.optim.Muon`` at ``muon_lr`` (its "original" RMS adjustment)
+    and every other parameter with the SGD below. ``norm_wd=False`` drops weight decay on norm
+    parameters and ``norm_lr`` multiplies their rate (airbench's "BN biases at a higher rate").
+    ``lookahead=(k, alpha)``: every k steps the slow weights move alpha of the way to the fast ones
+    and the fast ones restart there (Zhang et al., 2019). ``ntrain`` trains on that many pictures of a
+    fixed shuffle (54,000 is the product's split with 10% held out). ``prog=(size, frac)`` trains the
+    first ``frac`` of the steps on pictures resized to ``size`` x ``size`` (progressive resizing).
+    """
     import copy
 
     torch.manual_seed(seed)
     net = net.to(memory_format=torch.channels_last)
     averages = [(d, copy.deepcopy(net)) for d in ema]
-    opt = (torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=wd) if adam else
-           torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=wd))
+    norms = [p for m in net.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()]
+    mats = ([m.weight for m in net.modules() if isinstance(m, MatConv)] if opt == "muon" else
+            [m.weight for m in net.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1] if opt == "muon32"
+            else [])
+    taken = {id(p) for p in norms + mats}
+    rest = [p for p in net.parameters() if id(p) not in taken]
+    groups = [{"params": rest, "scale": 1.0},
+              {"params": norms, "scale": norm_lr, "weight_decay": wd if norm_wd else 0.0}]
+    optimizers = [torch.optim.AdamW(groups, lr=lr, weight_decay=wd) if adam else
+                  torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)]
+    if mats and opt == "muon32":
+        optimizers.append(Muon32(mats, muon_lr))
+        optimizers[-1].param_groups[0]["scale"] = muon_lr / lr
+    elif mats:
+        optimizers.append(torch.optim.Muon([{"params": mats, "scale": muon_lr / lr}], lr=muon_lr,
+                                           weight_decay=0.0, adjust_lr_fn="original"))
+    slow = [p.detach().clone() for p in net.parameters()] if lookahead else []
     augment = Augment.parse(aug) if aug else None
     g = torch.Generator().manual_seed(seed)
-    n = len(YTR)
+    xtr, ytr = XTR, YTR
+    if ntrain:
+        keep = torch.randperm(len(YTR), generator=torch.Generator().manual_seed(1234))[:ntrain]
+        xtr, ytr = XTR[keep], YTR[keep]
+    n = len(ytr)
+    total = steps
     net.train()
     t = time.perf_counter()
-    step, total, t_mark = 0, None, 0.0
+    step, t_mark = 0, 0.0
     perm, pi = torch.randperm(n, generator=g), 0
     while total is None or step < total:
         if pi + bs > n:
             perm, pi = torch.randperm(n, generator=g), 0
         idx = perm[pi:pi + bs]
         pi += bs
-        xb, yb = pre(XTR[idx]), YTR[idx]
+        xb, yb = pre(xtr[idx]), ytr[idx]
         if augment:
             xb = augment(xb, g)
+        if prog and total is not None and step < prog[1] * total:
+            xb = F.interpolate(xb, size=(prog[0], prog[0]), mode="bilinear", antialias=True,
+                               align_corners=False).contiguous(memory_format=torch.channels_last)
         if total is None and step == 3:
             t_mark = time.perf_counter()
         if total is None and step == 13:  # plan the schedule over the steps that fit in the budget
@@ -106,13 +195,21 @@ def run(name: str, net: nn.Module, bs: int = 256, lr: float = 0.2, wd: float = 5
             total = step + int((budget - (time.perf_counter() - t)) / per_step)
         frac = step / max((total or 10**9) - 1, 1)
         cur = lr * 0.1 if total is None else lr * (0.1 + 0.9 * frac / 0.2) if frac < 0.2 else lr * (1 - frac) / 0.8
-        for group in opt.param_groups:
-            group["lr"] = cur
+        for o in optimizers:
+            for group in o.param_groups:
+                group["lr"] = cur * group["scale"]
         loss = F.cross_entropy(net(xb), yb, label_smoothing=ls)
-        opt.zero_grad(set_to_none=True)
+        for o in optimizers:
+            o.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        for o in optimizers:
+            o.step()
         step += 1
+        if lookahead and step % lookahead[0] == 0:
+            with torch.no_grad():
+                fast = list(net.parameters())
+                torch._foreach_lerp_(slow, fast, lookahead[1])
+                torch._foreach_copy_(fast, slow)
         for d, avg in averages:
             with torch.no_grad():
                 torch._foreach_lerp_(list(avg.parameters()), list(net.parameters()), 1 - d)

@@ -256,3 +256,122 @@ def test_a_run_saved_with_one_group_extends_exactly_as_it_started(tmp_path, monk
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     _, opt_state, _ = load_checkpoint(new.run_dir / "last.safetensors")
     assert [g["weight_decay"] for g in opt_state["param_groups"]] == [5e-3, 5e-3]  # as the run started
+
+
+# ------------------------------------------------------------------------- Muon
+
+def _muon_net(seed=0):
+    torch.manual_seed(seed)
+    return torch.nn.Sequential(torch.nn.Linear(5, 6), torch.nn.ReLU(), torch.nn.Linear(6, 8), torch.nn.ReLU(),
+                               torch.nn.Linear(8, 3))
+
+
+def test_muon_matches_torch_optim_muon_in_bf16():
+    """With the iteration in bf16, as torch's, the hidden layer follows torch.optim.Muon step for step
+    (torch.optim.Muon: lr, momentum 0.95, Nesterov, decoupled weight decay, "original" adjustment);
+    the other layers follow torch.optim.SGD."""
+    from minivision.optim import Muon
+    a, b = _muon_net(), _muon_net()
+    mine = [a[2].weight]
+    rest = [p for p in a.parameters() if p is not a[2].weight]
+    ours = Muon([{"params": rest}, {"params": mine, "muon": True, "weight_decay": 0.01}], lr=0.05,
+                momentum=0.9, nesterov=True, ns_dtype=torch.bfloat16)
+    t_muon = torch.optim.Muon([b[2].weight], lr=0.05, weight_decay=0.01, adjust_lr_fn="original")
+    t_sgd = torch.optim.SGD([p for p in b.parameters() if p is not b[2].weight], lr=0.05, momentum=0.9,
+                            nesterov=True)
+
+    class Both:
+        param_groups = t_muon.param_groups + t_sgd.param_groups
+
+        def zero_grad(self, set_to_none=True):
+            t_muon.zero_grad(set_to_none)
+            t_sgd.zero_grad(set_to_none)
+
+        def step(self):
+            t_muon.step()
+            t_sgd.step()
+
+    lrs = [0.05 * (1 - s / 12) for s in range(8)]
+    for pa, pb in zip(_train_wide(a, ours, 8, lrs), _train_wide(b, Both(), 8, lrs), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(a[2].weight, _muon_net()[2].weight)
+
+
+def _train_wide(model, opt, steps, lrs):
+    g = torch.Generator().manual_seed(1)
+    for s in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lrs[s]
+        x, y = torch.randn(8, 5, generator=g), torch.randint(0, 3, (8,), generator=g)
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_orthogonalize_brings_singular_values_near_one_for_any_shape():
+    from minivision.optim import orthogonalize
+    g = torch.Generator().manual_seed(0)
+    for shape in [(8, 40), (40, 8), (16, 16)]:
+        m = torch.randn(*shape, generator=g) * 1e-3  # the scale does not matter
+        s = torch.linalg.svdvals(orthogonalize(m))
+        assert orthogonalize(m).shape == shape
+        assert s.min() > 0.5 and s.max() < 1.5, (shape, s)
+
+
+def test_muon_updates_a_channels_last_convolution_as_its_matrix():
+    """A 4-D weight (channels-last or not) gets the update of its (out, fan-in) matrix: the same as a
+    2-D weight holding those numbers (orthogonalisation ignores the order of the columns)."""
+    from minivision.optim import Muon
+    g = torch.Generator().manual_seed(0)
+    w0, grad = torch.randn(6, 3, 3, 3, generator=g), torch.randn(6, 3, 3, 3, generator=g)
+    flat = torch.nn.Parameter(w0.reshape(6, -1).clone())
+    flat.grad = grad.reshape(6, -1).clone()
+    Muon([{"params": [flat], "muon": True}], lr=0.1).step()
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        conv = torch.nn.Parameter(w0.clone().contiguous(memory_format=fmt))
+        conv.grad = grad.clone().contiguous(memory_format=fmt)
+        Muon([{"params": [conv], "muon": True}], lr=0.1).step()
+        torch.testing.assert_close(conv.detach().reshape(6, -1), flat.detach(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="2-D and 4-D"):
+        Muon([{"params": [torch.nn.Parameter(torch.zeros(3))], "muon": True}], lr=0.1)
+
+
+def test_muon_groups_leave_the_first_layer_the_head_and_the_norms_on_sgd():
+    from minivision.optim import MUON_LR_SCALE, muon_groups
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 4, 3),
+                              torch.nn.BatchNorm2d(4), torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    groups = muon_groups(net, param_groups_weight_decay(net, 5e-4))
+    names = {id(p): n for n, p in net.named_parameters()}
+    got = [(g["muon"], g["weight_decay"], g.get("lr_scale", 1.0), [names[id(p)] for p in g["params"]])
+           for g in groups]
+    assert got == [(False, 0.0, 1.0, ["0.bias", "1.weight", "1.bias", "2.bias", "3.weight", "3.bias", "5.bias"]),
+                   (False, 5e-4, 1.0, ["0.weight", "5.weight"]),
+                   (True, 5e-4, MUON_LR_SCALE, ["2.weight"])]
+
+
+def test_muon_state_round_trips_and_continues_identically():
+    from minivision.optim import Muon, muon_groups
+    def build(m):
+        return Muon(muon_groups(m, param_groups_weight_decay(m, 1e-3)), lr=0.05, momentum=0.9)
+    a = _muon_net()
+    opt_a = build(a)
+    _train(a, opt_a, 3)
+    b = _muon_net()
+    b.load_state_dict(a.state_dict())
+    opt_b = build(b)
+    opt_b.load_state_dict(opt_a.state_dict())
+    for pa, pb in zip(_train(a, opt_a, 3, [0.02] * 3), _train(b, opt_b, 3, [0.02] * 3), strict=True):
+        assert torch.equal(pa, pb)
+
+
+def test_muon_builds_without_importing_dynamo():
+    code = ("import sys, torch\n"
+            "import minivision.optim as o\n"
+            "m = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))\n"
+            "opt = o.Muon(o.muon_groups(m, o.param_groups_weight_decay(m, 1e-4)), lr=0.1)\n"
+            "m(torch.randn(4, 2)).sum().backward(); opt.step()\n"
+            "print('torch._dynamo' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -47,7 +47,7 @@ def default_run(tmp_path_factory) -> dict:
     images. Accuracy only: how long it took is a benchmark's business (bench/speed.py), never a test's."""
     out = tmp_path_factory.mktemp("runs")
     p = _minivision("train", "--json", "--out", str(out))
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    return json.loads(p.stdout)  # stdout holds only the JSON object
 
 
 def test_default_command_on_full_fashion_mnist(default_run):

@@ -93,9 +93,9 @@ def test_resume_with_a_refused_flag_is_one_line_and_its_own_value_is_accepted(tm
 
 
 def test_momentum_and_nesterov_belong_to_sgd():
-    with pytest.raises(MinivisionError, match="--momentum applies to --optimizer sgd only"):
+    with pytest.raises(MinivisionError, match="--momentum applies to --optimizer sgd or muon only"):
         resolve(TrainConfig(model="cnn1", optimizer="adam", momentum=0.5), {})
-    with pytest.raises(MinivisionError, match="--nesterov applies to --optimizer sgd only"):
+    with pytest.raises(MinivisionError, match="--nesterov applies to --optimizer sgd or muon only"):
         resolve(TrainConfig(model="cnn1", nesterov=True), {"optimizer": "adam"})
     resolve(TrainConfig(model="mvnet-t", optimizer="adam"), {"optimizer": "sgd", "momentum": 0.9, "nesterov": True})
 

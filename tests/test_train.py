@@ -115,7 +115,8 @@ def test_cli_round_trip_train_evaluate_predict(tmp_path, synth_csv, capsys, monk
     assert main(["train", "--data", str(train_csv), "--test-data", str(test_csv), "--model", "cnn1",
                  "--epochs", "2", "--json"]) == 0
     out, err = capsys.readouterr()
-    summary = json.loads(out.strip().splitlines()[-1])
+    summary = json.loads(out)  # stdout is the one JSON object; the progress lines went to stderr
+    assert "epoch 2/2" in err
     assert "guessing" not in err  # it learned: no note that it did not
     run = Path(summary["run"])
     assert summary["test_n"] == 80

@@ -99,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_arguments(t, _number)  # one flag per training setting, from config.SETTINGS
     t.add_argument("--resume", metavar="RUN",
                    help="continue an interrupted run, or extend a finished one with --epochs")
-    t.add_argument("--json", action="store_true", help="print the final metrics as one JSON object")
+    t.add_argument("--json", action="store_true", help="the final metrics as one JSON object on stdout "
+                                                           "(the progress lines go to stderr)")
 
     e = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy and confusion matrix of a model")
     _model_and_split(e)
@@ -290,10 +291,14 @@ def cmd_train(a: argparse.Namespace) -> int:
         from .budget import parse_duration
 
         given["budget"] = parse_duration(given["budget"])
-    if a.resume:
-        result = fit(TrainConfig(), resume=a.resume, resume_changes=given, started=a.started)
-    else:
-        result = fit(config_from(given), started=a.started)
+    import contextlib
+
+    # with --json, stdout carries the one JSON object; the progress lines go to stderr
+    with contextlib.redirect_stdout(sys.stderr) if a.json else contextlib.nullcontext():
+        if a.resume:
+            result = fit(TrainConfig(), resume=a.resume, resume_changes=given, started=a.started)
+        else:
+            result = fit(config_from(given), started=a.started)
     if result.interrupted:
         return 130
     if not distributed.current().is_main:  # rank 0 reports

@@ -28,7 +28,7 @@ from typing import Any
 
 from .errors import MinivisionError
 
-OPTIMIZERS = ("adam", "sgd", "adamw", "gd")
+OPTIMIZERS = ("adam", "sgd", "adamw", "gd", "muon")
 SCHEDULES = ("constant", "onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -151,16 +151,18 @@ class TrainConfig:
     batch_size: int | None = _setting(None, "images per step (with --nproc: in all processes together)", kind=int,
                                       lo=1, recipe=True, fallback=128)
     optimizer: str | None = _setting(None, "adam | sgd | adamw | gd (plain gradient descent: SGD without "
-                                           "momentum)", choices=OPTIMIZERS, recipe=True, fallback="adam")
+                                           "momentum) | muon (Muon for the hidden convolution and dense "
+                                           "weights at half --lr, SGD with --momentum/--nesterov for the "
+                                           "rest)", choices=OPTIMIZERS, recipe=True, fallback="adam")
     lr: float | str | None = _setting(None, "(peak) learning rate; Keras' Adam default 0.001; auto: found first by "
                                             "the learning-rate range test (minivision lr-find), then the run trains "
                                             "a fresh model with it", kind=float, lo=0, lo_open=True, recipe=True,
                                       fallback=1e-3, words=("auto",), metavar="LR|auto")
     momentum: float | None = _setting(None, "SGD momentum", kind=float, lo=0, hi=1, hi_open=True, recipe=True,
                                       fallback=0.9)
-    nesterov: bool | None = _setting(None, "Nesterov momentum (SGD only)", kind=bool, recipe=True, fallback=False)
-    weight_decay: float | None = _setting(None, "L2 weight decay for sgd/adam, decoupled for adamw (never on "
-                                                "biases and norm layers)", kind=float, lo=0, recipe=True,
+    nesterov: bool | None = _setting(None, "Nesterov momentum (sgd and muon)", kind=bool, recipe=True, fallback=False)
+    weight_decay: float | None = _setting(None, "L2 weight decay for sgd/adam, decoupled for adamw and muon's "
+                                                "hidden weights (never on biases and norm layers)", kind=float, lo=0, recipe=True,
                                           fallback=0.0)
     schedule: str | None = _setting(None, "learning-rate schedule", choices=SCHEDULES, recipe=True,
                                     fallback="constant")
@@ -296,8 +298,8 @@ def check_recipe(defaults: Mapping[str, Any]) -> dict[str, Any]:
     recipe = {n: s for n, s in SETTINGS.items() if s.recipe}
     check_settings(defaults, allowed=recipe, what="training setting", as_flags=False)
     _check_together(defaults)
-    if defaults.get("nesterov") and defaults.get("optimizer", "sgd") != "sgd":
-        raise MinivisionError("nesterov=True needs optimizer 'sgd'")
+    if defaults.get("nesterov") and defaults.get("optimizer", "sgd") not in ("sgd", "muon"):
+        raise MinivisionError("nesterov=True needs optimizer 'sgd' or 'muon'")
     if defaults.get("nesterov") and not defaults.get("momentum"):
         raise MinivisionError("nesterov=True needs momentum > 0")
     return dict(defaults)
@@ -342,9 +344,9 @@ def resolve(cfg: TrainConfig, model_defaults: Mapping[str, Any]) -> TrainConfig:
         for n in names:
             if chosen and n != chosen[0]:
                 setattr(out, n, None)
-    if out.optimizer != "sgd" and ("momentum" in explicit or cfg.nesterov):
-        raise MinivisionError(f"--{'nesterov' if cfg.nesterov else 'momentum'} applies to --optimizer sgd only "
-                              f"(the optimizer is {out.optimizer})")
+    if out.optimizer not in ("sgd", "muon") and ("momentum" in explicit or cfg.nesterov):
+        raise MinivisionError(f"--{'nesterov' if cfg.nesterov else 'momentum'} applies to --optimizer sgd or "
+                              f"muon only (the optimizer is {out.optimizer})")
     validate(out)
     return out
 
