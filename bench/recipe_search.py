@@ -12,11 +12,15 @@ from one run. Run experiments as Python:
 
     python3 bench/recipe_search.py 'run("mvnet-t", Net(16, True, (32, 64)), bs=128, budget=20)'
 
-Run it alone: two OpenMP threads slow down badly when anything else shares the two cores.
+``steps=N`` trains a fixed number of steps instead (see ``run`` for the optimizer, lookahead,
+progressive-resizing and training-set options). ``RECIPE_DATA=DIR`` trains on another dataset
+minivision reads (e.g. the CIFAR-10 JPEG folder); ``Net(whiten=True)`` starts with airbench's
+frozen patch-whitening layer. Run it alone: two OpenMP threads slow down badly when anything else shares the two cores.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import OrderedDict
@@ -30,10 +34,12 @@ from minivision.data.augment import Augment
 
 torch.set_num_threads(2)
 ACT = nn.GELU
-DS = load_dataset("fashion-mnist")
+# RECIPE_DATA: another dataset minivision reads (a CIFAR-10 image folder, ...); Fashion-MNIST by default
+DS = load_dataset(os.environ.get("RECIPE_DATA", "fashion-mnist"))
 XTR, YTR, XTE, YTE = DS.train.x, DS.train.y, DS.test.x, DS.test.y
-MEAN = XTR.float().mean() / 255
-STD = (XTR.float() / 255).std()
+CHANNELS = XTR.shape[1]
+MEAN = (XTR.float() / 255).mean(dim=(0, 2, 3), keepdim=True)
+STD = (XTR.float() / 255).std(dim=(0, 2, 3), keepdim=True)
 
 
 def pre(x: torch.Tensor) -> torch.Tensor:
@@ -101,21 +107,50 @@ def cba(ci: int, co: int, pool: bool, k: int = 3) -> nn.Sequential:
     return nn.Sequential(layers)
 
 
+def whitening_conv(k: int = 2, eps: float = 5e-4, n: int = 5000) -> nn.Conv2d:
+    """airbench's first layer: a frozen k x k convolution (no padding) whose filters are the
+    eigenvectors of the covariance of k x k patches of the (normalised) training pictures, each
+    scaled by 1 / sqrt(eigenvalue + eps), with their negatives: 2 * channels * k * k outputs. The
+    bias stays trainable (airbench trains it for the first epochs)."""
+    x = pre(XTR[:n]).contiguous()
+    patches = F.unfold(x, k).transpose(1, 2).reshape(-1, CHANNELS * k * k).double()
+    cov = torch.cov(patches.T)
+    eigval, eigvec = torch.linalg.eigh(cov)
+    w = (eigvec.T / (eigval + eps).sqrt()[:, None]).float().reshape(-1, CHANNELS, k, k)
+    conv = nn.Conv2d(CHANNELS, 2 * w.shape[0], k, bias=True)
+    with torch.no_grad():
+        conv.weight.copy_(torch.cat([w, -w]))
+        conv.bias.zero_()
+    conv.weight.requires_grad_(False)
+    return conv
+
+
 class Net(nn.Module):
     def __init__(self, stem: int = 16, stem_pool: bool = False, widths: tuple[int, ...] = (16, 32, 64),
-                 depth: int = 1) -> None:
+                 depth: int = 1, whiten: bool = False) -> None:
+        """``whiten``: the frozen 2 x 2 patch-whitening convolution and a GELU (airbench) instead of the
+        learned conv3x3-BN-GELU stem; ``stem`` is then its output count (2 * channels * 4)."""
         super().__init__()
-        layers = [cba(1, stem, stem_pool)]
+        if whiten:
+            conv = whitening_conv()
+            layers: list[nn.Module] = [nn.Sequential(conv, *([nn.MaxPool2d(2)] if stem_pool else []), ACT())]
+            stem = conv.out_channels
+        else:
+            layers = [cba(CHANNELS, stem, stem_pool)]
         c = stem
         for w in widths:
             layers.append(cba(c, w, True))
             layers += [cba(w, w, False) for _ in range(depth)]
             c = w
         self.body = nn.Sequential(*layers)
-        self.head = nn.Linear(c, 10, bias=False)
+        self.head = nn.Linear(c, n_classes(), bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(F.adaptive_max_pool2d(self.body(x), 1).flatten(1)) / 8
+
+
+def n_classes() -> int:
+    return int(YTR.max()) + 1
 
 
 def _scores(net: nn.Module, flip: bool) -> torch.Tensor:
@@ -150,10 +185,11 @@ def run(name: str, net: nn.Module, bs: int = 256, lr: float = 0.2, wd: float = 5
     averages = [(d, copy.deepcopy(net)) for d in ema]
     norms = [p for m in net.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()]
     mats = ([m.weight for m in net.modules() if isinstance(m, MatConv)] if opt == "muon" else
-            [m.weight for m in net.modules() if isinstance(m, nn.Conv2d) and m.in_channels > 1] if opt == "muon32"
+            [m.weight for m in net.modules()  # every trainable convolution but the first layer's
+             if isinstance(m, nn.Conv2d) and m.in_channels != CHANNELS and m.weight.requires_grad] if opt == "muon32"
             else [])
     taken = {id(p) for p in norms + mats}
-    rest = [p for p in net.parameters() if id(p) not in taken]
+    rest = [p for p in net.parameters() if id(p) not in taken and p.requires_grad]
     groups = [{"params": rest, "scale": 1.0},
               {"params": norms, "scale": norm_lr, "weight_decay": wd if norm_wd else 0.0}]
     optimizers = [torch.optim.AdamW(groups, lr=lr, weight_decay=wd) if adam else

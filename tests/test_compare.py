@@ -346,7 +346,8 @@ def test_a_sweep_trains_one_model_once_per_value(tmp_path):
     fig = compare.plot_curves(rows)
     acc, loss = fig.axes
     assert [line.get_label() for line in acc.get_lines()] == ["softmax --batch-size 16", "softmax --batch-size 64"]
-    assert "Validation" in acc.get_title() and len(loss.get_lines()) == 4  # validation and (dotted) training loss
+    assert "Validation" in acc.get_title() and len(loss.get_lines()) == 4  # validation and training loss
+    assert loss.get_title() == "Validation loss (hollow: training loss)"  # one epoch each: points, not lines
 
 
 def test_an_epochs_sweep_and_any_setting_reach_fit(tmp_path, monkeypatch):

@@ -198,6 +198,18 @@ def test_a_dataset_of_one_class_is_refused_in_the_user_s_terms(tmp_path):
         create_model("softmax", in_channels=1, image_size=(28, 28), num_classes=1)
 
 
+def test_muon_on_a_model_without_hidden_layers_is_refused_in_one_line(tmp_path, capsys):
+    from .conftest import synthetic_images, write_pixel_csv
+
+    x, y = synthetic_images(40, classes=4)
+    write_pixel_csv(tmp_path / "train.csv", x[:, 0], y)
+    err = _one_line_error(capsys, ["train", "--data", str(tmp_path / "train.csv"), "--model", "softmax",
+                                   "--optimizer", "muon", "--lr", "0.1", "--epochs", "1",
+                                   "--out", str(tmp_path / "runs")])
+    assert "--optimizer muon acts on hidden layers, and softmax has none" in err and "--optimizer sgd" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # no run folder left
+
+
 # ----------------------------------------------------------------------------- empty pictures
 
 def test_blank_pictures_by_the_spread_of_their_grey_levels():

@@ -88,6 +88,23 @@ def test_stop_at_a_step_then_resume_is_bit_exact(tmp_path, stop_step):
     assert done.test == ref.test
 
 
+def test_a_muon_run_stopped_and_resumed_is_bit_exact(tmp_path):
+    """Muon's groups (their ``muon`` flag, momentum and Newton-Schulz steps) and momentum buffers go
+    through the checkpoint and back: the resumed run ends as the one that never stopped."""
+    kw = dict(optimizer="muon", lr=0.05, momentum=0.9)
+    ref = _fit(tmp_path, name="ref", **kw)
+    cut = _fit(tmp_path, [StopAt(step=9)], name="cut", **kw)
+    assert cut.interrupted
+    done = _fit(tmp_path, resume=cut.run_dir)
+    a, b = _model_tensors(ref.run_dir), _model_tensors(done.run_dir)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert done.test == ref.test
+    from safetensors import safe_open
+    with safe_open(str(done.run_dir / "last.safetensors"), "pt") as f:
+        groups = json.loads(f.metadata()["param_groups"])
+    assert [g["muon"] for g in groups].count(True) >= 1  # the hidden weights did train with Muon
+
+
 def test_stop_at_an_epoch_end_finishes_the_run(tmp_path):
     r = _fit(tmp_path, [StopAt(epoch=2)], epochs=5)
     assert not r.interrupted and len(r.history) == 2
@@ -178,7 +195,7 @@ def test_a_budget_run_s_epoch_lines_say_the_time_left_and_the_last_reads_n_of_n(
     lines = _epoch_lines(log)
     n = len(r.history)
     assert n >= 4 and len(lines) == n
-    assert lines[-1] == f"epoch {n}/{n}"
+    assert re.fullmatch(rf"epoch {n}/{n}( \(\d+ of \d+ steps\))?", lines[-1]), lines[-1]
     left = []
     for i, line in enumerate(lines[:-1], start=1):
         m = re.fullmatch(rf"epoch {i} · (\d+)s left", line)
@@ -193,6 +210,14 @@ def test_a_fixed_length_run_keeps_its_epoch_n_of_n_lines(tmp_path):
     fit(TrainConfig(model="softmax", epochs=3, augment="", out=str(tmp_path)), dataset=synthetic_dataset(40, 8),
         progress=False, log=log.append)
     assert _epoch_lines(log) == ["epoch 1/3", "epoch 2/3", "epoch 3/3"]
+
+
+def test_a_last_epoch_cut_short_says_how_many_of_its_steps_ran(tmp_path):
+    log: list[str] = []
+    # 40 pictures, a quarter held out: 30 to train, 4 batches of 8 an epoch; 5 steps end 1 step into epoch 2
+    fit(TrainConfig(model="softmax", steps=5, batch_size=8, val_split=0.25, augment="", out=str(tmp_path)),
+        dataset=synthetic_dataset(40, 8), progress=False, log=log.append)
+    assert _epoch_lines(log) == ["epoch 1/2", "epoch 2/2 (1 of 4 steps)"]
 
 
 def test_a_budget_plan_a_sliver_past_an_epoch_ends_on_the_boundary():

@@ -386,7 +386,10 @@ def plot_curves(rows: list[dict[str, Any]]) -> Any:
     name = "validation" if validation else "training"
     acc_ax.set_title(f"{name[0].upper() + name[1:]} accuracy")
     acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    loss_ax.set_title(f"{name[0].upper() + name[1:]} loss" + (" (dotted: training loss)" if validation else ""))
+    # the training loss is a dotted line, or a hollow point for a run of one epoch
+    drawn = {"hollow" if len(hist) == 1 else "dotted" for hist in histories if hist}
+    mark = " or ".join(m for m in ("dotted", "hollow") if m in drawn)
+    loss_ax.set_title(f"{name[0].upper() + name[1:]} loss" + (f" ({mark}: training loss)" if validation else ""))
     for ax in (acc_ax, loss_ax):
         ax.set_xlabel("epoch")
         # whole epochs only, even for one epoch (without min_n_ticks=1 the locator falls back to 0.95, 1.00...)

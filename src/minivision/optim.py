@@ -343,16 +343,22 @@ def accept_single_group(params_in_saved_order: list[torch.Tensor]) -> StateDictH
     return hook
 
 
+def hidden_weights(model: nn.Module) -> list[torch.Tensor]:
+    """The 2-D and 4-D parameters of ``model`` between its first and its last such parameter (in
+    ``model.parameters()`` order), frozen or not: the weights Muon is meant for."""
+    return [p for p in model.parameters() if p.ndim in (2, 4)][1:-1]
+
+
 def muon_groups(model: nn.Module, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """``groups`` (from ``param_groups_weight_decay``) with the hidden weights moved to Muon groups.
 
-    Hidden weights: the trainable 2-D and 4-D parameters (dense and convolution weights) except
-    the first and the last in the model's order (the input layer and the head, which stay on SGD,
-    as in Jordan's Muon and airbench). Each Muon group keeps its source group's weight decay and
-    carries ``muon=True`` and ``lr_scale`` = the source's scale x ``MUON_LR_SCALE``; every other
-    group gets ``muon=False``. Empty groups are dropped."""
-    mats = [p for p in model.parameters() if p.requires_grad and p.ndim in (2, 4)]
-    hidden = {id(p) for p in mats[1:-1]}
+    Hidden weights: the 2-D and 4-D parameters (dense and convolution weights) except the first and
+    the last in the model's order (the input layer and the head, which stay on SGD, as in Jordan's
+    Muon and airbench), counted whether frozen or not, so a fine-tuning phase that trains the head
+    alone keeps it on SGD. Each Muon group keeps its source group's weight decay and carries
+    ``muon=True`` and ``lr_scale`` = the source's scale x ``MUON_LR_SCALE``; every other group gets
+    ``muon=False``. Empty groups are dropped."""
+    hidden = {id(p) for p in hidden_weights(model)}
     out: list[dict[str, Any]] = []
     for g in groups:
         rest = [p for p in g["params"] if id(p) not in hidden]
@@ -376,6 +382,12 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module,
     params = param_groups_weight_decay(model, cfg.weight_decay, lr_scales)
     if cfg.optimizer == "muon":
         params = muon_groups(model, params)
+        if not hidden_weights(model):
+            from .config import named
+
+            raise MinivisionError(f"{named('optimizer', 'muon')} acts on hidden layers, and "
+                                  f"{cfg.model or 'this model'} has none between its first layer and its head "
+                                  f"(it would train as sgd): use {named('optimizer', 'sgd')}, or a deeper model")
     for group in params:
         group["lr"] = cfg.lr * group.get("lr_scale", 1.0)
     if cfg.optimizer == "muon":

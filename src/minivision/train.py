@@ -1281,6 +1281,9 @@ class Trainer:
         if self.phases:
             row["phase"] = self.phases[self.phase_of(self.epoch)].name
         self.history.append(row)
+        # a last epoch the plan cut short (a budget, --steps) says so on its line
+        short = (f" ({self.step_in_epoch:,} of {self.batches_per_epoch:,} steps)"
+                 if 0 < self.step_in_epoch < self.batches_per_epoch else "")
         self.epoch += 1
         self.step_in_epoch = 0
         self.sums = torch.zeros(3, dtype=torch.float64, device=self.device)
@@ -1300,7 +1303,7 @@ class Trainer:
         self._emit("on_epoch_end", row)
         val = f"val loss {val_loss:.4f} acc {val_acc:.2%}" if not no_val else "no validation split"
         label = self.epoch_label(row["epoch"], planned if self.epoch_notes else None)
-        text = (f"{label}  train loss {row['train_loss']:.4f} acc "
+        text = (f"{label}{short}  train loss {row['train_loss']:.4f} acc "
                 f"{row['train_accuracy']:.2%}  {val}  lr {row['lr']:.2e}  {row['seconds']:.1f}s"
                 + ("  *" if self.improved else ""))
         for line in self.epoch_lines.lines(text, val_acc, first=len(self.history) == 1, last=self.epoch >= self.epochs):
