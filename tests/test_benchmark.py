@@ -232,11 +232,18 @@ def test_rows_with_a_fake_cli(fake, tmp_path, monkeypatch):
     e = rows["evaluate"]
     assert e["mean"]["median_wall_s"] == pytest.approx(1.5) and e["met"] is True
     trains = [c for c in fake.calls if c[3:4] == ["train"]]
-    assert len(trains) == 4  # 3 default seeds (reused by evaluate and memory) + cnn2
+    assert len(trains) == 6  # 3 default seeds (reused by evaluate and memory) + 3 of cnn2
 
     c = rows["cnn2"]
     assert c["mean"]["ratio"] == pytest.approx(10.0 / 25.0) and c["met"] is True  # epoch 2 of 2, both sides
-    assert "0.40x" in c["peer"] and "epoch 2 of 2" in c["note"]
+    assert "ratio 0.40 ± 0.00x" in c["peer"] and "epoch 2 of 2" in c["note"] and "(n=3)" in c["measured"]
+    peer_runs = [a for a in fake.calls if a[1].endswith("keras_peer.py")]
+    assert len(peer_runs) == 3  # one peer run per seed, each after ours
+    order = [("peer" if a[1].endswith("keras_peer.py") else a[3]) for a in fake.calls]
+    cnn2_order = [o for a, o in zip(fake.calls, order, strict=True) if "cnn2" in a or o == "peer"]
+    assert cnn2_order == ["train", "peer"] * 3
+    assert c["mean"]["accuracy_pct"] == pytest.approx(93.2) and c["mean"]["peer_accuracy_pct"] == pytest.approx(89.0)
+    assert "minivision 93.20 ± 0.20%, TensorFlow 89.00 ± 0.00%" in c["note"]
     peer_env = fake.envs[[i for i, a in enumerate(fake.calls) if a[1].endswith("keras_peer.py")][0]]
     assert peer_env["KERAS_BACKEND"] == "tensorflow"
     assert fake.envs and not [env for env in fake.envs if "PYTHONDONTWRITEBYTECODE" in env]
