@@ -375,3 +375,60 @@ def test_muon_builds_without_importing_dynamo():
             "print('torch._dynamo' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_loaded_muon_buffer_takes_its_channels_last_weight_s_layout():
+    """A checkpoint stores tensors contiguous (NCHW); a channels-last weight's momentum buffer must come
+    back channels-last, or the update's columns would be read in one order and written in another
+    (without Nesterov, the update is the buffer itself)."""
+    from minivision.optim import Muon
+
+    def net():
+        torch.manual_seed(0)
+        m = torch.nn.Sequential(torch.nn.Conv2d(2, 4, 3), torch.nn.Conv2d(4, 6, 3), torch.nn.Conv2d(6, 3, 3),
+                                torch.nn.Flatten())
+        return m.to(memory_format=torch.channels_last)
+
+    def build(m):
+        return Muon([{"params": [m[1].weight], "muon": True},
+                     {"params": [p for p in m.parameters() if p is not m[1].weight]}], lr=0.05, nesterov=False)
+
+    def steps(m, opt, n, seed):
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(n):
+            x = torch.randn(4, 2, 8, 8, generator=g).contiguous(memory_format=torch.channels_last)
+            loss = m(x).square().mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+    a = net()
+    opt_a = build(a)
+    steps(a, opt_a, 3, 1)
+    b = net()
+    b.load_state_dict(a.state_dict())
+    b = b.to(memory_format=torch.channels_last)
+    opt_b = build(b)
+    saved = opt_a.state_dict()
+    saved = {"state": {i: {k: v.contiguous() for k, v in st.items()} for i, st in saved["state"].items()},
+             "param_groups": saved["param_groups"]}  # as a checkpoint file gives them back
+    opt_b.load_state_dict(saved)
+    assert opt_b.state[0]["momentum_buffer"].is_contiguous(memory_format=torch.channels_last)
+    steps(a, opt_a, 3, 2)
+    steps(b, opt_b, 3, 2)
+    torch.testing.assert_close(b[1].weight, a[1].weight, rtol=1e-6, atol=1e-7)
+
+
+def test_muon_with_another_optimizer_s_recipe_needs_a_rate_and_is_refused_with_freeze():
+    from minivision.config import TrainConfig, resolve, validate
+
+    adam_recipe = {"optimizer": "adam", "lr": 1e-3, "momentum": 0.0}
+    with pytest.raises(MinivisionError, match=r"recipe rate 0.001 is for adam; give --lr too"):
+        resolve(TrainConfig(model="cnn3", optimizer="muon", epochs=1), adam_recipe)
+    got = resolve(TrainConfig(model="cnn3", optimizer="muon", lr=0.2, epochs=1), adam_recipe)
+    assert (got.lr, got.momentum, got.nesterov) == (0.2, 0.9, True)  # SGD-sized momentum, not Adam's 0
+    sgd = resolve(TrainConfig(model="mvnet", optimizer="muon", epochs=1),
+                  {"optimizer": "sgd", "lr": 0.2, "momentum": 0.9, "nesterov": True})
+    assert (sgd.lr, sgd.momentum, sgd.nesterov) == (0.2, 0.9, True)
+    with pytest.raises(MinivisionError, match="with --freeze only the head trains"):
+        validate(TrainConfig(model="mvnet", optimizer="muon", lr=0.2, epochs=1, freeze=True))

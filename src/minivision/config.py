@@ -151,9 +151,9 @@ class TrainConfig:
     batch_size: int | None = _setting(None, "images per step (with --nproc: in all processes together)", kind=int,
                                       lo=1, recipe=True, fallback=128)
     optimizer: str | None = _setting(None, "adam | sgd | adamw | gd (plain gradient descent: SGD without "
-                                           "momentum) | muon (Muon for the hidden convolution and dense "
-                                           "weights at half --lr, SGD with --momentum/--nesterov for the "
-                                           "rest)", choices=OPTIMIZERS, recipe=True, fallback="adam")
+                                           "momentum) | muon (Muon, momentum 0.95, for the hidden convolution "
+                                           "and dense weights at half --lr; SGD with --momentum for the first "
+                                           "layer, the head, norms and biases; --nesterov applies to both)", choices=OPTIMIZERS, recipe=True, fallback="adam")
     lr: float | str | None = _setting(None, "(peak) learning rate; Keras' Adam default 0.001; auto: found first by "
                                             "the learning-rate range test (minivision lr-find), then the run trains "
                                             "a fresh model with it", kind=float, lo=0, lo_open=True, recipe=True,
@@ -161,8 +161,9 @@ class TrainConfig:
     momentum: float | None = _setting(None, "SGD momentum", kind=float, lo=0, hi=1, hi_open=True, recipe=True,
                                       fallback=0.9)
     nesterov: bool | None = _setting(None, "Nesterov momentum (sgd and muon)", kind=bool, recipe=True, fallback=False)
-    weight_decay: float | None = _setting(None, "L2 weight decay for sgd/adam, decoupled for adamw and muon's "
-                                                "hidden weights (never on biases and norm layers)", kind=float, lo=0, recipe=True,
+    weight_decay: float | None = _setting(None, "L2 weight decay for sgd/adam; decoupled (multiplied by the rate, "
+                                                "so weaker at the same value) for adamw and muon's hidden "
+                                                "weights; never on biases and norm layers", kind=float, lo=0, recipe=True,
                                           fallback=0.0)
     schedule: str | None = _setting(None, "learning-rate schedule", choices=SCHEDULES, recipe=True,
                                     fallback="constant")
@@ -321,6 +322,9 @@ def validate(cfg: TrainConfig) -> None:
     check_settings({k: v for k, v in cfg.to_dict().items()})
     if cfg.epochs is None and cfg.steps is None:
         raise MinivisionError("give --epochs or --steps")
+    if cfg.optimizer == "muon" and cfg.freeze:
+        raise MinivisionError(f"{named('optimizer', 'muon')} acts on hidden layers, and with {named('freeze')} "
+                              f"only the head trains: use {named('optimizer', 'sgd')} or adamw")
     if cfg.class_weight == "balanced" and cfg.sampler == "balanced":
         raise MinivisionError(f"give {named('class_weight', 'balanced')} or {named('sampler', 'balanced')}, not "
                               "both: each corrects the imbalance on its own, together they over-correct")
@@ -344,6 +348,17 @@ def resolve(cfg: TrainConfig, model_defaults: Mapping[str, Any]) -> TrainConfig:
         for n in names:
             if chosen and n != chosen[0]:
                 setattr(out, n, None)
+    recipe_optimizer = model_defaults.get("optimizer", GLOBAL_DEFAULTS["optimizer"])
+    if out.optimizer == "muon" and recipe_optimizer not in ("sgd", "muon"):
+        # the recipe's rate and momentum were chosen for another optimizer: Muon needs SGD-sized ones
+        if "lr" not in explicit:
+            raise MinivisionError(
+                f"{named('optimizer', 'muon')}: {out.model or 'the model'}'s recipe rate {out.lr:g} is for "
+                f"{recipe_optimizer}; give {named('lr')} too (mvnet's recipe: 0.2, of which Muon takes half)")
+        if "momentum" not in explicit:
+            out.momentum = 0.9
+        if cfg.nesterov is None:
+            out.nesterov = True
     if out.optimizer not in ("sgd", "muon") and ("momentum" in explicit or cfg.nesterov):
         raise MinivisionError(f"--{'nesterov' if cfg.nesterov else 'momentum'} applies to --optimizer sgd or "
                               f"muon only (the optimizer is {out.optimizer})")

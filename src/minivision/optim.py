@@ -103,8 +103,11 @@ class _Optimizer:
         self.state = {}
         for i, s in sd["state"].items():
             p = self.params[int(i)]
-            self.state[int(i)] = {k: (v if k == "step" else v.to(p.device, p.dtype)).clone()
-                                  for k, v in s.items()}
+            # a buffer shaped as its parameter takes the parameter's memory layout (a checkpoint stores
+            # tensors contiguous; a channels-last weight's buffer comes back channels-last)
+            self.state[int(i)] = {k: (v.clone() if k == "step" else
+                                      torch.empty_like(p).copy_(v) if v.shape == p.shape else
+                                      v.to(p.device, p.dtype).clone()) for k, v in s.items()}
 
 
 class SGD(_Optimizer):
@@ -170,12 +173,13 @@ def orthogonalize(g: torch.Tensor, steps: int = 5, coefficients: tuple[float, fl
     return x.T if tall else x
 
 
-def _as_matrix(t: torch.Tensor) -> torch.Tensor:
-    """A weight (or its gradient) as the (out, fan-in) matrix Muon orthogonalises: 2-D as it is; a
-    4-D convolution weight's rows taken in its memory order (channels-last: kh, kw, in), which needs
-    no copy. Orthogonalisation commutes with a permutation of the columns, so the order does not
-    change the update."""
-    if t.ndim == 4 and t.is_contiguous(memory_format=torch.channels_last):
+def _as_matrix(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` (a weight's gradient or update, shaped as the weight ``like``) as the (out, fan-in)
+    matrix Muon orthogonalises: 2-D as it is; 4-D with each row's columns in ``like``'s memory order
+    (channels-last: kh, kw, in), which needs no copy when ``t`` is laid out as ``like``.
+    Orthogonalisation commutes with a permutation of the columns, so the order does not change the
+    update; ``_from_matrix`` reads it back in the same order, whatever ``t``'s own layout."""
+    if like.ndim == 4 and like.is_contiguous(memory_format=torch.channels_last):
         return t.permute(0, 2, 3, 1).reshape(t.shape[0], -1)
     return t.reshape(t.shape[0], -1)
 
@@ -194,11 +198,13 @@ class Muon(SGD):
     A Muon group's update (``torch.optim.Muon``'s, Keller Jordan 2024): the momentum buffer ``B``
     follows ``B <- mu B + (1 - mu) g`` (``muon_momentum``, 0.95), Nesterov's ``g + mu (B - g)`` is read
     as an (out, fan-in) matrix, orthogonalised by ``orthogonalize`` (5 steps, fp32 unless
-    ``ns_dtype``), scaled by ``lr * sqrt(max(1, out / fan_in))`` (torch's "original" adjustment),
-    after decoupled weight decay ``p <- p (1 - lr wd)``. Each weight's update thus has every
-    singular value near 1: a step of the same size in every direction, whatever the gradient's
-    scale. Meant for the hidden convolution and dense weights (the first layer and the head stay
-    on SGD: Jordan's advice, followed by airbench); ``make_optimizer`` splits them so.
+    ``ns_dtype``), scaled by ``lr * sqrt(max(1, out / fan_in))`` (torch's "original" adjustment of a
+    2-D weight, applied to a 4-D weight's (out, fan-in) matrix), after decoupled weight decay
+    ``p <- p (1 - lr wd)`` (at Muon's rate, so far weaker than SGD's L2 decay of the same value).
+    Each weight's update thus has every singular value near 1: a step of the same size in every
+    direction, whatever the gradient's scale. Meant for the hidden convolution and dense weights
+    (the first layer and the head stay on SGD, as Jordan advises); ``make_optimizer`` splits them
+    so.
 
     Other groups: ``SGD``'s update (L2 weight decay, momentum, Nesterov). Parameters: 2-D or 4-D
     float tensors in Muon groups (anything in the others). Raises ``ValueError`` for a Muon
@@ -229,7 +235,7 @@ class Muon(SGD):
             buf = st["momentum_buffer"]
             buf.lerp_(p.grad, 1 - mom)
             update = p.grad.lerp(buf, mom) if g["nesterov"] else buf
-            m = _as_matrix(update)
+            m = _as_matrix(update, p)
             o = orthogonalize(m, g["ns_steps"], dtype=self.ns_dtype)
             if wd:
                 p.mul_(1 - lr * wd)
@@ -345,8 +351,11 @@ def accept_single_group(params_in_saved_order: list[torch.Tensor]) -> StateDictH
 
 def hidden_weights(model: nn.Module) -> list[torch.Tensor]:
     """The 2-D and 4-D parameters of ``model`` between its first and its last such parameter (in
-    ``model.parameters()`` order), frozen or not: the weights Muon is meant for."""
-    return [p for p in model.parameters() if p.ndim in (2, 4)][1:-1]
+    ``model.parameters()`` order), frozen or not, less depthwise convolution weights (one input
+    channel per filter: a k x k matrix per channel, which neither Jordan's Muon nor torch's covers):
+    the weights Muon is meant for."""
+    mats = [p for p in model.parameters() if p.ndim in (2, 4)]
+    return [p for p in mats[1:-1] if not (p.ndim == 4 and p.shape[1] == 1)]
 
 
 def muon_groups(model: nn.Module, groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
