@@ -362,8 +362,8 @@ def muon_groups(model: nn.Module, groups: list[dict[str, Any]]) -> list[dict[str
     """``groups`` (from ``param_groups_weight_decay``) with the hidden weights moved to Muon groups.
 
     Hidden weights: the 2-D and 4-D parameters (dense and convolution weights) except the first and
-    the last in the model's order (the input layer and the head, which stay on SGD, as in Jordan's
-    Muon and airbench), counted whether frozen or not, so a fine-tuning phase that trains the head
+    the last in the model's order (the input layer and the head, which stay on SGD, as Jordan
+    advises), counted whether frozen or not, so a fine-tuning phase that trains the head
     alone keeps it on SGD. Each Muon group keeps its source group's weight decay and carries
     ``muon=True`` and ``lr_scale`` = the source's scale x ``MUON_LR_SCALE``; every other group gets
     ``muon=False``. Empty groups are dropped."""
