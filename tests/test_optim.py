@@ -95,6 +95,18 @@ def _same_layout(ours, theirs):
         assert {k: v for k, v in g.items() if k in t} == {k: v for k, v in t.items() if k in g}
 
 
+def _trained_and_reloaded(make_model, build, steps):
+    """A model and optimizer trained ``steps`` steps, and a fresh pair loaded from their state dicts."""
+    a = make_model()
+    opt_a = build(a)
+    _train(a, opt_a, steps)
+    b = make_model()
+    b.load_state_dict(a.state_dict())
+    opt_b = build(b)
+    opt_b.load_state_dict(opt_a.state_dict())
+    return a, opt_a, b, opt_b
+
+
 @pytest.mark.parametrize("kind,ours,theirs", CASES)
 @pytest.mark.parametrize("grouped", [False, True])
 def test_state_dict_round_trip_continues_identically(kind, ours, theirs, grouped):
@@ -102,13 +114,7 @@ def test_state_dict_round_trip_continues_identically(kind, ours, theirs, grouped
         params = _groups(model, 1e-3, ours["lr"]) if grouped else model.parameters()
         return _pair(kind, ours, theirs, params, _model().parameters())[0]
 
-    a = _model()
-    opt_a = build(a)
-    _train(a, opt_a, 5)
-    b = _model()
-    b.load_state_dict(a.state_dict())
-    opt_b = build(b)
-    opt_b.load_state_dict(opt_a.state_dict())
+    a, opt_a, b, opt_b = _trained_and_reloaded(_model, build, 5)
     assert opt_b.param_groups == [{**g, "params": gb["params"]}
                                   for g, gb in zip(opt_a.param_groups, opt_b.param_groups, strict=True)]
     lrs = [ours["lr"] * 0.9 ** s for s in range(4)]
@@ -292,22 +298,9 @@ def test_muon_matches_torch_optim_muon_in_bf16():
             t_sgd.step()
 
     lrs = [0.05 * (1 - s / 12) for s in range(8)]
-    for pa, pb in zip(_train_wide(a, ours, 8, lrs), _train_wide(b, Both(), 8, lrs), strict=True):
+    for pa, pb in zip(_train(a, ours, 8, lrs), _train(b, Both(), 8, lrs), strict=True):
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
     assert not torch.equal(a[2].weight, _muon_net()[2].weight)
-
-
-def _train_wide(model, opt, steps, lrs):
-    g = torch.Generator().manual_seed(1)
-    for s in range(steps):
-        for group in opt.param_groups:
-            group["lr"] = lrs[s]
-        x, y = torch.randn(8, 5, generator=g), torch.randint(0, 3, (8,), generator=g)
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return [p.detach().clone() for p in model.parameters()]
 
 
 def test_orthogonalize_brings_singular_values_near_one_for_any_shape():
@@ -355,13 +348,7 @@ def test_muon_state_round_trips_and_continues_identically():
     from minivision.optim import Muon, muon_groups
     def build(m):
         return Muon(muon_groups(m, param_groups_weight_decay(m, 1e-3)), lr=0.05, momentum=0.9)
-    a = _muon_net()
-    opt_a = build(a)
-    _train(a, opt_a, 3)
-    b = _muon_net()
-    b.load_state_dict(a.state_dict())
-    opt_b = build(b)
-    opt_b.load_state_dict(opt_a.state_dict())
+    a, opt_a, b, opt_b = _trained_and_reloaded(_muon_net, build, 3)
     for pa, pb in zip(_train(a, opt_a, 3, [0.02] * 3), _train(b, opt_b, 3, [0.02] * 3), strict=True):
         assert torch.equal(pa, pb)
 
