@@ -79,7 +79,7 @@ class Muon32:
     def step(self) -> None:
         a, b, c = 3.4445, -4.775, 2.0315
         lr = self.param_groups[0]["lr"]
-        for p, buf in zip(self.param_groups[0]["params"], self.bufs):
+        for p, buf in zip(self.param_groups[0]["params"], self.bufs, strict=True):
             buf.lerp_(p.grad, 1 - self.momentum)
             u = p.grad.lerp(buf, self.momentum).permute(0, 2, 3, 1).reshape(p.shape[0], -1)
             tall = u.shape[0] > u.shape[1]
@@ -249,7 +249,7 @@ def run(name: str, net: nn.Module, bs: int = 256, lr: float = 0.2, wd: float = 5
         for d, avg in averages:
             with torch.no_grad():
                 torch._foreach_lerp_(list(avg.parameters()), list(net.parameters()), 1 - d)
-                for b_avg, b in zip(avg.buffers(), net.buffers()):
+                for b_avg, b in zip(avg.buffers(), net.buffers(), strict=True):
                     b_avg.copy_(b) if not b.is_floating_point() else b_avg.lerp_(b, 1 - d)
     train_s = time.perf_counter() - t
     net.eval()

@@ -4,7 +4,6 @@ self-contained and leaves out what it was not given."""
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import math

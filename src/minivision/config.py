@@ -153,7 +153,8 @@ class TrainConfig:
     optimizer: str | None = _setting(None, "adam | sgd | adamw | gd (plain gradient descent: SGD without "
                                            "momentum) | muon (Muon, momentum 0.95, for the hidden convolution "
                                            "and dense weights at half --lr; SGD with --momentum for the first "
-                                           "layer, the head, norms and biases; --nesterov applies to both)", choices=OPTIMIZERS, recipe=True, fallback="adam")
+                                           "layer, the head, norms and biases; --nesterov applies to both)",
+                                     choices=OPTIMIZERS, recipe=True, fallback="adam")
     lr: float | str | None = _setting(None, "(peak) learning rate; Keras' Adam default 0.001; auto: found first by "
                                             "the learning-rate range test (minivision lr-find), then the run trains "
                                             "a fresh model with it", kind=float, lo=0, lo_open=True, recipe=True,
@@ -163,8 +164,8 @@ class TrainConfig:
     nesterov: bool | None = _setting(None, "Nesterov momentum (sgd and muon)", kind=bool, recipe=True, fallback=False)
     weight_decay: float | None = _setting(None, "L2 weight decay for sgd/adam; decoupled (multiplied by the rate, "
                                                 "so weaker at the same value) for adamw and muon's hidden "
-                                                "weights; never on biases and norm layers", kind=float, lo=0, recipe=True,
-                                          fallback=0.0)
+                                                "weights; never on biases and norm layers", kind=float, lo=0,
+                                          recipe=True, fallback=0.0)
     schedule: str | None = _setting(None, "learning-rate schedule", choices=SCHEDULES, recipe=True,
                                     fallback="constant")
     label_smoothing: float | None = _setting(None, "label smoothing of the cross-entropy loss", kind=float, lo=0,

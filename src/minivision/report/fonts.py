@@ -129,7 +129,7 @@ def _quiet_weight_fallback() -> None:
         log.addFilter(_drop_weight_fallback)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _charmap(path: str) -> frozenset[int]:
     """The code points the font file at ``path`` has glyphs for (empty if it cannot be read)."""
     from matplotlib.ft2font import FT2Font
