@@ -1,5 +1,5 @@
 """What every reader of a trained model needs, and nothing of training: the device and precision to
-run on, ``predict_logits`` (with flip TTA), the loss and accuracy of logits, the split to score.
+run on, ``predict_logits`` (with test-time augmentation), the loss and accuracy of logits, the split to score.
 
 ``evaluate``, ``predict``, ``embed``, ``compare`` and the HTTP service import this module, never
 ``train``: serving a model must not load the trainer (tests/test_seams.py guards it).
@@ -14,6 +14,7 @@ from torch import nn
 from .data.dataset import split_for  # noqa: F401 (a reader's name; torch-free, in data/dataset.py)
 from .errors import MinivisionError
 from .preprocess import Preprocess
+from .scores import TTA_VIEWS, tta_mode
 
 
 def pick_device(name: str) -> torch.device:
@@ -45,33 +46,90 @@ def pick_precision(name: str, device: torch.device) -> str:
     return "bf16" if cpu_supports_bf16() else "fp32"
 
 
+def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Pictures ``x`` (N, C, H, W) moved by ``dy`` rows and ``dx`` columns (positive: down, right), the border
+    row/column repeated outwards (replicate padding; ``scores.shifted_np`` on numpy arrays); same shape."""
+    if dy == 0 and dx == 0:
+        return x
+    h, w = x.shape[2], x.shape[3]
+    big = F.pad(x, (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0)), mode="replicate")
+    top, left = max(-dy, 0), max(-dx, 0)
+    return big[:, :, top:top + h, left:left + w]
+
+
+def view(x: torch.Tensor, v: tuple[bool, int, int]) -> torch.Tensor:
+    """One test-time view (mirrored, dy, dx) of ``x`` (N, C, H, W) (``scores.TTA_VIEWS``): mirror, then move."""
+    mirrored, dy, dx = v
+    return shifted(x.flip(3) if mirrored else x, dy, dx)
+
+
+def _as(like: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x`` in ``like``'s memory format (a channels-last input stays channels-last: the fast path of the
+    convolutions)."""
+    return x.contiguous(memory_format=torch.channels_last) if (
+        like.ndim == 4 and like.is_contiguous(memory_format=torch.channels_last)
+        and not like.is_contiguous()) else x
+
+
 @torch.inference_mode()
 def predict_logits(model: nn.Module, pre: Preprocess, x: torch.Tensor, *, device: torch.device,
-                   precision: str = "fp32", batch_size: int = 256, tta: bool = False,
+                   precision: str = "fp32", batch_size: int = 256, tta: bool | str = False,
                    temperature: float = 1.0) -> torch.Tensor:
     """Logits, float32 (N, K) on the CPU, for uint8 images ``x`` (N, C, H, W) at the model's size.
 
     ``pre`` (the model's saved preprocessing) turns pixels into the network's input; batches of
     ``batch_size`` run in eval mode under bf16 autocast when ``precision`` is ``bf16``.
-    ``tta``: flip test-time augmentation. The result is the log of the mean of the softmax
-    probabilities of each image and its horizontal mirror, log((softmax(f(x)) + softmax(f(flip x))) / 2)
-    (fastai's choice: averaged probabilities, not logits), so softmax and cross-entropy apply to it
-    unchanged. ``temperature`` (model.json's ``calibration``, see trust.py) divides each view's logits
-    before anything else, so softmax of the result is the calibrated score. The model's training/eval
-    mode is restored afterwards."""
+    ``tta``: test-time augmentation, one of ``scores.TTA_MODES`` ("none", "flip": the image and its
+    horizontal mirror, "flip+shift": those and their one-pixel moves, 10 views), True for "flip", False for
+    "none". With more than one view the result is the log of the mean of the views' softmax probabilities,
+    log(mean_v softmax(f(view_v x))) (fastai's choice: averaged probabilities, not logits), so softmax and
+    cross-entropy apply to it unchanged. ``temperature`` (model.json's ``calibration``, see trust.py) divides
+    each view's logits before anything else, so softmax of the result is the calibrated score. The model's
+    training/eval mode is restored afterwards. Raises MinivisionError for an unknown ``tta``."""
+    views = TTA_VIEWS[tta_mode(tta)]
     was_training = model.training
     model.eval()
     out = []
     for i in range(0, len(x), batch_size):
         xb = pre(x[i:i + batch_size].to(device, non_blocking=True))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            logits = model(xb).float() / temperature
-            if tta:
-                mirrored = model(xb.flip(3)).float() / temperature
-                logits = (logits.log_softmax(1).exp() + mirrored.log_softmax(1).exp()).mul_(0.5).log_()
-            out.append(logits.cpu())
+            if len(views) == 1:
+                out.append((model(xb).float() / temperature).cpu())
+                continue
+            probs = None
+            for v in views:
+                p = (model(_as(xb, view(xb, v))).float() / temperature).softmax(1)
+                probs = p if probs is None else probs.add_(p)
+            out.append(probs.div_(len(views)).log_().cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.inference_mode()
+def view_logits(model: nn.Module, pre: Preprocess, x: torch.Tensor, mode: str, *, device: torch.device,
+                precision: str = "fp32", batch_size: int = 256) -> torch.Tensor:
+    """Logits of every test-time view, float32 (V, N, K) on the CPU, uncalibrated, for uint8 images ``x``
+    (N, C, H, W): one row per view of ``scores.TTA_VIEWS[mode]``, in that order (the first is the picture as
+    it is). For fitting a temperature to the views' mean (trust.py) and for comparing view sets."""
+    views = TTA_VIEWS[tta_mode(mode)]
+    was_training = model.training
+    model.eval()
+    out: list[list[torch.Tensor]] = [[] for _ in views]
+    for i in range(0, len(x), batch_size):
+        xb = pre(x[i:i + batch_size].to(device, non_blocking=True))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            for j, v in enumerate(views):
+                out[j].append(model(_as(xb, view(xb, v))).float().cpu())
+    model.train(was_training)
+    return torch.stack([torch.cat(o) if o else torch.empty(0) for o in out])
+
+
+def mean_view_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log(mean_v softmax(logits_v / T)), float (N, K), of view logits (V, N, K): what ``predict_logits``
+    gives for the same views and temperature."""
+    if len(logits) == 1:
+        return logits[0] / temperature
+    return (logits / temperature).softmax(2).mean(0).log()
 
 
 @torch.inference_mode()

@@ -203,6 +203,58 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return z / z.sum(1, keepdims=True)
 
 
+# ------------------------------------------------------------------------------ test-time augmentation (TTA)
+
+# The view sets a model's answers can average (``tta``): each view is (mirrored left-right, dy, dx), the picture
+# moved by dy rows and dx columns with its border row/column repeated outwards. The answer is the mean of the
+# views' calibrated softmax probabilities (fastai's rule: probabilities, not logits, are averaged). The one-pixel
+# moves follow airbench (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds on a single GPU"), whose test-time views
+# are the picture, its mirror and their one-pixel translations.
+SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))
+TTA_MODES = ("none", "flip", "flip+shift")
+TTA_VIEWS: dict[str, tuple[tuple[bool, int, int], ...]] = {
+    "none": ((False, 0, 0),),
+    "flip": ((False, 0, 0), (True, 0, 0)),
+    "flip+shift": tuple((m, 0, 0) for m in (False, True))
+    + tuple((m, dy, dx) for m in (False, True) for dy, dx in SHIFTS),
+}
+
+
+def tta_mode(value: Any, meta: dict[str, Any] | None = None) -> str:
+    """The view set to use: ``value`` None (or "auto") takes the model's own (model.json's ``tta``, "none" for a
+    model without one); True means "flip" and False "none" (the former on/off switch); else one of ``TTA_MODES``.
+    Raises MinivisionError (one line) for any other value."""
+    from .errors import MinivisionError
+
+    if value is None or value == "auto":
+        own = (meta or {}).get("tta") if isinstance(meta, dict) else None
+        return own if own in TTA_MODES else "none"
+    if value is True:
+        return "flip"
+    if value is False:
+        return "none"
+    if value not in TTA_MODES:
+        raise MinivisionError(f"tta must be one of {', '.join(TTA_MODES)} (or auto: the model's own), got {value!r}")
+    return str(value)
+
+
+def shifted_np(x: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Pictures ``x`` (N, C, H, W), any dtype, moved by ``dy`` rows and ``dx`` columns (positive: down, right),
+    the border row/column repeated outwards (``np.pad``'s "edge"); same shape and dtype, C-contiguous."""
+    if dy == 0 and dx == 0:
+        return np.ascontiguousarray(x)
+    h, w = x.shape[2], x.shape[3]
+    big = np.pad(x, ((0, 0), (0, 0), (max(dy, 0), max(-dy, 0)), (max(dx, 0), max(-dx, 0))), mode="edge")
+    top, left = max(-dy, 0), max(-dx, 0)
+    return np.ascontiguousarray(big[:, :, top:top + h, left:left + w])
+
+
+def view_np(x: np.ndarray, view: tuple[bool, int, int]) -> np.ndarray:
+    """One TTA view (mirrored, dy, dx) of pictures ``x`` (N, C, H, W): mirror first, then the move."""
+    mirrored, dy, dx = view
+    return shifted_np(x[..., ::-1] if mirrored else x, dy, dx)
+
+
 def mahalanobis_score(features: np.ndarray, means: np.ndarray, precision: np.ndarray,
                       batch: int = 8192) -> np.ndarray:
     """float32 (N,): the squared Mahalanobis distance of each feature row (N, D), scaled to unit length, to the
