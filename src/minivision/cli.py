@@ -306,6 +306,10 @@ def cmd_train(a: argparse.Namespace) -> int:
     summary = {"run": str(result.run_dir), **result.test}
     if a.json:
         print(_json(summary))
+    elif result.test and "test_accuracy_tta" in result.test:  # the model answers with test-time augmentation
+        print(f"test accuracy {result.test['test_accuracy_tta']:.2%} with {result.test['tta']} TTA "
+              f"({result.test['test_accuracy']:.2%} without; {result.test['test_n']:,} images) "
+              f"· run saved to {result.run_dir}")
     elif result.test:
         print(f"test accuracy {result.test['test_accuracy']:.2%} (loss {result.test['test_loss']:.4f}, "
               f"{result.test['test_n']:,} images) · run saved to {result.run_dir}")
