@@ -2,12 +2,15 @@
 
 For each run folder, the test split (as ``minivision evaluate RUN`` scores it) through the network
 once per view, then top-1 accuracy of the averaged softmax probabilities (fastai's and minivision's
-rule, ``inference.predict_logits``) for these view sets:
+rule, ``inference.predict_logits``) and the expected calibration error (15 bins) of that answer
+calibrated with the model's temperature (fitted on the plain view of the validation split), for
+these view sets:
 
 - ``plain``: the image as it is;
-- ``flip``: the image and its horizontal mirror (what ``--tta`` does);
+- ``flip``: the image and its horizontal mirror (``--tta flip``);
 - ``flip+shift1``: those two, each also moved by one pixel in each of the four directions, the
-  border copied outwards (airbench's translate TTA moves by one pixel too): 10 views;
+  border copied outwards (airbench's translate TTA moves by one pixel too): 10 views
+  (``--tta flip+shift``);
 - ``shift1``: the image and its four one-pixel moves, no mirror (for runs trained without flips).
 
     python3 bench/tta.py RUN [RUN ...]
@@ -22,44 +25,34 @@ import argparse
 import sys
 
 import torch
-import torch.nn.functional as F
 
-SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0))
+from minivision.scores import SHIFTS
+
+SHIFT_VIEWS = ((False, 0, 0), *((False, dy, dx) for dy, dx in SHIFTS))  # "shift1": no mirror
 
 
-def shifted(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
-    """``x`` (N, C, H, W) moved by (dy, dx) pixels, the border row/column repeated (replicate padding)."""
-    pad = (max(dx, 0), max(-dx, 0), max(dy, 0), max(-dy, 0))  # left, right, top, bottom
-    h, w = x.shape[2], x.shape[3]
-    big = F.pad(x, pad, mode="replicate")
-    top, left = max(-dy, 0), max(-dx, 0)
-    return big[:, :, top:top + h, left:left + w]
+def view_sets(logits: torch.Tensor, shift_logits: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Logits (V, N, K) per view set: the product's (``scores.TTA_VIEWS``: none, flip, flip+shift; the view
+    logits of "flip+shift" start with those of "none" and "flip") and "shift1"."""
+    return {"plain": logits[:1], "flip": logits[:2], "flip+shift1": logits, "shift1": shift_logits}
 
 
 @torch.inference_mode()
-def view_probs(model, pre, x: torch.Tensor, batch: int = 500) -> dict[str, torch.Tensor]:
-    """Softmax probabilities (N, K) of every view: 'id', 'flip', 'id+dy,dx', 'flip+dy,dx'."""
+def one_view(model, pre, x: torch.Tensor, v: tuple[bool, int, int], batch: int = 500) -> torch.Tensor:
+    """Logits (N, K) of one view (mirrored, dy, dx) of uint8 pictures ``x`` (N, C, H, W), fp32 on the CPU."""
+    from minivision.inference import view
+
     model.eval()
-    out: dict[str, list[torch.Tensor]] = {}
-    for i in range(0, len(x), batch):
-        xb = pre(x[i:i + batch])
-        for mirror in (False, True):
-            base = xb.flip(3) if mirror else xb
-            name = "flip" if mirror else "id"
-            out.setdefault(name, []).append(model(base).float().softmax(1))
-            for dy, dx in SHIFTS:
-                out.setdefault(f"{name}{dy:+d},{dx:+d}", []).append(
-                    model(shifted(base, dy, dx).contiguous(memory_format=torch.channels_last)).float().softmax(1))
-    return {k: torch.cat(v) for k, v in out.items()}
+    return torch.cat([model(view(pre(x[i:i + batch]), v).contiguous(memory_format=torch.channels_last)).float()
+                      for i in range(0, len(x), batch)])
 
 
-def accuracies(probs: dict[str, torch.Tensor], y: torch.Tensor) -> dict[str, float]:
-    shifts = [f"{dy:+d},{dx:+d}" for dy, dx in SHIFTS]
-    sets = {"plain": ["id"], "flip": ["id", "flip"],
-            "flip+shift1": ["id", "flip"] + [f"{m}{s}" for m in ("id", "flip") for s in shifts],
-            "shift1": ["id"] + [f"id{s}" for s in shifts]}
-    return {name: float((torch.stack([probs[v] for v in views]).mean(0).argmax(1) == y).float().mean())
-            for name, views in sets.items()}
+def figures(logits: torch.Tensor, y: torch.Tensor, temperature: float) -> dict[str, float]:
+    """Top-1 accuracy and the ECE (15 bins) of the calibrated answer mean_v softmax(logits_v / T)."""
+    from minivision.metrics import calibration
+
+    probs = (logits.double() / temperature).softmax(2).mean(0)
+    return {"acc": float((probs.argmax(1) == y).double().mean()), "ece": float(calibration(probs, y)["ece"])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from minivision.errors import MinivisionError
     from minivision.evaluate import scoring_data
+    from minivision.inference import view_logits
     from minivision.runfiles import load_model
 
     torch.manual_seed(0)
@@ -80,13 +74,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         augment = (lm.meta.get("augment") or {}).get("spec")
-        probs = view_probs(lm.model, lm.preprocess, sd.split.x)
-        acc = accuracies(probs, sd.split.y)
-        plain = acc["plain"]
-        shown = ", ".join(f"{k} {v:.2%} ({(v - plain) * 100:+.2f})" if k != "plain" else f"{k} {v:.2%}"
-                          for k, v in acc.items())
-        print(f"{run} ({sd.dataset.name} {sd.split_name}, {len(sd.split.y):,} images; augment {augment!r}): {shown}",
-              flush=True)
+        dev = torch.device("cpu")
+        logits = view_logits(lm.model, lm.preprocess, sd.split.x, "flip+shift", device=dev, batch_size=500)
+        shift_logits = torch.stack([logits[0], *(one_view(lm.model, lm.preprocess, sd.split.x, v)
+                                                 for v in SHIFT_VIEWS[1:])])
+        t = lm.temperature
+        rows = {k: figures(v, sd.split.y, t) for k, v in view_sets(logits, shift_logits).items()}
+        plain = rows["plain"]["acc"]
+        shown = ", ".join(f"{k} {r['acc']:.2%}" + (f" ({(r['acc'] - plain) * 100:+.2f})" if k != "plain" else "")
+                          + f" ECE {r['ece']:.2%}" for k, r in rows.items())
+        print(f"{run} ({sd.dataset.name} {sd.split_name}, {len(sd.split.y):,} images; augment {augment!r}; "
+              f"T {t:.3f}): {shown}", flush=True)
     return 0
 
 

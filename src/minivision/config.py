@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import MinivisionError
+from .scores import TTA_MODES
 
 OPTIMIZERS = ("adam", "sgd", "adamw", "gd", "muon")
 SCHEDULES = ("constant", "onecycle", "cosine")
@@ -185,6 +186,12 @@ class TrainConfig:
                                          "shift: whole pixels from 1, or below 1 a fraction of the picture's side "
                                          "(shift=0.1: a tenth of it, as Keras' width_shift_range)",
                                    recipe=True, fallback="")
+    tta: str = _setting("auto", "test-time augmentation the model answers with (predict, evaluate, the HTTP "
+                                "service, its exports): none; flip (the picture and its mirror: twice the time per "
+                                "answer); flip+shift (those and their one-pixel moves: 10 views); auto: flip for a "
+                                "model trained with horizontal flips on colour pictures, else none. "
+                                "predict/evaluate --tta MODE overrides it per call",
+                        choices=("auto", *TTA_MODES), resume=True)
     normalize: str | None = _setting(None, "unit: x/255 (Keras Rescaling); standard: per-channel mean/std of the "
                                            "training set", choices=NORMALIZE, recipe=True, fallback="unit")
     val_split: float | None = _setting(None, "stratified, seeded random fraction of train for validation "

@@ -227,7 +227,7 @@ class Report(Listener):
                          logits=logits, history=trainer.history, meta=trainer.meta,
                          parameters=sum(p.numel() for p in trainer.model.parameters()),
                          settings=trainer.cfg.to_dict(), dataset=dataset_rows(trainer.ds), notes=notes,
-                         log=trainer.log)
+                         tta_logits=trainer.scored_tta, log=trainer.log)
 
 
 class EarlyStopping(Listener):

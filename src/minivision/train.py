@@ -70,6 +70,7 @@ from .runfiles import (
     versions,
     write_args,
 )
+from .scores import TTA_VIEWS, default_tta, tta_mode
 
 MIRROR_SENSITIVE = {"mnist"}  # datasets whose default augmentation must not flip images
 
@@ -120,7 +121,7 @@ class RunResult:
     model: nn.Module
     preprocess: Preprocess
     classes: list[str]
-    test: dict[str, float] = field(default_factory=dict)
+    test: dict[str, Any] = field(default_factory=dict)
     interrupted: bool = False
 
 
@@ -312,7 +313,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         if resume is None and cfg.budget is not None and user_cfg.epochs is None:
             fine_plan = finetune.plan_budget(cfg, model, pre, ds, device, precision, budget_s=float(cfg.budget),
                                              left_s=started + float(cfg.budget) - clock(), freeze=start.freeze,
-                                             end_pictures=trust_pictures(ds), steps_per_epoch=steps, log=log,
+                                             end_pictures=trust_pictures(ds) + tta_pictures(
+                                                 ds, answer_tta(cfg, ds, start)), steps_per_epoch=steps, log=log,
                                              input_size=start.input_size)
             cfg = dataclasses.replace(cfg, epochs=max(1, fine_plan.epochs if not start.freeze
                                                       else fine_plan.head_epochs), steps=None)
@@ -362,6 +364,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
                         "validation": validation},
             # what the training pictures went through (flip TTA suits a model trained with horizontal flips only)
             "augment": Augment.parse("" if start is not None and start.freeze else cfg.augment).record(),
+            # the test-time augmentation its answers use (predict, evaluate, serve, exports; scores.TTA_VIEWS)
+            "tta": answer_tta(cfg, ds, start),
             "versions": versions(),
             # the settings as used, beside args.yaml's as given (device auto -> cpu, precision auto -> fp32)
             "used": {"device": device.type, "precision": precision, "batch_size": cfg.batch_size,
@@ -398,7 +402,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
                 trainer.listeners.append(BudgetPlanner(Planner(
                     started + plan.budget_s, trainer.batches_per_epoch, len(ds.val) if ds.val is not None else 0,
                     len(ds.test) if ds.test is not None else 0, cfg.batch_size, clock=clock,
-                    report=trainer.report_follows, n_end=trust_pictures(ds, reuses_validation=True))))
+                    report=trainer.report_follows,
+                    n_end=trust_pictures(ds, reuses_validation=True) + tta_pictures(ds, meta["tta"]))))
                 trainer.budget_end = (started + plan.budget_s, clock)  # the plan moves: epoch lines say time left
         if state is not None:
             trainer.restore(state)
@@ -508,6 +513,24 @@ def trust_pictures(ds: Dataset, *, reuses_validation: bool = False) -> int:
     if ds.val is None or not len(ds.val):
         return 0
     return (0 if reuses_validation else len(ds.val)) + min(len(ds.train), STATS_PICTURES)
+
+
+def answer_tta(cfg: TrainConfig, ds: Dataset, start: finetune.Start | None = None) -> str:
+    """The test-time augmentation a run's model answers with (model.json's ``tta``, one of scores.TTA_MODES):
+    ``cfg.tta`` when set, else for ``auto`` ``scores.default_tta`` of the training's augmentation (a frozen
+    backbone's fine-tune sees its pictures un-augmented) and the data's channels."""
+    if cfg.tta != "auto":
+        return cfg.tta
+    flips = Augment.parse("" if start is not None and start.freeze else cfg.augment).record()["horizontal_flip"]
+    return default_tta(flips, ds.channels)
+
+
+def tta_pictures(ds: Dataset, mode: str) -> int:
+    """Pictures the test-time views add to the end of training: every view but the plain one of the test split
+    (``Trainer.finish`` scores the test split with and without them)."""
+    if ds.test is None or not len(ds.test):
+        return 0
+    return (len(TTA_VIEWS[mode]) - 1) * len(ds.test)
 
 
 @contextlib.contextmanager
@@ -918,6 +941,7 @@ class Trainer:
         self.improved = False
         self.interrupted = False
         self.scored: tuple[str, Split, torch.Tensor] | None = None
+        self.scored_tta: torch.Tensor | None = None  # the scored split's logits with the model's test-time views
         self._stop_at: str | None = None
         # (when the budget ends, the clock it is read on): set for a budget run whose planner re-plans, so its
         # epoch lines say the time left instead of a planned total that moves (epoch 7/13, then 8/10)
@@ -1314,7 +1338,7 @@ class Trainer:
 
     # -- the end
 
-    def finish(self) -> dict[str, float]:
+    def finish(self) -> dict[str, Any]:
         """Keep the best-validation weights as the run's model, score them on the test split (else the
         validation split), write model.json, then ``on_fit_end`` (the report, TensorBoard's pictures)."""
         from .fileio import load_tensors
@@ -1323,12 +1347,19 @@ class Trainer:
         best = self.run_dir / "best.safetensors"
         if best.is_file():
             self.model.load_state_dict(load_tensors(best))
-        test: dict[str, float] = {}
+        test: dict[str, Any] = {}
         if ds.test is not None and len(ds.test):
             logits = predict_logits(self.model, self.pre, ds.test.x, device=self.device, precision=self.precision)
             loss, acc = loss_and_accuracy(logits, ds.test.y)
             test = {"test_loss": loss, "test_accuracy": acc, "test_n": len(ds.test)}
             self.scored = ("test", ds.test, logits)
+            mode = tta_mode(self.meta.get("tta"), None)
+            if mode != "none":  # the model answers with test-time views: its accuracy with them, beside
+                tta_logits = predict_logits(self.model, self.pre, ds.test.x, device=self.device,
+                                            precision=self.precision, tta=mode)
+                tta_loss, tta_acc = loss_and_accuracy(tta_logits, ds.test.y)
+                test.update(test_accuracy_tta=tta_acc, test_loss_tta=tta_loss, tta=mode)
+                self.scored_tta = tta_logits
         elif ds.val is not None and len(ds.val):
             self.scored = ("validation", ds.val, predict_logits(self.model, self.pre, ds.val.x, device=self.device,
                                                                 precision=self.precision))
@@ -1336,7 +1367,7 @@ class Trainer:
                        else (r["val_accuracy"], -r["val_loss"]) if self.cfg.patience is None
                        else (-r["val_loss"], -r["epoch"]))  # early stopping: the first lowest validation loss
         metrics = {"epochs": len(self.history), "best_epoch": best_row["epoch"],
-                   "val_accuracy": best_row["val_accuracy"], **test,
+                   "val_accuracy": best_row["val_accuracy"], **{k: v for k, v in test.items() if k != "tta"},
                    "train_seconds": round(sum(r["seconds"] for r in self.history), 2)}
         if "budget" in self.meta:
             self.meta["budget"].update(total_steps=self.total_steps, replans=self.replans)
