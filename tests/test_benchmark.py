@@ -195,6 +195,19 @@ def test_parse_train_reads_a_results_folder(tmp_path):
     assert got["wall_s"] == 42.0 and got["peak_rss_mb"] == 800.0
 
 
+def test_a_row_scores_a_model_that_answers_with_tta_by_its_answers(tmp_path):
+    run = _write_run(tmp_path, ["--budget", "15m"], 0.85, [80.0, 80.0])
+    stdout = json.dumps({"run": str(run), "test_accuracy": 0.85, "test_loss": 0.5, "test_n": 10000,
+                         "test_accuracy_tta": 0.861, "test_loss_tta": 0.45, "tta": "flip"}) + "\n"
+    got = benchmark.parse_train(ChildResult(["x"], 0, stdout, "", 900.0, 800.0))
+    assert got["accuracy"] == pytest.approx(0.861) and got["plain_accuracy"] == pytest.approx(0.85)
+    assert got["tta"] == "flip"
+    row = benchmark._accuracy_row("cifar15m", [dict(got, seed=0, command="c")], target_pct=90.0, max_wall_s=None,
+                                  command="c")
+    assert row["mean"]["accuracy_pct"] == pytest.approx(86.1)
+    assert "with the model's flip TTA; without: 85.00%" in row["note"]
+
+
 def test_parse_train_unreadable_output_fails_the_row(tmp_path):
     with pytest.raises(RowFailed):
         benchmark.parse_train(ChildResult(["x"], 0, "no json here\n", "", 1.0, 1.0))

@@ -291,7 +291,9 @@ def parse_train(child: ChildResult) -> dict[str, Any]:
     summary = last_json(child.stdout)
     try:
         run = Path(summary["run"])
-        accuracy = float(summary["test_accuracy"])
+        # the accuracy of the model's answers: with its own test-time views when it has them
+        accuracy = float(summary.get("test_accuracy_tta", summary["test_accuracy"]))
+        plain = float(summary["test_accuracy"])
         meta = json.loads((run / "model.json").read_text())
         import csv
 
@@ -300,7 +302,8 @@ def parse_train(child: ChildResult) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError, OSError) as e:
         raise RowFailed(f"cannot read the run's results ({type(e).__name__}: {e})") from None
     budget = meta.get("budget") or {}
-    return {"run": str(run), "accuracy": accuracy, "test_loss": summary.get("test_loss"),
+    return {"run": str(run), "accuracy": accuracy, "plain_accuracy": plain, "tta": summary.get("tta", "none"),
+            "test_loss": summary.get("test_loss"),
             "test_n": summary.get("test_n"), "network": meta.get("architecture", {}).get("name"),
             "epochs": len(epoch_seconds), "epoch_seconds": epoch_seconds, "budget": budget,
             "best_epoch": meta.get("metrics", {}).get("best_epoch"),
@@ -590,6 +593,10 @@ def _accuracy_row(row_id: str, runs: list[dict[str, Any]], *, target_pct: float 
     networks = sorted({str(r["network"]) for r in runs})
     notes = [f"network: {', '.join(networks)}; epochs: {', '.join(str(r['epochs']) for r in runs)}; "
              f"seeds {', '.join(str(r['seed']) for r in runs)}"]
+    with_tta = [r for r in runs if r.get("tta", "none") != "none"]
+    if with_tta:  # the accuracy is the model's answers' (its own test-time views); the plain one beside
+        notes.append(f"accuracy with the model's {', '.join(sorted({r['tta'] for r in with_tta}))} TTA; without: "
+                     + ", ".join(f"{r.get('plain_accuracy', r['accuracy']):.2%}" for r in runs))
     if budget_s is not None:
         notes.append(f"wall vs budget {budget_s:.0f} s: {', '.join(f'{w - budget_s:+.1f} s' for w in walls)}")
         replans = [r["budget"].get("replans") for r in runs if r["budget"]]
@@ -606,8 +613,8 @@ def _accuracy_row(row_id: str, runs: list[dict[str, Any]], *, target_pct: float 
         if misses:
             notes.insert(0, "missed: " + "; ".join(misses))
     return make_row(row_id, measured=measured, met=met, status=status, note=". ".join(notes),
-                    values=[{k: r[k] for k in ("seed", "accuracy", "wall_s", "peak_rss_mb", "network", "epochs",
-                                              "epoch_seconds", "budget")} for r in runs],
+                    values=[{k: r[k] for k in ("seed", "accuracy", "plain_accuracy", "tta", "wall_s", "peak_rss_mb",
+                                              "network", "epochs", "epoch_seconds", "budget") if k in r} for r in runs],
                     mean={"accuracy_pct": acc, "wall_s": wall}, std={"accuracy_pct": acc_sd, "wall_s": wall_sd},
                     command=command, commands=[r["command"] for r in runs])
 
