@@ -360,6 +360,109 @@ def test_numpy_trust_figures_equal_the_torch_ones(grey):
     assert ours["ece"] == pytest.approx(theirs["ece"], abs=1e-6)  # float32 softmax of torch vs numpy
 
 
+# ----------------------------------------------------------------------------- test-time augmentation
+
+SHIFT_T = 1.7  # the temperature the flip+shift export below carries: scores that ignore it differ
+
+
+@pytest.fixture(scope="module")
+def grey_shift(grey) -> Path:
+    """The grey run exported with a model.json that says ``tta`` "flip+shift", temperature ``SHIFT_T`` and a
+    model trained without flips (so ``evaluate.tta_notes`` has a note to give)."""
+    meta = json.loads((grey["run"] / "model.json").read_text())
+    meta.update(tta="flip+shift", calibration={**(meta.get("calibration") or {}), "temperature": SHIFT_T},
+                augment={**(meta.get("augment") or {}), "horizontal_flip": False})
+    return export_for_test(grey["run"], grey["dir"] / "shift.onnx", model_json=meta)
+
+
+def _torch_scores(run: Path, x: np.ndarray, mode: str, temperature: float) -> np.ndarray:
+    """softmax of ``inference.predict_logits`` with the view set ``mode``: the run's own scores, float32 (N, K)."""
+    from minivision.inference import predict_logits
+    from minivision.runfiles import load_model
+
+    lm = load_model(run)
+    out = predict_logits(lm.model, lm.preprocess, torch.from_numpy(np.ascontiguousarray(x)), device=torch.device("cpu"),
+                         tta=mode, temperature=temperature)
+    return torch.softmax(out, 1).numpy()
+
+
+def _scores(rows: list[dict], k: int) -> np.ndarray:
+    out = np.zeros((len(rows), k))
+    for i, r in enumerate(rows):
+        for t in r["top_k"]:
+            out[i, t["index"]] = t["score"]
+    return out
+
+
+def test_the_models_own_view_set_gives_the_torch_runs_answers(grey, grey_shift, tmp_path):
+    om = rt.load_onnx(grey_shift)
+    assert om.meta["tta"] == "flip+shift" and om.temperature == SHIFT_T
+    ours = [r for r in rt.predict_images(om, photos(tmp_path, colour=False), top_k=4, inputs=True) if "input" in r]
+    seen = np.stack([r["input"] for r in ours])
+    want, plain = (_torch_scores(grey["run"], seen, mode, SHIFT_T) for mode in ("flip+shift", "none"))
+    np.testing.assert_allclose(_scores(ours, 4), want, atol=2e-6)  # scores are rounded to 6 places
+    assert [r["index"] for r in ours] == want.argmax(1).tolist()
+    assert [r["plain"]["index"] for r in ours] == plain.argmax(1).tolist()
+    np.testing.assert_allclose([r["plain"]["score"] for r in ours], plain.max(1), atol=2e-6)
+    # the unsure verdicts are made on the views' mean: a low score names the mean's
+    for r, w in zip(ours, want, strict=True):
+        if (r["reason"] or "").startswith("low confidence"):
+            assert r["reason"] == f"low confidence: the top score is {w.max():.0%}"
+    # and the mean is not the picture alone's: 500 times the tolerance above apart (a model this small is unsure)
+    assert np.abs(want - plain).max() > 1e-3
+
+
+@pytest.mark.parametrize("tta, mode", [(None, "flip+shift"), ("auto", "flip+shift"), ("flip+shift", "flip+shift"),
+                                       ("none", "none"), (False, "none"), (True, "flip"), ("flip", "flip")])
+def test_a_view_set_asked_for_overrides_the_models_own(grey, grey_shift, tta, mode):
+    om = rt.load_onnx(grey_shift)
+    rows = rt.predict_pixel_csv(om, grey["dir"] / "test.csv", top_k=4, tta=tta)
+    np.testing.assert_allclose(_scores(rows, 4), _torch_scores(grey["run"], grey["x"][320:], mode, SHIFT_T),
+                               atol=2e-6)
+    assert all(("plain" in r) == (mode != "none") for r in rows)
+    if mode != "none":  # the views change the scores by far more than the tolerance
+        assert np.abs(_scores(rows, 4) - _torch_scores(grey["run"], grey["x"][320:], "none", SHIFT_T)).max() > 1e-3
+
+
+def test_evaluate_figures_the_models_own_view_set(grey, grey_shift, capsys):
+    import argparse
+
+    import torch.nn.functional as F
+
+    from minivision.evaluate import tta_notes
+
+    om = rt.load_onnx(grey_shift)
+    metrics, sd = rt.evaluate(om)
+    x, y = np.asarray(sd.split.x), torch.from_numpy(np.asarray(sd.split.y))
+    mean = torch.from_numpy(np.log(_torch_scores(grey["run"], x, "flip+shift", 1.0)))  # uncalibrated, as the run's
+    assert metrics["tta"] == "flip+shift"
+    assert metrics["tta_accuracy"] == pytest.approx((mean.argmax(1) == y).float().mean().item(), abs=1e-9)
+    assert metrics["tta_loss"] == pytest.approx(F.cross_entropy(mean, y).item(), abs=1e-5)
+    plain, _ = rt.evaluate(om, tta="none")
+    assert not {"tta", "tta_accuracy", "tta_loss"} & set(plain)
+    assert plain["accuracy"] == metrics["accuracy"] and plain["loss"] == metrics["loss"]  # the picture alone's
+    # the CLI's notes come with a view set that mirrors, asked for or the model's own; not with "none"
+    notes = tta_notes(om.meta, sd.dataset.name)
+    assert notes
+    for tta, printed in ((None, True), ("flip", True), ("none", False)):
+        a = argparse.Namespace(model=str(grey_shift), data=None, data_dir=None, test_data=None, split=None, tta=tta)
+        rt.evaluate_command(a)
+        err = capsys.readouterr().err
+        assert all((note in err) == printed for note in notes), (tta, err)
+
+
+def test_a_bad_view_set_is_one_line(grey, grey_shift):
+    om = rt.load_onnx(grey_shift)
+    calls = [lambda: rt.predict_images(om, [], tta="flip+shfit"),
+             lambda: rt.predict_pixel_csv(om, grey["dir"] / "missing.csv", tta="mirror"),  # before the file is read
+             lambda: rt.answer_batch(om, grey["x"][:2], 1, tta=2),
+             lambda: rt.evaluate(om, tta="shift")]
+    for call in calls:
+        with pytest.raises(MinivisionError, match="tta must be one of none, flip, flip\\+shift") as e:
+            call()
+        assert "\n" not in str(e.value)
+
+
 # ----------------------------------------------------------------------------- errors: one line each
 
 def _one_line_error(capsys, argv: list[str], *words: str) -> str:

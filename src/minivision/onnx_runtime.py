@@ -13,7 +13,10 @@ The export's contract (export.py writes it): the ONNX metadata property ``minivi
 ``format`` "minivision-onnx", ``format_version`` 1, ``classes``, ``model_json`` (the run's model.json:
 preprocess, architecture, calibration, unsure, dataset...), ``weights_sha256``, ``input``, ``outputs``,
 ``precision`` and ``trust_file`` (``FILE.trust.safetensors`` beside the export: the class means and
-precision matrix of the unsure check, read with ``safetensors.numpy``).
+precision matrix of the unsure check, read with ``safetensors.numpy``). The graph answers for one view of the
+pictures; test-time augmentation (model.json's ``tta``: "none", "flip" or "flip+shift", ``scores.TTA_VIEWS``)
+is done here, as ``inference.predict_logits`` does it: each view is a picture of its own (``scores.view_np``)
+run through the graph, and the views' calibrated softmaxes are averaged.
 
 What an export cannot do the same way says so in one line: ``--show`` (the figures need the run folder)
 and a validation split drawn with PyTorch's generator.
@@ -32,6 +35,7 @@ import numpy as np
 from .errors import MinivisionError, Note
 from .scores import (
     EMPTY_NOTE,
+    TTA_VIEWS,
     blank_arrays,
     empty_reason,
     judge,
@@ -40,6 +44,8 @@ from .scores import (
     noise_image,
     softmax,
     temperature_of,
+    tta_mode,
+    view_np,
 )
 from .scores import answers as _answers
 
@@ -125,6 +131,23 @@ class OnnxModel:
         if self.trust is None or features is None:
             return None
         return mahalanobis_score(features, *self.trust)
+
+    def view_probs(self, x: np.ndarray, mode: str, temperature: float = 1.0,
+                   logits: np.ndarray | None = None) -> np.ndarray:
+        """float32 (N, K): the mean over the test-time views ``scores.TTA_VIEWS[mode]`` of softmax(view logits /
+        ``temperature``) for uint8 pictures ``x`` (N, C, H, W), in the views' order and with the arithmetic of
+        ``inference.predict_logits`` (a float32 sum, then divided by the number of views): softmax of that
+        function's result, within float rounding. ``logits``: the pictures' own logits, float32 (N, K), when
+        already at hand (they stand for the unmoved view). ``mode``: one of ``scores.TTA_MODES`` (KeyError for
+        another; ``scores.tta_mode`` checks a user's value)."""
+        total: np.ndarray | None = None
+        for v in TTA_VIEWS[mode]:
+            own = logits is not None and v == (False, 0, 0)
+            p = softmax(logits if own else self.outputs(view_np(x, v))[0], temperature)
+            total = p if total is None else np.add(total, p, out=total)
+        assert total is not None  # every view set has a view
+        n = len(TTA_VIEWS[mode])
+        return total if n == 1 else total / np.float32(n)
 
 
 def default_threads() -> int:
@@ -316,20 +339,25 @@ def _read_trust(file: Path, info: dict[str, Any], meta: dict[str, Any]) -> tuple
 # ----------------------------------------------------------------------------------------------- predict
 
 def predict_images(om: OnnxModel, images: list[Any], *, top_k: int = 5, names: list[str] | None = None,
-                   tta: bool = False, inputs: bool = False, background: str | None = None,
+                   tta: bool | str | None = None, inputs: bool = False, background: str | None = None,
                    device: str = "cpu") -> list[dict[str, Any]]:
     """``predict.predict_images`` for an export: paths, bytes or PIL images -> one answer each (path, label,
-    index, score, top_k, unsure, reason; ``empty``/``note`` for an empty picture; ``plain`` with ``tta``;
-    ``input``, the uint8 (C, H, W) numpy array the model saw, with ``inputs``), or path, error.
+    index, score, top_k, unsure, reason; ``empty``/``note`` for an empty picture; ``plain``, the answer of the
+    picture alone, when test-time augmentation is used; ``input``, the uint8 (C, H, W) numpy array the model
+    saw, with ``inputs``), or path, error.
 
-    The same conversion (``om.preprocess.photo.convert``), calibrated scores softmax(logits / T) and verdicts
-    (``scores.judge``) as the run's own ``predict``. Raises MinivisionError for a bad ``top_k`` or
-    ``background``. ``device``: taken for the CLI's sake; an export runs on the CPU (``check_cli_options``)."""
+    The same conversion (``om.preprocess.photo.convert``), calibrated scores softmax(logits / T), test-time
+    augmentation and verdicts (``scores.judge``) as the run's own ``predict``. ``tta``: the view set
+    (``scores.tta_mode``): None or "auto" for the model's own (model.json's ``tta``, "none" when it has none),
+    "none", "flip" or "flip+shift", True for "flip", False for "none"; see ``answer_batch``. Raises
+    MinivisionError (one line) for a bad ``top_k``, ``background`` or ``tta``, before any picture is read.
+    ``device``: taken for the CLI's sake; an export runs on the CPU (``check_cli_options``)."""
     from .data.images import open_image
     from .photo import BACKGROUNDS
 
     if top_k < 1:
         raise MinivisionError(f"--top-k must be >= 1, got {top_k}")
+    mode = tta_mode(tta, om.meta)
     if background not in (None, *BACKGROUNDS):
         raise MinivisionError(f"background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
     results: list[dict[str, Any]] = []
@@ -351,7 +379,7 @@ def predict_images(om: OnnxModel, images: list[Any], *, top_k: int = 5, names: l
     if arrays:
         batch = np.stack(arrays)
         empty = np.array([bool(results[r].get("empty")) for r in where])
-        scored = answer_batch(om, batch, top_k, tta=tta, empty=empty, noise=np.array(noisy, dtype=bool))
+        scored = answer_batch(om, batch, top_k, tta=mode, empty=empty, noise=np.array(noisy, dtype=bool))
         for j, (r, row) in enumerate(zip(where, scored, strict=True)):
             if inputs:
                 results[r]["input"] = arrays[j]
@@ -361,34 +389,39 @@ def predict_images(om: OnnxModel, images: list[Any], *, top_k: int = 5, names: l
     return results
 
 
-def answer_batch(om: OnnxModel, batch: np.ndarray, top_k: int, *, tta: bool = False, empty: np.ndarray | None = None,
-                 noise: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """Per picture of uint8 ``batch`` (N, C, H, W): label, index, score, top_k, unsure, reason (and ``plain``
-    with ``tta``: flip test-time augmentation, the mean of the two views' calibrated softmaxes, as
-    ``inference.predict_logits``). ``empty``/``noise``: bool (N,), default ``scores.blank_arrays`` /
-    ``noise_arrays`` of the batch."""
+def answer_batch(om: OnnxModel, batch: np.ndarray, top_k: int, *, tta: bool | str | None = None,
+                 empty: np.ndarray | None = None, noise: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Per picture of uint8 ``batch`` (N, C, H, W) at the model's size: label, index, score, top_k, unsure,
+    reason, from the calibrated scores softmax(logits / T) (T: model.json's ``calibration``).
+
+    ``tta`` (``scores.tta_mode``; None: the model's own): with a view set other than "none" the scores are the
+    mean of the views' calibrated softmaxes (``OnnxModel.view_probs``, as ``inference.predict_logits``), the
+    verdicts are made on them, and ``plain`` {label, index, score} gives the answer of the picture alone.
+    The out-of-distribution check scores the picture alone, as the run's ``predict`` does. ``empty``/``noise``:
+    bool (N,), default ``scores.blank_arrays`` / ``noise_arrays`` of the batch. Raises MinivisionError (one
+    line) for a bad ``tta``."""
+    mode = tta_mode(tta, om.meta)
     logits, features = om.outputs(batch)
     t = om.temperature
     plain = softmax(logits, t)
-    probs = plain
-    if tta:
-        mirrored, _ = om.outputs(np.ascontiguousarray(batch[..., ::-1]))
-        probs = (plain + softmax(mirrored, t)) * np.float32(0.5)
+    probs = plain if mode == "none" else om.view_probs(batch, mode, t, logits=logits)
     verdicts = judge(probs.max(1), om.ood(features), blank_arrays(batch) if empty is None else empty, om.meta,
                      EMPTY_NOTE, noise_arrays(batch) if noise is None else noise)
-    return _answers(probs, om.classes, min(top_k, len(om.classes)), verdicts, plain if tta else None)
+    return _answers(probs, om.classes, min(top_k, len(om.classes)), verdicts, None if mode == "none" else plain)
 
 
-def predict_pixel_csv(om: OnnxModel, path: str | Path, *, top_k: int = 5, tta: bool = False,
+def predict_pixel_csv(om: OnnxModel, path: str | Path, *, top_k: int = 5, tta: bool | str | None = None,
                       device: str = "cpu") -> list[dict[str, Any]]:
     """``predict.predict_pixel_csv`` for an export: every row of a pixel CSV, in file order (path ``FILE#ROW``,
-    row, id when the file has an id column, then the answer). Raises MinivisionError for a malformed file or
-    pictures of another size."""
+    row, id when the file has an id column, then ``answer_batch``'s answer; ``tta`` as there, None: the
+    model's own). Raises MinivisionError (one line) for a bad ``top_k`` or ``tta`` (before the file is read), a
+    malformed file or pictures of another size."""
     from .data.csvfile import read_pixel_table
     from .data.dataset import numpy_arrays
 
     if top_k < 1:
         raise MinivisionError(f"--top-k must be >= 1, got {top_k}")
+    mode = tta_mode(tta, om.meta)
     with numpy_arrays():
         table = read_pixel_table(path, need_labels=False)
     want = (om.preprocess.channels, *om.preprocess.size)
@@ -397,7 +430,7 @@ def predict_pixel_csv(om: OnnxModel, path: str | Path, *, top_k: int = 5, tta: b
         raise MinivisionError(f"{path}: its pictures are {side}x{side} grey (1x{side}x{side}), the model takes "
                               f"{want[0]}x{want[1]}x{want[2]}")
     results = []
-    for i, scored in enumerate(answer_batch(om, table.x, top_k, tta=tta)):
+    for i, scored in enumerate(answer_batch(om, table.x, top_k, tta=mode)):
         row: dict[str, Any] = {"path": f"{path}#{i + 1}", "row": i + 1}
         if table.ids is not None:
             row["id"] = table.ids[i]
@@ -408,17 +441,22 @@ def predict_pixel_csv(om: OnnxModel, path: str | Path, *, top_k: int = 5, tta: b
 # ----------------------------------------------------------------------------------------------- evaluate
 
 def evaluate(om: OnnxModel, data: str | None = None, data_dir: str | None = None, test_data: str | None = None,
-             split: str | None = None, *, tta: bool = False) -> tuple[dict[str, Any], Any]:
+             split: str | None = None, *, tta: bool | str | None = None) -> tuple[dict[str, Any], Any]:
     """``minivision evaluate`` of an export: (metrics, ``evaluate.ScoringData``). The data and split are chosen
     by ``evaluate.scoring_data``, read as numpy arrays; the metrics are ``evaluate``'s (accuracy, loss, n,
     per_class, confusion, classes, macro_f1, most_confused, ece, calibration, and the trust figures:
-    temperature, calibrated, ece_before, confidence, unsure; ``tta_accuracy``/``tta_loss`` with ``tta``).
-    Raises MinivisionError as ``scoring_data`` does, and for a validation split drawn at random (it needs
-    PyTorch's generator)."""
+    temperature, calibrated, ece_before, confidence, unsure), all of the pictures alone.
+
+    ``tta`` (``scores.tta_mode``; None: the model's own, model.json's ``tta``): with a view set other than
+    "none", also ``tta`` (the view set's name) and ``evaluate.tta_figures`` (``tta_accuracy``, ``tta_loss``,
+    ``tta_change``) of the mean of the views' softmaxes, uncalibrated (T = 1) as the run's evaluate figures them.
+    Raises MinivisionError (one line) for a bad ``tta`` (before any data is read), as ``scoring_data`` does, and
+    for a validation split drawn at random (it needs PyTorch's generator)."""
     from .data.dataset import numpy_arrays
     from .evaluate import is_training_data, only_present, scoring_data, tta_figures
     from .scores import metrics_np, trust_metrics_np
 
+    mode = tta_mode(tta, om.meta)
     try:
         with numpy_arrays():
             sd = scoring_data(om, data, data_dir, test_data, split=split)
@@ -433,10 +471,11 @@ def evaluate(om: OnnxModel, data: str | None = None, data_dir: str | None = None
     logits, features = om.outputs(x)
     metrics = metrics_np(logits, y, om.classes)
     metrics.update(trust_metrics_np(om.meta, x, y, logits, om.ood(features)))
-    if tta and len(y):
-        mirrored, _ = om.outputs(np.ascontiguousarray(x[..., ::-1]))
-        mean = (softmax(logits) + softmax(mirrored)) * np.float32(0.5)
-        metrics.update(tta_figures(metrics, metrics_np(np.log(mean), y, om.classes)))
+    if mode != "none" and len(y):
+        with np.errstate(divide="ignore"):  # a probability that underflowed to 0: log 0 = -inf, as torch gives
+            mean_logits = np.log(om.view_probs(x, mode, logits=logits))
+        metrics.update(tta_figures(metrics, metrics_np(mean_logits, y, om.classes)))
+        metrics.setdefault("tta", mode)
     return only_present(metrics, sd.match, om.classes), sd
 
 
@@ -457,15 +496,19 @@ def check_cli_options(a: Any) -> None:
 
 def evaluate_command(a: Any) -> tuple[OnnxModel, Any, dict[str, Any]]:
     """``minivision evaluate FILE.onnx``: (the export, ``evaluate.ScoringData``, the metrics), the data's notes
-    printed on stderr as the run's evaluate prints them."""
+    printed on stderr as the run's evaluate prints them. ``a.tta``: ``--tta``'s value (None: the model's own;
+    a mode; a bool from an older flag), see ``evaluate``. ``evaluate.tta_notes`` (a model trained without
+    flips, digits) are printed whenever the view set in use, asked for or the model's own, mirrors the
+    pictures; not for "none"."""
     import sys
 
     check_cli_options(a)
     om = load_onnx(a.model)
-    metrics, sd = evaluate(om, a.data, a.data_dir, a.test_data, split=a.split, tta=a.tta)
+    mode = tta_mode(getattr(a, "tta", None), om.meta)
+    metrics, sd = evaluate(om, a.data, a.data_dir, a.test_data, split=a.split, tta=mode)
     for note in sd.notes:  # the dataset's own notes come with their "note: " already
         print(f"note: {note.removeprefix('note: ')}", file=sys.stderr)
-    if a.tta:
+    if any(mirrored for mirrored, _, _ in TTA_VIEWS[mode]):
         from .evaluate import tta_notes
 
         for note in tta_notes(om.meta, sd.dataset.name):
