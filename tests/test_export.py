@@ -104,6 +104,25 @@ def test_metadata_round_trip_and_sidecar(onnx_export, csv_run):
     assert (path.parent / meta["trust_file"]).read_bytes() == (csv_run / "trust.safetensors").read_bytes()
 
 
+def test_the_models_view_set_travels_with_fp32_and_int8_exports(csv_run, tmp_path):
+    """model.json's ``tta`` is in the metadata's ``model_json`` (fp32 and int8 alike), where onnx_runtime reads it."""
+    import shutil
+
+    from minivision.onnx_runtime import load_onnx
+
+    run = tmp_path / "run"
+    shutil.copytree(csv_run, run, ignore=shutil.ignore_patterns("export"))
+    meta = json.loads((run / "model.json").read_text())
+    meta["tta"] = "flip+shift"
+    (run / "model.json").write_text(json.dumps(meta))
+    for int8 in (False, True):
+        info = ex.export_run(run, int8=int8, out=tmp_path / f"m{int(int8)}.onnx", log=lambda m: None)
+        path = Path(info["path"])
+        assert ex.read_metadata(path)["model_json"].get("tta") == "flip+shift", int8
+        assert json.loads(path.with_name(path.name + ".json").read_text())["model_json"].get("tta") == "flip+shift"
+        assert load_onnx(path).meta.get("tta") == "flip+shift", int8
+
+
 def test_parity_figures_on_the_runs_test_split(onnx_export):
     p = onnx_export["parity"]
     # the CSV run's own test file (80), topped up with its validation and training pictures: all 400 it has

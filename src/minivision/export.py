@@ -14,6 +14,12 @@ the ONNX metadata (key ``minivision``: a JSON object, see ``describe``), and a s
 says the same plus the parity figures. A run with ``trust.safetensors`` gets a copy beside the file,
 ``FILE.trust.safetensors``.
 
+The graph answers for one view of the pictures. A model that answers with test-time augmentation
+(model.json's ``tta``: "flip" or "flip+shift", ``scores.TTA_VIEWS``) keeps that in the metadata's
+``model_json``; ``onnx_runtime`` (``minivision predict/evaluate/serve FILE.onnx``) reads it and averages the
+views' calibrated softmaxes as the run does. Another reader of the file gets the picture alone's logits
+unless it does the same (run each view through the graph, average softmax(logits / T)).
+
 Every export is checked before it is kept (parity): the file is run (onnxruntime's CPU provider, or
 the loaded TorchScript module) on the run's test split, and compared with PyTorch on the same uint8
 batches. An fp32 export that agrees on fewer than ``MIN_AGREEMENT`` of the top-1 answers is refused;
@@ -122,7 +128,8 @@ def describe(lm: LoadedModel, precision: str, fmt: str = "onnx") -> dict[str, An
     """The export's description, stored as JSON under the metadata key ``minivision`` and in the sidecar:
     ``format`` (minivision-onnx or minivision-torchscript), ``format_version``, ``minivision_version``,
     ``classes``, ``model_json`` (the run's model.json verbatim: picture conversion, architecture,
-    calibration, unsure thresholds), ``weights_sha256`` (of the run's model.safetensors), ``input``,
+    calibration, unsure thresholds, ``tta``, the test-time views its answers average; absent: "none"),
+    ``weights_sha256`` (of the run's model.safetensors), ``input``,
     ``outputs``, ``precision`` (fp32 or int8) and ``trust_file`` (the copied statistics' file name, or None)."""
     from .fileio import read_json
 
