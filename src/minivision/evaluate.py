@@ -20,7 +20,7 @@ from .classmatch import ClassMatch, align_dataset
 from .data import canonical_name, load_dataset
 from .data.dataset import Dataset, Split, as_array
 from .errors import MinivisionError
-from .scores import macro_average
+from .scores import TTA_VIEWS, macro_average, tta_mode
 
 if TYPE_CHECKING:  # the scoring functions below import torch; choosing the data (to ``check_compatible``) does not
     import torch
@@ -169,13 +169,18 @@ def only_present(metrics: dict[str, Any], match: ClassMatch | None, classes: lis
 
 
 def split_logits(lm: LoadedModel, split: Split, *, device: str = "auto", precision: str = "auto",
-                 batch_size: int = 256, tta: bool = False) -> torch.Tensor:
+                 batch_size: int = 256, tta: bool | str | None = False) -> torch.Tensor:
+    """Logits, float32 (N, K) on the CPU, uncalibrated, of ``split``'s pictures. ``tta`` (``scores.tta_mode``):
+    False (default) or "none", the picture alone; None, the model's own test-time augmentation (model.json's
+    ``tta``); "flip", "flip+shift" (True: "flip"): the log of the views' mean softmax (``inference.predict_logits``).
+    Raises MinivisionError for an unknown ``tta`` or device."""
     from .inference import pick_device, pick_precision, predict_logits
 
+    mode = tta_mode(tta, lm.meta)
     dev = pick_device(device)
     lm.model.to(dev)
     return predict_logits(lm.model, lm.preprocess, split.x, device=dev, precision=pick_precision(precision, dev),
-                          batch_size=batch_size, tta=tta)
+                          batch_size=batch_size, tta=mode)
 
 
 def split_outputs(lm: LoadedModel, split: Split, *, device: str = "auto", precision: str = "auto",
@@ -238,35 +243,41 @@ def trust_metrics(lm: LoadedModel, split: Split, logits: torch.Tensor, *, device
 
 
 def evaluate_split(lm: LoadedModel, split: Split, *, device: str = "auto", precision: str = "auto",
-                   batch_size: int = 256, tta: bool = False, match: ClassMatch | None = None) -> dict[str, Any]:
+                   batch_size: int = 256, tta: bool | str | None = None,
+                   match: ClassMatch | None = None) -> dict[str, Any]:
     """Metrics as plain data: accuracy, loss, n, per_class {name: accuracy}, confusion [[int]], classes
     (precision/recall/F1/support per class), most_confused, and ``trust_metrics``' calibration (``ece`` of the
-    calibrated scores, ``ece_before``, ``temperature``, ...) and unsure share; with ``tta``, also ``tta_accuracy``
-    and ``tta_loss`` (flip test-time augmentation) beside the plain figures. ``match`` (from ``scoring_data``):
-    per-class figures only for the classes present when the data holds a subset of the model's. With ``tta``,
-    ``tta_notes`` are given as ``errors.Note`` warnings (a model trained without flips, digits)."""
+    calibrated scores, ``ece_before``, ``temperature``, ...) and unsure share, all of the picture alone.
+
+    ``tta`` (``scores.tta_mode``): None (default) the model's own test-time augmentation (model.json's ``tta``;
+    "none" for a model without one), or "none", "flip", "flip+shift" (True: "flip", False: "none"). With a mode
+    other than "none", ``tta_figures`` come beside the plain figures: ``tta_accuracy``, ``tta_loss``,
+    ``tta_change`` and ``tta`` (the mode), and ``tta_notes`` are given as ``errors.Note`` warnings (a model
+    trained without flips, digits). ``match`` (from ``scoring_data``): per-class figures only for the classes
+    present when the data holds a subset of the model's. Raises MinivisionError for an unknown ``tta``."""
     from .metrics import metrics_from_logits
 
+    mode = tta_mode(tta, lm.meta)
     logits, features = split_outputs(lm, split, device=device, precision=precision, batch_size=batch_size)
     m = metrics_from_logits(logits, split.y, lm.classes)
     m.update(trust_metrics(lm, split, logits, device=device, precision=precision, batch_size=batch_size,
                            features=features))
-    if tta:
+    if mode != "none":
         import warnings
 
         from .errors import Note
 
-        for note in tta_notes(lm.meta, run_dir=lm.path):
+        for note in tta_notes(lm.meta, run_dir=lm.path, mode=mode):
             warnings.warn(note, Note, stacklevel=2)
         t = metrics_from_logits(split_logits(lm, split, device=device, precision=precision, batch_size=batch_size,
-                                             tta=True), split.y, lm.classes)
-        m.update(tta_figures(m, t))
+                                             tta=mode), split.y, lm.classes)
+        m.update(tta_figures(m, t, mode))
     return only_present(m, match, lm.classes)
 
 
-# ----------------------------------------------------------------------------- flip test-time augmentation
+# ----------------------------------------------------------------------------- test-time augmentation (TTA)
 
-#: Datasets a mirror changes (digits): flip TTA scores pictures of other classes there.
+#: Datasets a mirror changes (digits): a TTA that mirrors scores pictures of other classes there.
 MIRROR_SENSITIVE = ("mnist",)
 MIRRORED_DIGITS_NOTE = "flip TTA mirrors the images; a mirrored digit is another digit"
 NO_FLIPS_NOTE = ("this model was trained without horizontal flips: flip TTA shows it mirrored pictures it never saw "
@@ -299,36 +310,51 @@ def trained_with_flips(meta: dict[str, Any], run_dir: str | Path | None = None) 
     return False
 
 
-def tta_notes(meta: dict[str, Any], dataset_name: str | None = None, run_dir: str | Path | None = None) -> list[str]:
-    """The notes ``--tta`` gets (one line each): a model trained without horizontal flips
-    (``trained_with_flips``), data that a mirror changes (``MIRROR_SENSITIVE``: digits)."""
+def mirrors(mode: str) -> bool:
+    """Whether the views of TTA mode ``mode`` (``scores.TTA_VIEWS``) include a mirrored picture."""
+    return any(mirrored for mirrored, _, _ in TTA_VIEWS[mode])
+
+
+def tta_notes(meta: dict[str, Any], dataset_name: str | None = None, run_dir: str | Path | None = None,
+              mode: str | None = None) -> list[str]:
+    """The notes a TTA that mirrors pictures gets (one line each): a model trained without horizontal flips
+    (``trained_with_flips``), data that a mirror changes (``MIRROR_SENSITIVE``: digits). ``mode``: the TTA in
+    use, named in the notes (None: "flip", as ``NO_FLIPS_NOTE`` and ``MIRRORED_DIGITS_NOTE`` say it); a mode
+    without a mirrored view ("none") gets no notes."""
+    if mode is not None and not mirrors(mode):
+        return []
+    said = "flip" if mode is None else mode
     notes = []
     if trained_with_flips(meta, run_dir) is False:
-        notes.append(NO_FLIPS_NOTE)
+        notes.append(NO_FLIPS_NOTE.replace("flip TTA", f"{said} TTA"))
     name = dataset_name or (meta.get("dataset") or {}).get("name")
     if str(name).lower() in MIRROR_SENSITIVE:
-        notes.append(MIRRORED_DIGITS_NOTE)
+        notes.append(MIRRORED_DIGITS_NOTE.replace("flip TTA", f"{said} TTA"))
     return notes
 
 
-def tta_figures(plain: dict[str, Any], tta: dict[str, Any]) -> dict[str, Any]:
-    """The figures flip TTA adds to the plain metrics: ``tta_accuracy``, ``tta_loss`` and ``tta_change``, the
-    accuracy with TTA minus without (a fraction; negative when TTA lowers it)."""
-    return {"tta_accuracy": tta["accuracy"], "tta_loss": tta["loss"],
-            "tta_change": tta["accuracy"] - plain["accuracy"]}
+def tta_figures(plain: dict[str, Any], tta: dict[str, Any], mode: str | None = None) -> dict[str, Any]:
+    """The figures test-time augmentation adds to the plain metrics: ``tta_accuracy``, ``tta_loss`` and
+    ``tta_change`` (the accuracy with TTA minus without, a fraction; negative when TTA lowers it); with ``mode``,
+    also ``tta``, the mode that made ``tta``'s metrics (``format_metrics`` takes figures without it as flip's)."""
+    out = {"tta_accuracy": tta["accuracy"], "tta_loss": tta["loss"], "tta_change": tta["accuracy"] - plain["accuracy"]}
+    return out if mode is None else {**out, "tta": mode}
 
 
 def format_metrics(m: dict[str, Any], classes: list[str], title: str) -> str:
-    """A table a person reads: headline, per-class precision/recall/F1, confusion matrix, most confused."""
+    """A table a person reads: headline (with the TTA figures and their mode, when ``m`` has them),
+    per-class precision/recall/F1, confusion matrix, most confused."""
     head = f"{title}: accuracy {m['accuracy']:.2%}  loss {m['loss']:.4f}  ({m['n']:,} images)"
     if "balanced_accuracy" in m:  # beside accuracy: on imbalanced data they differ (mean recall, mean F1 per class)
         head += f"\n  balanced accuracy {m['balanced_accuracy']:.2%}  macro F1 {m['macro_f1']:.2%}"
     if "tta_accuracy" in m:
         change = m.get("tta_change", m["tta_accuracy"] - m["accuracy"])
-        head += (f"\n  with flip TTA: accuracy {m['tta_accuracy']:.2%}  loss {m['tta_loss']:.4f}  "
+        mode = m.get("tta") or "flip"  # figures saved before the mode was recorded were flip's
+        head += (f"\n  with {mode} TTA: accuracy {m['tta_accuracy']:.2%}  loss {m['tta_loss']:.4f}  "
                  f"({100 * change:+.2f} points against {m['accuracy']:.2%} without)")
         if change < 0:
-            head += "\n  flip TTA lowers the accuracy of this model on this data: leave --tta off"
+            head += (f"\n  {mode} TTA lowers the accuracy of this model on this data: --tta none answers "
+                     "without it")
     width = max(len(c) for c in classes + ["macro average"])
     lines = [head, "", f"  {'class':<{width}}  precision  recall      F1  support"]
     rows = m.get("classes") or []

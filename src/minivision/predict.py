@@ -22,11 +22,11 @@ from .inference import (
 )
 from .photo import BACKGROUNDS
 from .runfiles import LoadedModel
-from .scores import write_csv  # noqa: F401 (predict's name; torch-free)
+from .scores import tta_mode, write_csv  # noqa: F401 (write_csv: predict's name; torch-free)
 
 
 def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device: str = "auto",
-                   names: list[str] | None = None, tta: bool = False, inputs: bool = False,
+                   names: list[str] | None = None, tta: bool | str | None = None, inputs: bool = False,
                    background: str | None = None) -> list[dict[str, Any]]:
     """Predict paths, bytes or PIL images. Each result: path, label, index, score, top_k, unsure, reason; or
     path, error.
@@ -40,13 +40,19 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
     its ``photo.PictureConversion``), the same for the CLI, the HTTP service, the Python API and, for
     a model trained on a folder, the folder reader. PIL images are taken as decoded and
     upright (``open_image`` applies EXIF orientation and puts transparency on white).
-    ``tta``: scores with flip test-time augmentation, and ``plain`` {label, index, score} without it.
+    ``tta``: the test-time augmentation of the answers (``scores.tta_mode``): None (default) the model's own,
+    model.json's ``tta`` ("none" for a model without one); "none", "flip" or "flip+shift"; True for "flip", False
+    for "none". With a mode other than "none", label, score, top_k and the unsure verdict are those of the
+    averaged views, and ``plain`` {label, index, score} is the answer of the picture alone.
     ``inputs``: each result also holds ``input``, the uint8 (C, H, W) tensor the model saw.
     An empty picture (``inference.empty_picture``: one colour, or almost, as given or as the model sees
     it after the conversion) is still predicted, and its result has ``empty`` True and ``note`` saying so.
-    ``background``: auto, light or dark overrides the polarity the model's conversion detects."""
+    ``background``: auto, light or dark overrides the polarity the model's conversion detects.
+    Raises MinivisionError (one line) for a ``top_k`` below 1, an unknown ``background`` or ``tta``; a picture
+    that cannot be read is a result with ``error``, never an exception."""
     if top_k < 1:
         raise MinivisionError(f"--top-k must be >= 1, got {top_k}")
+    mode = tta_mode(tta, lm.meta)  # checked before any picture is read
     if background not in (None, *BACKGROUNDS):
         raise MinivisionError(f"background must be one of {', '.join(BACKGROUNDS)}, got {background!r}")
     k = min(top_k, len(lm.classes))
@@ -70,7 +76,7 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
     if tensors:
         batch = torch.stack(tensors)
         empty = torch.tensor([bool(results[r].get("empty")) for r in where])
-        scored_rows = _top_k(lm, batch, k, device, tta, empty, torch.tensor(noisy, dtype=torch.bool))
+        scored_rows = _top_k(lm, batch, k, device, mode, empty, torch.tensor(noisy, dtype=torch.bool))
         for j, (r, scored) in enumerate(zip(where, scored_rows, strict=True)):
             if inputs:
                 results[r]["input"] = tensors[j]
@@ -80,20 +86,25 @@ def predict_images(lm: LoadedModel, images: list[Any], *, top_k: int = 5, device
     return results
 
 
-def _top_k(lm: LoadedModel, batch: torch.Tensor, k: int, device: str, tta: bool,
+def _top_k(lm: LoadedModel, batch: torch.Tensor, k: int, device: str, tta: bool | str | None = None,
            empty: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """Per image of uint8 ``batch`` (N, C, H, W) at the model's size: label, index, score, top_k (calibrated
-    scores), unsure, reason (and ``plain``, the prediction without flip TTA, when ``tta``). ``empty``, ``noise``:
-    bool (N,), which pictures are empty or noise (default: ``blank_pictures``, ``noise_pictures`` of the batch)."""
+    scores), unsure, reason. ``tta`` as ``predict_images`` (None: the model's own); with a mode other than
+    "none" the answer is the views' averaged calibrated probabilities and ``plain`` {label, index, score} the
+    picture's alone; the unsure verdict judges the answer's top score. ``empty``, ``noise``: bool (N,), which
+    pictures are empty or noise (default: ``blank_pictures``, ``noise_pictures`` of the batch). Raises
+    MinivisionError for an unknown ``tta``."""
     from .trust import judge
 
+    mode = tta_mode(tta, lm.meta)
     dev = pick_device(device)
     lm.model.to(dev)
     t = lm.temperature
     features, logits = predict_features(lm.model, lm.preprocess, batch, device=dev)
     plain = torch.softmax(logits / t, 1)
-    probs = (torch.softmax(predict_logits(lm.model, lm.preprocess, batch, device=dev, tta=True, temperature=t), 1)
-             if tta else plain)
+    averaged = mode != "none"
+    probs = (torch.softmax(predict_logits(lm.model, lm.preprocess, batch, device=dev, tta=mode, temperature=t), 1)
+             if averaged else plain)
     ood = lm.trust.score(features) if lm.trust is not None else None
     verdicts = judge(probs.max(1).values, ood, blank_pictures(batch) if empty is None else empty, lm.meta,
                      EMPTY_NOTE, noise_pictures(batch) if noise is None else noise)
@@ -104,7 +115,7 @@ def _top_k(lm: LoadedModel, batch: torch.Tensor, k: int, device: str, tta: bool,
                for s, c in zip(scores[j], idx[j], strict=False)]
         row = {"label": top[0]["label"], "index": top[0]["index"], "score": top[0]["score"], "top_k": top,
                "unsure": verdicts[j][0], "reason": verdicts[j][1]}
-        if tta:
+        if averaged:
             score, c = plain[j].max(0)
             row["plain"] = {"label": lm.classes[int(c)], "index": int(c), "score": round(float(score), 6)}
         out.append(row)
@@ -112,19 +123,21 @@ def _top_k(lm: LoadedModel, batch: torch.Tensor, k: int, device: str, tta: bool,
 
 
 def predict_pixel_csv(lm: LoadedModel, path: str | Path, *, top_k: int = 5, device: str = "auto",
-                      tta: bool = False) -> list[dict[str, Any]]:
+                      tta: bool | str | None = None) -> list[dict[str, Any]]:
     """Predict every row of a pixel CSV (``label`` optional, e.g. a Kaggle ``test.csv`` of ``pixel1..pixelN``
     columns or ``id,pixel...``), one result per row in file order: path (``FILE#ROW``, rows counted from 1),
     row, id (when the file has an id column), label, index, score, top_k.
 
     The rows are taken as the dataset's own pixels (already 8-bit grey at the model's size, as the
-    Kaggle files are), not as photos: no photo conversion. Scores, unsure and reason as ``predict_images``
-    (a row is empty by ``inference.blank_pictures``). Raises MinivisionError (one line) when the
-    file is malformed or its pictures are not the model's size or channels."""
+    Kaggle files are), not as photos: no photo conversion. Scores, unsure, reason, ``tta`` (None: the model's
+    own) and ``plain`` as ``predict_images`` (a row is empty by ``inference.blank_pictures``). Raises
+    MinivisionError (one line) when the file is malformed, its pictures are not the model's size or
+    channels, or ``tta`` is unknown."""
     from .data.csvfile import read_pixel_table
 
     if top_k < 1:
         raise MinivisionError(f"--top-k must be >= 1, got {top_k}")
+    mode = tta_mode(tta, lm.meta)
     table = read_pixel_table(path, need_labels=False)
     want = (lm.preprocess.channels, *lm.preprocess.size)
     if tuple(table.x.shape[1:]) != want:
@@ -132,7 +145,7 @@ def predict_pixel_csv(lm: LoadedModel, path: str | Path, *, top_k: int = 5, devi
         raise MinivisionError(f"{path}: its pictures are {side}x{side} grey (1x{side}x{side}), the model takes "
                               f"{want[0]}x{want[1]}x{want[2]}")
     results = []
-    for i, scored in enumerate(_top_k(lm, table.x, min(top_k, len(lm.classes)), device, tta)):
+    for i, scored in enumerate(_top_k(lm, table.x, min(top_k, len(lm.classes)), device, mode)):
         row: dict[str, Any] = {"path": f"{path}#{i + 1}", "row": i + 1}
         if table.ids is not None:
             row["id"] = table.ids[i]
@@ -140,9 +153,13 @@ def predict_pixel_csv(lm: LoadedModel, path: str | Path, *, top_k: int = 5, devi
     return results
 
 
-def proba_for_tensor(lm: LoadedModel, x: torch.Tensor, device: str = "auto") -> torch.Tensor:
+def proba_for_tensor(lm: LoadedModel, x: torch.Tensor, device: str = "auto",
+                     tta: bool | str | None = None) -> torch.Tensor:
     """Calibrated class probabilities, float32 (N, K): softmax(logits / T) (T from the model's ``calibration``,
-    1 without one) for uint8 images (N, C, H, W) or (N, H, W)."""
+    1 without one) for uint8 images (N, C, H, W) or (N, H, W); with test-time augmentation (``tta`` as
+    ``predict_images``, None: the model's own), the mean of the views' calibrated probabilities. Raises
+    MinivisionError (one line) for pictures that are not uint8 or not the model's size, or an unknown ``tta``."""
+    mode = tta_mode(tta, lm.meta)
     if x.ndim == 3:
         x = x.unsqueeze(1)
     if x.dtype != torch.uint8:
@@ -152,7 +169,8 @@ def proba_for_tensor(lm: LoadedModel, x: torch.Tensor, device: str = "auto") -> 
                               f"{(lm.preprocess.channels, *lm.preprocess.size)}")
     dev = pick_device(device)
     lm.model.to(dev)
-    return torch.softmax(predict_logits(lm.model, lm.preprocess, x, device=dev, temperature=lm.temperature), 1)
+    return torch.softmax(predict_logits(lm.model, lm.preprocess, x, device=dev, temperature=lm.temperature,
+                                        tta=mode), 1)
 
 
 # ----------------------------------------------------------------------------- outputs of `predict`
