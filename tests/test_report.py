@@ -566,6 +566,26 @@ def test_temperature_of_only_with_a_calibration_entry():
         assert temperature_of({"calibration": bad}) == 1.0, bad  # malformed: T = 1, as trust.py reads it
 
 
+def test_headline_names_the_tta_mode():
+    """The TTA row says which views made it: the mode given, else the model's own, else flip (reports of
+    models without one)."""
+    from minivision.report.run import headline_for
+
+    metrics = {"accuracy": 0.8, "loss": 0.5, "macro_f1": 0.79, "ece": 0.05}
+    tta = {"accuracy": 0.83}
+
+    def row(meta, mode=None):
+        rows = dict(headline_for(meta, metrics, "test", 10, tta, None, mode))
+        return next(((k, v) for k, v in rows.items() if "TTA" in k), None)
+
+    assert row(_meta()) == ("test accuracy, flip TTA", "83.00%")
+    assert row(_meta(tta="flip+shift")) == ("test accuracy, flip+shift TTA", "83.00%")
+    assert row(_meta(tta="none"), "flip+shift") == ("test accuracy, flip+shift TTA", "83.00%")
+    assert row(_meta(tta="flip+shift"), "flip") == ("test accuracy, flip TTA", "83.00%")
+    assert dict(headline_for(_meta(tta="flip"), metrics, "test", 10)).keys().isdisjoint(
+        {"test accuracy, flip TTA"})  # no TTA metrics, no row
+
+
 def test_calibration_details_before_and_after_by_hand():
     from minivision.report.run import calibration_details
 

@@ -56,10 +56,14 @@ def write_per_class_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def write_run_report(run_dir: Path, *, classes: list[str], split: Split, split_name: str, logits: torch.Tensor,
                      history: list[dict[str, float]] | None, meta: dict[str, Any], parameters: int,
                      settings: dict[str, Any], dataset: list[tuple[str, str]], notes: list[str] = (),
-                     tta_logits: torch.Tensor | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Write every report file into ``run_dir``; returns the metrics, calibration and file paths.
+                     tta_logits: torch.Tensor | None = None, log: Callable[[str], None] = print,
+                     tta_mode: str | None = None) -> dict[str, Any]:
+    """Write every report file into ``run_dir``; returns the metrics, tta_metrics (None without ``tta_logits``),
+    calibration and file paths.
 
-    ``tta_logits`` (flip test-time augmentation) adds its accuracy beside the plain one. When
+    ``tta_logits``, float (N, K), the split's logits with test-time augmentation, add their accuracy beside the
+    plain one, named by ``tta_mode`` (the view set that made them; None: the model's own, ``meta["tta"]``, or
+    flip for a model without one). When
     ``meta["calibration"]`` holds a temperature T, the scores drawn (predictions, mistakes) are
     softmax(logits / T) and the calibration section compares T = 1 with T on this split; the returned
     ``calibration`` is the uncalibrated one, ``calibrated`` the one with T (or None)."""
@@ -78,7 +82,7 @@ def write_run_report(run_dir: Path, *, classes: list[str], split: Split, split_n
     metrics = metrics_from_logits(logits, y, classes)
     tta = metrics_from_logits(tta_logits, y, classes) if tta_logits is not None else None
     details = calibration_details(logits, y, split_name, meta)
-    headline = headline_for(meta, metrics, split_name, parameters, tta, details)
+    headline = headline_for(meta, metrics, split_name, parameters, tta, details, tta_mode)
     calib = calibration(torch.softmax(logits, 1), y)
     calib_after = calibration(probs, y) if temperature else None
     files: dict[str, Path] = {}
@@ -376,14 +380,16 @@ def settings_as_used(settings: dict[str, Any], meta: dict[str, Any]) -> dict[str
 
 
 def headline_for(meta: dict[str, Any], metrics: dict[str, Any], split_name: str, parameters: int,
-                 tta: dict[str, Any] | None = None, calibration: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+                 tta: dict[str, Any] | None = None, calibration: dict[str, Any] | None = None,
+                 tta_mode: str | None = None) -> list[tuple[str, str]]:
     """The big numbers at the top of report.html. The ECE is that of the scores shown: after temperature
-    scaling when ``calibration`` (``calibration_details``) has it, as ``evaluate`` prints it."""
+    scaling when ``calibration`` (``calibration_details``) has it, as ``evaluate`` prints it. ``tta``: the
+    metrics with test-time augmentation, whose row names ``tta_mode`` (None: the model's own, else flip)."""
     rows = [(f"{split_name} accuracy", f"{metrics['accuracy']:.2%}")]
     if metrics.get("balanced_accuracy") is not None:  # beside accuracy: every class counts the same
         rows.append((f"{split_name} balanced accuracy", f"{metrics['balanced_accuracy']:.2%}"))
     if tta:
-        rows.append((f"{split_name} accuracy, flip TTA", f"{tta['accuracy']:.2%}"))
+        rows.append((f"{split_name} accuracy, {_tta_name(tta_mode, meta)} TTA", f"{tta['accuracy']:.2%}"))
     shown = calibration["after"] if calibration and calibration.get("after") else None
     ece = ("calibration error (ECE)", f"{shown['ece'] if shown else metrics['ece']:.2%}")  # of the scores shown
     rows += [(f"{split_name} loss", f"{metrics['loss']:.4f}"), ("macro F1", f"{metrics['macro_f1']:.2%}"), ece,
@@ -407,6 +413,15 @@ def headline_for(meta: dict[str, Any], metrics: dict[str, Any], split_name: str,
     return rows
 
 
+def _tta_name(mode: str | None, meta: dict[str, Any]) -> str:
+    """The view set TTA figures were made with: ``mode`` when given, else the model's own (``meta["tta"]``),
+    else flip (reports written before models had their own)."""
+    if mode is not None and mode != "none":
+        return mode
+    own = meta.get("tta")
+    return own if isinstance(own, str) and own not in ("", "none") else "flip"
+
+
 def dataset_rows(ds: Any, source: str | None = None) -> list[tuple[str, str]]:
     h, w = ds.image_size
     rows = [("name", ds.name), ("classes", ", ".join(ds.classes)), ("images", f"{ds.channels} x {h} x {w} uint8")]
@@ -426,9 +441,9 @@ def dataset_rows(ds: Any, source: str | None = None) -> list[tuple[str, str]]:
 
 def report_for_model(lm: Any, ds: Any, split_name: str, split: Split, logits: torch.Tensor,
                      tta_logits: torch.Tensor | None = None, log: Callable[[str], None] = print,
-                     by: str = "minivision evaluate --report") -> dict[str, Any]:
+                     by: str = "minivision evaluate --report", tta_mode: str | None = None) -> dict[str, Any]:
     """The report of a saved model (``evaluate --report``, ``Classifier.report``, ``inspect``: ``by``), in its
-    own folder."""
+    own folder. ``tta_logits`` and ``tta_mode`` as ``write_run_report``."""
     from ..errors import MinivisionError
     from ..runfiles import read_args
     from .history import read_history
@@ -444,4 +459,5 @@ def report_for_model(lm: Any, ds: Any, split_name: str, split: Split, logits: to
         notes.append(f"the model was trained on {trained_on}")
     return write_run_report(lm.path, classes=lm.classes, split=split, split_name=split_name, logits=logits,
                             history=history, meta=lm.meta, parameters=sum(p.numel() for p in lm.model.parameters()),
-                            settings=settings, dataset=dataset_rows(ds), notes=notes, tta_logits=tta_logits, log=log)
+                            settings=settings, dataset=dataset_rows(ds), notes=notes, tta_logits=tta_logits, log=log,
+                            tta_mode=tta_mode)
