@@ -40,6 +40,11 @@ class Classifier:
     this process: several processes are ``minivision train --nproc N`` (or torchrun), so ``nproc`` is not a
     parameter.
 
+    ``tta`` is a training setting: the test-time augmentation the trained model answers with (written to
+    model.json; ``auto``: flip for colour pictures trained with horizontal flips, else none). The ``tta`` of
+    ``predict``, ``predict_proba``, ``predict_details``, ``evaluate`` and ``report`` overrides it for one call
+    (None there: the model's own).
+
     Fitted attributes end in ``_``: ``model_`` (the network trained: the ``model`` asked for, or the one
     the budget or the default chose; ``model`` itself stays as given), ``run_dir_``, ``classes_``,
     ``preprocess_``, ``history_``, ``test_metrics_``, ``loaded_`` (the ``LoadedModel``, whose ``.model``
@@ -51,7 +56,8 @@ class Classifier:
                  steps: int | None = None, batch_size: int | None = None, optimizer: str | None = None,
                  lr: float | None = None, momentum: float | None = None, nesterov: bool | None = None,
                  weight_decay: float | None = None, schedule: str | None = None,
-                 label_smoothing: float | None = None, augment: str | None = None, normalize: str | None = None,
+                 label_smoothing: float | None = None, augment: str | None = None, tta: str = "auto",
+                 normalize: str | None = None,
                  val_split: float | None = None, val_first: int | None = None, seed: int = 0,
                  device: str = "auto", precision: str = "auto", out: str = "runs", name: str = "train",
                  tensorboard: bool = False, imgsz: int | None = None, resize_mode: str = "letterbox",
@@ -73,6 +79,7 @@ class Classifier:
         self.schedule = schedule
         self.label_smoothing = label_smoothing
         self.augment = augment
+        self.tta = tta
         self.normalize = normalize
         self.val_split = val_split
         self.val_first = val_first
@@ -200,24 +207,28 @@ class Classifier:
         _note_empty([i for i, b in enumerate(blank_pictures(x).tolist()) if b])
         return x
 
-    def predict_proba(self, X: Any) -> np.ndarray:
+    def predict_proba(self, X: Any, tta: bool | str | None = None) -> np.ndarray:
         """Class probabilities, float32 (N, K) in ``classes_`` order, for pictures: an array (N x H x W,
         N x H x W x C, N x C x H x W or one picture; uint8 0-255 or float 0-1: see ``minivision.arrays``),
         a path, a PIL image, or a list of paths or PIL images. Paths and PIL images go through the model's
-        photo conversion, as ``minivision predict``; arrays are taken as the model's input. A ``Note``
-        warning says what was assumed and which pictures are empty. Raises MinivisionError (one line)."""
+        photo conversion, as ``minivision predict``; arrays are taken as the model's input. ``tta``: the
+        test-time augmentation, None (default) the model's own (model.json's ``tta``), or "none", "flip",
+        "flip+shift" (the mean of the views' probabilities). A ``Note`` warning says what was assumed and
+        which pictures are empty. Raises MinivisionError (one line), also for an unknown ``tta``."""
         from .arrays import is_array
         from .predict import predict_images, proba_for_tensor
+        from .scores import tta_mode
 
         lm = self._check_fitted()
+        tta = tta_mode(tta, lm.meta)
         if is_array(X):
-            return proba_for_tensor(lm, self._images(X)).numpy()
+            return proba_for_tensor(lm, self._images(X), tta=tta).numpy()
         items = list(X) if isinstance(X, (list, tuple)) else [X]
         odd = [v for v in items if not isinstance(v, (str, Path, bytes)) and not hasattr(v, "convert")]
         if odd or not items:
             raise MinivisionError("predict takes pictures as an array (N x H x W, ...), file paths or PIL images; "
                                   f"got {type(odd[0]).__name__ if odd else 'an empty list'}")
-        results = predict_images(lm, items, top_k=len(lm.classes))
+        results = predict_images(lm, items, top_k=len(lm.classes), tta=tta)
         bad = [r for r in results if "error" in r]
         if bad:
             raise MinivisionError(f"{bad[0]['path']}: {bad[0]['error']}")
@@ -228,45 +239,53 @@ class Classifier:
                 out[i, t["index"]] = t["score"]
         return out
 
-    def predict_details(self, X: Any, top_k: int = 3) -> list[dict[str, Any]]:
+    def predict_details(self, X: Any, top_k: int = 3, tta: bool | str | None = None) -> list[dict[str, Any]]:
         """One dict per picture (the pictures as ``predict_proba`` takes them), as ``minivision predict
         --json`` writes it: ``label``, ``index``, ``score`` (calibrated top-1 probability, 0-1), ``top_k``
         (``top_k`` dicts of label, index, score), ``unsure`` (bool) and ``reason`` (one sentence, or None when
         sure: an empty or noise picture, one unlike the training pictures, or a low top score; the rules
-        are in ``minivision.trust``); ``path`` and ``note`` for paths and PIL images. Raises MinivisionError
-        (one line) for a picture that cannot be read or a ``top_k`` below 1."""
+        are in ``minivision.trust``); ``path`` and ``note`` for paths and PIL images. ``tta`` as
+        ``predict_proba`` (None: the model's own); with test-time augmentation the dict also holds ``plain``
+        {label, index, score}, the answer of the picture alone. Raises MinivisionError (one line) for a
+        picture that cannot be read, a ``top_k`` below 1 or an unknown ``tta``."""
         from .arrays import is_array
         from .predict import _top_k, predict_images
+        from .scores import tta_mode
 
         lm = self._check_fitted()
         if top_k < 1:
             raise MinivisionError(f"top_k must be >= 1, got {top_k}")
+        tta = tta_mode(tta, lm.meta)
         k = min(top_k, len(lm.classes))
         if is_array(X):
-            return _top_k(lm, self._images(X), k, "auto", False)
+            return _top_k(lm, self._images(X), k, "auto", tta)
         items = list(X) if isinstance(X, (list, tuple)) else [X]
         if not items:
             raise MinivisionError("predict_details takes pictures as an array, file paths or PIL images; "
                                   "got an empty list")
-        results = predict_images(lm, items, top_k=k)
+        results = predict_images(lm, items, top_k=k, tta=tta)
         bad = [r for r in results if "error" in r]
         if bad:
             raise MinivisionError(f"{bad[0]['path']}: {bad[0]['error']}")
         return results
 
-    def predict(self, X: Any) -> list[str]:
-        """Class names, one per picture (the pictures as ``predict_proba`` takes them)."""
+    def predict(self, X: Any, tta: bool | str | None = None) -> list[str]:
+        """Class names, one per picture (the pictures and ``tta`` as ``predict_proba`` takes them: None, the
+        model's own test-time augmentation)."""
         lm = self._check_fitted()
-        return [lm.classes[i] for i in self.predict_proba(X).argmax(1)]
+        return [lm.classes[i] for i in self.predict_proba(X, tta=tta).argmax(1)]
 
     def score(self, X: Any, y: Any = None) -> float:
         """Top-1 accuracy in [0, 1], scikit-learn's ``score``: of pictures ``X`` (as ``predict`` takes them)
         against labels ``y`` (indices into ``classes_`` or class names), or, without ``y``, of the data
-        ``X`` names (a dataset, file or folder, as ``evaluate``). Raises MinivisionError (one line)."""
+        ``X`` names (a dataset, file or folder, as ``evaluate``). The answers scored are ``predict``'s, with
+        the model's own test-time augmentation (``tta_accuracy`` of ``evaluate`` for a model that has one).
+        Raises MinivisionError (one line)."""
         if y is None:
             if isinstance(X, (np.ndarray, torch.Tensor, list, tuple)):
                 raise MinivisionError("score(X, y): give the labels y of the pictures X")
-            return float(self.evaluate(X)["accuracy"])
+            m = self.evaluate(X)
+            return float(m.get("tta_accuracy", m["accuracy"]))
         lm = self._check_fitted()
         pred = self.predict_proba(X).argmax(1)
         want = _label_indices(y, len(pred), lm.classes)
@@ -312,9 +331,12 @@ class Classifier:
         return ScoringData(ds, WHOLE, ds.train, [])
 
     def evaluate(self, data: str | Dataset | None = None, split: str | None = None,
-                 tta: bool = False) -> dict[str, Any]:
+                 tta: bool | str | None = None) -> dict[str, Any]:
         """accuracy, loss, n, per_class, confusion, classes (precision/recall/F1), most_confused, ece,
-        calibration, split, notes; ``tta`` adds tta_accuracy/tta_loss.
+        calibration, split, notes: the figures of each picture alone. With test-time augmentation, also
+        ``tta_accuracy``, ``tta_loss``, ``tta_change`` (with minus without, a fraction) and ``tta`` (the mode).
+        ``tta``: None (default) the model's own (model.json's ``tta``, "none" when it has none); "none", "flip"
+        (the picture and its mirror) or "flip+shift" (those and their one-pixel moves); True for "flip".
 
         ``data``: None (the training data), a dataset name, file or folder, a ``Dataset``, or pictures and labels
         as a tuple ``(x, y)`` (arrays as ``score`` takes them, all scored: ``split`` is ``all``). ``split``: None is
@@ -322,9 +344,12 @@ class Classifier:
         split, every image: ``split`` is then ``all``). Data other than the training data is matched to
         ``classes_`` by name (order and case; a subset is scored on its classes, named in ``classes_scored``);
         ``notes`` says what was matched or assumed, each also given as a ``minivision.errors.Note`` warning.
-        Raises MinivisionError (one line) for classes that do not match, with both lists."""
+        Raises MinivisionError (one line) for classes that do not match, with both lists, or an unknown ``tta``."""
         from .arrays import note
         from .evaluate import evaluate_split
+        from .scores import tta_mode
+
+        tta = tta_mode(tta, self._check_fitted().meta)  # checked before the data is read
 
         sd = self._scoring(data, split)
         for said in sd.notes:
@@ -333,21 +358,26 @@ class Classifier:
         return {**m, "split": sd.split_name, "notes": list(sd.notes)}
 
     def confusion_matrix(self, data: str | Dataset | None = None, split: str | None = None) -> np.ndarray:
-        """(K, K) counts, rows true class, columns predicted (``classes_`` order)."""
-        return np.array(self.evaluate(data, split)["confusion"], dtype=np.int64)
+        """(K, K) counts, rows true class, columns predicted (``classes_`` order), of each picture alone (as
+        ``evaluate``'s ``confusion``)."""
+        return np.array(self.evaluate(data, split, tta="none")["confusion"], dtype=np.int64)
 
-    def report(self, data: str | Dataset | None = None, split: str | None = None, tta: bool = False,
+    def report(self, data: str | Dataset | None = None, split: str | None = None, tta: bool | str | None = None,
                log: Any = None) -> dict[str, Any]:
-        """Write the run folder's report (as ``minivision evaluate --report``); returns metrics, tta_metrics,
-        calibration and the paths of the files."""
+        """Write the run folder's report (as ``minivision evaluate --report``); returns metrics, tta_metrics
+        (None without test-time augmentation), calibration and the paths of the files. ``tta`` as ``evaluate``
+        (None: the model's own): with a mode other than "none" the report shows the accuracy with it, named.
+        Raises MinivisionError (one line) as ``evaluate``."""
         from .evaluate import split_logits
         from .report.run import report_for_model
+        from .scores import tta_mode
 
         lm = self._check_fitted()
+        mode = tta_mode(tta, lm.meta)
         sd = self._scoring(data, split)
-        tta_logits = split_logits(lm, sd.split, tta=True) if tta else None
+        tta_logits = split_logits(lm, sd.split, tta=mode) if mode != "none" else None
         return report_for_model(lm, sd.dataset, sd.split_name, sd.split, split_logits(lm, sd.split), tta_logits,
-                                log=log or (lambda m: None))
+                                log=log or (lambda m: None), tta_mode=mode)
 
     def features(self, X: Any) -> np.ndarray:
         """Penultimate-layer features, float32 (N, D), of pictures as an array (the layouts and scales

@@ -90,6 +90,37 @@ def _model_and_split(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=DEVICES, default="auto")
 
 
+TTA_CHOICES = ("none", "flip", "flip+shift")  # scores.TTA_MODES (not imported here: the parser stays light)
+
+
+def _tta_argument(p: argparse.ArgumentParser, what: str) -> None:
+    """``--tta [MODE]`` of predict and evaluate: absent, the model's own; alone, flip; or a mode."""
+    p.add_argument("--tta", nargs="?", const="flip", default=None, choices=TTA_CHOICES, metavar="MODE",
+                   help=f"test-time augmentation: {what}. MODE: flip (the picture and its mirror image), "
+                        "flip+shift (those and both moved by one pixel: 10 views) or none (the picture alone). "
+                        "Default: the model's own setting, chosen when it was trained (train --tta); "
+                        "--tta alone means flip")
+
+
+def _tta_alone(argv: list[str]) -> list[str]:
+    """``argv`` with a ``--tta`` of predict or evaluate that is followed by a path (a file or folder that exists,
+    or a name with a dot, a slash or a wildcard) rather than a mode written ``--tta=flip``, so
+    ``predict RUN --tta photo.png`` reads the photo as it did before ``--tta`` took a mode; anything else after
+    ``--tta`` is a mode, checked by the parser ("did you mean 'flip'?")."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command not in ("predict", "evaluate"):
+        return argv
+    out = list(argv)
+    for i, arg in enumerate(out[:-1]):
+        if arg == "--":
+            break
+        after = out[i + 1]
+        if arg == "--tta" and after not in TTA_CHOICES and (
+                any(c in after for c in "./\\*?[") or Path(after).exists()):
+            out[i] = "--tta=flip"
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="minivision", description="Train, evaluate and use image classifiers for small images.")
     p.add_argument("--version", action="version", version=f"minivision {__version__}")
@@ -104,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="accuracy, loss, per-class accuracy and confusion matrix of a model")
     _model_and_split(e)
-    e.add_argument("--tta", action="store_true", help="also score with flip test-time augmentation, side by side")
+    _tta_argument(e, "also the accuracy when each answer comes from several views of the picture")
     e.add_argument("--report", action="store_true",
                    help="(re)write the run folder's report: confusion matrices, per_class.csv, mistakes, "
                         "predictions, calibration, report.html")
@@ -117,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("paths", nargs="+", metavar="PATH")
     pr.add_argument("--top-k", type=_number(int, 1), default=3)
     pr.add_argument("--device", choices=DEVICES, default="auto")
-    pr.add_argument("--tta", action="store_true", help="flip test-time augmentation (plain scores shown beside)")
+    _tta_argument(pr, "answer from several views of each picture (the answer of the picture alone is "
+                      "shown beside)")
     po = pr.add_mutually_exclusive_group()
     po.add_argument("--json", action="store_true", help="one JSON list on stdout")
     po.add_argument("--csv", metavar="FILE", help="also write path,label,score and the top-k labels and scores here")
@@ -361,8 +393,10 @@ def _evaluate_run(a: argparse.Namespace):
     from .evaluate import only_present, scoring_data, split_logits, split_outputs, trust_metrics, tta_figures, tta_notes
     from .metrics import metrics_from_logits
     from .runfiles import load_model
+    from .scores import tta_mode
 
     lm = load_model(a.model)
+    mode = tta_mode(a.tta, lm.meta)  # --tta as given, else the model's own
     sd = scoring_data(lm, a.data, a.data_dir, a.test_data, split=a.split)
     for note in sd.notes:  # the dataset's own notes come with their "note: " already
         print(f"note: {note.removeprefix('note: ')}", file=sys.stderr)
@@ -371,23 +405,24 @@ def _evaluate_run(a: argparse.Namespace):
     metrics = metrics_from_logits(logits, split.y, lm.classes)
     metrics.update(trust_metrics(lm, split, logits, device=a.device, features=features))
     tta_logits = None
-    if a.tta:
-        for note in tta_notes(lm.meta, ds.name, lm.path):
+    if mode != "none":
+        for note in tta_notes(lm.meta, ds.name, lm.path, mode=mode):
             print(f"note: {note}", file=sys.stderr)
-        tta_logits = split_logits(lm, split, device=a.device, tta=True)
-        metrics.update(tta_figures(metrics, metrics_from_logits(tta_logits, split.y, lm.classes)))
+        tta_logits = split_logits(lm, split, device=a.device, tta=mode)
+        metrics.update(tta_figures(metrics, metrics_from_logits(tta_logits, split.y, lm.classes), mode))
     metrics = only_present(metrics, sd.match, lm.classes)
     if a.report:
         from .report.run import report_for_model
 
-        report_for_model(lm, ds, sd.split_name, split, logits, tta_logits, log=lambda m: print(m, file=sys.stderr))
+        report_for_model(lm, ds, sd.split_name, split, logits, tta_logits, log=lambda m: print(m, file=sys.stderr),
+                         tta_mode=mode)
     return lm, sd, metrics
 
 
 def cmd_predict(a: argparse.Namespace) -> int:
     from .data.rules import expand_paths, is_pixel_csv
     from .onnx_runtime import is_onnx
-    from .scores import write_csv
+    from .scores import tta_mode, write_csv
 
     if is_onnx(a.model):  # an export: onnxruntime, no torch
         from .onnx_runtime import check_cli_options, predict_images, predict_pixel_csv
@@ -399,10 +434,11 @@ def cmd_predict(a: argparse.Namespace) -> int:
         from .runfiles import load_model
 
     lm = load_model(a.model)
-    if a.tta:
+    mode = tta_mode(a.tta, lm.meta)  # --tta as given, else the model's own
+    if mode != "none":
         from .evaluate import tta_notes
 
-        for note in tta_notes(lm.meta, run_dir=None if is_onnx(a.model) else lm.path):
+        for note in tta_notes(lm.meta, run_dir=None if is_onnx(a.model) else lm.path, mode=mode):
             print(f"note: {note}", file=sys.stderr)
     if a.background is not None and lm.preprocess.photo.method != "zalando":
         print(f"note: --background has no effect: this model resizes photos ({lm.preprocess.photo.method}), "
@@ -437,7 +473,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
             print(f"{r['path']}: error: {r['error']}")
         else:
             rest = ", ".join(f"{t['label']} {t['score']:.1%}" for t in r["top_k"][1:])
-            plain = f"  [flip TTA; plain: {r['plain']['label']} {r['plain']['score']:.1%}]" if "plain" in r else ""
+            plain = (f"  [{mode} TTA; plain: {r['plain']['label']} {r['plain']['score']:.1%}]" if "plain" in r
+                     else "")
             note = f"  [note: {r['note']}]" if "note" in r and r["note"] != r.get("reason") else ""
             unsure = f"  [not sure: {r['reason']}]" if r.get("unsure") else ""
             print(f"{r['path']}: {r['label']} {r['score']:.1%}" + (f"  ({rest})" if rest else "") + plain + note
@@ -680,7 +717,7 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()  # a --budget counts from here (torch & co. are imported later)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_tta_alone(list(sys.argv[1:] if argv is None else argv)))
     args.started = started
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what train --nproc N runs in each process
     if not args.command:
