@@ -219,7 +219,8 @@ def test_multipart_one_and_several_files(server):
     r = _post_files(server, [("a.png", encode(clean_picture(2)))])
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"predictions", "model", "version", "files", "notes", "unsure", "reasons"}
+    assert set(body) == {"predictions", "model", "version", "files", "notes", "unsure", "reasons", "tta"}
+    assert body["tta"] == server.client.get("/models").json()["models"][0]["tta"]  # the model's own
     assert body["notes"] == [None]  # a picture with something in it: no note
     # one flag and one reason per picture (a reason exactly when unsure; the trust rules are tested elsewhere)
     assert len(body["unsure"]) == len(body["reasons"]) == 1 and isinstance(body["unsure"][0], bool)
@@ -655,6 +656,35 @@ def test_run_without_report_or_examples(report_run, tmp_path):
     r = c.get("/report")
     assert r.status_code == 404 and r.json()["status"] == 404 and "no report" in r.json()["error"]
     assert c.get("/report/fig.png").status_code == 404
+
+
+@pytest.mark.parametrize("mode", ["flip", "flip+shift"])
+def test_a_model_with_its_own_tta_is_served_with_it(synthetic_run, tmp_path, mode):
+    """model.json's ``tta`` makes the service's scores the mean of the views', as ``predict`` gives them; /models
+    and each answer say which views."""
+    import shutil
+
+    from minivision.predict import predict_images
+    from minivision.runfiles import load_model
+
+    run = tmp_path / "tta"
+    shutil.copytree(synthetic_run, run)
+    meta = json.loads((run / "model.json").read_text())
+    meta["tta"] = mode
+    (run / "model.json").write_text(json.dumps(meta))
+    c = _client(run)
+    assert c.get("/models").json()["models"][0]["tta"] == mode
+    picture = encode(clean_picture(3, scale=3))
+    r = c.post("/predict", params={"top_k": 4}, files={"file": ("3.png", picture)})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["tta"] == mode and set(body["predictions"][0][0]) == {"label", "index", "score"}  # no "plain"
+    lm = load_model(run)
+    [want] = predict_images(lm, [picture], top_k=4, device="cpu", tta=mode)
+    [alone] = predict_images(lm, [picture], top_k=4, device="cpu", tta="none")
+    served = [(p["label"], p["score"]) for p in body["predictions"][0]]
+    assert served == [(t["label"], pytest.approx(t["score"], abs=1e-6)) for t in want["top_k"]]
+    assert [s for _, s in served] != pytest.approx([t["score"] for t in alone["top_k"]], abs=1e-6)
 
 
 def test_avif_upload(server):

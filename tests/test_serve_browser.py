@@ -466,6 +466,21 @@ def test_examples_classes_formats_and_redraw(served_page, browser):
     _close(page, watch)
 
 
+def test_a_model_answering_with_tta_says_so(served_page, browser):
+    """/models' ``tta``: the About panel says how each answer is made and gives the accuracy with the views
+    (the plain one beside); a model answering from the picture alone has no such row."""
+    metrics = {"test_accuracy": 0.9, "test_accuracy_tta": 0.925}
+    page, watch = open_page(browser, served_page, tta="flip+shift", metrics=metrics, test_accuracy=0.9)
+    assert page.is_visible("#about-tta")
+    assert "10 views" in page.inner_text("#about-tta") and "flip+shift" in page.inner_text("#about-tta")
+    assert page.inner_text("#about-accuracy") == "92.5% (90.0% from the picture alone)"
+    assert "92.5% test accuracy" in page.inner_text("#model")
+    _close(page, watch)
+    page, watch = open_page(browser, served_page, tta="none", metrics=metrics, test_accuracy=0.9)
+    assert not page.is_visible("#about-tta") and page.inner_text("#about-accuracy") == "90.0%"
+    _close(page, watch)
+
+
 def test_background_control_is_sent(served_page, browser, tmp_path):
     photo = tmp_path / "p.png"
     photo.write_bytes(encode(clean_picture(0, scale=4)))

@@ -46,6 +46,7 @@ from .. import __version__, onnx_runtime
 from ..data.images import ACCEPTED, MAX_PIXELS, ImageError, open_image
 from ..errors import MinivisionError
 from ..onnx_runtime import is_onnx
+from ..scores import TTA_MODES, tta_mode
 from .docs import clean_openapi, errors, mount_docs, predict_openapi
 from .run_files import REPORT, REPORT_CSP, examples_json, read_report, read_report_picture
 from .uploads import BodyLimit, UploadError, error_body, parse_options, read_upload
@@ -90,6 +91,8 @@ class ServedModel:
         self.version = f"{__version__}+{digest[:12]}"
         self.name = f"{lm.file.name if export else lm.path.name}/{lm.name}"  # fm.onnx/mvnet, or train3/mvnet
         c, (h, w) = lm.preprocess.channels, lm.preprocess.size
+        # the test-time augmentation of every answer: the model's own (predict_images' default, not overridden)
+        self.tta = tta_mode(None, lm.meta)
         metrics = lm.meta.get("metrics") or {}
         test_accuracy = metrics.get("test_accuracy")
         # a few KB each; read once. An export has no examples file: its run's test split, when it can be read
@@ -110,7 +113,7 @@ class ServedModel:
             and 0 <= test_accuracy <= 1 else None,
             # the one list of accepted pictures (data/images.py), for clients and the page's file picker
             "accepted_formats": list(ACCEPTED.extensions), "content_types": list(ACCEPTED.content_types),
-            "max_upload_mb": max_body_mb, "examples": len(self.examples),
+            "max_upload_mb": max_body_mb, "examples": len(self.examples), "tta": self.tta,
         }
 
     def describe(self) -> dict[str, Any]:
@@ -220,6 +223,11 @@ def _page() -> str:
 
 # ----------------------------------------------------------------------------- OpenAPI descriptions
 
+_TTA_TEXT = (f"the test-time augmentation of the answers, one of {', '.join(TTA_MODES)}: with flip the scores are "
+             "the mean of the picture's and its mirror's, with flip+shift of those and their one-pixel moves "
+             "(10 views); the model's own setting")
+
+
 class Prediction(BaseModel):
     label: str
     index: int
@@ -238,6 +246,7 @@ class PredictResponse(BaseModel):
     unsure: list[bool] = Field(description="per picture: true when the answer should not be trusted (low "
                                            "confidence, or a picture unlike the ones the model knows)")
     reasons: list[str | None] = Field(description="per picture: why it is unsure, in one sentence, else null")
+    tta: str = Field(description=_TTA_TEXT)
     inputs: list[str] | None = Field(None, description="what the model saw, base64 PNGs (include_input=true)")
 
 
@@ -286,6 +295,7 @@ class ServedModelInfo(BaseModel):
     content_types: list[str] = Field(description="the MIME types POST /predict accepts")
     max_upload_mb: float = Field(description="the largest request body, in MB (10^6 bytes)")
     examples: int = Field(description="how many pictures GET /examples returns")
+    tta: str = Field(description=_TTA_TEXT)
     report: str | None = Field(None, description='"/report" when the run has a training report, else null')
     report_note: str | None = Field(None, description="why there is no report (an export), else null")
 
@@ -423,7 +433,7 @@ def create_app(run: str | Path, *, max_body_mb: float = 10, max_files: int = 16,
                                "version": served.version, "files": [name for name, _ in upload.images],
                                "notes": [r.get("note") for r in results],
                                "unsure": [bool(r.get("unsure", False)) for r in results],
-                               "reasons": [r.get("reason") for r in results]}
+                               "reasons": [r.get("reason") for r in results], "tta": served.tta}
         if want_input:
             out["inputs"] = [r["input_png"] for r in results]
         return out

@@ -362,6 +362,7 @@ def jobs_router(state_dir: Path, *, max_upload_mb: int = 200, max_files: int = 1
                  openapi_extra=predict_openapi(None, top_k, ACCEPTED.names))
     async def predict(job_id: str, request: Request) -> dict[str, Any]:
         from minivision.predict import predict_images
+        from minivision.scores import tta_mode
 
         job = job_or_404(job_id)
         if not job["model_run"]:
@@ -388,6 +389,7 @@ def jobs_router(state_dir: Path, *, max_upload_mb: int = 200, max_files: int = 1
             raise JobError(400, f"{bad['path']}: {bad['error']}")
         return {"predictions": [r["top_k"] for r in results], "model": job["id"], "name": job["name"],
                 "version": version, "unsure": [bool(r.get("unsure", False)) for r in results],
-                "reasons": [r.get("reason") for r in results]}
+                "reasons": [r.get("reason") for r in results],
+                "tta": tta_mode(None, lm.meta)}  # the model's own test-time augmentation, as predict_images used
 
     return router
