@@ -89,6 +89,39 @@ def test_run_row_accepts_model_json_and_reports_tta(runs, tmp_path):
     assert run_row(copy)["tta_accuracy"] == 0.5
 
 
+def _copy_with(run: Path, folder: Path, **meta_over) -> Path:
+    """A copy of ``run`` whose model.json has ``meta_over`` (``metrics`` merged into its own)."""
+    folder.mkdir()
+    for f in ("model.safetensors", "model.json"):
+        (folder / f).write_bytes((run / f).read_bytes())
+    meta = json.loads((folder / "model.json").read_text())
+    meta["metrics"].update(meta_over.pop("metrics", {}))
+    meta.update(meta_over)
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+def test_a_model_answering_with_tta_has_its_column_named_by_the_mode(runs, tmp_path):
+    both = _copy_with(runs[0], tmp_path / "both", tta="flip+shift", metrics={"test_accuracy_tta": 0.61, "tta": "x"})
+    row = run_row(both)
+    assert row["tta_accuracy"] == 0.61 and row["tta"] == "flip+shift"
+    unrecorded = run_row(_copy_with(runs[1], tmp_path / "unrecorded", tta="flip+shift"))
+    assert math.isnan(unrecorded["tta_accuracy"]) and unrecorded["tta"] == "flip+shift"  # shown as "-"
+    plain = run_row(runs[2])
+    assert "tta" not in plain and "tta_accuracy" not in plain
+    rows = [row, unrecorded, plain]
+    header = format_table(rows).splitlines()[0]
+    assert "flip+shift TTA acc" in header
+    assert "| Test accuracy (flip+shift TTA) |" in compare.format_markdown(rows).splitlines()[0]
+    assert "61.00%" in format_table(rows).splitlines()[2]
+    fields = compare.format_csv(rows).splitlines()[0].split(",")
+    assert fields.index("tta_accuracy") + 1 == fields.index("tta")
+    flip = run_row(_copy_with(runs[2], tmp_path / "flip", tta="flip", metrics={"test_accuracy_tta": 0.5}))
+    mixed = format_table([row, flip]).splitlines()[0]
+    assert " TTA acc" in mixed and "flip TTA acc" not in mixed and "flip+shift TTA acc" not in mixed
+    assert "TTA" not in format_table([plain])
+
+
 def test_not_a_run_and_duplicates_are_refused(runs, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

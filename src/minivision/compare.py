@@ -42,15 +42,16 @@ from .fileio import new_run_dir, write_text
 from .models import count_parameters, model_info
 from .models.summary import summarize, summary_totals
 from .runfiles import load_model, resolve_model_path
+from .scores import tta_mode
 from .train import fit
 
 __all__ = ["CompareInterrupted", "compare_runs", "format_table", "plot_comparison", "run_row", "train_and_compare",
            "write_comparison"]
 
-# Field order of compare.csv; "tta_accuracy" and "error" appear only when some row has them.
-FIELDS = ("model", "setting", "value", "data", "test_accuracy", "test_loss", "val_accuracy", "tta_accuracy",
+# Field order of compare.csv; "tta_accuracy", "tta" and "error" appear only when some row has them.
+FIELDS = ("model", "setting", "value", "data", "test_accuracy", "test_loss", "val_accuracy", "tta_accuracy", "tta",
           "parameters", "macs", "train_seconds", "epochs", "model_bytes", "run", "data_source", "error")
-_OPTIONAL = ("setting", "value", "tta_accuracy", "error")  # setting, value: the swept setting and its value
+_OPTIONAL = ("setting", "value", "tta_accuracy", "tta", "error")  # setting, value: the swept setting and its value
 
 
 class CompareInterrupted(KeyboardInterrupt):
@@ -73,7 +74,12 @@ def _number(value: Any) -> float:
 
 
 def run_row(run: str | Path) -> dict[str, Any]:
-    """One finished run folder (or its model.json / model.safetensors) as a row of raw numbers."""
+    """One finished run folder (or its model.json / model.safetensors) as a row of raw numbers.
+
+    A model that answers with test-time augmentation (model.json's ``tta``) has ``tta`` (the mode) and
+    ``tta_accuracy``, its test accuracy with it as training recorded it (``test_accuracy_tta``, or an older
+    run's ``tta_accuracy``; nan when none was recorded); a run that recorded one without a ``tta`` of its own
+    has ``tta_accuracy`` too."""
     lm = load_model(run)  # a folder that is not a finished run raises a message naming it
     metrics = lm.meta.get("metrics") or {}
     dataset = lm.meta.get("dataset") or {}
@@ -96,8 +102,12 @@ def run_row(run: str | Path) -> dict[str, Any]:
         "model_bytes": (lm.path / "model.safetensors").stat().st_size,
         "data_source": source,  # what the run was trained on (name or path): tells same-named files apart
     }
-    if "tta_accuracy" in metrics:
-        row["tta_accuracy"] = _number(metrics["tta_accuracy"])
+    own = tta_mode(None, lm.meta)  # the test-time augmentation the model answers with
+    recorded = next((metrics[k] for k in ("test_accuracy_tta", "tta_accuracy") if k in metrics), None)
+    if own != "none" or recorded is not None:  # "-" for a model answering with TTA that recorded no figure
+        row["tta_accuracy"] = _number(recorded)
+    if own != "none":
+        row["tta"] = own
     return row
 
 
@@ -181,9 +191,19 @@ _COLUMNS: tuple[tuple[str, str, str, Callable[[Any], str]], ...] = (
 
 
 def _columns(rows: list[dict[str, Any]], markdown: bool) -> list[tuple[str, str, Callable[[Any], str]]]:
+    """The table's columns; the TTA column only when some row has a TTA accuracy, its header naming the mode
+    when every such row that says one says the same (``flip TTA acc``, ``Test accuracy (flip+shift TTA)``)."""
     has_tta = any("tta_accuracy" in r for r in rows)
-    return [(key, md if markdown else term, fmt) for key, term, md, fmt in _COLUMNS
-            if (key != "tta_accuracy" or has_tta) and (md or not markdown)]
+    modes = {str(r["tta"]) for r in rows if "tta_accuracy" in r and r.get("tta")}
+    named = f"{modes.pop()} TTA" if len(modes) == 1 else "TTA"
+    out = []
+    for key, term, md, fmt in _COLUMNS:
+        if (key == "tta_accuracy" and not has_tta) or not (md or not markdown):
+            continue
+        if key == "tta_accuracy":
+            term, md = f"{named} acc", f"Test accuracy ({named})"
+        out.append((key, md if markdown else term, fmt))
+    return out
 
 
 def _status(row: dict[str, Any]) -> str:
