@@ -410,6 +410,16 @@ def test_the_models_own_view_set_gives_the_torch_runs_answers(grey, grey_shift, 
             assert r["reason"] == f"low confidence: the top score is {w.max():.0%}"
     # and the mean is not the picture alone's: 500 times the tolerance above apart (a model this small is unsure)
     assert np.abs(want - plain).max() > 1e-3
+    # the run's own predict, told the same view set and temperature, gives the same answers, plain ones beside
+    from minivision.predict import predict_images
+    from minivision.runfiles import load_model
+
+    lm = load_model(grey["run"])
+    lm.meta.update(tta="flip+shift", calibration={**(lm.meta.get("calibration") or {}), "temperature": SHIFT_T})
+    files = photos(tmp_path / "again", colour=False)
+    theirs = predict_images(lm, files, top_k=3, device="cpu")
+    assert all("plain" in r for r in theirs if "error" not in r)
+    assert_same_answers(rt.predict_images(om, files, top_k=3), theirs)
 
 
 @pytest.mark.parametrize("tta, mode", [(None, "flip+shift"), ("auto", "flip+shift"), ("flip+shift", "flip+shift"),
@@ -441,14 +451,13 @@ def test_evaluate_figures_the_models_own_view_set(grey, grey_shift, capsys):
     plain, _ = rt.evaluate(om, tta="none")
     assert not {"tta", "tta_accuracy", "tta_loss"} & set(plain)
     assert plain["accuracy"] == metrics["accuracy"] and plain["loss"] == metrics["loss"]  # the picture alone's
-    # the CLI's notes come with a view set that mirrors, asked for or the model's own; not with "none"
-    notes = tta_notes(om.meta, sd.dataset.name)
-    assert notes
-    for tta, printed in ((None, True), ("flip", True), ("none", False)):
+    # the CLI's notes (naming the view set) come with one that mirrors, asked for or the model's own; not with none
+    for tta, mode in ((None, "flip+shift"), ("flip", "flip"), ("none", "none")):
         a = argparse.Namespace(model=str(grey_shift), data=None, data_dir=None, test_data=None, split=None, tta=tta)
         rt.evaluate_command(a)
         err = capsys.readouterr().err
-        assert all((note in err) == printed for note in notes), (tta, err)
+        notes = tta_notes(om.meta, sd.dataset.name, mode="flip" if mode == "none" else mode)
+        assert notes and all((note in err) == (mode != "none") for note in notes), (tta, err)
 
 
 def test_a_bad_view_set_is_one_line(grey, grey_shift):

@@ -448,7 +448,7 @@ def evaluate(om: OnnxModel, data: str | None = None, data_dir: str | None = None
     temperature, calibrated, ece_before, confidence, unsure), all of the pictures alone.
 
     ``tta`` (``scores.tta_mode``; None: the model's own, model.json's ``tta``): with a view set other than
-    "none", also ``tta`` (the view set's name) and ``evaluate.tta_figures`` (``tta_accuracy``, ``tta_loss``,
+    "none", also ``evaluate.tta_figures`` (``tta``, the view set's name, ``tta_accuracy``, ``tta_loss``,
     ``tta_change``) of the mean of the views' softmaxes, uncalibrated (T = 1) as the run's evaluate figures them.
     Raises MinivisionError (one line) for a bad ``tta`` (before any data is read), as ``scoring_data`` does, and
     for a validation split drawn at random (it needs PyTorch's generator)."""
@@ -474,8 +474,7 @@ def evaluate(om: OnnxModel, data: str | None = None, data_dir: str | None = None
     if mode != "none" and len(y):
         with np.errstate(divide="ignore"):  # a probability that underflowed to 0: log 0 = -inf, as torch gives
             mean_logits = np.log(om.view_probs(x, mode, logits=logits))
-        metrics.update(tta_figures(metrics, metrics_np(mean_logits, y, om.classes)))
-        metrics.setdefault("tta", mode)
+        metrics.update(tta_figures(metrics, metrics_np(mean_logits, y, om.classes), mode))
     return only_present(metrics, sd.match, om.classes), sd
 
 
@@ -497,9 +496,9 @@ def check_cli_options(a: Any) -> None:
 def evaluate_command(a: Any) -> tuple[OnnxModel, Any, dict[str, Any]]:
     """``minivision evaluate FILE.onnx``: (the export, ``evaluate.ScoringData``, the metrics), the data's notes
     printed on stderr as the run's evaluate prints them. ``a.tta``: ``--tta``'s value (None: the model's own;
-    a mode; a bool from an older flag), see ``evaluate``. ``evaluate.tta_notes`` (a model trained without
-    flips, digits) are printed whenever the view set in use, asked for or the model's own, mirrors the
-    pictures; not for "none"."""
+    a mode; a bool from an older flag), see ``evaluate``. ``evaluate.tta_notes`` for the view set in use (a
+    model trained without flips, digits) are printed whenever it mirrors the pictures, asked for or the model's
+    own; not for "none"."""
     import sys
 
     check_cli_options(a)
@@ -508,9 +507,8 @@ def evaluate_command(a: Any) -> tuple[OnnxModel, Any, dict[str, Any]]:
     metrics, sd = evaluate(om, a.data, a.data_dir, a.test_data, split=a.split, tta=mode)
     for note in sd.notes:  # the dataset's own notes come with their "note: " already
         print(f"note: {note.removeprefix('note: ')}", file=sys.stderr)
-    if any(mirrored for mirrored, _, _ in TTA_VIEWS[mode]):
-        from .evaluate import tta_notes
+    from .evaluate import tta_notes
 
-        for note in tta_notes(om.meta, sd.dataset.name):
-            print(f"note: {note}", file=sys.stderr)
+    for note in tta_notes(om.meta, sd.dataset.name, mode=mode):  # none for a view set that does not mirror
+        print(f"note: {note}", file=sys.stderr)
     return om, sd, metrics
