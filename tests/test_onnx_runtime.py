@@ -448,8 +448,12 @@ def test_evaluate_figures_the_models_own_view_set(grey, grey_shift, capsys):
     assert metrics["tta"] == "flip+shift"
     assert metrics["tta_accuracy"] == pytest.approx((mean.argmax(1) == y).float().mean().item(), abs=1e-9)
     assert metrics["tta_loss"] == pytest.approx(F.cross_entropy(mean, y).item(), abs=1e-5)
+    from minivision.metrics import calibration  # the answers' calibration error: the views' calibrated mean
+
+    answers = torch.from_numpy(_torch_scores(grey["run"], x, "flip+shift", om.temperature))
+    assert metrics["tta_ece"] == pytest.approx(calibration(answers, y)["ece"], abs=1e-5)
     plain, _ = rt.evaluate(om, tta="none")
-    assert not {"tta", "tta_accuracy", "tta_loss"} & set(plain)
+    assert not {"tta", "tta_accuracy", "tta_loss", "tta_ece"} & set(plain)
     assert plain["accuracy"] == metrics["accuracy"] and plain["loss"] == metrics["loss"]  # the picture alone's
     # the CLI's notes (naming the view set) come with one that mirrors, asked for or the model's own; not with none
     for tta, mode in ((None, "flip+shift"), ("flip", "flip"), ("none", "none")):

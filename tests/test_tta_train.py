@@ -142,3 +142,51 @@ def test_train_prints_the_tta_accuracy_first(tmp_path, capsys, monkeypatch):
     assert cli.main(["train", "--epochs", "1", "--model", "cnn1"]) == 0
     out = capsys.readouterr().out
     assert "test accuracy 82.50% with flip TTA (80.00% without; 80 images)" in out
+
+
+def test_the_temperature_of_a_model_with_views_is_fitted_to_its_answers():
+    from minivision.trust import calibrated_probs, calibration_entry, fit_temperature, nll
+
+    g = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 5, (400,), generator=g)
+    z = torch.randn(400, 5, generator=g)
+    z[torch.arange(400), y] += 1.5  # a model that learned something, its two views disagreeing a little,
+    views = 4 * (z + 0.7 * torch.randn(2, 400, 5, generator=g))  # over-confident
+    t = fit_temperature(views, y)
+    grid = torch.linspace(0.3, 8, 800).tolist()
+    best = min(grid, key=lambda c: nll(views, y, c))
+    assert nll(views, y, t) <= nll(views, y, best) + 1e-9 and abs(t - best) < 0.05
+    assert fit_temperature(views[:1], y) == pytest.approx(fit_temperature(views[0], y))
+    assert t != pytest.approx(fit_temperature(views[0], y), abs=0.01)  # the answers' T is not the plain view's
+    assert torch.allclose(calibrated_probs(views, 2.0), (views.double() / 2).softmax(2).mean(0))
+    entry = calibration_entry(views, y, tta="flip")
+    assert entry["tta"] == "flip" and entry["temperature"] == pytest.approx(t, rel=1e-5)
+    assert "tta" not in calibration_entry(views[0], y)
+    with pytest.raises(MinivisionError):
+        fit_temperature(views[:, :10], y)
+
+
+def test_a_colour_run_with_flip_tta_is_calibrated_on_its_answers_and_evaluate_says_how_well(tmp_path):
+    from minivision.evaluate import evaluate_split, format_trust
+    from minivision.metrics import calibration
+    from minivision.runfiles import load_model
+    from minivision.trust import calibration_entry
+
+    r, meta = _fit(tmp_path, "colour", channels=3, augment="flip")
+    assert meta["calibration"]["tta"] == "flip"
+    lm = load_model(r.run_dir)
+    ds = synthetic_dataset(240, 80, channels=3, size=16)
+    m = evaluate_split(lm, ds.test)
+    answers = predict_logits(lm.model, lm.preprocess, ds.test.x, device=CPU, tta="flip",
+                             temperature=lm.temperature).softmax(1)
+    assert m["tta"] == "flip" and m["tta_ece"] == pytest.approx(calibration(answers, ds.test.y)["ece"], abs=1e-6)
+    assert "with flip TTA, as the model answers: ECE" in format_trust(m)
+    assert "tta_ece" not in evaluate_split(lm, ds.test, tta="none")
+    # fit_for_model, which the trainer calls, fits the temperature to the answers the views give
+    from minivision.trust import fit_for_model
+
+    cal, unsure, _ = fit_for_model(lm.model, lm.preprocess, ds.train, ds.test, 4, device=CPU, tta="flip")
+    views = view_logits(lm.model, lm.preprocess, ds.test.x, "flip", device=CPU)
+    assert cal == calibration_entry(views, ds.test.y, tta="flip")
+    plain, _, _ = fit_for_model(lm.model, lm.preprocess, ds.train, ds.test, 4, device=CPU)
+    assert plain == calibration_entry(views[0], ds.test.y) and "tta" not in plain

@@ -390,7 +390,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
 
 def _evaluate_run(a: argparse.Namespace):
-    from .evaluate import only_present, scoring_data, split_logits, split_outputs, trust_metrics, tta_figures, tta_notes
+    from .evaluate import only_present, scoring_data, split_outputs, trust_metrics, tta_figures, tta_notes, tta_scores
     from .metrics import metrics_from_logits
     from .runfiles import load_model
     from .scores import tta_mode
@@ -408,8 +408,8 @@ def _evaluate_run(a: argparse.Namespace):
     if mode != "none":
         for note in tta_notes(lm.meta, ds.name, lm.path, mode=mode):
             print(f"note: {note}", file=sys.stderr)
-        tta_logits = split_logits(lm, split, device=a.device, tta=mode)
-        metrics.update(tta_figures(metrics, metrics_from_logits(tta_logits, split.y, lm.classes), mode))
+        tta_logits, extra = tta_scores(lm, split, mode, device=a.device)
+        metrics.update(tta_figures(metrics, metrics_from_logits(tta_logits, split.y, lm.classes), mode), **extra)
     metrics = only_present(metrics, sd.match, lm.classes)
     if a.report:
         from .report.run import report_for_model

@@ -269,10 +269,28 @@ def evaluate_split(lm: LoadedModel, split: Split, *, device: str = "auto", preci
 
         for note in tta_notes(lm.meta, run_dir=lm.path, mode=mode):
             warnings.warn(note, Note, stacklevel=2)
-        t = metrics_from_logits(split_logits(lm, split, device=device, precision=precision, batch_size=batch_size,
-                                             tta=mode), split.y, lm.classes)
-        m.update(tta_figures(m, t, mode))
+        tta_logits, extra = tta_scores(lm, split, mode, device=device, precision=precision, batch_size=batch_size)
+        m.update(tta_figures(m, metrics_from_logits(tta_logits, split.y, lm.classes), mode), **extra)
     return only_present(m, match, lm.classes)
+
+
+def tta_scores(lm: LoadedModel, split: Split, mode: str, *, device: str = "auto", precision: str = "auto",
+               batch_size: int = 256) -> tuple[torch.Tensor, dict[str, Any]]:
+    """One pass of each test-time view of ``mode`` over ``split``'s pictures: (the log of the mean of the views'
+    softmaxes, float32 (N, K), uncalibrated, as ``split_logits(tta=mode)`` gives it; {"tta_ece": the expected
+    calibration error, a fraction, of the answers the model gives with these views: the mean of the views'
+    softmax(logits / T)}, empty for an empty split). Raises MinivisionError for an unknown ``mode``."""
+    from .inference import mean_view_logits, pick_device, pick_precision, view_logits
+    from .metrics import calibration
+
+    dev = pick_device(device)
+    lm.model.to(dev)
+    views = view_logits(lm.model, lm.preprocess, split.x, mode, device=dev, precision=pick_precision(precision, dev),
+                        batch_size=batch_size)
+    # the answers as predict gives them: float32, the views' calibrated softmaxes summed in order, then divided
+    answers = sum((v / lm.temperature).softmax(1) for v in views) / len(views)
+    extra = {"tta_ece": calibration(answers, split.y)["ece"]} if len(split.y) else {}
+    return mean_view_logits(views), extra
 
 
 # ----------------------------------------------------------------------------- test-time augmentation (TTA)
@@ -397,6 +415,8 @@ def format_trust(m: dict[str, Any]) -> str:
     else:
         line = (f"ECE {m['ece']:.1%} ({conf.get('before')}; the scores are not calibrated: "
                 "`minivision calibrate RUN` fits a temperature)")
+    if "tta_ece" in m and math.isfinite(m["tta_ece"]):
+        line += f"\nwith {m.get('tta') or 'flip'} TTA, as the model answers: ECE {m['tta_ece']:.1%}"
     u = m.get("unsure")
     if u:
         def pct(v):

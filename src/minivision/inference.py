@@ -107,11 +107,12 @@ def predict_logits(model: nn.Module, pre: Preprocess, x: torch.Tensor, *, device
 
 @torch.inference_mode()
 def view_logits(model: nn.Module, pre: Preprocess, x: torch.Tensor, mode: str, *, device: torch.device,
-                precision: str = "fp32", batch_size: int = 256) -> torch.Tensor:
+                precision: str = "fp32", batch_size: int = 256, first: bool = True) -> torch.Tensor:
     """Logits of every test-time view, float32 (V, N, K) on the CPU, uncalibrated, for uint8 images ``x``
     (N, C, H, W): one row per view of ``scores.TTA_VIEWS[mode]``, in that order (the first is the picture as
-    it is). For fitting a temperature to the views' mean (trust.py) and for comparing view sets."""
-    views = TTA_VIEWS[tta_mode(mode)]
+    it is; ``first`` False leaves it out: V - 1 rows). For fitting a temperature to the views' mean (trust.py)
+    and for comparing view sets."""
+    views = TTA_VIEWS[tta_mode(mode)][0 if first else 1:]
     was_training = model.training
     model.eval()
     out: list[list[torch.Tensor]] = [[] for _ in views]

@@ -454,7 +454,7 @@ def evaluate(om: OnnxModel, data: str | None = None, data_dir: str | None = None
     for a validation split drawn at random (it needs PyTorch's generator)."""
     from .data.dataset import numpy_arrays
     from .evaluate import is_training_data, only_present, scoring_data, tta_figures
-    from .scores import metrics_np, trust_metrics_np
+    from .scores import calibration_np, metrics_np, trust_metrics_np
 
     mode = tta_mode(tta, om.meta)
     try:
@@ -472,9 +472,13 @@ def evaluate(om: OnnxModel, data: str | None = None, data_dir: str | None = None
     metrics = metrics_np(logits, y, om.classes)
     metrics.update(trust_metrics_np(om.meta, x, y, logits, om.ood(features)))
     if mode != "none" and len(y):
+        views = [logits if v == (False, 0, 0) else om.outputs(view_np(x, v))[0] for v in TTA_VIEWS[mode]]
         with np.errstate(divide="ignore"):  # a probability that underflowed to 0: log 0 = -inf, as torch gives
-            mean_logits = np.log(om.view_probs(x, mode, logits=logits))
+            mean_logits = np.log(np.mean([softmax(z) for z in views], axis=0))
         metrics.update(tta_figures(metrics, metrics_np(mean_logits, y, om.classes), mode))
+        # the answers' calibration: the mean of the views' softmax(logits / T), as the model answers
+        answers = sum(softmax(z, om.temperature) for z in views) / np.float32(len(views))  # float32, as answered
+        metrics["tta_ece"] = calibration_np(answers, y)["ece"]
     return only_present(metrics, sd.match, om.classes), sd
 
 

@@ -527,10 +527,10 @@ def answer_tta(cfg: TrainConfig, ds: Dataset, start: finetune.Start | None = Non
 
 def tta_pictures(ds: Dataset, mode: str) -> int:
     """Pictures the test-time views add to the end of training: every view but the plain one of the test split
-    (``Trainer.finish`` scores the test split with and without them)."""
-    if ds.test is None or not len(ds.test):
-        return 0
-    return (len(TTA_VIEWS[mode]) - 1) * len(ds.test)
+    (``Trainer.finish`` scores the test split with and without them) and of the validation split (the
+    temperature is fitted to the answers the views give, trust.fit_for_model)."""
+    n = sum(len(s) for s in (ds.test, ds.val) if s is not None)
+    return (len(TTA_VIEWS[mode]) - 1) * n
 
 
 @contextlib.contextmanager
@@ -1392,6 +1392,7 @@ class Trainer:
             return
         cal, unsure, stats = trust.fit_for_model(self.model, self.pre, self.ds.train, self.ds.val,
                                                  self.ds.num_classes, device=self.device, precision=self.precision,
-                                                 val_outputs=self.best_val_outputs)
+                                                 val_outputs=self.best_val_outputs,
+                                                 tta=tta_mode(self.meta.get("tta"), None))
         trust.apply(self.meta, self.run_dir, cal, unsure, stats)
         self.log(f"calibration (validation split): {trust.describe(cal)}")

@@ -76,18 +76,32 @@ CONFIDENCE_BOUNDS = (0.3, 0.9)
 
 # ---------------------------------------------------------------------------------------------- calibration
 
+def calibrated_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """The answer's probabilities, float64 (N, K): softmax(logits / T) of logits (N, K), or for the logits of a
+    model's test-time views (V, N, K) the mean of the views' softmax(logits_v / T) (``inference.predict_logits``)."""
+    z = logits.double() / temperature
+    return z.softmax(1) if z.ndim == 2 else z.softmax(2).mean(0)
+
+
 def nll(logits: torch.Tensor, y: torch.Tensor, temperature: float) -> float:
-    """Mean negative log-likelihood (nats) of float logits (N, K) / ``temperature`` against int64 labels (N,)."""
-    return float(torch.nn.functional.cross_entropy(logits.double() / temperature, y))
+    """Mean negative log-likelihood (nats) of the answer ``calibrated_probs(logits, temperature)`` (logits (N, K)
+    or views (V, N, K)) against int64 labels (N,)."""
+    if logits.ndim == 2:
+        return float(torch.nn.functional.cross_entropy(logits.double() / temperature, y))
+    p = calibrated_probs(logits, temperature).gather(1, y[:, None]).clamp_min(1e-300)
+    return float(-p.log().mean())
 
 
 def fit_temperature(logits: torch.Tensor, y: torch.Tensor, *, iterations: int = 80) -> float:
     """The temperature T minimising the NLL of ``softmax(logits / T)`` (Guo et al. 2017): float logits
-    (N, K), int64 labels (N,). Golden-section search over log T within ``TEMPERATURE_BOUNDS``, float64;
-    deterministic. Raises MinivisionError for no pictures or mismatched shapes."""
-    if logits.ndim != 2 or len(logits) != len(y) or len(y) == 0:
-        raise MinivisionError(f"temperature scaling needs logits (N, K) and N labels, got {tuple(logits.shape)} "
-                              f"and {tuple(y.shape)}")
+    (N, K), int64 labels (N,); or, for a model that answers with test-time views, their logits (V, N, K) and
+    the NLL of the mean of the views' softmax(logits_v / T), the answer the model gives. Golden-section search
+    over log T within ``TEMPERATURE_BOUNDS``, float64; deterministic. Raises MinivisionError for no pictures or
+    mismatched shapes."""
+    rows = logits.shape[-2] if logits.ndim >= 2 else -1
+    if logits.ndim not in (2, 3) or rows != len(y) or len(y) == 0:
+        raise MinivisionError(f"temperature scaling needs logits (N, K) or (V, N, K) and N labels, got "
+                              f"{tuple(logits.shape)} and {tuple(y.shape)}")
     z, y = logits.double(), y.long()
     lo, hi = math.log(TEMPERATURE_BOUNDS[0]), math.log(TEMPERATURE_BOUNDS[1])
     g = (math.sqrt(5) - 1) / 2
@@ -122,14 +136,18 @@ def ece(probs: torch.Tensor, y: torch.Tensor) -> float:
     return float(calibration(probs, y)["ece"])
 
 
-def calibration_entry(logits: torch.Tensor, y: torch.Tensor, split: str = "validation") -> dict[str, Any]:
-    """model.json's ``calibration``: T fitted on ``logits`` (N, K) / labels (N,), ECE and direction before and
-    after (fractions 0-1 on that split)."""
+def calibration_entry(logits: torch.Tensor, y: torch.Tensor, split: str = "validation",
+                      tta: str = "none") -> dict[str, Any]:
+    """model.json's ``calibration``: T fitted on ``logits`` (N, K), or on the logits of the model's test-time
+    views (V, N, K) when it answers with ``tta`` (recorded as ``tta``), against labels (N,); ECE and direction
+    of the answers before and after (fractions 0-1 on that split)."""
     t = fit_temperature(logits, y)
-    before, after = torch.softmax(logits.double(), 1), torch.softmax(logits.double() / t, 1)
+    before, after = calibrated_probs(logits), calibrated_probs(logits, t)
     entry = {"method": "temperature", "temperature": round(t, 6), "fitted_on": split, "n": int(len(y)),
              "ece_before": ece(before, y), "ece_after": ece(after, y),
              "before": direction(before, y), "after": direction(after, y)}
+    if tta != "none":
+        entry["tta"] = tta
     if entry["ece_after"] > entry["ece_before"]:
         # the NLL's optimum need not lower the ECE: a model barely trained (near chance) got T at the search's
         # bound and a worse ECE; then the scores are left as they are
@@ -219,15 +237,19 @@ def confidence_threshold(probs: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def fit_trust(features_train: torch.Tensor, y_train: torch.Tensor, features_val: torch.Tensor,
-              logits_val: torch.Tensor, y_val: torch.Tensor, num_classes: int) -> tuple[dict, dict, Mahalanobis]:
+              logits_val: torch.Tensor, y_val: torch.Tensor, num_classes: int,
+              tta: str = "none") -> tuple[dict, dict, Mahalanobis]:
     """Fit everything on a run's splits: (model.json ``calibration``, model.json ``unsure``, the statistics).
-    ``features_*`` (N, D) from ``forward_features``, ``logits_val`` (N, K), labels int64."""
+    ``features_*`` (N, D) from ``forward_features`` (of the picture alone), ``logits_val`` (N, K), or (V, N, K)
+    for the views of a model that answers with test-time augmentation ``tta``: then the temperature and the
+    confidence threshold are fitted to the answers it gives, the mean of its views' calibrated softmaxes.
+    Labels int64."""
     if len(y_val) == 0:
         raise MinivisionError("calibration needs a validation split, and this dataset has none")
-    cal = calibration_entry(logits_val, y_val)
+    cal = calibration_entry(logits_val, y_val, tta=tta)
     stats = Mahalanobis.fit(features_train, y_train, num_classes)
     val_scores = stats.score(features_val)
-    probs = torch.softmax(logits_val.double() / cal["temperature"], 1)
+    probs = calibrated_probs(logits_val, cal["temperature"])
     unsure = {"score": OOD_SCORE, "ood_threshold": float(torch.quantile(val_scores.double(), OOD_KEEP)),
               "ood_keep": OOD_KEEP, "confidence_threshold": confidence_threshold(probs, y_val),
               "file": TRUST_FILE, "fitted_on": "validation", "n": int(len(y_val)),
@@ -273,7 +295,7 @@ def load_trust(folder: Path, meta: dict[str, Any]) -> Mahalanobis | None:
 
 def fit_for_model(model: Any, pre: Any, train: Any, val: Any, num_classes: int, *, device: torch.device,
                   precision: str = "fp32", val_outputs: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  ) -> tuple[dict, dict, Mahalanobis]:
+                  tta: str = "none") -> tuple[dict, dict, Mahalanobis]:
     """``fit_trust`` for a network and its preprocessing on a dataset's ``train`` and ``val`` splits (uint8
     pictures, int64 labels): one pass over the validation split and up to ``STATS_PICTURES`` training pictures.
     Why at most 6,000: this runs at the end of every training, inside the 30-second default's time; for
@@ -281,9 +303,12 @@ def fit_for_model(model: Any, pre: Any, train: Any, val: Any, num_classes: int, 
     still 47 pictures per feature for mvnet's 128 (AUROC in docs/BENCHMARKS.md measured with it).
     ``val_outputs``: (features float32 (N, D), logits float32 (N, K)) of this model on ``val`` already computed
     (``predict_features``: the training's validation pass of the kept epoch), used instead of a second pass.
+    ``tta``: the model's test-time augmentation (model.json's ``tta``); other than "none", the validation split
+    also goes through the other views (``inference.view_logits``) and the temperature is fitted to the answers.
     Raises MinivisionError when there is no validation split, or when ``val_outputs`` does not have one row
     per validation picture."""
-    from .inference import predict_features
+    from .inference import predict_features, view_logits
+    from .scores import TTA_VIEWS
 
     if val is None or len(val) == 0:
         raise MinivisionError("calibration needs a validation split, and this dataset has none")
@@ -299,7 +324,10 @@ def fit_for_model(model: Any, pre: Any, train: Any, val: Any, num_classes: int, 
         y_train = train.y[idx]
     else:  # no training pictures at hand: the statistics from the validation split itself
         f_train, y_train = f_val, val.y
-    cal, unsure, stats = fit_trust(f_train, y_train, f_val, logits_val, val.y, num_classes)
+    if len(TTA_VIEWS[tta]) > 1:  # the other views of the validation pictures, after the picture itself
+        others = view_logits(model, pre, val.x, tta, device=device, precision=precision, first=False)
+        logits_val = torch.cat([logits_val[None].float(), others])
+    cal, unsure, stats = fit_trust(f_train, y_train, f_val, logits_val, val.y, num_classes, tta=tta)
     if train is None or not len(train):
         unsure["statistics_from"] = "validation"
     return cal, unsure, stats
@@ -323,6 +351,7 @@ def calibrate_run(path: str | Path, data: str | None = None, data_dir: str | Non
     from .fileio import read_json, write_json
     from .inference import pick_device
     from .runfiles import load_model
+    from .scores import tta_mode
 
     lm = load_model(path)
     if not is_training_data(lm, data):
@@ -332,7 +361,8 @@ def calibrate_run(path: str | Path, data: str | None = None, data_dir: str | Non
     ds = dataset_for(lm, data, data_dir, test_data)
     dev = pick_device(device)
     lm.model.to(dev)
-    cal, unsure, stats = fit_for_model(lm.model, lm.preprocess, ds.train, ds.val, len(lm.classes), device=dev)
+    cal, unsure, stats = fit_for_model(lm.model, lm.preprocess, ds.train, ds.val, len(lm.classes), device=dev,
+                                       tta=tta_mode(None, lm.meta))
     meta = read_json(lm.path / "model.json")  # as on disk now: nothing else of it changes
     save_trust(lm.path, stats)
     meta["calibration"], meta["unsure"] = cal, unsure
