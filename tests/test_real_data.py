@@ -140,17 +140,25 @@ def test_report_show_and_embed_on_the_cifar_jpeg_folder(tmp_path):
     folder = _cifar_folder()
     if folder is None:
         pytest.skip("no CIFAR-10 JPEG folder (set MINIVISION_CIFAR_JPG=DIR with train/ and test/)")
-    p = _minivision("train", "--data", str(folder), "--model", "mvnet-t", "--steps", "300", "--json",
-                    "--out", str(tmp_path), timeout=1800)
-    run = Path(json.loads(p.stdout.strip().splitlines()[-1])["run"])
+    p = _minivision("train", "--data", str(folder), "--model", "mvnet-t", "--steps", "300", "--augment", "flip",
+                    "--json", "--out", str(tmp_path), timeout=1800)
+    summary = json.loads(p.stdout.strip().splitlines()[-1])
+    run = Path(summary["run"])
+    # trained with flips on colour pictures: the model answers with flip TTA, scored so at the end of training
+    assert summary["tta"] == "flip" and summary["test_accuracy_tta"] > 0.3
+    assert json.loads((run / "model.json").read_text())["calibration"]["tta"] == "flip"
+    own = json.loads(_minivision("evaluate", str(run), "--json").stdout)
+    assert own["tta"] == "flip" and own["tta_accuracy"] == pytest.approx(summary["test_accuracy_tta"], abs=2e-4)
+    assert 0 <= own["tta_ece"] < 0.1 and "tta" not in json.loads(_minivision("evaluate", str(run), "--tta", "none",
+                                                                               "--json").stdout)
     from minivision.report.run import REPORT_FILES
 
     assert all((run / name).is_file() for name in REPORT_FILES)
     with open(run / "per_class.csv") as f:
         rows = list(csv.DictReader(f))
     assert rows[0]["class"] == "airplane" and sum(int(r["support"]) for r in rows[:10]) == 10_000
-    j = json.loads(_minivision("evaluate", str(run), "--tta", "--json").stdout)
-    assert j["tta_accuracy"] > 0.3 and sum(map(sum, j["confusion"])) == 10_000
+    j = json.loads(_minivision("evaluate", str(run), "--tta", "flip+shift", "--json").stdout)
+    assert j["tta"] == "flip+shift" and j["tta_accuracy"] > 0.3 and sum(map(sum, j["confusion"])) == 10_000
     _minivision("show", str(folder), "--split", "test", "--out", str(tmp_path))
     _minivision("embed", str(run), "--n", "400", "--projector", str(tmp_path / "proj"))
     from PIL import Image
