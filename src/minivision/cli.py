@@ -97,7 +97,8 @@ def _tta_argument(p: argparse.ArgumentParser, what: str) -> None:
     """``--tta [MODE]`` of predict and evaluate: absent, the model's own; alone, flip; or a mode."""
     p.add_argument("--tta", nargs="?", const="flip", default=None, choices=TTA_CHOICES, metavar="MODE",
                    help=f"test-time augmentation: {what}. MODE: flip (the picture and its mirror image), "
-                        "flip+shift (those and both moved by one pixel: 10 views) or none (the picture alone). "
+                        "flip+shift (those two, each also moved by one pixel up, down, left and right: 10 views) "
+                        "or none (the picture alone). "
                         "Default: the model's own setting, chosen when it was trained (train --tta); "
                         "--tta alone means flip")
 
