@@ -27,7 +27,11 @@ def test_tta_mode_reads_the_models_own_and_refuses_other_values():
     assert tta_mode(None, {"tta": "flip+shift"}) == "flip+shift"
     assert tta_mode("auto", {"tta": "flip"}) == "flip"
     assert tta_mode(None, {}) == "none" and tta_mode(None, None) == "none"
-    assert tta_mode(None, {"tta": "sideways"}) == "none"  # a damaged entry does not break the answers
+    assert tta_mode(None, {"tta": None}) == "none"
+    for damaged in ("sideways", "FLIP", "", 5, "auto"):  # a damaged model.json must not quietly change the answers
+        with pytest.raises(MinivisionError, match="model.json: tta must be one of"):
+            tta_mode(None, {"tta": damaged})
+    assert tta_mode("flip", {"tta": "sideways"}) == "flip"  # a mode asked for still answers
     assert tta_mode(True, {"tta": "flip+shift"}) == "flip" and tta_mode(False, {"tta": "flip"}) == "none"
     assert tta_mode("none", {"tta": "flip"}) == "none"
     with pytest.raises(MinivisionError, match="one of none, flip, flip"):
@@ -180,7 +184,7 @@ def test_a_colour_run_with_flip_tta_is_calibrated_on_its_answers_and_evaluate_sa
     answers = predict_logits(lm.model, lm.preprocess, ds.test.x, device=CPU, tta="flip",
                              temperature=lm.temperature).softmax(1)
     assert m["tta"] == "flip" and m["tta_ece"] == pytest.approx(calibration(answers, ds.test.y)["ece"], abs=1e-6)
-    assert "with flip TTA, as the model answers: ECE" in format_trust(m)
+    assert "answers with flip TTA: ECE" in format_trust(m)
     assert "tta_ece" not in evaluate_split(lm, ds.test, tta="none")
     # fit_for_model, which the trainer calls, fits the temperature to the answers the views give
     from minivision.trust import fit_for_model
@@ -190,3 +194,17 @@ def test_a_colour_run_with_flip_tta_is_calibrated_on_its_answers_and_evaluate_sa
     assert cal == calibration_entry(views, ds.test.y, tta="flip")
     plain, _, _ = fit_for_model(lm.model, lm.preprocess, ds.train, ds.test, 4, device=CPU)
     assert plain == calibration_entry(views[0], ds.test.y) and "tta" not in plain
+
+
+def test_resume_honours_a_new_tta_and_asking_for_mirrors_a_run_never_saw_gets_a_note(tmp_path):
+    ds = synthetic_dataset(240, 80, channels=3, size=16)
+    said: list[str] = []
+    r = fit(TrainConfig(model="cnn1", epochs=1, batch_size=32, out=str(tmp_path), val_split=0.25, augment="none",
+                        tta="flip"), dataset=ds, progress=False, log=said.append)
+    assert any("--tta flip: this model was trained without horizontal flips" in m for m in said)
+    assert json.loads((r.run_dir / "model.json").read_text())["tta"] == "flip"
+    longer = fit(TrainConfig(), dataset=ds, resume=r.run_dir, resume_changes={"epochs": 2, "tta": "none"},
+                 progress=False, log=lambda m: None)
+    assert longer.run_dir != r.run_dir
+    assert json.loads((longer.run_dir / "model.json").read_text())["tta"] == "none"
+    assert "test_accuracy_tta" not in longer.test

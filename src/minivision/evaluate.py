@@ -416,7 +416,7 @@ def format_trust(m: dict[str, Any]) -> str:
         line = (f"ECE {m['ece']:.1%} ({conf.get('before')}; the scores are not calibrated: "
                 "`minivision calibrate RUN` fits a temperature)")
     if "tta_ece" in m and math.isfinite(m["tta_ece"]):
-        line += f"\nwith {m.get('tta') or 'flip'} TTA, as the model answers: ECE {m['tta_ece']:.1%}"
+        line += f"\nanswers with {m.get('tta') or 'flip'} TTA: ECE {m['tta_ece']:.1%}"
     u = m.get("unsure")
     if u:
         def pct(v):

@@ -234,12 +234,18 @@ def default_tta(horizontal_flip: bool, channels: int) -> str:
 def tta_mode(value: Any, meta: dict[str, Any] | None = None) -> str:
     """The view set to use: ``value`` None (or "auto") takes the model's own (model.json's ``tta``, "none" for a
     model without one); True means "flip" and False "none" (the former on/off switch); else one of ``TTA_MODES``.
-    Raises MinivisionError (one line) for any other value."""
+    Raises MinivisionError (one line) for any other value, and for a model.json whose ``tta`` is not a mode
+    (a damaged file must not quietly change how the model answers)."""
     from .errors import MinivisionError
 
     if value is None or value == "auto":
-        own = (meta or {}).get("tta") if isinstance(meta, dict) else None
-        return own if own in TTA_MODES else "none"
+        own = meta.get("tta") if isinstance(meta, dict) else None
+        if own is None:  # a model saved before models had their own
+            return "none"
+        if own not in TTA_MODES:
+            raise MinivisionError(f"model.json: tta must be one of {', '.join(TTA_MODES)}, got {own!r} "
+                                  f"(or give --tta MODE)")
+        return str(own)
     if value is True:
         return "flip"
     if value is False:

@@ -365,7 +365,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
             # what the training pictures went through (flip TTA suits a model trained with horizontal flips only)
             "augment": Augment.parse("" if start is not None and start.freeze else cfg.augment).record(),
             # the test-time augmentation its answers use (predict, evaluate, serve, exports; scores.TTA_VIEWS)
-            "tta": answer_tta(cfg, ds, start),
+            "tta": answer_tta(cfg, ds, start, log),
             "versions": versions(),
             # the settings as used, beside args.yaml's as given (device auto -> cpu, precision auto -> fp32)
             "used": {"device": device.type, "precision": precision, "batch_size": cfg.batch_size,
@@ -515,14 +515,20 @@ def trust_pictures(ds: Dataset, *, reuses_validation: bool = False) -> int:
     return (0 if reuses_validation else len(ds.val)) + min(len(ds.train), STATS_PICTURES)
 
 
-def answer_tta(cfg: TrainConfig, ds: Dataset, start: finetune.Start | None = None) -> str:
+def answer_tta(cfg: TrainConfig, ds: Dataset, start: finetune.Start | None = None,
+               log: Callable[[str], None] | None = None) -> str:
     """The test-time augmentation a run's model answers with (model.json's ``tta``, one of scores.TTA_MODES):
     ``cfg.tta`` when set, else for ``auto`` ``scores.default_tta`` of the training's augmentation (a frozen
-    backbone's fine-tune sees its pictures un-augmented) and the data's channels."""
-    if cfg.tta != "auto":
-        return cfg.tta
+    backbone's fine-tune sees its pictures un-augmented) and the data's channels. ``log``: where a note goes
+    when the mode asked for mirrors pictures the training never mirrored (``evaluate.NO_FLIPS_NOTE``)."""
     flips = Augment.parse("" if start is not None and start.freeze else cfg.augment).record()["horizontal_flip"]
-    return default_tta(flips, ds.channels)
+    if cfg.tta == "auto":
+        return default_tta(flips, ds.channels)
+    if log is not None and not flips and any(mirrored for mirrored, _, _ in TTA_VIEWS[cfg.tta]):
+        from .evaluate import NO_FLIPS_NOTE
+
+        log(f"note: --tta {cfg.tta}: {NO_FLIPS_NOTE}")
+    return cfg.tta
 
 
 def tta_pictures(ds: Dataset, mode: str) -> int:
@@ -832,7 +838,7 @@ def _prepare_resume(path: Path, changes: dict[str, Any], log: Callable[[str], No
     # a flag repeating the run's own setting changes nothing; any other must be one a resume can honour
     changes = resume_changes({k: v for k, v in changes.items() if getattr(cfg, k) != v})
     honoured = {k: v for k, v in changes.items()
-                if k in ("device", "precision", "tensorboard", "nproc", "patience")}
+                if k in ("device", "precision", "tensorboard", "nproc", "patience", "tta")}
     if honoured:
         cfg = dataclasses.replace(cfg, **honoured)
         log("resume with " + ", ".join(f"{k}={v}" for k, v in honoured.items()))
