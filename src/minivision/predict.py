@@ -19,6 +19,7 @@ from .inference import (
     pick_device,
     predict_features,
     predict_logits,
+    view_logits,
 )
 from .photo import BACKGROUNDS
 from .runfiles import LoadedModel
@@ -103,8 +104,13 @@ def _top_k(lm: LoadedModel, batch: torch.Tensor, k: int, device: str, tta: bool 
     features, logits = predict_features(lm.model, lm.preprocess, batch, device=dev)
     plain = torch.softmax(logits / t, 1)
     averaged = mode != "none"
-    probs = (torch.softmax(predict_logits(lm.model, lm.preprocess, batch, device=dev, tta=mode, temperature=t), 1)
-             if averaged else plain)
+    probs = plain
+    if averaged:  # the picture's own pass is done: only the other views go through the network
+        others = view_logits(lm.model, lm.preprocess, batch, mode, device=dev, first=False)
+        probs = plain.clone()
+        for o in others:  # summed in the views' order, then divided, as inference.predict_logits does
+            probs += torch.softmax(o / t, 1)
+        probs /= len(others) + 1
     ood = lm.trust.score(features) if lm.trust is not None else None
     verdicts = judge(probs.max(1).values, ood, blank_pictures(batch) if empty is None else empty, lm.meta,
                      EMPTY_NOTE, noise_pictures(batch) if noise is None else noise)
