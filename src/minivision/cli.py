@@ -409,7 +409,7 @@ def _evaluate_run(a: argparse.Namespace):
     if mode != "none":
         for note in tta_notes(lm.meta, ds.name, lm.path, mode=mode):
             print(f"note: {note}", file=sys.stderr)
-        tta_logits, extra = tta_scores(lm, split, mode, device=a.device)
+        tta_logits, extra = tta_scores(lm, split, mode, device=a.device, plain=logits)
         metrics.update(tta_figures(metrics, metrics_from_logits(tta_logits, split.y, lm.classes), mode), **extra)
     metrics = only_present(metrics, sd.match, lm.classes)
     if a.report:

@@ -269,24 +269,31 @@ def evaluate_split(lm: LoadedModel, split: Split, *, device: str = "auto", preci
 
         for note in tta_notes(lm.meta, run_dir=lm.path, mode=mode):
             warnings.warn(note, Note, stacklevel=2)
-        tta_logits, extra = tta_scores(lm, split, mode, device=device, precision=precision, batch_size=batch_size)
+        tta_logits, extra = tta_scores(lm, split, mode, device=device, precision=precision, batch_size=batch_size,
+                                       plain=logits)
         m.update(tta_figures(m, metrics_from_logits(tta_logits, split.y, lm.classes), mode), **extra)
     return only_present(m, match, lm.classes)
 
 
 def tta_scores(lm: LoadedModel, split: Split, mode: str, *, device: str = "auto", precision: str = "auto",
-               batch_size: int = 256) -> tuple[torch.Tensor, dict[str, Any]]:
+               batch_size: int = 256, plain: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
     """One pass of each test-time view of ``mode`` over ``split``'s pictures: (the log of the mean of the views'
     softmaxes, float32 (N, K), uncalibrated, as ``split_logits(tta=mode)`` gives it; {"tta_ece": the expected
     calibration error, a fraction, of the answers the model gives with these views: the mean of the views'
-    softmax(logits / T)}, empty for an empty split). Raises MinivisionError for an unknown ``mode``."""
+    softmax(logits / T)}, empty for an empty split). ``plain``: the pictures' own logits, float32 (N, K), when
+    already at hand (they stand for the first view: one pass fewer). Raises MinivisionError for an unknown
+    ``mode``."""
+    import torch
+
     from .inference import mean_view_logits, pick_device, pick_precision, view_logits
     from .metrics import calibration
 
     dev = pick_device(device)
     lm.model.to(dev)
     views = view_logits(lm.model, lm.preprocess, split.x, mode, device=dev, precision=pick_precision(precision, dev),
-                        batch_size=batch_size)
+                        batch_size=batch_size, first=plain is None)
+    if plain is not None:
+        views = torch.cat([plain[None].float(), views])
     # the answers as predict gives them: float32, the views' calibrated softmaxes summed in order, then divided
     answers = sum((v / lm.temperature).softmax(1) for v in views) / len(views)
     extra = {"tta_ece": calibration(answers, split.y)["ece"]} if len(split.y) else {}

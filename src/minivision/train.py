@@ -39,10 +39,12 @@ from .fileio import new_run_dir, write_text
 from .inference import (
     cpu_supports_bf16,
     loss_and_accuracy,
+    mean_view_logits,
     pick_device,
     pick_precision,
     predict_features,
     predict_logits,
+    view_logits,
 )
 from .listeners import (
     BudgetPlanner,
@@ -1361,8 +1363,10 @@ class Trainer:
             self.scored = ("test", ds.test, logits)
             mode = tta_mode(self.meta.get("tta"), None)
             if mode != "none":  # the model answers with test-time views: its accuracy with them, beside
-                tta_logits = predict_logits(self.model, self.pre, ds.test.x, device=self.device,
-                                            precision=self.precision, tta=mode)
+                # the picture's own pass is done (logits): only the other views go through the network
+                others = view_logits(self.model, self.pre, ds.test.x, mode, device=self.device,
+                                     precision=self.precision, first=False)
+                tta_logits = mean_view_logits(torch.cat([logits[None], others]))
                 tta_loss, tta_acc = loss_and_accuracy(tta_logits, ds.test.y)
                 test.update(test_accuracy_tta=tta_acc, test_loss_tta=tta_loss, tta=mode)
                 self.scored_tta = tta_logits
