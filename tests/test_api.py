@@ -144,6 +144,19 @@ def test_fit_on_arrays_names_classes_by_label_and_scores_its_validation_split(fi
     assert scored["accuracy"] == pytest.approx(max(r["val_accuracy"] for r in clf.history_))  # the best epoch
 
 
+def test_a_loaded_run_fitted_on_arrays_asks_for_the_data_to_score(fitted, capsys):
+    clf, x, y = fitted
+    loaded = mv.load(clf.run_dir_)  # the arrays are not saved with the run: say so, and how to score it
+    with pytest.raises(mv.MinivisionError, match=r"trained on pictures given as arrays.*evaluate\(data=\(x, y\)\)"):
+        loaded.evaluate()
+    assert loaded.evaluate((x, y), tta="none")["accuracy"] == pytest.approx(clf.score(x, y))
+    from minivision.cli import main
+
+    assert main(["evaluate", str(clf.run_dir_)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "trained on pictures given as arrays" in err and "--data DATA" in err and len(err.splitlines()) == 1
+
+
 def test_every_tutorial_layout_and_scale_gives_the_same_probabilities_with_a_note(fitted):
     clf, x, _ = fitted
     plain, notes = _notes(lambda: clf.predict_proba(x))

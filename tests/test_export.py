@@ -528,3 +528,28 @@ def test_an_onnx_export_name_must_end_in_onnx(tmp_path):
         ex.choose_path(None, "onnx", False, tmp_path / "y.txt")
     assert ex.choose_path(None, "onnx", False, tmp_path / "Y.ONNX") == tmp_path / "Y.ONNX"
     assert ex.choose_path(None, "torchscript", False, tmp_path / "m.pt") == tmp_path / "m.pt"
+
+
+def test_a_sigterm_during_an_export_leaves_nothing_behind(csv_run, tmp_path):
+    """``kill PID`` stops an export as Ctrl-C does: exit 130, no file, no temporary file, no folder it made."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "new" / "deeper" / "m.onnx"
+    env = {**os.environ, "PYTHONPATH": str(Path(ex.__file__).parents[1])}
+    child = subprocess.Popen([sys.executable, "-m", "minivision", "export", str(csv_run), "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120  # a hang guard: the folders appear once the run is loaded
+        while not any(out.parent.glob(".m.onnx.*.tmp")) and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert child.poll() is None, child.communicate()  # still exporting when the signal comes
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
+    assert list(tmp_path.iterdir()) == []  # neither the file, its temporary, nor the folders made for it

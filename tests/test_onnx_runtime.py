@@ -140,6 +140,7 @@ def assert_same_answers(ours: list[dict], theirs: list[dict]) -> None:
         if "plain" in b:
             assert a["plain"]["label"] == b["plain"]["label"]
             assert abs(a["plain"]["score"] - b["plain"]["score"]) < 1e-4
+            assert a["tta"] == b["tta"]
 
 
 # ----------------------------------------------------------------------------- the same answers
@@ -429,7 +430,7 @@ def test_a_view_set_asked_for_overrides_the_models_own(grey, grey_shift, tta, mo
     rows = rt.predict_pixel_csv(om, grey["dir"] / "test.csv", top_k=4, tta=tta)
     np.testing.assert_allclose(_scores(rows, 4), _torch_scores(grey["run"], grey["x"][320:], mode, SHIFT_T),
                                atol=2e-6)
-    assert all(("plain" in r) == (mode != "none") for r in rows)
+    assert all(("plain" in r) == (mode != "none") and r.get("tta", "none") == mode for r in rows)
     if mode != "none":  # the views change the scores by far more than the tolerance
         assert np.abs(_scores(rows, 4) - _torch_scores(grey["run"], grey["x"][320:], "none", SHIFT_T)).max() > 1e-3
 

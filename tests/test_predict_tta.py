@@ -82,12 +82,13 @@ def test_predict_answers_with_the_models_own_tta_and_a_call_overrides_it(tta_run
     assert own["plain"] == {"label": lm.classes[int(plain.argmax())], "index": int(plain.argmax()),
                             "score": pytest.approx(float(plain.max()), abs=1e-5)}
     assert abs(own["score"] - own["plain"]["score"]) > 1e-4  # ten views do not answer as the picture alone
+    assert own["tta"] == "flip+shift"  # the answer names its view set
     [alone] = predict_images(lm, [picture], top_k=4, device="cpu", tta="none")
     assert "plain" not in alone and alone["score"] == pytest.approx(float(plain.max()), abs=1e-5)
     assert predict_images(lm, [picture], top_k=4, device="cpu", tta=False)[0] == alone  # the old switch
     [flip] = predict_images(lm, [picture], top_k=4, device="cpu", tta="flip")
     assert flip["score"] == pytest.approx(float(_averaged(lm, x, "flip").max()), abs=1e-5)
-    assert flip["score"] != own["score"] and flip["plain"] == own["plain"]
+    assert flip["score"] != own["score"] and flip["plain"] == own["plain"] and flip["tta"] == "flip"
     assert predict_images(lm, [picture], top_k=4, device="cpu", tta=True)[0] == flip
 
 
@@ -123,6 +124,22 @@ def test_pixel_csv_rows_follow_the_models_tta(tta_runs):
     want = _averaged(lm, read_pixel_table(csv, need_labels=False).x, "flip").max(1).values
     assert [r["score"] for r in rows] == pytest.approx(want.tolist(), abs=1e-5)
     assert not any("plain" in r for r in predict_pixel_csv(lm, csv, top_k=2, device="cpu", tta="none"))
+
+
+def test_predict_csv_names_the_view_set_and_the_plain_answer(tta_runs, tmp_path):
+    import csv as csvlib
+
+    from minivision.scores import write_csv
+
+    runs, csv, picture = tta_runs
+    lm = load_model(runs["flip"])
+    rows = predict_pixel_csv(lm, csv, top_k=2, device="cpu")[:3] + [{"path": "gone.png", "error": "no such file"}]
+    got = list(csvlib.DictReader(open(write_csv(rows, tmp_path / "p.csv"))))
+    assert [g["tta"] for g in got] == ["flip"] * 3 + [""] and got[3]["error"] == "no such file"
+    assert [g["plain_label"] for g in got[:3]] == [r["plain"]["label"] for r in rows[:3]]
+    assert [float(g["plain_score"]) for g in got[:3]] == [r["plain"]["score"] for r in rows[:3]]
+    alone = predict_pixel_csv(lm, csv, top_k=2, device="cpu", tta="none")[:3]
+    assert "tta" not in next(csvlib.DictReader(open(write_csv(alone, tmp_path / "q.csv"))))  # no views: as before
 
 
 def test_proba_for_tensor_follows_the_models_tta(tta_runs):
@@ -223,7 +240,10 @@ def test_cli_predict_line_names_the_tta(tta_runs, capsys):
     assert "  [flip TTA; plain: " in capsys.readouterr().out
     assert main(["predict", str(runs[None]), str(picture), "--tta", "flip+shift", "--json"]) == 0
     [r] = json.loads(capsys.readouterr().out)
-    assert "plain" in r
+    assert "plain" in r and r["tta"] == "flip+shift"
+    assert main(["predict", own, str(picture), "--tta", "auto", "--json"]) == 0  # auto: the model's own, said
+    [r] = json.loads(capsys.readouterr().out)
+    assert r["tta"] == "flip+shift"
 
 
 def test_cli_refuses_an_unknown_mode_with_a_suggestion(tta_runs, capsys):
@@ -255,8 +275,16 @@ def test_the_api_answers_with_the_models_tta_unless_told(tta_runs):
     assert clf.evaluate(tta="flip")["tta"] == "flip"
     with pytest.warns(Note, match="scoring all 40"):
         assert clf.score(str(csv)) == m["tta_accuracy"]  # the answers scored are the ones predict gives
+    with pytest.warns(Note, match="scoring all 40"):
+        assert clf.score(str(csv), tta="none") == m["accuracy"]
+    assert clf.tta_ == "flip+shift" and mv.load(runs[None]).tta_ == "none"
     x = torch.from_numpy(synthetic_images(5, seed=4)[0])
     lm = load_model(runs["flip+shift"])
+    y = clf.predict_proba(x, tta="none").argmax(1)  # the picture alone's answers, as labels: scored 1.0 alone
+    assert clf.score(x, y, tta="none") == 1.0
+    assert clf.score(x, y) == (clf.predict_proba(x).argmax(1) == y).mean()
+    with pytest.raises(MinivisionError, match="tta must be one of"):
+        clf.score(x, y, tta="flips")
     assert clf.predict_proba(x) == pytest.approx(_averaged(lm, x, "flip+shift").numpy(), abs=1e-6)
     assert clf.predict_proba(x, tta="none") == pytest.approx(_averaged(lm, x, "none").numpy(), abs=1e-6)
     assert all("plain" in d for d in clf.predict_details(x))

@@ -440,7 +440,10 @@ def _draw_every_picture(names: list[str]) -> list[Figure]:
     k = len(names)
     x = np.random.default_rng(0).integers(0, 256, (k, 1, 8, 8), dtype=np.uint8)
     confusion = torch.arange(k * k).view(k, k)
-    return [plots.image_grid(x, [f"{n} 93%\n({n})" for n in names]), plots.plot_confusion(confusion, names),
+    from minivision.report.fonts import isolate
+
+    return [plots.image_grid(x, [f"{isolate(n)} 93%\n({isolate(n)})" for n in names]),  # as the report's titles
+            plots.plot_confusion(confusion, names),
             plots.plot_confusion(confusion, names, normalize=True),
             plots.plot_class_counts({"train": list(range(1, k + 1))}, names)]
 
@@ -456,6 +459,38 @@ def test_class_names_in_every_script_are_drawn_without_missing_glyphs():
     # ... and matplotlib uses them: it warns "Glyph ... missing from font(s)" for any it cannot draw
     assert not [str(w.message) for w in caught if "missing from" in str(w.message)]
     assert fonts.font_note(WORLD) is None
+
+
+def test_a_right_to_left_name_is_isolated_so_the_percent_stays_after_the_number():
+    """UAX #9: "حقيبة 93%" takes the Arabic name's direction, and the percent sign is drawn before the number;
+    the name in a first-strong isolate keeps the line left to right. Names in other scripts are unchanged."""
+    import matplotlib
+
+    from minivision.report.fonts import isolate, use_fonts
+
+    assert isolate("حقيبة") == "\u2068حقيبة\u2069" and isolate("תיק") == "\u2068תיק\u2069"
+    assert [isolate(n) for n in ("T恤", "ズボン", "Écharpe", "외투", "Сумка", "bag 2")] == \
+           ["T恤", "ズボン", "Écharpe", "외투", "Сумка", "bag 2"]
+
+    def ink(text: str) -> np.ndarray:
+        with matplotlib.rc_context({"font.family": use_fonts()}):
+            fig = Figure(figsize=(2.4, 0.4))
+            fig.text(0.02, 0.2, text, fontsize=14)
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=80)
+        return np.asarray(Image.open(buf).convert("L")) < 128
+
+    def columns(a: np.ndarray) -> np.ndarray:
+        return np.flatnonzero(a.any(0))
+
+    # drawn left to right, the isolated line ends with the same ink as "93%" alone, which ends it
+    line, tail = ink(f"{isolate('حقيبة')} 93%"), ink("93%")
+    right = columns(line)[-1] + 1
+    width = columns(tail)[-1] + 1 - columns(tail)[0]
+    assert np.array_equal(line[:, right - width:right], tail[:, columns(tail)[0]:columns(tail)[0] + width])
+    bare = ink("حقيبة 93%")  # without the isolate the line does not end with "93%"
+    right = columns(bare)[-1] + 1
+    assert not np.array_equal(bare[:, right - width:right], tail[:, columns(tail)[0]:columns(tail)[0] + width])
 
 
 def test_the_picture_shows_the_glyph_not_a_box():

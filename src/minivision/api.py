@@ -23,6 +23,7 @@ from .data.dataset import Dataset
 from .errors import MinivisionError
 from .fileio import fsync_path
 from .runfiles import LoadedModel, load_model
+from .scores import tta_mode
 
 
 class _InvalidParameter(MinivisionError, ValueError):
@@ -47,8 +48,9 @@ class Classifier:
 
     Fitted attributes end in ``_``: ``model_`` (the network trained: the ``model`` asked for, or the one
     the budget or the default chose; ``model`` itself stays as given), ``run_dir_``, ``classes_``,
-    ``preprocess_``, ``history_``, ``test_metrics_``, ``loaded_`` (the ``LoadedModel``, whose ``.model``
-    is the torch module).
+    ``preprocess_``, ``history_``, ``test_metrics_``, ``tta_`` (the test-time augmentation the fitted model
+    answers with: "none", "flip" or "flip+shift"; ``set_params(tta=...)`` changes the next fit, not this
+    one), ``loaded_`` (the ``LoadedModel``, whose ``.model`` is the torch module).
     """
 
     def __init__(self, model: str | None = None, epochs: int | None = None, *, init_from: str | None = None,
@@ -178,6 +180,9 @@ class Classifier:
         self.classes_ = list(lm.classes)
         self.preprocess_ = lm.preprocess
         self.model_ = lm.name
+        # the test-time augmentation its answers use: model.json's, as chosen at training (the parameter ``tta``
+        # says how to choose it at the next fit, "auto" by default)
+        self.tta_ = tta_mode(None, lm.meta)
         metrics = lm.meta.get("metrics") or {}
         self.test_metrics_ = {k: v for k, v in metrics.items() if k.startswith("test_")}
         if not hasattr(self, "history_") and (lm.path / "results.csv").is_file():
@@ -275,19 +280,23 @@ class Classifier:
         lm = self._check_fitted()
         return [lm.classes[i] for i in self.predict_proba(X, tta=tta).argmax(1)]
 
-    def score(self, X: Any, y: Any = None) -> float:
+    def score(self, X: Any, y: Any = None, tta: bool | str | None = None) -> float:
         """Top-1 accuracy in [0, 1], scikit-learn's ``score``: of pictures ``X`` (as ``predict`` takes them)
         against labels ``y`` (indices into ``classes_`` or class names), or, without ``y``, of the data
-        ``X`` names (a dataset, file or folder, as ``evaluate``). The answers scored are ``predict``'s, with
-        the model's own test-time augmentation (``tta_accuracy`` of ``evaluate`` for a model that has one).
-        Raises MinivisionError (one line)."""
+        ``X`` names (a dataset, file or folder, as ``evaluate``). The answers scored are ``predict``'s: ``tta``
+        as ``predict_proba``, None (default) the model's own test-time augmentation (``tta_``; the
+        ``tta_accuracy`` of ``evaluate`` for a model that has one), "none" the picture alone.
+        Raises MinivisionError (one line), also for an unknown ``tta``."""
+        from .scores import tta_mode
+
+        tta = tta_mode(tta, self._check_fitted().meta)  # checked before any data is read
         if y is None:
             if isinstance(X, (np.ndarray, torch.Tensor, list, tuple)):
                 raise MinivisionError("score(X, y): give the labels y of the pictures X")
-            m = self.evaluate(X)
+            m = self.evaluate(X, tta=tta)
             return float(m.get("tta_accuracy", m["accuracy"]))
         lm = self._check_fitted()
-        pred = self.predict_proba(X).argmax(1)
+        pred = self.predict_proba(X, tta=tta).argmax(1)
         want = _label_indices(y, len(pred), lm.classes)
         return float((pred == want).mean())
 

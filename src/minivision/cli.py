@@ -8,10 +8,12 @@ problems a user can fix print one ``error:`` line and exit 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import json
 import math
 import re
+import signal
 import sys
 import time
 import warnings
@@ -95,10 +97,10 @@ TTA_CHOICES = ("none", "flip", "flip+shift")  # scores.TTA_MODES (not imported h
 
 def _tta_argument(p: argparse.ArgumentParser, what: str) -> None:
     """``--tta [MODE]`` of predict and evaluate: absent, the model's own; alone, flip; or a mode."""
-    p.add_argument("--tta", nargs="?", const="flip", default=None, choices=TTA_CHOICES, metavar="MODE",
+    p.add_argument("--tta", nargs="?", const="flip", default=None, choices=("auto", *TTA_CHOICES), metavar="MODE",
                    help=f"test-time augmentation: {what}. MODE: flip (the picture and its mirror image), "
-                        "flip+shift (those two, each also moved by one pixel up, down, left and right: 10 views) "
-                        "or none (the picture alone). "
+                        "flip+shift (those two, each also moved by one pixel up, down, left and right: 10 views), "
+                        "none (the picture alone) or auto (the model's own). "
                         "Default: the model's own setting, chosen when it was trained (train --tta); "
                         "--tta alone means flip")
 
@@ -116,7 +118,7 @@ def _tta_alone(argv: list[str]) -> list[str]:
         if arg == "--":
             break
         after = out[i + 1]
-        if arg == "--tta" and after not in TTA_CHOICES and (
+        if arg == "--tta" and after not in ("auto", *TTA_CHOICES) and (
                 any(c in after for c in "./\\*?[") or Path(after).exists()):
             out[i] = "--tta=flip"
     return out
@@ -715,6 +717,32 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
         print(f"note: {text}", file=sys.stderr)
 
 
+# commands that handle SIGTERM themselves: train checkpoints at the next step, serve's server shuts down cleanly
+OWN_SIGTERM = ("train", "serve", "tune", "bench")
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt(command: str):
+    """SIGTERM (``kill PID``, a service manager or a batch queue stopping the command) stops it as Ctrl-C does,
+    so what it was writing is cleaned up on the way out (an export's temporary file and the folders it made),
+    and the command exits 130 with "interrupted". Python's default for SIGTERM ends the process at once,
+    with no cleanup. Commands in ``OWN_SIGTERM`` keep their own handling; so does a call from a thread other
+    than the main one (where no handler can be set)."""
+    old = None
+    if command not in OWN_SIGTERM:
+        with contextlib.suppress(ValueError):  # not the main thread
+            old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        yield
+    finally:
+        if old is not None:
+            signal.signal(signal.SIGTERM, old)
+
+
 def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()  # a --budget counts from here (torch & co. are imported later)
     parser = build_parser()
@@ -725,7 +753,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _terminate_as_interrupt(args.command):
             _SHOWN.clear()  # each command says each note once
             warnings.showwarning = _warning_line
             return COMMANDS[args.command](args)

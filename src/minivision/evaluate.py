@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # the scoring functions below import torch; choosing the data
     from .runfiles import LoadedModel
 
 WHOLE = "all"  # the split name of data scored whole (a file, or a folder without split folders)
+IN_MEMORY = "arrays"  # the dataset name of pictures given to fit as arrays (api.fit), kept in model.json
 
 
 @dataclass
@@ -121,6 +122,10 @@ def dataset_for(lm: LoadedModel, data: str | None = None, data_dir: str | None =
         return sd.dataset if sd.split_name != WHOLE else dataclasses.replace(sd.dataset, test=sd.split)
     if data is None:
         data = info.get("data") or "fashion-mnist"
+        if data == IN_MEMORY and not Path(data).exists():  # fit(x, y): the pictures were never on disk
+            raise MinivisionError(f"{lm.path}: the model was trained on pictures given as arrays, which are not "
+                                  "saved with it: say what to score (evaluate(data=(x, y)) or a dataset name, "
+                                  "file or folder; minivision evaluate RUN --data DATA)")
     data_dir = data_dir or info.get("data_dir")
     test_data = test_data or info.get("test_data")
     photo = lm.preprocess.photo  # a folder read again at the model's working size and fit

@@ -411,6 +411,7 @@ def report_figure(items: list[tuple[str, Inspection]], classes: list[str], title
     """The report's picture: per class a row of up to two (picture, Grad-CAM of the predicted class) pairs,
     ``items`` as (class-row key, inspection), right answers in green and wrong ones in red."""
     from .report import style
+    from .report.fonts import isolate
 
     rows: dict[int, list[Inspection]] = {}
     for _, ins in items:
@@ -430,7 +431,7 @@ def report_figure(items: list[tuple[str, Inspection]], classes: list[str], title
             color = style.RIGHT if right else style.WRONG
             ax = fig.add_subplot(grid[r, 2 * j])
             _show_picture(ax, ins.picture)
-            ax.set_title(f"true: {_short(classes[ins.label], 16)}\npred: {_short(classes[pred], 12)} "
+            ax.set_title(f"true: {isolate(_short(classes[ins.label], 16))}\npred: {isolate(_short(classes[pred], 12))} "
                          f"{float(ins.probs[pred]):.0%}", fontsize=9, color=color)
             ax = fig.add_subplot(grid[r, 2 * j + 1])
             cam = next(c for i, c in ins.cams if i == pred)

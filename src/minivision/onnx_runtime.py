@@ -407,7 +407,8 @@ def answer_batch(om: OnnxModel, batch: np.ndarray, top_k: int, *, tta: bool | st
     probs = plain if mode == "none" else om.view_probs(batch, mode, t, logits=logits)
     verdicts = judge(probs.max(1), om.ood(features), blank_arrays(batch) if empty is None else empty, om.meta,
                      EMPTY_NOTE, noise_arrays(batch) if noise is None else noise)
-    return _answers(probs, om.classes, min(top_k, len(om.classes)), verdicts, None if mode == "none" else plain)
+    return _answers(probs, om.classes, min(top_k, len(om.classes)), verdicts, None if mode == "none" else plain,
+                    tta=mode)
 
 
 def predict_pixel_csv(om: OnnxModel, path: str | Path, *, top_k: int = 5, tta: bool | str | None = None,

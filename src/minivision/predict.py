@@ -91,8 +91,8 @@ def _top_k(lm: LoadedModel, batch: torch.Tensor, k: int, device: str, tta: bool 
            empty: torch.Tensor | None = None, noise: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """Per image of uint8 ``batch`` (N, C, H, W) at the model's size: label, index, score, top_k (calibrated
     scores), unsure, reason. ``tta`` as ``predict_images`` (None: the model's own); with a mode other than
-    "none" the answer is the views' averaged calibrated probabilities and ``plain`` {label, index, score} the
-    picture's alone; the unsure verdict judges the answer's top score. ``empty``, ``noise``: bool (N,), which
+    "none" the answer is the views' averaged calibrated probabilities, ``plain`` {label, index, score} the
+    picture's alone and ``tta`` the mode; the unsure verdict judges the answer's top score. ``empty``, ``noise``: bool (N,), which
     pictures are empty or noise (default: ``blank_pictures``, ``noise_pictures`` of the batch). Raises
     MinivisionError for an unknown ``tta``."""
     from .trust import judge
@@ -124,6 +124,7 @@ def _top_k(lm: LoadedModel, batch: torch.Tensor, k: int, device: str, tta: bool 
         if averaged:
             score, c = plain[j].max(0)
             row["plain"] = {"label": lm.classes[int(c)], "index": int(c), "score": round(float(score), 6)}
+            row["tta"] = mode
         out.append(row)
     return out
 
@@ -237,6 +238,7 @@ def save_shows(results: list[dict[str, Any]], folder: str | Path) -> list[Path]:
     """For each predicted file, ``folder/<stem>.png`` from ``show_prediction`` (needs ``inputs=True``
     results); the folder is created, and an existing file in it is never overwritten."""
     from .report import style
+    from .report.fonts import isolate
 
     folder = Path(folder)
     try:
@@ -252,7 +254,7 @@ def save_shows(results: list[dict[str, Any]], folder: str | Path) -> list[Path]:
             photo = open_image(r["path"])
         except (MinivisionError, OSError):
             continue  # it was read a moment ago; if it is gone now there is nothing to show
-        title = f"{Path(r['path']).name}: {r['label']} {r['score']:.1%}"
+        title = f"{isolate(Path(r['path']).name)}: {isolate(r['label'])} {r['score']:.1%}"
         path = _free_name(folder, Path(r["path"]).stem, taken)
         saved.append(style.save_figure(show_prediction(photo, r["input"], r["top_k"], title), path))
     return saved

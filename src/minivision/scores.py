@@ -296,10 +296,11 @@ def mahalanobis_score(features: np.ndarray, means: np.ndarray, precision: np.nda
 
 
 def answers(probs: np.ndarray, classes: list[str], k: int, verdicts: list[tuple[bool, str | None]],
-            plain: np.ndarray | None = None) -> list[dict[str, Any]]:
+            plain: np.ndarray | None = None, tta: str | None = None) -> list[dict[str, Any]]:
     """Per picture, ``predict``'s answer: label, index, score, top_k [{label, index, score}] (the ``k`` best of
     the calibrated ``probs`` (N, K), scores rounded to 6 places), unsure, reason (from ``verdicts``); with
-    ``plain`` (N, K), the scores without test-time augmentation, also ``plain`` {label, index, score}."""
+    ``plain`` (N, K), the scores without test-time augmentation, also ``plain`` {label, index, score} and
+    ``tta`` (the view set's name, given as ``tta``)."""
     out = []
     for j in range(len(probs)):
         order = np.argsort(-probs[j], kind="stable")[:k]
@@ -309,6 +310,7 @@ def answers(probs: np.ndarray, classes: list[str], k: int, verdicts: list[tuple[
         if plain is not None:
             c = int(plain[j].argmax())
             row["plain"] = {"label": classes[c], "index": c, "score": round(float(plain[j, c]), 6)}
+            row["tta"] = tta
         out.append(row)
     return out
 
@@ -448,8 +450,9 @@ def trust_metrics_np(meta: dict[str, Any], x: np.ndarray, y: np.ndarray, logits:
 
 def write_csv(results: list[dict[str, Any]], path: str | Path) -> Path:
     """path (and id, for the rows of a pixel CSV with an id column), label, score, then label_i/score_i for
-    each of the top k, then unsure (true/false), reason and error; one row per picture (failed ones with only
-    path and error), written atomically."""
+    each of the top k, then unsure (true/false), reason, and for answers with test-time augmentation tta (the
+    view set), plain_label and plain_score (the picture alone's answer), then error; one row per picture (failed
+    ones with only path and error), written atomically."""
     import csv
     import io
 
@@ -459,15 +462,20 @@ def write_csv(results: list[dict[str, Any]], path: str | Path) -> Path:
     ids = any("id" in r for r in results)  # rows of a pixel CSV with an id column: the id beside the path
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
+    views = any("plain" in r for r in results)  # answers with test-time augmentation: name it, and the plain one
     w.writerow(["path", *(["id"] if ids else []), "label", "score",
-                *[f"{f}_{i}" for i in range(1, k + 1) for f in ("label", "score")], "unsure", "reason", "error"])
+                *[f"{f}_{i}" for i in range(1, k + 1) for f in ("label", "score")], "unsure", "reason",
+                *(["tta", "plain_label", "plain_score"] if views else []), "error"])
     for r in results:
         head = [r["path"], *([r.get("id", "")] if ids else [])]
         if "error" in r:
-            w.writerow([*head, "", "", *[""] * (2 * k), "", "", r["error"]])
+            w.writerow([*head, "", "", *[""] * (2 * k), "", "", *([""] * 3 if views else []), r["error"]])
             continue
         top = [v for t in r["top_k"] for v in (t["label"], t["score"])]
         unsure = "true" if r.get("unsure") else "false"
-        w.writerow([*head, r["label"], r["score"], *top, *[""] * (2 * k - len(top)), unsure, r.get("reason") or "", ""])
+        plain = r.get("plain") or {}
+        tail = [r.get("tta") or "none", plain.get("label", ""), plain.get("score", "")] if views else []
+        w.writerow([*head, r["label"], r["score"], *top, *[""] * (2 * k - len(top)), unsure, r.get("reason") or "",
+                    *tail, ""])
     write_text(path, buf.getvalue())
     return Path(path)

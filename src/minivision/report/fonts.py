@@ -201,6 +201,19 @@ def fit_fonts(fig: Any) -> Any:
     return matplotlib.rc_context({"font.family": families})
 
 
+def isolate(name: str) -> str:
+    """``name`` (a class name, a file name) ready to sit inside a line of other text in a picture: wrapped in
+    Unicode's first-strong isolate (U+2068 ... U+2069) when it has right-to-left letters (Arabic, Hebrew, ...),
+    as is. Without it, the Unicode bidirectional algorithm (UAX #9, which matplotlib's text layout follows)
+    lets an Arabic name take the line's direction, and "حقيبة 100.0%" is drawn with the percent sign before
+    the number. Other names are returned unchanged (the isolate characters are invisible either way)."""
+    import unicodedata
+
+    if any(unicodedata.bidirectional(ch) in ("R", "AL") for ch in name):
+        return f"\u2068{name}\u2069"
+    return name
+
+
 def font_note(texts: Iterable[str]) -> str | None:
     """One line for the user when some characters of ``texts`` (class names) cannot be drawn in the
     pictures, else None."""

@@ -20,6 +20,7 @@ import torch
 from ..data.dataset import Split
 from ..fileio import write_text
 from ..metrics import calibration, macro_average, metrics_from_logits
+from .fonts import isolate
 
 REPORT_FILES = ("results.png", "confusion_matrix.png", "confusion_matrix_normalized.png", "per_class.csv",
                 "mistakes.png", "predictions.png", "calibration.png", "report.html")
@@ -98,7 +99,8 @@ def write_run_report(run_dir: Path, *, classes: list[str], split: Split, split_n
     conf, pred = probs.max(1)
     worst = worst_mistakes(probs, y)
     if len(worst):
-        titles = [f"true: {classes[int(y[i])]}\npred: {classes[int(pred[i])]} {_pct(float(conf[i]))}" for i in worst]
+        titles = [f"true: {isolate(classes[int(y[i])])}\npred: {isolate(classes[int(pred[i])])} {_pct(float(conf[i]))}"
+                  for i in worst]
         fig = image_grid(split.x[worst], titles, colors=[WRONG] * len(worst),
                          title=f"The {len(worst)} worst mistakes on the {split_name} split (highest loss first)")
         files["mistakes"] = save_figure(fig, run_dir / "mistakes.png")
@@ -110,7 +112,7 @@ def write_run_report(run_dir: Path, *, classes: list[str], split: Split, split_n
         files["mistakes"] = save_figure(fig, run_dir / "mistakes.png")
 
     pick = sample_indices(len(y), min(N_PREDICTIONS, len(y)))
-    titles = [f"{classes[int(pred[i])]} {_pct(float(conf[i]))}\n({classes[int(y[i])]})" for i in pick]
+    titles = [f"{isolate(classes[int(pred[i])])} {_pct(float(conf[i]))}\n({isolate(classes[int(y[i])])})" for i in pick]
     colors = [RIGHT if int(pred[i]) == int(y[i]) else WRONG for i in pick]
     right = sum(c == RIGHT for c in colors)
     fig = image_grid(split.x[pick], titles, colors=colors,
