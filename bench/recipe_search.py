@@ -111,8 +111,10 @@ def whitening_conv(k: int = 2, eps: float = 5e-4, n: int = 5000) -> nn.Conv2d:
     """airbench's first layer: a frozen k x k convolution (no padding) whose filters are the
     eigenvectors of the covariance of k x k patches of the (normalised) training pictures, each
     scaled by 1 / sqrt(eigenvalue + eps), with their negatives: 2 * channels * k * k outputs. The
-    bias stays trainable (airbench trains it for the first epochs)."""
-    x = pre(XTR[:n]).contiguous()
+    bias stays trainable (airbench trains it for the first epochs). The ``n`` pictures are a seeded random
+    pick: a folder's training split comes in class order."""
+    pick = torch.randperm(len(XTR), generator=torch.Generator().manual_seed(0))[:n]
+    x = pre(XTR[pick]).contiguous()
     patches = F.unfold(x, k).transpose(1, 2).reshape(-1, CHANNELS * k * k).double()
     cov = torch.cov(patches.T)
     eigval, eigvec = torch.linalg.eigh(cov)
