@@ -372,6 +372,8 @@ def test_a_sweep_trains_one_model_once_per_value(tmp_path):
             for b in (16, 64)] == [16, 64]
     md = (folder / "compare.md").read_text()
     assert "| softmax --batch-size 16 |" in md and "| softmax --batch-size 64 |" in md
+    assert "every run: --epochs 1" in md and "every run: --epochs 1" in format_table(rows)  # what the names omit
+    assert all(r["fixed"] == "--epochs 1" for r in rows)
     assert "softmax --batch-size 64" in format_table(rows)
     header = (folder / "compare.csv").read_text().splitlines()[0].split(",")
     assert header[:3] == ["model", "setting", "value"]

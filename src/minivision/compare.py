@@ -50,8 +50,9 @@ __all__ = ["CompareInterrupted", "compare_runs", "format_table", "plot_compariso
 
 # Field order of compare.csv; "tta_accuracy", "tta" and "error" appear only when some row has them.
 FIELDS = ("model", "setting", "value", "data", "test_accuracy", "test_loss", "val_accuracy", "tta_accuracy", "tta",
-          "parameters", "macs", "train_seconds", "epochs", "model_bytes", "run", "data_source", "error")
-_OPTIONAL = ("setting", "value", "tta_accuracy", "tta", "error")  # setting, value: the swept setting and its value
+          "parameters", "macs", "train_seconds", "epochs", "model_bytes", "run", "data_source", "fixed", "error")
+# setting, value: the swept setting and its value; fixed: the settings given for every run, as flags
+_OPTIONAL = ("setting", "value", "tta_accuracy", "tta", "fixed", "error")
 
 
 class CompareInterrupted(KeyboardInterrupt):
@@ -279,6 +280,9 @@ def _footer(rows: list[dict[str, Any]], marker: str) -> list[str]:
     if best:
         which = "test accuracy" if key == "test_accuracy" else "validation accuracy (no test split)"
         lines.append(f"{marker} best {which}")
+    fixed = next((r["fixed"] for r in rows if r.get("fixed")), None)
+    if fixed:  # the row names give only what differs
+        lines.append(f"every run: {fixed}")
     for label, row in zip(_labels(rows), rows, strict=True):
         if row.get("error"):
             lines.append(f"{label}: {row['error']}")
@@ -692,6 +696,9 @@ def train_and_compare(models: list[str] | str, *, data: str | None = None, data_
         how = "each with its own registered settings: " + ", ".join(f"{m} {_length(r)}" for m, (_, r) in
                                                                     configs.items())
     log(f"comparing {what} on {ds.name}, {how}; results in {folder}")
+    given = " ".join(f"{SETTINGS[k].option} {format_duration(v) if k == 'budget' else v}"
+                     for k, v in one.items() if v is not None and k in SETTINGS and k != "device")
+    common = {"fixed": given} if given else {}  # said under the table: the row names give only what differs
 
     rows: list[dict[str, Any]] = []
     i, m = 0, jobs[0][0]
@@ -699,7 +706,7 @@ def train_and_compare(models: list[str] | str, *, data: str | None = None, data_
         for i, (m, value, folder_name) in enumerate(jobs, 1):
             log(f"\n[{i}/{len(jobs)}] {m}" + (f" {SETTINGS[sweep[0]].option} {value}" if sweep is not None else ""))
             cfg = dataclasses.replace(configs[folder_name][0], out=str(folder))
-            swept = {"setting": sweep[0], "value": value} if sweep is not None else {}
+            swept = {**({"setting": sweep[0], "value": value} if sweep is not None else {}), **common}
             try:
                 result = fit(cfg, dataset=ds, progress=progress, log=log)
             except MinivisionError as e:
@@ -714,7 +721,7 @@ def train_and_compare(models: list[str] | str, *, data: str | None = None, data_
     except KeyboardInterrupt:
         if len(rows) < i:  # a second Ctrl-C stopped fit itself
             rows.append({**_failed_row(m, ds, data, "interrupted"),
-                         **({"setting": sweep[0], "value": jobs[i - 1][1]} if sweep is not None else {})})
+                         **({"setting": sweep[0], "value": jobs[i - 1][1]} if sweep is not None else {}), **common})
         left = [j[2] for j in jobs[i:]]
         write_comparison(rows, folder)
         log("\n" + format_table(rows))
