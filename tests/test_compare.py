@@ -254,7 +254,8 @@ def test_train_and_compare_two_models(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["cnn1", "compare.csv", "compare.md", "compare.png", "softmax"]
     assert [r["model"] for r in rows] == ["softmax", "cnn1"] and all(r["epochs"] == 1 for r in rows)
     assert all((folder / m / "model.json").is_file() for m in ("softmax", "cnn1"))
-    assert rows == compare_runs([folder / "softmax", folder / "cnn1"])
+    assert all(r.pop("fixed") == "--epochs 1 --seed 0 --batch-size 32" for r in rows)  # what every run was given
+    assert rows == compare_runs([folder / "softmax", folder / "cnn1"])  # the rest, as the run folders say
     again, _ = train_and_compare(["softmax"], dataset=ds, epochs=1, out=tmp_path, **QUIET)
     assert again == tmp_path / "compare2"  # never overwritten
 
@@ -372,8 +373,8 @@ def test_a_sweep_trains_one_model_once_per_value(tmp_path):
             for b in (16, 64)] == [16, 64]
     md = (folder / "compare.md").read_text()
     assert "| softmax --batch-size 16 |" in md and "| softmax --batch-size 64 |" in md
-    assert "every run: --epochs 1" in md and "every run: --epochs 1" in format_table(rows)  # what the names omit
-    assert all(r["fixed"] == "--epochs 1" for r in rows)
+    assert "every run: --epochs 1 --seed 0\n" in md and "every run: --epochs 1 --seed 0" in format_table(rows)
+    assert all(r["fixed"] == "--epochs 1 --seed 0" for r in rows)  # what the row names omit
     assert "softmax --batch-size 64" in format_table(rows)
     header = (folder / "compare.csv").read_text().splitlines()[0].split(",")
     assert header[:3] == ["model", "setting", "value"]
