@@ -254,7 +254,7 @@ def test_train_and_compare_two_models(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["cnn1", "compare.csv", "compare.md", "compare.png", "softmax"]
     assert [r["model"] for r in rows] == ["softmax", "cnn1"] and all(r["epochs"] == 1 for r in rows)
     assert all((folder / m / "model.json").is_file() for m in ("softmax", "cnn1"))
-    assert all(r.pop("fixed") == "--epochs 1 --seed 0 --batch-size 32" for r in rows)  # what every run was given
+    assert all(r.pop("fixed") == "--epochs 1 --batch-size 32" for r in rows)  # what every run was given
     assert rows == compare_runs([folder / "softmax", folder / "cnn1"])  # the rest, as the run folders say
     again, _ = train_and_compare(["softmax"], dataset=ds, epochs=1, out=tmp_path, **QUIET)
     assert again == tmp_path / "compare2"  # never overwritten
@@ -373,8 +373,8 @@ def test_a_sweep_trains_one_model_once_per_value(tmp_path):
             for b in (16, 64)] == [16, 64]
     md = (folder / "compare.md").read_text()
     assert "| softmax --batch-size 16 |" in md and "| softmax --batch-size 64 |" in md
-    assert "every run: --epochs 1 --seed 0\n" in md and "every run: --epochs 1 --seed 0" in format_table(rows)
-    assert all(r["fixed"] == "--epochs 1 --seed 0" for r in rows)  # what the row names omit
+    assert "every run: --epochs 1\n" in md and "every run: --epochs 1" in format_table(rows)
+    assert all(r["fixed"] == "--epochs 1" for r in rows)  # what the row names omit
     assert "softmax --batch-size 64" in format_table(rows)
     header = (folder / "compare.csv").read_text().splitlines()[0].split(",")
     assert header[:3] == ["model", "setting", "value"]
@@ -384,6 +384,15 @@ def test_a_sweep_trains_one_model_once_per_value(tmp_path):
     assert [line.get_label() for line in acc.get_lines()] == ["softmax --batch-size 16", "softmax --batch-size 64"]
     assert "Validation" in acc.get_title() and len(loss.get_lines()) == 4  # validation and training loss
     assert loss.get_title() == "Validation loss (hollow: training loss)"  # one epoch each: points, not lines
+
+
+def test_the_shared_settings_read_as_train_takes_them():
+    from minivision.compare import _as_flag
+
+    assert [_as_flag("nesterov", True), _as_flag("nesterov", False)] == ["--nesterov", "--no-nesterov"]
+    assert [_as_flag("tensorboard", True), _as_flag("tensorboard", False)] == ["--tensorboard", ""]
+    assert [_as_flag("budget", 180.0), _as_flag("lr", 0.01), _as_flag("seed", 3)] == ["--budget 3m", "--lr 0.01",
+                                                                                       "--seed 3"]
 
 
 def test_an_epochs_sweep_and_any_setting_reach_fit(tmp_path, monkeypatch):

@@ -553,3 +553,14 @@ def test_a_sigterm_during_an_export_leaves_nothing_behind(csv_run, tmp_path):
         child.kill()
     assert child.returncode == 130 and err.strip().splitlines()[-1] == "interrupted", err
     assert list(tmp_path.iterdir()) == []  # neither the file, its temporary, nor the folders made for it
+
+
+def test_an_export_stopped_while_writing_its_sidecar_leaves_nothing(csv_run, tmp_path, monkeypatch):
+    """The file is in place before its sidecar and trust copy: a stop then takes the file away again."""
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ex, "write_json", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        ex.export_run(csv_run, out=tmp_path / "new" / "m.onnx", log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []

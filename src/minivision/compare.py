@@ -587,6 +587,15 @@ def _folder_name(model: str, setting: str, value: Any) -> str:
     return f"{model}-{setting.replace('_', '-')}-{text}"
 
 
+def _as_flag(name: str, value: Any) -> str:
+    """A setting as ``minivision train`` takes it: ``--lr 0.01``, ``--budget 3m``, ``--nesterov`` for True,
+    ``--no-nesterov`` for False where the flag has that form (a recipe's switch), nothing for another False."""
+    option = SETTINGS[name].option
+    if isinstance(value, bool):
+        return option if value else (f"--no-{option[2:]}" if SETTINGS[name].recipe else "")
+    return f"{option} {format_duration(value) if name == 'budget' else value}"
+
+
 def _sweep(values: dict[str, Any], names: list[str]) -> tuple[str, list[Any]] | None:
     """The one setting given several values (a list), with them; None when every setting has one value.
     MinivisionError for two such settings, a list with several models, a value given twice or an empty list."""
@@ -611,7 +620,7 @@ def _sweep(values: dict[str, Any], names: list[str]) -> tuple[str, list[Any]] | 
 
 def train_and_compare(models: list[str] | str, *, data: str | None = None, data_dir: str | None = None,
                       test_data: str | None = None, epochs: int | list[int] | None = None,
-                      budget: float | str | list[Any] | None = None, seed: int | list[int] = 0,
+                      budget: float | str | list[Any] | None = None, seed: int | list[int] | None = None,
                       out: str | Path = "runs", name: str = "compare", device: str = "auto",
                       dataset: Dataset | None = None, progress: bool | None = None,
                       log: Callable[[str], None] = print, **settings: Any) -> tuple[Path, list[dict[str, Any]]]:
@@ -643,7 +652,7 @@ def train_and_compare(models: list[str] | str, *, data: str | None = None, data_
         model_info(m)  # unknown names: did-you-mean
     if not name or "/" in name or name in (".", ".."):
         raise MinivisionError(f"--name must be a plain folder name, got {name!r}")
-    shared = {"epochs": epochs, "budget": budget, "seed": seed}
+    shared = {"epochs": epochs, "budget": budget, **({"seed": seed} if seed is not None else {})}  # None: 0
     _check_settings({k: v for k, v in settings.items() if not _is_list(v)})
     for k, v in settings.items():
         if _is_list(v):
@@ -696,8 +705,8 @@ def train_and_compare(models: list[str] | str, *, data: str | None = None, data_
         how = "each with its own registered settings: " + ", ".join(f"{m} {_length(r)}" for m, (_, r) in
                                                                     configs.items())
     log(f"comparing {what} on {ds.name}, {how}; results in {folder}")
-    given = " ".join(f"{SETTINGS[k].option} {format_duration(v) if k == 'budget' else v}"
-                     for k, v in one.items() if v is not None and k in SETTINGS and k != "device")
+    given = " ".join(f for f in (_as_flag(k, v) for k, v in one.items()
+                                 if v is not None and k in SETTINGS and k != "device") if f)
     common = {"fixed": given} if given else {}  # said under the table: the row names give only what differs
 
     rows: list[dict[str, Any]] = []

@@ -600,10 +600,16 @@ def export_run(run: str | os.PathLike | LoadedModel, *, fmt: str = "onnx", int8:
     except BaseException:
         remove_folders(made)
         raise
-    if has_trust:  # the companions after the file is in place: a refused or lost export leaves none
-        with atomic_path(trust_path) as t:
-            shutil.copyfile(trust_source, t)
-    write_json(sidecar, info)
+    try:  # the companions after the file is in place: a refused or lost export leaves none
+        if has_trust:
+            with atomic_path(trust_path) as t:
+                shutil.copyfile(trust_source, t)
+        write_json(sidecar, info)
+    except BaseException:  # stopped or failed while writing them (Ctrl-C, SIGTERM, a full disk): no half export
+        for done in (sidecar, trust_path, path):
+            done.unlink(missing_ok=True)
+        remove_folders(made)
+        raise
     log(f"exported {path} ({info['bytes']:,} bytes, {meta['precision']}); sidecar {sidecar.name}"
         + (f", trust statistics {trust_path.name}" if has_trust else ""))
     return {**info, "path": str(path)}
