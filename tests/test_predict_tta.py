@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -140,6 +141,9 @@ def test_predict_csv_names_the_view_set_and_the_plain_answer(tta_runs, tmp_path)
     assert [float(g["plain_score"]) for g in got[:3]] == [r["plain"]["score"] for r in rows[:3]]
     alone = predict_pixel_csv(lm, csv, top_k=2, device="cpu", tta="none")[:3]
     assert "tta" not in next(csvlib.DictReader(open(write_csv(alone, tmp_path / "q.csv"))))  # no views: as before
+    failed = [{"path": "gone.png", "error": "no such file"}]  # nothing answered: the columns answers would have
+    header = open(write_csv(failed, tmp_path / "r.csv", top_k=2, views=True)).readline().strip().split(",")
+    assert header == open(tmp_path / "p.csv").readline().strip().split(",")
 
 
 def test_proba_for_tensor_follows_the_models_tta(tta_runs):
@@ -304,3 +308,26 @@ def test_the_api_report_names_the_mode(tta_runs, tmp_path):
     assert "accuracy, flip+shift TTA" in (run / "report.html").read_text()
     assert clf.report(tta="none")["tta_metrics"] is None
     assert " TTA<" not in (run / "report.html").read_text() and "flip+shift" not in (run / "report.html").read_text()
+
+
+def test_the_api_notes_a_mirror_asked_of_a_model_trained_without_flips(tta_runs, tmp_path):
+    runs, csv, _ = tta_runs
+    run = tmp_path / "no-flips"
+    shutil.copytree(runs[None], run)
+    meta = json.loads((run / "model.json").read_text())
+    meta["augment"] = {**(meta.get("augment") or {}), "horizontal_flip": False}
+    (run / "model.json").write_text(json.dumps(meta))
+    clf = mv.load(run)
+    x = torch.from_numpy(synthetic_images(5, seed=4)[0])
+    y = clf.predict_proba(x, tta="none").argmax(1)
+    for call in (lambda: clf.predict_proba(x, tta="flip"), lambda: clf.predict(x, tta="flip"),
+                 lambda: clf.score(x, y, tta="flip"), lambda: clf.predict_details(x, tta="flip+shift")):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            call()
+        said = [w for w in caught if issubclass(w.category, Note)]
+        assert len(said) == 1 and "trained without horizontal flips" in str(said[0].message)
+        assert said[0].filename == __file__  # the user's line, not minivision's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        clf.predict_proba(x)  # its own view set (none): nothing to say

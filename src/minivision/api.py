@@ -226,6 +226,7 @@ class Classifier:
 
         lm = self._check_fitted()
         tta = tta_mode(tta, lm.meta)
+        _note_tta(lm, tta)
         if is_array(X):
             return proba_for_tensor(lm, self._images(X), tta=tta).numpy()
         items = list(X) if isinstance(X, (list, tuple)) else [X]
@@ -261,6 +262,7 @@ class Classifier:
         if top_k < 1:
             raise MinivisionError(f"top_k must be >= 1, got {top_k}")
         tta = tta_mode(tta, lm.meta)
+        _note_tta(lm, tta)
         k = min(top_k, len(lm.classes))
         if is_array(X):
             return _top_k(lm, self._images(X), k, "auto", tta)
@@ -445,6 +447,18 @@ class Classifier:
         if hasattr(self, "run_dir_"):
             shown.append(f"run_dir_={str(self.run_dir_)!r}")
         return f"Classifier({', '.join(shown)})"
+
+
+def _note_tta(lm: LoadedModel, mode: str) -> None:
+    """``evaluate.tta_notes`` for the view set an answer uses (a mirror asked of a model trained without flips,
+    ...), each as a ``Note`` warning on the caller's line, as ``evaluate`` gives them."""
+    if mode == "none":
+        return
+    from .arrays import note
+    from .evaluate import tta_notes
+
+    for said in tta_notes(lm.meta, run_dir=lm.path, mode=mode):
+        note(said)
 
 
 def _training_data(data: Any, y: Any) -> Any:

@@ -483,7 +483,8 @@ def cmd_predict(a: argparse.Namespace) -> int:
             print(f"{r['path']}: {r['label']} {r['score']:.1%}" + (f"  ({rest})" if rest else "") + plain + note
                   + unsure)
     if a.csv:
-        print(f"saved {write_csv(results, a.csv)}", file=sys.stderr)
+        print(f"saved {write_csv(results, a.csv, top_k=min(a.top_k, len(lm.classes)), views=mode != 'none')}",
+              file=sys.stderr)
     if shown:
         print(f"saved {len(shown)} picture(s) to {a.show}", file=sys.stderr)
     return 0 if ok else 1

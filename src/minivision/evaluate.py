@@ -124,8 +124,8 @@ def dataset_for(lm: LoadedModel, data: str | None = None, data_dir: str | None =
         data = info.get("data") or "fashion-mnist"
         if data == IN_MEMORY and not Path(data).exists():  # fit(x, y): the pictures were never on disk
             raise MinivisionError(f"{lm.path}: the model was trained on pictures given as arrays, which are not "
-                                  "saved with it: say what to score (evaluate(data=(x, y)) or a dataset name, "
-                                  "file or folder; minivision evaluate RUN --data DATA)")
+                                  "saved with it: give the pictures to score (--data DATA: a dataset name, file or "
+                                  "folder; in Python also data=(x, y), pictures and labels)")
     data_dir = data_dir or info.get("data_dir")
     test_data = test_data or info.get("test_data")
     photo = lm.preprocess.photo  # a folder read again at the model's working size and fit
@@ -268,12 +268,10 @@ def evaluate_split(lm: LoadedModel, split: Split, *, device: str = "auto", preci
     m.update(trust_metrics(lm, split, logits, device=device, precision=precision, batch_size=batch_size,
                            features=features))
     if mode != "none":
-        import warnings
+        from .arrays import note
 
-        from .errors import Note
-
-        for note in tta_notes(lm.meta, run_dir=lm.path, mode=mode):
-            warnings.warn(note, Note, stacklevel=2)
+        for said in tta_notes(lm.meta, run_dir=lm.path, mode=mode):
+            note(said)  # attributed to the caller's line outside minivision
         tta_logits, extra = tta_scores(lm, split, mode, device=device, precision=precision, batch_size=batch_size,
                                        plain=logits)
         m.update(tta_figures(m, metrics_from_logits(tta_logits, split.y, lm.classes), mode), **extra)

@@ -448,21 +448,25 @@ def trust_metrics_np(meta: dict[str, Any], x: np.ndarray, y: np.ndarray, logits:
 
 # ------------------------------------------------------------------------------ predict's CSV
 
-def write_csv(results: list[dict[str, Any]], path: str | Path) -> Path:
+def write_csv(results: list[dict[str, Any]], path: str | Path, *, top_k: int = 0, views: bool = False) -> Path:
     """path (and id, for the rows of a pixel CSV with an id column), label, score, then label_i/score_i for
     each of the top k, then unsure (true/false), reason, and for answers with test-time augmentation tta (the
     view set), plain_label and plain_score (the picture alone's answer), then error; one row per picture (failed
-    ones with only path and error), written atomically."""
+    ones with only path and error), written atomically. ``top_k`` and ``views`` (answers with test-time
+    augmentation) give the columns when no picture could be answered, so a file of failures has the columns a
+    file of answers has."""
     import csv
     import io
 
     from .fileio import write_text
 
-    k = max((len(r["top_k"]) for r in results if "top_k" in r), default=0)
+    k = max((len(r["top_k"]) for r in results if "top_k" in r), default=top_k)
     ids = any("id" in r for r in results)  # rows of a pixel CSV with an id column: the id beside the path
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    views = any("plain" in r for r in results)  # answers with test-time augmentation: name it, and the plain one
+    answered = any("top_k" in r for r in results)
+    # answers with test-time augmentation: name it, and the plain one
+    views = any("plain" in r for r in results) if answered else views
     w.writerow(["path", *(["id"] if ids else []), "label", "score",
                 *[f"{f}_{i}" for i in range(1, k + 1) for f in ("label", "score")], "unsure", "reason",
                 *(["tta", "plain_label", "plain_score"] if views else []), "error"])
