@@ -722,21 +722,33 @@ def _warning_line(message, category, filename, lineno, file=None, line=None) -> 
 OWN_SIGTERM = ("train", "serve", "tune", "bench")
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM: take away the writes in progress (``fileio.remove_unfinished``), say "interrupted" and end with
+    130, at once. Raising KeyboardInterrupt here instead is not safe: the signal can arrive while Python code
+    runs inside a native extension (onnx's module loading, under nanobind), which aborts on an exception."""
+    import os
+
+    from .fileio import remove_unfinished
+
+    remove_unfinished()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    with contextlib.suppress(OSError):
+        os.write(2, b"interrupted\n")
+    os._exit(130)
 
 
 @contextlib.contextmanager
 def _terminate_as_interrupt(command: str):
-    """SIGTERM (``kill PID``, a service manager or a batch queue stopping the command) stops it as Ctrl-C does,
-    so what it was writing is cleaned up on the way out (an export's temporary file and the folders it made),
-    and the command exits 130 with "interrupted". Python's default for SIGTERM ends the process at once,
-    with no cleanup. Commands in ``OWN_SIGTERM`` keep their own handling; so does a call from a thread other
-    than the main one (where no handler can be set)."""
+    """SIGTERM (``kill PID``, a service manager or a batch queue stopping the command) ends it as Ctrl-C does:
+    exit 130 with "interrupted", and no temporary file, half-written export or folder made for it left behind
+    (the writes in progress, ``fileio.unfinished``). Python's default for SIGTERM ends the process with no
+    cleanup. Commands in ``OWN_SIGTERM`` keep their own handling; so does a call from a thread other than the
+    main one (where no handler can be set)."""
     old = None
     if command not in OWN_SIGTERM:
         with contextlib.suppress(ValueError):  # not the main thread
-            old = signal.signal(signal.SIGTERM, _raise_interrupt)
+            old = signal.signal(signal.SIGTERM, _stop)
     try:
         yield
     finally:

@@ -59,7 +59,7 @@ from torch import nn
 
 from . import __version__
 from .errors import MinivisionError
-from .fileio import atomic_path, write_json
+from .fileio import atomic_path, unfinished, write_json
 from .runfiles import LoadedModel, int8_dot_product, load_model
 
 FORMATS = ("onnx", "torchscript")
@@ -476,9 +476,10 @@ def _new_file(path: Path, what: str | None = None) -> Any:
     os.close(fd)
     tmp = Path(name)
     try:
-        yield tmp
-        fsync_path(tmp)
-        os.link(tmp, path)
+        with unfinished(tmp):
+            yield tmp
+            fsync_path(tmp)
+            os.link(tmp, path)
         fsync_path(path.parent, directory=True)
     except FileExistsError:
         raise MinivisionError(f"{path} appeared while exporting (another export?); it was left as it is, "
@@ -594,22 +595,27 @@ def export_run(run: str | os.PathLike | LoadedModel, *, fmt: str = "onnx", int8:
         meta["trust_file"] = trust_path.name
         meta["trust_sha256"] = sha256_file(trust_source)  # lets a renamed export check the recorded name's file
     what = f"--out {path}" if out is not None else str(path)
-    made = make_folders(path, what)
-    try:
-        info = _write_checked(lm, fmt, int8, path, what, meta, net, shape, x, y, ref_logits, source, log)
-    except BaseException:
-        remove_folders(made)
-        raise
-    try:  # the companions after the file is in place: a refused or lost export leaves none
-        if has_trust:
-            with atomic_path(trust_path) as t:
-                shutil.copyfile(trust_source, t)
-        write_json(sidecar, info)
-    except BaseException:  # stopped or failed while writing them (Ctrl-C, SIGTERM, a full disk): no half export
-        for done in (sidecar, trust_path, path):
-            done.unlink(missing_ok=True)
-        remove_folders(made)
-        raise
+    with contextlib.ExitStack() as pending:  # what a stop (SIGTERM: fileio.remove_unfinished) takes away
+        made = make_folders(path, what)
+        for folder in reversed(made):
+            pending.enter_context(unfinished(folder, "folder"))
+        for part in (path, trust_path, sidecar):  # new files: choose_path found none of them
+            pending.enter_context(unfinished(part))
+        try:
+            info = _write_checked(lm, fmt, int8, path, what, meta, net, shape, x, y, ref_logits, source, log)
+        except BaseException:
+            remove_folders(made)
+            raise
+        try:  # the companions after the file is in place: a refused or lost export leaves none
+            if has_trust:
+                with atomic_path(trust_path) as t:
+                    shutil.copyfile(trust_source, t)
+            write_json(sidecar, info)
+        except BaseException:  # stopped or failed while writing them (Ctrl-C, a full disk): no half export
+            for done in (sidecar, trust_path, path):
+                done.unlink(missing_ok=True)
+            remove_folders(made)
+            raise
     log(f"exported {path} ({info['bytes']:,} bytes, {meta['precision']}); sidecar {sidecar.name}"
         + (f", trust statistics {trust_path.name}" if has_trust else ""))
     return {**info, "path": str(path)}
@@ -629,7 +635,7 @@ def _write_checked(lm: LoadedModel, fmt: str, int8: bool, path: Path, what: str,
             log(parity_line(parity, "TorchScript"))
             _check_fp32(parity, path)
         else:
-            with tempfile.TemporaryDirectory(prefix="minivision-export-") as work:
+            with tempfile.TemporaryDirectory(prefix="minivision-export-") as work, unfinished(work, "tree"):
                 fp32 = Path(work) / "model.onnx" if int8 else tmp
                 write_onnx(net, shape, fp32)
                 set_onnx_metadata(fp32, {**meta, "precision": "fp32"} if int8 else meta)

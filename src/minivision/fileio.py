@@ -29,6 +29,42 @@ def _umask() -> int:
 _UMASK = _umask()  # read once at import: os.umask can only be read by setting it
 
 
+# Writes in progress, for a stop (SIGTERM) that ends the process at once: (path, kind), newest last. kind "file"
+# (a temporary file, or a new file not yet complete), "tree" (a temporary folder) or "folder" (a folder made for a
+# new file: removed only while empty).
+_UNFINISHED: list[tuple[Path, str]] = []
+
+
+@contextlib.contextmanager
+def unfinished(path: str | os.PathLike, kind: str = "file") -> Iterator[Path]:
+    """Mark ``path`` as a write in progress while the block runs, so ``remove_unfinished`` (a stop) takes it
+    away; the block's own cleanup (on an exception) is unchanged."""
+    entry = (Path(path), kind)
+    _UNFINISHED.append(entry)
+    try:
+        yield entry[0]
+    finally:
+        for i in range(len(_UNFINISHED) - 1, -1, -1):
+            if _UNFINISHED[i] is entry:
+                del _UNFINISHED[i]
+                break
+
+
+def remove_unfinished() -> None:
+    """Remove every write in progress (``unfinished``), newest first: what a stopped command must not leave.
+    For a signal handler that then ends the process: it raises nothing."""
+    import shutil
+
+    for path, kind in reversed(list(_UNFINISHED)):
+        with contextlib.suppress(OSError):
+            if kind == "tree":
+                shutil.rmtree(path, ignore_errors=True)
+            elif kind == "folder":
+                path.rmdir()
+            else:
+                path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success move it into place, else delete it.
@@ -42,9 +78,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a file we write gets the usual open() mode
     os.close(fd)
     try:
-        yield Path(tmp)
-        fsync_path(tmp)
-        os.replace(tmp, path)
+        with unfinished(tmp):
+            yield Path(tmp)
+            fsync_path(tmp)
+            os.replace(tmp, path)
         fsync_path(path.parent, directory=True)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
