@@ -222,7 +222,6 @@ class Classifier:
         which pictures are empty. Raises MinivisionError (one line), also for an unknown ``tta``."""
         from .arrays import is_array
         from .predict import predict_images, proba_for_tensor
-        from .scores import tta_mode
 
         lm = self._check_fitted()
         tta = tta_mode(tta, lm.meta)
@@ -256,7 +255,6 @@ class Classifier:
         picture that cannot be read, a ``top_k`` below 1 or an unknown ``tta``."""
         from .arrays import is_array
         from .predict import _top_k, predict_images
-        from .scores import tta_mode
 
         lm = self._check_fitted()
         if top_k < 1:
@@ -289,8 +287,6 @@ class Classifier:
         as ``predict_proba``, None (default) the model's own test-time augmentation (``tta_``; the
         ``tta_accuracy`` of ``evaluate`` for a model that has one), "none" the picture alone.
         Raises MinivisionError (one line), also for an unknown ``tta``."""
-        from .scores import tta_mode
-
         tta = tta_mode(tta, self._check_fitted().meta)  # checked before any data is read
         if y is None:
             if isinstance(X, (np.ndarray, torch.Tensor, list, tuple)):
@@ -358,7 +354,6 @@ class Classifier:
         Raises MinivisionError (one line) for classes that do not match, with both lists, or an unknown ``tta``."""
         from .arrays import note
         from .evaluate import evaluate_split
-        from .scores import tta_mode
 
         tta = tta_mode(tta, self._check_fitted().meta)  # checked before the data is read
 
@@ -381,7 +376,6 @@ class Classifier:
         Raises MinivisionError (one line) as ``evaluate``."""
         from .evaluate import split_logits
         from .report.run import report_for_model
-        from .scores import tta_mode
 
         lm = self._check_fitted()
         mode = tta_mode(tta, lm.meta)

@@ -706,7 +706,7 @@ def train_and_compare(models: list[str] | str, *, data: str | None = None, data_
                                                                     configs.items())
     log(f"comparing {what} on {ds.name}, {how}; results in {folder}")
     given = " ".join(f for f in (_as_flag(k, v) for k, v in one.items()
-                                 if v is not None and k in SETTINGS and k != "device") if f)
+                                 if v is not None and k in SETTINGS and SETTINGS[k].flag and k != "device") if f)
     common = {"fixed": given} if given else {}  # said under the table: the row names give only what differs
 
     rows: list[dict[str, Any]] = []
