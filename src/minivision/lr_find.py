@@ -264,12 +264,16 @@ def prepare(cfg: TrainConfig, log: Callable[[str], None]) -> tuple[TrainConfig, 
     ds = load_dataset(cfg.data, data_dir=cfg.data_dir, test_data=cfg.test_data, imgsz=cfg.imgsz, fit=cfg.resize_mode)
     ds = make_val(ds, val_split=cfg.val_split, val_first=cfg.val_first, seed=cfg.seed)
     log(ds.describe())
+    from .train import init_from_data, scratch_stem
+
+    cfg = scratch_stem(cfg, ds)  # the network train would build (colour pictures: mvnet's whitening stem)
     torch.manual_seed(cfg.seed)
     model = create_model(name, in_channels=ds.channels, image_size=ds.image_size, num_classes=ds.num_classes,
                          **cfg.extra)
     device = pick_device(cfg.device)
     model = model.to(device).to(memory_format=torch.channels_last)
     pre = Preprocess.fit(ds.train.x, cfg.normalize, ds.conversion)
+    init_from_data(model, ds, pre, cfg.seed)
     return cfg, ds, model, pre, device, pick_precision(cfg.precision, device)
 
 

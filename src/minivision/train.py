@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 import re
 import signal
@@ -255,6 +256,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
             raise MinivisionError(f"{resume} fine-tunes a pretrained backbone in phases: resume it in one process "
                                   f"({named('nproc', 1)})")
 
+    if resume is None and start is None and source is None:
+        cfg = scratch_stem(cfg, ds)
     device = distributed.device_of(world, pick_device(cfg.device))
     precision = pick_precision(cfg.precision, device)
     if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
@@ -297,6 +300,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     pre = Preprocess.fit(ds.train.x, cfg.normalize, ds.conversion)
     if state is not None and "preprocess" in state["progress"]:
         pre = Preprocess.from_dict(state["progress"]["preprocess"], dataset_name=ds.name)
+    if resume is None and source is None and start is None:  # from scratch: mvnet's whitening stem, say
+        init_from_data(model, ds, pre, cfg.seed, log)
     init: dict[str, Any] | None = None
     if source is not None:
         pre = _check_source_input(source, ds, flag=start_flag) or pre
@@ -419,6 +424,41 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
 
 def _silent(msg: str) -> None:
     """The log of a rank other than 0."""
+
+
+#: Training pictures a net's data-computed weights are taken from (airbench whitens from 5,000).
+DATA_INIT_PICTURES = 5000
+
+
+def scratch_stem(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
+    """``cfg`` with ``extra["stem"]`` set to ``mvnet.default_stem`` for the pictures of ``ds`` (the whitening
+    stem for colour pictures), for a model that takes a ``stem`` and a network trained from scratch. A stem
+    the user named in ``extra`` is kept; on grey pictures nothing is added, so such runs record what they did."""
+    from .models.mvnet import default_stem
+
+    extra = dict(cfg.extra or {})
+    if cfg.model is None or "stem" in extra:
+        return cfg
+    if "stem" not in inspect.signature(model_info(cfg.model).builder).parameters:
+        return cfg
+    stem = default_stem(ds.channels, ds.image_size)
+    return cfg if stem == "conv" else dataclasses.replace(cfg, extra={**extra, "stem": stem})
+
+
+def init_from_data(model: nn.Module, ds: Dataset, pre: Preprocess, seed: int,
+                   log: Callable[[str], None] = _silent) -> bool:
+    """Give ``model`` its data-computed weights (``ClassifierNet.init_from_data``) from a seeded random pick of
+    ``DATA_INIT_PICTURES`` training pictures as the network sees them (after ``pre``): a folder's training
+    split comes in class order, so the first 5,000 could be one class. Returns whether the model had any."""
+    net = getattr(model, "module", model)
+    if not hasattr(net, "init_from_data") or ds.train is None or len(ds.train.y) == 0:
+        return False
+    n = len(ds.train.y)
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))[:DATA_INIT_PICTURES].sort().values
+    if not net.init_from_data(pre(ds.train.x[pick])):
+        return False
+    log(f"whitening stem: computed from {len(pick):,} training pictures")
+    return True
 
 
 def _device_setting(cfg: TrainConfig, resume: str | Path | None, changes: dict[str, Any] | None) -> str:

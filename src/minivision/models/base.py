@@ -76,6 +76,13 @@ class ClassifierNet(nn.Module):
         """K, the number of logits (the final layer's ``out_features``)."""
         return self.get_classifier().out_features
 
+    def init_from_data(self, x: torch.Tensor) -> bool:
+        """Set any weights computed from the training data before training starts (mvnet's whitening
+        stem), from preprocessed training pictures ``x``, float N x C x H x W. Returns whether the net
+        had any; this default has none. Called once when a net is trained from scratch, never for a
+        resumed run or a fine-tune: those weights are then saved with the rest."""
+        return False
+
     def init_classifier(self, layer: nn.Linear) -> None:
         """Initialise a new final layer as the net initialises its own; PyTorch's default here."""
 
