@@ -92,9 +92,9 @@ def _top_k(lm: LoadedModel, batch: torch.Tensor, k: int, device: str, tta: bool 
     """Per image of uint8 ``batch`` (N, C, H, W) at the model's size: label, index, score, top_k (calibrated
     scores), unsure, reason. ``tta`` as ``predict_images`` (None: the model's own); with a mode other than
     "none" the answer is the views' averaged calibrated probabilities, ``plain`` {label, index, score} the
-    picture's alone and ``tta`` the mode; the unsure verdict judges the answer's top score. ``empty``, ``noise``: bool (N,), which
-    pictures are empty or noise (default: ``blank_pictures``, ``noise_pictures`` of the batch). Raises
-    MinivisionError for an unknown ``tta``."""
+    picture's alone and ``tta`` the mode; the unsure verdict judges the answer's top score. ``empty``,
+    ``noise``: bool (N,), which pictures are empty or noise (default: ``blank_pictures``, ``noise_pictures``
+    of the batch). Raises MinivisionError for an unknown ``tta``."""
     from .trust import judge
 
     mode = tta_mode(tta, lm.meta)
