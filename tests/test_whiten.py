@@ -166,3 +166,15 @@ def test_a_run_started_from_a_whitened_run_keeps_its_filters(colour_run, tmp_pat
     assert meta["architecture"]["kwargs"] == {"stem": "whiten"} and not any("whitening" in s for s in lines)
     assert torch.equal(start.state["stem.conv.weight"], saved)
     assert torch.equal(r.model.stem.conv.weight.cpu(), saved)
+
+
+def test_a_budget_run_on_colour_pictures_times_and_trains_the_whitened_networks(tmp_path) -> None:
+    """The budget's ladder builds its networks from the user's settings: each rung gets the stem."""
+    lines: list[str] = []
+    r = fit(TrainConfig(budget=5.0, epochs=1, out=str(tmp_path)), dataset=synthetic_dataset(160, 40, channels=3,
+                                                                                          size=16),
+            progress=False, log=lines.append)
+    meta = json.loads((r.run_dir / "model.json").read_text())
+    assert meta["architecture"]["name"].startswith("mvnet") and meta["architecture"]["kwargs"] == {"stem": "whiten"}
+    assert isinstance(r.model.stem.conv, PatchWhitening)
+    assert any(line.startswith("whitening stem: computed from 144 training pictures") for line in lines), lines

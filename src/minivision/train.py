@@ -256,8 +256,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
             raise MinivisionError(f"{resume} fine-tunes a pretrained backbone in phases: resume it in one process "
                                   f"({named('nproc', 1)})")
 
-    if resume is None and start is None and source is None:
-        cfg = scratch_stem(cfg, ds)
+    if resume is None and start is None and source is None:  # a budget's rungs are made from the user's settings
+        user_cfg, cfg = scratch_stem(user_cfg, ds, cfg.model), scratch_stem(cfg, ds)
     device = distributed.device_of(world, pick_device(cfg.device))
     precision = pick_precision(cfg.precision, device)
     if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
@@ -430,16 +430,17 @@ def _silent(msg: str) -> None:
 DATA_INIT_PICTURES = 5000
 
 
-def scratch_stem(cfg: TrainConfig, ds: Dataset) -> TrainConfig:
+def scratch_stem(cfg: TrainConfig, ds: Dataset, model: str | None = None) -> TrainConfig:
     """``cfg`` with ``extra["stem"]`` set to ``mvnet.default_stem`` for the pictures of ``ds`` (the whitening
-    stem for colour pictures), for a model that takes a ``stem`` and a network trained from scratch. A stem
-    the user named in ``extra`` is kept; on grey pictures nothing is added, so such runs record what they did."""
+    stem for colour pictures), when ``model`` (default ``cfg.model``) takes a ``stem``: call it for a network
+    trained from scratch. A stem the user named in ``extra`` is kept; on grey pictures nothing is added."""
     from .models.mvnet import default_stem
 
     extra = dict(cfg.extra or {})
-    if cfg.model is None or "stem" in extra:
+    model = model or cfg.model
+    if model is None or "stem" in extra:
         return cfg
-    if "stem" not in inspect.signature(model_info(cfg.model).builder).parameters:
+    if "stem" not in inspect.signature(model_info(model).builder).parameters:
         return cfg
     stem = default_stem(ds.channels, ds.image_size)
     return cfg if stem == "conv" else dataclasses.replace(cfg, extra={**extra, "stem": stem})
