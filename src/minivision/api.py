@@ -41,6 +41,10 @@ class Classifier:
     this process: several processes are ``minivision train --nproc N`` (or torchrun), so ``nproc`` is not a
     parameter.
 
+    ``extra`` holds the model builder's own options, as ``models.create_model`` takes them (mvnet: ``width``,
+    ``depth``, ``stem``); an mvnet trained from scratch on colour pictures gets ``stem="whiten"`` unless
+    ``extra`` names one (``models.mvnet.default_stem``).
+
     ``tta`` is a training setting: the test-time augmentation the trained model answers with (written to
     model.json; ``auto``: flip for colour pictures trained with horizontal flips, else none). The ``tta`` of
     ``predict``, ``predict_proba``, ``predict_details``, ``evaluate`` and ``report`` overrides it for one call
