@@ -146,7 +146,13 @@ def test_report_show_and_embed_on_the_cifar_jpeg_folder(tmp_path):
     run = Path(summary["run"])
     # trained with flips on colour pictures: the model answers with flip TTA, scored so at the end of training
     assert summary["tta"] == "flip" and summary["test_accuracy_tta"] > 0.3
-    assert json.loads((run / "model.json").read_text())["calibration"]["tta"] == "flip"
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["calibration"]["tta"] == "flip"
+    # from scratch on colour pictures: mvnet's frozen patch-whitening stem, which the exports carry as a constant
+    assert meta["architecture"]["kwargs"] == {"stem": "whiten"}
+    _minivision("export", str(run), "--int8", "--out", str(tmp_path / "m8.onnx"))
+    parity = json.loads((tmp_path / "m8.onnx.json").read_text())["parity"]
+    assert parity["agreement"] > 0.95 and parity["n"] == 10_000, parity
     own = json.loads(_minivision("evaluate", str(run), "--json").stdout)
     assert own["tta"] == "flip" and own["tta_accuracy"] == pytest.approx(summary["test_accuracy_tta"], abs=2e-4)
     assert 0 <= own["tta_ece"] < 0.1 and "tta" not in json.loads(_minivision("evaluate", str(run), "--tta", "none",
