@@ -149,6 +149,18 @@ def test_planner_excludes_epoch_pauses_from_the_step_rate_and_uses_the_measured_
     assert abs(p.plan(20) - (20 + left / (0.2 + 3.0 / 10))) <= 1
 
 
+def test_a_long_budget_keeps_a_share_back_for_the_machines_noise():
+    clock = FakeClock()
+    plain = Planner(deadline=1800.0, steps_per_epoch=100, n_val=0, n_test=0, batch_size=10, clock=clock)
+    kept = Planner(deadline=1800.0, steps_per_epoch=100, n_val=0, n_test=0, batch_size=10, clock=clock,
+                   budget_s=1800.0)
+    _drive(plain, clock, 20, 0.1)
+    clock.t = 0.0
+    _drive(kept, clock, 20, 0.1)
+    # 0.3% of 30 minutes is 5.4 s: 54 fewer steps of 0.1 s
+    assert abs((plain.plan(20) - kept.plan(20)) - 1800 * Planner.NOISE_SHARE / 0.1) <= 1
+
+
 def test_planner_always_allows_one_more_step_and_slows_down_when_the_machine_does():
     clock = FakeClock()
     p = Planner(deadline=10.0, steps_per_epoch=100, n_val=0, n_test=0, batch_size=10, clock=clock)

@@ -196,15 +196,21 @@ class Planner:
     REPORT_S = 1.8  # the report beyond results.png: five pictures, per_class.csv, report.html (measured: with
     # 2.5 s the default 30 s run ended at 28.1 s, 1.9 s early; before the report it ended 1.1 s early)
     FORWARD_COST = 0.5  # an evaluation pass per image / a training step per image (measured ~0.45)
+    # Kept back per second of budget for the machine's noise: the 30-minute CIFAR-10 run ended 1.8 s late
+    # (2026-12-01) and another 22.8 s early, so the end's estimate moves by a few seconds in a long run.
+    # 0.3% is 0.09 s of the 30-second default and 5.4 s of 30 minutes.
+    NOISE_SHARE = 0.003
 
     def __init__(self, deadline: float, steps_per_epoch: int, n_val: int, n_test: int, batch_size: int,
-                 clock: Callable[[], float] = time.monotonic, report: bool = True, n_end: int = 0) -> None:
+                 clock: Callable[[], float] = time.monotonic, report: bool = True, n_end: int = 0,
+                 budget_s: float = 0.0) -> None:
         """``n_end``: pictures the end of training passes through the network besides the test split (the
         calibration and unsure statistics: the validation split and up to trust.STATS_PICTURES training
-        pictures), counted at the evaluation rate like the test pass."""
+        pictures), counted at the evaluation rate like the test pass. ``budget_s``: the whole budget, of
+        which ``NOISE_SHARE`` is kept back as well."""
         self.deadline = deadline
         self.n_end = n_end
-        self.reserve_s = self.END_RESERVE_S + (self.REPORT_S if report else 0.0)
+        self.reserve_s = self.END_RESERVE_S + (self.REPORT_S if report else 0.0) + self.NOISE_SHARE * budget_s
         self.steps_per_epoch = steps_per_epoch
         self.n_val, self.n_test, self.batch_size = n_val, n_test, batch_size
         self.clock = clock

@@ -410,7 +410,8 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
                     started + plan.budget_s, trainer.batches_per_epoch, len(ds.val) if ds.val is not None else 0,
                     len(ds.test) if ds.test is not None else 0, cfg.batch_size, clock=clock,
                     report=trainer.report_follows,
-                    n_end=trust_pictures(ds, reuses_validation=True) + tta_pictures(ds, meta["tta"]))))
+                    n_end=trust_pictures(ds, reuses_validation=True) + tta_pictures(ds, meta["tta"]),
+                    budget_s=plan.budget_s)))
                 trainer.budget_end = (started + plan.budget_s, clock)  # the plan moves: epoch lines say time left
         if state is not None:
             trainer.restore(state)
