@@ -107,12 +107,16 @@ def cba(ci: int, co: int, pool: bool, k: int = 3) -> nn.Sequential:
     return nn.Sequential(layers)
 
 
-def whitening_conv(k: int = 2, eps: float = 5e-4, n: int = 5000) -> nn.Conv2d:
+WHITEN_EPS = 5e-4  # airbench's; a screen may set another before building a Net (the mean eigenvalue is ~1 here)
+
+
+def whitening_conv(k: int = 2, eps: float | None = None, n: int = 5000) -> nn.Conv2d:
     """airbench's first layer: a frozen k x k convolution (no padding) whose filters are the
     eigenvectors of the covariance of k x k patches of the (normalised) training pictures, each
     scaled by 1 / sqrt(eigenvalue + eps), with their negatives: 2 * channels * k * k outputs. The
     bias stays trainable (airbench trains it for the first epochs). The ``n`` pictures are a seeded random
     pick: a folder's training split comes in class order."""
+    eps = WHITEN_EPS if eps is None else eps
     pick = torch.randperm(len(XTR), generator=torch.Generator().manual_seed(0))[:n]
     x = pre(XTR[pick]).contiguous()
     patches = F.unfold(x, k).transpose(1, 2).reshape(-1, CHANNELS * k * k).double()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import subprocess
 import sys
 import warnings
@@ -284,6 +285,8 @@ def test_fit_on_arrays_takes_channels_last_one_hot_and_names_and_says_so(tmp_pat
     (lambda c, x, y: c.fit(None), r"fit takes a dataset name.*got NoneType"),
     (lambda c, x, y: c.fit("fashion-mnist", y), r"labels go with pictures given as an array"),
     (lambda c, x, y: c.set_params(epochs="3").fit(x, y), r"^parameter epochs must be an integer, got '3'$"),
+    (lambda c, x, y: c.set_params(budget="3x").fit(x, y),
+     r"^parameter budget must be a duration like 30s, 3m or 1h30m, or a number of seconds, got '3x'$"),
 ])
 def test_wrong_types_to_fit_are_one_line_errors_in_the_api_s_words(tmp_path, call, message):
     x, y = synthetic_images(20, classes=2)
@@ -291,6 +294,14 @@ def test_wrong_types_to_fit_are_one_line_errors_in_the_api_s_words(tmp_path, cal
     with pytest.raises(mv.MinivisionError, match=message):
         call(clf, x[:, 0], y)
     assert not list(tmp_path.iterdir())  # refused before a run folder was made
+
+
+def test_a_budget_is_given_as_train_takes_it(tmp_path):
+    """``budget="4s"`` as ``--budget 4s``: the README's ``Classifier(budget="3m")``."""
+    x, y = synthetic_images(60, classes=2)
+    clf = mv.Classifier(budget="4s", out=str(tmp_path)).fit(x[:, 0], y, progress=False)
+    meta = json.loads((clf.run_dir_ / "model.json").read_text())
+    assert meta["budget"]["budget_s"] == 4.0 and clf.get_params()["budget"] == "4s"
 
 
 def test_an_empty_picture_is_predicted_with_a_note(fitted, tmp_path):

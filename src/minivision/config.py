@@ -75,6 +75,14 @@ class Setting:
             return None
         if self.kind is bool:
             return None if isinstance(value, bool) else "must be true or false"
+        if self.name == "budget" and isinstance(value, str):  # "3m", "1h30m": what --budget takes
+            from .budget import parse_duration
+
+            try:
+                parse_duration(value)
+            except MinivisionError:
+                return "must be a duration like 30s, 3m or 1h30m, or a number of seconds"
+            return None
         if self.kind in (int, float):
             ok = (isinstance(value, int) if self.kind is int else isinstance(value, int | float))
             if not ok or isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
