@@ -14,7 +14,7 @@ from minivision.data.split import make_val
 from minivision.errors import MinivisionError
 from minivision.listeners import Listener
 from minivision.models import create_model
-from minivision.models.mvnet import MIN_WHITEN_SIZE, PatchWhitening, default_stem
+from minivision.models.mvnet import AUTO_WHITEN_SIZE, MIN_WHITEN_SIZE, PatchWhitening, default_stem
 from minivision.preprocess import Preprocess
 from minivision.runfiles import load_model
 from minivision.train import DATA_INIT_PICTURES, fit
@@ -82,7 +82,8 @@ def test_the_filters_are_a_frozen_buffer_and_the_bias_learns() -> None:
 
 def test_stem_choice_and_shape_errors() -> None:
     assert default_stem(3, (32, 32)) == "whiten" and default_stem(1, (28, 28)) == "conv"
-    assert default_stem(3, (MIN_WHITEN_SIZE - 1, 32)) == "conv" and default_stem(4, (32, 32)) == "conv"
+    assert default_stem(3, (AUTO_WHITEN_SIZE - 1, 32)) == "conv" and default_stem(4, (32, 32)) == "conv"
+    assert default_stem(3, (AUTO_WHITEN_SIZE, AUTO_WHITEN_SIZE)) == "whiten"
     assert create_model("mvnet", in_channels=3, image_size=32, num_classes=3).init_from_data(
         torch.randn(4, 3, 32, 32)) is False  # the learned stem: nothing to compute
     with pytest.raises(MinivisionError, match="stem is one of conv, whiten"):
@@ -152,7 +153,7 @@ def test_grey_runs_and_a_named_stem_keep_the_learned_stem(tmp_path) -> None:
                          extra={"stem": "conv"})
     assert own["architecture"]["kwargs"] == {"stem": "conv"} and not any("whitening" in s for s in lines)
     _, small, _ = _fit(tmp_path, synthetic_dataset(160, 40, channels=3, size=8), name="small")
-    assert small["architecture"]["kwargs"] == {}  # 8 x 8: too small for the unpadded 2x2 conv
+    assert small["architecture"]["kwargs"] == {}  # 8 x 8: below the size train gives it to
     _, other, _ = _fit(tmp_path, synthetic_dataset(160, 40, channels=3, size=16), name="cnn", model="cnn1")
     assert other["architecture"]["kwargs"] == {}  # a model without a stem option
 
@@ -178,3 +179,19 @@ def test_a_budget_run_on_colour_pictures_times_and_trains_the_whitened_networks(
     assert meta["architecture"]["name"].startswith("mvnet") and meta["architecture"]["kwargs"] == {"stem": "whiten"}
     assert isinstance(r.model.stem.conv, PatchWhitening)
     assert any(line.startswith("whitening stem: computed from 144 training pictures") for line in lines), lines
+
+
+def test_the_summary_shows_the_stem_train_builds_and_counts_its_filters_as_non_trainable(capsys) -> None:
+    from minivision.cli import main
+    from minivision.models import summarize
+    from minivision.models.summary import summary_totals
+
+    m = create_model("mvnet-s", in_channels=3, image_size=32, num_classes=10, stem="whiten")
+    t = summary_totals(summarize(m, (3, 32, 32)))
+    assert t.non_trainable == 288 and t.trainable == sum(p.numel() for p in m.parameters())
+    assert t.state == sum(b.numel() for n, b in m.named_buffers() if "norm" in n and b.is_floating_point())
+    assert main(["summary", "mvnet-s", "--input", "3x32x32"]) == 0
+    out = capsys.readouterr().out
+    assert "PatchWhitening" in out and "whitening stem" in out.splitlines()[0] and "Non-trainable params: 288" in out
+    assert main(["summary", "mvnet-s", "--input", "1x28x28"]) == 0
+    assert "PatchWhitening" not in capsys.readouterr().out

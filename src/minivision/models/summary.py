@@ -59,9 +59,15 @@ def _macs(module: nn.Module, output: torch.Tensor) -> int:
 
 
 def _own(module: nn.Module) -> tuple[int, int, int]:
+    """(parameters, trainable ones, state) of ``module`` itself. Buffers a module names in ``frozen_weights``
+    (mvnet's whitening filters) are weights that are never trained: non-trainable parameters, as Keras
+    counts a frozen layer's weights, not state."""
     params = list(module.parameters(recurse=False))
-    state = sum(b.numel() for b in module.buffers(recurse=False) if b.is_floating_point())
-    return (sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad), state)
+    frozen = set(getattr(module, "frozen_weights", ()))
+    buffers = list(module.named_buffers(recurse=False))
+    fixed = sum(b.numel() for n, b in buffers if n in frozen)
+    state = sum(b.numel() for n, b in buffers if n not in frozen and b.is_floating_point())
+    return (sum(p.numel() for p in params) + fixed, sum(p.numel() for p in params if p.requires_grad), state)
 
 
 def summarize(model: nn.Module, input_shape: tuple[int, int, int]) -> list[LayerRow]:
