@@ -14,7 +14,13 @@ from minivision.data.split import make_val
 from minivision.errors import MinivisionError
 from minivision.listeners import Listener
 from minivision.models import create_model
-from minivision.models.mvnet import AUTO_WHITEN_SIZE, MIN_WHITEN_SIZE, PatchWhitening, default_stem
+from minivision.models.mvnet import (
+    AUTO_WHITEN_SIZE,
+    MIN_WHITEN_SIZE,
+    WHITEN_EPS,
+    PatchWhitening,
+    default_stem,
+)
 from minivision.preprocess import Preprocess
 from minivision.runfiles import load_model
 from minivision.train import DATA_INIT_PICTURES, fit
@@ -37,7 +43,9 @@ def test_the_filters_decorrelate_patches_to_unit_variance() -> None:
     conv.init_from_data(x)
     cov = _patch_cov(conv, x)
     assert conv.out_channels == 24 and conv.weight.shape == (24, 3, 2, 2)
-    assert torch.allclose(cov, torch.eye(12), atol=0.05), cov
+    # decorrelated, and unit variance but where eps (1e-2 of the mean eigenvalue) shrinks a rare direction
+    assert torch.allclose(cov - torch.diag(cov.diag()), torch.zeros(12, 12), atol=0.05), cov
+    assert cov.diag().max() < 1.01 and cov.diag().min() > 0.5 and (cov.diag() > 0.95).sum() >= 8, cov.diag()
     assert not torch.allclose(before, torch.eye(12), atol=0.3)
     assert torch.equal(conv.weight[12:], -conv.weight[:12])  # each filter and its negative
 
@@ -60,6 +68,26 @@ def test_nearly_equal_channels_are_not_blown_up() -> None:
     conv = PatchWhitening(3)
     conv.init_from_data(x)
     assert _patch_cov(conv, x).diag().max() < 1.05
+
+
+def test_a_direction_the_pictures_hardly_use_is_amplified_at_most_tenfold(monkeypatch) -> None:
+    """Tinted pictures (the channels move together): the gain of a direction they hardly use is capped at
+    10 x the mean's, so a colour picture's features are a quarter or less of what airbench's eps gives."""
+    from minivision.models import mvnet
+
+    torch.manual_seed(3)
+    grey = torch.randn(300, 1, 12, 12)
+    tint = torch.tensor([1.0, 0.8, 0.5]).view(1, 3, 1, 1)
+    pictures = grey * tint + 1e-4 * torch.randn(300, 3, 12, 12)
+    ours, airbench = PatchWhitening(3), PatchWhitening(3)
+    ours.init_from_data(pictures)
+    monkeypatch.setattr(mvnet, "WHITEN_EPS", 5e-4)
+    airbench.init_from_data(pictures)
+    mean_eig = pictures.var(dim=(0, 2, 3)).mean()  # the patches' mean eigenvalue: the trace over 12 dims / 12
+    assert ours.weight.flatten(1).norm(dim=1).max() <= (WHITEN_EPS * mean_eig) ** -0.5 * 1.01
+    colour = torch.randn(50, 3, 12, 12)
+    size = [F.conv2d(colour, c.weight).abs().mean() for c in (ours, airbench)]
+    assert size[0] < size[1] / 4, size
 
 
 def test_the_filters_are_a_frozen_buffer_and_the_bias_learns() -> None:
@@ -135,7 +163,9 @@ def test_a_colour_run_from_scratch_starts_from_whitening_of_its_own_pictures(col
     assert torch.allclose(start, sign * expected.weight, atol=1e-4)
     probe = PatchWhitening(3)
     probe.weight.copy_(start)
-    assert torch.allclose(_patch_cov(probe, pre(train.x)), torch.eye(12), atol=0.05)
+    cov = _patch_cov(probe, pre(train.x))
+    assert torch.allclose(cov - torch.diag(cov.diag()), torch.zeros(12, 12), atol=0.05)
+    assert cov.diag().max() < 1.01 and cov.diag().min() > 0.5
     # ... training leaves them as they were, and the saved run loads them back
     assert torch.equal(r.model.stem.conv.weight.cpu(), start)
     lm = load_model(r.run_dir)

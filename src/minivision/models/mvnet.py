@@ -74,7 +74,7 @@ AUTO_WHITEN_SIZE = 16
 
 STEMS = ("conv", "whiten")
 WHITEN_KERNEL = 2  # airbench's patch size
-WHITEN_EPS = 5e-4  # airbench's eps, here times the mean eigenvalue (see PatchWhitening)
+WHITEN_EPS = 1e-2  # times the mean eigenvalue; airbench's 5e-4 amplifies rare directions 45-fold (PatchWhitening)
 
 BASE_WIDTHS = (32, 64, 128)  # output channels of the three blocks at width 1.0
 HEAD_SCALE = 1 / 8  # fixed logit scale (airbench: 1/9); see the module docstring
@@ -108,11 +108,13 @@ class PatchWhitening(nn.Conv2d):
     The bias is learned (airbench trains it too). Until ``init_from_data`` they are PyTorch's
     random conv init.
 
-    What differs from airbench: eps is 5e-4 times the mean eigenvalue, not 5e-4 absolute. On
-    standardised pictures (airbench's input and minivision's default) the mean eigenvalue is about
-    1, so it is airbench's figure there; relative, it also suits ``normalize="unit"`` pixels and
-    colour folders whose channels are nearly equal (grey photos saved as RGB), whose near-zero
-    eigenvalues would otherwise be blown up 45-fold.
+    What differs from airbench: eps is 1e-2 times the mean eigenvalue, not 5e-4 absolute. Relative,
+    it means the same on standardised pictures (minivision's default, where the mean eigenvalue is
+    about 1) and on ``normalize="unit"`` pixels. Larger, it caps the gain of a direction the training
+    pictures hardly use at 10 (x the mean's), not 45: a model whitened on tinted pictures, whose
+    channels move together, met ordinary colour photos with features ~30 times the size of its
+    training pictures' and answered them at 100%. On CIFAR-10 (500 steps, three paired seeds) 1e-2
+    scored +0.23 points against 5e-4 (+0.25 with flip TTA): no cost.
     """
 
     frozen_weights = ("weight",)  # a weight never trained (the model summary counts it as non-trainable)
