@@ -315,9 +315,10 @@ END_PICTURES = 180
 
 def _planned_steps(n_test: int) -> int:
     """What the planner must plan when a step takes DT and validation takes no time: the budget less
-    the files and report reserve, the test pass and the end's calibration pass, divided by the time of a step."""
+    the files and report reserve, the share kept back for the machine's noise, the test pass and the end's
+    calibration pass, divided by the time of a step."""
     scoring = (n_test + END_PICTURES) / BATCH * DT * Planner.FORWARD_COST
-    left = BUDGET_S - Planner.END_RESERVE_S - Planner.REPORT_S - scoring
+    left = BUDGET_S - Planner.END_RESERVE_S - Planner.REPORT_S - Planner.NOISE_SHARE * BUDGET_S - scoring
     return int(left / DT)
 
 

@@ -594,9 +594,7 @@ def cmd_models(a: argparse.Namespace) -> int:
 
 
 def cmd_summary(a: argparse.Namespace) -> int:
-    import inspect
-
-    from .models import create_model, format_summary, model_info, summarize
+    from .models import create_model, format_summary, summarize
 
     if Path(a.model).exists():
         from .runfiles import load_model
@@ -610,12 +608,10 @@ def cmd_summary(a: argparse.Namespace) -> int:
                 raise ValueError
         except ValueError:
             raise MinivisionError(f"--input must look like 1x28x28 (CxHxW), got {a.input!r}") from None
-        from .models.mvnet import default_stem
+        from .models.mvnet import scratch_options
 
-        kwargs, title = {}, a.model
-        if "stem" in inspect.signature(model_info(a.model).builder).parameters and \
-                (stem := default_stem(shape[0], shape[1:])) != "conv":  # what train builds from scratch
-            kwargs, title = {"stem": stem}, f"{a.model} (with the whitening stem train gives it for colour pictures)"
+        kwargs = scratch_options(a.model, shape[0], shape[1:])  # what train builds from scratch for such pictures
+        title = f"{a.model} (with the whitening stem train gives it for colour pictures)" if kwargs else a.model
         model = create_model(a.model, in_channels=shape[0], image_size=shape[1:], num_classes=a.classes, **kwargs)
     print(f"Model: {title}")
     print(format_summary(summarize(model, shape)))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import math
 import re
 import signal
@@ -435,16 +434,14 @@ def scratch_stem(cfg: TrainConfig, ds: Dataset, model: str | None = None) -> Tra
     """``cfg`` with ``extra["stem"]`` set to ``mvnet.default_stem`` for the pictures of ``ds`` (the whitening
     stem for colour pictures), when ``model`` (default ``cfg.model``) takes a ``stem``: call it for a network
     trained from scratch. A stem the user named in ``extra`` is kept; on grey pictures nothing is added."""
-    from .models.mvnet import default_stem
+    from .models.mvnet import scratch_options
 
     extra = dict(cfg.extra or {})
     model = model or cfg.model
     if model is None or "stem" in extra:
         return cfg
-    if "stem" not in inspect.signature(model_info(model).builder).parameters:
-        return cfg
-    stem = default_stem(ds.channels, ds.image_size)
-    return cfg if stem == "conv" else dataclasses.replace(cfg, extra={**extra, "stem": stem})
+    added = scratch_options(model, ds.channels, ds.image_size)
+    return dataclasses.replace(cfg, extra={**extra, **added}) if added else cfg
 
 
 def init_from_data(model: nn.Module, ds: Dataset, pre: Preprocess, seed: int,

@@ -240,6 +240,20 @@ def default_stem(in_channels: int, image_size: tuple[int, int]) -> str:
     return "whiten" if in_channels == 3 and min(image_size) >= AUTO_WHITEN_SIZE else "conv"
 
 
+def scratch_options(name: str, in_channels: int, image_size: tuple[int, int]) -> dict[str, str]:
+    """The builder options ``train`` adds to model ``name`` trained from scratch on pictures of ``in_channels``
+    x ``image_size``: ``{"stem": "whiten"}`` for a model that takes a ``stem`` where ``default_stem`` says so,
+    else ``{}``. Raises MinivisionError for an unknown model name."""
+    import inspect
+
+    from minivision.models.registry import model_info
+
+    if "stem" not in inspect.signature(model_info(name).builder).parameters:
+        return {}
+    stem = default_stem(in_channels, image_size)
+    return {} if stem == "conv" else {"stem": stem}
+
+
 def _check_shape(image_size: tuple[int, int], stem: str) -> None:
     if stem not in STEMS:
         raise MinivisionError(f"mvnet's stem is one of {', '.join(STEMS)}, got {stem!r}")
