@@ -336,12 +336,16 @@ def test_numpy_figures_equal_the_torch_ones():
     assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
     assert a["ece"] == pytest.approx(b["ece"], abs=1e-6)
     assert [x["count"] for x in a["calibration"]["bins"]] == [x["count"] for x in b["calibration"]["bins"]]
-    feats = torch.randn(300, 16, generator=g)
-    stats = Mahalanobis.fit(feats, torch.randint(0, 3, (300,), generator=g), 3)
-    ref = torch.einsum("nkd,de,nke->nk", *(lambda d: (d, stats.precision.double(), d))(
-        (feats / feats.norm(dim=1, keepdim=True)).double()[:, None] - stats.means.double()[None])).min(1).values
-    assert np.allclose(mahalanobis_score(feats.numpy(), stats.means.numpy(), stats.precision.numpy()), ref.numpy(),
-                       rtol=1e-5)
+    feats = torch.randn(300, 16, generator=g) * (1 + torch.rand(300, 1, generator=g))
+    labels = torch.randint(0, 3, (300,), generator=g)
+    for log_norm in (True, False):  # the score now, and the unit-length one of models fitted before
+        stats = Mahalanobis.fit(feats, labels, 3, log_norm=log_norm)
+        length = feats.double().norm(dim=1, keepdim=True)
+        v = torch.cat([feats / length, length.log()], 1) if log_norm else feats / length
+        ref = torch.einsum("nkd,de,nke->nk", *(lambda d: (d, stats.precision.double(), d))(
+            v.double()[:, None] - stats.means.double()[None])).min(1).values
+        assert np.allclose(mahalanobis_score(feats.numpy(), stats.means.numpy(), stats.precision.numpy(),
+                                             log_norm=log_norm), ref.numpy(), rtol=1e-5)
 
 
 def test_numpy_trust_figures_equal_the_torch_ones(grey):
@@ -660,8 +664,15 @@ def test_mahalanobis_score_is_the_distance_to_the_nearest_class():
     unit = (f / np.linalg.norm(f, axis=1, keepdims=True)).astype(np.float64)
     d = unit[:, None, :] - means.astype(np.float64)[None]
     ref = np.einsum("nkd,de,nke->nk", d, precision.astype(np.float64), d).min(1)
-    assert np.allclose(mahalanobis_score(f, means, precision, batch=256), ref, rtol=1e-5)
+    assert np.allclose(mahalanobis_score(f, means, precision, batch=256, log_norm=False), ref, rtol=1e-5)
     assert mahalanobis_score(f[:0], means, precision).shape == (0,)
+    # with the log length as a 13th coordinate (the score of models fitted now)
+    means13, b = rng.normal(size=(5, 13)).astype(np.float32), rng.normal(size=(13, 13))
+    precision13 = (b @ b.T + np.eye(13)).astype(np.float32)
+    v = np.concatenate([unit, np.log(np.linalg.norm(f.astype(np.float64), axis=1, keepdims=True))], 1)
+    d = v[:, None, :] - means13.astype(np.float64)[None]
+    ref = np.einsum("nkd,de,nke->nk", d, precision13.astype(np.float64), d).min(1)
+    assert np.allclose(mahalanobis_score(f, means13, precision13, batch=256), ref, rtol=1e-5)
 
 
 def test_default_threads_follow_the_free_cpus(monkeypatch, tmp_path):

@@ -61,6 +61,30 @@ def test_fit_temperature_refuses_mismatched_input():
         trust.fit_temperature(torch.zeros(0, 4), torch.zeros(0, dtype=torch.long))
 
 
+def test_direction_says_mixed_when_the_scores_err_both_ways():
+    """Scores too sure at the top and too unsure below: the mean gap is near 0 but the ECE is large, which
+    must not read "calibrated"; one-sided errors keep their names."""
+    from minivision.scores import direction_np
+
+    def probs_for(conf: np.ndarray) -> np.ndarray:
+        return np.stack([conf, 1 - conf], 1)
+
+    n = 1000
+    y = np.zeros(2 * n, dtype=np.int64)
+    # half the pictures at score 0.99 but right 80% of the time, half at 0.61 but right 80%: +19 / -19 points
+    conf = np.r_[np.full(n, 0.99), np.full(n, 0.61)]
+    y[np.r_[np.arange(n)[int(0.8 * n):], n + np.arange(n)[int(0.8 * n):]]] = 1
+    p = probs_for(conf)
+    assert abs(p.max(1).mean() - (p.argmax(1) == y).mean()) < 0.01  # the mean gap alone says "calibrated"
+    assert direction_np(p, y) == "mixed" and trust.direction(torch.from_numpy(p), torch.from_numpy(y)) == "mixed"
+    assert direction_np(probs_for(np.full(2 * n, 0.99)), y) == "over-confident"
+    assert direction_np(probs_for(np.full(2 * n, 0.61)), y) == "under-confident"
+    assert direction_np(probs_for(np.full(2 * n, 0.80)), y) == "calibrated"
+    # a small error both ways (under a point each) is still "calibrated"
+    near = np.r_[np.full(n, 0.805), np.full(n, 0.795)]
+    assert direction_np(probs_for(near), y) == "calibrated"
+
+
 def test_describe_names_the_direction():
     text = trust.describe({"temperature": 0.71, "ece_before": 0.086, "ece_after": 0.012, "before": "under-confident",
                            "after": "over-confident"})
@@ -74,17 +98,42 @@ def test_temperature_of_old_or_malformed_model_json_is_one():
     assert trust.temperature_of({"calibration": {"temperature": 0.7}}) == 0.7
 
 
-def test_mahalanobis_on_unit_length_features_scores_far_directions_higher():
+def test_mahalanobis_scores_far_directions_and_unseen_sizes_higher():
     g = torch.Generator().manual_seed(0)
     y = torch.arange(400) % 2
     directions = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     f = (directions[y] + 0.05 * torch.randn(400, 3, generator=g)) * (1 + 3 * torch.rand(400, 1, generator=g))
+    for log_norm in (True, False):
+        m = trust.Mahalanobis.fit(f, y, 2, log_norm=log_norm)
+        assert m.means.shape == (2, 3 + log_norm) and m.score_name == (trust.OOD_SCORE if log_norm
+                                                                        else trust.OOD_SCORE_UNIT)
+        near, between, away = m.score(torch.tensor([[2.0, 0.1, 0], [1.0, 1.0, 0], [0.0, 0.0, 2.0]]))
+        assert near < between and near < away and away > 100 * near
+    # the unit-length score (models fitted before the size term) ignores the length: 7x is the same picture
+    unit = trust.Mahalanobis.fit(f, y, 2, log_norm=False)
+    assert torch.allclose(unit.score(f[:10]), unit.score(7 * f[:10]), rtol=1e-4)
+    # the default counts it: the training lengths are 1-4, so lengths 1.5 and 3.5 pass the training pictures'
+    # 99th percentile and 30 (the size a whitening stem can give a picture unlike its training pictures) is far
     m = trust.Mahalanobis.fit(f, y, 2)
-    near, between, away = m.score(torch.tensor([[5.0, 0.1, 0], [1.0, 1.0, 0], [0.0, 0.0, 1.0]]))
-    assert near < between and near < away and away > 100 * near
-    # the length of a feature vector does not count, only its direction
-    assert torch.allclose(m.score(f[:10]), m.score(7 * f[:10]), rtol=1e-4)
+    top = float(torch.quantile(m.score(f), 0.99))
+    base = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert m.log_norm and (m.score(1.5 * base) < top).all() and (m.score(3.5 * base) < top).all()
+    assert (m.score(30 * base) > 2 * top).all() and (unit.score(30 * base) < top).all()
+    # the numpy score an export's reader uses is the same
+    from minivision.scores import mahalanobis_score
+
+    np_scores = mahalanobis_score(f[:20].numpy(), m.means.numpy(), m.precision.numpy())
+    assert torch.allclose(torch.from_numpy(np_scores), m.score(f[:20]))
     assert trust.energy(torch.tensor([[10.0, 0, 0]])) < trust.energy(torch.tensor([[0.0, 0, 0]]))
+
+
+def test_statistics_of_another_width_are_a_one_line_error():
+    """A trust file whose statistics do not fit the model's features (copied from another run) says so."""
+    from minivision.scores import mahalanobis_score
+
+    m = trust.Mahalanobis.fit(torch.randn(100, 4), torch.arange(100) % 2, 2)
+    with pytest.raises(trust.MinivisionError, match="5 wide, the model's features 6"):
+        mahalanobis_score(torch.randn(3, 6).numpy(), m.means.numpy(), m.precision.numpy())
 
 
 def test_mahalanobis_precision_is_the_inverse_and_falls_back_to_the_pseudo_inverse(monkeypatch):
@@ -94,10 +143,10 @@ def test_mahalanobis_precision_is_the_inverse_and_falls_back_to_the_pseudo_inver
     for n, d in ((500, 8), (40, 64)):  # many pictures per dimension; fewer pictures than dimensions
         f, y = torch.randn(n, d, generator=g), torch.arange(n) % 3
         m = trust.Mahalanobis.fit(f, y, 3)
-        cent = trust.normalise(f).double()
+        cent = trust.ood_vectors(f)
         cent = cent - torch.stack([cent[y == k].mean(0) for k in range(3)])[y]
         cov = cent.T @ cent / n
-        ridged = cov + 1e-6 * float(cov.diagonal().mean()) * torch.eye(d, dtype=torch.float64)
+        ridged = cov + 1e-6 * float(cov.diagonal().mean()) * torch.eye(d + 1, dtype=torch.float64)
         assert torch.isfinite(m.precision).all()
         reference = torch.linalg.pinv(ridged, hermitian=True)
         assert float((m.precision.double() - reference).abs().max() / reference.abs().max()) < 1e-5, (n, d)
@@ -185,7 +234,7 @@ def test_a_trained_run_saves_calibration_and_unsure(csv_run):
     cal, unsure = meta["calibration"], meta["unsure"]
     assert cal["method"] == "temperature" and cal["fitted_on"] == "validation" and cal["n"] > 0
     assert cal["temperature"] > 0 and 0 <= cal["ece_after"] <= 1 and 0 <= cal["ece_before"] <= 1
-    assert cal["before"] in ("over-confident", "under-confident", "calibrated")
+    assert cal["before"] in ("over-confident", "under-confident", "calibrated", "mixed")
     assert unsure["score"] == trust.OOD_SCORE and unsure["file"] == "trust.safetensors"
     assert math.isfinite(unsure["ood_threshold"]) and 0.3 <= unsure["confidence_threshold"] <= 0.9
     assert (run / "trust.safetensors").is_file()
@@ -253,7 +302,7 @@ def test_api_predict_details_say_when_unsure(csv_run, tmp_path):
 def test_evaluate_prints_ece_before_and_after(csv_run):
     _, run = csv_run
     text = _cli("evaluate", str(run)).stdout
-    assert re.search(r"after temperature scaling, (over-confident|under-confident|calibrated) \(T = ", text), text
+    assert re.search(r"after temperature scaling, (over-confident|under-confident|calibrated|mixed) \(T = ", text), text
     assert "before, " in text and "unsure: " in text
     m = json.loads(_cli("evaluate", str(run), "--json").stdout)
     assert m["calibrated"] is True and m["temperature"] > 0 and 0 <= m["ece"] <= 1 and 0 <= m["ece_before"] <= 1
@@ -362,3 +411,43 @@ def test_real_fashion_mnist_test_pictures_are_neither_noise_nor_empty():
 
     test = load_dataset("fashion-mnist", test_only=True).test
     assert int(noise_pictures(test.x).sum()) == 0 and int(blank_pictures(test.x).sum()) == 0
+
+
+def test_a_run_fitted_before_the_size_term_keeps_its_score_until_calibrated_again(csv_run, tmp_path):
+    """A model.json whose unsure check is the unit-length score (``OOD_SCORE_UNIT``, statistics D wide) loads
+    and answers with that score; ``minivision calibrate`` refits it with the log length (D + 1 wide)."""
+    import shutil
+
+    from minivision.fileio import load_tensors, save_tensors, write_json
+    from minivision.inference import pick_device, predict_features
+    from minivision.runfiles import load_model
+
+    _, run = csv_run
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    lm = load_model(old)
+    x, y = synthetic_images(200, classes=4, seed=11)
+    feats, _ = predict_features(lm.model, lm.preprocess, torch.from_numpy(x), device=pick_device("cpu"))
+    unit = trust.Mahalanobis.fit(feats, torch.from_numpy(y), 4, log_norm=False)
+    save_tensors(old / "trust.safetensors", unit.tensors(), metadata={"score": trust.OOD_SCORE_UNIT})
+    meta = json.loads((old / "model.json").read_text())
+    meta["unsure"]["score"] = trust.OOD_SCORE_UNIT
+    write_json(old / "model.json", meta)
+    lm = load_model(old)
+    assert lm.trust is not None and not lm.trust.log_norm and lm.trust.means.shape[1] == feats.shape[1]
+    assert torch.allclose(lm.trust.score(feats), unit.score(feats))
+    answers = json.loads(_cli("predict", str(old), *[str(p) for p in _pngs(x[:3], tmp_path)], "--json").stdout)
+    assert len(answers) == 3 and all("unsure" in a for a in answers)
+    _cli("calibrate", str(old))
+    again = load_model(old)
+    assert json.loads((old / "model.json").read_text())["unsure"]["score"] == trust.OOD_SCORE
+    assert again.trust.log_norm and load_tensors(old / "trust.safetensors")["means"].shape[1] == feats.shape[1] + 1
+
+
+def _pngs(x: np.ndarray, folder) -> list:
+    paths = []
+    for i, a in enumerate(x):
+        p = folder / f"p{i}.png"
+        Image.fromarray(a[0]).save(p)
+        paths.append(p)
+    return paths

@@ -45,6 +45,7 @@ from .scores import (
     softmax,
     temperature_of,
     tta_mode,
+    uses_log_norm,
     view_np,
 )
 from .scores import answers as _answers
@@ -130,7 +131,7 @@ class OnnxModel:
         trust file or the features."""
         if self.trust is None or features is None:
             return None
-        return mahalanobis_score(features, *self.trust)
+        return mahalanobis_score(features, *self.trust, log_norm=bool(uses_log_norm(self.meta)))
 
     def view_probs(self, x: np.ndarray, mode: str, temperature: float = 1.0,
                    logits: np.ndarray | None = None) -> np.ndarray:
@@ -333,6 +334,11 @@ def _read_trust(file: Path, info: dict[str, Any], meta: dict[str, Any]) -> tuple
         raise MinivisionError(f"{where}: not a readable safetensors file ({_first_line(e)})") from None
     if means.ndim != 2 or precision.shape != (means.shape[1],) * 2:
         raise MinivisionError(f"{where}: class means {means.shape} and precision {precision.shape} do not fit")
+    if uses_log_norm(meta) is None:  # statistics for a score this version does not know
+        warnings.warn(f"{file.name}: its unsure check uses a score this minivision does not know "
+                      f"({(meta.get('unsure') or {}).get('score')!r}): answers skip the out-of-distribution check",
+                      Note, stacklevel=3)
+        return None
     return means, precision
 
 

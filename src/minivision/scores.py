@@ -155,10 +155,12 @@ def noise_image(img: Any) -> bool:
 
 LOW_CONFIDENCE_DEFAULT = 0.5  # a model without a fitted threshold: unsure below a 50% top-1 score
 TRUST_FILE = "trust.safetensors"
-OOD_SCORE = "mahalanobis-normalised"
+OOD_SCORE = "mahalanobis-normalised-lognorm"  # the score a model fitted now uses (trust.py's rule 3)
+OOD_SCORE_UNIT = "mahalanobis-normalised"  # the unit-length features alone: models fitted before the size term
+OOD_SCORES = (OOD_SCORE, OOD_SCORE_UNIT)
 LOW_CONFIDENCE_REASON = "low confidence: the top score is {score:.0%}"
 OOD_REASON = "this does not look like the pictures this model knows (out of distribution)"
-CALIBRATED_WITHIN = 0.01  # |mean top-1 score - accuracy| below this: "calibrated"
+CALIBRATED_WITHIN = 0.01  # |mean top-1 score - accuracy| below this: "calibrated" (direction_np has the rule)
 
 
 def temperature_of(meta: dict[str, Any]) -> float:
@@ -272,27 +274,52 @@ def view_np(x: np.ndarray, view: tuple[bool, int, int]) -> np.ndarray:
     return shifted_np(x[..., ::-1] if mirrored else x, dy, dx)
 
 
-def mahalanobis_score(features: np.ndarray, means: np.ndarray, precision: np.ndarray,
-                      batch: int = 8192) -> np.ndarray:
-    """float32 (N,): the squared Mahalanobis distance of each feature row (N, D), scaled to unit length, to the
-    nearest of the class ``means`` (K, D) under the shared ``precision`` (D, D) (trust.Mahalanobis, Lee et al.
-    2018; float64 arithmetic).
+def ood_vectors(features: np.ndarray, log_norm: bool = True) -> np.ndarray:
+    """float32 (N, D + 1) with ``log_norm`` (else (N, D)): each feature row (N, D) scaled to unit length, then
+    the natural log of its original length as one more coordinate (trust.py's rule 3: the direction and the
+    size of the features; a zero row gets log 1e-12)."""
+    f = np.asarray(features, dtype=np.float32)
+    f = f.reshape(len(f), -1)
+    length = np.maximum(np.linalg.norm(f, axis=1, keepdims=True), np.float32(1e-12))
+    unit = f / length
+    return np.concatenate([unit, np.log(length)], 1) if log_norm else unit
 
-    Expanded as f P f - 2 f P m + m P m: one (n, D) x (D, D) product per batch instead of one per class (7x
+
+def mahalanobis_score(features: np.ndarray, means: np.ndarray, precision: np.ndarray,
+                      batch: int = 8192, *, log_norm: bool = True) -> np.ndarray:
+    """float32 (N,): the squared Mahalanobis distance of each feature row (N, D), as ``ood_vectors`` gives it
+    (unit length, plus its log length with ``log_norm``), to the nearest of the class ``means`` (K, D') under
+    the shared ``precision`` (D', D'), D' = D + 1 with ``log_norm`` else D (trust.Mahalanobis, Lee et al. 2018;
+    float64 arithmetic). Raises MinivisionError when D' does not match the statistics' width.
+
+    Expanded as f P f - 2 f P m + m P m: one (n, D') x (D', D') product per batch instead of one per class (7x
     faster on 10,000 64-wide features; the same float32 scores)."""
     f = np.asarray(features, dtype=np.float32)
     if len(f) == 0:
         return np.empty(0, dtype=np.float32)
-    f = f.reshape(len(f), -1)
-    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), np.float32(1e-12))
+    f = ood_vectors(f, log_norm)
     p, m = np.asarray(precision, dtype=np.float64), np.asarray(means, dtype=np.float64)
+    if f.shape[1] != m.shape[1]:
+        from .errors import MinivisionError
+
+        raise MinivisionError(f"the unsure statistics are {m.shape[1]} wide, the model's features "
+                              f"{f.shape[1] - int(log_norm)}" + (" (+1 for their size)" if log_norm else "")
+                              + ": the trust file is another model's; refit it with `minivision calibrate RUN`")
     mpm = ((m @ p) * m).sum(1)  # (K,)
     out = []
     for i in range(0, len(f), batch):
-        fp = f[i:i + batch].astype(np.float64) @ p  # (n, D)
+        fp = f[i:i + batch].astype(np.float64) @ p  # (n, D')
         d = (fp * f[i:i + batch]).sum(1)[:, None] - 2.0 * (fp @ m.T) + mpm[None]  # (n, K)
         out.append(d.min(1).astype(np.float32))
     return np.concatenate(out)
+
+
+def uses_log_norm(meta: dict[str, Any]) -> bool | None:
+    """Whether a model.json's unsure check scores the features' size too (its ``unsure.score``): True for
+    ``OOD_SCORE``, False for ``OOD_SCORE_UNIT``, None for a model without the check or an unknown score."""
+    entry = meta.get("unsure") if isinstance(meta, dict) else None
+    score = entry.get("score") if isinstance(entry, dict) else None
+    return {OOD_SCORE: True, OOD_SCORE_UNIT: False}.get(score)
 
 
 def answers(probs: np.ndarray, classes: list[str], k: int, verdicts: list[tuple[bool, str | None]],
@@ -410,8 +437,22 @@ def metrics_np(logits: np.ndarray, y: np.ndarray, classes: list[str]) -> dict[st
     }
 
 
-def direction_np(probs: np.ndarray, y: np.ndarray) -> str:
-    """``trust.direction`` on numpy arrays: over-confident, under-confident or calibrated."""
+def direction_np(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> str:
+    """Which way the scores of probabilities (N, K) err against labels (N,): "over-confident",
+    "under-confident", "calibrated" or "mixed", from the reliability bins of ``calibration_np``.
+
+    The ECE splits into the bins where the mean top score is above the accuracy (over) and those where it
+    is below (under); over - under is the mean top score minus the accuracy. "mixed": each part is at least
+    ``CALIBRATED_WITHIN`` and at least a third of the ECE (too sure at some scores, too unsure at others, so
+    neither word fits, and a mean gap near 0 must not read "calibrated" beside a large ECE); else
+    "calibrated" when |over - under| < ``CALIBRATED_WITHIN``, else its sign."""
+    probs = np.asarray(probs)
+    cal = calibration_np(probs, np.asarray(y), bins)
+    n = max(len(y), 1)
+    over = sum(b["count"] / n * max(b["confidence"] - b["accuracy"], 0.0) for b in cal["bins"] if b["count"])
+    under = sum(b["count"] / n * max(b["accuracy"] - b["confidence"], 0.0) for b in cal["bins"] if b["count"])
+    if min(over, under) >= CALIBRATED_WITHIN and min(over, under) >= (over + under) / 3:
+        return "mixed"
     gap = float(probs.max(1).astype(np.float64).mean()) - float((probs.argmax(1) == y).astype(np.float64).mean())
     if abs(gap) < CALIBRATED_WITHIN:
         return "calibrated"

@@ -13,17 +13,20 @@ over log T in [log 0.05, log 20] in float64: the NLL of logits / T is convex in 
 minimum there, and the search is deterministic. The expected calibration error (ECE) is metrics.py's:
 15 equal-width bins of the top-1 score (Guo et al.). A model is called over-confident when its mean top-1
 score exceeds its accuracy by more than ``CALIBRATED_WITHIN`` (one percentage point), under-confident when
-it falls short by more, else calibrated.
+it falls short by more, else calibrated; mixed when its reliability bins err both ways, each way by at least
+a point and a third of the ECE (``scores.direction_np``).
 
 Unsure answers. An answer is unsure when (in this order):
   1. the picture is empty (``inference.empty_picture``: one colour, or almost); the reason is its note;
   2. the picture is noise (``inference.noise_picture``: neighbouring pixels do not correlate);
   3. it is out of distribution: the Mahalanobis distance of its penultimate features (``forward_features``),
-     each scaled to unit length, to the nearest class mean, with one covariance shared by the classes, is
-     above ``ood_threshold`` (Lee et al. 2018, "A Simple Unified Framework for Detecting Out-of-Distribution
-     Samples and Adversarial Attacks", eq. 2, without input preprocessing or layer ensembles; the features
-     scaled to unit length first as in Mueller & Hein 2025, "Mahalanobis++: Improving OOD Detection via
-     Feature Normalization");
+     each scaled to unit length with the log of its length as one more coordinate, to the nearest class
+     mean, with one covariance shared by the classes, is above ``ood_threshold`` (Lee et al. 2018, "A Simple
+     Unified Framework for Detecting Out-of-Distribution Samples and Adversarial Attacks", eq. 2, without
+     input preprocessing or layer ensembles; the features scaled to unit length first as in Mueller & Hein
+     2025, "Mahalanobis++: Improving OOD Detection via Feature Normalization"; the log length is our
+     addition, ``Mahalanobis.fit`` says why, and a model fitted before it has the unit-length score
+     ``OOD_SCORE_UNIT``);
   4. its calibrated top-1 score is below ``confidence_threshold``.
 The class means and the shared covariance are fitted on (up to ``STATS_PICTURES`` of) the training split's
 pictures, un-augmented, as Lee et al. do; the thresholds on the validation split, which the statistics
@@ -61,6 +64,8 @@ from .scores import (  # noqa: F401 (trust's names: the texts, thresholds and ve
     LOW_CONFIDENCE_REASON,
     OOD_REASON,
     OOD_SCORE,
+    OOD_SCORE_UNIT,
+    OOD_SCORES,
     TRUST_FILE,
     judge,
     mahalanobis_score,
@@ -120,13 +125,12 @@ def fit_temperature(logits: torch.Tensor, y: torch.Tensor, *, iterations: int = 
 
 
 def direction(probs: torch.Tensor, y: torch.Tensor) -> str:
-    """"over-confident", "under-confident" or "calibrated": the sign of mean top-1 score - accuracy of
-    probabilities (N, K) against labels (N,), "calibrated" within ``CALIBRATED_WITHIN``."""
-    conf, pred = probs.max(1)
-    gap = float(conf.double().mean()) - float((pred == y).double().mean())
-    if abs(gap) < CALIBRATED_WITHIN:
-        return "calibrated"
-    return "over-confident" if gap > 0 else "under-confident"
+    """"over-confident", "under-confident", "calibrated" or "mixed" for probabilities (N, K) against labels
+    (N,): ``scores.direction_np``'s rule (the sign of mean top-1 score - accuracy, "calibrated" within
+    ``CALIBRATED_WITHIN``, "mixed" when the reliability bins err both ways)."""
+    from .scores import direction_np
+
+    return direction_np(probs.detach().double().cpu().numpy(), y.detach().cpu().numpy())
 
 
 def ece(probs: torch.Tensor, y: torch.Tensor) -> float:
@@ -170,25 +174,50 @@ def normalise(features: torch.Tensor) -> torch.Tensor:
     return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+def ood_vectors(features: torch.Tensor, log_norm: bool = True) -> torch.Tensor:
+    """float64 (N, D + 1) with ``log_norm`` (else (N, D)): each row of features (N, D) scaled to unit length
+    (``normalise``), then the natural log of its length as one more coordinate (``scores.ood_vectors``)."""
+    f = features.detach().double().cpu().reshape(len(features), -1)
+    length = f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return torch.cat([f / length, length.log()], 1) if log_norm else f / length
+
+
 @dataclass
 class Mahalanobis:
-    """Class means (K, D) and the shared precision matrix (D, D), float32 (Lee et al. 2018)."""
+    """Class means (K, D') and the shared precision matrix (D', D'), float32 (Lee et al. 2018), of the vectors
+    ``ood_vectors`` makes: D' = D + 1 with ``log_norm`` (the features' direction and their log length, the
+    score ``OOD_SCORE``), D for a model fitted before the size term (``OOD_SCORE_UNIT``)."""
 
     means: torch.Tensor
     precision: torch.Tensor
+    log_norm: bool = True
+
+    @property
+    def score_name(self) -> str:
+        """model.json's ``unsure.score`` for these statistics."""
+        return OOD_SCORE if self.log_norm else OOD_SCORE_UNIT
 
     @classmethod
-    def fit(cls, features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Mahalanobis:
-        """From penultimate features (N, D) and labels (N,), each row scaled to unit length first
-        (``normalise``): each class's mean, the covariance of the features about their class's mean
-        (shared), inverted with a ridge of 1e-6 x its mean variance (so a feature that never varies does
-        not make it singular). Classes with no pictures get the mean of all features (never NaN).
+    def fit(cls, features: torch.Tensor, labels: torch.Tensor, num_classes: int, *,
+            log_norm: bool = True) -> Mahalanobis:
+        """From penultimate features (N, D) and labels (N,), each row made an ``ood_vectors`` vector first
+        (scaled to unit length, plus its log length with ``log_norm``): each class's mean, the covariance of the
+        vectors about their class's mean (shared), inverted with a ridge of 1e-6 x its mean variance (so a
+        coordinate that never varies does not make it singular). Classes with no pictures get the mean of all
+        vectors (never NaN).
+
+        Why the log length: scaling to unit length (Mueller & Hein 2025) drops the features' size, and a
+        picture unlike the training pictures can have the training pictures' direction at several times their
+        size. As one more coordinate, the Mahalanobis distance weighs it by its own (within-class) spread, so
+        the other coordinates' distances are unchanged in scale. Measured with bench/unsure.py
+        (docs/BENCHMARKS.md, "Unsure answers and calibration"): AUROC the same or higher on every set and model
+        there, with the same share of in-distribution pictures marked unsure.
 
         The inverse comes from a Cholesky factorisation (the ridged covariance is positive definite): for
         D = 3,072 (a softmax model on CIFAR-10, whose features are the pixels) it took about 2 s on two
         cores, where the pseudo-inverse's eigendecomposition took about 9 s. A matrix the factorisation
         rejects (rounding at the ridge's scale) gets the pseudo-inverse, as before."""
-        f = normalise(features).double()
+        f = ood_vectors(features, log_norm)
         means = torch.zeros(num_classes, f.shape[1], dtype=torch.float64)
         for k in range(num_classes):
             sel = labels == k
@@ -202,13 +231,13 @@ class Mahalanobis:
             precision = torch.cholesky_inverse(factor)
         else:
             precision = torch.linalg.pinv(ridged, hermitian=True)
-        return cls(means.float(), precision.float())
+        return cls(means.float(), precision.float(), log_norm)
 
     def score(self, features: torch.Tensor, batch: int = 2048) -> torch.Tensor:
-        """float32 (N,): the squared Mahalanobis distance of each feature row (N, D), scaled to unit length,
-        to the nearest class mean."""
+        """float32 (N,): the squared Mahalanobis distance of each feature row (N, D), as ``ood_vectors`` makes
+        it, to the nearest class mean (``scores.mahalanobis_score``, shared with an export's reader)."""
         return torch.from_numpy(mahalanobis_score(features.detach().float().cpu().numpy(), self.means.numpy(),
-                                                  self.precision.numpy(), batch))  # scores.py: shared with onnx
+                                                  self.precision.numpy(), batch, log_norm=self.log_norm))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"means": self.means.contiguous(), "precision": self.precision.contiguous()}
@@ -250,7 +279,7 @@ def fit_trust(features_train: torch.Tensor, y_train: torch.Tensor, features_val:
     stats = Mahalanobis.fit(features_train, y_train, num_classes)
     val_scores = stats.score(features_val)
     probs = calibrated_probs(logits_val, cal["temperature"])
-    unsure = {"score": OOD_SCORE, "ood_threshold": float(torch.quantile(val_scores.double(), OOD_KEEP)),
+    unsure = {"score": stats.score_name, "ood_threshold": float(torch.quantile(val_scores.double(), OOD_KEEP)),
               "ood_keep": OOD_KEEP, "confidence_threshold": confidence_threshold(probs, y_val),
               "file": TRUST_FILE, "fitted_on": "validation", "n": int(len(y_val)),
               "statistics_from": "train", "statistics_n": int(len(y_train))}
@@ -267,7 +296,7 @@ def stats_subset(n: int) -> torch.Tensor:
 def save_trust(folder: Path, stats: Mahalanobis) -> None:
     from .fileio import save_tensors
 
-    save_tensors(folder / TRUST_FILE, stats.tensors(), metadata={"score": OOD_SCORE})
+    save_tensors(folder / TRUST_FILE, stats.tensors(), metadata={"score": stats.score_name})
 
 
 def load_trust(folder: Path, meta: dict[str, Any]) -> Mahalanobis | None:
@@ -277,14 +306,14 @@ def load_trust(folder: Path, meta: dict[str, Any]) -> Mahalanobis | None:
     from .fileio import load_tensors
 
     entry = meta.get("unsure")
-    if not isinstance(entry, dict) or entry.get("score") != OOD_SCORE:
+    if not isinstance(entry, dict) or entry.get("score") not in OOD_SCORES:
         return None
     path = folder / str(entry.get("file") or TRUST_FILE)
     if path.name != path.as_posix().split("/")[-1] or not path.is_file():
         return None
     t = load_tensors(path)
     try:
-        stats = Mahalanobis(t["means"].float(), t["precision"].float())
+        stats = Mahalanobis(t["means"].float(), t["precision"].float(), entry["score"] == OOD_SCORE)
     except KeyError as e:
         raise MinivisionError(f"{path}: no {e.args[0]!r} tensor in it") from None
     if stats.means.ndim != 2 or stats.precision.shape != (stats.means.shape[1],) * 2:

@@ -261,7 +261,8 @@ def _direction_sentence(c: Mapping[str, Any], split: str) -> str:
     conf, acc, direction = c["confidence"], c["accuracy"], c["direction"]
     gap = conf - acc
     lead = {"over-confident": "Over-confident", "under-confident": "Under-confident",
-            "calibrated": "Well calibrated"}.get(direction, str(direction))
+            "calibrated": "Well calibrated", "mixed": "Mixed (too sure at some scores, too unsure at others)"
+            }.get(direction, str(direction))
     if gap > 0:
         more = f"{_points(gap)} more than it achieves"
     elif gap < 0:
@@ -305,7 +306,8 @@ def _calibration(image: bytes | str | Path | None, ece: float | None, details: M
         body += (f"<p>Expected calibration error (ECE): <strong>{escape(text)}</strong>{escape(when)}. "
                  '<span class="muted">ECE: the average gap between how sure the model is (its top score) and how '
                  "often it is right, weighted by the images in each of 15 confidence bins; 0% is perfectly "
-                 "calibrated. Over-confident: the scores are higher than the accuracy; under-confident: lower."
+                 "calibrated. Over-confident: the scores are higher than the accuracy; under-confident: lower; "
+                 "mixed: higher in some bins and lower in others."
                  "</span></p>")
     if image is not None:
         body += _figure(image, _FIGURES["calibration"][1][0][1], alt, "fig-calibration", "calibration")
