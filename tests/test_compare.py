@@ -455,3 +455,22 @@ def test_the_command_line_takes_a_comma_list_for_any_setting(monkeypatch, capsys
         assert cli.main(["compare", "--models", "cnn2", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error:") and message in err and "\n" not in err, err
+
+
+def test_runs_of_one_model_built_differently_are_named_by_what_differs(tmp_path):
+    """Two mvnet-t runs in folders of the same name, one with the whitening stem (train's choice for colour
+    pictures) and one with the learned stem: the table names the stem, and compare.csv records the options."""
+    ds = synthetic_dataset(160, 40, channels=3, size=16)
+    made = [fit(TrainConfig(model="mvnet-t", steps=2, batch_size=32, out=str(tmp_path / d), data="synthetic",
+                            extra=extra), dataset=ds, **QUIET).run_dir
+            for d, extra in (("a", None), ("b", {"stem": "conv"}))]
+    assert made[0].name == made[1].name == "train"
+    rows = compare_runs(made)
+    assert rows[0]["options"] == {"stem": "whiten"} and rows[1]["options"] == {"stem": "conv"}
+    table = format_table(rows)
+    assert "mvnet-t stem=whiten" in table and "mvnet-t stem=conv" in table and "(train)" not in table
+    assert "stem=whiten" in compare.format_csv(rows) and "options" in compare.format_csv(rows).splitlines()[0]
+    # the same options: the folder names as before; a default left out equals it given
+    again = compare_runs([made[1], made[0]]) + [dict(rows[1], run=str(tmp_path / "c" / "other"), options={})]
+    labels = compare._labels(again)
+    assert labels[0] == "mvnet-t stem=conv (train)" and labels[2] == "mvnet-t stem=conv (other)", labels

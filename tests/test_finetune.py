@@ -551,3 +551,11 @@ def test_pretrained_messages(tmp_path, fake_catalogue, monkeypatch):
     monkeypatch.setattr(fake_catalogue, "build_pretrained", missing)
     assert _fit_error(tmp_path).endswith("(or --pretrained none to train from scratch)")
     assert "--pretrained none" not in _fit_error(tmp_path, pretrained="fake-net")
+
+
+def test_builder_options_do_not_apply_to_a_pretrained_backbone_and_a_note_says_so(tmp_path, fake_catalogue):
+    r = _fit(tmp_path, pretrained="fake-net", freeze=True, epochs=1, extra={"stem": "whiten"})
+    notes = [s for s in r.lines if "(extra)" in s]
+    assert len(notes) == 1 and "stem (extra) does not apply to the pretrained fake-net" in notes[0], r.lines
+    meta = json.loads((r.run_dir / "model.json").read_text())
+    assert "stem" not in meta["architecture"].get("kwargs", {})

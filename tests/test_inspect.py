@@ -283,3 +283,31 @@ def test_inspect_a_real_fashion_mnist_run(small_fashion_run, tmp_path, capsys):
     assert lm.classes[int(ins.probs.argmax())] == "Trouser"
     cam = ins.cams[0][1]
     assert cam.shape == (28, 28) and (cam >= 0).all() and float(cam.max()) > 0  # evidence for its answer somewhere
+
+
+def test_a_model_answering_with_tta_is_titled_with_the_answer_predict_gives(runs, tmp_path):
+    """The figure's title and the log line give the model's own answer (its TTA views, as ``predict``) and the
+    picture alone's score beside it, since the maps and the score chart are of the picture alone."""
+    import json
+    import shutil
+
+    import minivision as mv
+    from minivision.fileio import write_json
+    from minivision.inspect_model import inspect_files
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["cnn2"], run)
+    meta = json.loads((run / "model.json").read_text())
+    meta["tta"] = "flip"
+    write_json(run / "model.json", meta)
+    pics = _pictures(tmp_path / "in")
+    lines: list[str] = []
+    inspect_files(load_model(run), [str(pics[0])], tmp_path / "out", log=lines.append)
+    want = mv.load(run).predict_details(str(pics[0]))[0]
+    alone = mv.load(run).predict_details(str(pics[0]), tta="none")[0]
+    assert len(lines) == 1 and lines[0].startswith(
+        f"{pics[0]}: {want['label']} {want['score']:.1%} (flip TTA; the picture alone: "
+        f"{alone['label']} {alone['score']:.1%})"), (lines, want, alone)
+    plain: list[str] = []
+    inspect_files(load_model(runs["cnn2"]), [str(pics[0])], tmp_path / "out2", log=plain.append)
+    assert "TTA" not in plain[0]

@@ -225,3 +225,17 @@ def test_the_summary_shows_the_stem_train_builds_and_counts_its_filters_as_non_t
     assert "PatchWhitening" in out and "whitening stem" in out.splitlines()[0] and "Non-trainable params: 288" in out
     assert main(["summary", "mvnet-s", "--input", "1x28x28"]) == 0
     assert "PatchWhitening" not in capsys.readouterr().out
+
+
+def test_a_stem_of_none_in_the_api_is_the_default(tmp_path) -> None:
+    import numpy as np
+
+    import minivision as mv
+
+    ds = synthetic_dataset(160, 40, channels=3, size=16)
+    x, y = ds.train.x.permute(0, 2, 3, 1).numpy(), ds.train.y.numpy()
+    clf = mv.Classifier("mvnet-t", steps=2, batch_size=32, out=str(tmp_path), extra={"stem": None, "width": None})
+    clf.fit(x, y, progress=False)
+    meta = json.loads((clf.run_dir_ / "model.json").read_text())
+    assert meta["architecture"]["kwargs"] == {"stem": "whiten"}
+    assert len(clf.predict(x[:3])) == 3 and np.asarray(clf.predict_proba(x[:3])).shape == (3, 4)

@@ -42,8 +42,10 @@ class Classifier:
     parameter.
 
     ``extra`` holds the model builder's own options, as ``models.create_model`` takes them (mvnet: ``width``,
-    ``depth``, ``stem``); an mvnet trained from scratch on colour pictures gets ``stem="whiten"`` unless
-    ``extra`` names one (``models.mvnet.default_stem``).
+    ``depth``, ``stem``); an option set to None is the builder's default. An mvnet trained from scratch on
+    colour pictures gets ``stem="whiten"`` unless ``extra`` names one (``models.mvnet.default_stem``). A
+    pretrained backbone (``pretrained``) is built as it was trained, and ``extra`` does not apply to it (a
+    note says so).
 
     ``tta`` is a training setting: the test-time augmentation the trained model answers with (written to
     model.json; ``auto``: flip for colour pictures trained with horizontal flips, else none). The ``tta`` of
@@ -156,7 +158,8 @@ class Classifier:
 
         data = _training_data(data, y)
         settings = self.get_params(deep=False)
-        settings["extra"] = dict(settings["extra"] or {})
+        # an option set to None is the builder's default, as a parameter left at None is
+        settings["extra"] = {k: v for k, v in dict(settings["extra"] or {}).items() if v is not None}
         name = data.name if isinstance(data, Dataset) else str(data)
         # the settings' own rules, named as parameters ("parameter epochs must be an integer, got '3'")
         check_settings({k: v for k, v in settings.items() if v is not None and k in SETTINGS},

@@ -50,9 +50,11 @@ __all__ = ["CompareInterrupted", "compare_runs", "format_table", "plot_compariso
 
 # Field order of compare.csv; "tta_accuracy", "tta" and "error" appear only when some row has them.
 FIELDS = ("model", "setting", "value", "data", "test_accuracy", "test_loss", "val_accuracy", "tta_accuracy", "tta",
-          "parameters", "macs", "train_seconds", "epochs", "model_bytes", "run", "data_source", "fixed", "error")
+          "parameters", "macs", "train_seconds", "epochs", "model_bytes", "run", "data_source", "options", "fixed",
+          "error")
 # setting, value: the swept setting and its value; fixed: the settings given for every run, as flags
-_OPTIONAL = ("setting", "value", "tta_accuracy", "tta", "fixed", "error")
+_OPTIONAL = ("setting", "value", "tta_accuracy", "tta", "options", "fixed", "error")
+# options: the builder options model.json records (architecture.kwargs), as "key=value" pairs
 
 
 class CompareInterrupted(KeyboardInterrupt):
@@ -103,6 +105,8 @@ def run_row(run: str | Path) -> dict[str, Any]:
         "model_bytes": (lm.path / "model.safetensors").stat().st_size,
         "data_source": source,  # what the run was trained on (name or path): tells same-named files apart
     }
+    if arch.get("kwargs"):
+        row["options"] = dict(arch["kwargs"])  # the builder options it was made with (mvnet's stem, width...)
     own = tta_mode(None, lm.meta)  # the test-time augmentation the model answers with
     recorded = next((metrics[k] for k in ("test_accuracy_tta", "tta_accuracy") if k in metrics), None)
     if own != "none" or recorded is not None:  # "-" for a model answering with TTA that recorded no figure
@@ -236,10 +240,34 @@ def _swept(row: dict[str, Any]) -> str:
     return f"{row.get('model', '?')} {option} {value}"
 
 
+def _options(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The builder options a run's network was made with (model.json's ``architecture.kwargs``), with the
+    builder's defaults for those it was not given, so two runs' options compare as they were built."""
+    import inspect
+
+    from .models.registry import model_info
+
+    try:
+        params = inspect.signature(model_info(name).builder).parameters
+    except MinivisionError:  # a network this version does not register: its recorded options only
+        return dict(kwargs)
+    defaults = {k: p.default for k, p in params.items()
+                if p.default is not inspect.Parameter.empty and k not in ("in_channels", "image_size", "num_classes")}
+    return {**defaults, **kwargs}
+
+
 def _labels(rows: list[dict[str, Any]]) -> list[str]:
-    """Model names (a sweep's: with the value, ``cnn2 --epochs 10``); where a name appears twice, its run
-    folder's name says which is which."""
+    """Model names (a sweep's: with the value, ``cnn2 --epochs 10``). Where a name appears twice: the builder
+    options that differ between those runs (``mvnet stem=whiten``), else the run folder's name."""
     names = [_swept(r) if r.get("setting") else str(r.get("model", "?")) for r in rows]
+    differ = []
+    for n, r in zip(names, rows, strict=True):
+        group = [_options(str(o.get("model")), o.get("options") or {}) for m, o in zip(names, rows, strict=True)
+                 if m == n]
+        keys = sorted({k for g in group for k in g})
+        own = _options(str(r.get("model")), r.get("options") or {})
+        differ.append(" ".join(f"{k}={own.get(k)}" for k in keys if len({repr(g.get(k)) for g in group}) > 1))
+    names = [f"{n} {d}" if d else n for n, d in zip(names, differ, strict=True)]
     labels = [n if names.count(n) == 1 else f"{n} ({Path(str(r.get('run') or '?')).name})"
               for n, r in zip(names, rows, strict=True)]
     return [lb if labels.count(lb) == 1 else f"{lb} #{i + 1}" for i, lb in enumerate(labels)]
@@ -346,7 +374,9 @@ def format_csv(rows: list[dict[str, Any]]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(fields)
     for r in rows:
-        w.writerow(["" if r.get(f) is None else repr(r[f]) if isinstance(r[f], float) else r[f] for f in fields])
+        w.writerow(["" if r.get(f) is None else repr(r[f]) if isinstance(r[f], float)
+                    else " ".join(f"{k}={v}" for k, v in r[f].items()) if isinstance(r[f], dict) else r[f]
+                    for f in fields])
     return buf.getvalue()
 
 

@@ -288,6 +288,10 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
             if _pretrained_value(user_cfg)[0] is not None:
                 raise
             raise MinivisionError(f"{e} (or {named('pretrained', 'none')} to train from scratch)") from None
+        dropped = sorted(set(user_cfg.extra or {}) - set(architecture.get("kwargs") or {}))
+        if dropped:
+            log(f"note: {', '.join(dropped)} (extra) {'does' if len(dropped) == 1 else 'do'} not apply to the "
+                f"pretrained {start.backbone.name}, which is built as it was trained: not used")
         cfg = dataclasses.replace(cfg, extra=dict(architecture.get("kwargs") or {}))
     else:
         model = create_model(cfg.model, in_channels=ds.channels, image_size=ds.image_size,
