@@ -143,7 +143,7 @@ def test_mahalanobis_precision_is_the_inverse_and_falls_back_to_the_pseudo_inver
     for n, d in ((500, 8), (40, 64)):  # many pictures per dimension; fewer pictures than dimensions
         f, y = torch.randn(n, d, generator=g), torch.arange(n) % 3
         m = trust.Mahalanobis.fit(f, y, 3)
-        cent = trust.ood_vectors(f)
+        cent = torch.from_numpy(trust.ood_vectors(f.numpy())).double()
         cent = cent - torch.stack([cent[y == k].mean(0) for k in range(3)])[y]
         cov = cent.T @ cent / n
         ridged = cov + 1e-6 * float(cov.diagonal().mean()) * torch.eye(d + 1, dtype=torch.float64)

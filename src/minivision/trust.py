@@ -69,6 +69,7 @@ from .scores import (  # noqa: F401 (trust's names: the texts, thresholds and ve
     TRUST_FILE,
     judge,
     mahalanobis_score,
+    ood_vectors,
     temperature_of,
 )
 
@@ -168,20 +169,6 @@ def describe(entry: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------------------------- unsure
 
-def normalise(features: torch.Tensor) -> torch.Tensor:
-    """Each row of features (N, D) divided by its Euclidean length (a zero row stays zero)."""
-    f = features.float()
-    return f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def ood_vectors(features: torch.Tensor, log_norm: bool = True) -> torch.Tensor:
-    """float64 (N, D + 1) with ``log_norm`` (else (N, D)): each row of features (N, D) scaled to unit length
-    (``normalise``), then the natural log of its length as one more coordinate (``scores.ood_vectors``)."""
-    f = features.detach().double().cpu().reshape(len(features), -1)
-    length = f.norm(dim=1, keepdim=True).clamp_min(1e-12)
-    return torch.cat([f / length, length.log()], 1) if log_norm else f / length
-
-
 @dataclass
 class Mahalanobis:
     """Class means (K, D') and the shared precision matrix (D', D'), float32 (Lee et al. 2018), of the vectors
@@ -217,7 +204,7 @@ class Mahalanobis:
         D = 3,072 (a softmax model on CIFAR-10, whose features are the pixels) it took about 2 s on two
         cores, where the pseudo-inverse's eigendecomposition took about 9 s. A matrix the factorisation
         rejects (rounding at the ridge's scale) gets the pseudo-inverse, as before."""
-        f = ood_vectors(features, log_norm)
+        f = torch.from_numpy(ood_vectors(features.detach().float().cpu().numpy(), log_norm)).double()
         means = torch.zeros(num_classes, f.shape[1], dtype=torch.float64)
         for k in range(num_classes):
             sel = labels == k
