@@ -308,6 +308,7 @@ def test_a_model_answering_with_tta_is_titled_with_the_answer_predict_gives(runs
     assert len(lines) == 1 and lines[0].startswith(
         f"{pics[0]}: {want['label']} {want['score']:.1%} (flip TTA; the picture alone: "
         f"{alone['label']} {alone['score']:.1%})"), (lines, want, alone)
+    assert ("[not sure: " in lines[0]) == want["unsure"] and (not want["unsure"] or want["reason"] in lines[0])
     plain: list[str] = []
     inspect_files(load_model(runs["cnn2"]), [str(pics[0])], tmp_path / "out2", log=plain.append)
     assert "TTA" not in plain[0]

@@ -412,7 +412,7 @@ def test_the_models_own_view_set_gives_the_torch_runs_answers(grey, grey_shift, 
     # the unsure verdicts are made on the views' mean: a low score names the mean's
     for r, w in zip(ours, want, strict=True):
         if (r["reason"] or "").startswith("low confidence"):
-            assert r["reason"] == f"low confidence: the top score is {w.max():.0%}"
+            assert r["reason"] == f"low confidence: the top score is {w.max():.1%}"
     # and the mean is not the picture alone's: 500 times the tolerance above apart (a model this small is unsure)
     assert np.abs(want - plain).max() > 1e-3
     # the run's own predict, told the same view set and temperature, gives the same answers, plain ones beside
@@ -545,6 +545,10 @@ def test_a_renamed_export_finds_its_own_trust_file(grey, tmp_path):
     save_file(other, str(t))
     with pytest.warns(Note, match="out-of-distribution check"):
         assert rt.load_onnx(tmp_path / "a" / "copy.onnx").trust is None
+    # another export's statistics of the same shape under the file's own name: not used, and a note says so
+    save_file(other, str(tmp_path / "b" / "renamed.onnx.trust.safetensors"))
+    with pytest.warns(Note, match="renamed.onnx.trust.safetensors is not the file renamed.onnx records"):
+        assert rt.load_onnx(tmp_path / "b" / "renamed.onnx").trust is None
 
 
 def test_without_onnxruntime(grey, tmp_path):

@@ -112,7 +112,7 @@ def test_unsure_judges_the_averaged_score(tta_runs, tmp_path):
     [r] = predict_images(load_model(run), [picture], device="cpu")
     assert r["unsure"] is (tta_score < plain_score)  # a verdict on the plain score would say the opposite
     if r["unsure"]:
-        assert r["reason"] == f"low confidence: the top score is {tta_score:.0%}"
+        assert r["reason"] == f"low confidence: the top score is {tta_score:.1%}"
 
 
 def test_pixel_csv_rows_follow_the_models_tta(tta_runs):

@@ -382,12 +382,21 @@ def test_calibration_section_names_the_direction_and_before_after():
     details = {"split": "test", "before": before, "after": after, "temperature": 0.6812, "fitted_on": "validation",
                "fitted_n": 6000}
     cal = _section(_report(calibration=details, calibration_ece=0.0857), "calibration")
-    assert ("Under-confident: on the 10,000 test images the mean top score is 84.2% and the model is right 92.8% "
-            "of the time: its scores claim 8.6 points less than it achieves.") in cal
+    assert ("Under-confident before temperature scaling: on the 10,000 test images the mean top score is 84.2% "
+            "and the model is right 92.8% of the time: its scores claim 8.6 points less than it achieves.") in cal
+    assert ("Well calibrated after it (the scores shown here, in predictions and by the service): on the 10,000 "
+            "test images the mean top score is 92.1%") in cal
     assert "T = 0.681" in cal and "fitted on 6,000 validation images" in cal
     assert cal.count("<tr") == 3 and "8.57%" in cal and "1.23%" in cal and "calibrated" in cal
     cal = _section(_report(calibration=details, calibration_ece=0.0123), "calibration")
     assert "Expected calibration error (ECE): <strong>1.23%</strong> after temperature scaling (8.57% before)" in cal
+    # a fit that kept T = 1: one sentence, and why
+    kept = {**details, "after": before, "temperature": 1.0,
+            "note": "T = 0.879 lowered the loss but not the calibration error: T = 1 kept"}
+    cal = _section(_report(calibration=kept), "calibration")
+    assert "before temperature scaling" not in cal and cal.count("Under-confident") == 1
+    assert "<strong>T = 1</strong> kept: T = 0.879 lowered the loss but not the calibration error" in cal
+    assert "divides the logits" not in cal
     # no temperature: the direction, and a plain statement that the scores are the model's own
     over = dict(before, confidence=0.97, direction="over-confident")
     cal = _section(_report(calibration={**details, "before": over, "after": None, "temperature": None}), "calibration")

@@ -9,6 +9,7 @@ import math
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,7 +86,32 @@ def test_direction_says_mixed_when_the_scores_err_both_ways():
     assert direction_np(probs_for(near), y) == "calibrated"
 
 
+def test_mixed_is_not_said_of_sampling_noise():
+    """A calibrated model's bins err both ways by chance, the more so on few pictures: never "mixed"; a model
+    really too sure at high scores and too unsure at low ones: "mixed" once there are enough pictures."""
+    from minivision.scores import direction_np
+
+    rng = np.random.default_rng(0)
+    for n in (60, 200, 1000):
+        said = []
+        for _ in range(40):
+            conf = rng.uniform(0.5, 1.0, n)
+            p = np.stack([conf, 1 - conf], 1)
+            calibrated = np.where(rng.random(n) < conf, 0, 1)
+            acc = np.where(conf > 0.75, conf - 0.12, np.minimum(conf + 0.12, 1.0))
+            mixed = np.where(rng.random(n) < acc, 0, 1)
+            said.append((direction_np(p, calibrated), direction_np(p, mixed)))
+        assert all(c != "mixed" for c, _ in said), n
+        if n >= 1000:
+            assert sum(m == "mixed" for _, m in said) >= 36, said
+
+
 def test_describe_names_the_direction():
+    kept = trust.describe({"temperature": 1.0, "ece_before": 0.124, "ece_after": 0.124, "before": "mixed",
+                           "after": "mixed", "note": "T = 0.879 lowered the loss but not the calibration error: "
+                                                     "T = 1 kept"})
+    assert kept == ("ECE 12.4%, mixed (temperature scaling: T = 0.879 lowered the loss but not the calibration "
+                    "error: T = 1 kept)")
     text = trust.describe({"temperature": 0.71, "ece_before": 0.086, "ece_after": 0.012, "before": "under-confident",
                            "after": "over-confident"})
     assert text == "ECE 1.2% after temperature scaling, over-confident (T = 0.71; 8.6% before, under-confident)"
@@ -199,12 +225,12 @@ def test_judge_rules_and_their_order():
     assert out[5] == (True, NOISE_NOTE)
     assert out[0] == (False, None)
     assert out[1] == (True, trust.OOD_REASON)
-    assert out[2] == (True, "low confidence: the top score is 40%")
+    assert out[2] == (True, "low confidence: the top score is 40.0%")
     assert out[3] == (True, EMPTY_NOTE)  # empty comes first
     assert out[4] == (True, trust.OOD_REASON)  # out of distribution says more than a low score
     # an older model: no out-of-distribution score, the default confidence threshold
     old = trust.judge(torch.tensor([0.45, 0.55]), None, torch.tensor([False, False]), {}, EMPTY_NOTE)
-    assert old == [(True, "low confidence: the top score is 45%"), (False, None)]
+    assert old == [(True, "low confidence: the top score is 45.0%"), (False, None)]
 
 
 # ---------------------------------------------------------------------------------------------- a trained run
@@ -432,13 +458,16 @@ def test_a_run_fitted_before_the_size_term_keeps_its_score_until_calibrated_agai
     save_tensors(old / "trust.safetensors", unit.tensors(), metadata={"score": trust.OOD_SCORE_UNIT})
     meta = json.loads((old / "model.json").read_text())
     meta["unsure"]["score"] = trust.OOD_SCORE_UNIT
+    meta["unsure"].pop("sha256")  # not recorded before the size term either
     write_json(old / "model.json", meta)
     lm = load_model(old)
     assert lm.trust is not None and not lm.trust.log_norm and lm.trust.means.shape[1] == feats.shape[1]
     assert torch.allclose(lm.trust.score(feats), unit.score(feats))
     answers = json.loads(_cli("predict", str(old), *[str(p) for p in _pngs(x[:3], tmp_path)], "--json").stdout)
     assert len(answers) == 3 and all("unsure" in a for a in answers)
-    _cli("calibrate", str(old))
+    said = _cli("calibrate", str(old)).stdout
+    assert "now weighs the size of the model's features as well as their direction" in said
+    assert "now weighs" not in _cli("calibrate", str(old)).stdout  # said once: the run has the new score now
     again = load_model(old)
     assert json.loads((old / "model.json").read_text())["unsure"]["score"] == trust.OOD_SCORE
     assert again.trust.log_norm and load_tensors(old / "trust.safetensors")["means"].shape[1] == feats.shape[1] + 1
@@ -451,3 +480,49 @@ def _pngs(x: np.ndarray, folder) -> list:
         Image.fromarray(a[0]).save(p)
         paths.append(p)
     return paths
+
+
+def test_a_missing_swapped_damaged_or_unknown_trust_file_says_so(csv_run, tmp_path):
+    """The run folder's statistics: missing, another run's (same shape), of an unknown score: a note and the
+    out-of-distribution check skipped; damaged: a one-line error. Each says how to fit them again."""
+    import shutil
+    import warnings
+
+    from minivision.errors import Note
+    from minivision.fileio import sha256_file, write_json
+    from minivision.runfiles import load_model
+
+    _, run = csv_run
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["unsure"]["sha256"] == sha256_file(run / "trust.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the run's own file: no note
+        assert load_model(run).trust is not None
+
+    def copy(name: str) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(run, folder)
+        return folder
+
+    gone = copy("gone")
+    (gone / "trust.safetensors").unlink()
+    with pytest.warns(Note, match="trust.safetensors is missing: its answers skip the out-of-distribution check"):
+        assert load_model(gone).trust is None
+    swapped = copy("swapped")
+    stats = load_model(run).trust
+    trust.save_trust(swapped, trust.Mahalanobis(stats.means + 1, stats.precision, stats.log_norm))
+    with pytest.warns(Note, match="not the file model.json records.*minivision calibrate RUN"):
+        assert load_model(swapped).trust is None
+    future = copy("future")
+    write_json(future / "model.json", {**meta, "unsure": {**meta["unsure"], "score": "mahalanobis-future"}})
+    with pytest.warns(Note, match="'mahalanobis-future' is one this version of minivision does not know"):
+        assert load_model(future).trust is None
+    damaged = copy("damaged")
+    (damaged / "trust.safetensors").write_bytes((run / "trust.safetensors").read_bytes()[:40])
+    with pytest.raises(trust.MinivisionError, match="not a readable safetensors file.*minivision calibrate RUN"):
+        load_model(damaged)
+    # calibrate fits them again, and records the new file's checksum
+    _cli("calibrate", str(swapped))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_model(swapped).trust is not None

@@ -239,3 +239,12 @@ def test_a_stem_of_none_in_the_api_is_the_default(tmp_path) -> None:
     meta = json.loads((clf.run_dir_ / "model.json").read_text())
     assert meta["architecture"]["kwargs"] == {"stem": "whiten"}
     assert len(clf.predict(x[:3])) == 3 and np.asarray(clf.predict_proba(x[:3])).shape == (3, 4)
+
+
+def test_extra_that_is_not_a_dict_is_a_one_line_error(tmp_path) -> None:
+    import minivision as mv
+
+    ds = synthetic_dataset(160, 40, channels=3, size=16)
+    x, y = ds.train.x.permute(0, 2, 3, 1).numpy(), ds.train.y.numpy()
+    with pytest.raises(MinivisionError, match="parameter extra must be a dict .* got str 'stem=conv'"):
+        mv.Classifier("mvnet-t", steps=2, out=str(tmp_path), extra="stem=conv").fit(x, y, progress=False)

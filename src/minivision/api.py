@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +159,9 @@ class Classifier:
 
         data = _training_data(data, y)
         settings = self.get_params(deep=False)
+        if settings["extra"] is not None and not isinstance(settings["extra"], Mapping):
+            raise MinivisionError(f"parameter extra must be a dict of the model builder's options (e.g. "
+                                  f"{{'stem': 'conv'}}), got {type(settings['extra']).__name__} {settings['extra']!r}")
         # an option set to None is the builder's default, as a parameter left at None is
         settings["extra"] = {k: v for k, v in dict(settings["extra"] or {}).items() if v is not None}
         name = data.name if isinstance(data, Dataset) else str(data)

@@ -491,15 +491,23 @@ def cmd_predict(a: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(a: argparse.Namespace) -> int:
-    from .trust import calibrate_run, describe
+    from .fileio import read_json
+    from .runfiles import resolve_model_path
+    from .trust import OOD_SCORE_UNIT, calibrate_run, describe
 
+    before = None  # the unsure check's score before: a run fitted with the unit-length one is told what changed
+    with contextlib.suppress(MinivisionError, OSError, AttributeError):
+        before = (read_json(resolve_model_path(a.model) / "model.json").get("unsure") or {}).get("score")
     run, cal, unsure = calibrate_run(a.model, a.data, a.data_dir, a.test_data, device=a.device)
     if a.json:
         print(_json({"run": str(run), "calibration": cal, "unsure": unsure}))
         return 0
     print(f"{run}: {describe(cal)} on {cal['n']:,} validation images")
-    print(f"unsure when the top score is below {unsure['confidence_threshold']:.0%}, or farther from the training "
+    print(f"unsure when the top score is below {unsure['confidence_threshold']:.1%}, or farther from the training "
           f"pictures than {unsure['ood_keep']:.0%} of the validation images are; saved to model.json")
+    if before == OOD_SCORE_UNIT:
+        print("the out-of-distribution check now weighs the size of the model's features as well as their "
+              "direction (it weighed their direction only before)")
     return 0
 
 

@@ -283,13 +283,15 @@ def tta_scores(lm: LoadedModel, split: Split, mode: str, *, device: str = "auto"
     """One pass of each test-time view of ``mode`` over ``split``'s pictures: (the log of the mean of the views'
     softmaxes, float32 (N, K), uncalibrated, as ``split_logits(tta=mode)`` gives it; {"tta_ece": the expected
     calibration error, a fraction, of the answers the model gives with these views: the mean of the views'
-    softmax(logits / T)}, empty for an empty split). ``plain``: the pictures' own logits, float32 (N, K), when
+    softmax(logits / T); "tta_confidence": their direction, ``trust.direction``}, empty for an empty split).
+    ``plain``: the pictures' own logits, float32 (N, K), when
     already at hand (they stand for the first view: one pass fewer). Raises MinivisionError for an unknown
     ``mode``."""
     import torch
 
     from .inference import mean_view_logits, pick_device, pick_precision, view_logits
     from .metrics import calibration
+    from .trust import direction
 
     dev = pick_device(device)
     lm.model.to(dev)
@@ -299,7 +301,8 @@ def tta_scores(lm: LoadedModel, split: Split, mode: str, *, device: str = "auto"
         views = torch.cat([plain[None].float(), views])
     # the answers as predict gives them: float32, the views' calibrated softmaxes summed in order, then divided
     answers = sum((v / lm.temperature).softmax(1) for v in views) / len(views)
-    extra = {"tta_ece": calibration(answers, split.y)["ece"]} if len(split.y) else {}
+    extra = ({"tta_ece": calibration(answers, split.y)["ece"], "tta_confidence": direction(answers, split.y)}
+             if len(split.y) else {})
     return mean_view_logits(views), extra
 
 
@@ -426,7 +429,8 @@ def format_trust(m: dict[str, Any]) -> str:
         line = (f"ECE {m['ece']:.1%} ({conf.get('before')}; the scores are not calibrated: "
                 "`minivision calibrate RUN` fits a temperature)")
     if "tta_ece" in m and math.isfinite(m["tta_ece"]):
-        line += f"\nanswers with {m.get('tta') or 'flip'} TTA: ECE {m['tta_ece']:.1%}"
+        line += f"\nanswers with {m.get('tta') or 'flip'} TTA: ECE {m['tta_ece']:.1%}" + (
+            f", {m['tta_confidence']}" if m.get("tta_confidence") else "")
     u = m.get("unsure")
     if u:
         def pct(v):

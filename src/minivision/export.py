@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
-import hashlib
 import io
 import json
 import logging
@@ -59,7 +58,7 @@ from torch import nn
 
 from . import __version__
 from .errors import MinivisionError
-from .fileio import atomic_path, unfinished, write_json
+from .fileio import atomic_path, sha256_file, unfinished, write_json
 from .runfiles import LoadedModel, int8_dot_product, load_model
 
 FORMATS = ("onnx", "torchscript")
@@ -115,14 +114,6 @@ def input_shape(lm: LoadedModel) -> tuple[int, int, int]:
 
 
 # ------------------------------------------------------------------------------------ metadata
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def describe(lm: LoadedModel, precision: str, fmt: str = "onnx") -> dict[str, Any]:
     """The export's description, stored as JSON under the metadata key ``minivision`` and in the sidecar:

@@ -130,6 +130,20 @@ def read_json(path: str | os.PathLike) -> Any:
         raise MinivisionError(f"{path}: not valid JSON ({e})") from None
 
 
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks; MinivisionError (one line) when it cannot be read."""
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as e:
+        raise MinivisionError(f"cannot read {path}: {e.strerror or e}") from None
+    return h.hexdigest()
+
+
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
                  metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file  # imports torch: only where tensors are written

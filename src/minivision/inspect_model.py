@@ -366,7 +366,8 @@ def draw_inspection(ins: Inspection, classes: list[str], title: str = "", photo:
         inside = s > 0.7
         ax.text(s - 0.02 if inside else s + 0.02, i, f"{s:.1%}", va="center", ha="right" if inside else "left",
                 color="white" if inside else "black", fontsize=7)
-    ax.set_title("softmax scores" + (f" (top {k})" if k < len(classes) else ""), fontsize=10)
+    ax.set_title("softmax scores" + (f" (top {k})" if k < len(classes) else "")
+                 + ("\nof the picture alone" if ins.extra.get("tta") else ""), fontsize=10)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     r = 1
@@ -478,7 +479,7 @@ def inspect_files(lm: Any, paths: list[str], out: str | Path, *, top: int = TOP_
             errors.append(f"{path}: cannot read: {e.strerror or e}")
             continue
         ins = inspect_pictures(lm, x.unsqueeze(0), top=top, device=device)[0]
-        answer = own_answer(lm, x, ins, device)
+        answer = own_answer(lm, photo, ins, device, background)
         title = f"{Path(path).name}: {answer} ({lm.name}, {lm.path.name})"
         target = _free_name(folder, Path(path).stem, taken)
         saved.append(style.save_figure(draw_inspection(ins, lm.classes, title, photo=photo), target))
@@ -486,23 +487,23 @@ def inspect_files(lm: Any, paths: list[str], out: str | Path, *, top: int = TOP_
     return saved, errors
 
 
-def own_answer(lm: Any, x: torch.Tensor, ins: Inspection, device: str = "cpu") -> str:
-    """The model's answer for one uint8 picture ``x`` (C x H x W) as ``predict`` gives it: "label 93.1%", and
-    for a model that answers with test-time augmentation (model.json's ``tta``) "label 93.1% (flip TTA; the
-    picture alone: label 88.0%)", since the Grad-CAM maps and the score chart are of the picture alone
-    (``ins.probs``)."""
-    from .inference import pick_device, predict_logits
-    from .scores import tta_mode
+def own_answer(lm: Any, photo: Any, ins: Inspection, device: str = "cpu", background: str | None = None) -> str:
+    """The model's answer for a picture (a PIL image) as ``predict`` gives it: "label 93.1%", then for a model
+    that answers with test-time augmentation (model.json's ``tta``) "(flip TTA; the picture alone: label 88.0%)",
+    since the Grad-CAM maps and the score chart are of the picture alone (``ins.probs``), and "[not sure:
+    reason]" when the answer is unsure. Sets ``ins.extra["tta"]`` to the view set for the figure's captions."""
+    from .predict import predict_images
 
-    alone = int(ins.probs.argmax())
-    plain = f"{lm.classes[alone]} {float(ins.probs[alone]):.1%}"
-    mode = tta_mode(None, lm.meta)
-    if mode == "none":
-        return plain
-    probs = predict_logits(lm.model, lm.preprocess, x.unsqueeze(0), device=pick_device(device), tta=mode,
-                           temperature=lm.temperature).softmax(1)[0]
-    pred = int(probs.argmax())
-    return f"{lm.classes[pred]} {float(probs[pred]):.1%} ({mode} TTA; the picture alone: {plain})"
+    r = predict_images(lm, [photo], top_k=1, device=device, background=background)[0]
+    if "error" in r:  # read once already: not expected
+        raise MinivisionError(str(r["error"]))
+    text = f"{r['label']} {r['score']:.1%}"
+    if r.get("plain") is not None:
+        ins.extra["tta"] = r.get("tta")
+        text += f" ({r.get('tta')} TTA; the picture alone: {r['plain']['label']} {r['plain']['score']:.1%})"
+    if r.get("unsure"):
+        text += f" [not sure: {r['reason']}]"
+    return text
 
 
 def pick_examples(probs: torch.Tensor, y: torch.Tensor, per_class: int = 1) -> list[int]:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .errors import MinivisionError, Note
+from .fileio import sha256_file
 from .scores import (
     EMPTY_NOTE,
     TTA_VIEWS,
@@ -288,19 +289,10 @@ def _check_graph(session: Any, file: Path, pre: Any, k: int) -> None:
         raise MinivisionError(f"{file}: {width} logits, but its metadata names {k} classes")
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _read_trust(file: Path, info: dict[str, Any], meta: dict[str, Any]) -> tuple[np.ndarray, np.ndarray] | None:
-    """The unsure check's class means and precision matrix from the export's ``trust_file``; None when the
-    model has no out-of-distribution check."""
+    """The unsure check's class means and precision matrix from the export's ``trust_file``; None (with a
+    ``Note`` where the model has the check) when the file is missing, is not the one whose sha256 the export
+    records (``trust_sha256``), or holds statistics of a score this version does not know."""
     name = info.get("trust_file")
     needed = isinstance(meta.get("unsure"), dict) and meta["unsure"].get("ood_threshold") is not None
     if not name:
@@ -311,9 +303,13 @@ def _read_trust(file: Path, info: dict[str, Any], meta: dict[str, Any]) -> tuple
     # FILE.trust.safetensors beside the file first (a renamed export keeps its own), then the recorded name
     # beside it, only when its sha256 matches the recorded one (a renamed copy must not take another's).
     own, where = file.with_name(file.name + ".trust.safetensors"), file.parent / Path(str(name)).name
+    sha = info.get("trust_sha256")
+    if own.is_file() and sha and sha256_file(own) != sha:  # copied in from another export
+        warnings.warn(f"{own.name} is not the file {file.name} records (another export's?): answers skip the "
+                      "out-of-distribution check; export the run again to get both files", Note, stacklevel=3)
+        return None
     if not own.is_file():
-        sha = info.get("trust_sha256")
-        if not where.is_file() or (sha and _sha256(where) != sha):
+        if not where.is_file() or (sha and sha256_file(where) != sha):
             if needed:
                 warnings.warn(f"{own.name} is missing beside {file.name}"
                               + (f" ({where.name} is another export's)" if where.is_file() else "")
@@ -461,7 +457,7 @@ def evaluate(om: OnnxModel, data: str | None = None, data_dir: str | None = None
     for a validation split drawn at random (it needs PyTorch's generator)."""
     from .data.dataset import numpy_arrays
     from .evaluate import is_training_data, only_present, scoring_data, tta_figures
-    from .scores import calibration_np, metrics_np, trust_metrics_np
+    from .scores import calibration_np, direction_np, metrics_np, trust_metrics_np
 
     mode = tta_mode(tta, om.meta)
     try:
@@ -486,6 +482,7 @@ def evaluate(om: OnnxModel, data: str | None = None, data_dir: str | None = None
         # the answers' calibration: the mean of the views' softmax(logits / T), as the model answers
         answers = sum(softmax(z, om.temperature) for z in views) / np.float32(len(views))  # float32, as answered
         metrics["tta_ece"] = calibration_np(answers, y)["ece"]
+        metrics["tta_confidence"] = direction_np(answers, y)
     return only_present(metrics, sd.match, om.classes), sd
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import hashlib
 import json
 import re
 import types
@@ -38,6 +37,7 @@ from typing import Any
 import torch
 
 from minivision.errors import MinivisionError, Note
+from minivision.fileio import sha256_file as _sha256  # noqa: F401 (this module's name for it)
 
 __all__ = [
     "BACKBONES_DIR",
@@ -154,18 +154,6 @@ def cache_path(name: str) -> Path:
     from minivision.data.sources import user_cache_dir
 
     return user_cache_dir() / "backbones" / f"{name}.safetensors"
-
-
-def _sha256(path: Path) -> str:
-    """Hex sha256 of a file; MinivisionError (one line) when it cannot be read."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError as e:
-        raise MinivisionError(f"cannot read {path}: {e.strerror or e}") from None
-    return h.hexdigest()
 
 
 def _lite0_package_path() -> Path:

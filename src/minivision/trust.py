@@ -162,7 +162,11 @@ def calibration_entry(logits: torch.Tensor, y: torch.Tensor, split: str = "valid
 
 
 def describe(entry: dict[str, Any]) -> str:
-    """One line: "ECE 1.2% after temperature scaling, over-confident (T = 0.71; 8.6% before, under-confident)"."""
+    """One line: "ECE 1.2% after temperature scaling, over-confident (T = 0.71; 8.6% before, under-confident)", or
+    for a fit that kept T = 1 (``note``): "ECE 12.4%, mixed (temperature scaling: T = 0.879 lowered the loss but not
+    the calibration error: T = 1 kept)"."""
+    if entry.get("note"):
+        return f"ECE {entry['ece_before']:.1%}, {entry['before']} (temperature scaling: {entry['note']})"
     return (f"ECE {entry['ece_after']:.1%} after temperature scaling, {entry['after']} "
             f"(T = {entry['temperature']:.2f}; {entry['ece_before']:.1%} before, {entry['before']})")
 
@@ -280,32 +284,56 @@ def stats_subset(n: int) -> torch.Tensor:
     return torch.linspace(0, n - 1, STATS_PICTURES).round().long().unique()
 
 
-def save_trust(folder: Path, stats: Mahalanobis) -> None:
-    from .fileio import save_tensors
+def save_trust(folder: Path, stats: Mahalanobis) -> str:
+    """Write ``folder/trust.safetensors``; returns its sha256 (model.json's ``unsure.sha256``), so a reader can tell
+    the run's own file from one copied in from another run."""
+    from .fileio import save_tensors, sha256_file
 
     save_tensors(folder / TRUST_FILE, stats.tensors(), metadata={"score": stats.score_name})
+    return sha256_file(folder / TRUST_FILE)
+
+
+REFIT = "`minivision calibrate RUN` fits it again"
 
 
 def load_trust(folder: Path, meta: dict[str, Any]) -> Mahalanobis | None:
-    """The statistics named by model.json's ``unsure`` entry, None when the entry or the file is absent
-    (the model then gets only the empty and low-confidence rules). Raises MinivisionError when the file
-    is there but malformed."""
-    from .fileio import load_tensors
+    """The statistics named by model.json's ``unsure`` entry; None for a model without the entry (it then gets
+    only the empty, noise and low-confidence rules). A ``Note`` warning, and None, when the entry names a score
+    this version does not know, a file that is missing, or a file that is not the one whose sha256 it records
+    (``unsure.sha256``; a model saved before it was recorded is not checked). Raises MinivisionError (one
+    line) when the file is there but damaged or its tensors do not fit together."""
+    import warnings
+
+    from .errors import Note
+    from .fileio import load_tensors, sha256_file
 
     entry = meta.get("unsure")
-    if not isinstance(entry, dict) or entry.get("score") not in OOD_SCORES:
+    if not isinstance(entry, dict):
+        return None
+    skip = "its answers skip the out-of-distribution check"
+    if entry.get("score") not in OOD_SCORES:
+        warnings.warn(f"{folder}: the unsure check's score {entry.get('score')!r} is one this version of minivision "
+                      f"does not know: {skip} ({REFIT})", Note, stacklevel=3)
         return None
     path = folder / str(entry.get("file") or TRUST_FILE)
     if path.name != path.as_posix().split("/")[-1] or not path.is_file():
+        warnings.warn(f"{path} is missing: {skip} ({REFIT})", Note, stacklevel=3)
         return None
-    t = load_tensors(path)
+    try:
+        t = load_tensors(path)
+    except MinivisionError as e:
+        raise MinivisionError(f"{e} ({REFIT})") from None
+    if entry.get("sha256") and sha256_file(path) != entry["sha256"]:
+        warnings.warn(f"{path} is not the file model.json records (another run's?): {skip} ({REFIT})", Note,
+                      stacklevel=3)
+        return None
     try:
         stats = Mahalanobis(t["means"].float(), t["precision"].float(), entry["score"] == OOD_SCORE)
     except KeyError as e:
-        raise MinivisionError(f"{path}: no {e.args[0]!r} tensor in it") from None
+        raise MinivisionError(f"{path}: no {e.args[0]!r} tensor in it ({REFIT})") from None
     if stats.means.ndim != 2 or stats.precision.shape != (stats.means.shape[1],) * 2:
         raise MinivisionError(f"{path}: class means {tuple(stats.means.shape)} and precision "
-                              f"{tuple(stats.precision.shape)} do not fit together")
+                              f"{tuple(stats.precision.shape)} do not fit together ({REFIT})")
     return stats
 
 
@@ -351,7 +379,7 @@ def fit_for_model(model: Any, pre: Any, train: Any, val: Any, num_classes: int, 
 
 def apply(meta: dict[str, Any], folder: Path, cal: dict, unsure: dict, stats: Mahalanobis) -> None:
     """Save the statistics beside the model and put both entries into ``meta`` (model.json's content)."""
-    save_trust(folder, stats)
+    unsure["sha256"] = save_trust(folder, stats)
     meta["calibration"] = cal
     meta["unsure"] = unsure
 
@@ -380,7 +408,7 @@ def calibrate_run(path: str | Path, data: str | None = None, data_dir: str | Non
     cal, unsure, stats = fit_for_model(lm.model, lm.preprocess, ds.train, ds.val, len(lm.classes), device=dev,
                                        tta=tta_mode(None, lm.meta))
     meta = read_json(lm.path / "model.json")  # as on disk now: nothing else of it changes
-    save_trust(lm.path, stats)
+    unsure["sha256"] = save_trust(lm.path, stats)
     meta["calibration"], meta["unsure"] = cal, unsure
     write_json(lm.path / "model.json", meta)
     return lm.path, cal, unsure

@@ -257,12 +257,14 @@ def _points(v: float) -> str:
     return f"{100 * abs(v):.1f} points"
 
 
-def _direction_sentence(c: Mapping[str, Any], split: str) -> str:
+def _direction_sentence(c: Mapping[str, Any], split: str, when: str = "") -> str:
+    """"Under-confident{when}: on the N {split} images the mean top score is ...": ``when`` says which scores
+    (" before temperature scaling", " after it, as shown")."""
     conf, acc, direction = c["confidence"], c["accuracy"], c["direction"]
     gap = conf - acc
     lead = {"over-confident": "Over-confident", "under-confident": "Under-confident",
             "calibrated": "Well calibrated", "mixed": "Mixed (too sure at some scores, too unsure at others)"
-            }.get(direction, str(direction))
+            }.get(direction, str(direction)) + when
     if gap > 0:
         more = f"{_points(gap)} more than it achieves"
     elif gap < 0:
@@ -283,14 +285,24 @@ def _calibration(image: bytes | str | Path | None, ece: float | None, details: M
     split = str(details.get("split", "scored")) if details else "scored"
     if details and details.get("after"):
         before, after, t = details["before"], details["after"], details["temperature"]
-        body += f'<p class="big">{escape(_direction_sentence(before, split))}</p>'
+        if details.get("note"):  # T = 1 kept: before and after are the same scores
+            body += f'<p class="big">{escape(_direction_sentence(before, split))}</p>'
+        else:
+            shown = " after it (the scores shown here, in predictions and by the service)"
+            for c, when in ((before, " before temperature scaling"), (after, shown)):
+                body += f'<p class="big">{escape(_direction_sentence(c, split, when))}</p>'
         fitted = details.get("fitted_on") or "validation"
         n_fit = details.get("fitted_n")
         on = f"{int(n_fit):,} {fitted} images" if n_fit else f"the {fitted} split"
-        body += (f"<p>Temperature scaling divides the logits by <strong>T = {escape(f'{t:.3g}')}</strong> "
-                 f"(fitted on {escape(on)}) before the softmax; the scores in this report, in predictions and "
-                 "in the served answers are the calibrated ones. Before and after, on the "
-                 f"{escape(split)} images:</p>")
+        if details.get("note"):  # the fit's T lowered the loss but not the calibration error: T = 1 kept
+            body += (f"<p>Temperature scaling was fitted on {escape(on)} and <strong>T = 1</strong> kept: "
+                     f"{escape(str(details['note']))}. The scores in this report, in predictions and in the served "
+                     f"answers are the model's own softmax probabilities. On the {escape(split)} images:</p>")
+        else:
+            body += (f"<p>Temperature scaling divides the logits by <strong>T = {escape(f'{t:.3g}')}</strong> "
+                     f"(fitted on {escape(on)}) before the softmax; the scores in this report, in predictions and "
+                     "in the served answers are the calibrated ones. Before and after, on the "
+                     f"{escape(split)} images:</p>")
         rows = [(label, f"{100 * c['ece']:.2f}%", _pct(c["confidence"]), _pct(c["accuracy"]), c["direction"])
                 for label, c in (("before (T = 1)", before), (f"after (T = {t:.3g})", after))]
         body += _table(("scores", "ECE", "mean top score", "accuracy", "reads as"), rows,
