@@ -14,7 +14,7 @@ minimum there, and the search is deterministic. The expected calibration error (
 15 equal-width bins of the top-1 score (Guo et al.). A model is called over-confident when its mean top-1
 score exceeds its accuracy by more than ``CALIBRATED_WITHIN`` (one percentage point), under-confident when
 it falls short by more, else calibrated; mixed when its reliability bins err both ways, each way by at least
-a point and a third of the ECE (``scores.direction_np``).
+a point, a third of the ECE and what sampling noise alone gives (``scores.direction_np``).
 
 Unsure answers. An answer is unsure when (in this order):
   1. the picture is empty (``inference.empty_picture``: one colour, or almost); the reason is its note;
