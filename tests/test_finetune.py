@@ -559,3 +559,19 @@ def test_builder_options_do_not_apply_to_a_pretrained_backbone_and_a_note_says_s
     assert len(notes) == 1 and "stem (extra) does not apply to the pretrained fake-net" in notes[0], r.lines
     meta = json.loads((r.run_dir / "model.json").read_text())
     assert "stem" not in meta["architecture"].get("kwargs", {})
+
+
+def test_steps_without_pretrained_train_from_scratch_where_the_automatic_choice_would_fine_tune(
+        tmp_path, fake_catalogue):
+    """A fine-tune trains in phases of whole epochs: ``--steps`` with no ``--pretrained`` keeps the steps asked for
+    and trains from scratch, saying what it would otherwise do; with ``--freeze`` it is a one-line error."""
+    lines: list[str] = []
+    r = fit(TrainConfig(out=str(tmp_path), steps=5, batch_size=32), dataset=synthetic_dataset(240, 80),
+            progress=False, log=lines.append)
+    meta = json.loads((r.run_dir / "model.json").read_text())
+    assert "pretrained" not in meta and sum(1 for _ in r.history) >= 1
+    notes = [s for s in lines if s.startswith("note: --steps trains from scratch")]
+    assert len(notes) == 1 and "fine-tune the pretrained fake-net" in notes[0], lines
+    with pytest.raises(MinivisionError, match="--freeze fine-tunes a pretrained backbone in phases of whole epochs"):
+        fit(TrainConfig(out=str(tmp_path), steps=5, freeze=True), dataset=synthetic_dataset(240, 80), progress=False,
+            log=lambda m: None)

@@ -549,6 +549,11 @@ def test_a_renamed_export_finds_its_own_trust_file(grey, tmp_path):
     save_file(other, str(tmp_path / "b" / "renamed.onnx.trust.safetensors"))
     with pytest.warns(Note, match="renamed.onnx.trust.safetensors is not the file renamed.onnx records"):
         assert rt.load_onnx(tmp_path / "b" / "renamed.onnx").trust is None
+    # a damaged one is an error, not another export's
+    good = (tmp_path / "a" / "model.onnx.trust.safetensors")
+    (tmp_path / "b" / "renamed.onnx.trust.safetensors").write_bytes(good.read_bytes()[:60])
+    with pytest.raises(MinivisionError, match="not a readable safetensors file.*export the run again"):
+        rt.load_onnx(tmp_path / "b" / "renamed.onnx")
 
 
 def test_without_onnxruntime(grey, tmp_path):

@@ -395,8 +395,12 @@ def test_calibration_section_names_the_direction_and_before_after():
             "note": "T = 0.879 lowered the loss but not the calibration error: T = 1 kept"}
     cal = _section(_report(calibration=kept), "calibration")
     assert "before temperature scaling" not in cal and cal.count("Under-confident") == 1
-    assert "<strong>T = 1</strong> kept: T = 0.879 lowered the loss but not the calibration error" in cal
+    assert "fitted on 6,000 validation images: T = 0.879 lowered the loss but not the calibration error: T = 1 kept." \
+        in cal and cal.count("T = 1 kept") == 1
     assert "divides the logits" not in cal
+    # a model answering with TTA: the "after" figures are named the picture alone's
+    cal = _section(_report(calibration={**details, "tta": "flip"}), "calibration")
+    assert "after it (the picture alone; the model answers with flip TTA" in cal
     # no temperature: the direction, and a plain statement that the scores are the model's own
     over = dict(before, confidence=0.97, direction="over-confident")
     cal = _section(_report(calibration={**details, "before": over, "after": None, "temperature": None}), "calibration")

@@ -521,6 +521,12 @@ def test_a_missing_swapped_damaged_or_unknown_trust_file_says_so(csv_run, tmp_pa
     (damaged / "trust.safetensors").write_bytes((run / "trust.safetensors").read_bytes()[:40])
     with pytest.raises(trust.MinivisionError, match="not a readable safetensors file.*minivision calibrate RUN"):
         load_model(damaged)
+    # ... and calibrate, as the error says, fits it again without reading it (nor noting what it replaces)
+    p = _cli("calibrate", str(damaged))
+    assert "note:" not in p.stderr and "error" not in p.stderr, p.stderr
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert load_model(damaged).trust is not None
     # calibrate fits them again, and records the new file's checksum
     _cli("calibrate", str(swapped))
     with warnings.catch_warnings():

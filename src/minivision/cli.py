@@ -499,15 +499,16 @@ def cmd_calibrate(a: argparse.Namespace) -> int:
     with contextlib.suppress(MinivisionError, OSError, AttributeError):
         before = (read_json(resolve_model_path(a.model) / "model.json").get("unsure") or {}).get("score")
     run, cal, unsure = calibrate_run(a.model, a.data, a.data_dir, a.test_data, device=a.device)
+    notes = (["the out-of-distribution check now weighs the size of the model's features as well as their "
+              "direction (it weighed their direction only before)"] if before == OOD_SCORE_UNIT else [])
     if a.json:
-        print(_json({"run": str(run), "calibration": cal, "unsure": unsure}))
+        print(_json({"run": str(run), "calibration": cal, "unsure": unsure, "notes": notes}))
         return 0
-    print(f"{run}: {describe(cal)} on {cal['n']:,} validation images")
+    print(f"{run}, on {cal['n']:,} validation images: {describe(cal)}")
     print(f"unsure when the top score is below {unsure['confidence_threshold']:.1%}, or farther from the training "
           f"pictures than {unsure['ood_keep']:.0%} of the validation images are; saved to model.json")
-    if before == OOD_SCORE_UNIT:
-        print("the out-of-distribution check now weighs the size of the model's features as well as their "
-              "direction (it weighed their direction only before)")
+    for note in notes:
+        print(note)
     return 0
 
 

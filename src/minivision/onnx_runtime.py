@@ -298,22 +298,19 @@ def _read_trust(file: Path, info: dict[str, Any], meta: dict[str, Any]) -> tuple
     if not name:
         if needed:
             warnings.warn("this export carries no unsure statistics (trust file): its answers skip the "
-                          "out-of-distribution check the run makes", Note, stacklevel=3)
+                          "out-of-distribution check", Note, stacklevel=3)
         return None
     # FILE.trust.safetensors beside the file first (a renamed export keeps its own), then the recorded name
     # beside it, only when its sha256 matches the recorded one (a renamed copy must not take another's).
     own, where = file.with_name(file.name + ".trust.safetensors"), file.parent / Path(str(name)).name
     sha = info.get("trust_sha256")
-    if own.is_file() and sha and sha256_file(own) != sha:  # copied in from another export
-        warnings.warn(f"{own.name} is not the file {file.name} records (another export's?): answers skip the "
-                      "out-of-distribution check; export the run again to get both files", Note, stacklevel=3)
-        return None
+    again = "export the run again to get both files"
     if not own.is_file():
         if not where.is_file() or (sha and sha256_file(where) != sha):
             if needed:
                 warnings.warn(f"{own.name} is missing beside {file.name}"
                               + (f" ({where.name} is another export's)" if where.is_file() else "")
-                              + ": answers skip the out-of-distribution check", Note, stacklevel=3)
+                              + f": answers skip the out-of-distribution check ({again})", Note, stacklevel=3)
             return None
         warnings.warn(f"using {where.name} (the name recorded in {file.name}"
                       + (")" if sha else "; no checksum recorded to check it against)"), Note, stacklevel=3)
@@ -325,11 +322,16 @@ def _read_trust(file: Path, info: dict[str, Any], meta: dict[str, Any]) -> tuple
         t = load_file(str(where))
         means, precision = t["means"].astype(np.float32), t["precision"].astype(np.float32)
     except KeyError as e:
-        raise MinivisionError(f"{where}: no {e.args[0]!r} tensor in it") from None
+        raise MinivisionError(f"{where}: no {e.args[0]!r} tensor in it ({again})") from None
     except Exception as e:  # safetensors' own error types for a damaged header or data
-        raise MinivisionError(f"{where}: not a readable safetensors file ({_first_line(e)})") from None
+        raise MinivisionError(f"{where}: not a readable safetensors file ({_first_line(e)}; {again})") from None
     if means.ndim != 2 or precision.shape != (means.shape[1],) * 2:
-        raise MinivisionError(f"{where}: class means {means.shape} and precision {precision.shape} do not fit")
+        raise MinivisionError(f"{where}: class means {means.shape} and precision {precision.shape} do not fit "
+                              f"({again})")
+    if where == own and sha and sha256_file(own) != sha:  # readable, but copied in from another export
+        warnings.warn(f"{own.name} is not the file {file.name} records (another export's?): answers skip the "
+                      f"out-of-distribution check ({again})", Note, stacklevel=3)
+        return None
     if uses_log_norm(meta) is None:  # statistics for a score this version does not know
         warnings.warn(f"{file.name}: its unsure check uses a score this minivision does not know "
                       f"({(meta.get('unsure') or {}).get('score')!r}): answers skip the out-of-distribution check",

@@ -125,7 +125,12 @@ def resolve_model_path(path: str | Path) -> Path:
     raise MinivisionError(f"{p}: expected a run folder, model.json or model.safetensors")
 
 
-def load_model(path: str | Path, weights: str = "model", device: str | torch.device = "cpu") -> LoadedModel:
+def load_model(path: str | Path, weights: str = "model", device: str | torch.device = "cpu", *,
+               trust: bool = True) -> LoadedModel:
+    """A run folder (or its model.json / model.safetensors) loaded: the network in eval mode on ``device``, its
+    preprocessing, classes, model.json and, with ``trust``, its unsure statistics (``trust.load_trust``; False
+    leaves them unread, for ``calibrate``, which fits them again). Raises MinivisionError (one line) for a
+    folder that is not a finished run, a malformed model.json, or weights that do not fit it."""
     from .models import create_model
 
     folder = resolve_model_path(path)
@@ -154,7 +159,7 @@ def load_model(path: str | Path, weights: str = "model", device: str | torch.dev
     pre = Preprocess.from_dict(meta["preprocess"], dataset_name=dataset.get("name"))  # older files: no photo
     from .trust import load_trust
 
-    return LoadedModel(model, pre, classes, meta, folder, load_trust(folder, meta))
+    return LoadedModel(model, pre, classes, meta, folder, load_trust(folder, meta) if trust else None)
 
 
 # ---------------------------------------------------------------- start from another model's weights

@@ -765,6 +765,14 @@ def _choose_start(user_cfg: TrainConfig, ds: Dataset, source: InitSource | None,
             if user_cfg.freeze:
                 raise MinivisionError(f"{named('freeze')}: {why}; name one with {named('pretrained', 'NAME')}")
             return None
+        if user_cfg.steps is not None:  # a fine-tune trains in phases of whole epochs: the steps asked for win
+            if user_cfg.freeze:
+                raise MinivisionError(f"{named('freeze')} fine-tunes a pretrained backbone in phases of whole "
+                                      f"epochs: give {named('epochs')} instead of {named('steps')}")
+            log(f"note: {named('steps')} trains from scratch; for {n:,} training pictures minivision would "
+                f"fine-tune the pretrained {backbone.name}, in whole epochs ({named('epochs')} instead of "
+                f"{named('steps')})")
+            return None
         if user_cfg.freeze:
             why = "--freeze"
     if user_cfg.imgsz is not None and not _is_folder(ds) and not finetune.resizes_inside(backbone.model):

@@ -289,15 +289,18 @@ def _calibration(image: bytes | str | Path | None, ece: float | None, details: M
             body += f'<p class="big">{escape(_direction_sentence(before, split))}</p>'
         else:
             shown = " after it (the scores shown here, in predictions and by the service)"
+            if details.get("tta"):  # the answers average views; these figures are of the picture alone
+                shown = (f" after it (the picture alone; the model answers with {details['tta']} TTA, whose "
+                         "calibration `minivision evaluate` gives)")
             for c, when in ((before, " before temperature scaling"), (after, shown)):
                 body += f'<p class="big">{escape(_direction_sentence(c, split, when))}</p>'
         fitted = details.get("fitted_on") or "validation"
         n_fit = details.get("fitted_n")
         on = f"{int(n_fit):,} {fitted} images" if n_fit else f"the {fitted} split"
         if details.get("note"):  # the fit's T lowered the loss but not the calibration error: T = 1 kept
-            body += (f"<p>Temperature scaling was fitted on {escape(on)} and <strong>T = 1</strong> kept: "
-                     f"{escape(str(details['note']))}. The scores in this report, in predictions and in the served "
-                     f"answers are the model's own softmax probabilities. On the {escape(split)} images:</p>")
+            body += (f"<p>Temperature scaling was fitted on {escape(on)}: {escape(str(details['note']))}. The scores "
+                     "in this report, in predictions and in the served answers are the model's own softmax "
+                     f"probabilities. On the {escape(split)} images:</p>")
         else:
             body += (f"<p>Temperature scaling divides the logits by <strong>T = {escape(f'{t:.3g}')}</strong> "
                      f"(fitted on {escape(on)}) before the softmax; the scores in this report, in predictions and "

@@ -166,7 +166,8 @@ def calibration_details(logits: torch.Tensor, y: torch.Tensor, split_name: str,
     """What the report says about calibration on the scored split (``html.render_report``'s
     ``calibration``): ``before`` (softmax of the logits) and, when model.json records a temperature T,
     ``after`` (softmax(logits / T)); each with ECE, mean top score, accuracy and direction; ``note``: why the fit
-    kept T = 1 (model.json's ``calibration.note``), or None. None for an empty split."""
+    kept T = 1 (model.json's ``calibration.note``), or None; ``tta``: the view set the model answers with, or
+    None (these figures are then of the picture alone). None for an empty split."""
     if len(y) == 0:
         return None
     t = temperature_of(meta)
@@ -174,7 +175,8 @@ def calibration_details(logits: torch.Tensor, y: torch.Tensor, split_name: str,
     return {"split": split_name, "before": _scores_summary(torch.softmax(logits, 1), y),
             "after": _scores_summary(torch.softmax(logits / t, 1), y) if t else None, "temperature": t,
             "fitted_on": entry.get("fitted_on") if entry else None, "fitted_n": entry.get("n") if entry else None,
-            "note": entry.get("note") if entry else None}  # why T = 1 was kept, when it was
+            "note": entry.get("note") if entry else None,  # why T = 1 was kept, when it was
+            "tta": meta.get("tta") if meta.get("tta") not in (None, "none") else None}
 
 
 # ---------------------------------------------------------------------------------------------- words
