@@ -140,7 +140,8 @@ def test_two_ranks_agree_and_match_one_process_with_the_same_global_batch(tmp_pa
     from minivision.config import TrainConfig
     from minivision.train import fit
 
-    ddp = _torchrun(tmp_path, _settings(csv_data, tmp_path / "ddp"))
+    fp32 = {"precision": "fp32"}  # bf16 (the default on a CPU that has it) rounds each batch size its own way
+    ddp = _torchrun(tmp_path, _settings(csv_data, tmp_path / "ddp", **fp32))
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     rank0, rank1 = _weights(tmp_path / "weights" / "rank0.safetensors"), _weights(tmp_path / "weights" /
                                                                                   "rank1.safetensors")
@@ -149,13 +150,13 @@ def test_two_ranks_agree_and_match_one_process_with_the_same_global_batch(tmp_pa
         assert torch.equal(rank0[k], rank1[k]), k  # DistributedDataParallel keeps the ranks identical
 
     run = _one_run(tmp_path / "ddp")  # only rank 0 made a folder
-    one = fit(TrainConfig(**_settings(csv_data, tmp_path / "one")), progress=False, log=lambda m: None)
+    one = fit(TrainConfig(**_settings(csv_data, tmp_path / "one", **fp32)), progress=False, log=lambda m: None)
     single = _model(one.run_dir)
     both = _model(run)
     worst = max(float((both[k].float() - single[k].float()).abs().max()) for k in single)
     assert worst < WEIGHTS_ATOL, worst
     # a check that can fail: one process with HALF the batch (what a rank alone computes) is far off
-    half = fit(TrainConfig(**_settings(csv_data, tmp_path / "half", batch_size=16)), progress=False,
+    half = fit(TrainConfig(**_settings(csv_data, tmp_path / "half", batch_size=16, **fp32)), progress=False,
                log=lambda m: None)
     off = max(float((_model(half.run_dir)[k] - single[k]).abs().max()) for k in single)
     assert off > 100 * WEIGHTS_ATOL

@@ -36,6 +36,7 @@ on failure and the collectives are PyTorch's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -139,12 +140,17 @@ def setup(device: str = "auto") -> World:
     return _WORLD
 
 
-def teardown() -> None:
-    """Leave the process group (after training; also after a lost rank)."""
+def teardown(wait: bool = False) -> None:
+    """Leave the process group (after training; also after a lost rank). ``wait``: first a barrier, so no
+    rank shuts its connections while another still uses them (never after a lost rank: it would wait for
+    the collective timeout)."""
     global _WORLD
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        if wait:
+            with contextlib.suppress(RuntimeError):
+                dist.barrier()
         try:
             dist.destroy_process_group()
         except RuntimeError:

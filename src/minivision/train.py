@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import math
 import re
 import signal
@@ -419,7 +420,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         if state is not None:
             trainer.restore(state)
         interrupted = trainer.run()
-        distributed.teardown()  # no collective after the loop: rank 0 finishes alone
+        trainer.leave_world()  # no collective after the loop: rank 0 finishes alone
         result = RunResult(run_dir, cfg, trainer.history, model, pre, ds.classes, interrupted=interrupted)
         if not interrupted and world.is_main:
             result.test = trainer.finish()
@@ -955,6 +956,7 @@ class Trainer:
 
             self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         self._agreed_stop: str | None = None  # several processes: the stop every rank agreed on
+        self.lost_rank = False  # several processes: a collective failed (another rank stopped)
         self.cfg, self.ds, self.model, self.pre, self.opt = cfg, ds, model, pre, optimizer
         self.device, self.precision, self.run_dir, self.meta, self.log = device, precision, run_dir, meta, log
         self.history = history
@@ -1080,6 +1082,19 @@ class Trainer:
         seed, rank = self.cfg.seed, self.world.rank
         self.aug_gen.manual_seed(_rank_seed(seed, self.epoch, i, rank, 1))
         torch.manual_seed(_rank_seed(seed, self.epoch, i, rank, 2))
+
+    def leave_world(self) -> None:
+        """Several processes, after the loop: drop ``DistributedDataParallel`` (its reducer holds the process
+        group and the gradient hooks) while the group and the interpreter are alive, wait for every rank
+        (unless one was lost), then leave the group. A reducer left to the interpreter's exit can take the
+        process down with it (SIGABRT), and the launcher then stops rank 0 before it has finished."""
+        from . import distributed
+
+        if not self.world.active:
+            return
+        self.net = self.model
+        gc.collect()
+        distributed.teardown(wait=not self.lost_rank)
 
     def _sync_buffers(self) -> None:
         """Rank 0's buffers (batch-norm running statistics) on every rank before validation: each rank's
@@ -1216,6 +1231,7 @@ class Trainer:
                     if not (self.world.active and distributed.is_lost_rank(err)):
                         raise
                     stopped, lost = True, True  # the backend's own text speaks to developers
+                    self.lost_rank = True
                 if stopped:
                     self.interrupted = True
                     why = "interrupted" if lost is None else "another training process stopped; this one stopped"
