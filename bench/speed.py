@@ -9,8 +9,10 @@ Every figure comes from the real CLI run in a child process on this machine (src
 benchmark.py says how each row is measured). With --write, each finished row is stored in
 bench/results/speed.json at once (an interrupted session keeps the rows it finished) and the
 table between the speed markers in docs/BENCHMARKS.md is re-rendered from all stored rows, so rows
-not re-run this time keep their earlier figures and dates. `minivision bench` runs the same rows
-on a user's machine without touching these files. The development machine's peer and CIFAR-10
+not re-run this time keep their earlier figures and dates. Each kind of CPU keeps its own rows and
+table: an AVX2 machine bench/results/speed.json and the first table, a machine with AMX (bf16 in
+hardware) bench/results/speed-amx.json and the table under "On a CPU with AMX". `minivision bench`
+runs the same rows on a user's machine without touching these files. The development machine's peer and CIFAR-10
 are the defaults here (bench/devpaths.py); `minivision bench` is given them with flags.
 """
 
@@ -35,11 +37,29 @@ DOC = ROOT / "docs" / "BENCHMARKS.md"
 RESULTS = ROOT / "bench" / "results" / "speed.json"
 BEGIN, END = "<!-- speed:begin -->", "<!-- speed:end -->"
 HEADING = devpaths.SPEED_HEADING
+#: Where a machine of each kind keeps its rows: (results file name beside RESULTS, begin marker, end marker,
+#: heading, the doc line its section goes above when it has none yet).
+KINDS = {
+    "avx2": ("speed.json", BEGIN, END, HEADING, None),
+    "amx": ("speed-amx.json", "<!-- speed-amx:begin -->", "<!-- speed-amx:end -->",
+            "### On a CPU with AMX (bf16 in hardware)", "### What the rows that miss would need, and what was tried"),
+}
 INTRO = ("Each row runs the real command in a child process: wall time is the whole command (start-up, data "
          "loading, training, test pass, file writes), peak memory is the child's `ru_maxrss`, speed is a ratio "
          "to the TensorFlow peer measured in the same session. Rows re-run at different times carry their own "
          "date. Exact commands of every run: `bench/results/speed.json`. Refresh with "
          "`python3 bench/speed.py --rows ROWS --write`.")
+
+
+def machine_kind(info: dict[str, Any] | None = None) -> str:
+    """``amx`` on a CPU with AMX (bf16 matrix units: ``--precision auto`` trains in bf16), else ``avx2``."""
+    flags = (info or benchmark.machine_info()).get("flags", {})
+    return "amx" if flags.get("amx") else "avx2"
+
+
+def results_file(kind: str) -> Path:
+    """The stored rows of machines of ``kind``."""
+    return RESULTS.with_name(KINDS[kind][0])
 
 
 def load_results(path: Path | None = None) -> dict[str, dict[str, Any]]:
@@ -56,15 +76,20 @@ def save_results(rows: dict[str, dict[str, Any]], path: Path | None = None) -> N
     write_json(path or RESULTS, {"about": about, "rows": rows})
 
 
-def rewrite_section(text: str, table: str) -> str:
-    """``text`` with the speed section replaced (or appended under its heading when the markers are missing)."""
-    return devpaths.replace_section(text, BEGIN, END, f"{INTRO}\n\n{table}", HEADING)
+def rewrite_section(text: str, table: str, kind: str = "avx2") -> str:
+    """``text`` with the speed section of machines of ``kind`` replaced (or inserted under its heading when
+    the markers are missing)."""
+    _, begin, end, heading, before = KINDS[kind]
+    intro = INTRO if kind == "avx2" else (
+        "The same rows, measured the same way, on a CPU with AMX, where `--precision auto` trains in bf16. "
+        f"Exact commands: `bench/results/{KINDS[kind][0]}`.")
+    return devpaths.replace_section(text, begin, end, f"{intro}\n\n{table}", heading, before)
 
 
-def write_doc(table: str, doc: Path | None = None) -> None:
+def write_doc(table: str, doc: Path | None = None, kind: str = "avx2") -> None:
     doc = doc or DOC
     text = doc.read_text() if doc.is_file() else "# Benchmarks\n"
-    write_text(doc, rewrite_section(text, table))
+    write_text(doc, rewrite_section(text, table, kind))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                                    f"(default: all but {', '.join(sorted(benchmark.LONG_ROWS))})")
     ap.add_argument("--seeds", default="3", help="number of seeds (3 = seeds 0,1,2) or a list like 0,1,2")
     ap.add_argument("--write", action="store_true",
-                    help="store rows in bench/results/speed.json and rewrite the table in docs/BENCHMARKS.md")
+                    help="store rows in bench/results/speed.json (speed-amx.json on a CPU with AMX) and "
+                         "rewrite that machine's table in docs/BENCHMARKS.md")
     ap.add_argument("--out", help="keep the run folders here (default: a temporary folder, deleted)")
     ap.add_argument("--cifar", help="CIFAR-10 JPEG folder or archive (default: $MINIVISION_CIFAR_JPG, "
                                     f"{devpaths.CIFAR_UNPACKED}, else unpack ../shared/datasets/cifar10-jpg.tar.gz "
@@ -87,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rows = benchmark.select_rows(a.rows)
         seeds = benchmark.parse_seeds(a.seeds)
-        stored = load_results() if a.write else {}
+        kind = machine_kind()
+        results = results_file(kind)
+        stored = load_results(results) if a.write else {}
         out = Path(a.out) if a.out else Path(tempfile.mkdtemp(prefix="minivision-speed-"))
         bench = benchmark.Bench(seeds=seeds, out=out, peer_python=a.peer_python or devpaths.peer_python(),
                                 peer_script=Path(a.peer_script), cifar=a.cifar or devpaths.cifar_source(),
@@ -96,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         def record(row: dict[str, Any]) -> None:
             if a.write:
                 stored[row["id"]] = row
-                save_results(stored)
-                write_doc(benchmark.render_table(list(stored.values())))
+                save_results(stored, results)
+                write_doc(benchmark.render_table(list(stored.values())), kind=kind)
 
         try:
             new = benchmark.run_rows(bench, rows, on_row=record)
@@ -112,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print(benchmark.render_table(list(stored.values()) if a.write else new))
     if a.write:
-        print(f"\nwrote {RESULTS} and {DOC}", file=sys.stderr)
+        print(f"\nwrote {results} and {DOC}", file=sys.stderr)
     return 0
 
 

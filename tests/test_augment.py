@@ -61,8 +61,10 @@ def test_old_specs_give_the_same_pictures_as_before(spec):
     weights = torch.arange(x.numel(), dtype=torch.float64).view_as(x) % 97
     out = Augment.parse(spec)(x, torch.Generator().manual_seed(3)).double()
     total, weighted = OLD_SPECS[spec]
-    assert out.sum().item() == pytest.approx(total, rel=1e-9)
-    assert (out * weights).sum().item() == pytest.approx(weighted, rel=1e-9)
+    # rotate and zoom resample in float32, whose last bits differ between AVX2 and AVX-512 kernels (a few
+    # parts in 1e9 of the sum); another draw of the random numbers moves the sum by parts in 1e3
+    assert out.sum().item() == pytest.approx(total, rel=1e-7)
+    assert (out * weights).sum().item() == pytest.approx(weighted, rel=1e-7)
 
 
 def test_new_names_parse_with_defaults_bounds_and_hints():

@@ -455,12 +455,35 @@ def test_speed_write_keeps_rows_not_rerun(fake, tmp_path, monkeypatch):
     doc.write_text("# Benchmarks\n")
     monkeypatch.setattr(speed, "RESULTS", results)
     monkeypatch.setattr(speed, "DOC", doc)
+    monkeypatch.setattr(speed, "machine_kind", lambda info=None: "avx2")
     speed.save_results({"budget3m": _row("budget3m", date="2026-01-01T00:00:00+00:00")})
     assert speed.main(["--rows", "default", "--seeds", "1", "--write", "--quiet"]) == 0
     stored = speed.load_results()
     assert set(stored) == {"budget3m", "default"}
     text = doc.read_text()
     assert "`budget3m` (2026-01-01)" in text and "| `default` (" in text
+
+
+def test_a_cpu_with_amx_keeps_its_own_rows_and_table(fake, tmp_path, monkeypatch):
+    results, doc = tmp_path / "results" / "speed.json", tmp_path / "BENCHMARKS.md"
+    original = (ROOT / "docs" / "BENCHMARKS.md").read_text()
+    doc.write_text(original)
+    monkeypatch.setattr(speed, "RESULTS", results)
+    monkeypatch.setattr(speed, "DOC", doc)
+    monkeypatch.setattr(speed, "machine_kind", lambda info=None: "amx")
+    assert speed.main(["--rows", "default", "--seeds", "1", "--write", "--quiet"]) == 0
+    assert not results.exists() and set(speed.load_results(results.with_name("speed-amx.json"))) == {"default"}
+    text = doc.read_text()
+    begin, end = speed.KINDS["amx"][1:3]
+    assert text.split(speed.BEGIN)[1].split(speed.END)[0] == original.split(speed.BEGIN)[1].split(speed.END)[0]
+    amx = text.split(begin)[1].split(end)[0]
+    assert "| `default` (" in amx and "speed-amx.json" in amx
+    assert text.index(speed.END) < text.index(begin) < text.index("### What the rows that miss would need")
+
+
+def test_the_cpu_flags_decide_which_rows_a_machine_writes():
+    assert speed.machine_kind({"flags": {"avx2": True, "amx": True}}) == "amx"
+    assert speed.machine_kind({"flags": {"avx2": True, "avx512f": True, "amx": False}}) == "avx2"
 
 
 def test_speed_unknown_row(capsys):

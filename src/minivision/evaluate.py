@@ -179,12 +179,12 @@ def split_logits(lm: LoadedModel, split: Split, *, device: str = "auto", precisi
     False (default) or "none", the picture alone; None, the model's own test-time augmentation (model.json's
     ``tta``); "flip", "flip+shift" (True: "flip"): the log of the views' mean softmax (``inference.predict_logits``).
     Raises MinivisionError for an unknown ``tta`` or device."""
-    from .inference import pick_device, pick_precision, predict_logits
+    from .inference import pick_device, predict_logits, reading_precision
 
     mode = tta_mode(tta, lm.meta)
     dev = pick_device(device)
     lm.model.to(dev)
-    return predict_logits(lm.model, lm.preprocess, split.x, device=dev, precision=pick_precision(precision, dev),
+    return predict_logits(lm.model, lm.preprocess, split.x, device=dev, precision=reading_precision(precision),
                           batch_size=batch_size, tta=mode)
 
 
@@ -193,14 +193,14 @@ def split_outputs(lm: LoadedModel, split: Split, *, device: str = "auto", precis
     """(logits float32 (N, K), features float32 (N, D) or None) of ``split``'s pictures, uncalibrated, no TTA,
     in one pass: the penultimate features are kept only for a model with unsure statistics (trust.py),
     which ``trust_metrics`` scores."""
-    from .inference import pick_device, pick_precision, predict_features
+    from .inference import pick_device, predict_features, reading_precision
 
     if lm.trust is None:
         return split_logits(lm, split, device=device, precision=precision, batch_size=batch_size), None
     dev = pick_device(device)
     lm.model.to(dev)
     features, logits = predict_features(lm.model, lm.preprocess, split.x, device=dev,
-                                        precision=pick_precision(precision, dev), batch_size=batch_size)
+                                        precision=reading_precision(precision), batch_size=batch_size)
     return logits, features
 
 
@@ -216,7 +216,7 @@ def trust_metrics(lm: LoadedModel, split: Split, logits: torch.Tensor, *, device
     penultimate features when the caller has them (else computed here, a second pass)."""
     import torch
 
-    from .inference import EMPTY_NOTE, blank_pictures, noise_pictures, pick_device, pick_precision, predict_features
+    from .inference import EMPTY_NOTE, blank_pictures, noise_pictures, pick_device, predict_features, reading_precision
     from .metrics import calibration
     from .trust import direction, judge
 
@@ -236,7 +236,7 @@ def trust_metrics(lm: LoadedModel, split: Split, logits: torch.Tensor, *, device
         dev = pick_device(device)
         lm.model.to(dev)
         features, _ = predict_features(lm.model, lm.preprocess, split.x, device=dev,
-                                       precision=pick_precision(precision, dev), batch_size=batch_size)
+                                       precision=reading_precision(precision), batch_size=batch_size)
         ood = lm.trust.score(features)
     unsure = torch.tensor([u for u, _ in judge(after.max(1).values, ood, blank_pictures(split.x), lm.meta,
                                                 EMPTY_NOTE, noise_pictures(split.x))])
@@ -289,13 +289,13 @@ def tta_scores(lm: LoadedModel, split: Split, mode: str, *, device: str = "auto"
     ``mode``."""
     import torch
 
-    from .inference import mean_view_logits, pick_device, pick_precision, view_logits
+    from .inference import mean_view_logits, pick_device, reading_precision, view_logits
     from .metrics import calibration
     from .trust import direction
 
     dev = pick_device(device)
     lm.model.to(dev)
-    views = view_logits(lm.model, lm.preprocess, split.x, mode, device=dev, precision=pick_precision(precision, dev),
+    views = view_logits(lm.model, lm.preprocess, split.x, mode, device=dev, precision=reading_precision(precision),
                         batch_size=batch_size, first=plain is None)
     if plain is not None:
         views = torch.cat([plain[None].float(), views])

@@ -45,6 +45,7 @@ from .inference import (
     pick_precision,
     predict_features,
     predict_logits,
+    reading_precision,
     view_logits,
 )
 from .listeners import (
@@ -957,6 +958,7 @@ class Trainer:
             self.net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         self._agreed_stop: str | None = None  # several processes: the stop every rank agreed on
         self.lost_rank = False  # several processes: a collective failed (another rank stopped)
+        self.read_precision = reading_precision("auto")  # validation and test passes: what evaluate gives
         self.cfg, self.ds, self.model, self.pre, self.opt = cfg, ds, model, pre, optimizer
         self.device, self.precision, self.run_dir, self.meta, self.log = device, precision, run_dir, meta, log
         self.history = history
@@ -1367,7 +1369,7 @@ class Trainer:
             # the logits are forward()'s bit for bit (forward is forward_head(forward_features(x))); the
             # features come with them at no extra pass
             val_outputs = predict_features(self.model, self.pre, self.ds.val.x, device=self.device,
-                                           precision=self.precision)
+                                           precision=self.read_precision)
             val_loss, val_acc = loss_and_accuracy(val_outputs[1], self.ds.val.y)
         if self.phases:
             finetune.train_mode(self.model)
@@ -1424,7 +1426,7 @@ class Trainer:
             self.model.load_state_dict(load_tensors(best))
         test: dict[str, Any] = {}
         if ds.test is not None and len(ds.test):
-            logits = predict_logits(self.model, self.pre, ds.test.x, device=self.device, precision=self.precision)
+            logits = predict_logits(self.model, self.pre, ds.test.x, device=self.device, precision=self.read_precision)
             loss, acc = loss_and_accuracy(logits, ds.test.y)
             test = {"test_loss": loss, "test_accuracy": acc, "test_n": len(ds.test)}
             self.scored = ("test", ds.test, logits)
@@ -1432,14 +1434,14 @@ class Trainer:
             if mode != "none":  # the model answers with test-time views: its accuracy with them, beside
                 # the picture's own pass is done (logits): only the other views go through the network
                 others = view_logits(self.model, self.pre, ds.test.x, mode, device=self.device,
-                                     precision=self.precision, first=False)
+                                     precision=self.read_precision, first=False)
                 tta_logits = mean_view_logits(torch.cat([logits[None], others]))
                 tta_loss, tta_acc = loss_and_accuracy(tta_logits, ds.test.y)
                 test.update(test_accuracy_tta=tta_acc, test_loss_tta=tta_loss, tta=mode)
                 self.scored_tta = tta_logits
         elif ds.val is not None and len(ds.val):
             self.scored = ("validation", ds.val, predict_logits(self.model, self.pre, ds.val.x, device=self.device,
-                                                                precision=self.precision))
+                                                                precision=self.read_precision))
         best_row = max(self.history, key=lambda r: (-1.0, 0.0) if math.isnan(r["val_accuracy"])
                        else (r["val_accuracy"], -r["val_loss"]) if self.cfg.patience is None
                        else (-r["val_loss"], -r["epoch"]))  # early stopping: the first lowest validation loss
@@ -1468,7 +1470,7 @@ class Trainer:
                      "pictures are marked unsure")
             return
         cal, unsure, stats = trust.fit_for_model(self.model, self.pre, self.ds.train, self.ds.val,
-                                                 self.ds.num_classes, device=self.device, precision=self.precision,
+                                                 self.ds.num_classes, device=self.device, precision=self.read_precision,
                                                  val_outputs=self.best_val_outputs,
                                                  tta=tta_mode(self.meta.get("tta"), None))
         trust.apply(self.meta, self.run_dir, cal, unsure, stats)
