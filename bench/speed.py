@@ -10,8 +10,10 @@ benchmark.py says how each row is measured). With --write, each finished row is 
 bench/results/speed.json at once (an interrupted session keeps the rows it finished) and the
 table between the speed markers in docs/BENCHMARKS.md is re-rendered from all stored rows, so rows
 not re-run this time keep their earlier figures and dates. Each kind of CPU keeps its own rows and
-table: an AVX2 machine bench/results/speed.json and the first table, a machine with AMX (bf16 in
-hardware) bench/results/speed-amx.json and the table under "On a CPU with AMX". `minivision bench`
+table: an AVX2 machine bench/results/speed.json and the first table, a machine with AMX (bf16 matrix
+units) bench/results/speed-amx.json and the table under "On a CPU with AMX", one with AVX-512 BF16 but no
+AMX (bf16 dot products in the vector units, such as AMD Zen 4) bench/results/speed-avx512bf16.json and the
+table under "On a CPU with AVX-512 BF16". On both bf16 kinds `--precision auto` trains in bf16. `minivision bench`
 runs the same rows on a user's machine without touching these files. The development machine's peer and CIFAR-10
 are the defaults here (bench/devpaths.py); `minivision bench` is given them with flags.
 """
@@ -43,7 +45,12 @@ KINDS = {
     "avx2": ("speed.json", BEGIN, END, HEADING, None),
     "amx": ("speed-amx.json", "<!-- speed-amx:begin -->", "<!-- speed-amx:end -->",
             "### On a CPU with AMX (bf16 in hardware)", "### What the rows that miss would need, and what was tried"),
+    "avx512bf16": ("speed-avx512bf16.json", "<!-- speed-avx512bf16:begin -->", "<!-- speed-avx512bf16:end -->",
+                   "### On a CPU with AVX-512 BF16 and no AMX (bf16 in hardware)",
+                   "### What the rows that miss would need, and what was tried"),
 }
+#: What each kind is, in the words of its table's introduction.
+KIND_WORDS = {"amx": "a CPU with AMX", "avx512bf16": "a CPU with AVX-512 BF16 but no AMX"}
 INTRO = ("Each row runs the real command in a child process: wall time is the whole command (start-up, data "
          "loading, training, test pass, file writes), peak memory is the child's `ru_maxrss`, speed is a ratio "
          "to the TensorFlow peer measured in the same session. Rows re-run at different times carry their own "
@@ -52,9 +59,12 @@ INTRO = ("Each row runs the real command in a child process: wall time is the wh
 
 
 def machine_kind(info: dict[str, Any] | None = None) -> str:
-    """``amx`` on a CPU with AMX (bf16 matrix units: ``--precision auto`` trains in bf16), else ``avx2``."""
+    """``amx`` on a CPU with AMX (bf16 matrix units), ``avx512bf16`` on one with AVX-512 BF16 and no AMX (both:
+    ``--precision auto`` trains in bf16), else ``avx2`` (fp32)."""
     flags = (info or benchmark.machine_info()).get("flags", {})
-    return "amx" if flags.get("amx") else "avx2"
+    if flags.get("amx"):
+        return "amx"
+    return "avx512bf16" if flags.get("avx512_bf16") else "avx2"
 
 
 def results_file(kind: str) -> Path:
@@ -81,7 +91,7 @@ def rewrite_section(text: str, table: str, kind: str = "avx2") -> str:
     the markers are missing)."""
     _, begin, end, heading, before = KINDS[kind]
     intro = INTRO if kind == "avx2" else (
-        "The same rows, measured the same way, on a CPU with AMX, where `--precision auto` trains in bf16. "
+        f"The same rows, measured the same way, on {KIND_WORDS[kind]}, where `--precision auto` trains in bf16. "
         f"Exact commands: `bench/results/{KINDS[kind][0]}`.")
     return devpaths.replace_section(text, begin, end, f"{intro}\n\n{table}", heading, before)
 
@@ -98,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                                    f"(default: all but {', '.join(sorted(benchmark.LONG_ROWS))})")
     ap.add_argument("--seeds", default="3", help="number of seeds (3 = seeds 0,1,2) or a list like 0,1,2")
     ap.add_argument("--write", action="store_true",
-                    help="store rows in bench/results/speed.json (speed-amx.json on a CPU with AMX) and "
+                    help="store rows in bench/results/speed.json (speed-amx.json on a CPU with AMX, "
+                         "speed-avx512bf16.json on one with AVX-512 BF16 only) and "
                          "rewrite that machine's table in docs/BENCHMARKS.md")
     ap.add_argument("--out", help="keep the run folders here (default: a temporary folder, deleted)")
     ap.add_argument("--cifar", help="CIFAR-10 JPEG folder or archive (default: $MINIVISION_CIFAR_JPG, "

@@ -464,26 +464,31 @@ def test_speed_write_keeps_rows_not_rerun(fake, tmp_path, monkeypatch):
     assert "`budget3m` (2026-01-01)" in text and "| `default` (" in text
 
 
-def test_a_cpu_with_amx_keeps_its_own_rows_and_table(fake, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["amx", "avx512bf16"])
+def test_a_bf16_cpu_keeps_its_own_rows_and_table(fake, tmp_path, monkeypatch, kind):
     results, doc = tmp_path / "results" / "speed.json", tmp_path / "BENCHMARKS.md"
     original = (ROOT / "docs" / "BENCHMARKS.md").read_text()
     doc.write_text(original)
     monkeypatch.setattr(speed, "RESULTS", results)
     monkeypatch.setattr(speed, "DOC", doc)
-    monkeypatch.setattr(speed, "machine_kind", lambda info=None: "amx")
+    monkeypatch.setattr(speed, "machine_kind", lambda info=None: kind)
     assert speed.main(["--rows", "default", "--seeds", "1", "--write", "--quiet"]) == 0
-    assert not results.exists() and set(speed.load_results(results.with_name("speed-amx.json"))) == {"default"}
+    name = f"speed-{kind}.json"
+    assert not results.exists() and set(speed.load_results(results.with_name(name))) == {"default"}
     text = doc.read_text()
-    begin, end = speed.KINDS["amx"][1:3]
+    begin, end = speed.KINDS[kind][1:3]
     assert text.split(speed.BEGIN)[1].split(speed.END)[0] == original.split(speed.BEGIN)[1].split(speed.END)[0]
-    amx = text.split(begin)[1].split(end)[0]
-    assert "| `default` (" in amx and "speed-amx.json" in amx
+    section = text.split(begin)[1].split(end)[0]
+    assert "| `default` (" in section and name in section and speed.KIND_WORDS[kind] in section
     assert text.index(speed.END) < text.index(begin) < text.index("### What the rows that miss would need")
 
 
 def test_the_cpu_flags_decide_which_rows_a_machine_writes():
     assert speed.machine_kind({"flags": {"avx2": True, "amx": True}}) == "amx"
     assert speed.machine_kind({"flags": {"avx2": True, "avx512f": True, "amx": False}}) == "avx2"
+    assert speed.machine_kind({"flags": {"avx2": True, "avx512f": True, "avx512_bf16": True, "amx": False}}) \
+        == "avx512bf16"
+    assert speed.machine_kind({"flags": {"avx512_bf16": True, "amx": True}}) == "amx"
 
 
 def test_speed_unknown_row(capsys):
