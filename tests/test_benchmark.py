@@ -208,6 +208,21 @@ def test_a_row_scores_a_model_that_answers_with_tta_by_its_answers(tmp_path):
     assert "with the model's flip TTA; without: 85.00%" in row["note"]
 
 
+@pytest.mark.parametrize("precision,target,met", [("bf16", ">= 93.0% test accuracy (trained in bf16)", False),
+                                                  ("fp32", ">= 92.0% test accuracy, whole command <= 30 s", True)])
+def test_a_run_trained_in_bf16_is_held_to_the_bf16_target(tmp_path, precision, target, met):
+    run = _write_run(tmp_path, [], 0.925, [7.0, 7.0])
+    meta = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**meta, "used": {"device": "cpu", "precision": precision}}))
+    stdout = json.dumps({"run": str(run), "test_accuracy": 0.925, "test_loss": 0.3, "test_n": 10000}) + "\n"
+    got = benchmark.parse_train(ChildResult(["x"], 0, stdout, "", 28.0, 400.0))
+    assert got["precision"] == precision
+    row = benchmark._accuracy_row("default", [dict(got, seed=0, command="c")], target_pct=92.0, max_wall_s=30.0,
+                                  command="c")
+    assert row["target"].startswith(target) and row["met"] is met and row["values"][0]["precision"] == precision
+    assert ("missed: mean accuracy 92.50% is 0.50 points below the 93.00% target" in row["note"]) is not met
+
+
 def test_parse_train_unreadable_output_fails_the_row(tmp_path):
     with pytest.raises(RowFailed):
         benchmark.parse_train(ChildResult(["x"], 0, "no json here\n", "", 1.0, 1.0))

@@ -30,6 +30,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -307,6 +308,7 @@ def parse_train(child: ChildResult) -> dict[str, Any]:
             "test_n": summary.get("test_n"), "network": meta.get("architecture", {}).get("name"),
             "epochs": len(epoch_seconds), "epoch_seconds": epoch_seconds, "budget": budget,
             "best_epoch": meta.get("metrics", {}).get("best_epoch"),
+            "precision": (meta.get("used") or {}).get("precision"),
             "wall_s": child.wall_s, "peak_rss_mb": child.peak_rss_mb}
 
 
@@ -554,26 +556,45 @@ class RowSpec:
 
 SPECS: dict[str, RowSpec] = {s.id: s for s in (
     RowSpec("default", "`minivision train` with no flags (the 30-second recipe), Fashion-MNIST",
-            ">= 92.0% test accuracy, whole command <= 30 s"),
+            ">= 92.0% test accuracy (93.0% when trained in bf16), whole command <= 30 s"),
     RowSpec("evaluate", "`minivision evaluate` of a [default] run on the 10,000 test images", "<= 2 s whole command"),
     RowSpec("budget3m", "`minivision train --budget 3m`, Fashion-MNIST", ">= 94.0% test accuracy"),
     RowSpec("cnn2", "`cnn2` with its tutorial settings, seconds per epoch, vs TensorFlow", "<= 0.5 x TensorFlow"),
     RowSpec("memory", "peak RSS of the [default] Fashion-MNIST trainings", "<= 1.5 GB"),
     RowSpec("cifar-softmax", "`softmax` on CIFAR-10 (JPEG folder)", ">= 39% test accuracy"),
     RowSpec("budget30m", "`minivision train --budget 30m`, Fashion-MNIST", ">= 95.5% test accuracy"),
-    RowSpec("cifar15m", "`minivision train --budget 15m` on CIFAR-10 (JPEG folder)", ">= 90% test accuracy"),
+    RowSpec("cifar15m", "`minivision train --budget 15m` on CIFAR-10 (JPEG folder)",
+            ">= 90% test accuracy (93% when trained in bf16)"),
     RowSpec("cifar30m", "`minivision train --budget 30m` on CIFAR-10 (JPEG folder)", "report (stretch >= 94%)"),
 )}
+
+
+#: Accuracy targets (%) of the rows whose runs trained in bf16 (a CPU with AVX-512 BF16 or AMX, where
+#: ``--precision auto`` turns it on): bf16 roughly doubles the convolutions' speed there, so the same
+#: budget is asked for more.
+BF16_TARGETS = {"default": 93.0, "cifar15m": 93.0}
+
+
+def accuracy_target(row_id: str, target_pct: float | None, runs: list[dict[str, Any]]) -> tuple[float | None, str]:
+    """The accuracy target (%) of ``row_id`` for these runs, and the row's target text: the bf16 target
+    (``BF16_TARGETS``) when every run trained in bf16 (``precision`` from its model.json), else ``target_pct``."""
+    text = SPECS[row_id].target
+    bf16 = row_id in BF16_TARGETS and bool(runs) and all(r.get("precision") == "bf16" for r in runs)
+    if not bf16:
+        return target_pct, re.sub(r" \([0-9.]+% when trained in bf16\)", "", text)
+    goal = BF16_TARGETS[row_id]
+    return goal, re.sub(r">= [0-9.]+% test accuracy \([0-9.]+% when trained in bf16\)",
+                        f">= {goal:.1f}% test accuracy (trained in bf16)", text)
 
 
 def make_row(row_id: str, *, measured: str, met: bool | None, status: str | None = None, note: str = "",
              values: list[dict[str, Any]] | None = None, mean: dict[str, float] | None = None,
              std: dict[str, float | None] | None = None, peer: str = "", command: str = "",
-             commands: list[str] | None = None) -> dict[str, Any]:
+             commands: list[str] | None = None, target: str | None = None) -> dict[str, Any]:
     spec = SPECS[row_id]
     if status is None:
         status = {True: "met", False: "missed", None: "skipped"}[met]
-    return {"id": row_id, "what": spec.what, "target": spec.target, "measured": measured, "peer": peer,
+    return {"id": row_id, "what": spec.what, "target": target or spec.target, "measured": measured, "peer": peer,
             "met": met, "status": status, "note": note, "values": values or [], "mean": mean or {},
             "std": std or {}, "n": len(values or []), "command": command, "commands": commands or []}
 
@@ -583,6 +604,7 @@ def _accuracy_row(row_id: str, runs: list[dict[str, Any]], *, target_pct: float 
                   stretch_pct: float | None = None) -> dict[str, Any]:
     accs = [r["accuracy"] * 100 for r in runs]
     walls = [r["wall_s"] for r in runs]
+    target_pct, target_text = accuracy_target(row_id, target_pct, runs)
     (acc, acc_sd), (wall, wall_sd) = mean_std(accs), mean_std(walls)
     misses = []
     if target_pct is not None:
@@ -614,9 +636,10 @@ def _accuracy_row(row_id: str, runs: list[dict[str, Any]], *, target_pct: float 
             notes.insert(0, "missed: " + "; ".join(misses))
     return make_row(row_id, measured=measured, met=met, status=status, note=". ".join(notes),
                     values=[{k: r[k] for k in ("seed", "accuracy", "plain_accuracy", "tta", "wall_s", "peak_rss_mb",
-                                              "network", "epochs", "epoch_seconds", "budget") if k in r} for r in runs],
+                                              "network", "epochs", "epoch_seconds", "budget", "precision") if k in r}
+                            for r in runs],
                     mean={"accuracy_pct": acc, "wall_s": wall}, std={"accuracy_pct": acc_sd, "wall_s": wall_sd},
-                    command=command, commands=[r["command"] for r in runs])
+                    command=command, commands=[r["command"] for r in runs], target=target_text)
 
 
 def row_default(b: Bench) -> dict[str, Any]:
