@@ -12,7 +12,9 @@ Variants:
 - ``reshape-max``: each 2x2 max-pool written as a reshape and ``amax`` (the same function);
 - ``gelu-tanh``: GELU's tanh approximation instead of the exact erf form;
 - ``relu``: ReLU instead of GELU (a different network: for its step time only);
-- ``compile``: ``torch.compile`` of the step function; its first call (the compilation) is timed apart.
+- ``compile``: ``torch.compile`` of the step function; its first call (the compilation) is timed apart;
+- ``bf16``: the base network with forward and loss under bf16 autocast, as ``--precision bf16`` (and
+  ``auto`` on a CPU with AVX-512 BF16 or AMX) trains it; on a CPU without them bf16 is emulated and slow.
 
     python3 bench/step_variants.py [--model mvnet-t] [--variants base,compile,...] [--rounds 3]
 
@@ -29,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-VARIANTS = ("base", "nchw", "reshape-max", "gelu-tanh", "relu", "compile")
+VARIANTS = ("base", "nchw", "reshape-max", "gelu-tanh", "relu", "compile", "bf16")
 
 
 class ReshapeMax(nn.Module):
@@ -67,7 +69,8 @@ def time_variant(model: str, variant: str, batch: int, channels: int, side: int,
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
 
     def step() -> torch.Tensor:
-        loss = F.cross_entropy(net(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16"):
+            loss = F.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         return loss
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     flags = ", ".join(k for k, v in info["flags"].items() if v) or "none of avx2/avx512"
     print(f"machine: {info['cpu']}, {info['cpu_count']} CPUs, flags: {flags}; torch {info['torch']}; "
-          f"{a.model}, batch {a.batch} of {a.channels}x{a.side}x{a.side}, fp32", flush=True)
+          f"{a.model}, batch {a.batch} of {a.channels}x{a.side}x{a.side}, fp32 unless the variant says", flush=True)
     ms: dict[str, list[float]] = {v: [] for v in variants}
     compile_s: list[float] = []
     for r in range(a.rounds):

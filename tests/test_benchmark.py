@@ -547,12 +547,19 @@ def _load_script(name: str):
     return module
 
 
-@pytest.mark.parametrize("name", ["speed", "photos", "load", "tutorials", "report_draw", "step_variants"])
+@pytest.mark.parametrize("name", ["speed", "photos", "load", "tutorials", "report_draw", "step_variants",
+                                  "reading_precision"])
 def test_bench_scripts_import_and_print_their_help(name, capsys):
     module = _load_script(name)
     with pytest.raises(SystemExit) as e:
         module.main(["--help"])
     assert e.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+def test_the_reading_precision_bench_refuses_a_folder_that_is_no_run(tmp_path, capsys):
+    assert _load_script("reading_precision").main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
 
 
 def test_a_bench_script_runs_as_a_script():
