@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             logits = split_logits(lm, data.split, precision=precision)
             seconds[precision].append(time.perf_counter() - t0)
-            accuracy[precision] = float((logits.argmax(1).numpy() == y).mean())
+            accuracy[precision] = float((logits.argmax(1) == torch.as_tensor(y)).float().mean())
     for precision, times in seconds.items():
         print(f"{precision}: top-1 {accuracy[precision]:.2%}, {statistics.median(times):.2f} s per pass "
               f"(median of {a.rounds}: {', '.join(f'{t:.2f}' for t in times)})")

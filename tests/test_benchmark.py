@@ -562,6 +562,16 @@ def test_the_reading_precision_bench_refuses_a_folder_that_is_no_run(tmp_path, c
     assert err.startswith("error: ") and err.count("\n") == 1
 
 
+@pytest.mark.needs_fashion_mnist
+def test_the_reading_precision_bench_scores_a_real_run_both_ways(small_fashion_run, capsys):
+    assert _load_script("reading_precision").main([str(small_fashion_run), "--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    found = dict(re.findall(r"^(fp32|bf16): top-1 ([0-9.]+)%", out, re.M))
+    assert set(found) == {"fp32", "bf16"} and "10,000 test pictures" in out
+    # the same weights read two ways: the answers differ in a few pictures at most
+    assert 50 < float(found["fp32"]) < 100 and abs(float(found["fp32"]) - float(found["bf16"])) < 2
+
+
 def test_a_bench_script_runs_as_a_script():
     """As `python3 bench/NAME.py` (the lightest one; the others import the same way)."""
     import subprocess
