@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("run", help="a finished run folder")
     p.add_argument("--rounds", type=int, default=3, help="passes per precision (default 3)")
     a = p.parse_args(argv)
+    if a.rounds < 1:
+        p.error(f"--rounds must be at least 1 (got {a.rounds})")
     from minivision.evaluate import scoring_data, split_logits
     from minivision.runfiles import load_model
 
