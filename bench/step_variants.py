@@ -102,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant and round (default 20)")
     p.add_argument("--rounds", type=int, default=3, help="rounds over the variants (default 3)")
     a = p.parse_args(argv)
+    for name in ("batch", "channels", "side", "steps", "rounds"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name} must be at least 1 (got {getattr(a, name)})")
+    if a.warmup < 0:
+        p.error(f"--warmup must be 0 or more (got {a.warmup})")
     variants = [v.strip() for v in a.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
