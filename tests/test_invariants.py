@@ -313,11 +313,11 @@ class StepClock(Listener):
 END_PICTURES = 180
 
 
-def _planned_steps(n_test: int) -> int:
+def _planned_steps(n_test: int, end_pictures: int = END_PICTURES) -> int:
     """What the planner must plan when a step takes DT and validation takes no time: the budget less
     the files and report reserve, the share kept back for the machine's noise, the test pass and the end's
     calibration pass, divided by the time of a step."""
-    scoring = (n_test + END_PICTURES) / BATCH * DT * Planner.FORWARD_COST
+    scoring = (n_test + end_pictures) / BATCH * DT * Planner.FORWARD_COST
     left = BUDGET_S - Planner.END_RESERVE_S - Planner.REPORT_S - Planner.NOISE_SHARE * BUDGET_S - scoring
     return int(left / DT)
 
@@ -325,7 +325,10 @@ def _planned_steps(n_test: int) -> int:
 def _budget_run(out: Path, clock: StepClock, **kw):
     # a named model: no network probe (which would time real steps); 180 training images = 12 batches an
     # epoch, so the first epoch ends (and the validation cost is measured) before the planner's first plan
-    cfg = TrainConfig(budget=BUDGET_S, model="softmax", batch_size=BATCH, val_split=0.25, augment="", out=str(out))
+    # fp32 unless asked: "auto" would pick bf16 on a CPU that has it, which validates differently (below)
+    kw.setdefault("precision", "fp32")
+    cfg = TrainConfig(budget=BUDGET_S, model="softmax", batch_size=BATCH, val_split=0.25, augment="", out=str(out),
+                      precision=kw.pop("precision"))
     return fit(cfg, dataset=synthetic_dataset(240, 40), progress=False, log=lambda m: None, clock=clock,
                listeners=[clock], **kw)
 
@@ -347,6 +350,44 @@ def test_a_budget_run_trains_the_steps_the_planner_plans_on_its_clock(tmp_path, 
     assert _progress(r.run_dir)["step"] == expected
     assert len(r.history) == math.ceil(expected / 12)
     assert clock() <= BUDGET_S - Planner.END_RESERVE_S - Planner.REPORT_S  # ended when the planner said
+
+
+def test_a_bf16_budget_run_plans_for_the_validation_pass_it_repeats_in_fp32_at_the_end(tmp_path, no_report):
+    # bf16 training validates each epoch in bf16; the kept weights' 60 validation pictures go through the
+    # network again in fp32 after training (for model.json and the calibration), so the plan counts them
+    clock = StepClock()
+    r = _budget_run(tmp_path, clock, precision="bf16")
+    meta = json.loads((r.run_dir / "model.json").read_text())
+    assert meta["used"]["validation_precision"] == "bf16"
+    assert meta["budget"]["total_steps"] == _planned_steps(n_test=40, end_pictures=END_PICTURES + 60)
+    assert _planned_steps(n_test=40, end_pictures=END_PICTURES + 60) < _planned_steps(n_test=40)
+
+
+def test_bf16_training_validates_each_epoch_in_bf16_and_keeps_the_fp32_figures(tmp_path, monkeypatch, no_report):
+    from minivision import train
+
+    passes: list[str] = []
+    real = train.predict_logits
+
+    def spy(*a, **kw):
+        passes.append(kw["precision"])
+        return real(*a, **kw)
+
+    class Grab(Listener):
+        def on_fit_end(self, t):
+            self.val, self.outputs = t.ds.val, t.best_val_outputs
+
+    monkeypatch.setattr(train, "predict_logits", spy)
+    grab = Grab()
+    cfg = TrainConfig(model="softmax", epochs=2, batch_size=BATCH, val_split=0.25, augment="", precision="bf16",
+                      out=str(tmp_path))
+    r = fit(cfg, dataset=synthetic_dataset(240, 40), progress=False, log=lambda m: None, listeners=[grab])
+    assert passes == ["bf16", "bf16", "fp32"]  # the two epochs' validation passes, then the test pass
+    meta = json.loads((r.run_dir / "model.json").read_text())
+    assert meta["used"]["validation_precision"] == "bf16"
+    fp32 = real(r.model, r.preprocess, grab.val.x, device=torch.device("cpu"), precision="fp32")
+    assert torch.equal(grab.outputs[1], fp32)  # the calibration took the kept weights' fp32 logits
+    assert meta["metrics"]["val_accuracy"] == train.loss_and_accuracy(fp32, grab.val.y)[1]
 
 
 def test_a_resumed_budget_run_keeps_the_step_count_planned_before_the_interruption(tmp_path, no_report):

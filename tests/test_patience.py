@@ -65,7 +65,8 @@ class Snapshots(Listener):
 
 
 def _fit(tmp_path, name="train", listeners=(), resume=None, **kw):
-    cfg = TrainConfig(**{"model": "softmax", "epochs": 6, "batch_size": 16, "lr": 0.01, "patience": 2, **kw},
+    cfg = TrainConfig(**{"model": "softmax", "epochs": 6, "batch_size": 16, "lr": 0.01, "patience": 2,
+                         "precision": "fp32", **kw},
                       out=str(tmp_path), name=name) if resume is None else TrainConfig()
     return fit(cfg, dataset=misled(), listeners=list(listeners), resume=resume, **QUIET)
 
