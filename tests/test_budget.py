@@ -96,6 +96,38 @@ def test_a_budget_picks_from_the_ladder_of_its_pictures(monkeypatch, channels, m
     assert probed[-1] == ("mvnet" if channels == 1 else "mvnet-l")  # the walk stops at the first that misses
 
 
+def test_the_colour_ladder_counts_epochs_of_cifar_s_training_split(monkeypatch):
+    """COLOUR_LADDER's thresholds were measured on CIFAR-10's 45,000 training pictures: a colour dataset of
+    that size is not scaled (a grey one of that size is, by 54,000 / 45,000), so the largest network whose
+    epochs fit in a 30-minute budget at CIFAR-10's size is picked."""
+    import torch
+
+    from minivision import budget
+    from minivision.budget import COLOUR_LADDER, COLOUR_LADDER_TRAIN_IMAGES
+    from minivision.config import resolve
+    from minivision.data.dataset import Dataset, Split
+    from minivision.models import model_info
+
+    n = COLOUR_LADDER_TRAIN_IMAGES
+    assert small_data_scale(n, COLOUR_LADDER_TRAIN_IMAGES) == 1.0 and small_data_scale(n) == pytest.approx(1.2)
+    usable = 1800 * 0.9 - budget.Planner.END_RESERVE_S
+    top = COLOUR_LADDER[-1]
+    # the largest network's threshold fits with 10% to spare unscaled, not when scaled by 1.2
+    per_epoch = {"mvnet-s": 5.0, "mvnet": 10.0, top.model: usable / (top.min_epochs * 1.1)}
+
+    def probe(cfg, ds, device, precision):
+        return per_epoch[cfg.model] / math.ceil(n / cfg.batch_size)
+
+    monkeypatch.setattr(budget, "probe_step_seconds", probe)
+    x = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
+    ds = Dataset("pictures", [str(i) for i in range(10)], Split(x, torch.arange(n) % 10), None)
+    user = default_budget(TrainConfig(budget="30m"))
+    cfg = resolve(dataclasses.replace(user, model="mvnet-t"), model_info("mvnet-t").defaults)
+    _, plan = budget.plan_budget(user, cfg, ds, torch.device("cpu"), "fp32", started=0.0, log=lambda m: None,
+                                 clock=lambda: 0.0)
+    assert plan.model == top.model
+
+
 def test_pick_rung_takes_the_largest_network_that_gets_its_epochs():
     ladder = (Rung("a", 0), Rung("b", 6), Rung("c", 12))
     spe = {"a": 5.0, "b": 20.0, "c": 60.0}

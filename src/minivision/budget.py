@@ -139,14 +139,17 @@ SHORT_RUN = {"augment": "", "batch_size": 128}
 # (60,000 images less mvnet's 10% for validation). A network needs about as many images seen, not
 # epochs, to reach what it can: on fewer images its thresholds grow in proportion.
 LADDER_TRAIN_IMAGES = 54_000
+# COLOUR_LADDER's are epochs of CIFAR-10's training split, where they were measured (50,000 less 10%)
+COLOUR_LADDER_TRAIN_IMAGES = 45_000
 MIN_STEPS_PER_EPOCH = 4  # a small dataset's batches hold at most a quarter of its images ...
 MIN_SMALL_BATCH = 8      # ... and at least this many (batch-norm statistics need a few)
 
 
-def small_data_scale(n_train: int) -> float:
-    """How many epochs of a ``n_train``-image dataset make one of the ladder's (>= 1: a larger dataset
-    keeps the thresholds as measured)."""
-    return max(1.0, LADDER_TRAIN_IMAGES / max(1, n_train))
+def small_data_scale(n_train: int, reference: int = LADDER_TRAIN_IMAGES) -> float:
+    """How many epochs of a ``n_train``-image dataset make one of the ladder's, whose epochs are of
+    ``reference`` images (``LADDER_TRAIN_IMAGES``, or ``COLOUR_LADDER_TRAIN_IMAGES`` for ``COLOUR_LADDER``);
+    >= 1: a larger dataset keeps the thresholds as measured."""
+    return max(1.0, reference / max(1, n_train))
 
 
 def small_data_batch(n_train: int, batch_size: int) -> int:
@@ -302,12 +305,12 @@ def plan_budget(user_cfg: TrainConfig, cfg: TrainConfig, ds: Dataset, device: to
     budget = float(cfg.budget)
     deadline = started + budget
     n = len(ds.train.y)
-    scale = small_data_scale(n)
     # keep back the final test pass and file writes, roughly; the planner refines this as it runs
     usable = lambda: (deadline - clock()) * 0.9 - Planner.END_RESERVE_S  # noqa: E731
     probed: dict[str, float] = {}
     name = user_cfg.model
     ladder, plain_short_runs = ladder_for(int(ds.train.x.shape[1]))
+    scale = small_data_scale(n, COLOUR_LADDER_TRAIN_IMAGES if ladder is COLOUR_LADDER else LADDER_TRAIN_IMAGES)
     if name is None:
         for rung in ladder:
             if rung.min_epochs == 0:  # always possible: no need to time it
