@@ -10,8 +10,8 @@ How a budget is spent (``fit`` calls these):
    Colour pictures walk ``COLOUR_LADDER`` (``ladder_for``), where mvnet takes over sooner (measured
    on CIFAR-10) and a short run keeps its recipe's augmentation.
    It stops probing at the first network that does not fit, so a 30-second run times one extra
-   network for a fraction of a second. The ladder's epochs are Fashion-MNIST epochs: a dataset
-   smaller than its training split needs as many images seen, so ``small_data_scale`` multiplies
+   network for a fraction of a second. The ladders' epochs are those of the dataset each was
+   measured on (Fashion-MNIST, CIFAR-10): a smaller dataset needs as many images seen, so ``small_data_scale`` multiplies
    them (``plan_small_data``: one rule for ``minivision train`` and the training-jobs API, whose
    uploads are small: 1,000 pictures get the smallest network, trained for many epochs, not the
    largest for a few). A small dataset also gets batches of at most a quarter of its images.
