@@ -1466,8 +1466,10 @@ class Trainer:
                 test.update(test_accuracy_tta=tta_acc, test_loss_tta=tta_loss, tta=mode)
                 self.scored_tta = tta_logits
         elif ds.val is not None and len(ds.val):
-            self.scored = ("validation", ds.val, predict_logits(self.model, self.pre, ds.val.x, device=self.device,
-                                                                precision=self.read_precision))
+            # the kept weights' fp32 logits, when the bf16 epochs made finish() compute them above
+            self.scored = ("validation", ds.val, self.best_val_outputs[1] if val_fp is not None else
+                           predict_logits(self.model, self.pre, ds.val.x, device=self.device,
+                                          precision=self.read_precision))
         best_row = max(self.history, key=lambda r: (-1.0, 0.0) if math.isnan(r["val_accuracy"])
                        else (r["val_accuracy"], -r["val_loss"]) if self.cfg.patience is None
                        else (-r["val_loss"], -r["epoch"]))  # early stopping: the first lowest validation loss
