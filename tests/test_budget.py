@@ -4,6 +4,7 @@ budget run end to end on synthetic data. No test asserts how long anything took.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 
@@ -81,7 +82,7 @@ def test_a_budget_picks_from_the_ladder_of_its_pictures(monkeypatch, channels, m
     n = budget.LADDER_TRAIN_IMAGES  # no small-data scaling
     probed = []
 
-    def probe(cfg, ds, device, precision):
+    def probe(cfg, ds, device, precision, **timing):
         probed.append(cfg.model)
         return per_epoch[cfg.model] / math.ceil(n / cfg.batch_size)
 
@@ -115,7 +116,7 @@ def test_the_colour_ladder_counts_epochs_of_cifar_s_training_split(monkeypatch):
     # the largest network's threshold fits with 10% to spare unscaled, not when scaled by 1.2
     per_epoch = {"mvnet-s": 5.0, "mvnet": 10.0, top.model: usable / (top.min_epochs * 1.1)}
 
-    def probe(cfg, ds, device, precision):
+    def probe(cfg, ds, device, precision, **timing):
         return per_epoch[cfg.model] / math.ceil(n / cfg.batch_size)
 
     monkeypatch.setattr(budget, "probe_step_seconds", probe)
@@ -126,6 +127,71 @@ def test_the_colour_ladder_counts_epochs_of_cifar_s_training_split(monkeypatch):
     _, plan = budget.plan_budget(user, cfg, ds, torch.device("cpu"), "fp32", started=0.0, log=lambda m: None,
                                  clock=lambda: 0.0)
     assert plan.model == top.model
+
+
+@pytest.mark.parametrize("channels,probes", [
+    # grey: mvnet-s timed at the short run's batch, then, as it gets the recipe's 15 epochs there, again at the
+    # recipe's 256; mvnet and mvnet-l can only be picked for runs that long: timed at 256 straight away
+    (1, [("mvnet-s", 128), ("mvnet-s", 256), ("mvnet", 256), ("mvnet-l", 256)]),
+    # colour keeps its recipe's batch for every run
+    (3, [("mvnet-s", 256), ("mvnet", 256), ("mvnet-l", 256)]),
+])
+def test_each_rung_is_timed_at_the_batch_it_would_train_with(monkeypatch, channels, probes):
+    import torch
+
+    from minivision import budget
+    from minivision.config import resolve
+    from minivision.data.dataset import Dataset, Split
+    from minivision.models import model_info
+
+    n = budget.LADDER_TRAIN_IMAGES
+    usable = 600 * 0.9 - budget.Planner.END_RESERVE_S
+    # seconds per epoch: mvnet fits its 15 epochs at 256, not at 128
+    per_epoch = {("mvnet-s", 128): 10.0, ("mvnet-s", 256): 8.0, ("mvnet", 128): usable / 14.5,
+                 ("mvnet", 256): usable / 16, ("mvnet-l", 256): 400.0}
+    seen = []
+
+    def probe(cfg, ds, device, precision, seconds=0.0):
+        seen.append((cfg.model, cfg.batch_size))
+        assert seconds == pytest.approx(budget.PROBE_SHARE * 600)
+        return per_epoch[cfg.model, cfg.batch_size] / math.ceil(n / cfg.batch_size)
+
+    monkeypatch.setattr(budget, "probe_step_seconds", probe)
+    x = torch.zeros(n, channels, 28, 28, dtype=torch.uint8)
+    ds = Dataset("pictures", [str(i) for i in range(10)], Split(x, torch.arange(n) % 10), None)
+    user = default_budget(TrainConfig(budget="10m"))
+    cfg = resolve(dataclasses.replace(user, model="mvnet-t"), model_info("mvnet-t").defaults)
+    final, plan = budget.plan_budget(user, cfg, ds, torch.device("cpu"), "fp32", started=0.0, log=lambda m: None,
+                                     clock=lambda: 0.0)
+    assert seen == probes
+    assert (plan.model, final.batch_size) == ("mvnet", 256)
+    assert plan.probed_s_per_epoch["mvnet"] == pytest.approx(usable / 16, abs=1e-3)
+
+
+def test_the_probe_takes_the_median_step_and_times_more_steps_within_its_share(monkeypatch):
+    """A fake clock: the warm-up step is not timed, a slow first timed step does not move the median, and
+    the probe keeps timing while its steps have taken less than ``seconds`` (never past ``max_steps``)."""
+    import torch
+
+    from minivision import budget
+    from minivision.config import resolve
+    from minivision.data.dataset import Dataset, Split
+    from minivision.models import model_info
+
+    def run(step_seconds, **timing):
+        marks = iter(itertools.accumulate([0.0, *step_seconds]))
+        monkeypatch.setattr(budget, "_sync_time", lambda device: next(marks))
+        x = torch.zeros(16, 1, 28, 28, dtype=torch.uint8)
+        ds = Dataset("pictures", [str(i) for i in range(10)], Split(x, torch.arange(16) % 10), None)
+        cfg = resolve(TrainConfig(model="mvnet-t", batch_size=8), model_info("mvnet-t").defaults)
+        return budget.probe_step_seconds(cfg, ds, torch.device("cpu"), "fp32", **timing)
+
+    # the clock's first mark ends the untimed warm-up step; the lists are the timed steps
+    assert run([0.9, 0.1, 0.2]) == pytest.approx(0.2)  # three steps: the median, where the mean is 0.4
+    assert run([0.9, 0.1, 0.2, 0.1, 0.1], seconds=1.35) == pytest.approx(0.1)  # five: 1.4 s >= 1.35 s
+    with pytest.raises(StopIteration):  # it would time a sixth step: the clock has no more marks
+        run([0.9, 0.1, 0.2, 0.1, 0.1], seconds=1.5)
+    assert run([0.1] * 4, seconds=100.0, max_steps=4) == pytest.approx(0.1)
 
 
 def test_pick_rung_takes_the_largest_network_that_gets_its_epochs():

@@ -4,17 +4,19 @@ How a budget is spent (``fit`` calls these):
 
 1. ``parse_duration`` turns ``30s``, ``3m``, ``1h30m`` or ``90`` (seconds) into seconds.
 2. ``plan_budget`` walks ``LADDER`` from the smallest network up: it times a few training steps of
-   each on the real data and keeps the largest one that can still do its ``min_epochs`` in the
-   time left. Larger networks reach higher accuracy, but only once they get enough epochs; below
-   that a smaller network trained longer wins (measured on Fashion-MNIST, see docs/BENCHMARKS.md).
+   each on the real data, at the batch it would train with (the median step: ``probe_step_seconds``),
+   and keeps the largest one that can still do its ``min_epochs`` in the time left. Larger networks
+   reach higher accuracy, but only once they get enough epochs; below that a smaller network trained
+   longer wins (measured on Fashion-MNIST, see docs/BENCHMARKS.md).
    Colour pictures walk ``COLOUR_LADDER`` (``ladder_for``), where mvnet takes over sooner (measured
    on CIFAR-10) and a short run keeps its recipe's augmentation.
    It stops probing at the first network that does not fit, so a 30-second run times one extra
    network for a fraction of a second. The ladders' epochs are those of the dataset each was
-   measured on (Fashion-MNIST, CIFAR-10): a smaller dataset needs as many images seen, so ``small_data_scale`` multiplies
-   them (``plan_small_data``: one rule for ``minivision train`` and the training-jobs API, whose
-   uploads are small: 1,000 pictures get the smallest network, trained for many epochs, not the
-   largest for a few). A small dataset also gets batches of at most a quarter of its images.
+   measured on (Fashion-MNIST, CIFAR-10): a smaller dataset needs as many images seen, so
+   ``small_data_scale`` multiplies them (``plan_small_data``: one rule for ``minivision train`` and
+   the training-jobs API, whose uploads are small: 1,000 pictures get the smallest network, trained
+   for many epochs, not the largest for a few). A small dataset also gets batches of at most a
+   quarter of its images.
 3. ``Planner`` (driven by the trainer's ``listeners.BudgetPlanner``) turns the time left into a step
    count: after a few timed steps of the real loop (augmentation included), at every epoch end
    (when the validation cost is known) and at half way, it re-plans ``total = steps done + time
@@ -32,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -145,6 +148,15 @@ LADDER_TRAIN_IMAGES = 54_000
 COLOUR_LADDER_TRAIN_IMAGES = 45_000
 MIN_STEPS_PER_EPOCH = 4  # a small dataset's batches hold at most a quarter of its images ...
 MIN_SMALL_BATCH = 8      # ... and at least this many (batch-norm statistics need a few)
+
+
+# The probe of each rung times at least PROBE_STEPS training steps and, while they have taken less than
+# PROBE_SHARE of the budget, more, up to PROBE_MAX_STEPS: 0.06 s of the 30-second default (three steps of
+# mvnet-s), 3.6 s of 30 minutes (about twelve of mvnet-l at batch 256), so a long run's choice rests on a
+# steadier figure at a cost below the noise of its end.
+PROBE_STEPS = 3
+PROBE_MAX_STEPS = 15
+PROBE_SHARE = 0.002
 
 
 def small_data_scale(n_train: int, reference: int = LADDER_TRAIN_IMAGES) -> float:
@@ -267,9 +279,14 @@ def default_budget(cfg: TrainConfig) -> TrainConfig:
 
 
 def probe_step_seconds(cfg: TrainConfig, ds: Dataset, device: torch.device, precision: str,
-                       steps: int = 3) -> float:
-    """Seconds per training step of ``cfg.model`` at its batch size: one untimed step, then ``steps``
-    timed ones on real images (the model is thrown away; the global RNG is left as it was)."""
+                       seconds: float = 0.0, steps: int = PROBE_STEPS, max_steps: int = PROBE_MAX_STEPS) -> float:
+    """Seconds per training step of ``cfg.model`` at ``cfg.batch_size`` on real images: the median of at
+    least ``steps`` timed steps after one untimed one, timing more (up to ``max_steps``) while the timed
+    steps have taken less than ``seconds``. The model is thrown away; the global RNG is left as it was.
+
+    The median, not the mean: the first steps after the warm-up one are often slower than the rest (the
+    allocator and oneDNN's kernels settle), by up to 2.6x (mvnet-s at batch 128 on Fashion-MNIST, AMD EPYC
+    Zen 4: 65 ms, then 24-26 ms), which a mean of three steps carries into the ladder's choice."""
     rng = torch.get_rng_state()
     model = create_model(cfg.model, in_channels=ds.channels, image_size=ds.image_size,
                          num_classes=ds.num_classes, **cfg.extra).to(device).to(memory_format=torch.channels_last)
@@ -277,18 +294,20 @@ def probe_step_seconds(cfg: TrainConfig, ds: Dataset, device: torch.device, prec
     opt = make_optimizer(cfg, model)
     bs = min(cfg.batch_size, len(ds.train.y))
     xb, yb = pre(ds.train.x[:bs].to(device)), ds.train.y[:bs].to(device)
-    t0 = 0.0
-    for i in range(steps + 1):
-        if i == 1:
-            t0 = _sync_time(device)
+    timed: list[float] = []
+    t0 = None  # the first step is the untimed warm-up
+    while len(timed) < steps or (len(timed) < max_steps and sum(timed) < seconds):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             loss = F.cross_entropy(model(xb).float(), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    seconds = (_sync_time(device) - t0) / steps
+        t1 = _sync_time(device)
+        if t0 is not None:
+            timed.append(t1 - t0)
+        t0 = t1
     torch.set_rng_state(rng)
-    return seconds
+    return float(statistics.median(timed))
 
 
 def _sync_time(device: torch.device) -> float:
@@ -314,13 +333,28 @@ def plan_budget(user_cfg: TrainConfig, cfg: TrainConfig, ds: Dataset, device: to
     ladder, plain_short_runs = ladder_for(int(ds.train.x.shape[1]))
     scale = small_data_scale(n, COLOUR_LADDER_TRAIN_IMAGES if ladder is COLOUR_LADDER else LADDER_TRAIN_IMAGES)
     if name is None:
+        def rung_settings(model: str, short: bool) -> TrainConfig:
+            extra = {**model_info(model).defaults, **(SHORT_RUN if short else {})}
+            return plan_small_data(user_cfg, resolve(dataclasses.replace(user_cfg, model=model), extra), n)
+
+        def per_epoch(c: TrainConfig) -> float:
+            step_s = probe_step_seconds(c, ds, device, precision, seconds=PROBE_SHARE * budget)
+            return step_s * math.ceil(n / c.batch_size)
+
         for rung in ladder:
             if rung.min_epochs == 0:  # always possible: no need to time it
                 probed[rung.model] = 0.0
                 continue
-            c = plan_small_data(user_cfg, resolve(dataclasses.replace(user_cfg, model=rung.model),
-                                                  {**model_info(rung.model).defaults, **SHORT_RUN}), n)
-            spe = probe_step_seconds(c, ds, device, precision) * math.ceil(n / c.batch_size)
+            # timed at the batch it would train with if picked: a short run's on grey pictures unless it can
+            # only be picked for a run long enough for its recipe, else (and once it proves long enough) the
+            # recipe's
+            short = plain_short_runs and rung.min_epochs < AUGMENT_MIN_EPOCHS
+            c = rung_settings(rung.model, short)
+            spe = per_epoch(c)
+            if short and spe * AUGMENT_MIN_EPOCHS * scale <= usable():
+                recipe = rung_settings(rung.model, False)
+                if recipe.batch_size != c.batch_size:
+                    spe = per_epoch(recipe)
             probed[rung.model] = spe
             if spe * rung.min_epochs * scale > usable():
                 break
