@@ -138,10 +138,11 @@ def ladder_for(channels: int) -> tuple[tuple[Rung, ...], bool]:
 
 # Below this many epochs, augmentation costs more than it gives: at 8-11 epochs flip+shift cost
 # 0.8-1.0 points (mvnet-t: 91.84% vs 92.83%; the stem-pooled 32-64-128 net: 91.98% vs mvnet-s's
-# 93.09% without). At 16-18 epochs the recipe (flip+shift, batch 256) still cost 0.5 points: mvnet-s in
-# 3 minutes on a CPU with AVX-512 BF16, 93.08% and 93.01% (18 and 16 epochs) where the same seeds reached
-# 93.57% and 93.51% on plain images at batch 128 (13 epochs). Short budget runs train on the plain images,
-# at batch 128 (more steps); from 20 epochs on, longer runs than measured side by side, the recipe's.
+# 93.09% without). At 16-18 epochs the recipe (flip+shift, batch 256) still cost 0.2-0.5 points: mvnet-s
+# in 3 minutes on a CPU with AVX-512 BF16, 93.08% and 93.01% (18 and 16 epochs) where the same seeds reached
+# 93.31% and 93.24% on plain images at batch 128 (16-17 epochs; 93.57% and 93.51% in 13 on another run).
+# Short budget runs train on the plain images, at batch 128 (more steps); from 20 epochs on, longer runs
+# than measured side by side, the recipe's.
 AUGMENT_MIN_EPOCHS = 20.0
 SHORT_RUN = {"augment": "", "batch_size": 128}
 
