@@ -104,9 +104,8 @@ class Rung:
 # (seeds 0, 1, 2, plain images at batch 128), mvnet for 8 epochs reached 94.12 / 93.93 / 93.82% test
 # accuracy and in 3 minutes (8.6-10.1 epochs) 93.97 / 94.11 / 93.86%, where the 3-minute budget's mvnet-s
 # (16-17 epochs) reached 93.31 / 93.24 / 93.56%; fewer than 8 epochs of it are not measured.
-# mvnet-l's 30 epochs: in 30 minutes on a CPU with AVX-512
-# BF16 (seed 0), mvnet-l trained 32 epochs to 94.70% test accuracy where mvnet trained 69-71 to 94.32-94.46%;
-# fewer than 30 epochs of it are not measured.
+# mvnet-l from 30 epochs: in 30 minutes on the same CPU (seed 0), mvnet-l trained 32 epochs to 94.70% test
+# accuracy where mvnet trained 69-71 to 94.32-94.46%; fewer than 30 epochs of it are not measured.
 LADDER: tuple[Rung, ...] = (
     Rung("mvnet-t", 0.0),
     Rung("mvnet-s", 6.0),
