@@ -67,10 +67,9 @@ def test_the_colour_ladder_is_ordered_and_differs_where_it_was_measured():
     assert mvnet < {r.model: r.min_epochs for r in LADDER}["mvnet"]
 
 
-@pytest.mark.parametrize("channels,model,augment,batch", [(1, "mvnet-s", "", 128), (3, "mvnet", "flip,shift=2", 256)])
-def test_a_budget_picks_from_the_ladder_of_its_pictures(monkeypatch, channels, model, augment, batch):
-    """Same measured speeds, same budget: grey pictures get mvnet-s on plain images (mvnet cannot get its 15
-    epochs), colour pictures mvnet with its recipe's augmentation (it gets its 6)."""
+def _plan_on_blank_pictures(monkeypatch, probe, n, channels, side, budget_text):
+    """``plan_budget`` for ``n`` blank pictures of ``channels`` x ``side`` x ``side`` with ``probe`` in place of
+    the timing probe, on a clock that stands still: (the final settings, the plan)."""
     import torch
 
     from minivision import budget
@@ -78,7 +77,23 @@ def test_a_budget_picks_from_the_ladder_of_its_pictures(monkeypatch, channels, m
     from minivision.data.dataset import Dataset, Split
     from minivision.models import model_info
 
+    monkeypatch.setattr(budget, "probe_step_seconds", probe)
+    x = torch.zeros(n, channels, side, side, dtype=torch.uint8)
+    ds = Dataset("pictures", [str(i) for i in range(10)], Split(x, torch.arange(n) % 10), None)
+    user = default_budget(TrainConfig(budget=budget_text))
+    cfg = resolve(dataclasses.replace(user, model="mvnet-t"), model_info("mvnet-t").defaults)
+    return budget.plan_budget(user, cfg, ds, torch.device("cpu"), "fp32", started=0.0, log=lambda m: None,
+                              clock=lambda: 0.0)
+
+
+@pytest.mark.parametrize("channels,model,augment,batch", [(1, "mvnet-s", "", 128), (3, "mvnet", "flip,shift=2", 256)])
+def test_a_budget_picks_from_the_ladder_of_its_pictures(monkeypatch, channels, model, augment, batch):
+    """Same measured speeds, same budget: grey pictures get mvnet-s on plain images (mvnet cannot get its
+    epochs), colour pictures mvnet with its recipe's augmentation (it gets its 6)."""
+    from minivision import budget
+
     per_epoch = {"mvnet-s": 25.0, "mvnet": 40.0, "mvnet-l": 400.0}  # seconds; usable: 300 * 0.9 - 2.5 = 267.5
+    assert per_epoch["mvnet"] * {r.model: r.min_epochs for r in budget.LADDER}["mvnet"] > 267.5
     n = budget.LADDER_TRAIN_IMAGES  # no small-data scaling
     probed = []
 
@@ -86,13 +101,7 @@ def test_a_budget_picks_from_the_ladder_of_its_pictures(monkeypatch, channels, m
         probed.append(cfg.model)
         return per_epoch[cfg.model] / math.ceil(n / cfg.batch_size)
 
-    monkeypatch.setattr(budget, "probe_step_seconds", probe)
-    x = torch.zeros(n, channels, 28, 28, dtype=torch.uint8)
-    ds = Dataset("pictures", [str(i) for i in range(10)], Split(x, torch.arange(n) % 10), None)
-    user = default_budget(TrainConfig(budget="5m"))
-    cfg = resolve(dataclasses.replace(user, model="mvnet-t"), model_info("mvnet-t").defaults)
-    final, plan = budget.plan_budget(user, cfg, ds, torch.device("cpu"), "fp32", started=0.0, log=lambda m: None,
-                                     clock=lambda: 0.0)
+    final, plan = _plan_on_blank_pictures(monkeypatch, probe, n, channels, 28, "5m")
     assert (final.model, plan.model, final.augment, final.batch_size) == (model, model, augment, batch)
     assert probed[-1] == ("mvnet" if channels == 1 else "mvnet-l")  # the walk stops at the first that misses
 
@@ -101,13 +110,8 @@ def test_the_colour_ladder_counts_epochs_of_cifar_s_training_split(monkeypatch):
     """COLOUR_LADDER's thresholds were measured on CIFAR-10's 45,000 training pictures: a colour dataset of
     that size is not scaled (a grey one of that size is, by 54,000 / 45,000), so the largest network whose
     epochs fit in a 30-minute budget at CIFAR-10's size is picked."""
-    import torch
-
     from minivision import budget
     from minivision.budget import COLOUR_LADDER, COLOUR_LADDER_TRAIN_IMAGES
-    from minivision.config import resolve
-    from minivision.data.dataset import Dataset, Split
-    from minivision.models import model_info
 
     n = COLOUR_LADDER_TRAIN_IMAGES
     assert small_data_scale(n, COLOUR_LADDER_TRAIN_IMAGES) == 1.0 and small_data_scale(n) == pytest.approx(1.2)
@@ -119,13 +123,7 @@ def test_the_colour_ladder_counts_epochs_of_cifar_s_training_split(monkeypatch):
     def probe(cfg, ds, device, precision, **timing):
         return per_epoch[cfg.model] / math.ceil(n / cfg.batch_size)
 
-    monkeypatch.setattr(budget, "probe_step_seconds", probe)
-    x = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
-    ds = Dataset("pictures", [str(i) for i in range(10)], Split(x, torch.arange(n) % 10), None)
-    user = default_budget(TrainConfig(budget="30m"))
-    cfg = resolve(dataclasses.replace(user, model="mvnet-t"), model_info("mvnet-t").defaults)
-    _, plan = budget.plan_budget(user, cfg, ds, torch.device("cpu"), "fp32", started=0.0, log=lambda m: None,
-                                 clock=lambda: 0.0)
+    _, plan = _plan_on_blank_pictures(monkeypatch, probe, n, 3, 32, "30m")
     assert plan.model == top.model
 
 
@@ -137,12 +135,7 @@ def test_the_colour_ladder_counts_epochs_of_cifar_s_training_split(monkeypatch):
     (3, [("mvnet-s", 256), ("mvnet", 256), ("mvnet-l", 256)]),
 ])
 def test_each_rung_is_timed_at_the_batch_it_would_train_with(monkeypatch, channels, probes):
-    import torch
-
     from minivision import budget
-    from minivision.config import resolve
-    from minivision.data.dataset import Dataset, Split
-    from minivision.models import model_info
 
     ladder = {r.model: r.min_epochs for r in budget.LADDER}
     assert ladder["mvnet-s"] <= ladder["mvnet"] < budget.AUGMENT_MIN_EPOCHS <= ladder["mvnet-l"]
@@ -159,13 +152,7 @@ def test_each_rung_is_timed_at_the_batch_it_would_train_with(monkeypatch, channe
         assert seconds == pytest.approx(budget.PROBE_SHARE * 600)
         return per_epoch[cfg.model, cfg.batch_size] / math.ceil(n / cfg.batch_size)
 
-    monkeypatch.setattr(budget, "probe_step_seconds", probe)
-    x = torch.zeros(n, channels, 28, 28, dtype=torch.uint8)
-    ds = Dataset("pictures", [str(i) for i in range(10)], Split(x, torch.arange(n) % 10), None)
-    user = default_budget(TrainConfig(budget="10m"))
-    cfg = resolve(dataclasses.replace(user, model="mvnet-t"), model_info("mvnet-t").defaults)
-    final, plan = budget.plan_budget(user, cfg, ds, torch.device("cpu"), "fp32", started=0.0, log=lambda m: None,
-                                     clock=lambda: 0.0)
+    final, plan = _plan_on_blank_pictures(monkeypatch, probe, n, channels, 28, "10m")
     assert seen == probes
     assert (plan.model, final.batch_size) == ("mvnet", 256)
     assert plan.probed_s_per_epoch["mvnet"] == pytest.approx(usable / (long + 2), abs=1e-3)
