@@ -340,11 +340,14 @@ def plan_budget(user_cfg: TrainConfig, cfg: TrainConfig, ds: Dataset, device: to
     name = user_cfg.model
     ladder, plain_short_runs = ladder_for(int(ds.train.x.shape[1]))
     scale = small_data_scale(n, COLOUR_LADDER_TRAIN_IMAGES if ladder is COLOUR_LADDER else LADDER_TRAIN_IMAGES)
-    if name is None:
-        def rung_settings(model: str, short: bool) -> TrainConfig:
-            extra = {**model_info(model).defaults, **(SHORT_RUN if short else {})}
-            return plan_small_data(user_cfg, resolve(dataclasses.replace(user_cfg, model=model), extra), n)
 
+    def rung_settings(model: str, short: bool) -> TrainConfig:
+        """``model``'s settings for this data: its recipe, or a short run's (user flags still win: resolve()
+        only fills what they left unset), with the small-data batch rule."""
+        extra = {**model_info(model).defaults, **(SHORT_RUN if short else {})}
+        return plan_small_data(user_cfg, resolve(dataclasses.replace(user_cfg, model=model), extra), n)
+
+    if name is None:
         def per_epoch(c: TrainConfig) -> float:
             step_s = probe_step_seconds(c, ds, device, precision, seconds=PROBE_SHARE * budget)
             return step_s * math.ceil(n / c.batch_size)
@@ -367,12 +370,9 @@ def plan_budget(user_cfg: TrainConfig, cfg: TrainConfig, ds: Dataset, device: to
             if spe * rung.min_epochs * scale > usable():
                 break
         name = pick_rung(probed, usable(), ladder, epoch_scale=scale)
-    defaults = dict(model_info(name).defaults)
     spe = probed.get(name) or 0.0
     short = spe == 0.0 or spe * AUGMENT_MIN_EPOCHS * scale > usable()
-    if user_cfg.model is None and short and (plain_short_runs or spe == 0.0):
-        defaults.update(SHORT_RUN)  # user flags still win: resolve() only fills what they left unset
-    final = plan_small_data(user_cfg, resolve(dataclasses.replace(user_cfg, model=name), defaults), n)
+    final = rung_settings(name, user_cfg.model is None and short and (plain_short_runs or spe == 0.0))
     final = dataclasses.replace(final, **{k: getattr(cfg, k) for k in ("data", "data_dir", "test_data")})
     plan = Plan(budget_s=budget, model=name, probed_s_per_epoch={k: round(v, 3) for k, v in probed.items() if v})
     explicit = user_cfg.epochs is not None or user_cfg.steps is not None
