@@ -53,7 +53,9 @@ def default_run(tmp_path_factory) -> dict:
 def test_default_command_on_full_fashion_mnist(default_run):
     summary = default_run
     assert summary["test_n"] == 10_000
-    assert summary["test_accuracy"] > 0.88  # ~91% measured; a slower machine gets fewer steps
+    # 91-92.5% measured on most 2-core machines; a slower one gets fewer steps: 87.2-87.6% on an AVX2 machine
+    # that timed mvnet-s at 77-82 s per epoch (half an epoch of mvnet-t), where most time it at 30 s
+    assert summary["test_accuracy"] > 0.85
     meta = json.loads((Path(summary["run"]) / "model.json").read_text())
     assert meta["budget"]["budget_s"] == 30 and meta["budget"]["total_steps"] > 100
     e = _minivision("evaluate", summary["run"], "--json", timeout=300)
@@ -101,8 +103,9 @@ def test_evaluate_report_and_tta_on_the_real_run(default_run):
     j = json.loads(_minivision("evaluate", run, "--tta", "--json", timeout=300).stdout)
     # the 30-second run trains without flips, so flip TTA may cost a little (1-3 points measured), not more
     assert abs(j["tta_accuracy"] - j["accuracy"]) < 0.05 and sum(map(sum, j["confusion"])) == 10_000
-    # label smoothing leaves it under-confident: ECE 9-10.5% measured over 7 runs; a broken calibration is far off
-    assert 0.01 < j["ece"] < 0.2
+    # label smoothing leaves the plain softmax under-confident (ECE 9-10.5% measured over 7 runs); the temperature
+    # fitted on the validation split brings the test ECE to 1-4% (0.996% seen once), or T = 1 is kept and it stays
+    assert 0.02 < j["ece_before"] < 0.2 and j["ece"] <= j["ece_before"] + 0.02 and j["ece"] < 0.2
 
 
 def test_show_embed_and_compare_on_fashion_mnist(default_run, tmp_path):
