@@ -99,7 +99,7 @@ def fake(monkeypatch, tmp_path):
     cli = FakeCLI()
     monkeypatch.setattr(benchmark, "run_child", cli)
     monkeypatch.setattr(benchmark, "fashion_idx_dir", lambda: tmp_path)
-    monkeypatch.setattr(benchmark, "machine_info", lambda: {"cpu": "Test CPU", "cpu_count": 2, "torch_threads": 2,
+    monkeypatch.setattr(benchmark, "machine_info", lambda **kw: {"cpu": "Test CPU", "cpu_count": 2, "torch_threads": 2,
                                                             "flags": {"avx2": True, "avx512f": False},
                                                             "torch": "2.x", "python": "3.11"})
     return cli
@@ -505,6 +505,21 @@ def test_the_cpu_flags_decide_which_rows_a_machine_writes():
     assert speed.machine_kind({"flags": {"avx2": True, "avx512f": True, "avx512_bf16": True, "amx": False}}) \
         == "avx512bf16"
     assert speed.machine_kind({"flags": {"avx512_bf16": True, "amx": True}}) == "amx"
+
+
+def test_the_machine_line_carries_its_measured_convolution_speed(monkeypatch):
+    ticks = iter(range(100))
+    monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(ticks) * 0.5)  # each pass takes 0.5 s
+    # after the untimed pass, two passes fill the second: 2 x 3 x (2 * 64 * 64 * 9 * 32 * 32 * 32) FLOP in 1 s
+    assert benchmark.conv_gflops(seconds=1.0) == pytest.approx(2 * 3 * 2 * 64 * 64 * 9 * 32 * 32 * 32 / 1e9)
+    base = {"cpu": "AMD EPYC", "cpu_count": 2, "torch_threads": 2, "flags": {"avx2": True}, "torch": "2.x"}
+    slow, fast = {**base, "conv_gflops": 23.2}, {**base, "conv_gflops": 61.0}
+    assert "fp32 3 x 3 convolutions at 23 GFLOP/s" in benchmark.describe_machine(slow)
+    assert "GFLOP/s" not in benchmark.describe_machine(base)  # rows measured before it was recorded
+    rows = [{"id": "default", "target": "t", "measured": "m", "status": "met", "what": "w", "machine": slow},
+            {"id": "cnn2", "target": "t", "measured": "m", "status": "met", "what": "w", "machine": fast}]
+    table = benchmark.render_table(rows)
+    assert "Machine for default: " in table and "Machine for cnn2: " in table  # same flags, different speed
 
 
 def test_speed_unknown_row(capsys):

@@ -233,8 +233,36 @@ def parse_seeds(text: str | int) -> list[int]:
 
 # ----------------------------------------------------------------------------- Machine
 
-def machine_info() -> dict[str, Any]:
-    """CPU model, cores, the CPU flags that decide the fast paths, torch version, date (UTC)."""
+def conv_gflops(seconds: float = 1.0) -> float:
+    """The machine's fp32 convolution speed in GFLOP/s (1 GFLOP = 10^9 multiplies and adds counted as 2):
+    a 3 x 3 convolution, 64 to 64 channels, stride 1, padded, on a batch of 32 pictures of 32 x 32 in
+    channels-last layout, forward and backward (the two backward products cost as much as the forward
+    one each: 3x its 2 * 64 * 64 * 9 * 32 * 32 * 32 = 2.4 GFLOP), repeated for about ``seconds`` after
+    one untimed pass, with torch's threads as set.
+
+    Why: two CPUs with the same flags and model name train at speeds that differ by up to 2.5x (AMD
+    EPYC 2-core VMs timed mvnet-s at 30 s per Fashion-MNIST epoch on one day and 82 s on another), so a
+    row's figures are comparable only beside the speed of the machine that made them."""
+    import torch
+
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+    x = torch.randn(32, 64, 32, 32).contiguous(memory_format=torch.channels_last).requires_grad_()
+    flop = 3 * 2 * 64 * 64 * 9 * 32 * 32 * 32
+    n, start = -1, 0.0
+    while True:
+        conv(x).sum().backward()
+        now = time.perf_counter()
+        if n < 0:
+            n, start = 0, now
+            continue
+        n += 1
+        if now - start >= seconds:
+            return flop * n / (now - start) / 1e9
+
+
+def machine_info(speed: bool = False) -> dict[str, Any]:
+    """CPU model, cores, the CPU flags that decide the fast paths, torch version, date (UTC); with
+    ``speed``, also ``conv_gflops``: the measured fp32 convolution speed (``conv_gflops``, about a second)."""
     import torch
 
     model: str | None = None
@@ -256,6 +284,8 @@ def machine_info() -> dict[str, Any]:
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
+    if speed:
+        info["conv_gflops"] = round(conv_gflops(), 1)
     return info
 
 
@@ -268,7 +298,10 @@ def describe_machine(m: dict[str, Any]) -> str:
             f"thread{'' if threads == 1 else 's'}), flags: {', '.join(have) or 'none of these'}"
             + (f" (no {', '.join(lacks)})" if lacks else "")
             + f"; torch {m.get('torch', '?')}, Python {m.get('python', '?')}")
-    return text + (f"; GPU {m['gpu']}" if m.get("gpu") else "; no GPU")
+    text += f"; GPU {m['gpu']}" if m.get("gpu") else "; no GPU"
+    if m.get("conv_gflops"):
+        text += f"; fp32 3 x 3 convolutions at {m['conv_gflops']:.0f} GFLOP/s (`benchmark.conv_gflops`)"
+    return text
 
 
 # ----------------------------------------------------------------------------- Reading runs
@@ -791,8 +824,9 @@ ROW_FUNCS: dict[str, Callable[[Bench], dict[str, Any]]] = {
 
 def run_rows(bench: Bench, row_ids: list[str],
              on_row: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
-    """Run the rows in order; each result gets the date and machine. ``on_row`` sees each as it finishes."""
-    machine = machine_info()
+    """Run the rows in order; each result gets the date and machine (with its measured convolution speed,
+    taken before the first row). ``on_row`` sees each as it finishes."""
+    machine = machine_info(speed=True)
     bench.out.mkdir(parents=True, exist_ok=True)
     rows = []
     for row_id in [r for r in ROW_IDS if r in row_ids]:
