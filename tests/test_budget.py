@@ -237,6 +237,32 @@ def test_planner_excludes_epoch_pauses_from_the_step_rate_and_uses_the_measured_
     assert abs(p.plan(20) - (20 + left / (0.2 + 3.0 / 10))) <= 1
 
 
+def test_the_plan_follows_a_machine_that_slows_down_but_not_one_that_speeds_up():
+    clock = FakeClock()
+    p = Planner(deadline=100.0, steps_per_epoch=100, n_val=0, n_test=0, batch_size=10, clock=clock)
+    _drive(p, clock, 200, 0.1)
+    assert p.s_per_step == pytest.approx(0.1)
+    for step in range(201, 201 + Planner.RECENT_STEPS):  # the machine slows down by half
+        clock.t += 0.15
+        p.observe(step)
+    assert p.s_per_step == pytest.approx(0.15)  # the mean since the warm-up would say ~0.111
+    clock.t += 5.0  # an epoch's validation pass: not a step
+    p.epoch_pause(5.0)
+    for step in range(251, 251 + Planner.RECENT_STEPS):  # then speeds up again
+        clock.t += 0.05
+        p.observe(step)
+    mean = (0.1 * (200 - Planner.WARMUP) + 0.15 * 50 + 0.05 * 50) / (300 - Planner.WARMUP)
+    assert p.s_per_step == pytest.approx(mean)  # the slower of the two: ending early, never late
+
+
+def test_a_slow_start_up_keeps_more_back_for_the_report():
+    kw = dict(deadline=30.0, steps_per_epoch=100, n_val=0, n_test=0, batch_size=10)
+    fixed = Planner.END_RESERVE_S + Planner.REPORT_S
+    assert Planner(**kw, startup_s=1.2).reserve_s == pytest.approx(fixed)  # a fast machine: the fixed reserve
+    assert Planner(**kw, startup_s=4.6).reserve_s == pytest.approx(4.6 * Planner.REPORT_PER_STARTUP)
+    assert Planner(**kw, startup_s=4.6, report=False).reserve_s == pytest.approx(Planner.END_RESERVE_S)
+
+
 def test_a_long_budget_keeps_a_share_back_for_the_machines_noise():
     clock = FakeClock()
     plain = Planner(deadline=1800.0, steps_per_epoch=100, n_val=0, n_test=0, batch_size=10, clock=clock)

@@ -31,6 +31,7 @@ it had planned.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import re
@@ -208,6 +209,7 @@ class Plan:
     probed_s_per_epoch: dict[str, float]
     total_steps: int = 0
     replans: int = 0
+    startup_s: float = 0.0  # seconds from the budget's start to planning (imports, reading the data)
 
 
 class Planner:
@@ -225,23 +227,42 @@ class Planner:
     # (2026-12-01) and another 22.8 s early, so the end's estimate moves by a few seconds in a long run.
     # 0.3% is 0.09 s of the 30-second default and 5.4 s of 30 minutes.
     NOISE_SHARE = 0.003
+    # The step rate planned on is the slower of the mean since the warm-up and the mean of the last
+    # RECENT_STEPS steps: a machine that slows down mid-run (a noisy 2-core VM's last epoch of the 3-minute
+    # budget ran at 111 ms per step after three at 97-101 ms, and the run ended 4.2 s late, 2026-12-02) is
+    # planned on its current speed, one that speeds up on its mean (ending a little early, never late).
+    RECENT_STEPS = 50
+    # The report and the last files are Python and matplotlib work, whose speed varies between machines as
+    # the start-up's does (imports, reading the data), not as the training step's: the fixed reserve above
+    # is at least REPORT_PER_STARTUP times the run's own start-up. Measured with py-spy
+    # (bench/profile_train.py, the 30-second default): the report took 1.4-1.9x the imports plus the data
+    # reading on three 2-core machines (5.66 / 3.58 s and 6.33 / 4.63 s on AVX2 VMs, 2.33 / 1.22 s with
+    # AVX-512 BF16); on the slowest, the fixed 4.3 s left the default run 1.3-2.1 s late (2026-12-02).
+    REPORT_PER_STARTUP = 1.5
 
     def __init__(self, deadline: float, steps_per_epoch: int, n_val: int, n_test: int, batch_size: int,
                  clock: Callable[[], float] = time.monotonic, report: bool = True, n_end: int = 0,
-                 budget_s: float = 0.0) -> None:
+                 budget_s: float = 0.0, startup_s: float = 0.0) -> None:
         """``n_end``: pictures the end of training passes through the network besides the test split (the
         calibration and unsure statistics: the validation split and up to trust.STATS_PICTURES training
         pictures), counted at the evaluation rate like the test pass. ``budget_s``: the whole budget, of
-        which ``NOISE_SHARE`` is kept back as well."""
+        which ``NOISE_SHARE`` is kept back as well. ``startup_s``: the run's start-up before planning
+        (``Plan.startup_s``), which scales the report's reserve on a slow machine (``REPORT_PER_STARTUP``)."""
         self.deadline = deadline
         self.n_end = n_end
-        self.reserve_s = self.END_RESERVE_S + (self.REPORT_S if report else 0.0) + self.NOISE_SHARE * budget_s
+        fixed = self.END_RESERVE_S + (self.REPORT_S if report else 0.0)
+        if report:
+            fixed = max(fixed, self.REPORT_PER_STARTUP * startup_s)
+        self.reserve_s = fixed + self.NOISE_SHARE * budget_s
         self.steps_per_epoch = steps_per_epoch
         self.n_val, self.n_test, self.batch_size = n_val, n_test, batch_size
         self.clock = clock
         self.val_s: float | None = None  # measured cost of one validation pass (+ checkpoint)
         self._t_mark: float | None = None
         self._step_mark = 0
+        self._last: tuple[int, float] | None = None  # (step, time) of the last observe
+        self._paused = 0.0  # epoch pauses since the last observe
+        self._recent: collections.deque[float] = collections.deque(maxlen=self.RECENT_STEPS)
         self.s_per_step: float | None = None
 
     def eval_seconds(self, n: int) -> float:
@@ -251,16 +272,24 @@ class Planner:
         return n / self.batch_size * self.s_per_step * self.FORWARD_COST
 
     def observe(self, step: int) -> None:
-        """Call after each training step with the number of steps done."""
+        """Call after each training step with the number of steps done. The rate (``s_per_step``, seconds)
+        is the slower of the mean since the warm-up and, once half of ``RECENT_STEPS`` are timed, the mean
+        of the last ``RECENT_STEPS``; epoch pauses are left out of both."""
         now = self.clock()
+        if self._last is not None and step > self._last[0] >= self.WARMUP:
+            self._recent.append((now - self._last[1] - self._paused) / (step - self._last[0]))
+        self._last, self._paused = (step, now), 0.0
         if step == self.WARMUP:
             self._t_mark, self._step_mark = now, step
         elif self._t_mark is not None and step > self._step_mark:
-            self.s_per_step = (now - self._t_mark) / (step - self._step_mark)
+            mean = (now - self._t_mark) / (step - self._step_mark)
+            recent = statistics.fmean(self._recent) if len(self._recent) >= self.RECENT_STEPS // 2 else 0.0
+            self.s_per_step = max(mean, recent)
 
     def epoch_pause(self, seconds: float) -> None:
         """Time spent between epochs (validation pass, checkpoint): excluded from the step rate."""
         self.val_s = seconds
+        self._paused += seconds
         if self._t_mark is not None:
             self._t_mark += seconds
 
@@ -333,6 +362,7 @@ def plan_budget(user_cfg: TrainConfig, cfg: TrainConfig, ds: Dataset, device: to
     applies to every budget run: the CLI's and the training-jobs API's, which names its network."""
     budget = float(cfg.budget)
     deadline = started + budget
+    startup = max(0.0, clock() - started)  # imports and reading the data, on this machine
     n = len(ds.train.y)
     # keep back the final test pass and file writes, roughly; the planner refines this as it runs
     usable = lambda: (deadline - clock()) * 0.9 - Planner.END_RESERVE_S  # noqa: E731
@@ -374,7 +404,8 @@ def plan_budget(user_cfg: TrainConfig, cfg: TrainConfig, ds: Dataset, device: to
     short = spe == 0.0 or spe * AUGMENT_MIN_EPOCHS * scale > usable()
     final = rung_settings(name, user_cfg.model is None and short and (plain_short_runs or spe == 0.0))
     final = dataclasses.replace(final, **{k: getattr(cfg, k) for k in ("data", "data_dir", "test_data")})
-    plan = Plan(budget_s=budget, model=name, probed_s_per_epoch={k: round(v, 3) for k, v in probed.items() if v})
+    plan = Plan(budget_s=budget, model=name, probed_s_per_epoch={k: round(v, 3) for k, v in probed.items() if v},
+                startup_s=round(startup, 3))
     explicit = user_cfg.epochs is not None or user_cfg.steps is not None
     if explicit:
         log(f"budget {format_duration(budget)}: {name}; --epochs/--steps given, so they set the length")

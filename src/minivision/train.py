@@ -417,7 +417,7 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
                     report=trainer.report_follows,
                     n_end=trust_pictures(ds, reuses_validation=trainer.val_precision == trainer.read_precision)
                     + tta_pictures(ds, meta["tta"]),
-                    budget_s=plan.budget_s)))
+                    budget_s=plan.budget_s, startup_s=plan.startup_s)))
                 trainer.budget_end = (started + plan.budget_s, clock)  # the plan moves: epoch lines say time left
         if state is not None:
             trainer.restore(state)
