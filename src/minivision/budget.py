@@ -23,8 +23,8 @@ How a budget is spent (``fit`` calls these):
    left / seconds per step``, keeping back the validation passes still to come and the final test
    pass and file writes. Seconds per step are the slower of the mean since the warm-up and the last
    steps' mean (a machine that slows down is planned on its current speed), and the files' reserve
-   grows with a slow start-up (``Planner.REPORT_PER_STARTUP``). The one-cycle schedule is a function of ``step / total``, so it always
-   ends at its lowest rate on time.
+   grows with a slow start-up (``Planner.REPORT_PER_STARTUP``). The one-cycle schedule is a function
+   of ``step / total``, so it always ends at its lowest rate on time.
 
 A budget run is reproducible in its settings (args.yaml) but not to the step: the step count
 depends on the machine's speed at the time. An interrupted budget run resumes with the step count
