@@ -262,8 +262,8 @@ def conv_gflops(seconds: float = 1.0) -> float:
 
 def machine_info(speed: bool = False) -> dict[str, Any]:
     """CPU model, cores, the CPU flags that decide the fast paths, torch version, date (UTC); with
-    ``speed``, also ``conv_gflops``: the measured fp32 convolution speed (``conv_gflops``: a second, plus a first pass that took up to
-    4 s on a slow 2-core machine)."""
+    ``speed``, also ``conv_gflops``: the measured fp32 convolution speed (``conv_gflops``: a second, plus
+    a first pass that took up to 4 s on a slow 2-core machine)."""
     import torch
 
     model: str | None = None
