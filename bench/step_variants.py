@@ -14,7 +14,9 @@ Variants:
 - ``relu``: ReLU instead of GELU (a different network: for its step time only);
 - ``compile``: ``torch.compile`` of the step function; its first call (the compilation) is timed apart;
 - ``bf16``: the base network with forward and loss under bf16 autocast, as ``--precision bf16`` (and
-  ``auto`` on a CPU with AVX-512 BF16 or AMX) trains it; on a CPU without them bf16 is emulated and slow.
+  ``auto`` on a CPU with AVX-512 BF16 or AMX) trains it; on a CPU without them bf16 is emulated and slow;
+- ``compile-bf16``: ``torch.compile`` of the ``bf16`` step (Inductor can fuse the casts autocast adds around
+  each operator); its first call is timed apart.
 
     python3 bench/step_variants.py [--model mvnet-t] [--variants base,compile,...] [--rounds 3]
 
@@ -31,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-VARIANTS = ("base", "nchw", "reshape-max", "gelu-tanh", "relu", "compile", "bf16")
+VARIANTS = ("base", "nchw", "reshape-max", "gelu-tanh", "relu", "compile", "bf16", "compile-bf16")
 
 
 class ReshapeMax(nn.Module):
@@ -69,17 +71,18 @@ def time_variant(model: str, variant: str, batch: int, channels: int, side: int,
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, nesterov=True)
 
     def step() -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant in ("bf16", "compile-bf16")):
             loss = F.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         return loss
 
-    fn = torch.compile(step) if variant == "compile" else step
+    compiled = variant.startswith("compile")
+    fn = torch.compile(step) if compiled else step
     t0 = time.perf_counter()
     fn()
     opt.step()
-    first = time.perf_counter() - t0 if variant == "compile" else None
+    first = time.perf_counter() - t0 if compiled else None
     for _ in range(warmup):
         fn()
         opt.step()
@@ -119,19 +122,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {info['cpu']}, {info['cpu_count']} CPUs, flags: {flags}; torch {info['torch']}; "
           f"{a.model}, batch {a.batch} of {a.channels}x{a.side}x{a.side}, fp32 unless the variant says", flush=True)
     ms: dict[str, list[float]] = {v: [] for v in variants}
-    compile_s: list[float] = []
+    compile_s: dict[str, list[float]] = {v: [] for v in variants}
     for r in range(a.rounds):
         for v in variants[r % len(variants):] + variants[:r % len(variants)]:
             per_step, first = time_variant(a.model, v, a.batch, a.channels, a.side, a.warmup, a.steps)
             ms[v].append(per_step)
             if first is not None:
-                compile_s.append(first)
+                compile_s[v].append(first)
     base = statistics.median(ms["base"]) if "base" in ms else None
     for v in variants:
         med = statistics.median(ms[v])
         vs = f", {med / base:.2f}x base" if base and v != "base" else ""
-        extra = (f"; first call (compiling) {compile_s[0]:.1f} s in the first round, "
-                 f"{', '.join(f'{c:.1f}' for c in compile_s[1:])} s after (cached)") if v == "compile" else ""
+        first = compile_s[v]
+        extra = (f"; first call (compiling) {first[0]:.1f} s in the first round, "
+                 f"{', '.join(f'{c:.1f}' for c in first[1:])} s after (cached)") if first else ""
         print(f"{v:12s} {med:6.1f} ms/step (median of {a.rounds}: {', '.join(f'{t:.1f}' for t in ms[v])}){vs}{extra}")
     return 0
 
