@@ -512,6 +512,10 @@ def test_the_machine_line_carries_its_measured_convolution_speed(monkeypatch):
     monkeypatch.setattr(benchmark.time, "perf_counter", lambda: next(ticks) * 0.5)  # each pass takes 0.5 s
     # after the untimed pass, two passes fill the second: 2 x 3 x (2 * 64 * 64 * 9 * 32 * 32 * 32) FLOP in 1 s
     assert benchmark.conv_gflops(seconds=1.0) == pytest.approx(2 * 3 * 2 * 64 * 64 * 9 * 32 * 32 * 32 / 1e9)
+    # the same count under bf16 autocast (bench/conv_precision.py sets the two side by side)
+    assert benchmark.conv_gflops(seconds=1.0, precision="bf16") == pytest.approx(2 * 3 * 2 * 64 * 64 * 9 * 32**3 / 1e9)
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        benchmark.conv_gflops(precision="fp16")
     base = {"cpu": "AMD EPYC", "cpu_count": 2, "torch_threads": 2, "flags": {"avx2": True}, "torch": "2.x"}
     slow, fast = {**base, "conv_gflops": 23.2}, {**base, "conv_gflops": 61.0}
     assert "fp32 3 x 3 convolutions at 23 GFLOP/s" in benchmark.describe_machine(slow)
@@ -564,7 +568,7 @@ def _load_script(name: str):
 
 
 @pytest.mark.parametrize("name", ["speed", "photos", "load", "tutorials", "report_draw", "step_variants",
-                                  "reading_precision"])
+                                  "conv_precision", "reading_precision"])
 def test_bench_scripts_import_and_print_their_help(name, capsys):
     module = _load_script(name)
     with pytest.raises(SystemExit) as e:

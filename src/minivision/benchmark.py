@@ -233,24 +233,30 @@ def parse_seeds(text: str | int) -> list[int]:
 
 # ----------------------------------------------------------------------------- Machine
 
-def conv_gflops(seconds: float = 1.0) -> float:
+def conv_gflops(seconds: float = 1.0, precision: str = "fp32") -> float:
     """The machine's fp32 convolution speed in GFLOP/s (1 GFLOP = 10^9 multiplies and adds counted as 2):
     a 3 x 3 convolution, 64 to 64 channels, stride 1, padded, on a batch of 32 pictures of 32 x 32 in
     channels-last layout, forward and backward (the two backward products cost as much as the forward
     one each: 3x its 2 * 64 * 64 * 9 * 32 * 32 * 32 = 2.4 GFLOP), repeated for about ``seconds`` after
-    one untimed pass, with torch's threads as set.
+    one untimed pass, with torch's threads as set. ``precision="bf16"``: the same under bf16 autocast, as
+    ``--precision bf16`` trains (``bench/conv_precision.py`` sets the two side by side); on a CPU without
+    AVX-512 BF16 or AMX bf16 is emulated, and slow. Raises ``ValueError`` for another precision.
 
     Why: two CPUs with the same flags and model name train at speeds that differ by up to 2.5x (AMD
     EPYC 2-core VMs timed mvnet-s at 30 s per Fashion-MNIST epoch on one day and 82 s on another), so a
     row's figures are comparable only beside the speed of the machine that made them."""
     import torch
 
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, not {precision!r}")
     conv = torch.nn.Conv2d(64, 64, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
     x = torch.randn(32, 64, 32, 32).contiguous(memory_format=torch.channels_last).requires_grad_()
     flop = 3 * 2 * 64 * 64 * 9 * 32 * 32 * 32
     n, start = -1, 0.0
     while True:
-        conv(x).sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            y = conv(x)
+        y.float().sum().backward()
         now = time.perf_counter()
         if n < 0:
             n, start = 0, now
