@@ -13,7 +13,10 @@ not re-run this time keep their earlier figures and dates. Each kind of CPU keep
 table: an AVX2 machine bench/results/speed.json and the first table, a machine with AMX (bf16 matrix
 units) bench/results/speed-amx.json and the table under "On a CPU with AMX", one with AVX-512 BF16 but no
 AMX (bf16 dot products in the vector units, such as AMD Zen 4) bench/results/speed-avx512bf16.json and the
-table under "On a CPU with AVX-512 BF16". On both bf16 kinds `--precision auto` trains in bf16. `minivision bench`
+table under "On a CPU with AVX-512 BF16", and one with AVX-512 where bf16 does not pay (`--precision auto`
+measures it: an Intel Xeon with AVX-512 BF16 whose AMX is not exposed runs bf16 convolutions at 0.6x fp32's speed)
+bench/results/speed-avx512.json and the table under "On a CPU with AVX-512 where bf16 does not pay". On the two
+bf16 kinds `--precision auto` trains in bf16, on the others in fp32. `minivision bench`
 runs the same rows on a user's machine without touching these files. The development machine's peer and CIFAR-10
 are the defaults here (bench/devpaths.py); `minivision bench` is given them with flags.
 """
@@ -48,9 +51,15 @@ KINDS = {
     "avx512bf16": ("speed-avx512bf16.json", "<!-- speed-avx512bf16:begin -->", "<!-- speed-avx512bf16:end -->",
                    "### On a CPU with AVX-512 BF16 and no AMX (bf16 in hardware)",
                    "### What the rows that miss would need, and what was tried"),
+    "avx512": ("speed-avx512.json", "<!-- speed-avx512:begin -->", "<!-- speed-avx512:end -->",
+               "### On a CPU with AVX-512 where bf16 does not pay (fp32)",
+               "### What the rows that miss would need, and what was tried"),
 }
 #: What each kind is, in the words of its table's introduction.
-KIND_WORDS = {"amx": "a CPU with AMX", "avx512bf16": "a CPU with AVX-512 BF16 but no AMX"}
+KIND_WORDS = {"amx": "a CPU with AMX, where `--precision auto` trains in bf16",
+              "avx512bf16": "a CPU with AVX-512 BF16 but no AMX, where `--precision auto` trains in bf16",
+              "avx512": "a CPU with AVX-512 where bf16 convolutions are not faster than fp32 ones (whether or not "
+                        "it has AVX-512 BF16), so `--precision auto` trains in fp32"}
 INTRO = ("Each row runs the real command in a child process: wall time is the whole command (start-up, data "
          "loading, training, test pass, file writes), peak memory is the child's `ru_maxrss`, speed is a ratio "
          "to the TensorFlow peer measured in the same session. Rows re-run at different times carry their own "
@@ -58,13 +67,23 @@ INTRO = ("Each row runs the real command in a child process: wall time is the wh
          "`python3 bench/speed.py --rows ROWS --write`.")
 
 
-def machine_kind(info: dict[str, Any] | None = None) -> str:
-    """``amx`` on a CPU with AMX (bf16 matrix units), ``avx512bf16`` on one with AVX-512 BF16 and no AMX (both:
-    ``--precision auto`` trains in bf16), else ``avx2`` (fp32)."""
+def machine_kind(info: dict[str, Any] | None = None, auto_precision: str | None = None) -> str:
+    """``amx`` on a CPU with AMX (bf16 matrix units), ``avx512bf16`` on one with AVX-512 BF16 and no AMX where
+    ``--precision auto`` trains in bf16, ``avx512`` on another with AVX-512 (fp32), else ``avx2`` (fp32).
+    ``auto_precision``: what ``--precision auto`` picks here (default: ask ``inference.pick_precision``)."""
     flags = (info or benchmark.machine_info()).get("flags", {})
     if flags.get("amx"):
         return "amx"
-    return "avx512bf16" if flags.get("avx512_bf16") else "avx2"
+    if flags.get("avx512_bf16"):
+        if auto_precision is None:
+            import torch
+
+            from minivision.inference import pick_precision
+
+            auto_precision = pick_precision("auto", torch.device("cpu"))
+        if auto_precision == "bf16":
+            return "avx512bf16"
+    return "avx512" if flags.get("avx512f") else "avx2"
 
 
 def results_file(kind: str) -> Path:
@@ -91,7 +110,7 @@ def rewrite_section(text: str, table: str, kind: str = "avx2") -> str:
     the markers are missing)."""
     _, begin, end, heading, before = KINDS[kind]
     intro = INTRO if kind == "avx2" else (
-        f"The same rows, measured the same way, on {KIND_WORDS[kind]}, where `--precision auto` trains in bf16. "
+        f"The same rows, measured the same way, on {KIND_WORDS[kind]}. "
         f"Exact commands: `bench/results/{KINDS[kind][0]}`.")
     return devpaths.replace_section(text, begin, end, f"{intro}\n\n{table}", heading, before)
 
@@ -109,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="3", help="number of seeds (3 = seeds 0,1,2) or a list like 0,1,2")
     ap.add_argument("--write", action="store_true",
                     help="store rows in bench/results/speed.json (speed-amx.json on a CPU with AMX, "
-                         "speed-avx512bf16.json on one with AVX-512 BF16 only) and "
+                         "speed-avx512bf16.json on one with AVX-512 BF16 only, speed-avx512.json on one with "
+                         "AVX-512 where bf16 does not pay) and "
                          "rewrite that machine's table in docs/BENCHMARKS.md")
     ap.add_argument("--out", help="keep the run folders here (default: a temporary folder, deleted)")
     ap.add_argument("--cifar", help="CIFAR-10 JPEG folder or archive (default: $MINIVISION_CIFAR_JPG, "

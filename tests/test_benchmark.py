@@ -16,8 +16,9 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
-from minivision import benchmark
+from minivision import benchmark, inference
 from minivision.benchmark import Bench, ChildResult, RowFailed
 from minivision.cli import main
 from minivision.errors import MinivisionError
@@ -480,7 +481,7 @@ def test_speed_write_keeps_rows_not_rerun(fake, tmp_path, monkeypatch):
     assert "`budget3m` (2026-01-01)" in text and "| `default` (" in text
 
 
-@pytest.mark.parametrize("kind", ["amx", "avx512bf16"])
+@pytest.mark.parametrize("kind", ["amx", "avx512bf16", "avx512"])
 def test_a_bf16_cpu_keeps_its_own_rows_and_table(fake, tmp_path, monkeypatch, kind):
     results, doc = tmp_path / "results" / "speed.json", tmp_path / "BENCHMARKS.md"
     original = (ROOT / "docs" / "BENCHMARKS.md").read_text()
@@ -499,11 +500,14 @@ def test_a_bf16_cpu_keeps_its_own_rows_and_table(fake, tmp_path, monkeypatch, ki
     assert text.index(speed.END) < text.index(begin) < text.index("### What the rows that miss would need")
 
 
-def test_the_cpu_flags_decide_which_rows_a_machine_writes():
+def test_the_cpu_flags_and_the_measured_precision_decide_which_rows_a_machine_writes():
     assert speed.machine_kind({"flags": {"avx2": True, "amx": True}}) == "amx"
-    assert speed.machine_kind({"flags": {"avx2": True, "avx512f": True, "amx": False}}) == "avx2"
-    assert speed.machine_kind({"flags": {"avx2": True, "avx512f": True, "avx512_bf16": True, "amx": False}}) \
-        == "avx512bf16"
+    assert speed.machine_kind({"flags": {"avx2": True, "avx512f": False, "amx": False}}) == "avx2"
+    assert speed.machine_kind({"flags": {"avx2": True, "avx512f": True, "amx": False}}) == "avx512"
+    bf16_flags = {"flags": {"avx2": True, "avx512f": True, "avx512_bf16": True, "amx": False}}
+    assert speed.machine_kind(bf16_flags, auto_precision="bf16") == "avx512bf16"
+    # the same flags where bf16 convolutions measured slower than fp32 ones: --precision auto trains in fp32
+    assert speed.machine_kind(bf16_flags, auto_precision="fp32") == "avx512"
     assert speed.machine_kind({"flags": {"avx512_bf16": True, "amx": True}}) == "amx"
 
 
@@ -632,3 +636,52 @@ def test_unpack_refuses_escapes_and_bad_checksums(tmp_path):
     (tmp_path / "cifar10-jpg.tar.gz.sha256").write_text("0" * 64 + "  cifar10-jpg.tar.gz\n")
     with pytest.raises(MinivisionError, match="sha256"):
         benchmark.unpack_once(good, tmp_path / "cache")
+
+
+def _fake_conv(speeds: dict[str, list[float]], calls: list[str]):
+    """A stand-in for ``conv_gflops``: the next of ``speeds[precision]`` on each call, in order."""
+    left = {p: list(v) for p, v in speeds.items()}
+
+    def measure(seconds: float, precision: str) -> float:
+        calls.append(precision)
+        return left[precision].pop(0)
+    return measure
+
+
+def test_bf16_speedup_alternates_and_takes_each_precisions_best_round():
+    calls: list[str] = []
+    # the first fp32 round runs slow (threads starting): the best of each precision counts
+    measure = _fake_conv({"fp32": [100.0, 200.0], "bf16": [120.0, 110.0]}, calls)
+    assert inference.bf16_speedup(rounds=2, measure=measure) == pytest.approx(0.6)
+    assert calls == ["fp32", "bf16", "fp32", "bf16"]
+
+
+@pytest.mark.parametrize(("fp32", "bf16", "picked"), [(222.0, 128.0, "fp32"),   # slower in bf16: fp32
+                                                      (200.0, 200.0, "fp32"),   # a tie: fp32 (bf16 costs accuracy)
+                                                      (300.0, 750.0, "bf16")])  # faster in bf16: bf16
+def test_auto_precision_trains_in_bf16_only_where_it_measured_faster(monkeypatch, fp32, bf16, picked):
+    monkeypatch.setattr(inference, "_CPU_BF16", {})
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)
+    calls: list[str] = []
+    monkeypatch.setattr(benchmark, "conv_gflops", _fake_conv({"fp32": [fp32] * 2, "bf16": [bf16] * 2}, calls))
+    cpu = torch.device("cpu")
+    assert inference.pick_precision("auto", cpu) == picked
+    assert inference.pick_precision("fp32", cpu) == "fp32" and inference.pick_precision("bf16", cpu) == "bf16"
+    assert len(calls) == 4  # measured once; the explicit choices measure nothing
+
+
+def test_the_bf16_measurement_is_kept_per_machine_in_the_cache(monkeypatch, _isolated_cache):
+    monkeypatch.setattr(inference, "_CPU_BF16", {})
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)
+    calls: list[str] = []
+    monkeypatch.setattr(benchmark, "conv_gflops", _fake_conv({"fp32": [100.0] * 4, "bf16": [250.0] * 4}, calls))
+    assert inference.pick_precision("auto", torch.device("cpu")) == "bf16" and len(calls) == 4
+    stored = json.loads((_isolated_cache / "cpu-precision.json").read_text())
+    assert list(stored["machines"].values()) == [{"bf16_speedup": 2.5}]
+    monkeypatch.setattr(inference, "_CPU_BF16", {})  # a new process on the same machine reads the cache
+    assert inference.cpu_bf16_speedup() == 2.5 and len(calls) == 4
+    # an unreadable cache is measured again and rewritten, never an error
+    (_isolated_cache / "cpu-precision.json").write_text("{not json")
+    monkeypatch.setattr(inference, "_CPU_BF16", {})
+    assert inference.cpu_bf16_speedup() == 2.5 and len(calls) == 8
+    assert json.loads((_isolated_cache / "cpu-precision.json").read_text())["machines"]

@@ -609,8 +609,8 @@ SPECS: dict[str, RowSpec] = {s.id: s for s in (
 
 
 #: Accuracy targets (%, and the row's target text) of the rows whose runs trained in bf16 (a CPU with
-#: AVX-512 BF16 or AMX, where ``--precision auto`` turns it on): bf16 roughly doubles the convolutions'
-#: speed there, so the same budget is asked for more.
+#: AVX-512 BF16 or AMX where bf16 measured faster, so ``--precision auto`` turns it on): bf16 shortens the
+#: training step there (to 0.6-0.7x its fp32 time on a Zen 5 EPYC), so the same budget is asked for more.
 BF16_TARGETS = {"default": (93.0, ">= 93.0% test accuracy (trained in bf16), whole command <= 30 s"),
                 "cifar15m": (93.0, ">= 93.0% test accuracy (trained in bf16)")}
 

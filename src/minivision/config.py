@@ -209,8 +209,9 @@ class TrainConfig:
                                      kind=int, lo=1, recipe=True, group="validation")
     seed: int = _setting(0, "same seed, same machine: same history", kind=int, lo=0)
     device: str = _setting("auto", "where to train", choices=DEVICES, resume=True)
-    precision: str = _setting("auto", "training steps: auto is bf16 autocast where the hardware has it (AVX-512 "
-                              "BF16, AMX, a GPU), else fp32; the run's validation and test passes are fp32, as "
+    precision: str = _setting("auto", "training steps: auto is bf16 autocast on a GPU that has it and on a CPU "
+                              "with AVX-512 BF16 or AMX where bf16 measured faster than fp32 (once per machine), "
+                              "else fp32; the run's validation and test passes are fp32, as "
                               "evaluate and predict",
                               choices=PRECISIONS, resume=True)
     out: str = _setting("runs", "parent folder of run folders (default runs)")

@@ -36,14 +36,89 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
+#: ``auto`` trains a CPU in bf16 only where a 3 x 3 convolution runs more than this many times as fast under
+#: bf16 autocast as in fp32 (``bf16_speedup``). The convolution's ratio and the training step's move together:
+#: an AMD EPYC of CPU family 26 (Zen 5; flags avx512_bf16, no AMX) steps in 0.59-0.70x its fp32 time in bf16
+#: (``python3 bench/step_variants.py --variants base,bf16``: mvnet-t 8.8 against 12.5 ms, mvnet on colour
+#: pictures at batch 256 88.6 against 150.3 ms), while an Intel Xeon with the same flags (family 6, model 207,
+#: its AMX not exposed) runs the convolution at 0.47-0.65x in bf16 (``python3 bench/conv_precision.py``: 128
+#: against 222 GFLOP/s) and steps in 1.13x (mvnet-t, 25.7 against 22.7 ms) to 1.22x (mvnet, 278.7 against
+#: 227.6 ms) its fp32 time. So what oneDNN reports it supports does not say whether bf16 pays; a measurement
+#: does. bf16 also costs some accuracy, so a tie goes to fp32.
+BF16_MIN_SPEEDUP = 1.0
+_CPU_BF16: dict[str, float] = {}
+
+
+def bf16_speedup(rounds: int = 2, seconds: float = 0.05, measure=None) -> float:
+    """How many times as fast a 3 x 3 convolution runs under bf16 autocast as in fp32 on this CPU
+    (``benchmark.conv_gflops``: 64 to 64 channels, a batch of 32 pictures of 32 x 32, forward and backward),
+    the best of ``rounds`` alternating rounds of about ``seconds`` each per precision (the first round of a
+    process runs slow while its threads start). About 0.6 s on a 2-core Xeon. ``measure(seconds, precision)``
+    replaces the timing (tests). Returns a float > 0."""
+    if measure is None:
+        from .benchmark import conv_gflops as measure
+    best = {"fp32": 0.0, "bf16": 0.0}
+    for _ in range(max(1, rounds)):
+        for precision in best:
+            best[precision] = max(best[precision], float(measure(seconds, precision)))
+    return best["bf16"] / best["fp32"] if best["fp32"] > 0 else 0.0
+
+
+def _cpu_key() -> str:
+    """This CPU, as far as bf16's speed goes: its model name, flags, torch's version and threads."""
+    from .benchmark import machine_info
+
+    m = machine_info()
+    flags = ",".join(sorted(f for f, on in m["flags"].items() if on))
+    return f"{m['cpu']} | {flags} | torch {m['torch']} | {m['torch_threads']} threads"
+
+
+def cpu_bf16_speedup(measure=None) -> float:
+    """``bf16_speedup`` of this CPU, measured once per machine: kept in this process and in
+    ``<cache>/cpu-precision.json`` (cache: ``$MINIVISION_CACHE``, else ``$XDG_CACHE_HOME/minivision``, else
+    ``~/.cache/minivision``), keyed by CPU model, flags, torch version and threads. A cache that cannot be
+    read or written is measured again, silently: it only saves the 0.6 s."""
+    from .data.sources import user_cache_dir
+    from .fileio import read_json, write_json
+
+    key = _cpu_key()
+    if key in _CPU_BF16:
+        return _CPU_BF16[key]
+    path = user_cache_dir() / "cpu-precision.json"
+    known: dict = {}
+    try:
+        data = read_json(path) if path.is_file() else {}
+        known = dict(data.get("machines", {})) if isinstance(data, dict) else {}
+        value = known.get(key, {}).get("bf16_speedup") if isinstance(known.get(key), dict) else None
+        if isinstance(value, (int, float)) and value > 0:
+            _CPU_BF16[key] = float(value)
+            return float(value)
+    except (MinivisionError, OSError, AttributeError):
+        known = {}
+    speedup = round(bf16_speedup(measure=measure), 3)
+    _CPU_BF16[key] = speedup
+    known[key] = {"bf16_speedup": speedup}
+    try:
+        write_json(path, {"about": "minivision: a 3 x 3 convolution's speed under bf16 autocast over fp32, per "
+                                   "CPU; --precision auto trains in bf16 where it is > 1 (delete to measure again)",
+                          "machines": known})
+    except (MinivisionError, OSError):
+        pass
+    return speedup
+
+
 def pick_precision(name: str, device: torch.device) -> str:
-    """``fp32`` or ``bf16``: for ``auto``, bf16 autocast where the hardware does it natively, fp32
-    elsewhere; an explicit choice wins."""
+    """``fp32`` or ``bf16``; an explicit choice wins. For ``auto``: on CUDA, bf16 where the GPU supports
+    it; on a CPU, bf16 where oneDNN does it natively (AVX-512 BF16 or AMX) AND it measurably pays: a 3 x 3
+    convolution more than ``BF16_MIN_SPEEDUP`` times as fast as in fp32 (``cpu_bf16_speedup``, measured once
+    per machine and kept in the cache); fp32 elsewhere."""
     if name != "auto":
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_supports_bf16() else "fp32"
+    if not cpu_supports_bf16():
+        return "fp32"
+    return "bf16" if cpu_bf16_speedup() > BF16_MIN_SPEEDUP else "fp32"
 
 
 def reading_precision(name: str) -> str:

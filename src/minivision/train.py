@@ -260,7 +260,11 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
     if resume is None and start is None and source is None:  # a budget's rungs are made from the user's settings
         user_cfg, cfg = scratch_stem(user_cfg, ds, cfg.model), scratch_stem(cfg, ds)
     device = distributed.device_of(world, pick_device(cfg.device))
-    precision = pick_precision(cfg.precision, device)
+    if world.active and cfg.precision == "auto":  # rank 0 measures whether bf16 pays; every rank trains alike
+        precision = str(distributed.broadcast_json(pick_precision("auto", device) if world.is_main else None,
+                                                   device=device))
+    else:
+        precision = pick_precision(cfg.precision, device)
     if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
         log("note: this CPU has no native bf16; --precision bf16 will be slow")
 
