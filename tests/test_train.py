@@ -236,3 +236,20 @@ def test_a_run_that_learned_nothing_says_so_in_one_line(tmp_path, capsys, monkey
     assert len(notes) == 1 and "with 4 classes (25.0%)" in notes[0], err
     assert guessing_note(0.90, 10, []) is None and guessing_note(0.149, 10, []) is not None
     assert guessing_note(0.151, 10, []) is None and guessing_note(0.0, 1, []) is None
+
+
+@pytest.mark.parametrize(("speedup", "used"), [(0.58, "fp32"), (2.5, "bf16")])
+def test_auto_precision_says_why_a_bf16_cpu_trains_in_fp32(tmp_path, monkeypatch, speedup, used):
+    from minivision import inference, train
+
+    monkeypatch.setattr(inference, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(train, "cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr(inference, "cpu_bf16_speedup", lambda measure=None: speedup)
+    monkeypatch.setattr(train, "cpu_bf16_speedup", lambda measure=None: speedup)
+    lines: list[str] = []
+    r = fit(TrainConfig(model="softmax", epochs=1, out=str(tmp_path), device="cpu"),
+            dataset=synthetic_dataset(120, 40), progress=False, log=lines.append)
+    assert json.loads((r.run_dir / "model.json").read_text())["used"]["precision"] == used
+    notes = [line for line in lines if "bf16 convolutions ran at" in line]
+    assert notes == ([f"note: training in fp32: bf16 convolutions ran at {speedup:.2f}x the speed of fp32 ones on "
+                      "this CPU (--precision bf16 to use bf16 anyway)"] if used == "fp32" else [])

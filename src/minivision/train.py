@@ -38,6 +38,7 @@ from .errors import MinivisionError, TrainingFailed
 from .examples import save_examples
 from .fileio import new_run_dir, write_text
 from .inference import (
+    cpu_bf16_speedup,
     cpu_supports_bf16,
     loss_and_accuracy,
     mean_view_logits,
@@ -267,6 +268,10 @@ def fit(cfg: TrainConfig, *, dataset: Dataset | None = None, resume: str | Path 
         precision = pick_precision(cfg.precision, device)
     if precision == "bf16" and device.type == "cpu" and not cpu_supports_bf16():
         log("note: this CPU has no native bf16; --precision bf16 will be slow")
+    elif cfg.precision == "auto" and precision == "fp32" and device.type == "cpu" and world.is_main \
+            and cpu_supports_bf16():
+        log(f"note: training in fp32: bf16 convolutions ran at {cpu_bf16_speedup():.2f}x the speed of fp32 ones "
+            f"on this CPU ({named('precision', 'bf16')} to use bf16 anyway)")
 
     plan: Plan | None = None
     if resume is None and cfg.budget is not None and start is None:
