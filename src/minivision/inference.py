@@ -41,7 +41,7 @@ def cpu_supports_bf16() -> bool:
 #: an AMD EPYC of CPU family 26 (Zen 5; flags avx512_bf16, no AMX) steps in 0.59-0.70x its fp32 time in bf16
 #: (``python3 bench/step_variants.py --variants base,bf16``: mvnet-t 8.8 against 12.5 ms, mvnet on colour
 #: pictures at batch 256 88.6 against 150.3 ms), while an Intel Xeon with the same flags (family 6, model 207,
-#: its AMX not exposed) runs the convolution at 0.47-0.65x in bf16 (``python3 bench/conv_precision.py``: 128
+#: its AMX not exposed) runs the convolution at 0.58x in bf16 (``python3 bench/conv_precision.py``: 128
 #: against 222 GFLOP/s) and steps in 1.13x (mvnet-t, 25.7 against 22.7 ms) to 1.22x (mvnet, 278.7 against
 #: 227.6 ms) its fp32 time. So what oneDNN reports it supports does not say whether bf16 pays; a measurement
 #: does. bf16 also costs some accuracy, so a tie goes to fp32.
